@@ -1,0 +1,22 @@
+"""keras_regkit: weight regularization and shrinking, native to Keras 3.
+
+Importing the package registers every class for `keras.saving.load_model`.
+"""
+
+from keras_regkit import callbacks, regularizers, schedules
+from keras_regkit.attach import Attachment, apply_regularizers, remove_regularizers
+from keras_regkit.weights import WEIGHT_KINDS, WeightRef, iter_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attachment",
+    "WEIGHT_KINDS",
+    "WeightRef",
+    "apply_regularizers",
+    "callbacks",
+    "iter_weights",
+    "regularizers",
+    "remove_regularizers",
+    "schedules",
+]

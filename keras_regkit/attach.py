@@ -1,0 +1,184 @@
+"""Attach penalties to, and remove them from, an existing model."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence, Union
+
+import keras
+
+from keras_regkit import weights as weights_lib
+from keras_regkit.regularizers import _Penalty
+from keras_regkit.weights import LayerSelector, WeightRef
+
+
+@dataclasses.dataclass(eq=False)
+class Attachment:
+    """What `apply_regularizers` or `remove_regularizers` changed.
+
+    Attributes:
+        changes: `(WeightRef, previous_regularizer)` pairs, in the order applied.
+    """
+
+    model: keras.Model
+    changes: list[tuple[WeightRef, object]]
+
+    @property
+    def refs(self) -> list[WeightRef]:
+        return [ref for ref, _ in self.changes]
+
+    def undo(self) -> None:
+        """Puts every changed weight's previous regularizer back."""
+        for ref, previous in reversed(self.changes):
+            ref.set_regularizer(previous)
+        rebuild_step_functions(self.model)
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+
+def apply_regularizers(
+    model: keras.Model,
+    regularizers: Mapping[LayerSelector, keras.regularizers.Regularizer],
+    weights: Union[str, Sequence[str]] = "kernel",
+) -> Attachment:
+    """Attaches penalties to the layers of an existing model.
+
+    Works on built, compiled and already trained models, with layers inside
+    nested Functional, Sequential and subclassed models. The penalties take
+    effect in the very next training step: a train function that already
+    exists is rebuilt (Keras would otherwise keep using the losses it traced).
+    A weight that already has a regularizer gets the new one instead; the
+    returned `Attachment` can put the old ones back.
+
+    Args:
+        model: The model to change, in place.
+        regularizers: Maps a layer selector to the regularizer for the
+            selected layers. A selector is a name glob matched against the
+            layer name or its path (`"encoder/*"`, `"dense_*"`), a layer
+            class (`keras.layers.Conv2D`), or a callable `layer -> bool`.
+            Selecting a layer also selects the layers inside it (an `LSTM`'s
+            cell, a nested model's layers). Later entries win where two
+            selectors overlap.
+        weights: The weight kind, or a list of kinds, that get the penalty:
+            `"kernel"` (default), `"bias"`, `"recurrent_kernel"`,
+            `"depthwise_kernel"`, `"pointwise_kernel"`, `"embeddings"`,
+            `"gamma"`, `"beta"`.
+
+    Returns:
+        An `Attachment` listing what changed; `attachment.undo()` reverts it.
+
+    Raises:
+        TypeError: If a selector or a regularizer has the wrong type.
+        ValueError: If `weights` names an unknown kind, or a selector matches
+            no layer with such a weight (the message lists those that have
+            one).
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> attached = apply_regularizers(model, {"dense*": L1(0.01)})
+    >>> [ref.path for ref in attached.refs]
+    ['dense']
+    """
+    if not isinstance(regularizers, Mapping):
+        raise TypeError(
+            "Invalid value for argument `regularizers`: expected a dict that "
+            "maps layer selectors to regularizers, e.g. "
+            "{'dense*': keras_regkit.regularizers.L1(1e-4)}. "
+            f"Received: regularizers={regularizers!r}"
+        )
+    kinds = weights_lib.normalize_kinds(weights)
+    plan = []
+    for selector, regularizer in regularizers.items():
+        if not isinstance(regularizer, keras.regularizers.Regularizer):
+            raise TypeError(
+                f"Invalid regularizer for selector {selector!r}: expected a "
+                "`keras.regularizers.Regularizer` instance (so it can be "
+                f"saved with the model). Received: {regularizer!r}"
+            )
+        plan.append((weights_lib.select_weights(model, selector, kinds), regularizer))
+    # Everything is validated before anything changes.
+    changes = []
+    for refs, regularizer in plan:
+        for ref in refs:
+            changes.append((ref, ref.regularizer))
+            ref.set_regularizer(regularizer)
+    rebuild_step_functions(model)
+    return Attachment(model, changes)
+
+
+def remove_regularizers(
+    model: keras.Model,
+    layers: LayerSelector = "*",
+    weights: Union[str, Sequence[str]] = "kernel",
+) -> Attachment:
+    """Removes the regularizers of the selected weights (the inverse of
+    `apply_regularizers`).
+
+    Args:
+        model: The model to change, in place.
+        layers: A layer selector, as in `apply_regularizers`. Defaults to all.
+        weights: The weight kind or kinds to clear. Defaults to `"kernel"`.
+
+    Returns:
+        An `Attachment` of the weights that had a regularizer;
+        `attachment.undo()` puts them back.
+
+    Raises:
+        ValueError: If `weights` names an unknown kind or the selector matches
+            no layer with such a weight.
+    """
+    changes = []
+    for ref in weights_lib.select_weights(model, layers, weights):
+        if ref.regularizer is not None:
+            changes.append((ref, ref.regularizer))
+            ref.set_regularizer(None)
+    rebuild_step_functions(model)
+    return Attachment(model, changes)
+
+
+def regularized_variables(model: keras.Model) -> list[keras.Variable]:
+    """Every variable of `model` that has a regularizer, ours or not."""
+    return [v for v in model.weights if getattr(v, "regularizer", None) is not None]
+
+
+def scheduled_regularizers(model: keras.Model) -> dict[str, _Penalty]:
+    """Our regularizers with a schedule, keyed by the path of their first
+    variable within `model` (e.g. `"dense/kernel"`). A regularizer shared by
+    several weights appears once."""
+    found, seen = {}, set()
+    prefix = f"{model.name}/"
+    for variable in regularized_variables(model):
+        regularizer = variable.regularizer
+        if isinstance(regularizer, _Penalty) and regularizer.is_scheduled:
+            if id(regularizer) not in seen:
+                seen.add(id(regularizer))
+                path = variable.path
+                found[path[len(prefix):] if path.startswith(prefix) else path] = regularizer
+    return found
+
+
+def total_penalty(model: keras.Model):
+    """The sum of all weight penalties of `model` at its current weights, as a
+    float32 scalar tensor (computed on the device)."""
+    terms = [
+        keras.ops.cast(v.regularizer(v), "float32") for v in regularized_variables(model)
+    ]
+    return keras.ops.sum(keras.ops.stack(terms)) if terms else keras.ops.zeros(())
+
+
+def rebuild_step_functions(model: keras.Model) -> None:
+    """Makes the next train/test step see the model's current losses.
+
+    Keras traces `model.losses` into the train function once and reuses it,
+    so a regularizer added afterwards would be silently ignored. Rebuilding
+    is cheap (tracing happens at the next call) and is safe mid-`fit`: the
+    fit loop looks the function up again at every step.
+    """
+    for attribute, make in (
+        ("train_function", "make_train_function"),
+        ("test_function", "make_test_function"),
+    ):
+        if getattr(model, attribute, None) is not None:
+            getattr(model, make)(force=True)

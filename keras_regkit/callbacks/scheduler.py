@@ -1,0 +1,123 @@
+"""`RegularizationScheduler`: moves every scheduled strength during `fit`."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from keras_regkit import attach
+
+
+class RegularizationScheduler(keras.callbacks.Callback):
+    """Drives every scheduled strength of the model during `fit`.
+
+    It finds each of our regularizers whose strength is a schedule, wherever
+    it sits in the model (nested layers and models included), and evaluates
+    its schedules at the current step:
+
+    - `update_freq="batch"` (default): the step is the optimizer's iteration
+      count, the step a learning-rate schedule sees. The regularizers read
+      `optimizer.iterations` directly inside the train step, so there is no
+      per-batch host work and nothing is retraced when the step moves.
+    - `update_freq="epoch"`: the step is the epoch index (0-based).
+
+    After each epoch it adds to `logs`, so History, CSVLogger, TensorBoard
+    and the progress bar show them:
+
+    - `reg_loss`: the total weight penalty of the model at the epoch's end
+      weights (all regularizers, Keras' own included);
+    - `strength/<variable path>` (with `/l1`, `/l2` appended for
+      `ElasticNet`): the current strength of each scheduled regularizer.
+
+    Both are taken at the current step, the one the next batch will use, as
+    Keras logs `learning_rate`.
+
+    The schedules stay bound to the step counter after `fit`, so the step
+    saved with the model is the one training reached.
+
+    Args:
+        update_freq: `"batch"` or `"epoch"`. Defaults to `"batch"`.
+        log_strengths: Whether to add the strengths to `logs`.
+            Defaults to True.
+        log_reg_loss: Whether to add `reg_loss` to `logs`. Defaults to True.
+
+    Raises:
+        ValueError: If `update_freq` is not `"batch"` or `"epoch"`.
+
+    Example:
+
+    >>> sched = keras.optimizers.schedules.PolynomialDecay(0.0, 100, 1e-3)
+    >>> model = keras.Sequential([keras.Input((4,)),
+    ...     keras.layers.Dense(1, kernel_regularizer=L1(sched))])
+    >>> model.compile("sgd", "mse")
+    >>> history = model.fit(np.ones((8, 4)), np.ones((8, 1)), epochs=2,
+    ...     verbose=0, callbacks=[RegularizationScheduler()])
+    >>> sorted(k for k in history.history if k != "loss")
+    ['reg_loss', 'strength/dense/kernel']
+    """
+
+    def __init__(
+        self,
+        update_freq: str = "batch",
+        log_strengths: bool = True,
+        log_reg_loss: bool = True,
+    ):
+        super().__init__()
+        if update_freq not in ("batch", "epoch"):
+            raise ValueError(
+                "Invalid value for argument `update_freq`: expected 'batch' or "
+                f"'epoch'. Received: update_freq={update_freq!r}"
+            )
+        self.update_freq = update_freq
+        self.log_strengths = log_strengths
+        self.log_reg_loss = log_reg_loss
+        self._epoch_step = None
+        self._scheduled = {}
+
+    def get_config(self) -> dict:
+        return {
+            "update_freq": self.update_freq,
+            "log_strengths": self.log_strengths,
+            "log_reg_loss": self.log_reg_loss,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+    def on_train_begin(self, logs=None):
+        self._scheduled = attach.scheduled_regularizers(self.model)
+        if not self._scheduled:
+            return
+        source = self._step_source()
+        stale = [r for r in self._scheduled.values() if r._step_source is not source]
+        for regularizer in stale:
+            regularizer.bind_step(source)
+        if stale:
+            # The train function read the old counters; trace it once more.
+            attach.rebuild_step_functions(self.model)
+
+    def _step_source(self):
+        if self.update_freq == "batch":
+            return self.model.optimizer.iterations
+        if self._epoch_step is None:
+            self._epoch_step = keras.Variable(
+                0, dtype="int64", trainable=False, name="regkit_epoch_step"
+            )
+        return self._epoch_step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.update_freq == "epoch" and self._scheduled:
+            self._epoch_step.assign(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        if self.log_reg_loss:
+            logs["reg_loss"] = float(ops.convert_to_numpy(attach.total_penalty(self.model)))
+        if self.log_strengths:
+            for path, regularizer in self._scheduled.items():
+                strengths = regularizer.current_strengths()
+                for name, value in strengths.items():
+                    key = f"strength/{path}" if len(strengths) == 1 else f"strength/{path}/{name}"
+                    logs[key] = value

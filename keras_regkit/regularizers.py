@@ -1,0 +1,408 @@
+"""Weight penalties whose strengths are floats or schedules.
+
+Every class here is a `keras.regularizers.Regularizer`: pass it to a layer's
+`kernel_regularizer=` (or attach it later with `keras_regkit.apply_regularizers`)
+and it is saved and reloaded with the model.
+
+A strength may be a schedule (any serializable
+`keras.optimizers.schedules.LearningRateSchedule`). The schedule is evaluated
+inside the train step at the regularizer's step, so moving the step never
+retraces the train function; `keras_regkit.callbacks.RegularizationScheduler`
+moves it during `fit`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Union
+
+import keras
+from keras import ops
+
+LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule
+Strength = Union[float, LearningRateSchedule]
+
+_PACKAGE = "keras_regkit"
+
+
+def _check_strength(name: str, value) -> Strength:
+    if isinstance(value, LearningRateSchedule):
+        _check_schedule_serializable(name, value)
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"Invalid value for argument `{name}`: expected a float >= 0 or a "
+            "`keras.optimizers.schedules.LearningRateSchedule`. Received: "
+            f"{name}={value!r} of type {type(value).__name__}"
+        )
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"Invalid value for argument `{name}`: expected a finite float "
+            f">= 0 or a schedule. Received: {name}={value}"
+        )
+    return value
+
+
+def _check_schedule_serializable(name: str, schedule) -> None:
+    # A schedule that cannot round-trip would make `model.save` fail (or a
+    # reload silently differ) long after this call; refuse it here.
+    try:
+        config = keras.saving.serialize_keras_object(schedule)
+        keras.saving.deserialize_keras_object(config)
+    except Exception as error:
+        raise TypeError(
+            f"Invalid value for argument `{name}`: the schedule "
+            f"{type(schedule).__name__} cannot be serialized, so a model using "
+            "it could not be saved and reloaded. Implement `get_config` and "
+            "register the class with "
+            "`@keras.saving.register_keras_serializable()`. "
+            f"Received: {name}={schedule!r} ({type(error).__name__}: {error})"
+        ) from None
+
+
+def _check_step(step) -> int:
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+        raise ValueError(
+            f"Invalid value for argument `step`: expected an int >= 0. "
+            f"Received: step={step!r}"
+        )
+    return int(step)
+
+
+class _Penalty(keras.regularizers.Regularizer):
+    """Base of our penalties: strength bookkeeping, scheduling, configs.
+
+    Subclasses name their strengths in `_strength_names`, put any other
+    constructor arguments in `_extra_config()`, and implement `_penalty`.
+    """
+
+    _strength_names: tuple[str, ...] = ()
+
+    def __init__(self, step: int = 0, **strengths):
+        self._strengths = {
+            name: _check_strength(name, strengths[name])
+            for name in self._strength_names
+        }
+        step = _check_step(step)
+        self._step_variable = None
+        self._step_source = None
+        if self.is_scheduled:
+            self._step_variable = keras.Variable(
+                step, dtype="int64", trainable=False, name="regularizer_step"
+            )
+            self._step_source = self._step_variable
+
+    # -- scheduling -------------------------------------------------------
+    @property
+    def is_scheduled(self) -> bool:
+        """Whether any strength is a schedule."""
+        return any(
+            isinstance(v, LearningRateSchedule) for v in self._strengths.values()
+        )
+
+    @property
+    def step(self) -> int:
+        """The step at which the schedules are evaluated (0 if unscheduled)."""
+        if self._step_source is None:
+            return 0
+        return int(ops.convert_to_numpy(self._step_source))
+
+    def set_step(self, step: int) -> None:
+        """Moves every schedule of this regularizer to `step`."""
+        step = _check_step(step)
+        if self._step_source is not None:
+            self._step_source.assign(step)
+
+    def bind_step(self, variable) -> None:
+        """Reads the step from `variable` (e.g. `optimizer.iterations`).
+
+        The schedule then follows that counter with no per-step host work.
+        A train function traced before the bind keeps reading the old counter:
+        rebuild it (`apply_regularizers` and the scheduler callback do).
+        """
+        if self.is_scheduled:
+            self._step_source = variable
+
+    def unbind_step(self) -> None:
+        """Keeps the current step in the regularizer's own counter again."""
+        if self.is_scheduled and self._step_source is not self._step_variable:
+            self._step_variable.assign(self.step)
+            self._step_source = self._step_variable
+
+    def current_strengths(self) -> dict[str, float]:
+        """The strengths at the current step, as Python floats."""
+        return {
+            name: float(ops.convert_to_numpy(self._strength_tensor(name)))
+            for name in self._strength_names
+        }
+
+    def _strength_tensor(self, name):
+        value = self._strengths[name]
+        if isinstance(value, LearningRateSchedule):
+            return ops.cast(value(self._step_source), "float32")
+        return value
+
+    # -- the penalty ------------------------------------------------------
+    def __call__(self, x):
+        # float32 always: under mixed precision and for float16/bfloat16
+        # variables the penalty must neither overflow nor lose small terms.
+        source_dtype = keras.backend.standardize_dtype(x.dtype)
+        strengths = {n: self._strength_tensor(n) for n in self._strength_names}
+        return self._penalty(ops.cast(x, "float32"), source_dtype, **strengths)
+
+    def _penalty(self, x, source_dtype, **strengths):
+        """The penalty of float32 `x`, whose variable has `source_dtype`."""
+        raise NotImplementedError
+
+    # -- serialization ----------------------------------------------------
+    def _extra_config(self) -> dict:
+        return {}
+
+    def get_config(self) -> dict:
+        config = {}
+        for name, value in self._strengths.items():
+            if isinstance(value, LearningRateSchedule):
+                value = keras.saving.serialize_keras_object(value)
+            config[name] = value
+        config.update(self._extra_config())
+        if self.is_scheduled:
+            # The schedule position travels with the model file.
+            config["step"] = self.step
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict):
+        config = dict(config)
+        valid = set(cls._strength_names) | set(cls._valid_extra()) | {"step"}
+        unknown = sorted(set(config) - valid)
+        if unknown:
+            raise ValueError(
+                f"Invalid config for {cls.__name__}: unknown keys {unknown}. "
+                f"Valid keys: {sorted(valid)}. Received: config={config}"
+            )
+        for name in cls._strength_names:
+            if isinstance(config.get(name), dict):
+                config[name] = keras.saving.deserialize_keras_object(config[name])
+        return cls(**config)
+
+    @classmethod
+    def _valid_extra(cls) -> tuple[str, ...]:
+        return ()
+
+    def __repr__(self) -> str:
+        args = ", ".join(
+            f"{k}={v!r}" for k, v in {**self._strengths, **self._extra_config()}.items()
+        )
+        return f"{type(self).__name__}({args})"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class L1(_Penalty):
+    """L1 penalty: `alpha * sum(|x|)`, with `alpha` a float or a schedule.
+
+    With a float strength it equals `keras.regularizers.L1(alpha)`.
+
+    Args:
+        alpha: Strength, a float >= 0 or a
+            `keras.optimizers.schedules.LearningRateSchedule`. Defaults to 0.01.
+        step: Position of the schedule (saved with the model). Defaults to 0.
+
+    Raises:
+        TypeError: If `alpha` is neither a number nor a serializable schedule.
+        ValueError: If `alpha` is negative, NaN or infinite.
+
+    Example:
+
+    >>> reg = L1(0.1)
+    >>> float(reg(keras.ops.ones((2, 2))))
+    0.4
+    """
+
+    _strength_names = ("alpha",)
+
+    def __init__(self, alpha: Strength = 0.01, *, step: int = 0):
+        super().__init__(step=step, alpha=alpha)
+
+    @property
+    def alpha(self) -> Strength:
+        return self._strengths["alpha"]
+
+    def _penalty(self, x, source_dtype, alpha):
+        return alpha * ops.sum(ops.absolute(x))
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class L2(_Penalty):
+    """L2 penalty: `alpha * sum(x ** 2)`, with `alpha` a float or a schedule.
+
+    With a float strength it equals `keras.regularizers.L2(alpha)` (no 1/2).
+
+    Args:
+        alpha: Strength, a float >= 0 or a
+            `keras.optimizers.schedules.LearningRateSchedule`. Defaults to 0.01.
+        step: Position of the schedule (saved with the model). Defaults to 0.
+
+    Raises:
+        TypeError: If `alpha` is neither a number nor a serializable schedule.
+        ValueError: If `alpha` is negative, NaN or infinite.
+
+    Example:
+
+    >>> reg = L2(0.1)
+    >>> float(reg(keras.ops.ones((2, 2)) * 2))
+    1.6
+    """
+
+    _strength_names = ("alpha",)
+
+    def __init__(self, alpha: Strength = 0.01, *, step: int = 0):
+        super().__init__(step=step, alpha=alpha)
+
+    @property
+    def alpha(self) -> Strength:
+        return self._strengths["alpha"]
+
+    def _penalty(self, x, source_dtype, alpha):
+        return alpha * ops.sum(ops.square(x))
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ElasticNet(_Penalty):
+    """Elastic net: `l1 * sum(|x|) + l2 * sum(x ** 2)`.
+
+    Each strength is a float or its own schedule. With floats it equals
+    `keras.regularizers.L1L2(l1, l2)`.
+
+    Args:
+        l1: L1 strength, a float >= 0 or a schedule. Defaults to 0.01.
+        l2: L2 strength, a float >= 0 or a schedule. Defaults to 0.01.
+        step: Position of the schedules (saved with the model). Defaults to 0.
+
+    Raises:
+        TypeError: If a strength is neither a number nor a serializable
+            schedule.
+        ValueError: If a strength is negative, NaN or infinite.
+
+    Example:
+
+    >>> reg = ElasticNet(l1=0.1, l2=0.1)
+    >>> round(float(reg(keras.ops.ones((2, 2)) * 2)), 4)
+    2.4
+
+    References:
+        Zou & Hastie, "Regularization and variable selection via the elastic
+        net", JRSS-B 2005.
+    """
+
+    _strength_names = ("l1", "l2")
+
+    def __init__(self, l1: Strength = 0.01, l2: Strength = 0.01, *, step: int = 0):
+        super().__init__(step=step, l1=l1, l2=l2)
+
+    @property
+    def l1(self) -> Strength:
+        return self._strengths["l1"]
+
+    @property
+    def l2(self) -> Strength:
+        return self._strengths["l2"]
+
+    def _penalty(self, x, source_dtype, l1, l2):
+        return l1 * ops.sum(ops.absolute(x)) + l2 * ops.sum(ops.square(x))
+
+
+# Beyond |x| / scale = _LINEAR_FROM the penalty grows linearly (with the slope
+# it has there) instead of exponentially, and beyond _SATURATE_AT it stops
+# growing, so one runaway weight can't make the loss or its gradient inf/NaN,
+# even after a mixed-precision loss scale of 2**15 and a sum over 1e9 weights.
+_LINEAR_FROM = 20.0
+_SATURATE_AT = 1e20
+# float16 variables receive float16 gradients: there the exponential part ends
+# where the gradient would reach half of float16's largest value.
+_GRADIENT_LIMIT = {"float16": 65504.0 / 2}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ExpAbs(_Penalty):
+    """Exponential penalty: `alpha * sum(exp(|x| / scale) - 1)`.
+
+    Near zero it behaves like L1 (`alpha / scale * |x|`), so it makes weights
+    sparse, while large weights pay exponentially more, which keeps them from
+    running away. It is computed with `expm1`, so tiny weights keep full
+    float32 precision, and always in float32 (also for float16/bfloat16
+    variables and under mixed precision).
+
+    Very large weights: for `|x| / scale > 20` the penalty continues linearly
+    with the slope it has at 20 (`alpha * exp(20) / scale`, about 4.85e8 *
+    alpha / scale) instead of exponentially, and for `|x| / scale > 1e20` it
+    stays constant. The value and the gradient are therefore finite for every
+    finite weight. For float16 variables, whose gradients are float16, the
+    linear part starts earlier, where the gradient reaches 32752 (at
+    `|x| / scale = log(32752 * scale / alpha)`, about 10.4 for
+    `alpha = scale`), so it stays finite there too. (Mixed-precision
+    policies keep float32 variables and are not affected.)
+
+    Args:
+        alpha: Strength, a float >= 0 or a schedule. Defaults to 0.01.
+        scale: The weight magnitude at which the exponential sets in, a
+            finite float > 0. Defaults to 1.0.
+        step: Position of the schedule (saved with the model). Defaults to 0.
+
+    Raises:
+        TypeError: If `alpha` is neither a number nor a serializable schedule,
+            or `scale` is not a number.
+        ValueError: If `alpha` is negative, NaN or infinite, or `scale` is not
+            a finite float > 0.
+
+    Example:
+
+    >>> reg = ExpAbs(alpha=1.0)
+    >>> round(float(reg(keras.ops.convert_to_tensor([1.0, -1.0]))), 4)
+    3.4366
+    """
+
+    _strength_names = ("alpha",)
+
+    def __init__(self, alpha: Strength = 0.01, scale: float = 1.0, *, step: int = 0):
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            raise TypeError(
+                "Invalid value for argument `scale`: expected a finite float > 0. "
+                f"Received: scale={scale!r} of type {type(scale).__name__}"
+            )
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(
+                "Invalid value for argument `scale`: expected a finite float > 0. "
+                f"Received: scale={scale}"
+            )
+        self.scale = float(scale)
+        super().__init__(step=step, alpha=alpha)
+
+    @property
+    def alpha(self) -> Strength:
+        return self._strengths["alpha"]
+
+    def _penalty(self, x, source_dtype, alpha):
+        u = ops.minimum(ops.absolute(x) / self.scale, _SATURATE_AT)
+        end = self._end_of_exponential(source_dtype, alpha)
+        # `where`, not `expm1(min(u, end)) + slope * (u - min(u, end))`: the
+        # latter's gradient cancels `slope - slope` in float32 and comes out 0.
+        exponential = ops.expm1(ops.minimum(u, end))
+        linear = ops.expm1(end) + ops.exp(end) * (u - end)
+        return alpha * ops.sum(ops.where(u <= end, exponential, linear))
+
+    def _end_of_exponential(self, source_dtype, alpha):
+        limit = _GRADIENT_LIMIT.get(source_dtype)
+        if limit is None:
+            return _LINEAR_FROM
+        # The gradient is alpha / scale * exp(u): stop where it reaches limit.
+        end = ops.log(limit * self.scale / ops.maximum(alpha, 1e-30))
+        return ops.clip(end, 0.0, _LINEAR_FROM)
+
+    def _extra_config(self) -> dict:
+        return {"scale": self.scale}
+
+    @classmethod
+    def _valid_extra(cls) -> tuple[str, ...]:
+        return ("scale",)

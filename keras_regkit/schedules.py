@@ -1,0 +1,85 @@
+"""Strength schedules that `keras.optimizers.schedules` lacks.
+
+Use Keras' own schedules wherever they fit (`PolynomialDecay(0.0, n, target)`
+ramps from 0 to `target` over `n` steps). This module adds only shapes that
+regularization needs.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import keras
+from keras import ops
+
+
+def _check(name, value, minimum, integer=False):
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(
+            f"Invalid value for argument `{name}`: expected "
+            f"{'an int' if integer else 'a float'} >= {minimum}. "
+            f"Received: {name}={value!r} of type {type(value).__name__}"
+        )
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(
+            f"Invalid value for argument `{name}`: expected "
+            f"{'an int' if integer else 'a finite float'} >= {minimum}. "
+            f"Received: {name}={value}"
+        )
+    return int(value) if integer else float(value)
+
+
+@keras.saving.register_keras_serializable(package="keras_regkit")
+class DelayedRamp(keras.optimizers.schedules.LearningRateSchedule):
+    """Holds `initial` until `delay_steps`, then ramps linearly to `target`.
+
+    `value(step) = initial` for `step < delay_steps`, then moves linearly to
+    `target` over `ramp_steps` steps and stays there. With `ramp_steps=0` it is
+    a step function. The usual use is to train without a penalty first and
+    switch it on gradually, without the jump a sudden penalty gives the loss.
+
+    Args:
+        target: Strength reached at the end of the ramp, a float >= 0.
+        delay_steps: Steps before the ramp starts, an int >= 0.
+        ramp_steps: Length of the ramp in steps, an int >= 0.
+        initial: Strength before the ramp, a float >= 0. Defaults to 0.0.
+
+    Raises:
+        TypeError, ValueError: If an argument has the wrong type or range.
+
+    Example:
+
+    >>> ramp = DelayedRamp(target=1e-3, delay_steps=100, ramp_steps=100)
+    >>> [round(float(ramp(s)), 6) for s in (0, 100, 150, 200, 1000)]
+    [0.0, 0.0, 0.0005, 0.001, 0.001]
+    """
+
+    def __init__(
+        self,
+        target: float,
+        delay_steps: int,
+        ramp_steps: int,
+        initial: float = 0.0,
+    ):
+        self.target = _check("target", target, 0)
+        self.delay_steps = _check("delay_steps", delay_steps, 0, integer=True)
+        self.ramp_steps = _check("ramp_steps", ramp_steps, 0, integer=True)
+        self.initial = _check("initial", initial, 0)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        progress = (step - self.delay_steps) / max(self.ramp_steps, 1)
+        if self.ramp_steps == 0:
+            progress = ops.where(step >= self.delay_steps, 1.0, 0.0)
+        progress = ops.clip(progress, 0.0, 1.0)
+        return self.initial + (self.target - self.initial) * progress
+
+    def get_config(self) -> dict:
+        return {
+            "target": self.target,
+            "delay_steps": self.delay_steps,
+            "ramp_steps": self.ramp_steps,
+            "initial": self.initial,
+        }

@@ -1,0 +1,186 @@
+"""One walk over a model's layers and the weights that penalties act on.
+
+Every feature that touches weights (attaching penalties, statistics, pruning)
+goes through `iter_weights`, so nested models, RNN cells and the mapping from a
+weight to the layer-config attribute that saves its regularizer live here only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from typing import Callable, Iterator, Sequence, Union
+
+import keras
+
+# kind -> the (variable attribute, config attribute) pairs that hold it. A layer
+# has a kind when it has both attributes. Keras saves a regularizer from the
+# config attribute, so both must be set or a reload silently drops it.
+WEIGHT_KINDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "kernel": (("kernel", "kernel_regularizer"),),
+    "bias": (("bias", "bias_regularizer"),),
+    "recurrent_kernel": (("recurrent_kernel", "recurrent_regularizer"),),
+    "depthwise_kernel": (
+        ("depthwise_kernel", "depthwise_regularizer"),  # SeparableConv
+        ("kernel", "depthwise_regularizer"),  # DepthwiseConv
+    ),
+    "pointwise_kernel": (("pointwise_kernel", "pointwise_regularizer"),),
+    "embeddings": (("embeddings", "embeddings_regularizer"),),
+    "gamma": (("gamma", "gamma_regularizer"),),
+    "beta": (("beta", "beta_regularizer"),),
+}
+
+LayerSelector = Union[str, type, Callable[[keras.layers.Layer], bool]]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class WeightRef:
+    """One penalisable weight of a model.
+
+    Attributes:
+        path: Slash-separated layer names from the top model down,
+            e.g. `"encoder/dense_1"`.
+        layer: The layer that owns the variable (for RNNs, the cell).
+        kind: The weight kind, a key of `WEIGHT_KINDS`.
+        variable: The `keras.Variable` itself.
+        config_attr: The layer attribute that Keras saves the regularizer from.
+    """
+
+    path: str
+    layer: keras.layers.Layer
+    kind: str
+    variable: keras.Variable
+    config_attr: str
+
+    @property
+    def regularizer(self):
+        return self.variable.regularizer
+
+    def set_regularizer(self, regularizer) -> None:
+        # Both places: the variable is what the loss reads, the attribute is
+        # what `get_config` (and so `model.save`) writes.
+        setattr(self.layer, self.config_attr, regularizer)
+        self.variable.regularizer = regularizer
+
+
+def normalize_kinds(weights: Union[str, Sequence[str]]) -> tuple[str, ...]:
+    """Returns `weights` as a tuple of known kinds, or raises `ValueError`."""
+    kinds = (weights,) if isinstance(weights, str) else tuple(weights)
+    unknown = [k for k in kinds if k not in WEIGHT_KINDS]
+    if unknown or not kinds:
+        raise ValueError(
+            f"Invalid value for argument `weights`: expected one of "
+            f"{sorted(WEIGHT_KINDS)} or a list of them. Received: "
+            f"weights={weights!r}"
+        )
+    return kinds
+
+
+def iter_layers(model: keras.layers.Layer) -> Iterator[tuple[str, keras.layers.Layer, tuple]]:
+    """Yields `(path, layer, ancestors)` depth-first for every sublayer.
+
+    Nested Functional, Sequential and subclassed models and wrapper layers
+    (Bidirectional, TimeDistributed, RNN cells) are entered. A layer shared
+    between two places is yielded once.
+    """
+    seen = set()
+
+    def walk(parent, prefix, ancestors):
+        for layer in parent._flatten_layers(include_self=False, recursive=False):
+            if id(layer) in seen or isinstance(layer, keras.layers.InputLayer):
+                continue
+            seen.add(id(layer))
+            path = f"{prefix}{layer.name}"
+            yield path, layer, ancestors
+            yield from walk(layer, path + "/", ancestors + (layer,))
+
+    yield from walk(model, "", ())
+
+
+def _weight_of(layer, kind):
+    for variable_attr, config_attr in WEIGHT_KINDS[kind]:
+        variable = getattr(layer, variable_attr, None)
+        if isinstance(variable, keras.Variable) and hasattr(layer, config_attr):
+            return variable, config_attr
+    return None
+
+
+def _matches(selector: LayerSelector, path: str, layer) -> bool:
+    if isinstance(selector, str):
+        return fnmatch.fnmatchcase(path, selector) or fnmatch.fnmatchcase(
+            layer.name, selector
+        )
+    if isinstance(selector, type):
+        return isinstance(layer, selector)
+    return bool(selector(layer))
+
+
+def check_selector(selector) -> None:
+    if not (isinstance(selector, (str, type)) or callable(selector)):
+        raise TypeError(
+            "Invalid layer selector: expected a name glob (str), a layer class "
+            f"or a callable taking a layer. Received: {selector!r}"
+        )
+
+
+def iter_weights(
+    model: keras.layers.Layer,
+    weights: Union[str, Sequence[str]] = "kernel",
+    layers: LayerSelector | None = None,
+) -> Iterator[WeightRef]:
+    """Yields a `WeightRef` for every weight of the given kinds.
+
+    Args:
+        model: A Keras model or layer.
+        weights: A weight kind or a list of kinds (keys of `WEIGHT_KINDS`).
+        layers: Optional selector. A layer is selected when the selector
+            matches it or one of the layers that contain it, so selecting an
+            `LSTM` (or a nested model) selects the cells (layers) inside it.
+    """
+    kinds = normalize_kinds(weights)
+    if layers is not None:
+        check_selector(layers)
+    for path, layer, ancestors in iter_layers(model):
+        if layers is not None and not any(
+            _matches(layers, p, l)
+            for p, l in zip(_ancestor_paths(path, len(ancestors)), ancestors + (layer,))
+        ):
+            continue
+        for kind in kinds:
+            found = _weight_of(layer, kind)
+            if found is not None:
+                yield WeightRef(path, layer, kind, found[0], found[1])
+
+
+def _ancestor_paths(path: str, n_ancestors: int) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[: i + 1]) for i in range(n_ancestors + 1)]
+
+
+def select_weights(
+    model, selector: LayerSelector, weights: Union[str, Sequence[str]] = "kernel"
+) -> list[WeightRef]:
+    """Like `iter_weights`, but an empty selection is a `ValueError`.
+
+    The error lists the layers that do have weights of the requested kinds, so
+    the user can correct the selector.
+    """
+    kinds = normalize_kinds(weights)
+    selected = list(iter_weights(model, kinds, layers=selector))
+    if not selected:
+        available = sorted({ref.path for ref in iter_weights(model, kinds)})
+        raise ValueError(
+            f"Layer selector {_describe(selector)} matched no layer with a "
+            f"weight of kind {list(kinds)} in model '{model.name}'. Layers "
+            f"that have one: {available or 'none'}."
+        )
+    return selected
+
+
+def _describe(selector) -> str:
+    if isinstance(selector, type):
+        return selector.__name__
+    if isinstance(selector, str):
+        return repr(selector)
+    return getattr(selector, "__name__", repr(selector))
+

@@ -1,0 +1,210 @@
+import math
+
+import keras
+import ml_dtypes
+import numpy as np
+import pytest
+
+from keras_regkit import regularizers as R
+from keras_regkit.schedules import DelayedRamp
+
+from conftest import assert_round_trip, value_and_grad
+
+RNG = np.random.default_rng(0)
+W = RNG.normal(scale=0.5, size=(7, 5)).astype("float32")
+W[0, 0] = 0.0
+
+
+def expabs_numpy(w, alpha, scale):
+    w = w.astype("float64")
+    return alpha * np.sum(np.expm1(np.abs(w) / scale)), alpha / scale * np.sign(w) * np.exp(
+        np.abs(w) / scale
+    )
+
+
+REFERENCES = [
+    (R.L1(0.03), lambda w: (0.03 * np.abs(w).sum(), 0.03 * np.sign(w))),
+    (R.L2(0.03), lambda w: (0.03 * (w.astype("float64") ** 2).sum(), 0.06 * w)),
+    (
+        R.ElasticNet(l1=0.02, l2=0.05),
+        lambda w: (
+            0.02 * np.abs(w).sum() + 0.05 * (w.astype("float64") ** 2).sum(),
+            0.02 * np.sign(w) + 0.1 * w,
+        ),
+    ),
+    (R.ExpAbs(0.03), lambda w: expabs_numpy(w, 0.03, 1.0)),
+    (R.ExpAbs(0.03, scale=0.25), lambda w: expabs_numpy(w, 0.03, 0.25)),
+]
+
+
+@pytest.mark.parametrize("reg,reference", REFERENCES, ids=lambda r: repr(r)[:30])
+def test_value_and_gradient_match_numpy_reference(reg, reference):
+    value, grad = value_and_grad(reg, W)
+    ref_value, ref_grad = reference(W)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "ours,theirs",
+    [
+        (R.L1(0.013), keras.regularizers.L1(0.013)),
+        (R.L2(0.013), keras.regularizers.L2(0.013)),
+        (R.ElasticNet(0.01, 0.02), keras.regularizers.L1L2(l1=0.01, l2=0.02)),
+    ],
+)
+def test_equals_keras_builtin_at_same_strength(ours, theirs):
+    ours_value, ours_grad = value_and_grad(ours, W)
+    theirs_value, theirs_grad = value_and_grad(theirs, W)
+    np.testing.assert_allclose(ours_value, theirs_value, rtol=1e-6)
+    np.testing.assert_allclose(ours_grad, theirs_grad, rtol=1e-6)
+
+
+def test_expabs_is_precise_for_tiny_weights():
+    # exp(w) - 1 in float32 rounds 1e-9 to 0; expm1 keeps it.
+    w = np.full((4,), 1e-9, "float32")
+    value, grad = value_and_grad(R.ExpAbs(2.0), w)
+    np.testing.assert_allclose(value, 2.0 * 4 * 1e-9, rtol=1e-6)
+    np.testing.assert_allclose(grad, 2.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_expabs_is_finite_for_every_finite_weight(dtype):
+    finfo_max = float(ml_dtypes.finfo(dtype).max)
+    w = np.array(
+        [0.0, 1e-8, 1.0, 11.5, 19.99, 20.01, 88.0, 89.0, 1e4, 65504.0, 1e20, 1e30, finfo_max],
+        dtype="float32",
+    )
+    w = w[w <= finfo_max]
+    w = np.concatenate([w, -w])
+    tensor = keras.ops.cast(w, dtype)
+    value, grad = value_and_grad(R.ExpAbs(1.0, scale=0.5), tensor)
+    assert value.dtype == np.float32
+    assert np.isfinite(value)
+    assert np.all(np.isfinite(grad))
+    # Below the linear region it is the exact exponential.
+    small = np.array([0.5, 2.0], dtype)
+    np.testing.assert_allclose(
+        value_and_grad(R.ExpAbs(1.0), keras.ops.cast(small, dtype))[0],
+        np.sum(np.expm1(small.astype("float64"))),
+        rtol=1e-2 if dtype != "float32" else 1e-6,
+    )
+
+
+def test_expabs_keeps_growing_past_the_exponential_region():
+    reg = R.ExpAbs(1.0)
+    values = [float(value_and_grad(reg, np.array([w], "float32"))[0]) for w in (19.0, 20.0, 21.0, 1e10)]
+    assert values == sorted(values) and len(set(values)) == 4
+    # Continuous at the switch, slope exp(20) after it.
+    np.testing.assert_allclose(values[2] - values[1], math.exp(20), rtol=1e-4)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_penalties_are_float32_and_finite_under_mixed_precision(policy):
+    keras.mixed_precision.set_global_policy(policy)
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(3, kernel_regularizer=R.ExpAbs(1e-3), kernel_initializer=keras.initializers.Constant(30.0)),
+            keras.layers.Dense(2, kernel_regularizer=R.ElasticNet(1e-3, 1e-3)),
+        ]
+    )
+    assert model.layers[0].compute_dtype != "float32"
+    model.compile(keras.optimizers.SGD(1e-12), "mse")
+    losses = model.losses
+    assert all(keras.backend.standardize_dtype(loss.dtype) == "float32" for loss in losses)
+    history = model.fit(np.ones((4, 4)), np.ones((4, 2)), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    np.testing.assert_allclose(
+        float(keras.ops.convert_to_numpy(losses[0])),
+        1e-3 * 12 * (math.expm1(20.0) + math.exp(20.0) * 10.0),
+        rtol=1e-4,
+    )
+
+
+def test_scheduled_strength_follows_the_step():
+    schedule = keras.optimizers.schedules.PolynomialDecay(0.0, 10, 1.0)
+    reg = R.L1(schedule)
+    w = np.ones((2, 2), "float32")
+    assert reg.is_scheduled and reg.step == 0
+    assert float(value_and_grad(reg, w)[0]) == 0.0
+    reg.set_step(5)
+    assert reg.step == 5
+    assert reg.current_strengths() == {"alpha": pytest.approx(0.5)}
+    np.testing.assert_allclose(value_and_grad(reg, w)[0], 2.0, rtol=1e-6)
+
+
+def test_elastic_net_strengths_schedule_independently():
+    reg = R.ElasticNet(l1=DelayedRamp(1.0, 0, 10), l2=0.5, step=5)
+    assert reg.current_strengths() == {"l1": pytest.approx(0.5), "l2": 0.5}
+
+
+def test_unscheduled_regularizer_has_no_state():
+    reg = R.L2(0.1)
+    assert not reg.is_scheduled and reg.step == 0
+    assert "step" not in reg.get_config()
+
+
+SERIALIZABLE = [
+    R.L1(0.1),
+    R.L2(0.2),
+    R.ElasticNet(0.1, 0.3),
+    R.ExpAbs(0.1, scale=0.5),
+    R.L1(keras.optimizers.schedules.PolynomialDecay(0.0, 100, 1e-3), step=42),
+    R.ElasticNet(l1=DelayedRamp(1e-3, 10, 20), l2=keras.optimizers.schedules.ExponentialDecay(1e-2, 10, 0.5), step=7),
+    R.ExpAbs(keras.optimizers.schedules.CosineDecay(1e-3, 100), scale=2.0, step=3),
+]
+
+
+@pytest.mark.parametrize("reg", SERIALIZABLE, ids=repr)
+def test_round_trips_through_config(reg):
+    restored = assert_round_trip(reg)
+    assert restored.step == reg.step
+    np.testing.assert_allclose(value_and_grad(restored, W)[0], value_and_grad(reg, W)[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [R.L1, R.L2, R.ExpAbs])
+@pytest.mark.parametrize("bad", [-1e-3, float("nan"), float("inf"), -float("inf")])
+def test_rejects_negative_nan_and_infinite_strengths(cls, bad):
+    with pytest.raises(ValueError, match=r"argument `alpha`.*Received: alpha=(-?inf|nan|-0\.001)"):
+        cls(bad)
+
+
+@pytest.mark.parametrize("bad", ["0.1", None, [0.1], True, lambda step: 0.1])
+def test_rejects_non_numeric_strengths(bad):
+    with pytest.raises(TypeError, match=r"argument `l2`.*float >= 0 or a .*LearningRateSchedule"):
+        R.ElasticNet(l1=0.1, l2=bad)
+
+
+def test_rejects_schedule_that_cannot_be_serialized():
+    class NoConfig(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            return 0.1
+
+    with pytest.raises(TypeError, match=r"argument `alpha`.*NoConfig cannot be serialized"):
+        R.L1(NoConfig())
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"scale": 0.0}, "argument `scale`.*> 0.*scale=0.0"),
+    ({"scale": float("nan")}, "argument `scale`.*scale=nan"),
+    ({"step": -1}, "argument `step`.*int >= 0.*step=-1"),
+])
+def test_rejects_bad_scale_and_step(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        R.ExpAbs(0.1, **kwargs)
+
+
+def test_rejects_non_numeric_scale():
+    with pytest.raises(TypeError, match="argument `scale`"):
+        R.ExpAbs(0.1, scale="big")
+
+
+@pytest.mark.parametrize("cls,config", [
+    (R.L1, {"alpha": 0.1, "l1": 0.2}),
+    (R.ExpAbs, {"alpha": 0.1, "scael": 1.0}),
+    (R.ElasticNet, {"l1": 0.1, "l2": 0.1, "alpha": 0.1}),
+])
+def test_from_config_rejects_unknown_keys(cls, config):
+    with pytest.raises(ValueError, match=r"unknown keys \[.*\]. Valid keys"):
+        cls.from_config(config)
