@@ -47,8 +47,11 @@ def assert_round_trip(obj):
 
 def tiny_mlp(units=(8, 4), inputs=6, name=None, **dense_kwargs):
     layers = [keras.Input((inputs,))]
-    layers += [keras.layers.Dense(u, activation="relu", **dense_kwargs) for u in units[:-1]]
-    layers += [keras.layers.Dense(units[-1], **dense_kwargs)]
+    layers += [
+        keras.layers.Dense(u, activation="relu", name=f"hidden{i}", **dense_kwargs)
+        for i, u in enumerate(units[:-1])
+    ]
+    layers += [keras.layers.Dense(units[-1], name="out", **dense_kwargs)]
     return keras.Sequential(layers, name=name)
 
 

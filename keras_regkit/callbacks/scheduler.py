@@ -8,6 +8,7 @@ from keras import ops
 from keras_regkit import attach
 
 
+@keras.saving.register_keras_serializable(package="keras_regkit")
 class RegularizationScheduler(keras.callbacks.Callback):
     """Drives every scheduled strength of the model during `fit`.
 

@@ -1,0 +1,153 @@
+import keras
+import numpy as np
+import pytest
+
+import keras_regkit as rk
+from keras_regkit.regularizers import L1, L2
+
+from conftest import tiny_data, tiny_mlp
+
+
+def nested_model():
+    encoder = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(5, name="enc_dense"), keras.layers.Dense(4, name="enc_out")],
+        name="encoder",
+    )
+    inputs = keras.Input((6,))
+    x = encoder(inputs)
+    x = keras.layers.Dense(3, name="head")(x)
+    return keras.Model(inputs, x, name="outer")
+
+
+class Subclassed(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.block = keras.Sequential([keras.layers.Dense(4, name="inner")], name="block")
+        self.out = keras.layers.Dense(2, name="out")
+
+    def call(self, x):
+        return self.out(self.block(x))
+
+
+def paths(attachment):
+    return sorted(f"{ref.path}:{ref.kind}" for ref in attachment.refs)
+
+
+def test_name_glob_matches_names_and_paths_in_nested_models():
+    model = nested_model()
+    assert paths(rk.apply_regularizers(model, {"encoder/*": L1(0.1)})) == [
+        "encoder/enc_dense:kernel", "encoder/enc_out:kernel"]
+    assert paths(rk.apply_regularizers(model, {"enc_out": L1(0.1)})) == ["encoder/enc_out:kernel"]
+    # A container selects what it contains.
+    assert len(rk.apply_regularizers(model, {"encoder": L1(0.1)})) == 2
+
+
+def test_class_and_callable_selectors():
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(), keras.layers.Dense(3)])
+    assert paths(rk.apply_regularizers(model, {keras.layers.Conv2D: L1(0.1)})) == ["conv2d:kernel"]
+    assert paths(rk.apply_regularizers(model, {lambda layer: layer.name.startswith("den"): L1(0.1)})) == ["dense:kernel"]
+
+
+def test_reaches_layers_of_subclassed_models():
+    model = Subclassed()
+    model(np.zeros((1, 3), "float32"))
+    assert paths(rk.apply_regularizers(model, {"*": L2(0.1)})) == ["block/inner:kernel", "out:kernel"]
+    assert len(model.losses) == 2
+
+
+def test_kernels_by_default_other_kinds_only_when_asked():
+    model = keras.Sequential([
+        keras.Input((5,), dtype="int32"),
+        keras.layers.Embedding(10, 4),
+        keras.layers.LSTM(3, return_sequences=True),
+        keras.layers.SeparableConv1D(2, 3),
+        keras.layers.DepthwiseConv1D(2),
+        keras.layers.GlobalAveragePooling1D(),
+        keras.layers.Dense(2),
+    ])
+    assert paths(rk.apply_regularizers(model, {"*": L1(0.1)})) == ["dense:kernel", "lstm/lstm_cell:kernel"]
+    for kind, expected in [
+        ("recurrent_kernel", ["lstm/lstm_cell:recurrent_kernel"]),
+        ("embeddings", ["embedding:embeddings"]),
+        ("depthwise_kernel", ["depthwise_conv1d:depthwise_kernel", "separable_conv1d:depthwise_kernel"]),
+        ("pointwise_kernel", ["separable_conv1d:pointwise_kernel"]),
+        ("bias", ["dense:bias", "depthwise_conv1d:bias", "lstm/lstm_cell:bias", "separable_conv1d:bias"]),
+    ]:
+        assert paths(rk.apply_regularizers(model, {"*": L2(0.1)}, weights=kind)) == expected
+    # The LSTM's config (what `save` writes) carries the penalties too.
+    config = model.get_layer("lstm").get_config()
+    assert config["kernel_regularizer"]["class_name"] == "L1"
+    assert config["recurrent_regularizer"]["class_name"] == "L2"
+    assert model.get_layer("depthwise_conv1d").get_config()["depthwise_regularizer"]["class_name"] == "L2"
+
+
+def test_selector_that_matches_nothing_lists_available_layers():
+    model = nested_model()
+    with pytest.raises(ValueError, match=r"'decoder/\*' matched no layer.*\['encoder/enc_dense', 'encoder/enc_out', 'head'\]"):
+        rk.apply_regularizers(model, {"decoder/*": L1(0.1)})
+
+
+def test_bad_arguments_are_rejected_before_anything_changes():
+    model = tiny_mlp()
+    with pytest.raises(ValueError, match=r"argument `weights`.*Received: weights='kernal'"):
+        rk.apply_regularizers(model, {"*": L1(0.1)}, weights="kernal")
+    with pytest.raises(TypeError, match="Regularizer` instance"):
+        rk.apply_regularizers(model, {"hidden0": L1(0.1), "out": lambda w: 0.0})
+    with pytest.raises(TypeError, match="layer selector"):
+        rk.apply_regularizers(model, {3: L1(0.1)})
+    with pytest.raises(TypeError, match="expected a dict"):
+        rk.apply_regularizers(model, L1(0.1))
+    assert model.losses == []
+
+
+def _one_sgd_step(model, x, y):
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False)
+    return [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+
+
+def test_penalty_attached_to_trained_model_acts_in_the_very_next_step():
+    x, y = tiny_data()
+    plain, regularized = tiny_mlp(), tiny_mlp()
+    regularized.set_weights(plain.get_weights())
+    for model in (plain, regularized):
+        model.compile(keras.optimizers.SGD(0.1), "mse")
+        model.fit(x, y, batch_size=len(x), epochs=2, verbose=0, shuffle=False)  # traces the train function
+    before = [w.copy() for w in regularized.get_weights()]
+
+    alpha, lr = 0.05, 0.1
+    rk.apply_regularizers(regularized, {"out": L1(alpha)})
+    plain_loss = plain.evaluate(x, y, verbose=0)
+    reg_loss = regularized.evaluate(x, y, verbose=0)
+    np.testing.assert_allclose(reg_loss - plain_loss, alpha * np.abs(before[2]).sum(), rtol=1e-5)
+
+    after_plain = _one_sgd_step(plain, x, y)
+    after_reg = _one_sgd_step(regularized, x, y)
+    # The penalised kernel moved by exactly lr * alpha * sign(w) more; the rest is unchanged.
+    np.testing.assert_allclose(after_plain[2] - after_reg[2], lr * alpha * np.sign(before[2]), atol=1e-6)
+    np.testing.assert_allclose(after_plain[0], after_reg[0], atol=1e-6)
+
+
+def test_undo_and_remove_take_penalties_off_again():
+    model = tiny_mlp(kernel_regularizer=L2(0.5))
+    x, y = tiny_data()
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    with_l2 = model.evaluate(x, y, verbose=0)
+    attached = rk.apply_regularizers(model, {"*": L1(1.0)})
+    assert model.evaluate(x, y, verbose=0) > with_l2 + 1
+    attached.undo()
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(with_l2)
+    assert all(isinstance(layer.kernel_regularizer, L2) for layer in model.layers)
+
+    removed = rk.remove_regularizers(model)
+    assert len(removed) == 2 and model.losses == []
+    assert model.evaluate(x, y, verbose=0) < with_l2
+    assert model.layers[0].get_config()["kernel_regularizer"] is None
+    removed.undo()
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(with_l2)
+
+
+def test_later_selector_wins_where_two_overlap():
+    model = tiny_mlp()
+    rk.apply_regularizers(model, {"*": L1(0.1), "out": L2(0.2)})
+    assert isinstance(model.layers[0].kernel_regularizer, L1)
+    assert isinstance(model.layers[1].kernel_regularizer, L2)

@@ -1,0 +1,119 @@
+import csv
+
+import keras
+import numpy as np
+import pytest
+
+import keras_regkit as rk
+from keras_regkit.regularizers import ElasticNet, ExpAbs, L1
+from keras_regkit.schedules import DelayedRamp
+
+from conftest import assert_round_trip, tiny_data, tiny_mlp
+
+RAMP = keras.optimizers.schedules.PolynomialDecay(0.0, 4, 0.2)
+
+
+def frozen_model(regularizer):
+    """A model whose weights never move (lr = 0), so the loss changes only
+    through the penalty strength."""
+    model = tiny_mlp()
+    rk.apply_regularizers(model, {"out": regularizer})
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    return model
+
+
+def test_loss_moves_exactly_as_the_schedule_with_learning_rate_zero():
+    x, y = tiny_data()
+    model = frozen_model(L1(RAMP))
+    data_loss = model.evaluate(x, y, verbose=0)  # step 0: strength 0
+    l1_norm = np.abs(keras.ops.convert_to_numpy(model.get_layer("out").kernel)).sum()
+    # One batch per epoch: epoch k's loss is the loss at step k.
+    history = model.fit(x, y, batch_size=len(x), epochs=6, verbose=0, callbacks=[rk.callbacks.RegularizationScheduler()])
+    expected = [data_loss + float(RAMP(step)) * l1_norm for step in range(6)]
+    np.testing.assert_allclose(history.history["loss"], expected, rtol=1e-5)
+    # Logged strengths and reg_loss are those the next step uses.
+    np.testing.assert_allclose(history.history["strength/out/kernel"], [float(RAMP(s)) for s in range(1, 7)], rtol=1e-6)
+    np.testing.assert_allclose(history.history["reg_loss"], [float(RAMP(s)) * l1_norm for s in range(1, 7)], rtol=1e-5)
+
+
+def test_epoch_update_freq_uses_the_epoch_index():
+    x, y = tiny_data()
+    model = frozen_model(L1(RAMP))
+    data_loss = model.evaluate(x, y, verbose=0)
+    l1_norm = np.abs(keras.ops.convert_to_numpy(model.get_layer("out").kernel)).sum()
+    history = model.fit(x, y, batch_size=8, epochs=5, verbose=0, callbacks=[rk.callbacks.RegularizationScheduler("epoch")])
+    expected = [data_loss + float(RAMP(epoch)) * l1_norm for epoch in range(5)]
+    np.testing.assert_allclose(history.history["loss"], expected, rtol=1e-5)
+
+
+def test_strength_updates_never_retrace_the_train_function():
+    x, y = tiny_data()
+    model = frozen_model(ElasticNet(l1=RAMP, l2=DelayedRamp(0.1, 2, 30)))
+    traces = []
+    train_step = model.train_step
+
+    def counting_train_step(data):  # Python runs it only while tracing
+        traces.append(1)
+        return train_step(data)
+
+    model.train_step = counting_train_step
+    scheduler = rk.callbacks.RegularizationScheduler()
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[scheduler])
+    traced_once = len(traces)
+    train_function = model.train_function
+    history = model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[scheduler])
+    assert 0 < traced_once == len(traces)
+    assert model.train_function is train_function
+    assert len(set(history.history["strength/out/kernel/l2"])) == 3
+
+
+def test_schedule_changes_the_weights_trained():
+    x, y = tiny_data()
+    final = {}
+    for name, regularizer in [("scheduled", L1(DelayedRamp(0.05, 3, 0))), ("off", L1(0.0)), ("constant", L1(0.05))]:
+        keras.utils.set_random_seed(1)
+        model = tiny_mlp()
+        rk.apply_regularizers(model, {"*": regularizer})
+        model.compile(keras.optimizers.SGD(0.05), "mse")
+        model.fit(x, y, batch_size=len(x), epochs=6, verbose=0, shuffle=False, callbacks=[rk.callbacks.RegularizationScheduler()])
+        final[name] = model.get_weights()[0]
+    # Off for the first 3 steps, then on: different from both always-off and always-on.
+    assert not np.allclose(final["scheduled"], final["off"], atol=1e-4)
+    assert not np.allclose(final["scheduled"], final["constant"], atol=1e-4)
+    assert np.abs(final["scheduled"]).sum() < np.abs(final["off"]).sum()
+
+
+def test_finds_schedules_in_nested_models_and_logs_to_csv(tmp_path):
+    inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="deep", kernel_regularizer=ExpAbs(RAMP))], name="inner")
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, keras.layers.Dense(4, name="top")(inner(inputs)))
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    x, y = tiny_data()
+    log = tmp_path / "log.csv"
+    model.fit(x, y, batch_size=len(x), epochs=3, verbose=0,
+              callbacks=[rk.callbacks.RegularizationScheduler(), keras.callbacks.CSVLogger(str(log))])
+    rows = list(csv.DictReader(log.open()))
+    assert [float(r["strength/inner/deep/kernel"]) for r in rows] == pytest.approx([0.05, 0.1, 0.15])
+    assert all(float(r["reg_loss"]) > 0 for r in rows)
+
+
+def test_shows_in_the_progress_bar(capsys):
+    x, y = tiny_data()
+    model = frozen_model(L1(RAMP))
+    model.fit(x, y, epochs=1, verbose=2, callbacks=[rk.callbacks.RegularizationScheduler()])
+    out = capsys.readouterr().out
+    assert "reg_loss:" in out and "strength/out/kernel:" in out
+
+
+def test_model_without_schedules_only_logs_reg_loss():
+    x, y = tiny_data()
+    model = frozen_model(L1(0.1))
+    history = model.fit(x, y, epochs=1, verbose=0, callbacks=[rk.callbacks.RegularizationScheduler()])
+    assert sorted(history.history) == ["loss", "reg_loss"]
+
+
+def test_rejects_unknown_update_freq_and_round_trips():
+    with pytest.raises(ValueError, match=r"update_freq.*'batch' or 'epoch'.*Received: update_freq='step'"):
+        rk.callbacks.RegularizationScheduler(update_freq="step")
+    restored = assert_round_trip(rk.callbacks.RegularizationScheduler("epoch", log_strengths=False))
+    assert restored.update_freq == "epoch"
