@@ -1,0 +1,5 @@
+import sys
+
+from keras_regkit.cli import main
+
+sys.exit(main())

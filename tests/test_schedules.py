@@ -1,0 +1,44 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_regkit.regularizers import L1
+from keras_regkit.schedules import DelayedRamp
+
+from conftest import assert_round_trip
+
+
+def reference(step, target, delay, ramp, initial):
+    if step < delay:
+        return initial
+    if ramp == 0 or step >= delay + ramp:
+        return target
+    return initial + (target - initial) * (step - delay) / ramp
+
+
+@pytest.mark.parametrize("target,delay,ramp,initial", [(1e-3, 10, 20, 0.0), (0.5, 0, 4, 0.1), (0.2, 3, 0, 0.0), (0.0, 2, 2, 1.0)])
+def test_values_match_reference(target, delay, ramp, initial):
+    schedule = DelayedRamp(target, delay, ramp, initial)
+    steps = range(0, delay + ramp + 5)
+    got = [float(schedule(s)) for s in steps]
+    np.testing.assert_allclose(got, [reference(s, target, delay, ramp, initial) for s in steps], rtol=1e-6)
+
+
+def test_works_as_a_strength_and_round_trips():
+    schedule = assert_round_trip(DelayedRamp(0.1, 5, 10, initial=0.01))
+    reg = L1(schedule, step=10)
+    assert reg.current_strengths()["alpha"] == pytest.approx(0.055)
+
+
+@pytest.mark.parametrize("kwargs,error", [
+    ({"target": -1.0}, ValueError),
+    ({"target": float("nan")}, ValueError),
+    ({"delay_steps": -3}, ValueError),
+    ({"ramp_steps": 2.5}, TypeError),
+    ({"initial": "0"}, TypeError),
+])
+def test_rejects_bad_arguments_naming_them(kwargs, error):
+    args = {"target": 0.1, "delay_steps": 1, "ramp_steps": 1, **kwargs}
+    (name, value), = kwargs.items()
+    with pytest.raises(error, match=f"argument `{name}`.*Received: {name}="):
+        DelayedRamp(**args)
