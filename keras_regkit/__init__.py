@@ -5,12 +5,15 @@ Importing the package registers every class for `keras.saving.load_model`.
 
 from keras_regkit import callbacks, regularizers, schedules
 from keras_regkit.attach import Attachment, apply_regularizers, remove_regularizers
+from keras_regkit.stats import LayerStats, SparsityReport, sparsity_report
 from keras_regkit.weights import WEIGHT_KINDS, WeightRef, iter_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Attachment",
+    "LayerStats",
+    "SparsityReport",
     "WEIGHT_KINDS",
     "WeightRef",
     "apply_regularizers",
@@ -19,4 +22,5 @@ __all__ = [
     "regularizers",
     "remove_regularizers",
     "schedules",
+    "sparsity_report",
 ]

@@ -20,6 +20,8 @@ from typing import Union
 import keras
 from keras import ops
 
+from keras_regkit import _validate
+
 LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule
 Strength = Union[float, LearningRateSchedule]
 
@@ -62,15 +64,6 @@ def _check_schedule_serializable(name: str, schedule) -> None:
         ) from None
 
 
-def _check_step(step) -> int:
-    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-        raise ValueError(
-            f"Invalid value for argument `step`: expected an int >= 0. "
-            f"Received: step={step!r}"
-        )
-    return int(step)
-
-
 class _Penalty(keras.regularizers.Regularizer):
     """Base of our penalties: strength bookkeeping, scheduling, configs.
 
@@ -85,7 +78,7 @@ class _Penalty(keras.regularizers.Regularizer):
             name: _check_strength(name, strengths[name])
             for name in self._strength_names
         }
-        step = _check_step(step)
+        step = _validate.integer("step", step)
         self._step_variable = None
         self._step_source = None
         if self.is_scheduled:
@@ -111,7 +104,7 @@ class _Penalty(keras.regularizers.Regularizer):
 
     def set_step(self, step: int) -> None:
         """Moves every schedule of this regularizer to `step`."""
-        step = _check_step(step)
+        step = _validate.integer("step", step)
         if self._step_source is not None:
             self._step_source.assign(step)
 

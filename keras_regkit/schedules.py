@@ -7,28 +7,10 @@ regularization needs.
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import keras
 from keras import ops
 
-
-def _check(name, value, minimum, integer=False):
-    kind = numbers.Integral if integer else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise TypeError(
-            f"Invalid value for argument `{name}`: expected "
-            f"{'an int' if integer else 'a float'} >= {minimum}. "
-            f"Received: {name}={value!r} of type {type(value).__name__}"
-        )
-    if not math.isfinite(value) or value < minimum:
-        raise ValueError(
-            f"Invalid value for argument `{name}`: expected "
-            f"{'an int' if integer else 'a finite float'} >= {minimum}. "
-            f"Received: {name}={value}"
-        )
-    return int(value) if integer else float(value)
+from keras_regkit import _validate
 
 
 @keras.saving.register_keras_serializable(package="keras_regkit")
@@ -63,10 +45,10 @@ class DelayedRamp(keras.optimizers.schedules.LearningRateSchedule):
         ramp_steps: int,
         initial: float = 0.0,
     ):
-        self.target = _check("target", target, 0)
-        self.delay_steps = _check("delay_steps", delay_steps, 0, integer=True)
-        self.ramp_steps = _check("ramp_steps", ramp_steps, 0, integer=True)
-        self.initial = _check("initial", initial, 0)
+        self.target = _validate.real("target", target)
+        self.delay_steps = _validate.integer("delay_steps", delay_steps)
+        self.ramp_steps = _validate.integer("ramp_steps", ramp_steps)
+        self.initial = _validate.real("initial", initial)
 
     def __call__(self, step):
         step = ops.cast(step, "float32")

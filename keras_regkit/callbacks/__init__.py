@@ -1,5 +1,6 @@
 """Callbacks for `model.fit`."""
 
 from keras_regkit.callbacks.scheduler import RegularizationScheduler
+from keras_regkit.callbacks.sparsity import SparsityMonitor
 
-__all__ = ["RegularizationScheduler"]
+__all__ = ["RegularizationScheduler", "SparsityMonitor"]

@@ -1,0 +1,194 @@
+"""`SparsityMonitor`: per-layer sparsity and norms into `logs`."""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import keras
+
+from keras_regkit import _validate
+from keras_regkit import stats as stats_lib
+
+
+@keras.saving.register_keras_serializable(package="keras_regkit")
+class SparsityMonitor(keras.callbacks.Callback):
+    """Reports the sparsity and norms of the model's weights during `fit`.
+
+    At each update it adds to `logs` (so History, CSVLogger, TensorBoard and
+    the progress bar show them), for the whole model and for each weight:
+
+    - `sparsity`, `sparsity/<layer path>`: fraction of exact zeros;
+    - `near_zero`, `near_zero/<layer path>`: fraction with `|w| <= threshold`
+      (absolute by default; `relative=True` makes it `threshold * rms(w)` of
+      each weight, so layers of different scales compare fairly);
+    - `l1_norm`, `l2_norm` and their per-layer keys;
+    - `nonfinite`, `nonfinite/<layer path>`: count of NaN/inf entries.
+
+    Kernels go by their layer path (`encoder/dense`), other weights by
+    `path/kind` (`encoder/dense/bias`). The statistics are computed on the
+    device with one small host transfer per update.
+
+    Args:
+        weights: Weight kinds to watch: `"kernel"` (default, what penalties act
+            on by default), a list of kinds, or `"all"`.
+        threshold: Near-zero threshold, >= 0. Defaults to 1e-3.
+        relative: Whether `threshold` is relative to each weight's RMS.
+            Defaults to False.
+        update_freq: `"epoch"` (default) or an int N: update every N batches
+            (into the batch logs) as well as at each epoch end.
+        per_layer: Whether to log the per-layer keys as well as the totals.
+            Defaults to True.
+        target_sparsity: If set (a float in [0, 1]), stop training once the
+            model's fraction of exact zeros reaches it.
+        verbose: 0 (default) silent; 1 prints a per-layer table at the end of
+            every `print_every`-th epoch.
+        print_every: Epoch interval for the verbose table. Defaults to 1.
+        histogram_freq: If > 0, write weight-magnitude histograms to
+            TensorBoard every that many epochs (TensorFlow backend only).
+        log_dir: Where to write histograms. Required with `histogram_freq`.
+
+    Raises:
+        TypeError, ValueError: For a bad argument (named in the message).
+        RuntimeError: If `histogram_freq` is set under a backend other than
+            TensorFlow.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> model.compile("sgd", "mse")
+    >>> history = model.fit(np.ones((8, 4)), np.ones((8, 2)), verbose=0,
+    ...     callbacks=[SparsityMonitor(per_layer=False)])
+    >>> sorted(history.history)
+    ['l1_norm', 'l2_norm', 'loss', 'near_zero', 'nonfinite', 'sparsity']
+    """
+
+    def __init__(
+        self,
+        weights: Union[str, Sequence[str]] = "kernel",
+        threshold: float = 1e-3,
+        relative: bool = False,
+        update_freq: Union[str, int] = "epoch",
+        per_layer: bool = True,
+        target_sparsity: float | None = None,
+        verbose: int = 0,
+        print_every: int = 1,
+        histogram_freq: int = 0,
+        log_dir: str | None = None,
+    ):
+        super().__init__()
+        if update_freq != "epoch":
+            try:
+                _validate.integer("update_freq", update_freq, minimum=1)
+            except TypeError:
+                raise ValueError(
+                    "Invalid value for argument `update_freq`: expected 'epoch' or "
+                    f"an int >= 1 (batches). Received: update_freq={update_freq!r}"
+                ) from None
+        if target_sparsity is not None:
+            _validate.real("target_sparsity", target_sparsity, minimum=0.0, maximum=1.0)
+        _validate.real("threshold", threshold)
+        _validate.integer("print_every", print_every, minimum=1)
+        _validate.integer("histogram_freq", histogram_freq)
+        if histogram_freq and not log_dir:
+            raise ValueError(
+                "Argument `log_dir` is required when `histogram_freq` > 0. "
+                f"Received: histogram_freq={histogram_freq}, log_dir={log_dir!r}"
+            )
+        if histogram_freq and keras.backend.backend() != "tensorflow":
+            raise RuntimeError(
+                "SparsityMonitor(histogram_freq=...) writes TensorBoard summaries "
+                "and needs the TensorFlow backend. Current backend: "
+                f"{keras.backend.backend()!r}. Use histogram_freq=0 (the scalar "
+                "statistics work on every backend)."
+            )
+        self.weights_spec = weights
+        self.threshold = threshold
+        self.relative = relative
+        self.update_freq = update_freq
+        self.per_layer = per_layer
+        self.target_sparsity = target_sparsity
+        self.verbose = verbose
+        self.print_every = print_every
+        self.histogram_freq = histogram_freq
+        self.log_dir = log_dir
+        self.last_stats: list[stats_lib.LayerStats] = []
+        self._stats = None
+        self._writer = None
+
+    def get_config(self) -> dict:
+        return {
+            "weights": self.weights_spec,
+            "threshold": self.threshold,
+            "relative": self.relative,
+            "update_freq": self.update_freq,
+            "per_layer": self.per_layer,
+            "target_sparsity": self.target_sparsity,
+            "verbose": self.verbose,
+            "print_every": self.print_every,
+            "histogram_freq": self.histogram_freq,
+            "log_dir": self.log_dir,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+    def on_train_begin(self, logs=None):
+        # Built here, not in __init__: the callback may be created before the
+        # model, and the weights to watch are fixed for the whole fit.
+        self._stats = stats_lib.WeightStats(
+            self.model, self.weights_spec, self.threshold, self.relative
+        )
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.update_freq != "epoch" and (batch + 1) % self.update_freq == 0 and logs is not None:
+            self._update(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {} if logs is None else logs
+        self._update(logs)
+        if self.verbose and (epoch + 1) % self.print_every == 0:
+            report = stats_lib.SparsityReport(
+                self.last_stats, stats_lib.total(self.last_stats), float(self.threshold), self.relative
+            )
+            print(f"\nEpoch {epoch + 1}: weight sparsity\n{report}")
+        if self.histogram_freq and (epoch + 1) % self.histogram_freq == 0:
+            self._write_histograms(epoch)
+        if self.target_sparsity is not None and logs["sparsity"] >= self.target_sparsity:
+            self.model.stop_training = True
+            if self.verbose:
+                print(
+                    f"\nEpoch {epoch + 1}: sparsity {logs['sparsity']:.4f} reached "
+                    f"target_sparsity={self.target_sparsity}; stopping training."
+                )
+
+    def _update(self, logs):
+        self.last_stats = self._stats.compute()
+        rows = [("", stats_lib.total(self.last_stats))]
+        if self.per_layer:
+            rows += [(f"/{s.name}", s) for s in self.last_stats]
+        for suffix, s in rows:
+            logs[f"sparsity{suffix}"] = s.sparsity
+            logs[f"near_zero{suffix}"] = s.near_zero_fraction
+            logs[f"l1_norm{suffix}"] = s.l1
+            logs[f"l2_norm{suffix}"] = s.l2
+            logs[f"nonfinite{suffix}"] = s.nonfinite
+
+    def _write_histograms(self, epoch):
+        import tensorflow as tf
+
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        with self._writer.as_default():
+            for ref in self._stats.refs:
+                tf.summary.histogram(
+                    f"weight_magnitude/{stats_lib.weight_name(ref)}",
+                    tf.abs(tf.cast(ref.variable.value, tf.float32)),
+                    step=epoch,
+                )
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

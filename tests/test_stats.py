@@ -1,0 +1,89 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import keras_regkit as rk
+from keras_regkit.regularizers import L1
+from keras_regkit.stats import WeightStats
+
+from conftest import tiny_data, tiny_mlp
+
+
+def model_with_known_weights():
+    model = tiny_mlp(units=(8, 4))
+    kernel = np.linspace(-1, 1, 48).reshape(6, 8).astype("float32")
+    kernel[:, :3] = 0.0  # 18 exact zeros
+    kernel[0, 3] = 5e-4  # one near-zero that is not zero
+    model.get_layer("hidden0").kernel.assign(kernel)
+    return model, kernel
+
+
+def test_statistics_match_numpy_reference():
+    model, kernel = model_with_known_weights()
+    rk.apply_regularizers(model, {"hidden0": L1(0.1)})
+    report = rk.sparsity_report(model)
+    hidden = report.layers[0]
+    assert hidden.name == "hidden0" and hidden.params == 48
+    assert hidden.zeros == 18 and hidden.near_zero == 19
+    assert hidden.l1 == pytest.approx(np.abs(kernel).sum(), rel=1e-6)
+    assert hidden.l2 == pytest.approx(np.sqrt((kernel.astype("float64") ** 2).sum()), rel=1e-6)
+    assert hidden.regularizer == "L1(alpha=0.1)"
+    out_kernel = keras.ops.convert_to_numpy(model.get_layer("out").kernel)
+    assert report.total.params == 48 + out_kernel.size
+    assert report.total.zeros == 18 + int((out_kernel == 0).sum())
+    assert report.total.l2 == pytest.approx(np.sqrt(hidden.l2**2 + (out_kernel.astype("float64") ** 2).sum()), rel=1e-6)
+
+
+def test_relative_threshold_scales_with_each_weight():
+    model, kernel = model_with_known_weights()
+    rms = np.sqrt(np.mean(kernel.astype("float64") ** 2))
+    hidden = rk.sparsity_report(model, threshold=0.2, relative=True).layers[0]
+    assert hidden.near_zero == int((np.abs(kernel) <= 0.2 * rms).sum())
+    assert hidden.near_zero > 19
+
+
+def test_counts_nonfinite_entries_and_keeps_norms_finite():
+    model, kernel = model_with_known_weights()
+    kernel[1, 4:6] = [np.nan, np.inf]
+    model.get_layer("hidden0").kernel.assign(kernel)
+    hidden = rk.sparsity_report(model).layers[0]
+    assert hidden.nonfinite == 2
+    assert np.isfinite(hidden.l1) and np.isfinite(hidden.l2)
+
+
+def test_counts_stay_exact_beyond_float32_integer_range():
+    # 2**24 + 3 zeros: float32 sums of 0/1 flags would be off here.
+    layer = keras.layers.Embedding(2**22 + 1, 4, embeddings_initializer="zeros")
+    model = keras.Sequential([keras.Input((1,), dtype="int32"), layer])
+    stats = WeightStats(model, "embeddings").compute()[0]
+    assert stats.params == stats.zeros == stats.near_zero == 4 * (2**22 + 1)
+
+
+def test_all_weights_and_str_table():
+    model, _ = model_with_known_weights()
+    report = rk.sparsity_report(model, weights="all")
+    assert [s.name for s in report.layers] == ["hidden0", "hidden0/bias", "out", "out/bias"]
+    table = str(report)
+    assert table.splitlines()[0].split()[:3] == ["weight", "params", "zeros"]
+    assert "37.5%" in table  # hidden0: 18 / 48 zeros
+    assert table.splitlines()[-1].startswith("total")
+    assert json.loads(json.dumps(report.to_dict()))["total"]["params"] == report.total.params
+
+
+@pytest.mark.parametrize("kwargs,error", [
+    ({"threshold": -1.0}, ValueError),
+    ({"threshold": "small"}, TypeError),
+    ({"weights": "kernels"}, ValueError),
+])
+def test_bad_arguments(kwargs, error):
+    model, _ = model_with_known_weights()
+    with pytest.raises(error, match=f"argument `{next(iter(kwargs))}`"):
+        rk.sparsity_report(model, **kwargs)
+
+
+def test_model_without_such_weights_is_an_error():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match=r"no weight of kind \['embeddings'\]"):
+        rk.sparsity_report(model, weights="embeddings")
