@@ -44,13 +44,16 @@ class SparsityMonitor(keras.callbacks.Callback):
             every `print_every`-th epoch.
         print_every: Epoch interval for the verbose table. Defaults to 1.
         histogram_freq: If > 0, write weight-magnitude histograms to
-            TensorBoard every that many epochs (TensorFlow backend only).
+            TensorBoard every that many epochs (TensorFlow backend and the
+            `tensorboard` package needed).
         log_dir: Where to write histograms. Required with `histogram_freq`.
 
     Raises:
         TypeError, ValueError: For a bad argument (named in the message).
         RuntimeError: If `histogram_freq` is set under a backend other than
             TensorFlow.
+        ImportError: If `histogram_freq` is set and `tensorboard` is not
+            installed.
 
     Example:
 
@@ -94,6 +97,8 @@ class SparsityMonitor(keras.callbacks.Callback):
                 "Argument `log_dir` is required when `histogram_freq` > 0. "
                 f"Received: histogram_freq={histogram_freq}, log_dir={log_dir!r}"
             )
+        if histogram_freq:
+            _require_tensorboard()
         if histogram_freq and keras.backend.backend() != "tensorflow":
             raise RuntimeError(
                 "SparsityMonitor(histogram_freq=...) writes TensorBoard summaries "
@@ -192,3 +197,13 @@ class SparsityMonitor(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _require_tensorboard():
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "SparsityMonitor(histogram_freq=...) needs the `tensorboard` package: "
+            "pip install 'keras_regkit[tensorboard]'"
+        ) from None

@@ -1,0 +1,121 @@
+import csv
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_regkit as rk
+from keras_regkit.callbacks import SparsityMonitor
+from keras_regkit.regularizers import L1
+
+from conftest import assert_round_trip, tiny_data, tiny_mlp
+
+
+class ZeroOneColumnPerEpoch(keras.callbacks.Callback):
+    """Zeroes one more column of `hidden0`'s kernel at each epoch start, so
+    the expected sparsity is known exactly (the learning rate is 0)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        kernel = self.model.get_layer("hidden0").kernel
+        value = keras.ops.convert_to_numpy(kernel)
+        value[:, : epoch + 1] = 0.0
+        kernel.assign(value)
+
+
+def frozen(model):
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    return model
+
+
+def test_logs_exact_sparsity_per_layer_and_total_into_history():
+    model = frozen(tiny_mlp(units=(8, 4)))
+    x, y = tiny_data()
+    history = model.fit(x, y, epochs=3, verbose=0, callbacks=[ZeroOneColumnPerEpoch(), SparsityMonitor()])
+    h = history.history
+    assert h["sparsity/hidden0"] == pytest.approx([1 / 8, 2 / 8, 3 / 8])
+    assert h["sparsity"] == pytest.approx([6 * k / (48 + 32) for k in (1, 2, 3)])
+    assert h["sparsity/out"] == [0.0, 0.0, 0.0]
+    assert h["nonfinite"] == [0, 0, 0]
+    out_kernel = keras.ops.convert_to_numpy(model.get_layer("out").kernel)
+    assert h["l1_norm/out"][-1] == pytest.approx(np.abs(out_kernel).sum(), rel=1e-6)
+    assert {"near_zero", "near_zero/hidden0", "l2_norm", "l2_norm/out"} <= set(h)
+
+
+def test_penalty_training_shows_up_as_shrinking_norms():
+    keras.utils.set_random_seed(3)
+    model = tiny_mlp(kernel_regularizer=L1(0.05))
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    x, y = tiny_data()
+    history = model.fit(x, y, epochs=8, verbose=0, callbacks=[SparsityMonitor(per_layer=False)])
+    assert history.history["l1_norm"][-1] < history.history["l1_norm"][0]
+
+
+def test_every_n_batches_updates_batch_logs(tmp_path):
+    model = frozen(tiny_mlp())
+    x, y = tiny_data(n=64)
+    seen = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append("sparsity" in logs)
+
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[SparsityMonitor(update_freq=3), Spy()])
+    assert seen == [(b + 1) % 3 == 0 for b in range(8)]
+
+
+def test_target_sparsity_stops_training():
+    model = frozen(tiny_mlp(units=(8, 4)))
+    x, y = tiny_data()
+    history = model.fit(
+        x, y, epochs=10, verbose=0,
+        callbacks=[ZeroOneColumnPerEpoch(), SparsityMonitor(target_sparsity=0.2)],
+    )
+    assert len(history.history["loss"]) == 3  # 18 / 80 >= 0.2 after epoch 3
+
+
+def test_verbose_table_and_csv_logger(tmp_path, capsys):
+    model = frozen(tiny_mlp())
+    x, y = tiny_data()
+    log = tmp_path / "log.csv"
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[SparsityMonitor(verbose=1, print_every=2), keras.callbacks.CSVLogger(str(log))])
+    out = capsys.readouterr().out
+    assert out.count("weight sparsity") == 1 and "Epoch 2" in out and "hidden0" in out
+    header = next(csv.reader(log.open()))
+    assert "sparsity/hidden0" in header and "l2_norm/out" in header
+
+
+def test_all_weights_covers_biases():
+    model = frozen(tiny_mlp())
+    x, y = tiny_data()
+    history = model.fit(x, y, epochs=1, verbose=0, callbacks=[SparsityMonitor(weights="all")])
+    assert history.history["sparsity/out/bias"] == [1.0]  # zero-initialised
+
+
+def test_histograms_go_to_tensorboard(tmp_path):
+    model = frozen(tiny_mlp())
+    x, y = tiny_data()
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[SparsityMonitor(histogram_freq=1, log_dir=str(tmp_path))])
+    import tensorflow as tf
+
+    files = [os.path.join(tmp_path, f) for f in os.listdir(tmp_path)]
+    tags = {v.tag for f in files for e in tf.compat.v1.train.summary_iterator(f) for v in e.summary.value}
+    assert tags == {"weight_magnitude/hidden0", "weight_magnitude/out"}
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"update_freq": "batch"}, ValueError, "update_freq"),
+    ({"update_freq": 0}, ValueError, "update_freq"),
+    ({"target_sparsity": 1.5}, ValueError, "target_sparsity"),
+    ({"threshold": -0.1}, ValueError, "threshold"),
+    ({"print_every": 0}, ValueError, "print_every"),
+    ({"histogram_freq": 1}, ValueError, "log_dir"),
+])
+def test_rejects_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        SparsityMonitor(**kwargs)
+
+
+def test_round_trips():
+    restored = assert_round_trip(SparsityMonitor(weights=["kernel", "bias"], threshold=0.01, update_freq=5))
+    assert restored.update_freq == 5
