@@ -21,3 +21,50 @@ def test_bad_arguments_give_one_line_error_and_nonzero_exit(argv):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("keras-regkit")
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    import keras
+
+    from keras_regkit.regularizers import L1
+
+    model = keras.Sequential([
+        keras.Input((4,)),
+        keras.layers.Dense(3, name="a", kernel_regularizer=L1(0.1)),
+        keras.layers.Dense(2, name="b", kernel_initializer="zeros"),
+    ])
+    path = tmp_path_factory.mktemp("model") / "m.keras"
+    model.save(path)
+    return str(path)
+
+
+def test_inspect_prints_the_report_table(saved_model, capsys):
+    assert cli.main(["inspect", saved_model]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[2:] if not line.startswith("-")}
+    assert rows["a"][-1] == "L1(alpha=0.1)" and rows["b"][2] == "100.0%"
+    assert rows["total"][1] == "18"
+
+
+def test_inspect_json_and_plot(saved_model, tmp_path, capsys):
+    import json
+
+    plot = tmp_path / "h.png"
+    assert cli.main(["inspect", saved_model, "--json", "--all-weights", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(out[: out.rindex("}") + 1])
+    assert [layer["name"] for layer in data["layers"]] == ["a", "a/bias", "b", "b/bias"]
+    assert data["total"]["zeros"] == 3 + 6 + 2
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("content", [None, b"not a zip file", b"PK\x03\x04 truncated"])
+def test_inspect_bad_file_is_one_line_error(tmp_path, content):
+    path = tmp_path / "broken.keras"
+    if content is not None:
+        path.write_bytes(content)
+    result = subprocess.run([sys.executable, "-m", "keras_regkit", "inspect", str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"keras-regkit inspect: cannot load '{path}'")
