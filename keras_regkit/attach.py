@@ -77,7 +77,7 @@ def apply_regularizers(
     Example:
 
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    >>> attached = apply_regularizers(model, {"dense*": L1(0.01)})
+    >>> attached = rk.apply_regularizers(model, {"dense*": rk.regularizers.L1(0.01)})
     >>> [ref.path for ref in attached.refs]
     ['dense']
     """

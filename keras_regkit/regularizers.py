@@ -208,8 +208,8 @@ class L1(_Penalty):
 
     Example:
 
-    >>> reg = L1(0.1)
-    >>> float(reg(keras.ops.ones((2, 2))))
+    >>> reg = rk.regularizers.L1(0.1)
+    >>> round(float(reg(keras.ops.ones((2, 2)))), 6)
     0.4
     """
 
@@ -243,8 +243,8 @@ class L2(_Penalty):
 
     Example:
 
-    >>> reg = L2(0.1)
-    >>> float(reg(keras.ops.ones((2, 2)) * 2))
+    >>> reg = rk.regularizers.L2(0.1)
+    >>> round(float(reg(keras.ops.ones((2, 2)) * 2)), 6)
     1.6
     """
 
@@ -280,7 +280,7 @@ class ElasticNet(_Penalty):
 
     Example:
 
-    >>> reg = ElasticNet(l1=0.1, l2=0.1)
+    >>> reg = rk.regularizers.ElasticNet(l1=0.1, l2=0.1)
     >>> round(float(reg(keras.ops.ones((2, 2)) * 2)), 4)
     2.4
 
@@ -351,7 +351,7 @@ class ExpAbs(_Penalty):
 
     Example:
 
-    >>> reg = ExpAbs(alpha=1.0)
+    >>> reg = rk.regularizers.ExpAbs(alpha=1.0)
     >>> round(float(reg(keras.ops.convert_to_tensor([1.0, -1.0]))), 4)
     3.4366
     """

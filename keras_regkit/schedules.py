@@ -33,7 +33,7 @@ class DelayedRamp(keras.optimizers.schedules.LearningRateSchedule):
 
     Example:
 
-    >>> ramp = DelayedRamp(target=1e-3, delay_steps=100, ramp_steps=100)
+    >>> ramp = rk.schedules.DelayedRamp(target=1e-3, delay_steps=100, ramp_steps=100)
     >>> [round(float(ramp(s)), 6) for s in (0, 100, 150, 200, 1000)]
     [0.0, 0.0, 0.0005, 0.001, 0.001]
     """

@@ -255,7 +255,7 @@ def sparsity_report(
 
     >>> model = keras.Sequential([keras.Input((4,)),
     ...     keras.layers.Dense(2, kernel_initializer="zeros")])
-    >>> sparsity_report(model).total.sparsity
+    >>> rk.sparsity_report(model).total.sparsity
     1.0
     """
     layers = WeightStats(model, weights, threshold, relative).compute()

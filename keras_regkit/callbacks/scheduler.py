@@ -49,10 +49,10 @@ class RegularizationScheduler(keras.callbacks.Callback):
 
     >>> sched = keras.optimizers.schedules.PolynomialDecay(0.0, 100, 1e-3)
     >>> model = keras.Sequential([keras.Input((4,)),
-    ...     keras.layers.Dense(1, kernel_regularizer=L1(sched))])
+    ...     keras.layers.Dense(1, kernel_regularizer=rk.regularizers.L1(sched))])
     >>> model.compile("sgd", "mse")
     >>> history = model.fit(np.ones((8, 4)), np.ones((8, 1)), epochs=2,
-    ...     verbose=0, callbacks=[RegularizationScheduler()])
+    ...     verbose=0, callbacks=[rk.callbacks.RegularizationScheduler()])
     >>> sorted(k for k in history.history if k != "loss")
     ['reg_loss', 'strength/dense/kernel']
     """

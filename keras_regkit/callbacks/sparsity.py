@@ -60,7 +60,7 @@ class SparsityMonitor(keras.callbacks.Callback):
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     >>> model.compile("sgd", "mse")
     >>> history = model.fit(np.ones((8, 4)), np.ones((8, 2)), verbose=0,
-    ...     callbacks=[SparsityMonitor(per_layer=False)])
+    ...     callbacks=[rk.callbacks.SparsityMonitor(per_layer=False)])
     >>> sorted(history.history)
     ['l1_norm', 'l2_norm', 'loss', 'near_zero', 'nonfinite', 'sparsity']
     """

@@ -1,0 +1,27 @@
+"""The examples in public docstrings run, and print what they claim."""
+
+import doctest
+
+import keras
+import numpy as np
+import pytest
+
+import keras_regkit as rk
+from keras_regkit import attach, callbacks, regularizers, schedules, stats
+
+MODULES = [regularizers, schedules, attach, stats, callbacks.scheduler, callbacks.sparsity]
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    # Examples name everything through these three, as a user's code would.
+    globs = {"keras": keras, "np": np, "rk": rk}
+    finder = doctest.DocTestFinder(exclude_empty=True)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    examples = 0
+    for test in finder.find(module, globs=dict(globs)):
+        examples += len(test.examples)
+        runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert examples > 0, f"{module.__name__} has no docstring examples"
+    assert result.failed == 0
