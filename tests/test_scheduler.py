@@ -13,18 +13,19 @@ from conftest import assert_round_trip, tiny_data, tiny_mlp
 RAMP = keras.optimizers.schedules.PolynomialDecay(0.0, 4, 0.2)
 
 
-def frozen_model(regularizer):
+def frozen_model(regularizer, **compile_kwargs):
     """A model whose weights never move (lr = 0), so the loss changes only
     through the penalty strength."""
     model = tiny_mlp()
     rk.apply_regularizers(model, {"out": regularizer})
-    model.compile(keras.optimizers.SGD(0.0), "mse")
+    model.compile(keras.optimizers.SGD(0.0), "mse", **compile_kwargs)
     return model
 
 
-def test_loss_moves_exactly_as_the_schedule_with_learning_rate_zero():
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_loss_moves_exactly_as_the_schedule_with_learning_rate_zero(jit_compile):
     x, y = tiny_data()
-    model = frozen_model(L1(RAMP))
+    model = frozen_model(L1(RAMP), jit_compile=jit_compile)
     data_loss = model.evaluate(x, y, verbose=0)  # step 0: strength 0
     l1_norm = np.abs(keras.ops.convert_to_numpy(model.get_layer("out").kernel)).sum()
     # One batch per epoch: epoch k's loss is the loss at step k.
