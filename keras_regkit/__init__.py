@@ -5,6 +5,7 @@ Importing the package registers every class for `keras.saving.load_model`.
 
 from keras_regkit import callbacks, regularizers, schedules
 from keras_regkit.attach import Attachment, apply_regularizers, remove_regularizers
+from keras_regkit.pruning import HoldZeros, PruneResult, prune, release_zeros
 from keras_regkit.stats import LayerStats, SparsityReport, sparsity_report
 from keras_regkit.weights import WEIGHT_KINDS, WeightRef, iter_weights
 
@@ -12,14 +13,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Attachment",
+    "HoldZeros",
     "LayerStats",
+    "PruneResult",
     "SparsityReport",
     "WEIGHT_KINDS",
     "WeightRef",
     "apply_regularizers",
     "callbacks",
     "iter_weights",
+    "prune",
     "regularizers",
+    "release_zeros",
     "remove_regularizers",
     "schedules",
     "sparsity_report",

@@ -1,0 +1,164 @@
+"""Exact zeros without training, and holding them through further training.
+
+Zeros are held by Keras constraints, which the optimizer applies after every
+step: no wrapper layers, so names, configs and summaries stay the user's own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence, Union
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_regkit import _validate
+from keras_regkit.attach import rebuild_step_functions
+from keras_regkit import weights as weights_lib
+from keras_regkit.weights import LayerSelector, WeightRef
+
+
+class HoldZeros(keras.constraints.Constraint):
+    """Keeps the entries that were zero when it was made at zero.
+
+    It multiplies the weight by a fixed 0/1 mask after each optimizer step,
+    then applies the constraint the weight had before (if any). It lives only
+    on the variable, not in the layer's config: a saved model keeps its zeros
+    but not the hold, and reloads without keras_regkit.
+
+    Args:
+        variable: The variable whose current zeros are to be held.
+        inner: The constraint the variable had before, applied after the mask.
+    """
+
+    def __init__(self, variable: keras.Variable, inner=None):
+        self.inner = inner
+        # A variable, not a constant: a constant the size of the weight would
+        # be copied into every traced graph.
+        self.mask = keras.Variable(
+            ops.cast(ops.not_equal(variable.value, 0), variable.dtype),
+            trainable=False,
+            name="hold_zeros_mask",
+        )
+
+    def __call__(self, w):
+        w = w * ops.cast(self.mask, w.dtype)
+        return self.inner(w) if self.inner is not None else w
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneResult:
+    """What `prune` did.
+
+    Attributes:
+        threshold: The magnitude at or below which entries were set to zero.
+        zeros: Exact zeros in the pruned weights afterwards.
+        params: Entries in the pruned weights.
+        refs: The weights pruned.
+    """
+
+    threshold: float
+    zeros: int
+    params: int
+    refs: list[WeightRef]
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.params if self.params else 0.0
+
+
+def prune(
+    model: keras.Model,
+    threshold: float | None = None,
+    sparsity: float | None = None,
+    weights: Union[str, Sequence[str]] = "kernel",
+    layers: LayerSelector = "*",
+    hold: bool = False,
+) -> PruneResult:
+    """Sets the smallest-magnitude weights to exact zeros, without training.
+
+    Give exactly one of `threshold` (entries with `|w| <= threshold` become 0)
+    or `sparsity` (the fraction of the selected weights, taken together, to
+    zero: one global magnitude threshold, so layers with many small weights
+    lose more of them).
+
+    Args:
+        model: The model to change, in place.
+        threshold: Magnitude threshold, a float >= 0.
+        sparsity: Target fraction of zeros over all selected weights, in
+            [0, 1]. Ties at the threshold may give a little more.
+        weights: Weight kinds to prune. Defaults to `"kernel"`.
+        layers: Layer selector, as in `apply_regularizers`. Defaults to all.
+        hold: If True, keep the zeros at zero during further training (with
+            `HoldZeros` constraints) until `release_zeros(model)`.
+
+    Returns:
+        A `PruneResult` with the threshold used and the zeros made.
+
+    Raises:
+        ValueError: If not exactly one of `threshold` and `sparsity` is
+            given, or either is out of range, or the selector matches nothing.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8)])
+    >>> result = rk.prune(model, sparsity=0.5)
+    >>> round(result.sparsity, 2)
+    0.5
+    """
+    if (threshold is None) == (sparsity is None):
+        raise ValueError(
+            "Give exactly one of `threshold` or `sparsity`. Received: "
+            f"threshold={threshold!r}, sparsity={sparsity!r}"
+        )
+    refs = weights_lib.select_weights(model, layers, weights)
+    if threshold is not None:
+        threshold = _validate.real("threshold", threshold)
+    else:
+        sparsity = _validate.real("sparsity", sparsity, maximum=1.0)
+        threshold = _global_threshold(refs, sparsity)
+    zeros = params = 0
+    for ref in refs:
+        value = ref.variable.value
+        kept = ops.absolute(ops.cast(value, "float32")) > threshold
+        ref.variable.assign(ops.where(kept, value, ops.zeros_like(value)))
+        params += int(np.prod(value.shape))
+        zeros += int(ops.convert_to_numpy(ops.sum(ops.cast(ops.logical_not(kept), "int32"))))
+        if hold:
+            _hold(ref.variable)
+    if hold:
+        rebuild_step_functions(model)  # the optimizer step traced the old constraints
+    return PruneResult(float(threshold), zeros, params, refs)
+
+
+def _global_threshold(refs: list[WeightRef], sparsity: float) -> float:
+    if sparsity == 0:
+        return -1.0  # nothing is <= -1, so nothing is pruned
+    magnitudes = ops.concatenate(
+        [ops.reshape(ops.absolute(ops.cast(r.variable.value, "float32")), (-1,)) for r in refs]
+    )
+    # The k-th smallest magnitude, k = ceil(sparsity * n): zeroing |w| <= it
+    # zeroes at least the requested fraction.
+    k = max(1, int(-(-sparsity * int(magnitudes.shape[0]) // 1)))
+    smallest = -ops.top_k(-magnitudes, k, sorted=True)[0]
+    return float(ops.convert_to_numpy(smallest[-1]))
+
+
+def _hold(variable) -> None:
+    if isinstance(variable.constraint, HoldZeros):
+        variable.constraint = HoldZeros(variable, variable.constraint.inner)
+    else:
+        variable.constraint = HoldZeros(variable, variable.constraint)
+
+
+def release_zeros(model: keras.Model) -> int:
+    """Stops holding zeros everywhere in `model`; returns how many weights
+    were held. Each weight gets back the constraint it had before."""
+    released = 0
+    for variable in model.weights:
+        if isinstance(getattr(variable, "constraint", None), HoldZeros):
+            variable.constraint = variable.constraint.inner
+            released += 1
+    rebuild_step_functions(model)
+    return released

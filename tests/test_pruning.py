@@ -1,0 +1,91 @@
+import keras
+import numpy as np
+import pytest
+
+import keras_regkit as rk
+
+from conftest import tiny_data, tiny_mlp
+
+
+def kernels(model):
+    return [keras.ops.convert_to_numpy(ref.variable) for ref in rk.iter_weights(model)]
+
+
+def test_threshold_zeroes_exactly_the_small_entries():
+    model = tiny_mlp()
+    before = kernels(model)
+    result = rk.prune(model, threshold=0.2)
+    for old, new in zip(before, kernels(model)):
+        np.testing.assert_array_equal(new, np.where(np.abs(old) <= 0.2, 0.0, old))
+    assert result.zeros == sum(int((np.abs(k) <= 0.2).sum()) for k in before)
+    assert result.params == sum(k.size for k in before)
+
+
+@pytest.mark.parametrize("target", [0.0, 0.3, 0.9, 1.0])
+def test_sparsity_uses_one_global_threshold(target):
+    model = tiny_mlp(units=(16, 8))
+    before = np.concatenate([k.ravel() for k in kernels(model)])
+    result = rk.prune(model, sparsity=target)
+    after = np.concatenate([k.ravel() for k in kernels(model)])
+    assert result.sparsity == pytest.approx((after == 0).mean())
+    assert target <= result.sparsity <= target + 1 / before.size
+    kept = after != 0
+    if kept.any() and not kept.all():
+        assert np.abs(before[~kept]).max() < np.abs(before[kept]).min()
+
+
+def test_layers_and_bias_selection():
+    model = tiny_mlp()
+    bias_before = keras.ops.convert_to_numpy(model.get_layer("out").bias)
+    rk.prune(model, threshold=10.0, layers="hidden0")
+    assert (kernels(model)[0] == 0).all() and (kernels(model)[1] != 0).all()
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.get_layer("out").bias), bias_before)
+
+
+def test_hold_keeps_zeros_through_training_and_release_lets_go():
+    model = tiny_mlp(kernel_constraint=keras.constraints.MaxNorm(0.5))
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    x, y = tiny_data()
+    model.fit(x, y, epochs=1, verbose=0)  # train function traced before the hold
+    rk.prune(model, sparsity=0.5, hold=True)
+    zeros = [k == 0 for k in kernels(model)]
+    model.fit(x, y, epochs=3, verbose=0)
+    after = kernels(model)
+    for mask, kernel in zip(zeros, after):
+        assert (kernel[mask] == 0).all()
+        assert (kernel[~mask] != 0).all()
+        # The user's own constraint still applies after the mask.
+        assert np.sqrt((kernel**2).sum(axis=0)).max() <= 0.5 + 1e-5
+    # Not written into the config: the saved model carries only the user's constraint.
+    assert model.get_layer("out").get_config()["kernel_constraint"]["class_name"] == "MaxNorm"
+
+    assert rk.release_zeros(model) == 2
+    model.fit(x, y, epochs=1, verbose=0)
+    # Most zeros move again (a few sit on dead ReLU units, whose gradient is 0).
+    assert (np.concatenate([k.ravel() for k in kernels(model)]) == 0).mean() < 0.25
+    assert isinstance(model.get_layer("out").kernel.constraint, keras.constraints.MaxNorm)
+
+
+def test_without_hold_training_revives_zeros():
+    model = tiny_mlp()
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    rk.prune(model, sparsity=0.5)
+    x, y = tiny_data()
+    model.fit(x, y, epochs=1, verbose=0)
+    assert (np.concatenate([k.ravel() for k in kernels(model)]) == 0).mean() < 0.1
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({}, ValueError, "exactly one of"),
+    ({"threshold": 0.1, "sparsity": 0.5}, ValueError, "exactly one of"),
+    ({"sparsity": 1.5}, ValueError, "argument `sparsity`"),
+    ({"threshold": -1.0}, ValueError, "argument `threshold`"),
+    ({"threshold": "x"}, TypeError, "argument `threshold`"),
+])
+def test_bad_arguments_change_nothing(kwargs, error, match):
+    model = tiny_mlp()
+    before = kernels(model)
+    with pytest.raises(error, match=match):
+        rk.prune(model, **kwargs)
+    for a, b in zip(before, kernels(model)):
+        np.testing.assert_array_equal(a, b)
