@@ -79,13 +79,17 @@ class _Penalty(keras.regularizers.Regularizer):
             for name in self._strength_names
         }
         step = _validate.integer("step", step)
-        self._step_variable = None
-        self._step_source = None
+        # Unbound, the step is `_own_step`. Bound to a counter (the
+        # optimizer's iterations), it is `counter + _own_step`: the offset
+        # keeps the schedule's position when the counter starts elsewhere (a
+        # fresh optimizer on a reloaded model), and `set_step` moves only
+        # this regularizer, never the shared counter.
+        self._own_step = None
+        self._counter = None
         if self.is_scheduled:
-            self._step_variable = keras.Variable(
+            self._own_step = keras.Variable(
                 step, dtype="int64", trainable=False, name="regularizer_step"
             )
-            self._step_source = self._step_variable
 
     # -- scheduling -------------------------------------------------------
     @property
@@ -98,31 +102,47 @@ class _Penalty(keras.regularizers.Regularizer):
     @property
     def step(self) -> int:
         """The step at which the schedules are evaluated (0 if unscheduled)."""
-        if self._step_source is None:
+        if self._own_step is None:
             return 0
-        return int(ops.convert_to_numpy(self._step_source))
+        return int(ops.convert_to_numpy(self._step_tensor()))
+
+    def _step_tensor(self):
+        if self._counter is None:
+            return self._own_step.value
+        return ops.cast(self._counter, "int64") + self._own_step.value
+
+    def _counter_value(self) -> int:
+        return int(ops.convert_to_numpy(self._counter)) if self._counter is not None else 0
 
     def set_step(self, step: int) -> None:
-        """Moves every schedule of this regularizer to `step`."""
+        """Moves every schedule of this regularizer (only) to `step`."""
         step = _validate.integer("step", step)
-        if self._step_source is not None:
-            self._step_source.assign(step)
+        if self._own_step is not None:
+            self._own_step.assign(step - self._counter_value())
 
-    def bind_step(self, variable) -> None:
-        """Reads the step from `variable` (e.g. `optimizer.iterations`).
+    @property
+    def step_counter(self):
+        """The counter the step follows (e.g. `optimizer.iterations`), or None."""
+        return self._counter
 
-        The schedule then follows that counter with no per-step host work.
-        A train function traced before the bind keeps reading the old counter:
-        rebuild it (`apply_regularizers` and the scheduler callback do).
+    def bind_step(self, counter) -> None:
+        """Makes the step advance with `counter` (e.g. `optimizer.iterations`)
+        from where it is now, with no per-step host work.
+
+        A train function traced before the bind keeps reading the old step:
+        rebuild it (the scheduler callback does).
         """
-        if self.is_scheduled:
-            self._step_source = variable
+        if self.is_scheduled and counter is not self._counter:
+            step = self.step
+            self._counter = counter
+            self.set_step(step)
 
     def unbind_step(self) -> None:
-        """Keeps the current step in the regularizer's own counter again."""
-        if self.is_scheduled and self._step_source is not self._step_variable:
-            self._step_variable.assign(self.step)
-            self._step_source = self._step_variable
+        """Freezes the step where it is (it no longer follows a counter)."""
+        if self._counter is not None:
+            step = self.step
+            self._counter = None
+            self.set_step(step)
 
     def current_strengths(self) -> dict[str, float]:
         """The strengths at the current step, as Python floats."""
@@ -134,7 +154,7 @@ class _Penalty(keras.regularizers.Regularizer):
     def _strength_tensor(self, name):
         value = self._strengths[name]
         if isinstance(value, LearningRateSchedule):
-            return ops.cast(value(self._step_source), "float32")
+            return ops.cast(value(self._step_tensor()), "float32")
         return value
 
     # -- the penalty ------------------------------------------------------

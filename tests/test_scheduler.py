@@ -118,3 +118,57 @@ def test_rejects_unknown_update_freq_and_round_trips():
         rk.callbacks.RegularizationScheduler(update_freq="step")
     restored = assert_round_trip(rk.callbacks.RegularizationScheduler("epoch", log_strengths=False))
     assert restored.update_freq == "epoch"
+
+
+def test_set_step_moves_only_that_regularizer_not_the_optimizer():
+    x, y = tiny_data()
+    a, b = L1(RAMP), L1(DelayedRamp(0.1, 0, 100))
+    model = tiny_mlp()
+    rk.apply_regularizers(model, {"hidden0": a, "out": b})
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[rk.callbacks.RegularizationScheduler()])
+    assert a.step == b.step == int(model.optimizer.iterations) == 8
+    a.set_step(1)
+    assert a.step == 1 and b.step == 8 and int(model.optimizer.iterations) == 8
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[rk.callbacks.RegularizationScheduler()])
+    assert a.step == 5 and b.step == 12
+
+
+def test_schedule_resumes_from_saved_position_with_a_fresh_optimizer(tmp_path):
+    x, y = tiny_data()
+    model = frozen_model(L1(DelayedRamp(1.0, 0, 100)))
+    model.fit(x, y, batch_size=8, epochs=10, verbose=0, callbacks=[rk.callbacks.RegularizationScheduler()])
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    reg = reloaded.get_layer("out").kernel_regularizer
+    assert reg.step == 40
+    reloaded.compile(keras.optimizers.SGD(0.0), "mse")  # iterations restart at 0
+    reloaded.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[rk.callbacks.RegularizationScheduler()])
+    assert reg.step == 44 and reg.current_strengths()["alpha"] == pytest.approx(0.44)
+
+
+def test_scheduled_penalty_attached_mid_fit_starts_moving():
+    x, y = tiny_data()
+    model = frozen_model(L1(0.0))
+    late = L1(DelayedRamp(1.0, 0, 100))
+
+    class AttachAtEpoch1(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                rk.apply_regularizers(self.model, {"hidden0": late})
+
+    history = model.fit(x, y, batch_size=8, epochs=3, verbose=0,
+                        callbacks=[AttachAtEpoch1(), rk.callbacks.RegularizationScheduler()])
+    assert late.step == 8
+    assert history.history["strength/hidden0/kernel"] == pytest.approx([0.04, 0.08])
+
+
+def test_epoch_mode_counts_initial_epoch_and_stops_following_the_optimizer():
+    x, y = tiny_data()
+    reg = L1(DelayedRamp(1.0, 0, 100))
+    model = frozen_model(reg)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[rk.callbacks.RegularizationScheduler()])
+    assert reg.step == 8
+    model.fit(x, y, batch_size=8, epochs=5, initial_epoch=3, verbose=0,
+              callbacks=[rk.callbacks.RegularizationScheduler("epoch")])
+    assert reg.step == 4

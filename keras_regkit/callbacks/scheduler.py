@@ -16,11 +16,16 @@ class RegularizationScheduler(keras.callbacks.Callback):
     it sits in the model (nested layers and models included), and evaluates
     its schedules at the current step:
 
-    - `update_freq="batch"` (default): the step is the optimizer's iteration
-      count, the step a learning-rate schedule sees. The regularizers read
-      `optimizer.iterations` directly inside the train step, so there is no
-      per-batch host work and nothing is retraced when the step moves.
-    - `update_freq="epoch"`: the step is the epoch index (0-based).
+    - `update_freq="batch"` (default): the step advances with the
+      optimizer's iteration count, the step a learning-rate schedule sees.
+      The regularizers read `optimizer.iterations` directly inside the train
+      step, so there is no per-batch host work and nothing is retraced when
+      the step moves. Each regularizer advances from its own position: a
+      reloaded model resumes its schedules where they were saved, even with
+      a fresh optimizer, and a penalty attached mid-fit starts from its step
+      (0 unless set) at the next epoch.
+    - `update_freq="epoch"`: the step is the epoch index (0-based, counting
+      `initial_epoch`), set at the start of each epoch.
 
     After each epoch it adds to `logs`, so History, CSVLogger, TensorBoard
     and the progress bar show them:
@@ -30,8 +35,12 @@ class RegularizationScheduler(keras.callbacks.Callback):
     - `strength/<variable path>` (with `/l1`, `/l2` appended for
       `ElasticNet`): the current strength of each scheduled regularizer.
 
-    Both are taken at the current step, the one the next batch will use, as
-    Keras logs `learning_rate`.
+    Both are taken at the end of the epoch: with `update_freq="batch"` at the
+    step the next batch will use (as Keras logs `learning_rate`), with
+    `"epoch"` at the step of the epoch just finished.
+
+    TensorFlow backend only for now: under JAX and PyTorch the train step
+    would read the step as a constant.
 
     The schedules stay bound to the step counter after `fit`, so the step
     saved with the model is the one training reached.
@@ -44,6 +53,7 @@ class RegularizationScheduler(keras.callbacks.Callback):
 
     Raises:
         ValueError: If `update_freq` is not `"batch"` or `"epoch"`.
+        RuntimeError: Under a backend other than TensorFlow.
 
     Example:
 
@@ -64,6 +74,14 @@ class RegularizationScheduler(keras.callbacks.Callback):
         log_reg_loss: bool = True,
     ):
         super().__init__()
+        if keras.backend.backend() != "tensorflow":
+            # Under JAX and PyTorch the train step reads the step counter as
+            # a constant captured at trace time (DESIGN.md trap 2).
+            raise RuntimeError(
+                "RegularizationScheduler needs the TensorFlow backend for now. "
+                f"Current backend: {keras.backend.backend()!r}. Set "
+                "KERAS_BACKEND=tensorflow, or use float strengths."
+            )
         if update_freq not in ("batch", "epoch"):
             raise ValueError(
                 "Invalid value for argument `update_freq`: expected 'batch' or "
@@ -72,7 +90,6 @@ class RegularizationScheduler(keras.callbacks.Callback):
         self.update_freq = update_freq
         self.log_strengths = log_strengths
         self.log_reg_loss = log_reg_loss
-        self._epoch_step = None
         self._scheduled = {}
 
     def get_config(self) -> dict:
@@ -87,29 +104,28 @@ class RegularizationScheduler(keras.callbacks.Callback):
         return cls(**config)
 
     def on_train_begin(self, logs=None):
-        self._scheduled = attach.scheduled_regularizers(self.model)
-        if not self._scheduled:
-            return
-        source = self._step_source()
-        stale = [r for r in self._scheduled.values() if r._step_source is not source]
-        for regularizer in stale:
-            regularizer.bind_step(source)
-        if stale:
-            # The train function read the old counters; trace it once more.
-            attach.rebuild_step_functions(self.model)
-
-    def _step_source(self):
-        if self.update_freq == "batch":
-            return self.model.optimizer.iterations
-        if self._epoch_step is None:
-            self._epoch_step = keras.Variable(
-                0, dtype="int64", trainable=False, name="regkit_epoch_step"
-            )
-        return self._epoch_step
+        self._sync_bindings()
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self.update_freq == "epoch" and self._scheduled:
-            self._epoch_step.assign(epoch)
+        # Again at every epoch: a scheduled penalty attached mid-fit (by
+        # another callback) must start moving too.
+        self._sync_bindings()
+        if self.update_freq == "epoch":
+            for regularizer in self._scheduled.values():
+                regularizer.set_step(epoch)
+
+    def _sync_bindings(self):
+        self._scheduled = attach.scheduled_regularizers(self.model)
+        counter = self.model.optimizer.iterations if self.update_freq == "batch" else None
+        stale = [r for r in self._scheduled.values() if r.step_counter is not counter]
+        for regularizer in stale:
+            if counter is None:
+                regularizer.unbind_step()
+            else:
+                regularizer.bind_step(counter)
+        if stale:
+            # The train function read the old steps; trace it once more.
+            attach.rebuild_step_functions(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
