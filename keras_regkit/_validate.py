@@ -35,3 +35,19 @@ def real(name: str, value, minimum: float = 0.0, maximum: float = math.inf) -> f
             f"Received: {name}={value}"
         )
     return float(value)
+
+
+def config_keys(cls, config: dict, valid) -> None:
+    """Unknown keys in a config are an error that lists the valid ones."""
+    unknown = sorted(set(config) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"Invalid config for {cls.__name__}: unknown keys {unknown}. "
+            f"Valid keys: {sorted(valid)}. Received: config={config}"
+        )
+
+
+def init_arguments(cls) -> list[str]:
+    import inspect
+
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]

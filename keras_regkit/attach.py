@@ -70,9 +70,14 @@ def apply_regularizers(
 
     Raises:
         TypeError: If a selector or a regularizer has the wrong type.
-        ValueError: If `weights` names an unknown kind, or a selector matches
+        ValueError: If `weights` names an unknown kind, a selector matches
             no layer with such a weight (the message lists those that have
-            one).
+            one), or it matches a weight inside a composite layer such as
+            `MultiHeadAttention`, whose config would not save the penalty.
+
+    Layers of a subclassed model are reached, but such a model re-creates
+    its layers from its own code when reloaded: penalties attached to it act
+    in this process and are saved only where its code passes them on.
 
     Example:
 
@@ -97,7 +102,19 @@ def apply_regularizers(
                 "`keras.regularizers.Regularizer` instance (so it can be "
                 f"saved with the model). Received: {regularizer!r}"
             )
-        plan.append((weights_lib.select_weights(model, selector, kinds), regularizer))
+        refs = weights_lib.select_weights(model, selector, kinds)
+        inside = [ref for ref in refs if ref.owner is not None]
+        if inside:
+            owner = inside[0].owner
+            raise ValueError(
+                f"Selector {selector!r} matches '{inside[0].path}', which lives inside "
+                f"the {type(owner).__name__} layer '{owner.name}'. That layer rebuilds "
+                "its sublayers from its own config, so a penalty set here would be "
+                "lost when the model is saved. Pass the regularizer to "
+                f"{type(owner).__name__} itself (e.g. its `kernel_regularizer` "
+                "argument) or select other layers."
+            )
+        plan.append((refs, regularizer))
     # Everything is validated before anything changes.
     changes = []
     for refs, regularizer in plan:
@@ -139,8 +156,9 @@ def remove_regularizers(
 
 
 def regularized_variables(model: keras.Model) -> list[keras.Variable]:
-    """Every variable of `model` that has a regularizer, ours or not."""
-    return [v for v in model.weights if getattr(v, "regularizer", None) is not None]
+    """Every trainable variable of `model` with a regularizer, ours or not
+    (Keras adds penalties of trainable weights only)."""
+    return [v for v in model.trainable_weights if getattr(v, "regularizer", None) is not None]
 
 
 def scheduled_regularizers(model: keras.Model) -> dict[str, _Penalty]:

@@ -113,6 +113,8 @@ def inspect(args) -> int:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return _fail(f"inspect: cannot load {args.path!r} as a Keras model: {message}")
     weights = "all" if args.all_weights else "kernel"
+    if not args.all_weights and not any(True for _ in rk.iter_weights(model, "kernel")):
+        weights = "all"  # e.g. an embedding model: report what it has
     try:
         report = rk.sparsity_report(model, weights=weights, threshold=args.threshold, relative=args.relative)
     except ValueError as error:
@@ -141,9 +143,9 @@ def _plot_histograms(model, weights, path):
     import numpy as np
 
     from keras_regkit.stats import weight_name
-    from keras_regkit.weights import WEIGHT_KINDS, iter_weights
+    from keras_regkit.weights import iter_weights
 
-    refs = list(iter_weights(model, weights if weights != "all" else list(WEIGHT_KINDS)))
+    refs = list(iter_weights(model, weights))
     cols = min(3, len(refs))
     rows = -(-len(refs) // cols)
     figure, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)

@@ -58,6 +58,11 @@ class DelayedRamp(keras.optimizers.schedules.LearningRateSchedule):
         progress = ops.clip(progress, 0.0, 1.0)
         return self.initial + (self.target - self.initial) * progress
 
+    @classmethod
+    def from_config(cls, config: dict):
+        _validate.config_keys(cls, config, _validate.init_arguments(cls))
+        return cls(**config)
+
     def get_config(self) -> dict:
         return {
             "target": self.target,

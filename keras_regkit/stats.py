@@ -90,8 +90,6 @@ class WeightStats:
         threshold: float = 1e-3,
         relative: bool = False,
     ):
-        if weights == "all":
-            weights = list(weights_lib.WEIGHT_KINDS)
         self.refs = list(weights_lib.iter_weights(model, weights))
         if not self.refs:
             raise ValueError(
@@ -191,6 +189,10 @@ class SparsityReport:
     threshold: float
     relative: bool
 
+    @classmethod
+    def from_layers(cls, layers: Sequence[LayerStats], threshold: float, relative: bool):
+        return cls(list(layers), total(layers), float(threshold), bool(relative))
+
     def to_dict(self) -> dict:
         """A JSON-ready dict (used by `keras-regkit inspect --json`)."""
 
@@ -259,4 +261,4 @@ def sparsity_report(
     1.0
     """
     layers = WeightStats(model, weights, threshold, relative).compute()
-    return SparsityReport(layers, total(layers), float(threshold), bool(relative))
+    return SparsityReport.from_layers(layers, threshold, relative)

@@ -44,6 +44,9 @@ class WeightRef:
         kind: The weight kind, a key of `WEIGHT_KINDS`.
         variable: The `keras.Variable` itself.
         config_attr: The layer attribute that Keras saves the regularizer from.
+        owner: None, or the composite layer (e.g. `MultiHeadAttention`) that
+            contains `layer` and rebuilds it from its own config on reload,
+            so a regularizer set on `layer` would not be saved.
     """
 
     path: str
@@ -51,6 +54,7 @@ class WeightRef:
     kind: str
     variable: keras.Variable
     config_attr: str
+    owner: keras.layers.Layer | None = None
 
     @property
     def regularizer(self):
@@ -64,13 +68,16 @@ class WeightRef:
 
 
 def normalize_kinds(weights: Union[str, Sequence[str]]) -> tuple[str, ...]:
-    """Returns `weights` as a tuple of known kinds, or raises `ValueError`."""
+    """Returns `weights` as a tuple of known kinds (`"all"` for every kind),
+    or raises `ValueError`."""
+    if weights == "all":
+        return tuple(WEIGHT_KINDS)
     kinds = (weights,) if isinstance(weights, str) else tuple(weights)
     unknown = [k for k in kinds if k not in WEIGHT_KINDS]
     if unknown or not kinds:
         raise ValueError(
             f"Invalid value for argument `weights`: expected one of "
-            f"{sorted(WEIGHT_KINDS)} or a list of them. Received: "
+            f"{sorted(WEIGHT_KINDS)}, a list of them, or 'all'. Received: "
             f"weights={weights!r}"
         )
     return kinds
@@ -95,6 +102,18 @@ def iter_layers(model: keras.layers.Layer) -> Iterator[tuple[str, keras.layers.L
             yield from walk(layer, path + "/", ancestors + (layer,))
 
     yield from walk(model, "", ())
+
+
+def _composite_owner(ancestors):
+    # Models, RNNs (their config reads the cell's) and wrappers (Bidirectional,
+    # TimeDistributed: they save the inner layer's config) pass a sublayer's
+    # regularizer through `save`. Any other layer with sublayers (attention,
+    # custom blocks) rebuilds them from its own arguments and drops it.
+    passes_through = (keras.Model, keras.layers.RNN, keras.layers.Wrapper)
+    for ancestor in ancestors:
+        if not isinstance(ancestor, passes_through):
+            return ancestor
+    return None
 
 
 def _weight_of(layer, kind):
@@ -149,7 +168,7 @@ def iter_weights(
         for kind in kinds:
             found = _weight_of(layer, kind)
             if found is not None:
-                yield WeightRef(path, layer, kind, found[0], found[1])
+                yield WeightRef(path, layer, kind, found[0], found[1], _composite_owner(ancestors))
 
 
 def _ancestor_paths(path: str, n_ancestors: int) -> list[str]:

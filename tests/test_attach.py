@@ -151,3 +151,15 @@ def test_later_selector_wins_where_two_overlap():
     rk.apply_regularizers(model, {"*": L1(0.1), "out": L2(0.2)})
     assert isinstance(model.layers[0].kernel_regularizer, L1)
     assert isinstance(model.layers[1].kernel_regularizer, L2)
+
+
+def test_refuses_weights_inside_composite_layers_whose_config_would_drop_them():
+    inputs = keras.Input((4, 8))
+    outputs = keras.layers.MultiHeadAttention(2, 4, name="mha")(inputs, inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(outputs))
+    with pytest.raises(ValueError, match=r"inside the MultiHeadAttention layer 'mha'.*lost when the model is saved"):
+        rk.apply_regularizers(model, {"*": L1(0.1)})
+    assert model.losses == []
+    assert paths(rk.apply_regularizers(model, {"head": L1(0.1)})) == ["head:kernel"]
+    # Reports still see inside it.
+    assert any(ref.path.startswith("mha/") for ref in rk.iter_weights(model))

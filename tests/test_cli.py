@@ -68,3 +68,15 @@ def test_inspect_bad_file_is_one_line_error(tmp_path, content):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"keras-regkit inspect: cannot load '{path}'")
+
+
+def test_inspect_model_without_kernels_reports_its_other_weights(tmp_path, capsys):
+    import keras
+
+    model = keras.Sequential([keras.Input((3,), dtype="int32"), keras.layers.Embedding(5, 2, name="emb"),
+                              keras.layers.LayerNormalization(name="norm")])
+    path = tmp_path / "emb.keras"
+    model.save(path)
+    assert cli.main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "emb/embeddings" in out and "norm/gamma" in out

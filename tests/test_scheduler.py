@@ -118,6 +118,8 @@ def test_rejects_unknown_update_freq_and_round_trips():
         rk.callbacks.RegularizationScheduler(update_freq="step")
     restored = assert_round_trip(rk.callbacks.RegularizationScheduler("epoch", log_strengths=False))
     assert restored.update_freq == "epoch"
+    with pytest.raises(ValueError, match=r"unknown keys \['freq'\]"):
+        rk.callbacks.RegularizationScheduler.from_config({"freq": "epoch"})
 
 
 def test_set_step_moves_only_that_regularizer_not_the_optimizer():

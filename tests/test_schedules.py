@@ -42,3 +42,9 @@ def test_rejects_bad_arguments_naming_them(kwargs, error):
     (name, value), = kwargs.items()
     with pytest.raises(error, match=f"argument `{name}`.*Received: {name}="):
         DelayedRamp(**args)
+
+
+def test_from_config_rejects_unknown_keys():
+    config = DelayedRamp(0.1, 1, 1).get_config()
+    with pytest.raises(ValueError, match=r"unknown keys \['warmup'\]. Valid keys"):
+        DelayedRamp.from_config({**config, "warmup": 3})

@@ -42,13 +42,16 @@ def test_logs_exact_sparsity_per_layer_and_total_into_history():
     assert {"near_zero", "near_zero/hidden0", "l2_norm", "l2_norm/out"} <= set(h)
 
 
-def test_penalty_training_shows_up_as_shrinking_norms():
-    keras.utils.set_random_seed(3)
-    model = tiny_mlp(kernel_regularizer=L1(0.05))
-    model.compile(keras.optimizers.SGD(0.05), "mse")
+def test_penalty_training_shows_up_as_smaller_norms_than_without():
     x, y = tiny_data()
-    history = model.fit(x, y, epochs=8, verbose=0, callbacks=[SparsityMonitor(per_layer=False)])
-    assert history.history["l1_norm"][-1] < history.history["l1_norm"][0]
+    final = {}
+    for name, regularizer in [("plain", None), ("l1", L1(0.3))]:
+        keras.utils.set_random_seed(3)
+        model = tiny_mlp(kernel_regularizer=regularizer)
+        model.compile(keras.optimizers.SGD(0.05), "mse")
+        history = model.fit(x, y, epochs=8, verbose=0, callbacks=[SparsityMonitor(per_layer=False)])
+        final[name] = history.history["l1_norm"][-1]
+    assert final["l1"] < 0.9 * final["plain"]
 
 
 def test_every_n_batches_updates_batch_logs(tmp_path):
@@ -64,6 +67,20 @@ def test_every_n_batches_updates_batch_logs(tmp_path):
     assert seen == [(b + 1) % 3 == 0 for b in range(8)]
 
 
+def test_every_n_batches_with_steps_per_execution():
+    model = tiny_mlp()
+    model.compile(keras.optimizers.SGD(0.0), "mse", steps_per_execution=4)
+    x, y = tiny_data(n=128)
+    seen = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append("sparsity" in logs)
+
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[SparsityMonitor(update_freq=3), Spy()])
+    assert len(seen) == 4 and all(seen)  # batches reported every 4 >= 3
+
+
 def test_target_sparsity_stops_training():
     model = frozen(tiny_mlp(units=(8, 4)))
     x, y = tiny_data()
@@ -72,6 +89,20 @@ def test_target_sparsity_stops_training():
         callbacks=[ZeroOneColumnPerEpoch(), SparsityMonitor(target_sparsity=0.2)],
     )
     assert len(history.history["loss"]) == 3  # 18 / 80 >= 0.2 after epoch 3
+
+
+def test_target_sparsity_is_checked_at_batch_updates_too():
+    model = frozen(tiny_mlp())
+    rk.prune(model, sparsity=0.6)
+    x, y = tiny_data(n=64)
+    seen = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(batch)
+
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[SparsityMonitor(update_freq=2, target_sparsity=0.5), Spy()])
+    assert seen == [0, 1]
 
 
 def test_verbose_table_and_csv_logger(tmp_path, capsys):
@@ -110,6 +141,7 @@ def test_histograms_go_to_tensorboard(tmp_path):
     ({"threshold": -0.1}, ValueError, "threshold"),
     ({"print_every": 0}, ValueError, "print_every"),
     ({"histogram_freq": 1}, ValueError, "log_dir"),
+    ({"weights": "kernels"}, ValueError, "argument `weights`"),
 ])
 def test_rejects_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -119,3 +151,5 @@ def test_rejects_bad_arguments(kwargs, error, match):
 def test_round_trips():
     restored = assert_round_trip(SparsityMonitor(weights=["kernel", "bias"], threshold=0.01, update_freq=5))
     assert restored.update_freq == 5
+    with pytest.raises(ValueError, match=r"unknown keys \['every'\]"):
+        SparsityMonitor.from_config({"every": 5})

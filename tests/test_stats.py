@@ -54,11 +54,11 @@ def test_counts_nonfinite_entries_and_keeps_norms_finite():
 
 
 def test_counts_stay_exact_beyond_float32_integer_range():
-    # 2**24 + 3 zeros: float32 sums of 0/1 flags would be off here.
-    layer = keras.layers.Embedding(2**22 + 1, 4, embeddings_initializer="zeros")
+    # 2**24 + 1 zeros: not representable in float32 (it rounds to 2**24).
+    layer = keras.layers.Embedding(2**24 + 1, 1, embeddings_initializer="zeros")
     model = keras.Sequential([keras.Input((1,), dtype="int32"), layer])
     stats = WeightStats(model, "embeddings").compute()[0]
-    assert stats.params == stats.zeros == stats.near_zero == 4 * (2**22 + 1)
+    assert stats.params == stats.zeros == stats.near_zero == 2**24 + 1
 
 
 def test_all_weights_and_str_table():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_regkit import attach
+from keras_regkit import _validate, attach
 
 
 @keras.saving.register_keras_serializable(package="keras_regkit")
@@ -101,6 +101,7 @@ class RegularizationScheduler(keras.callbacks.Callback):
 
     @classmethod
     def from_config(cls, config: dict):
+        _validate.config_keys(cls, config, _validate.init_arguments(cls))
         return cls(**config)
 
     def on_train_begin(self, logs=None):

@@ -8,6 +8,7 @@ import keras
 
 from keras_regkit import _validate
 from keras_regkit import stats as stats_lib
+from keras_regkit import weights as weights_lib
 
 
 @keras.saving.register_keras_serializable(package="keras_regkit")
@@ -90,6 +91,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         if target_sparsity is not None:
             _validate.real("target_sparsity", target_sparsity, minimum=0.0, maximum=1.0)
         _validate.real("threshold", threshold)
+        weights_lib.normalize_kinds(weights)
         _validate.integer("print_every", print_every, minimum=1)
         _validate.integer("histogram_freq", histogram_freq)
         if histogram_freq and not log_dir:
@@ -119,6 +121,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         self.last_stats: list[stats_lib.LayerStats] = []
         self._stats = None
         self._writer = None
+        self._batches_at_update = 0
 
     def get_config(self) -> dict:
         return {
@@ -136,6 +139,7 @@ class SparsityMonitor(keras.callbacks.Callback):
 
     @classmethod
     def from_config(cls, config: dict):
+        _validate.config_keys(cls, config, _validate.init_arguments(cls))
         return cls(**config)
 
     def on_train_begin(self, logs=None):
@@ -145,33 +149,37 @@ class SparsityMonitor(keras.callbacks.Callback):
             self.model, self.weights_spec, self.threshold, self.relative
         )
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._batches_at_update = 0
+
     def on_train_batch_end(self, batch, logs=None):
-        if self.update_freq != "epoch" and (batch + 1) % self.update_freq == 0 and logs is not None:
-            self._update(logs)
+        # Counted, not `batch % N`: with steps_per_execution > 1 Keras reports
+        # only every k-th batch index.
+        if self.update_freq != "epoch" and batch + 1 - self._batches_at_update >= self.update_freq:
+            self._batches_at_update = batch + 1
+            self._update({} if logs is None else logs)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {} if logs is None else logs
         self._update(logs)
         if self.verbose and (epoch + 1) % self.print_every == 0:
-            report = stats_lib.SparsityReport(
-                self.last_stats, stats_lib.total(self.last_stats), float(self.threshold), self.relative
-            )
+            report = stats_lib.SparsityReport.from_layers(self.last_stats, self.threshold, self.relative)
             print(f"\nEpoch {epoch + 1}: weight sparsity\n{report}")
         if self.histogram_freq and (epoch + 1) % self.histogram_freq == 0:
             self._write_histograms(epoch)
-        if self.target_sparsity is not None and logs["sparsity"] >= self.target_sparsity:
-            self.model.stop_training = True
-            if self.verbose:
-                print(
-                    f"\nEpoch {epoch + 1}: sparsity {logs['sparsity']:.4f} reached "
-                    f"target_sparsity={self.target_sparsity}; stopping training."
-                )
 
     def _update(self, logs):
         self.last_stats = self._stats.compute()
         rows = [("", stats_lib.total(self.last_stats))]
         if self.per_layer:
             rows += [(f"/{s.name}", s) for s in self.last_stats]
+        if self.target_sparsity is not None and rows[0][1].sparsity >= self.target_sparsity:
+            if self.verbose and not self.model.stop_training:
+                print(
+                    f"\nsparsity {rows[0][1].sparsity:.4f} reached "
+                    f"target_sparsity={self.target_sparsity}; stopping training."
+                )
+            self.model.stop_training = True
         for suffix, s in rows:
             logs[f"sparsity{suffix}"] = s.sparsity
             logs[f"near_zero{suffix}"] = s.near_zero_fraction
