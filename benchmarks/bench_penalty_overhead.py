@@ -9,10 +9,10 @@ issue is a ratio <= 1.05 for every penalty. Nothing here asserts on timing.
 How it measures:
 
 - Every model is built and compiled once (same seed, same data pipeline) and
-  warmed up with two short `fit` calls: the first traces the train function
-  (and lets `RegularizationScheduler` bind the schedules to
-  `optimizer.iterations`, which rebuilds the train function once), the second
-  runs the traced function.
+  warmed up with two short `fit` calls (one with --quick): the first traces
+  the train function (and lets `RegularizationScheduler` bind the schedules
+  to `optimizer.iterations`, which rebuilds the train function once), the
+  second runs the traced function.
 - Then `--repeats` rounds; in each round every configuration runs
   `fit(steps_per_epoch=--steps, epochs=1, verbose=0)` once. The order is
   rotated every round, so drift of a shared machine hits every configuration
@@ -33,8 +33,8 @@ How it measures:
 Usage:
 
     python benchmarks/bench_penalty_overhead.py             # ~4 min on 2 cores
-    python benchmarks/bench_penalty_overhead.py --quick     # smoke run, < 40 s
-    python benchmarks/bench_penalty_overhead.py --steps 40 --repeats 11
+    python benchmarks/bench_penalty_overhead.py --quick     # smoke run, < 40 s (rough figures)
+    python benchmarks/bench_penalty_overhead.py --steps 20 --repeats 15 --jit-compile true
 """
 
 from __future__ import annotations
@@ -113,7 +113,8 @@ class _EpochTimer(keras.callbacks.Callback):
 
 
 class _Run:
-    def __init__(self, name, factory, scheduled, dataset, batch_size, optimizer, seed):
+    def __init__(self, name, factory, scheduled, dataset, batch_size, optimizer, seed,
+                 jit_compile="auto"):
         self.name = name
         self.scheduled = scheduled
         self.dataset = dataset
@@ -128,6 +129,7 @@ class _Run:
         self.model.compile(
             optimizer=optimizer,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=jit_compile,
         )
         self.timer = _EpochTimer()
         self.callbacks = [self.timer]
@@ -150,9 +152,10 @@ class _Run:
         )
         return time.perf_counter() - start
 
-    def warm_up(self, steps):
+    def warm_up(self, steps, fits=2):
         self.fit(steps)  # traces (and, when scheduled, binds + rebuilds once)
-        self.fit(steps)  # runs the traced function
+        for _ in range(fits - 1):
+            self.fit(steps)  # runs the traced function with a fresh iterator
         self.train_function = self.model.train_function
         self.traces = _tracing_count(self.train_function)
 
@@ -172,14 +175,15 @@ class _Run:
             iterations = self.model.optimizer.iterations
             for layer in self.model.layers:
                 reg = layer.kernel_regularizer
-                if reg is not None and reg._step_source is not iterations:
+                counter = getattr(reg, "step_counter", iterations)
+                if reg is not None and counter is not iterations:
                     problems.append(f"{layer.name}: schedule not bound to iterations")
         return problems
 
     def penalty_fn(self):
         variables = [v for v in self.model.trainable_variables if v.regularizer is not None]
 
-        @tf.function
+        @tf.function(jit_compile=bool(self.model.jit_compile))
         def value_and_grad():
             with tf.GradientTape() as tape:
                 total = tf.add_n([tf.cast(v.regularizer(v), "float32") for v in variables])
@@ -232,24 +236,30 @@ def _machine_line():
 def _parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=None,
-                        help="train steps per timed fit call (default 12; quick 3)")
+                        help="train steps per timed fit call (default 12; quick 2)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed rounds over all configs (default 12; quick 2)")
+                        help="timed rounds over all configs (default 10; quick 2)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run (< 40 s on 2 cores); figures are rough")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--optimizer", default="adam", help="e.g. adam, sgd")
     parser.add_argument("--no-reference", action="store_true",
-                        help=f"skip the '{REFERENCE}' reference row")
+                        help=f"skip the '{REFERENCE}' reference row (--quick does)")
     parser.add_argument("--penalty-calls", type=int, default=None,
                         help="calls per config in the penalty-only table "
                         "(default 20; quick 3; 0 skips it)")
+    parser.add_argument("--jit-compile", choices=("auto", "true", "false"),
+                        default="auto",
+                        help="compile(jit_compile=...); 'auto' is Keras' default "
+                        "(XLA on GPU, none on CPU-only machines)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.steps is None:
-        args.steps = 3 if args.quick else 12
+        args.steps = 2 if args.quick else 12
     if args.repeats is None:
-        args.repeats = 2 if args.quick else 12
+        args.repeats = 2 if args.quick else 10
+    if args.quick:
+        args.no_reference = True
     if args.penalty_calls is None:
         args.penalty_calls = 3 if args.quick else 20
     if args.steps < 1 or args.repeats < 1 or args.penalty_calls < 0:
@@ -282,8 +292,11 @@ def main(argv=None):
     runs = []
     for name in names:
         factory, scheduled = CONFIGS[name]
-        run = _Run(name, factory, scheduled, dataset, args.batch_size, args.optimizer, args.seed)
-        run.warm_up(steps=1 if args.quick else 2)
+        jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
+        run = _Run(
+            name, factory, scheduled, dataset, args.batch_size, args.optimizer, args.seed, jit
+        )
+        run.warm_up(steps=1 if args.quick else 2, fits=1 if args.quick else 2)
         runs.append(run)
     model0 = runs[0].model
     print(
