@@ -5,6 +5,7 @@ Importing the package registers every class for `keras.saving.load_model`.
 
 from keras_regkit import callbacks, regularizers, schedules
 from keras_regkit.attach import Attachment, apply_regularizers, remove_regularizers
+from keras_regkit.callbacks.shrink import ShrinkResult, shrink
 from keras_regkit.pruning import HoldZeros, PruneResult, prune, release_zeros
 from keras_regkit.stats import LayerStats, SparsityReport, sparsity_report
 from keras_regkit.weights import WEIGHT_KINDS, WeightRef, iter_weights
@@ -16,6 +17,7 @@ __all__ = [
     "HoldZeros",
     "LayerStats",
     "PruneResult",
+    "ShrinkResult",
     "SparsityReport",
     "WEIGHT_KINDS",
     "WeightRef",
@@ -27,5 +29,6 @@ __all__ = [
     "release_zeros",
     "remove_regularizers",
     "schedules",
+    "shrink",
     "sparsity_report",
 ]

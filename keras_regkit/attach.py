@@ -8,7 +8,7 @@ from typing import Mapping, Sequence, Union
 import keras
 
 from keras_regkit import weights as weights_lib
-from keras_regkit.regularizers import _Penalty
+from keras_regkit.regularizers import Combined, _Penalty
 from keras_regkit.weights import LayerSelector, WeightRef
 
 
@@ -116,11 +116,18 @@ def apply_regularizers(
             )
         plan.append((refs, regularizer))
     # Everything is validated before anything changes.
+    return set_regularizers(
+        model, [(ref, regularizer) for refs, regularizer in plan for ref in refs]
+    )
+
+
+def set_regularizers(model: keras.Model, assignments) -> Attachment:
+    """Sets `(WeightRef, regularizer)` pairs, in order, and rebuilds the step
+    functions once; the returned `Attachment` undoes it."""
     changes = []
-    for refs, regularizer in plan:
-        for ref in refs:
-            changes.append((ref, ref.regularizer))
-            ref.set_regularizer(regularizer)
+    for ref, regularizer in assignments:
+        changes.append((ref, ref.regularizer))
+        ref.set_regularizer(regularizer)
     rebuild_step_functions(model)
     return Attachment(model, changes)
 
@@ -146,13 +153,8 @@ def remove_regularizers(
         ValueError: If `weights` names an unknown kind or the selector matches
             no layer with such a weight.
     """
-    changes = []
-    for ref in weights_lib.select_weights(model, layers, weights):
-        if ref.regularizer is not None:
-            changes.append((ref, ref.regularizer))
-            ref.set_regularizer(None)
-    rebuild_step_functions(model)
-    return Attachment(model, changes)
+    refs = weights_lib.select_weights(model, layers, weights)
+    return set_regularizers(model, [(ref, None) for ref in refs if ref.regularizer is not None])
 
 
 def regularized_variables(model: keras.Model) -> list[keras.Variable]:
@@ -164,17 +166,31 @@ def regularized_variables(model: keras.Model) -> list[keras.Variable]:
 def scheduled_regularizers(model: keras.Model) -> dict[str, _Penalty]:
     """Our regularizers with a schedule, keyed by the path of their first
     variable within `model` (e.g. `"dense/kernel"`). A regularizer shared by
-    several weights appears once."""
+    several weights appears once; parts of a `Combined` are found too; those
+    driven by another object (`ShrinkPhase`'s own penalty) are left out."""
     found, seen = {}, set()
     prefix = f"{model.name}/"
     for variable in regularized_variables(model):
-        regularizer = variable.regularizer
-        if isinstance(regularizer, _Penalty) and regularizer.is_scheduled:
-            if id(regularizer) not in seen:
+        path = variable.path
+        path = path[len(prefix):] if path.startswith(prefix) else path
+        for regularizer in _parts(variable.regularizer):
+            if (
+                isinstance(regularizer, _Penalty)
+                and regularizer.is_scheduled
+                and regularizer.driver is None
+                and id(regularizer) not in seen
+            ):
                 seen.add(id(regularizer))
-                path = variable.path
-                found[path[len(prefix):] if path.startswith(prefix) else path] = regularizer
+                found[path] = regularizer
     return found
+
+
+def _parts(regularizer):
+    if isinstance(regularizer, Combined):
+        for part in regularizer.regularizers:
+            yield from _parts(part)
+    else:
+        yield regularizer
 
 
 def total_penalty(model: keras.Model):

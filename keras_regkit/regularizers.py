@@ -86,6 +86,9 @@ class _Penalty(keras.regularizers.Regularizer):
         # this regularizer, never the shared counter.
         self._own_step = None
         self._counter = None
+        # Set by an object that moves the step itself (ShrinkPhase), so that
+        # RegularizationScheduler leaves this regularizer alone.
+        self.driver = None
         if self.is_scheduled:
             self._own_step = keras.Variable(
                 step, dtype="int64", trainable=False, name="regularizer_step"
@@ -425,3 +428,52 @@ class ExpAbs(_Penalty):
     def _extra_config(self) -> dict:
         return {"scale": self.scale}
 
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Combined(keras.regularizers.Regularizer):
+    """The sum of several regularizers on one weight.
+
+    `ShrinkPhase` uses it to add its penalty to one the user already has; it
+    is just as usable directly.
+
+    Args:
+        regularizers: A list of regularizers (ours, Keras' or any callable
+            that returns a scalar).
+
+    Raises:
+        TypeError: If `regularizers` is not a non-empty list of callables.
+
+    Example:
+
+    >>> reg = rk.regularizers.Combined([rk.regularizers.L1(0.1), keras.regularizers.L2(0.1)])
+    >>> round(float(reg(keras.ops.ones((2, 2)))), 6)
+    0.8
+    """
+
+    def __init__(self, regularizers):
+        regularizers = list(regularizers) if isinstance(regularizers, (list, tuple)) else regularizers
+        if not isinstance(regularizers, list) or not regularizers or not all(
+            callable(r) for r in regularizers
+        ):
+            raise TypeError(
+                "Invalid value for argument `regularizers`: expected a non-empty "
+                f"list of regularizers. Received: regularizers={regularizers!r}"
+            )
+        self.regularizers = regularizers
+
+    def __call__(self, x):
+        return sum(ops.cast(r(x), "float32") for r in self.regularizers)
+
+    def get_config(self) -> dict:
+        return {
+            "regularizers": [keras.saving.serialize_keras_object(r) for r in self.regularizers]
+        }
+
+    @classmethod
+    def from_config(cls, config: dict):
+        _validate.config_keys(cls, config, ["regularizers"])
+        return cls([keras.saving.deserialize_keras_object(r) for r in config["regularizers"]])
+
+    def __repr__(self) -> str:
+        return f"Combined([{', '.join(repr(r) for r in self.regularizers)}])"

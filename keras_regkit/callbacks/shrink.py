@@ -1,0 +1,477 @@
+"""`ShrinkPhase` and `shrink`: push a trained model's weights to zero while
+its validation metric holds, then leave exact zeros.
+
+A composition of the package's pieces: a temporary penalty attached with
+`attach`, its strength on an `ExponentialDecay` ladder, acceptance measured by
+`stats`, exact zeros and their hold from `pruning`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+
+from keras_regkit import _validate, attach, pruning, stats
+from keras_regkit import weights as weights_lib
+from keras_regkit.regularizers import L1, Combined
+
+_VALIDATION_HINT = (
+    "Pass validation data to fit (`validation_data=` or `validation_split=`), "
+    "or `validation_data=` to ShrinkPhase."
+)
+
+
+@dataclasses.dataclass
+class ShrinkResult:
+    """What a shrink phase did.
+
+    Attributes:
+        monitor: The monitored metric.
+        baseline: Its value when the phase started (the best so far).
+        final: Its value at the end, on the validation data.
+        started_at_epoch: The epoch the shrink began (None if it never did).
+        accepted_epochs, rejected_epochs: Epochs within / outside tolerance.
+        threshold: The magnitude pruned at (None if nothing was pruned).
+        sparsity: Fraction of exact zeros over the covered weights.
+        layers: Per-weight `LayerStats` at the end.
+        outcome: `"pruned"`, `"fine-tuned"`, `"best accepted"` (no pruning)
+            or `"baseline"` (nothing held the tolerance, weights restored).
+    """
+
+    monitor: str
+    baseline: float | None = None
+    final: float | None = None
+    started_at_epoch: int | None = None
+    accepted_epochs: list = dataclasses.field(default_factory=list)
+    rejected_epochs: list = dataclasses.field(default_factory=list)
+    threshold: float | None = None
+    sparsity: float = 0.0
+    layers: list = dataclasses.field(default_factory=list)
+    outcome: str = "not started"
+
+    @property
+    def epochs_used(self) -> int:
+        return len(self.accepted_epochs) + len(self.rejected_epochs)
+
+    def __str__(self) -> str:
+        lines = [
+            f"shrink: {self.outcome}; {self.monitor} {self.baseline:.4g} -> "
+            f"{self.final:.4g}; exact zeros {self.sparsity:.1%}"
+            if self.baseline is not None and self.final is not None
+            else f"shrink: {self.outcome}",
+            f"epochs: {len(self.accepted_epochs)} accepted, {len(self.rejected_epochs)} rejected"
+            + (f"; pruned at |w| <= {self.threshold:.3g}" if self.threshold is not None else ""),
+        ]
+        lines += [f"  {s.name}: {s.sparsity:.1%} of {s.params:,}" for s in self.layers]
+        return "\n".join(lines)
+
+
+class ShrinkPhase(keras.callbacks.Callback):
+    """Shrinks a model that already works, guarded by a validation metric.
+
+    Joins an ordinary `fit`. The phase:
+
+    1. **Starts** at `start_epoch`, or once `monitor` has not improved for
+       `patience` epochs. It restores the best weights seen so far and takes
+       their monitored value as the baseline.
+    2. **Shrinks**: a penalty (`penalty(strength_schedule)`, L1 by default)
+       is added to the covered weights, on top of any penalty they already
+       have. Its strength starts at `strength` and is multiplied by `growth`
+       after every accepted epoch.
+    3. **Judges each epoch**: accepted if `monitor` is within `tolerance` of
+       the baseline (absolute, or relative to `|baseline|` with
+       `relative=True`) and the loss is finite. After a rejected epoch the
+       strength backs off one rung and training goes on (from the sparsest
+       accepted weights if the loss was not finite).
+    4. **Ends** (last epoch, or `fine_tune_epochs` before it): restores the
+       sparsest accepted weights (sparsity measured as the fraction with
+       `|w| <= near_zero`), removes the temporary penalty, then prunes to
+       exact zeros at the largest global sparsity whose validation metric
+       still holds the tolerance (bisection). With `fine_tune_epochs`, the
+       remaining epochs train with the zeros held by Keras constraints and
+       the result is kept only if it still holds the tolerance.
+
+    The model never ends outside the tolerance: if the final state does not
+    hold it, the baseline weights are restored. `fit` does not call
+    `on_train_end` when an exception (a `KeyboardInterrupt`, an error in
+    another callback) ends it early; use the callback as a context manager,
+    or `keras_regkit.shrink`, and the weights are then restored to the
+    sparsest accepted state whatever happens:
+
+    ```python
+    with ShrinkPhase(start_epoch=20) as phase:
+        model.fit(x, y, validation_split=0.1, epochs=30, callbacks=[phase])
+    print(phase.result)
+    ```
+
+    Args:
+        start_epoch: Epoch at which the shrink begins (0 needs `baseline` or
+            `validation_data`). Give this or `patience`.
+        patience: Start once `monitor` has not improved for this many epochs.
+        monitor: Validation metric to hold. Defaults to `"val_loss"`.
+        mode: `"min"`, `"max"` or `"auto"` (max for accuracy/AUC-like names).
+        tolerance: How far `monitor` may move from the baseline, >= 0.
+            Defaults to 0.01.
+        relative: Whether `tolerance` is a fraction of `|baseline|`.
+            Defaults to False (absolute).
+        penalty: Callable taking a strength (a schedule) and returning one of
+            our regularizers. Defaults to `keras_regkit.regularizers.L1`.
+        strength: First strength of the penalty, > 0. Defaults to 1e-5.
+        growth: Factor applied to the strength per accepted epoch, > 1.
+            Defaults to 2.0.
+        weights: Weight kinds to shrink. Defaults to `"kernel"`.
+        layers: Layer selector, as in `apply_regularizers`. Defaults to all.
+        prune: Whether to end with exact zeros. Defaults to True.
+        fine_tune_epochs: Last epochs of `fit` spent fine-tuning with the
+            zeros held. Defaults to 0.
+        near_zero: Magnitude under which a weight counts towards an accepted
+            state's sparsity. Defaults to 1e-3.
+        validation_data: Optional `(x, y)` tuple or dataset for the final
+            pruning search (otherwise fit's own validation data is used).
+        baseline: Optional baseline value (used with `start_epoch=0`).
+        verbose: 1 prints each decision and the result.
+
+    Raises:
+        ValueError, TypeError: For bad arguments, at construction; during
+            `fit`, `ValueError` if `monitor` is not in the logs (no
+            validation data).
+
+    References:
+        Hanson & Pratt, "Comparing biases for minimal network construction
+        with back-propagation", NeurIPS 1988 (penalty-driven shrinking); Zhu &
+        Gupta, "To prune, or not to prune", 2017 (magnitude pruning).
+    """
+
+    def __init__(
+        self,
+        start_epoch: int | None = None,
+        patience: int | None = None,
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        tolerance: float = 0.01,
+        relative: bool = False,
+        penalty=L1,
+        strength: float = 1e-5,
+        growth: float = 2.0,
+        weights="kernel",
+        layers="*",
+        prune: bool = True,
+        fine_tune_epochs: int = 0,
+        near_zero: float = 1e-3,
+        validation_data=None,
+        baseline: float | None = None,
+        verbose: int = 0,
+    ):
+        super().__init__()
+        if start_epoch is None and patience is None:
+            raise ValueError(
+                "ShrinkPhase needs `start_epoch` or `patience` to know when to "
+                "begin. Received: start_epoch=None, patience=None"
+            )
+        self.start_epoch = None if start_epoch is None else _validate.integer("start_epoch", start_epoch)
+        self.patience = None if patience is None else _validate.integer("patience", patience, minimum=1)
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(
+                "Invalid value for argument `mode`: expected 'auto', 'min' or "
+                f"'max'. Received: mode={mode!r}"
+            )
+        if not isinstance(monitor, str):
+            raise TypeError(f"Invalid value for argument `monitor`: expected a str. Received: monitor={monitor!r}")
+        self.monitor = monitor
+        self.mode = mode
+        self.tolerance = _validate.real("tolerance", tolerance)
+        self.relative = bool(relative)
+        if not callable(penalty):
+            raise TypeError(
+                "Invalid value for argument `penalty`: expected a regularizer "
+                "class or a callable `strength -> regularizer`. "
+                f"Received: penalty={penalty!r}"
+            )
+        self.penalty = penalty
+        self.strength = _validate.real("strength", strength)
+        if self.strength <= 0:
+            raise ValueError(f"Invalid value for argument `strength`: expected a float > 0. Received: strength={strength}")
+        self.growth = _validate.real("growth", growth, minimum=1.0)
+        if self.growth == 1.0:
+            raise ValueError(f"Invalid value for argument `growth`: expected a float > 1. Received: growth={growth}")
+        self.weights_spec = weights_lib.normalize_kinds(weights)
+        weights_lib.check_selector(layers)
+        self.layers = layers
+        self.prune = bool(prune)
+        self.fine_tune_epochs = _validate.integer("fine_tune_epochs", fine_tune_epochs)
+        self.near_zero = _validate.real("near_zero", near_zero)
+        self.validation_data = validation_data
+        self.baseline = None if baseline is None else _validate.real("baseline", baseline, minimum=-math.inf)
+        if self.start_epoch == 0 and baseline is None and validation_data is None:
+            raise ValueError(
+                "ShrinkPhase(start_epoch=0) needs `baseline=` or `validation_data=`: "
+                "before the first epoch no validation value is known."
+            )
+        self.verbose = verbose
+        self.result = ShrinkResult(monitor)
+
+    # -- the guard --------------------------------------------------------
+    def _maximize(self) -> bool:
+        if self.mode != "auto":
+            return self.mode == "max"
+        name = self.monitor.removeprefix("val_")
+        return any(key in name for key in ("acc", "auc", "precision", "recall", "f1"))
+
+    def _better(self, value, than) -> bool:
+        return value > than if self._maximize() else value < than
+
+    def _holds(self, value) -> bool:
+        if value is None or not math.isfinite(value):
+            return False
+        slack = self.tolerance * abs(self._baseline) if self.relative else self.tolerance
+        if self._maximize():
+            return value >= self._baseline - slack
+        return value <= self._baseline + slack
+
+    def _evaluate(self) -> float:
+        """The monitored value of the current weights on the validation data."""
+        model = self.model
+        name = self.monitor.removeprefix("val_")
+        if self.validation_data is not None:
+            data = self.validation_data
+            if isinstance(data, (tuple, list)):
+                logs = model.evaluate(*data[:2], verbose=0, return_dict=True)
+            else:
+                logs = model.evaluate(data, verbose=0, return_dict=True)
+        elif self._fit_validation is not None:
+            # fit's own validation iterator (it deletes its reference before
+            # on_train_end, so we keep one); Keras evaluates it this way itself.
+            had = getattr(model, "_eval_epoch_iterator", None)
+            model._eval_epoch_iterator = self._fit_validation
+            try:
+                logs = model.evaluate(verbose=0, return_dict=True, _use_cached_eval_dataset=True)
+            finally:
+                model._eval_epoch_iterator = had
+        else:
+            raise ValueError(f"ShrinkPhase has no validation data to evaluate {self.monitor!r}. {_VALIDATION_HINT}")
+        if name not in logs:
+            raise ValueError(
+                f"ShrinkPhase monitors {self.monitor!r}, but evaluation gives only "
+                f"{sorted(logs)}. Choose `monitor=` among {sorted('val_' + k for k in logs)}."
+            )
+        return float(logs[name])
+
+    # -- fit hooks --------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        self.result = ShrinkResult(self.monitor)
+        self._phase = "waiting"
+        self._best_value = None
+        self._best_weights = None
+        self._wait = 0
+        self._fit_validation = None
+        self._attachment = None
+        self._pruned_weights = None
+        if self.start_epoch == 0:
+            self._baseline = self.baseline if self.baseline is not None else self._evaluate()
+            self._start(0)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        fine_tune_from = self.params.get("epochs", 0) - self.fine_tune_epochs
+        if self._phase == "shrinking" and self.fine_tune_epochs and epoch >= fine_tune_from:
+            self._finish(hold=True)
+            self._phase = "fine-tuning"
+            self._say(f"Epoch {epoch + 1}: fine-tuning with the zeros held.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.monitor not in logs:
+            raise ValueError(
+                f"ShrinkPhase monitors {self.monitor!r}, which is not in the "
+                f"epoch logs {sorted(logs)}. {_VALIDATION_HINT}"
+            )
+        if getattr(self.model, "_eval_epoch_iterator", None) is not None:
+            self._fit_validation = self.model._eval_epoch_iterator
+        value = float(logs[self.monitor])
+        if self._phase == "waiting":
+            self._watch(epoch, value)
+        elif self._phase == "shrinking":
+            self._judge(epoch, value, logs.get("loss"))
+
+    def on_train_end(self, logs=None):
+        if self._phase == "shrinking":
+            self._finish(hold=False)
+        elif self._phase == "fine-tuning":
+            pruning.release_zeros(self.model)
+            if self._holds(self._evaluate()):
+                self.result.outcome = "fine-tuned"
+            else:
+                self.model.set_weights(self._pruned_weights)
+        if self._phase != "waiting":
+            self._conclude()
+
+    # -- context manager: restore on any exception ------------------------
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is not None and getattr(self, "_phase", "waiting") in ("shrinking", "fine-tuning"):
+            self.abort()
+        return False
+
+    def abort(self) -> None:
+        """Ends the phase now at the sparsest accepted weights (no pruning):
+        the temporary penalty and any held zeros are removed."""
+        pruning.release_zeros(self.model)
+        if self._attachment is not None:
+            self._attachment.undo()
+            self._attachment = None
+        self.model.set_weights(self._accepted_weights)
+        self.result.outcome = "best accepted" if self.result.accepted_epochs else "baseline"
+        self._phase = "done"
+        self._say(f"shrink interrupted: restored the {self.result.outcome} weights.")
+
+    # -- the phase --------------------------------------------------------
+    def _watch(self, epoch, value):
+        if self._best_value is None or self._better(value, self._best_value):
+            self._best_value, self._best_weights, self._wait = value, self.model.get_weights(), 0
+        else:
+            self._wait += 1
+        if (self.start_epoch is not None and epoch + 1 >= self.start_epoch) or (
+            self.patience is not None and self._wait >= self.patience
+        ):
+            self.model.set_weights(self._best_weights)
+            self._baseline = self._best_value
+            self._start(epoch + 1)
+
+    def _start(self, epoch):
+        self._baseline_weights = self.model.get_weights()
+        self._accepted_weights = self._baseline_weights
+        self._covered = stats.WeightStats(self.model, self.weights_spec, self.near_zero)
+        self._best_sparsity = stats.total(self._covered.compute()).near_zero_fraction
+        schedule = keras.optimizers.schedules.ExponentialDecay(self.strength, 1, self.growth)
+        self._penalty = self.penalty(schedule)
+        self._penalty.driver = self  # RegularizationScheduler must leave it alone
+        refs = [
+            ref for ref in weights_lib.select_weights(self.model, self.layers, self.weights_spec)
+            if ref.owner is None
+        ]
+        self._attachment = attach.set_regularizers(
+            self.model,
+            [(ref, self._penalty if ref.regularizer is None else Combined([ref.regularizer, self._penalty])) for ref in refs],
+        )
+        self._phase = "shrinking"
+        self.result.baseline = self._baseline
+        self.result.started_at_epoch = epoch
+        self._say(f"Epoch {epoch + 1}: shrink starts; baseline {self.monitor} = {self._baseline:.4g}.")
+
+    def _judge(self, epoch, value, loss):
+        finite_loss = loss is None or math.isfinite(float(loss))
+        if finite_loss and self._holds(value):
+            self.result.accepted_epochs.append(epoch)
+            sparsity = stats.total(self._covered.compute()).near_zero_fraction
+            if sparsity >= self._best_sparsity:
+                self._best_sparsity, self._accepted_weights = sparsity, self.model.get_weights()
+            self._penalty.set_step(self._penalty.step + 1)
+            self._say(f"Epoch {epoch + 1}: accepted ({self.monitor} {value:.4g}, near-zero {sparsity:.1%}).")
+        else:
+            self.result.rejected_epochs.append(epoch)
+            if not finite_loss:
+                # Nothing to continue from: back to the sparsest accepted state.
+                self.model.set_weights(self._accepted_weights)
+            # Otherwise training goes on from here with a weaker penalty: the
+            # data loss recovers the metric without losing the shrink so far.
+            self._penalty.set_step(max(self._penalty.step - 1, 0))
+            self._say(f"Epoch {epoch + 1}: rejected ({self.monitor} {value:.4g}); strength backs off.")
+
+    def _finish(self, hold):
+        self.model.set_weights(self._accepted_weights)
+        self._attachment.undo()
+        self._attachment = None
+        self.result.outcome = "best accepted" if self.result.accepted_epochs else "baseline"
+        if self.prune:
+            sparsity = self._largest_sparsity_that_holds()
+            if sparsity > 0:
+                pruned = pruning.prune(self.model, sparsity=sparsity, weights=self.weights_spec, layers=self.layers, hold=hold)
+                self.result.threshold = pruned.threshold
+                self.result.outcome = "pruned"
+        self._pruned_weights = self.model.get_weights()
+        self._phase = "finishing"
+
+    def _largest_sparsity_that_holds(self) -> float:
+        """Bisection over the global sparsity, from the accepted weights."""
+        start = self.model.get_weights()
+        low, high = 0.0, 1.0
+        for _ in range(8):
+            middle = (low + high) / 2
+            pruning.prune(self.model, sparsity=middle, weights=self.weights_spec, layers=self.layers)
+            if self._holds(self._evaluate()):
+                low = middle
+            else:
+                high = middle
+            self.model.set_weights(start)
+        return low
+
+    def _conclude(self):
+        final = self._evaluate()
+        if not self._holds(final):
+            # Never leave the model worse than the tolerance allows.
+            self.model.set_weights(self._baseline_weights)
+            pruning.release_zeros(self.model)
+            final = self._evaluate()
+            self.result.outcome = "baseline"
+            self.result.threshold = None
+        layers = self._covered.compute()
+        self.result.final = final
+        self.result.layers = layers
+        self.result.sparsity = stats.total(layers).sparsity
+        self._phase = "done"
+        if self.verbose:
+            print(self.result)
+
+    def _say(self, message):
+        if self.verbose:
+            print(message)
+
+
+def shrink(
+    model: keras.Model,
+    x,
+    y=None,
+    validation_data=None,
+    epochs: int = 10,
+    tolerance: float = 0.01,
+    batch_size: int | None = None,
+    callbacks=(),
+    verbose: int = 0,
+    **phase_kwargs,
+) -> ShrinkResult:
+    """Shrinks an already trained, compiled model (`ShrinkPhase` from epoch 0).
+
+    Args:
+        model: A compiled, trained model; changed in place.
+        x, y: Training data, as for `fit`.
+        validation_data: `(x_val, y_val)` or a dataset; required.
+        epochs: The budget, fine-tuning included. Defaults to 10.
+        tolerance: See `ShrinkPhase`. Defaults to 0.01.
+        batch_size, callbacks, verbose: Passed to `fit`.
+        **phase_kwargs: Any other `ShrinkPhase` argument (`monitor`,
+            `relative`, `penalty`, `fine_tune_epochs`, ...).
+
+    Returns:
+        The `ShrinkResult`.
+
+    Raises:
+        ValueError: Without validation data, or for a bad argument. Whatever
+            ends `fit` early (an exception, `KeyboardInterrupt`) re-raises
+            after the weights are restored to the sparsest accepted state.
+    """
+    if validation_data is None:
+        raise ValueError("shrink() needs `validation_data=(x_val, y_val)` (or a dataset) to guard the shrink. Received: validation_data=None")
+    if getattr(model, "optimizer", None) is None:
+        raise ValueError("shrink() needs a compiled model: call model.compile(...) first.")
+    _validate.integer("epochs", epochs, minimum=1)
+    phase = ShrinkPhase(start_epoch=0, validation_data=validation_data, tolerance=tolerance, verbose=verbose, **phase_kwargs)
+    with phase:
+        model.fit(
+            x, y, batch_size=batch_size, epochs=epochs, validation_data=validation_data,
+            callbacks=[phase, *callbacks], verbose=verbose,
+        )
+    return phase.result

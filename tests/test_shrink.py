@@ -1,0 +1,175 @@
+import keras
+import numpy as np
+import pytest
+
+import keras_regkit as rk
+from keras_regkit.callbacks import ShrinkPhase
+from keras_regkit.regularizers import L1, L2, Combined
+
+
+def classification_data(n=256, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8)).astype("float32")
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype("int32")
+    return x, y
+
+
+def trained_classifier(**dense_kwargs):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8,)),
+        keras.layers.Dense(32, activation="relu", name="hidden", **dense_kwargs),
+        keras.layers.Dense(2, name="out"),
+    ])
+    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    x, y = classification_data()
+    model.fit(x, y, epochs=15, batch_size=32, verbose=0)
+    return model
+
+
+def accuracy(model, x, y):
+    return model.evaluate(x, y, verbose=0, return_dict=True)["accuracy"]
+
+
+def kernel_zeros(model):
+    return rk.sparsity_report(model).total.sparsity
+
+
+def test_shrink_makes_exact_zeros_and_holds_the_tolerance():
+    model = trained_classifier()
+    x, y = classification_data()
+    xv, yv = classification_data(seed=1)
+    before = accuracy(model, xv, yv)
+    result = rk.shrink(model, x, y, validation_data=(xv, yv), epochs=6, monitor="val_accuracy",
+                       tolerance=0.02, strength=1e-3, batch_size=32)
+    assert result.outcome == "pruned" and result.threshold is not None
+    assert result.baseline == pytest.approx(before)
+    assert accuracy(model, xv, yv) >= before - 0.02 - 1e-6
+    assert result.final == pytest.approx(accuracy(model, xv, yv))
+    # The task needs 2 of 8 inputs: most of the first layer can go.
+    assert kernel_zeros(model) == pytest.approx(result.sparsity) and result.sparsity > 0.5
+    assert result.epochs_used == 6
+    # The temporary penalty is gone; nothing is held any more.
+    assert model.losses == []
+    assert all(getattr(v, "constraint", None) is None for v in model.weights)
+
+
+def test_shrink_penalty_changes_training():
+    x, y = classification_data()
+    xv, yv = classification_data(seed=1)
+    norms = {}
+    for strength in (1e-9, 3e-3):
+        model = trained_classifier()
+        rk.shrink(model, x, y, validation_data=(xv, yv), epochs=3, monitor="val_accuracy", tolerance=1.0,
+                  strength=strength, prune=False, batch_size=32)
+        norms[strength] = rk.sparsity_report(model).total.l1
+    assert norms[3e-3] < 0.8 * norms[1e-9]
+
+
+def test_user_penalties_are_combined_during_and_restored_after():
+    model = trained_classifier(kernel_regularizer=L2(1e-4))
+    x, y = classification_data()
+    xv, yv = classification_data(seed=1)
+    seen = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(self.model.get_layer("hidden").kernel.regularizer)
+
+    rk.shrink(model, x, y, validation_data=(xv, yv), epochs=2, monitor="val_accuracy", tolerance=0.05, callbacks=[Spy()], batch_size=32)
+    assert isinstance(seen[0], Combined) and isinstance(seen[0].regularizers[0], L2)
+    assert isinstance(model.get_layer("hidden").kernel.regularizer, L2)
+    assert model.get_layer("hidden").get_config()["kernel_regularizer"]["class_name"] == "L2"
+
+
+def test_callback_in_fit_with_validation_split_and_fine_tune():
+    model = trained_classifier()
+    x, y = classification_data(n=512)
+    phase = ShrinkPhase(start_epoch=2, monitor="val_accuracy", tolerance=0.03, strength=1e-3, fine_tune_epochs=2)
+    with phase:
+        model.fit(x, y, epochs=8, batch_size=32, validation_split=0.25, verbose=0, callbacks=[phase])
+    result = phase.result
+    assert result.started_at_epoch == 2 and result.epochs_used == 4
+    assert result.outcome in ("pruned", "fine-tuned") and result.sparsity > 0.3
+    assert all(getattr(v, "constraint", None) is None for v in model.weights)
+
+
+def test_patience_starts_the_phase_at_a_plateau():
+    model = trained_classifier()
+    x, y = classification_data()
+    xv, yv = classification_data(seed=1)
+    # Learning rate 0: val_loss is flat from the first epoch, a plateau.
+    model.compile(keras.optimizers.SGD(0.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    phase = ShrinkPhase(patience=2, monitor="val_loss", tolerance=0.05, relative=True)
+    model.fit(x, y, epochs=5, batch_size=32, validation_data=(xv, yv), verbose=0, callbacks=[phase])
+    assert phase.result.started_at_epoch == 3  # best at epoch 0, no gain in 1 and 2
+    assert phase.result.final <= phase.result.baseline * 1.05 + 1e-6
+
+
+def test_without_validation_data_it_says_what_to_do():
+    model = trained_classifier()
+    x, y = classification_data()
+    with pytest.raises(ValueError, match="validation_split"):
+        model.fit(x, y, epochs=3, verbose=0, callbacks=[ShrinkPhase(start_epoch=1)])
+    with pytest.raises(ValueError, match="validation_data"):
+        rk.shrink(model, x, y)
+
+
+class Sabotage(keras.callbacks.Callback):
+    """Wrecks training at a chosen epoch: NaN weights, or an exception."""
+
+    def __init__(self, epoch, action):
+        super().__init__()
+        self.epoch, self.action = epoch, action
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.model._regkit_epoch == self.epoch and batch == 2:
+            kernel = self.model.get_layer("hidden").kernel
+            kernel.assign(keras.ops.full(kernel.shape, float("nan")))
+            if self.action != "nan":
+                raise self.action  # leaving NaN weights behind
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model._regkit_epoch = epoch
+
+
+def test_nan_loss_during_the_shrink_ends_at_good_weights():
+    model = trained_classifier()
+    x, y = classification_data()
+    xv, yv = classification_data(seed=1)
+    before = accuracy(model, xv, yv)
+    result = rk.shrink(model, x, y, validation_data=(xv, yv), epochs=4, monitor="val_accuracy", tolerance=0.02,
+                       callbacks=[Sabotage(2, "nan")], batch_size=32)
+    assert 2 in result.rejected_epochs
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert accuracy(model, xv, yv) >= before - 0.02 - 1e-6
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), RuntimeError("callback failed")], ids=["interrupt", "exception"])
+def test_interrupted_shrink_restores_accepted_weights_and_removes_penalty(error):
+    model = trained_classifier()
+    x, y = classification_data()
+    xv, yv = classification_data(seed=1)
+    before = accuracy(model, xv, yv)
+    with pytest.raises(type(error)):
+        rk.shrink(model, x, y, validation_data=(xv, yv), epochs=5, monitor="val_accuracy", tolerance=0.02,
+                  callbacks=[Sabotage(2, error)], batch_size=32)
+    assert model.losses == []
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert accuracy(model, xv, yv) >= before - 0.02 - 1e-6
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({}, ValueError, "start_epoch` or `patience"),
+    ({"start_epoch": 0}, ValueError, "baseline=` or `validation_data="),
+    ({"start_epoch": 1, "tolerance": -1.0}, ValueError, "argument `tolerance`"),
+    ({"start_epoch": 1, "growth": 1.0}, ValueError, "argument `growth`"),
+    ({"start_epoch": 1, "strength": 0.0}, ValueError, "argument `strength`"),
+    ({"start_epoch": 1, "mode": "up"}, ValueError, "argument `mode`"),
+    ({"start_epoch": 1, "penalty": "l1"}, TypeError, "argument `penalty`"),
+    ({"start_epoch": 1, "weights": "kernels"}, ValueError, "argument `weights`"),
+    ({"patience": 0}, ValueError, "argument `patience`"),
+])
+def test_rejects_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ShrinkPhase(**kwargs)
