@@ -119,6 +119,7 @@ def prune(
         sparsity = _validate.real("sparsity", sparsity, maximum=1.0)
         threshold = _global_threshold(refs, sparsity)
     zeros = params = 0
+    new_holds = False
     for ref in refs:
         value = ref.variable.value
         kept = ops.absolute(ops.cast(value, "float32")) > threshold
@@ -126,8 +127,8 @@ def prune(
         params += int(np.prod(value.shape))
         zeros += int(ops.convert_to_numpy(ops.sum(ops.cast(ops.logical_not(kept), "int32"))))
         if hold:
-            _hold(ref.variable)
-    if hold:
+            new_holds |= _hold(ref.variable)
+    if new_holds:
         rebuild_step_functions(model)  # the optimizer step traced the old constraints
     return PruneResult(float(threshold), zeros, params, refs)
 
@@ -145,11 +146,17 @@ def _global_threshold(refs: list[WeightRef], sparsity: float) -> float:
     return float(ops.convert_to_numpy(smallest[-1]))
 
 
-def _hold(variable) -> None:
+def _hold(variable) -> bool:
+    """Holds the variable's current zeros; True if a new constraint was set
+    (the optimizer step must then be retraced)."""
     if isinstance(variable.constraint, HoldZeros):
-        variable.constraint = HoldZeros(variable, variable.constraint.inner)
-    else:
-        variable.constraint = HoldZeros(variable, variable.constraint)
+        # Same constraint, new mask: the traced optimizer step reads it live.
+        variable.constraint.mask.assign(
+            ops.cast(ops.not_equal(variable.value, 0), variable.constraint.mask.dtype)
+        )
+        return False
+    variable.constraint = HoldZeros(variable, variable.constraint)
+    return True
 
 
 def release_zeros(model: keras.Model) -> int:

@@ -83,16 +83,21 @@ class ShrinkPhase(keras.callbacks.Callback):
        after every accepted epoch.
     3. **Judges each epoch**: accepted if `monitor` is within `tolerance` of
        the baseline (absolute, or relative to `|baseline|` with
-       `relative=True`) and the loss is finite. After a rejected epoch the
-       strength backs off one rung and training goes on (from the sparsest
-       accepted weights if the loss was not finite).
+       `relative=True`) and the loss is finite. After an accepted epoch (with
+       `prune=True`) the covered weights are pruned to exact zeros at the
+       largest global sparsity whose validation metric still holds the
+       tolerance (bisection on the magnitude), and those zeros are held by
+       Keras constraints from then on, so each epoch recovers slack for the
+       next cut. After a rejected epoch the strength backs off one rung and
+       training goes on (from the sparsest accepted weights if the loss was
+       not finite).
     4. **Ends** (last epoch, or `fine_tune_epochs` before it): restores the
-       sparsest accepted weights (sparsity measured as the fraction with
-       `|w| <= near_zero`), removes the temporary penalty, then prunes to
-       exact zeros at the largest global sparsity whose validation metric
-       still holds the tolerance (bisection). With `fine_tune_epochs`, the
-       remaining epochs train with the zeros held by Keras constraints and
-       the result is kept only if it still holds the tolerance.
+       sparsest accepted weights (exact zeros; with `prune=False`, the
+       fraction with `|w| <= near_zero`), removes the temporary penalty and
+       prunes once more. With `fine_tune_epochs`, the remaining epochs train
+       with the zeros held and the result is kept only if it still holds the
+       tolerance. Then the zeros are released: the saved model carries no
+       constraint of ours.
 
     The model never ends outside the tolerance: if the final state does not
     hold it, the baseline weights are restored. `fit` does not call
@@ -223,10 +228,11 @@ class ShrinkPhase(keras.callbacks.Callback):
     def _better(self, value, than) -> bool:
         return value > than if self._maximize() else value < than
 
-    def _holds(self, value) -> bool:
+    def _holds(self, value, share: float = 1.0) -> bool:
+        """Whether `value` is within `share` of the tolerance of the baseline."""
         if value is None or not math.isfinite(value):
             return False
-        slack = self.tolerance * abs(self._baseline) if self.relative else self.tolerance
+        slack = share * (self.tolerance * abs(self._baseline) if self.relative else self.tolerance)
         if self._maximize():
             return value >= self._baseline - slack
         return value <= self._baseline + slack
@@ -366,11 +372,16 @@ class ShrinkPhase(keras.callbacks.Callback):
         finite_loss = loss is None or math.isfinite(float(loss))
         if finite_loss and self._holds(value):
             self.result.accepted_epochs.append(epoch)
-            sparsity = stats.total(self._covered.compute()).near_zero_fraction
+            if self.prune:
+                # Ratchet: zero what half the tolerance allows now, hold it,
+                # and let the next epoch recover slack for the next cut (the
+                # other half keeps that epoch from being rejected at once).
+                self._prune_to_tolerance(hold=True, share=0.5)
+            sparsity = self._sparsity()
             if sparsity >= self._best_sparsity:
                 self._best_sparsity, self._accepted_weights = sparsity, self.model.get_weights()
             self._penalty.set_step(self._penalty.step + 1)
-            self._say(f"Epoch {epoch + 1}: accepted ({self.monitor} {value:.4g}, near-zero {sparsity:.1%}).")
+            self._say(f"Epoch {epoch + 1}: accepted ({self.monitor} {value:.4g}, sparsity {sparsity:.1%}).")
         else:
             self.result.rejected_epochs.append(epoch)
             if not finite_loss:
@@ -381,28 +392,39 @@ class ShrinkPhase(keras.callbacks.Callback):
             self._penalty.set_step(max(self._penalty.step - 1, 0))
             self._say(f"Epoch {epoch + 1}: rejected ({self.monitor} {value:.4g}); strength backs off.")
 
+    def _sparsity(self) -> float:
+        """Exact zeros when pruning, else the near-zero fraction."""
+        total = stats.total(self._covered.compute())
+        return total.sparsity if self.prune else total.near_zero_fraction
+
     def _finish(self, hold):
         self.model.set_weights(self._accepted_weights)
         self._attachment.undo()
         self._attachment = None
         self.result.outcome = "best accepted" if self.result.accepted_epochs else "baseline"
         if self.prune:
-            sparsity = self._largest_sparsity_that_holds()
-            if sparsity > 0:
-                pruned = pruning.prune(self.model, sparsity=sparsity, weights=self.weights_spec, layers=self.layers, hold=hold)
-                self.result.threshold = pruned.threshold
-                self.result.outcome = "pruned"
+            self._prune_to_tolerance(hold=hold)
+        if not hold:
+            pruning.release_zeros(self.model)
         self._pruned_weights = self.model.get_weights()
         self._phase = "finishing"
 
-    def _largest_sparsity_that_holds(self) -> float:
-        """Bisection over the global sparsity, from the accepted weights."""
+    def _prune_to_tolerance(self, hold, share=1.0):
+        sparsity = self._largest_sparsity_that_holds(stats.total(self._covered.compute()).sparsity, share)
+        if sparsity > 0:
+            pruned = pruning.prune(self.model, sparsity=sparsity, weights=self.weights_spec, layers=self.layers, hold=hold)
+            self.result.threshold = max(pruned.threshold, self.result.threshold or 0.0)
+            self.result.outcome = "pruned"
+
+    def _largest_sparsity_that_holds(self, low: float, share: float) -> float:
+        """Bisection over the global sparsity in [low, 1), from the current
+        weights (which hold the tolerance at `low`)."""
         start = self.model.get_weights()
-        low, high = 0.0, 1.0
+        high = 1.0
         for _ in range(8):
             middle = (low + high) / 2
             pruning.prune(self.model, sparsity=middle, weights=self.weights_spec, layers=self.layers)
-            if self._holds(self._evaluate()):
+            if self._holds(self._evaluate(), share):
                 low = middle
             else:
                 high = middle
