@@ -6,16 +6,25 @@ import pytest
 from keras_regkit import cli
 
 
-def test_quick_demo_trains_every_method_and_prints_the_table(capsys):
-    assert cli.main(["demo", "--quick"]) == 0
+def test_quick_demo_trains_every_method_shrinks_and_prints_the_table(capsys, tmp_path):
+    plot = tmp_path / "demo.png"
+    assert cli.main(["demo", "--quick", "--no-progress", "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
-    table = out[out.index("test acc"):].splitlines()[1:]
-    assert [row.split()[0] for row in table] == ["none", "L2(1e-4)", "L1(1e-4)", "ExpAbs(ramp"]
-    # Every method learns digits far above chance (10 %).
-    assert all(float(row.split()[-3]) > 0.5 for row in table)
+    lines = out[out.index("test acc"):].splitlines()
+    rows = [line for line in lines[2:] if line and not line.startswith(("(", "wrote"))]
+    names = [row[:20].strip() for row in rows]
+    assert names == ["none", "L2", "L1", "ExpAbs (scheduled)"]
+    for row in rows:
+        accuracy, shrunk, zeros, size, before = row[20:].split()
+        assert float(accuracy) > 0.5 and float(shrunk) > 0.5  # far above chance (0.1)
+        assert float(zeros.rstrip("%")) > 10
+        # Exact zeros make the saved file compress better.
+        assert int(size.rstrip("KB")) < int(before.rstrip("KB"))
+    assert "checked identical" in out
+    assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("argv", [["demo", "--epochs", "0"], ["demo", "--epochs", "x"], ["fly"]])
+@pytest.mark.parametrize("argv", [["demo", "--epochs", "0"], ["demo", "--epochs", "x"], ["demo", "--dataset", "cifar"], ["fly"]])
 def test_bad_arguments_give_one_line_error_and_nonzero_exit(argv):
     result = subprocess.run([sys.executable, "-m", "keras_regkit", *argv], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
