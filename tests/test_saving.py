@@ -20,18 +20,10 @@ RELOAD_AND_DESCRIBE = textwrap.dedent(
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     import keras, numpy as np
     import keras_regkit
-    from keras_regkit.weights import WEIGHT_KINDS, iter_weights
     model = keras.saving.load_model(sys.argv[1])  # safe_mode=True, no custom_objects
-    out = {}
-    for ref in iter_weights(model, list(WEIGHT_KINDS)):
-        reg = ref.regularizer
-        if reg is not None:
-            out[f"{ref.path}:{ref.kind}"] = {
-                "class": type(reg).__name__,
-                "config": reg.get_config(),
-                "strengths": reg.current_strengths(),
-                "value": float(reg(ref.variable)),
-            }
+    sys.path.insert(0, sys.argv[2])
+    from test_saving import describe  # after the load: it must not need our imports
+    out = describe(model)
     out["iterations"] = int(model.optimizer.iterations)
     out["prediction"] = model.predict(np.ones((2, 6), "float32"), verbose=0).tolist()
     print(json.dumps(out))
@@ -85,7 +77,7 @@ def test_reloads_in_fresh_process_with_same_penalties_strengths_and_step(tmp_pat
     assert expected["c:kernel"]["config"]["step"] == 4
 
     result = subprocess.run(
-        [sys.executable, "-c", RELOAD_AND_DESCRIBE, path],
+        [sys.executable, "-c", RELOAD_AND_DESCRIBE, path, os.path.dirname(__file__)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -54,31 +54,32 @@ def test_penalty_training_shows_up_as_smaller_norms_than_without():
     assert final["l1"] < 0.9 * final["plain"]
 
 
-def test_every_n_batches_updates_batch_logs(tmp_path):
+class BatchLogSpy(keras.callbacks.Callback):
+    """Records, per reported batch, whether its logs carry the statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen.append("sparsity" in logs)
+
+
+def test_every_n_batches_updates_batch_logs():
     model = frozen(tiny_mlp())
     x, y = tiny_data(n=64)
-    seen = []
-
-    class Spy(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            seen.append("sparsity" in logs)
-
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[SparsityMonitor(update_freq=3), Spy()])
-    assert seen == [(b + 1) % 3 == 0 for b in range(8)]
+    spy = BatchLogSpy()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[SparsityMonitor(update_freq=3), spy])
+    assert spy.seen == [(b + 1) % 3 == 0 for b in range(8)]
 
 
 def test_every_n_batches_with_steps_per_execution():
     model = tiny_mlp()
     model.compile(keras.optimizers.SGD(0.0), "mse", steps_per_execution=4)
     x, y = tiny_data(n=128)
-    seen = []
-
-    class Spy(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            seen.append("sparsity" in logs)
-
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[SparsityMonitor(update_freq=3), Spy()])
-    assert len(seen) == 4 and all(seen)  # batches reported every 4 >= 3
+    spy = BatchLogSpy()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[SparsityMonitor(update_freq=3), spy])
+    assert len(spy.seen) == 4 and all(spy.seen)  # batches reported every 4 >= 3
 
 
 def test_target_sparsity_stops_training():
