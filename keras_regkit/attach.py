@@ -152,6 +152,14 @@ def remove_regularizers(
     Raises:
         ValueError: If `weights` names an unknown kind or the selector matches
             no layer with such a weight.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)),
+    ...     keras.layers.Dense(2, kernel_regularizer=rk.regularizers.L2(0.1))])
+    >>> removed = rk.remove_regularizers(model)
+    >>> len(removed), model.losses
+    (1, [])
     """
     refs = weights_lib.select_weights(model, layers, weights)
     return set_regularizers(model, [(ref, None) for ref in refs if ref.regularizer is not None])

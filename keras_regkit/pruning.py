@@ -30,6 +30,12 @@ class HoldZeros(keras.constraints.Constraint):
     Args:
         variable: The variable whose current zeros are to be held.
         inner: The constraint the variable had before, applied after the mask.
+
+    Example:
+
+    >>> v = keras.Variable([0.0, 2.0])
+    >>> rk.HoldZeros(v)(keras.ops.convert_to_tensor([5.0, 3.0])).numpy().tolist()
+    [0.0, 3.0]
     """
 
     def __init__(self, variable: keras.Variable, inner=None):
@@ -161,7 +167,15 @@ def _hold(variable) -> bool:
 
 def release_zeros(model: keras.Model) -> int:
     """Stops holding zeros everywhere in `model`; returns how many weights
-    were held. Each weight gets back the constraint it had before."""
+    were held. Each weight gets back the constraint it had before.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8)])
+    >>> _ = rk.prune(model, sparsity=0.5, hold=True)
+    >>> rk.release_zeros(model)
+    1
+    """
     released = 0
     for variable in model.weights:
         if isinstance(getattr(variable, "constraint", None), HoldZeros):

@@ -155,6 +155,18 @@ def iter_weights(
         layers: Optional selector. A layer is selected when the selector
             matches it or one of the layers that contain it, so selecting an
             `LSTM` (or a nested model) selects the cells (layers) inside it.
+
+    Yields:
+        `WeightRef`s, in model order.
+
+    Raises:
+        ValueError, TypeError: For an unknown kind or a bad selector.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d")])
+    >>> [(ref.path, ref.kind) for ref in rk.iter_weights(model, ["kernel", "bias"])]
+    [('d', 'kernel'), ('d', 'bias')]
     """
     kinds = normalize_kinds(weights)
     if layers is not None:

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import keras_regkit as rk
-from keras_regkit import attach, callbacks, pruning, regularizers, schedules, stats
+from keras_regkit import attach, callbacks, pruning, regularizers, schedules, stats, weights
 
-MODULES = [regularizers, schedules, attach, stats, pruning, callbacks.scheduler, callbacks.sparsity]
+MODULES = [regularizers, schedules, weights, attach, stats, pruning, callbacks.scheduler, callbacks.sparsity, callbacks.shrink]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)

@@ -18,6 +18,8 @@ from keras_regkit import _validate, attach, pruning, stats
 from keras_regkit import weights as weights_lib
 from keras_regkit.regularizers import L1, Combined
 
+_RUNGS_BELOW = 4  # how far the penalty may back off below `strength`
+
 _VALIDATION_HINT = (
     "Pass validation data to fit (`validation_data=` or `validation_split=`), "
     "or `validation_data=` to ShrinkPhase."
@@ -88,9 +90,9 @@ class ShrinkPhase(keras.callbacks.Callback):
        largest global sparsity whose validation metric still holds the
        tolerance (bisection on the magnitude), and those zeros are held by
        Keras constraints from then on, so each epoch recovers slack for the
-       next cut. After a rejected epoch the strength backs off one rung and
-       training goes on (from the sparsest accepted weights if the loss was
-       not finite).
+       next cut. A rejected epoch is rolled back to the sparsest accepted
+       weights and the strength backs off two rungs (down to `strength /
+       growth**4`).
     4. **Ends** (last epoch, or `fine_tune_epochs` before it): restores the
        sparsest accepted weights (exact zeros; with `prune=False`, the
        fraction with `|w| <= near_zero`), removes the temporary penalty and
@@ -124,9 +126,9 @@ class ShrinkPhase(keras.callbacks.Callback):
             Defaults to False (absolute).
         penalty: Callable taking a strength (a schedule) and returning one of
             our regularizers. Defaults to `keras_regkit.regularizers.L1`.
-        strength: First strength of the penalty, > 0. Defaults to 1e-5.
+        strength: First strength of the penalty, > 0. Defaults to 1e-4.
         growth: Factor applied to the strength per accepted epoch, > 1.
-            Defaults to 2.0.
+            Defaults to 1.5.
         weights: Weight kinds to shrink. Defaults to `"kernel"`.
         layers: Layer selector, as in `apply_regularizers`. Defaults to all.
         prune: Whether to end with exact zeros. Defaults to True.
@@ -159,8 +161,8 @@ class ShrinkPhase(keras.callbacks.Callback):
         tolerance: float = 0.01,
         relative: bool = False,
         penalty=L1,
-        strength: float = 1e-5,
-        growth: float = 2.0,
+        strength: float = 1e-4,
+        growth: float = 1.5,
         weights="kernel",
         layers="*",
         prune: bool = True,
@@ -228,11 +230,10 @@ class ShrinkPhase(keras.callbacks.Callback):
     def _better(self, value, than) -> bool:
         return value > than if self._maximize() else value < than
 
-    def _holds(self, value, share: float = 1.0) -> bool:
-        """Whether `value` is within `share` of the tolerance of the baseline."""
+    def _holds(self, value) -> bool:
         if value is None or not math.isfinite(value):
             return False
-        slack = share * (self.tolerance * abs(self._baseline) if self.relative else self.tolerance)
+        slack = self.tolerance * abs(self._baseline) if self.relative else self.tolerance
         if self._maximize():
             return value >= self._baseline - slack
         return value <= self._baseline + slack
@@ -352,8 +353,13 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._accepted_weights = self._baseline_weights
         self._covered = stats.WeightStats(self.model, self.weights_spec, self.near_zero)
         self._best_sparsity = stats.total(self._covered.compute()).near_zero_fraction
-        schedule = keras.optimizers.schedules.ExponentialDecay(self.strength, 1, self.growth)
+        # A ladder strength * growth ** (rung - _RUNGS_BELOW): it starts at
+        # `strength` and can back off below it.
+        schedule = keras.optimizers.schedules.ExponentialDecay(
+            self.strength / self.growth**_RUNGS_BELOW, 1, self.growth
+        )
         self._penalty = self.penalty(schedule)
+        self._penalty.set_step(_RUNGS_BELOW)
         self._penalty.driver = self  # RegularizationScheduler must leave it alone
         refs = [
             ref for ref in weights_lib.select_weights(self.model, self.layers, self.weights_spec)
@@ -373,10 +379,9 @@ class ShrinkPhase(keras.callbacks.Callback):
         if finite_loss and self._holds(value):
             self.result.accepted_epochs.append(epoch)
             if self.prune:
-                # Ratchet: zero what half the tolerance allows now, hold it,
-                # and let the next epoch recover slack for the next cut (the
-                # other half keeps that epoch from being rejected at once).
-                self._prune_to_tolerance(hold=True, share=0.5)
+                # Ratchet: zero what the tolerance allows now and hold it; the
+                # next epoch recovers slack for the next cut (or is rolled back).
+                self._prune_to_tolerance(hold=True)
             sparsity = self._sparsity()
             if sparsity >= self._best_sparsity:
                 self._best_sparsity, self._accepted_weights = sparsity, self.model.get_weights()
@@ -384,12 +389,10 @@ class ShrinkPhase(keras.callbacks.Callback):
             self._say(f"Epoch {epoch + 1}: accepted ({self.monitor} {value:.4g}, sparsity {sparsity:.1%}).")
         else:
             self.result.rejected_epochs.append(epoch)
-            if not finite_loss:
-                # Nothing to continue from: back to the sparsest accepted state.
-                self.model.set_weights(self._accepted_weights)
-            # Otherwise training goes on from here with a weaker penalty: the
-            # data loss recovers the metric without losing the shrink so far.
-            self._penalty.set_step(max(self._penalty.step - 1, 0))
+            # Back to the sparsest accepted state (its zeros are the ones
+            # held), with the penalty two rungs weaker.
+            self.model.set_weights(self._accepted_weights)
+            self._penalty.set_step(max(self._penalty.step - 2, 0))
             self._say(f"Epoch {epoch + 1}: rejected ({self.monitor} {value:.4g}); strength backs off.")
 
     def _sparsity(self) -> float:
@@ -409,14 +412,14 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._pruned_weights = self.model.get_weights()
         self._phase = "finishing"
 
-    def _prune_to_tolerance(self, hold, share=1.0):
-        sparsity = self._largest_sparsity_that_holds(stats.total(self._covered.compute()).sparsity, share)
+    def _prune_to_tolerance(self, hold):
+        sparsity = self._largest_sparsity_that_holds(stats.total(self._covered.compute()).sparsity)
         if sparsity > 0:
             pruned = pruning.prune(self.model, sparsity=sparsity, weights=self.weights_spec, layers=self.layers, hold=hold)
             self.result.threshold = max(pruned.threshold, self.result.threshold or 0.0)
             self.result.outcome = "pruned"
 
-    def _largest_sparsity_that_holds(self, low: float, share: float) -> float:
+    def _largest_sparsity_that_holds(self, low: float) -> float:
         """Bisection over the global sparsity in [low, 1), from the current
         weights (which hold the tolerance at `low`)."""
         start = self.model.get_weights()
@@ -424,7 +427,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         for _ in range(8):
             middle = (low + high) / 2
             pruning.prune(self.model, sparsity=middle, weights=self.weights_spec, layers=self.layers)
-            if self._holds(self._evaluate(), share):
+            if self._holds(self._evaluate()):
                 low = middle
             else:
                 high = middle
@@ -484,6 +487,20 @@ def shrink(
         ValueError: Without validation data, or for a bad argument. Whatever
             ends `fit` early (an exception, `KeyboardInterrupt`) re-raises
             after the weights are restored to the sparsest accepted state.
+
+    Example:
+
+    >>> x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    >>> y = (x[:, 0] > 0).astype("int32")
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="relu"),
+    ...     keras.layers.Dense(2)])
+    >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    ...     metrics=["accuracy"])
+    >>> _ = model.fit(x, y, epochs=20, verbose=0)
+    >>> result = rk.shrink(model, x, y, validation_data=(x, y), epochs=3,
+    ...     monitor="val_accuracy", tolerance=0.05)
+    >>> result.final >= result.baseline - 0.05 and result.sparsity > 0
+    True
     """
     if validation_data is None:
         raise ValueError("shrink() needs `validation_data=(x_val, y_val)` (or a dataset) to guard the shrink. Received: validation_data=None")
