@@ -210,17 +210,20 @@ def total_penalty(model: keras.Model):
     return keras.ops.sum(keras.ops.stack(terms)) if terms else keras.ops.zeros(())
 
 
-def rebuild_step_functions(model: keras.Model) -> None:
-    """Makes the next train/test step see the model's current losses.
+def rebuild_step_functions(model: keras.Model, losses_changed: bool = True) -> None:
+    """Makes the next train/test step see the model's current losses and
+    constraints.
 
-    Keras traces `model.losses` into the train function once and reuses it,
-    so a regularizer added afterwards would be silently ignored. Rebuilding
-    is cheap (tracing happens at the next call) and is safe mid-`fit`: the
-    fit loop looks the function up again at every step.
+    Keras traces `model.losses` (and the optimizer step, with each variable's
+    constraint) into its step functions once and reuses them, so a
+    regularizer added afterwards would be silently ignored. Rebuilding is
+    cheap here (tracing happens at the next call) and safe mid-`fit`: the fit
+    loop looks the function up again at every step. A change of constraints
+    only (`losses_changed=False`) leaves the test function alone.
     """
-    for attribute, make in (
-        ("train_function", "make_train_function"),
-        ("test_function", "make_test_function"),
-    ):
+    functions = [("train_function", "make_train_function")]
+    if losses_changed:
+        functions.append(("test_function", "make_test_function"))
+    for attribute, make in functions:
         if getattr(model, attribute, None) is not None:
             getattr(model, make)(force=True)

@@ -15,7 +15,7 @@ def demo(args) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from keras_regkit import demo as demo_lib
 
-    epochs, shrink_epochs = (4, 3) if args.quick else (args.epochs, args.shrink_epochs)
+    epochs, shrink_epochs = (3, 2) if args.quick else (args.epochs, args.shrink_epochs)
     try:
         print(f"keras-regkit demo: {args.dataset}, 4 methods x ({epochs} epochs + {shrink_epochs} shrink epochs)")
         results = demo_lib.run(args.dataset, epochs, shrink_epochs, verbose=0 if args.no_progress else 1)

@@ -135,7 +135,8 @@ def prune(
         if hold:
             new_holds |= _hold(ref.variable)
     if new_holds:
-        rebuild_step_functions(model)  # the optimizer step traced the old constraints
+        # The optimizer step traced the old constraints.
+        rebuild_step_functions(model, losses_changed=False)
     return PruneResult(float(threshold), zeros, params, refs)
 
 
@@ -181,5 +182,6 @@ def release_zeros(model: keras.Model) -> int:
         if isinstance(getattr(variable, "constraint", None), HoldZeros):
             variable.constraint = variable.constraint.inner
             released += 1
-    rebuild_step_functions(model)
+    if released:
+        rebuild_step_functions(model, losses_changed=False)
     return released
