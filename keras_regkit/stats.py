@@ -189,7 +189,7 @@ def _compile(fn):
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, reduce_retracing=True)
+        return tf.function(fn)
     return fn
 
 
