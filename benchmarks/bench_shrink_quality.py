@@ -64,10 +64,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-BASELINE_EPOCHS = {"digits": 40, "mnist1d": 60}
 SHRINK_EPOCHS = 10
-BATCH_SIZE = 64
-SEED = 0
 TFMOT_JSON = os.path.join(_ROOT, "benchmarks", "tfmot", "tfmot_results.json")
 
 # The grid: every combination of these (8 runs per dataset).
@@ -77,84 +74,17 @@ STRENGTHS = [1e-4, 1e-3]
 
 
 # --------------------------------------------------------------------- data
-def load_digits_split():
-    from sklearn.datasets import load_digits
 
-    d = load_digits()
-    x = (d.data / 16.0).astype("float32")
-    y = d.target.astype("int32")
-    order = np.random.default_rng(SEED).permutation(len(x))
-    x, y = x[order], y[order]
-    n_test = len(x) // 5
-    x_test, y_test = x[:n_test], y[:n_test]
-    x_tr, y_tr = x[n_test:], y[n_test:]
-    n_val = len(x_tr) // 10
-    return (x_tr[n_val:], y_tr[n_val:]), (x_tr[:n_val], y_tr[:n_val]), (x_test, y_test)
-
-
-def load_mnist1d_split():
-    try:
-        from mnist1d.data import get_dataset_args, make_dataset
-    except ImportError:  # pragma: no cover - environment problem
-        raise SystemExit("mnist1d is missing: pip install 'mnist1d==0.0.2.post1'")
-
-    # make_dataset reseeds numpy/random with args.seed: run it before seeding.
-    data = make_dataset(get_dataset_args())
-    x = np.asarray(data["x"], dtype="float32")
-    y = np.asarray(data["y"], dtype="int32")
-    x_test = np.asarray(data["x_test"], dtype="float32")
-    y_test = np.asarray(data["y_test"], dtype="int32")
-    order = np.random.default_rng(SEED).permutation(len(x))
-    x, y = x[order], y[order]
-    n_val = len(x) // 10
-    x_val, y_val = x[:n_val], y[:n_val]
-    x_tr, y_tr = x[n_val:], y[n_val:]
-    mean, std = float(x_tr.mean()), float(x_tr.std())
-
-    def norm(a):
-        return ((a - mean) / std).astype("float32")
-
-    return (norm(x_tr), y_tr), (norm(x_val), y_val), (norm(x_test), y_test)
-
-
-LOADERS = {"digits": load_digits_split, "mnist1d": load_mnist1d_split}
-
-
-# -------------------------------------------------------------------- model
-def build_mlp(keras, n_features):
-    return keras.Sequential(
-        [
-            keras.layers.Input((n_features,)),
-            keras.layers.Dense(300, activation="relu", name="dense_300"),
-            keras.layers.Dense(100, activation="relu", name="dense_100"),
-            keras.layers.Dense(10, name="logits"),
-        ]
-    )
-
-
-def compile_model(keras, model):
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-
-
-def accuracy(model, x, y):
-    logits = np.asarray(model(x, training=False))
-    return float(np.mean(np.argmax(logits, axis=-1) == y))
-
-
-def kernel_sparsity(keras, model):
-    per_layer, zeros, total = {}, 0, 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Dense):
-            k = np.asarray(layer.kernel.numpy())
-            z = int(np.count_nonzero(k == 0))
-            per_layer[layer.name] = z / k.size
-            zeros += z
-            total += k.size
-    return zeros / total, per_layer
+from quality_protocol import (  # noqa: E402  (the shared data/model protocol)
+    BASELINE_EPOCHS,
+    BATCH_SIZE,
+    LOADERS,
+    SEED,
+    accuracy,
+    build_mlp,
+    compile_model,
+    kernel_sparsity,
+)
 
 
 def settings(quick):

@@ -136,10 +136,6 @@ def total(layers: Sequence[LayerStats]) -> LayerStats:
     )
 
 
-def _count(mask):
-    return ops.sum(ops.cast(mask, "int32"))
-
-
 def _summary_table(values, threshold, relative):
     """One row of `_COLUMNS` per weight value."""
     return ops.stack([_summary_row(ops.cast(w, "float32"), threshold, relative) for w in values])

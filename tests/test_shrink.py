@@ -4,7 +4,7 @@ import pytest
 
 import keras_regkit as rk
 from keras_regkit.callbacks import ShrinkPhase
-from keras_regkit.regularizers import L1, L2, Combined
+from keras_regkit.regularizers import L2, Combined
 
 
 def classification_data(n=256, seed=0):

@@ -8,7 +8,7 @@ import keras_regkit as rk
 from keras_regkit.regularizers import L1
 from keras_regkit.stats import WeightStats
 
-from conftest import tiny_data, tiny_mlp
+from conftest import tiny_mlp
 
 
 def model_with_known_weights():

@@ -12,7 +12,6 @@ import dataclasses
 import math
 
 import keras
-import numpy as np
 
 from keras_regkit import _validate, attach, pruning, stats
 from keras_regkit import weights as weights_lib

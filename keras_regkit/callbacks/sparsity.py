@@ -209,7 +209,7 @@ class SparsityMonitor(keras.callbacks.Callback):
 
 def _require_tensorboard():
     try:
-        import tensorboard  # noqa: F401
+        import tensorboard  # noqa: F401  (only to check it is there)
     except ImportError:
         raise ImportError(
             "SparsityMonitor(histogram_freq=...) needs the `tensorboard` package: "
