@@ -18,6 +18,16 @@ class Attachment:
 
     Attributes:
         changes: `(WeightRef, previous_regularizer)` pairs, in the order applied.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> attached = rk.apply_regularizers(model, {"*": rk.regularizers.L1(0.1)})
+    >>> len(model.losses)
+    1
+    >>> attached.undo()
+    >>> model.losses
+    []
     """
 
     model: keras.Model
@@ -81,7 +91,7 @@ def apply_regularizers(
 
     Example:
 
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense")])
     >>> attached = rk.apply_regularizers(model, {"dense*": rk.regularizers.L1(0.01)})
     >>> [ref.path for ref in attached.refs]
     ['dense']

@@ -62,6 +62,13 @@ class PruneResult:
         zeros: Exact zeros in the pruned weights afterwards.
         params: Entries in the pruned weights.
         refs: The weights pruned.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8)])
+    >>> result = rk.prune(model, threshold=10.0)
+    >>> result.zeros == result.params == 32, result.sparsity
+    (True, 1.0)
     """
 
     threshold: float

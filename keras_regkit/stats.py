@@ -40,6 +40,13 @@ class LayerStats:
         l2: `sqrt(sum(w ** 2))` over finite entries.
         nonfinite: NaN and inf entries.
         regularizer: The attached regularizer's repr, or `None`.
+
+    Example:
+
+    >>> stats = rk.LayerStats("dense", params=10, zeros=4, near_zero=5, l1=1.0,
+    ...     l2=0.5, nonfinite=0)
+    >>> stats.sparsity, stats.near_zero_fraction
+    (0.4, 0.5)
     """
 
     name: str
@@ -201,6 +208,16 @@ class SparsityReport:
         total: The whole-model `LayerStats`.
         threshold: The near-zero threshold used.
         relative: Whether the threshold was relative to each weight's RMS.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)),
+    ...     keras.layers.Dense(2, kernel_initializer="zeros", name="d")])
+    >>> report = rk.sparsity_report(model)
+    >>> [(s.name, s.params, s.zeros) for s in report.layers]
+    [('d', 8, 8)]
+    >>> print(str(report).splitlines()[0])
+    weight  params   zeros  |w|<=0.001   L1   L2  nonfinite  regularizer
     """
 
     layers: list[LayerStats]

@@ -47,6 +47,13 @@ class WeightRef:
         owner: None, or the composite layer (e.g. `MultiHeadAttention`) that
             contains `layer` and rebuilds it from its own config on reload,
             so a regularizer set on `layer` would not be saved.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((5, 3)), keras.layers.LSTM(2, name="lstm")])
+    >>> ref, = rk.iter_weights(model, "recurrent_kernel")
+    >>> ref.path, ref.kind, ref.config_attr, tuple(ref.variable.shape)
+    ('lstm/lstm_cell', 'recurrent_kernel', 'recurrent_regularizer', (2, 8))
     """
 
     path: str

@@ -40,6 +40,15 @@ class ShrinkResult:
         layers: Per-weight `LayerStats` at the end.
         outcome: `"pruned"`, `"fine-tuned"`, `"best accepted"` (no pruning)
             or `"baseline"` (nothing held the tolerance, weights restored).
+
+    Example:
+
+    >>> result = rk.ShrinkResult("val_accuracy", baseline=0.97, final=0.965,
+    ...     accepted_epochs=[0, 1], rejected_epochs=[2], sparsity=0.8, outcome="pruned")
+    >>> result.epochs_used
+    3
+    >>> print(str(result).splitlines()[0])
+    shrink: pruned; val_accuracy 0.97 -> 0.965; exact zeros 80.0%
     """
 
     monitor: str
