@@ -81,9 +81,9 @@ from quality_protocol import (  # noqa: E402  (the shared data/model protocol)
     LOADERS,
     SEED,
     accuracy,
-    build_mlp,
     compile_model,
     kernel_sparsity,
+    train_baseline,
 )
 
 
@@ -100,7 +100,6 @@ def settings(quick):
 def run_dataset(name, args, keras, rk):
     t0 = time.perf_counter()
     (x, y), (x_val, y_val), (x_test, y_test) = LOADERS[name]()
-    n_features = x.shape[1]
     steps = math.ceil(len(x) / BATCH_SIZE)
     base_epochs = 3 if args.quick else BASELINE_EPOCHS[name]
     shrink_epochs = 3 if args.quick else SHRINK_EPOCHS
@@ -110,13 +109,7 @@ def run_dataset(name, args, keras, rk):
         flush=True,
     )
 
-    keras.utils.set_random_seed(SEED)
-    base = build_mlp(keras, n_features)
-    compile_model(keras, base)
-    t0 = time.perf_counter()
-    base.fit(x, y, batch_size=BATCH_SIZE, epochs=base_epochs, shuffle=True,
-             validation_data=(x_val, y_val), verbose=0)
-    t_base = time.perf_counter() - t0
+    base, t_base = train_baseline(keras, name, x, y, x_val, y_val, quick=args.quick)
     base_acc = accuracy(base, x_test, y_test)
     base_val = accuracy(base, x_val, y_val)
     base_sp, base_layers = kernel_sparsity(keras, base)

@@ -2,6 +2,8 @@
 and tfmot/bench_tfmot.py (tf_keras, its own venv), so both measure the
 same thing. Plain NumPy here; each script passes in its own `keras`."""
 
+import time
+
 import numpy as np
 
 SEED = 0
@@ -87,3 +89,14 @@ def kernel_sparsity(keras, model):
             zeros += z
             total += k.size
     return zeros / total, per_layer
+
+
+def train_baseline(keras, name, x, y, x_val, y_val, quick=False):
+    """The baseline both benchmarks start from; returns (model, seconds)."""
+    keras.utils.set_random_seed(SEED)
+    model = build_mlp(keras, x.shape[1])
+    compile_model(keras, model)
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=BATCH_SIZE, epochs=3 if quick else BASELINE_EPOCHS[name],
+              shuffle=True, validation_data=(x_val, y_val), verbose=0)
+    return model, time.perf_counter() - start
