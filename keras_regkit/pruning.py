@@ -81,6 +81,11 @@ class PruneResult:
         return self.zeros / self.params if self.params else 0.0
 
 
+GRANULARITIES = ("weight", "unit")
+# Kinds whose last axis indexes output units (Dense units, conv filters).
+_UNIT_KINDS = ("kernel", "pointwise_kernel")
+
+
 def prune(
     model: keras.Model,
     threshold: float | None = None,
@@ -88,30 +93,45 @@ def prune(
     weights: Union[str, Sequence[str]] = "kernel",
     layers: LayerSelector = "*",
     hold: bool = False,
+    granularity: str = "weight",
 ) -> PruneResult:
-    """Sets the smallest-magnitude weights to exact zeros, without training.
+    """Sets the smallest-magnitude weights (or whole units) to exact zeros,
+    without training.
 
-    Give exactly one of `threshold` (entries with `|w| <= threshold` become 0)
-    or `sparsity` (the fraction of the selected weights, taken together, to
-    zero: one global magnitude threshold, so layers with many small weights
-    lose more of them).
+    Give exactly one of `threshold` (entries, or units, with magnitude
+    `<= threshold` become 0) or `sparsity` (the fraction of the selected
+    entries, or units, taken together, to zero: one global threshold, so
+    layers with many small weights lose more of them).
+
+    With `granularity="unit"`, a unit is an output unit of a `Dense` layer or
+    a filter of a convolution: the slice of the kernel along its last axis.
+    Its magnitude is the RMS of that slice, so layers of different fan-in
+    compare fairly. The layers that produce the model's outputs are left
+    whole (their units are the outputs). Dead units can then be removed with
+    `keras_regkit.compact`.
 
     Args:
         model: The model to change, in place.
         threshold: Magnitude threshold, a float >= 0.
-        sparsity: Target fraction of zeros over all selected weights, in
-            [0, 1]. Ties at the threshold may give a little more.
-        weights: Weight kinds to prune. Defaults to `"kernel"`.
+        sparsity: Target fraction of zeros (of entries, or of units) over all
+            selected weights, in [0, 1]. Ties at the threshold may give a
+            little more.
+        weights: Weight kinds to prune. Defaults to `"kernel"`. With
+            `granularity="unit"`: `"kernel"` and/or `"pointwise_kernel"`.
         layers: Layer selector, as in `apply_regularizers`. Defaults to all.
         hold: If True, keep the zeros at zero during further training (with
             `HoldZeros` constraints) until `release_zeros(model)`.
+        granularity: `"weight"` (entries) or `"unit"` (whole output units and
+            filters). Defaults to `"weight"`.
 
     Returns:
         A `PruneResult` with the threshold used and the zeros made.
 
     Raises:
         ValueError: If not exactly one of `threshold` and `sparsity` is
-            given, or either is out of range, or the selector matches nothing.
+            given, or either is out of range, the selector matches nothing,
+            or `granularity` is unknown or cannot apply (weight kinds without
+            units, a subclassed model whose output layers are unknown).
 
     Example:
 
@@ -119,23 +139,29 @@ def prune(
     >>> result = rk.prune(model, sparsity=0.5)
     >>> round(result.sparsity, 2)
     0.5
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8),
+    ...     keras.layers.Dense(2)])
+    >>> result = rk.prune(model, sparsity=0.5, granularity="unit")
+    >>> rk.dead_units(model)  # the output layer is left whole
+    {'dense_1': (4, 8)}
     """
     if (threshold is None) == (sparsity is None):
         raise ValueError(
             "Give exactly one of `threshold` or `sparsity`. Received: "
             f"threshold={threshold!r}, sparsity={sparsity!r}"
         )
-    refs = weights_lib.select_weights(model, layers, weights)
+    refs = select_prunable(model, layers, weights, granularity)
+    scores = [_magnitudes(ref.variable, granularity) for ref in refs]
     if threshold is not None:
         threshold = _validate.real("threshold", threshold)
     else:
         sparsity = _validate.real("sparsity", sparsity, maximum=1.0)
-        threshold = _global_threshold(refs, sparsity)
+        threshold = _global_threshold(scores, sparsity)
     zeros = params = 0
     new_holds = False
-    for ref in refs:
+    for ref, score in zip(refs, scores):
         value = ref.variable.value
-        kept = ops.absolute(ops.cast(value, "float32")) > threshold
+        kept = ops.broadcast_to(score > threshold, value.shape)
         ref.variable.assign(ops.where(kept, value, ops.zeros_like(value)))
         params += int(np.prod(value.shape))
         zeros += int(ops.convert_to_numpy(ops.sum(ops.cast(ops.logical_not(kept), "int32"))))
@@ -147,12 +173,60 @@ def prune(
     return PruneResult(float(threshold), zeros, params, refs)
 
 
-def _global_threshold(refs: list[WeightRef], sparsity: float) -> float:
+def select_prunable(
+    model: keras.Model,
+    layers: LayerSelector,
+    weights: Union[str, Sequence[str]],
+    granularity: str,
+) -> list[WeightRef]:
+    """The weights `prune` acts on: the selection, and for unit granularity
+    only kernels with units, never those of the output layers."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(
+            f"Invalid value for argument `granularity`: expected one of "
+            f"{list(GRANULARITIES)}. Received: granularity={granularity!r}"
+        )
+    refs = weights_lib.select_weights(model, layers, weights)
+    if granularity == "weight":
+        return refs
+    other_kinds = sorted({ref.kind for ref in refs} - set(_UNIT_KINDS))
+    if other_kinds:
+        raise ValueError(
+            f"granularity='unit' prunes output units, which only "
+            f"{list(_UNIT_KINDS)} weights have. Received: weights={weights!r} "
+            f"(with {other_kinds})"
+        )
+    outputs = weights_lib.output_layers(model)
+    if outputs is None:
+        raise ValueError(
+            f"granularity='unit' must leave the layers that produce the "
+            f"outputs whole, and subclassed model '{model.name}' does not say "
+            "which they are. Use a Functional or Sequential model."
+        )
+    refs = [ref for ref in refs if all(ref.layer is not out for out in outputs)]
+    if not refs:
+        raise ValueError(
+            f"granularity='unit': the selected layers all produce model "
+            f"outputs ({[layer.name for layer in outputs]}), whose units "
+            "cannot be removed. Select hidden layers."
+        )
+    return refs
+
+
+def _magnitudes(variable, granularity):
+    """Per-entry |w|, or per-unit RMS over the kernel's last axis (shaped to
+    broadcast back over the kernel)."""
+    magnitude = ops.absolute(ops.cast(variable.value, "float32"))
+    if granularity == "weight":
+        return magnitude
+    axes = tuple(range(len(variable.shape) - 1))
+    return ops.sqrt(ops.mean(ops.square(magnitude), axis=axes, keepdims=True))
+
+
+def _global_threshold(scores, sparsity: float) -> float:
     if sparsity == 0:
         return -1.0  # nothing is <= -1, so nothing is pruned
-    magnitudes = ops.concatenate(
-        [ops.reshape(ops.absolute(ops.cast(r.variable.value, "float32")), (-1,)) for r in refs]
-    )
+    magnitudes = ops.concatenate([ops.reshape(score, (-1,)) for score in scores])
     # The k-th smallest magnitude, k = ceil(sparsity * n): zeroing |w| <= it
     # zeroes at least the requested fraction.
     k = max(1, int(-(-sparsity * int(magnitudes.shape[0]) // 1)))
@@ -192,3 +266,12 @@ def release_zeros(model: keras.Model) -> int:
     if released:
         rebuild_step_functions(model, losses_changed=False)
     return released
+
+
+def zero_fraction(refs: Sequence[WeightRef], granularity: str = "weight") -> float:
+    """The fraction of entries (or units) of `refs` that are exactly zero,
+    counted as `prune(sparsity=...)` counts them."""
+    scores = [ops.reshape(_magnitudes(ref.variable, granularity), (-1,)) for ref in refs]
+    total = sum(int(score.shape[0]) for score in scores)
+    zeros = sum(int(ops.convert_to_numpy(ops.sum(ops.cast(score == 0, "int32")))) for score in scores)
+    return zeros / total if total else 0.0

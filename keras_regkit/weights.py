@@ -222,3 +222,41 @@ def _describe(selector) -> str:
         return repr(selector)
     return getattr(selector, "__name__", repr(selector))
 
+
+
+
+def output_layers(model: keras.Model) -> list[keras.layers.Layer] | None:
+    """The layers whose units are `model`'s outputs, or None when the graph is
+    unknown (a subclassed model).
+
+    Walks back from the outputs, into nested models and through layers that
+    carry channels through unchanged (activations, normalization, pooling,
+    reshapes: anything without a kernel), to the first layers with a kernel.
+    Unit-level pruning must leave these whole: their units are the outputs.
+    """
+    found: list[keras.layers.Layer] = []
+
+    def visit_tensor(tensor) -> bool:
+        history = getattr(tensor, "_keras_history", None)
+        if history is None:
+            return True  # a model input: nothing to protect
+        layer = history.operation
+        if isinstance(layer, keras.Model):
+            return visit_model_output(layer, history.tensor_index)
+        if hasattr(layer, "kernel") or hasattr(layer, "pointwise_kernel"):
+            if all(layer is not seen for seen in found):
+                found.append(layer)
+            return True
+        inputs = keras.tree.flatten(layer._inbound_nodes[history.node_index].input_tensors)
+        return all(visit_tensor(t) for t in inputs)
+
+    def visit_model_output(model, index) -> bool:
+        if isinstance(model, keras.Sequential):
+            model = model._functional if getattr(model, "_functional", None) else None
+        outputs = getattr(model, "outputs", None)
+        if not outputs:
+            return False
+        outputs = keras.tree.flatten(outputs)
+        return all(visit_tensor(t) for t in (outputs if index is None else [outputs[index]]))
+
+    return found if visit_model_output(model, None) else None

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import keras_regkit as rk
+from keras_regkit.weights import output_layers
 
 from conftest import tiny_data, tiny_mlp
 
@@ -89,3 +90,73 @@ def test_bad_arguments_change_nothing(kwargs, error, match):
         rk.prune(model, **kwargs)
     for a, b in zip(before, kernels(model)):
         np.testing.assert_array_equal(a, b)
+
+
+def unit_rms(kernel):
+    return np.sqrt((kernel.reshape(-1, kernel.shape[-1]) ** 2).mean(axis=0))
+
+
+def test_unit_granularity_zeroes_whole_units_by_global_rms():
+    model = tiny_mlp(units=(16, 8, 4))
+    before = kernels(model)
+    result = rk.prune(model, sparsity=0.5, granularity="unit")
+    after = kernels(model)
+    # Only the hidden layers are covered: the output layer's units are the outputs.
+    np.testing.assert_array_equal(after[-1], before[-1])
+    assert [ref.path for ref in result.refs] == ["hidden0", "hidden1"]
+    dead = [(k == 0).all(axis=0) for k in after[:-1]]
+    assert sum(d.sum() for d in dead) == 12  # half of 16 + 8 units
+    for kernel, old, is_dead in zip(after[:-1], before[:-1], dead):
+        # A unit is either all zero or untouched.
+        np.testing.assert_array_equal(kernel[:, ~is_dead], old[:, ~is_dead])
+    rms_dead = np.concatenate([unit_rms(o)[d] for o, d in zip(before[:-1], dead)])
+    rms_kept = np.concatenate([unit_rms(o)[~d] for o, d in zip(before[:-1], dead)])
+    assert rms_dead.max() < rms_kept.min()
+    assert result.zeros == sum(k.shape[0] * d.sum() for k, d in zip(after[:-1], dead))
+
+
+def test_unit_granularity_covers_conv_filters():
+    model = keras.Sequential([
+        keras.Input((8, 8, 2)),
+        keras.layers.Conv2D(6, 3, name="conv"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3, name="out"),
+    ])
+    result = rk.prune(model, threshold=10.0, granularity="unit")
+    kernel = keras.ops.convert_to_numpy(model.get_layer("conv").kernel)
+    assert (kernel == 0).all() and result.zeros == kernel.size
+    assert (keras.ops.convert_to_numpy(model.get_layer("out").kernel) != 0).all()
+
+
+def test_unit_granularity_rejects_what_it_cannot_do():
+    model = tiny_mlp()
+    with pytest.raises(ValueError, match="granularity='unit'.*weights='bias'"):
+        rk.prune(model, sparsity=0.5, weights="bias", granularity="unit")
+    with pytest.raises(ValueError, match=r"all produce model outputs \(\['out'\]\)"):
+        rk.prune(model, sparsity=0.5, layers="out", granularity="unit")
+    with pytest.raises(ValueError, match=r"argument `granularity`.*\['weight', 'unit'\].*'filter'"):
+        rk.prune(model, sparsity=0.5, granularity="filter")
+
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.hidden = keras.layers.Dense(4)
+            self.out = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.out(self.hidden(x))
+
+    subclassed = Subclassed()
+    subclassed(np.zeros((1, 3), "float32"))
+    with pytest.raises(ValueError, match="subclassed model .* Functional or Sequential"):
+        rk.prune(subclassed, sparsity=0.5, granularity="unit")
+
+
+def test_output_layers_are_found_through_activations_and_nested_models():
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a"),
+                              keras.layers.Dense(2, name="b"), keras.layers.Activation("softmax")])
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(5, name="h")(inputs)
+    added = keras.layers.Add()([keras.layers.Dense(2, name="c")(hidden), inner(inputs)])
+    model = keras.Model(inputs, [added, keras.layers.Dense(1, name="d")(hidden)])
+    assert sorted(layer.name for layer in output_layers(model)) == ["b", "c", "d"]

@@ -22,6 +22,15 @@ def expabs_numpy(w, alpha, scale):
     )
 
 
+def group_lasso_numpy(w, alpha, axis):
+    moved = np.moveaxis(w.astype("float64"), axis, -1)
+    groups = moved.reshape(-1, moved.shape[-1])  # one column per group
+    norms = np.sqrt((groups**2).sum(axis=0))
+    factor = alpha * np.sqrt(groups.shape[0])
+    grad = factor * groups / np.where(norms > 0, norms, 1.0)
+    return factor * norms.sum(), np.moveaxis(grad.reshape(moved.shape), -1, axis)
+
+
 REFERENCES = [
     (R.L1(0.03), lambda w: (0.03 * np.abs(w).sum(), 0.03 * np.sign(w))),
     (R.L2(0.03), lambda w: (0.03 * (w.astype("float64") ** 2).sum(), 0.06 * w)),
@@ -34,6 +43,8 @@ REFERENCES = [
     ),
     (R.ExpAbs(0.03), lambda w: expabs_numpy(w, 0.03, 1.0)),
     (R.ExpAbs(0.03, scale=0.25), lambda w: expabs_numpy(w, 0.03, 0.25)),
+    (R.GroupLasso(0.03), lambda w: group_lasso_numpy(w, 0.03, axis=-1)),
+    (R.GroupLasso(0.03, axis=0), lambda w: group_lasso_numpy(w, 0.03, axis=0)),
 ]
 
 
@@ -122,6 +133,37 @@ def test_penalties_are_float32_and_finite_under_mixed_precision(policy):
     )
 
 
+def test_group_lasso_gradient_is_zero_not_nan_on_dead_groups():
+    w = W.copy()
+    w[:, 1] = 0.0  # a dead unit (e.g. pruned and held)
+    value, grad = value_and_grad(R.GroupLasso(0.1), w)
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_array_equal(grad[:, 1], 0.0)
+    np.testing.assert_allclose(value, group_lasso_numpy(w, 0.1, -1)[0], rtol=1e-5)
+
+
+def test_group_lasso_on_a_bias_is_l1():
+    bias = np.array([0.5, -2.0, 0.0], "float32")
+    value, grad = value_and_grad(R.GroupLasso(0.1), bias)
+    np.testing.assert_allclose(value, 0.25, rtol=1e-6)
+    np.testing.assert_allclose(grad, [0.1, -0.1, 0.0], rtol=1e-6)
+
+
+def test_group_lasso_conv_groups_are_filters():
+    kernel = RNG.normal(size=(3, 3, 2, 4)).astype("float32")
+    kernel[..., 2] = 0.0
+    value = value_and_grad(R.GroupLasso(1.0), kernel)[0]
+    norms = np.sqrt((kernel.reshape(-1, 4).astype("float64") ** 2).sum(axis=0))
+    np.testing.assert_allclose(value, np.sqrt(18) * norms.sum(), rtol=1e-5)
+
+
+def test_group_lasso_rejects_an_axis_that_does_not_fit():
+    with pytest.raises(TypeError, match="argument `axis`"):
+        R.GroupLasso(0.1, axis=1.5)
+    with pytest.raises(ValueError, match=r"axis=2.*shape \(7, 5\).*\[-2, 1\]"):
+        R.GroupLasso(0.1, axis=2)(W)
+
+
 def test_scheduled_strength_follows_the_step():
     schedule = keras.optimizers.schedules.PolynomialDecay(0.0, 10, 1.0)
     reg = R.L1(schedule)
@@ -153,6 +195,8 @@ SERIALIZABLE = [
     R.L1(keras.optimizers.schedules.PolynomialDecay(0.0, 100, 1e-3), step=42),
     R.ElasticNet(l1=DelayedRamp(1e-3, 10, 20), l2=keras.optimizers.schedules.ExponentialDecay(1e-2, 10, 0.5), step=7),
     R.ExpAbs(keras.optimizers.schedules.CosineDecay(1e-3, 100), scale=2.0, step=3),
+    R.GroupLasso(0.1, axis=0),
+    R.GroupLasso(DelayedRamp(1e-3, 5, 10), step=2),
 ]
 
 
@@ -163,7 +207,7 @@ def test_round_trips_through_config(reg):
     np.testing.assert_allclose(value_and_grad(restored, W)[0], value_and_grad(reg, W)[0], rtol=1e-6)
 
 
-@pytest.mark.parametrize("cls", [R.L1, R.L2, R.ExpAbs])
+@pytest.mark.parametrize("cls", [R.L1, R.L2, R.ExpAbs, R.GroupLasso])
 @pytest.mark.parametrize("bad", [-1e-3, float("nan"), float("inf"), -float("inf")])
 def test_rejects_negative_nan_and_infinite_strengths(cls, bad):
     with pytest.raises(ValueError, match=r"argument `alpha`.*Received: alpha=(-?inf|nan|-0\.001)"):
