@@ -6,6 +6,7 @@ Importing the package registers every class for `keras.saving.load_model`.
 from keras_regkit import callbacks, regularizers, schedules
 from keras_regkit.attach import Attachment, apply_regularizers, remove_regularizers
 from keras_regkit.callbacks.shrink import ShrinkResult, shrink
+from keras_regkit.compact import CompactResult, compact, dead_units
 from keras_regkit.pruning import HoldZeros, PruneResult, prune, release_zeros
 from keras_regkit.stats import LayerStats, SparsityReport, sparsity_report
 from keras_regkit.weights import WEIGHT_KINDS, WeightRef, iter_weights
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Attachment",
+    "CompactResult",
     "HoldZeros",
     "LayerStats",
     "PruneResult",
@@ -23,6 +25,8 @@ __all__ = [
     "WeightRef",
     "apply_regularizers",
     "callbacks",
+    "compact",
+    "dead_units",
     "iter_weights",
     "prune",
     "regularizers",

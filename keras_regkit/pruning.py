@@ -14,7 +14,7 @@ import numpy as np
 from keras import ops
 
 from keras_regkit import _validate
-from keras_regkit.attach import rebuild_step_functions
+from keras_regkit.attach import rebuild_step_functions, step_functions_read_variables_live
 from keras_regkit import weights as weights_lib
 from keras_regkit.weights import LayerSelector, WeightRef
 
@@ -139,11 +139,11 @@ def prune(
     >>> result = rk.prune(model, sparsity=0.5)
     >>> round(result.sparsity, 2)
     0.5
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8),
-    ...     keras.layers.Dense(2)])
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="hidden"),
+    ...     keras.layers.Dense(2, name="out")])
     >>> result = rk.prune(model, sparsity=0.5, granularity="unit")
     >>> rk.dead_units(model)  # the output layer is left whole
-    {'dense_1': (4, 8)}
+    {'hidden': (4, 8), 'out': (0, 2)}
     """
     if (threshold is None) == (sparsity is None):
         raise ValueError(
@@ -235,14 +235,15 @@ def _global_threshold(scores, sparsity: float) -> float:
 
 
 def _hold(variable) -> bool:
-    """Holds the variable's current zeros; True if a new constraint was set
-    (the optimizer step must then be retraced)."""
+    """Holds the variable's current zeros; True if the optimizer step must be
+    retraced (a new constraint was set, or under JAX a new mask)."""
     if isinstance(variable.constraint, HoldZeros):
-        # Same constraint, new mask: the traced optimizer step reads it live.
+        # Same constraint, new mask: TensorFlow's and PyTorch's steps read it
+        # live; JAX's holds it as a constant and must be retraced.
         variable.constraint.mask.assign(
             ops.cast(ops.not_equal(variable.value, 0), variable.constraint.mask.dtype)
         )
-        return False
+        return not step_functions_read_variables_live()
     variable.constraint = HoldZeros(variable, variable.constraint)
     return True
 

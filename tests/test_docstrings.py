@@ -1,6 +1,7 @@
 """The examples in public docstrings run, and print what they claim."""
 
 import doctest
+import importlib
 
 import keras
 import numpy as np
@@ -9,7 +10,12 @@ import pytest
 import keras_regkit as rk
 from keras_regkit import attach, callbacks, pruning, regularizers, schedules, stats, weights
 
-MODULES = [regularizers, schedules, weights, attach, stats, pruning, callbacks.scheduler, callbacks.sparsity, callbacks.shrink]
+MODULES = [
+    regularizers, schedules, weights, attach, stats, pruning,
+    # The module: the function `rk.compact` shadows its name in the package.
+    importlib.import_module("keras_regkit.compact"),
+    callbacks.scheduler, callbacks.sparsity, callbacks.shrink,
+]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)

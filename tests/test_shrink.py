@@ -173,3 +173,41 @@ def test_interrupted_shrink_restores_accepted_weights_and_removes_penalty(error)
 def test_rejects_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         ShrinkPhase(**kwargs)
+
+
+def test_unit_granularity_kills_whole_hidden_units_and_reports_them():
+    model = trained_classifier()
+    x, y = classification_data()
+    xv, yv = classification_data(seed=1)
+    before = accuracy(model, xv, yv)
+    result = rk.shrink(model, x, y, validation_data=(xv, yv), epochs=4, monitor="val_accuracy",
+                       tolerance=0.02, strength=1e-3, batch_size=32, granularity="unit")
+    hidden = keras.ops.convert_to_numpy(model.get_layer("hidden").kernel)
+    dead = (hidden == 0).all(axis=0)
+    # Zeros come in whole units: a hidden unit is all zero or has no zero
+    # left by pruning (a weight could only be exactly 0 by chance).
+    assert ((hidden == 0).any(axis=0) == dead).all()
+    assert dead.sum() >= 8
+    assert result.dead_units["hidden"] == (int(dead.sum()), 32)
+    # The output layer's units are the outputs: untouched.
+    assert result.dead_units["out"] == (0, 2)
+    assert (keras.ops.convert_to_numpy(model.get_layer("out").kernel) != 0).all()
+    assert accuracy(model, xv, yv) >= before - 0.02 - 1e-6
+    assert f"hidden {int(dead.sum())}/32" in str(result)
+    assert model.losses == []
+
+
+def test_unit_granularity_uses_group_lasso_by_default():
+    model = trained_classifier()
+    phase = ShrinkPhase(start_epoch=0, baseline=1.0, granularity="unit", monitor="val_accuracy")
+    phase.set_model(model)
+    phase.on_train_begin()
+    try:
+        regularizer = model.get_layer("hidden").kernel.regularizer
+        assert isinstance(regularizer, rk.regularizers.GroupLasso)
+        assert model.get_layer("out").kernel.regularizer is None
+    finally:
+        phase.abort()
+    assert model.get_layer("hidden").kernel.regularizer is None
+    with pytest.raises(ValueError, match=r"argument `granularity`.*Received: granularity='rows'"):
+        ShrinkPhase(start_epoch=1, granularity="rows")

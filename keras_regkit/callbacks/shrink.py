@@ -8,16 +8,26 @@ A composition of the package's pieces: a temporary penalty attached with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
+import os
+import re
+import shutil
+import warnings
 
 import keras
+import numpy as np
 
 from keras_regkit import _validate, attach, pruning, stats
 from keras_regkit import weights as weights_lib
-from keras_regkit.regularizers import L1, Combined
+from keras_regkit.compact import dead_units
+from keras_regkit.regularizers import L1, Combined, GroupLasso
 
 _RUNGS_BELOW = 4  # how far the penalty may back off below `strength`
+_STATE_FOLDER = "keras_regkit_shrink"  # inside `backup_dir`
+_RESUMED_RESULT = ("baseline", "started_at_epoch", "accepted_epochs", "rejected_epochs", "threshold", "outcome")
 
 _VALIDATION_HINT = (
     "Pass validation data to fit (`validation_data=` or `validation_split=`), "
@@ -38,6 +48,8 @@ class ShrinkResult:
         threshold: The magnitude pruned at (None if nothing was pruned).
         sparsity: Fraction of exact zeros over the covered weights.
         layers: Per-weight `LayerStats` at the end.
+        dead_units: Layer path -> `(dead, total)` units (output units,
+            filters) at the end; `keras_regkit.compact` removes the dead.
         outcome: `"pruned"`, `"fine-tuned"`, `"best accepted"` (no pruning)
             or `"baseline"` (nothing held the tolerance, weights restored).
 
@@ -61,6 +73,7 @@ class ShrinkResult:
     sparsity: float = 0.0
     layers: list = dataclasses.field(default_factory=list)
     outcome: str = "not started"
+    dead_units: dict = dataclasses.field(default_factory=dict)
 
     @property
     def epochs_used(self) -> int:
@@ -76,6 +89,9 @@ class ShrinkResult:
             + (f"; pruned at |w| <= {self.threshold:.3g}" if self.threshold is not None else ""),
         ]
         lines += [f"  {s.name}: {s.sparsity:.1%} of {s.params:,}" for s in self.layers]
+        dead = [f"{name} {d}/{n}" for name, (d, n) in self.dead_units.items() if d]
+        if dead:
+            lines.append(f"dead units: {', '.join(dead)}")
         return "\n".join(lines)
 
 
@@ -122,6 +138,42 @@ class ShrinkPhase(keras.callbacks.Callback):
     print(phase.result)
     ```
 
+    **Structured shrink.** With `granularity="unit"` the phase works on whole
+    output units of `Dense` layers and filters of convolutions: the default
+    penalty is `GroupLasso`, and pruning zeroes whole units (ranked by the
+    RMS of their kernel slice), never those of the layers that produce the
+    model's outputs. `result.dead_units` reports the dead units per layer,
+    and `keras_regkit.compact(model)` then removes them, for a model that
+    is really smaller and faster.
+
+    **Resuming.** `keras.callbacks.BackupAndRestore` saves only the model and
+    the optimizer; the phase keeps its own state (where it is, the baseline,
+    the strength rung, accepted and rejected epochs, the best, baseline and
+    accepted weights, the held zeros). Give it a `backup_dir` (the same
+    directory as BackupAndRestore's is fine: it writes in a
+    `keras_regkit_shrink` folder there) and it saves that state at the end of
+    every epoch, after its verdict, and deletes it when `fit` ends normally.
+    A `fit` interrupted and run again, with a fresh model, optimizer and
+    callbacks built by the same code, goes on where the backup left off and
+    ends as the uninterrupted run would have:
+
+    ```python
+    backup = "/tmp/backup"
+    phase = ShrinkPhase(start_epoch=20, backup_dir=backup)
+    with phase:
+        model.fit(x, y, validation_split=0.1, epochs=30, callbacks=[
+            phase, keras.callbacks.BackupAndRestore(backup)])
+    ```
+
+    Either order of the two callbacks works. With ShrinkPhase first, an
+    interruption between the two saves loses nothing; with BackupAndRestore
+    first it loses that epoch's verdict (a warning says so). The state is
+    taken per epoch: with BackupAndRestore's `save_freq` in batches, the
+    phase goes on from the start of the interrupted epoch. An interrupted
+    run that is never resumed still ends at the sparsest accepted weights
+    when used as a context manager, as above. Each save writes up to four
+    copies of the model's weights; files are local paths only.
+
     Args:
         start_epoch: Epoch at which the shrink begins (0 needs `baseline` or
             `validation_data`). Give this or `patience`.
@@ -133,7 +185,8 @@ class ShrinkPhase(keras.callbacks.Callback):
         relative: Whether `tolerance` is a fraction of `|baseline|`.
             Defaults to False (absolute).
         penalty: Callable taking a strength (a schedule) and returning one of
-            our regularizers. Defaults to `keras_regkit.regularizers.L1`.
+            our regularizers. Defaults to `keras_regkit.regularizers.L1`, or
+            `GroupLasso` with `granularity="unit"`.
         strength: First strength of the penalty, > 0. Defaults to 1e-4.
         growth: Factor applied to the strength per accepted epoch, > 1.
             Defaults to 1.5.
@@ -148,6 +201,11 @@ class ShrinkPhase(keras.callbacks.Callback):
             pruning search (otherwise fit's own validation data is used).
         baseline: Optional baseline value (used with `start_epoch=0`).
         verbose: 1 prints each decision and the result.
+        granularity: `"weight"` (exact zeros anywhere) or `"unit"` (whole
+            output units and filters, see above). Defaults to `"weight"`.
+        backup_dir: Optional directory where the phase keeps its state so
+            that a `fit` resumed by `keras.callbacks.BackupAndRestore` goes
+            on where it was (see above). Defaults to None (no state saved).
 
     Raises:
         ValueError, TypeError: For bad arguments, at construction; during
@@ -168,7 +226,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         mode: str = "auto",
         tolerance: float = 0.01,
         relative: bool = False,
-        penalty=L1,
+        penalty=None,
         strength: float = 1e-4,
         growth: float = 1.5,
         weights="kernel",
@@ -179,6 +237,8 @@ class ShrinkPhase(keras.callbacks.Callback):
         validation_data=None,
         baseline: float | None = None,
         verbose: int = 0,
+        granularity: str = "weight",
+        backup_dir: str | None = None,
     ):
         super().__init__()
         if start_epoch is None and patience is None:
@@ -199,6 +259,14 @@ class ShrinkPhase(keras.callbacks.Callback):
         self.mode = mode
         self.tolerance = _validate.real("tolerance", tolerance)
         self.relative = bool(relative)
+        if granularity not in pruning.GRANULARITIES:
+            raise ValueError(
+                "Invalid value for argument `granularity`: expected one of "
+                f"{list(pruning.GRANULARITIES)}. Received: granularity={granularity!r}"
+            )
+        self.granularity = granularity
+        if penalty is None:
+            penalty = GroupLasso if granularity == "unit" else L1
         if not callable(penalty):
             raise TypeError(
                 "Invalid value for argument `penalty`: expected a regularizer "
@@ -226,6 +294,13 @@ class ShrinkPhase(keras.callbacks.Callback):
                 "before the first epoch no validation value is known."
             )
         self.verbose = verbose
+        if backup_dir is not None and (not isinstance(backup_dir, (str, os.PathLike)) or not os.fspath(backup_dir)):
+            raise TypeError(
+                "Invalid value for argument `backup_dir`: expected a non-empty directory "
+                "path (str or os.PathLike), e.g. the `backup_dir` of your "
+                f"`keras.callbacks.BackupAndRestore`. Received: backup_dir={backup_dir!r}"
+            )
+        self.backup_dir = backup_dir
         self.result = ShrinkResult(monitor)
 
     # -- the guard --------------------------------------------------------
@@ -289,6 +364,8 @@ class ShrinkPhase(keras.callbacks.Callback):
 
     # -- fit hooks --------------------------------------------------------
     def on_train_begin(self, logs=None):
+        if getattr(self, "_phase", None) in ("shrinking", "fine-tuning"):
+            self.abort()  # the last fit ended by an exception outside `with`
         self.result = ShrinkResult(self.monitor)
         self._phase = "waiting"
         self._best_value = None
@@ -297,11 +374,22 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._fit_validation = None
         self._attachment = None
         self._pruned_weights = None
-        if self.start_epoch == 0:
+        # Restored at the first epoch, once BackupAndRestore (wherever it is
+        # in the list) has loaded its backup and set the epoch to go on from.
+        self._pending_resume = bool(self._saved_states())
+        if self.start_epoch == 0 and not self._pending_resume:
             self._baseline = self.baseline if self.baseline is not None else self._evaluate()
             self._start(0)
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self._pending_resume:
+            self._pending_resume = False
+            if not self._resume(epoch) and self.start_epoch == 0:
+                self._baseline = self.baseline if self.baseline is not None else self._evaluate()
+                self._start(0)
+        self._maybe_fine_tune(epoch)
+
+    def _maybe_fine_tune(self, epoch):
         fine_tune_from = self.params.get("epochs", 0) - self.fine_tune_epochs
         if self._phase == "shrinking" and self.fine_tune_epochs and epoch >= fine_tune_from:
             self._finish(hold=True)
@@ -322,8 +410,26 @@ class ShrinkPhase(keras.callbacks.Callback):
             self._watch(epoch, value)
         elif self._phase == "shrinking":
             self._judge(epoch, value, logs.get("loss"))
+        if epoch + 1 < self.params.get("epochs", 0):
+            # Now rather than at the next epoch's start: fit's validation data
+            # is reachable here even in a fit resumed at that epoch.
+            self._maybe_fine_tune(epoch + 1)
+        if self.backup_dir is not None:
+            self._save_state(epoch + 1)
 
     def on_train_end(self, logs=None):
+        if self._pending_resume:
+            # Resumed after its last epoch: interrupted while finishing.
+            self._pending_resume = False
+            self._resume(self.params.get("epochs", 0))
+            if self._phase in ("shrinking", "fine-tuning") and self.validation_data is None:
+                warnings.warn(
+                    "ShrinkPhase resumed after the last epoch, where fit's validation data "
+                    "is not reachable: it ends at the sparsest accepted weights, without "
+                    "the final pruning. Pass `validation_data=` to ShrinkPhase to have it.",
+                    stacklevel=2,
+                )
+                self.abort()
         if self._phase == "shrinking":
             self._finish(hold=False)
         elif self._phase == "fine-tuning":
@@ -332,8 +438,11 @@ class ShrinkPhase(keras.callbacks.Callback):
                 self.result.outcome = "fine-tuned"
             else:
                 self.model.set_weights(self._pruned_weights)
-        if self._phase != "waiting":
+        if self._phase not in ("waiting", "done"):
             self._conclude()
+        if self.backup_dir is not None:
+            # Training ended normally: as BackupAndRestore deletes its backup.
+            shutil.rmtree(self._state_dir(), ignore_errors=True)
 
     # -- context manager: restore on any exception ------------------------
     def __enter__(self):
@@ -382,13 +491,17 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._penalty = self.penalty(schedule)
         self._penalty.set_step(_RUNGS_BELOW)
         self._penalty.driver = self  # RegularizationScheduler must leave it alone
-        refs = [
-            ref for ref in weights_lib.select_weights(self.model, self.layers, self.weights_spec)
+        self._refs = [
+            ref
+            for ref in pruning.select_prunable(self.model, self.layers, self.weights_spec, self.granularity)
             if ref.owner is None
         ]
         self._attachment = attach.set_regularizers(
             self.model,
-            [(ref, self._penalty if ref.regularizer is None else Combined([ref.regularizer, self._penalty])) for ref in refs],
+            [
+                (ref, self._penalty if ref.regularizer is None else Combined([ref.regularizer, self._penalty]))
+                for ref in self._refs
+            ],
         )
         self._phase = "shrinking"
         self.result.baseline = self._baseline
@@ -415,6 +528,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             self.model.set_weights(self._accepted_weights)
             self._penalty.set_step(max(self._penalty.step - 2, 0))
             self._say(f"Epoch {epoch + 1}: rejected ({self.monitor} {value:.4g}); strength backs off.")
+        attach.refresh_step_functions(self.model)  # JAX holds the old strength
 
     def _sparsity(self) -> float:
         """Exact zeros when pruning, else the near-zero fraction."""
@@ -434,9 +548,10 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._phase = "finishing"
 
     def _prune_to_tolerance(self, hold):
-        sparsity = self._largest_sparsity_that_holds(stats.total(self._covered.compute()).sparsity)
+        prunable = pruning.select_prunable(self.model, self.layers, self.weights_spec, self.granularity)
+        sparsity = self._largest_sparsity_that_holds(pruning.zero_fraction(prunable, self.granularity))
         if sparsity > 0:
-            pruned = pruning.prune(self.model, sparsity=sparsity, weights=self.weights_spec, layers=self.layers, hold=hold)
+            pruned = self._prune(sparsity, hold=hold)
             self.result.threshold = max(pruned.threshold, self.result.threshold or 0.0)
             self.result.outcome = "pruned"
 
@@ -447,13 +562,19 @@ class ShrinkPhase(keras.callbacks.Callback):
         high = 1.0
         for _ in range(8):
             middle = (low + high) / 2
-            pruning.prune(self.model, sparsity=middle, weights=self.weights_spec, layers=self.layers)
+            self._prune(middle)
             if self._holds(self._evaluate()):
                 low = middle
             else:
                 high = middle
             self.model.set_weights(start)
         return low
+
+    def _prune(self, sparsity, hold=False):
+        return pruning.prune(
+            self.model, sparsity=sparsity, weights=self.weights_spec, layers=self.layers,
+            hold=hold, granularity=self.granularity,
+        )
 
     def _conclude(self):
         final = self._evaluate()
@@ -468,6 +589,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         self.result.final = final
         self.result.layers = layers
         self.result.sparsity = stats.total(layers).sparsity
+        self.result.dead_units = dead_units(self.model)
         self._phase = "done"
         if self.verbose:
             print(self.result)
@@ -475,6 +597,149 @@ class ShrinkPhase(keras.callbacks.Callback):
     def _say(self, message):
         if self.verbose:
             print(message)
+
+    # -- resuming with BackupAndRestore ------------------------------------
+    def _state_dir(self) -> str:
+        return os.path.join(os.fspath(self.backup_dir), _STATE_FOLDER)
+
+    def _saved_states(self) -> list[int]:
+        """Epoch counts of the states on disk, newest first."""
+        if self.backup_dir is None or not os.path.isdir(self._state_dir()):
+            return []
+        names = (re.fullmatch(r"state-(\d+)\.json", name) for name in os.listdir(self._state_dir()))
+        return sorted((int(m.group(1)) for m in names if m), reverse=True)
+
+    def _save_state(self, epochs_done: int) -> None:
+        """Writes what the phase needs to go on after `epochs_done` epochs: a
+        JSON of its numbers, an .npz of its weight snapshots and held masks.
+        The two newest are kept, so a backup one epoch behind still finds its
+        match."""
+        snapshots = {}
+        if self._phase == "waiting" and self._best_weights is not None:
+            snapshots["best"] = self._best_weights
+        if self._phase in ("shrinking", "fine-tuning"):
+            # The current weights too: with BackupAndRestore listed before this
+            # callback, its backup holds them from before this epoch's verdict.
+            snapshots.update(current=self.model.get_weights(), baseline=self._baseline_weights,
+                             accepted=self._accepted_weights)
+            if self._phase == "fine-tuning":
+                snapshots["pruned"] = self._pruned_weights
+        arrays, stored = {}, {}
+        for name, values in snapshots.items():
+            # The accepted weights are often the baseline list itself.
+            same = next((s for s, v in snapshots.items() if v is values and s in stored), None)
+            stored[name] = same or name
+            if same is None:
+                arrays.update({f"{name}_{i}": np.asarray(v) for i, v in enumerate(values)})
+        held = []
+        for i, variable in enumerate(self.model.weights):
+            if isinstance(getattr(variable, "constraint", None), pruning.HoldZeros):
+                held.append(i)
+                arrays[f"mask_{i}"] = keras.ops.convert_to_numpy(variable.constraint.mask)
+        penalty = getattr(self, "_penalty", None)
+        state = {
+            "format": 1,
+            "epochs_done": epochs_done,
+            "phase": self._phase,
+            "wait": self._wait,
+            "best_value": self._best_value,
+            "baseline": getattr(self, "_baseline", None),
+            "best_sparsity": float(self._best_sparsity) if self._phase != "waiting" else None,
+            "penalty_step": penalty.step if self._phase == "shrinking" else None,
+            "result": {name: getattr(self.result, name) for name in _RESUMED_RESULT},
+            "snapshots": stored,
+            "held": held,
+            "shapes": [list(v.shape) for v in self.model.weights],
+        }
+        directory = self._state_dir()
+        os.makedirs(directory, exist_ok=True)
+        stem = os.path.join(directory, f"state-{epochs_done}")
+        # The JSON last: a state counts only once both files are complete.
+        _write_atomically(stem + ".npz", lambda f: np.savez(f, **arrays))
+        _write_atomically(stem + ".json", lambda f: f.write(json.dumps(state).encode()))
+        for old in self._saved_states()[2:]:
+            for suffix in (".json", ".npz"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(directory, f"state-{old}{suffix}"))
+
+    def _resume(self, epoch: int) -> bool:
+        """Restores the newest state saved at or before `epoch`, the epoch
+        fit goes on from; False if there is none."""
+        for done in self._saved_states():
+            if done > epoch:
+                continue  # written after the backup fit resumed from
+            stem = os.path.join(self._state_dir(), f"state-{done}")
+            try:
+                with open(stem + ".json") as f:
+                    state = json.load(f)
+                with np.load(stem + ".npz", allow_pickle=False) as f:
+                    arrays = dict(f)
+            except (OSError, ValueError) as error:
+                warnings.warn(f"ShrinkPhase skips its unreadable state {stem}: {error}", stacklevel=2)
+                continue
+            if done < epoch:
+                warnings.warn(
+                    f"ShrinkPhase resumes at epoch {epoch + 1} from its state after epoch {done}: "
+                    f"the verdict on the epochs in between was lost in the interruption, so they "
+                    "count as neither accepted nor rejected. List ShrinkPhase before "
+                    "BackupAndRestore in `callbacks` to avoid this.",
+                    stacklevel=2,
+                )
+            self._restore_state(state, arrays, stem)
+            return True
+        return False
+
+    def _restore_state(self, state: dict, arrays: dict, stem: str) -> None:
+        variables = self.model.weights
+        shapes = [list(v.shape) for v in variables]
+        if state["shapes"] != shapes:
+            raise ValueError(
+                f"ShrinkPhase cannot resume from {stem}.json: it was written for a model with "
+                f"weights of shapes {state['shapes']}, and this model's are {shapes}. Delete "
+                "the backup, or pass the `backup_dir` of this model's own training."
+            )
+
+        def snapshot(name):
+            return [arrays[f"{state['snapshots'][name]}_{i}"] for i in range(len(variables))]
+
+        self._wait, self._best_value = state["wait"], state["best_value"]
+        if "best" in state["snapshots"]:
+            self._best_weights = snapshot("best")
+        if state["phase"] in ("shrinking", "fine-tuning"):
+            self._baseline = state["baseline"]
+            self.model.set_weights(snapshot("baseline"))
+            verbose, self.verbose = self.verbose, 0
+            try:
+                self._start(state["result"]["started_at_epoch"])  # penalty, coverage
+            finally:
+                self.verbose = verbose
+            self._accepted_weights = snapshot("accepted")
+            self._best_sparsity = state["best_sparsity"]
+            if state["phase"] == "shrinking":
+                self._penalty.set_step(state["penalty_step"])
+            else:
+                self._attachment.undo()
+                self._attachment = None
+                self._pruned_weights = snapshot("pruned")
+                self._phase = "fine-tuning"
+            self.model.set_weights(snapshot("current"))
+        new_holds = False
+        for i in state["held"]:
+            variable = variables[i]
+            if not isinstance(variable.constraint, pruning.HoldZeros):
+                variable.constraint = pruning.HoldZeros(variable, variable.constraint)
+                new_holds = True
+            variable.constraint.mask.assign(arrays[f"mask_{i}"])
+        if new_holds:
+            attach.rebuild_step_functions(self.model, losses_changed=False)
+        self.result = ShrinkResult(self.monitor, **state["result"])
+        self._say(f"ShrinkPhase resumed from {stem}.json ({state['phase']}).")
+
+
+def _write_atomically(path: str, write) -> None:
+    with open(path + ".tmp", "wb") as f:
+        write(f)
+    os.replace(path + ".tmp", path)
 
 
 def shrink(

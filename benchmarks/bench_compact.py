@@ -1,0 +1,205 @@
+"""Is a structured shrink + `compact` model really smaller and faster?
+
+For one MLP (sklearn digits) and one CNN (MNIST-1D), in one process:
+
+1. train a baseline;
+2. `keras_regkit.shrink(..., granularity="unit")` for 10 epochs, guarded by
+   validation accuracy (tolerance 0.01), which kills whole units / filters;
+3. `keras_regkit.compact(model)` removes them.
+
+It reports, for the baseline, the shrunk (still dense) model and the
+compacted one: test accuracy, parameters, saved `.keras` file size, predict
+latency at batch 1 and 256 (a traced `model(x)` call, median of many; the
+same harness for all three, interleaved) and throughput at batch 256. The
+ratios are against the shrunk model, which is what `compact` is applied to:
+it has the same accuracy as the compacted one to float precision, so the
+ratio is the gain of removing the dead structure alone.
+
+Usage (from the repository root, in the project venv; needs scikit-learn and
+mnist1d, both in the `demo` extra):
+
+    python benchmarks/bench_compact.py            # ~3-4 min on 2 cores
+    python benchmarks/bench_compact.py --quick    # smoke run
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for path in (_ROOT, os.path.join(_ROOT, "benchmarks")):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from quality_protocol import LOADERS, SEED, accuracy  # noqa: E402
+
+SHRINK_EPOCHS = 10
+BATCH_SIZE = 64
+
+
+def build_mlp(keras, shape):
+    return keras.Sequential([
+        keras.Input(shape),
+        keras.layers.Dense(512, activation="relu"),
+        keras.layers.Dense(256, activation="relu"),
+        keras.layers.Dense(10),
+    ], name="mlp")
+
+
+def build_cnn(keras, shape):
+    inputs = keras.Input(shape)
+    x = keras.layers.Reshape(shape + (1,))(inputs)
+    x = keras.layers.Conv1D(64, 5, activation="relu")(x)
+    x = keras.layers.Conv1D(64, 3, activation="relu")(x)
+    x = keras.layers.MaxPooling1D(2)(x)
+    x = keras.layers.Conv1D(64, 3, activation="relu")(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(128, activation="relu")(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(x), name="cnn")
+
+
+CASES = {
+    "mlp": ("digits", build_mlp, 40),
+    "cnn": ("mnist1d", build_cnn, 30),
+}
+
+
+def compile_model(keras, model):
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+def file_size(keras, model, folder, name):
+    """Bytes of the saved `.keras` file of an uncompiled copy: the optimizer's
+    slots would otherwise triple the trained models' files."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    path = os.path.join(folder, f"{name}.keras")
+    copy.save(path)
+    return os.path.getsize(path)
+
+
+def latencies(tf, models, batch, repeats, calls):
+    """Median seconds per call of each model's traced forward pass on a batch,
+    measured interleaved so that machine noise hits all alike."""
+    x = tf.random.normal((batch,) + tuple(models[0].input_shape[1:]), seed=SEED)
+    functions = [tf.function(lambda v, m=m: m(v, training=False)) for m in models]
+    for f in functions:
+        f(x)  # trace and warm up
+    samples = [[] for _ in models]
+    for _ in range(repeats):
+        for f, out in zip(functions, samples):
+            start = time.perf_counter()
+            for _ in range(calls):
+                f(x)
+            out.append((time.perf_counter() - start) / calls)
+    return [statistics.median(s) for s in samples]
+
+
+def run_case(name, args, keras, tf, rk):
+    dataset, build, epochs = CASES[name]
+    (x, y), (x_val, y_val), (x_test, y_test) = LOADERS[dataset]()
+    keras.utils.set_random_seed(SEED)
+    model = build(keras, x.shape[1:])
+    compile_model(keras, model)
+    t0 = time.perf_counter()
+    model.fit(x, y, epochs=2 if args.quick else epochs, batch_size=BATCH_SIZE, verbose=0)
+    base_acc = accuracy(model, x_test, y_test)
+    baseline = keras.models.clone_model(model)
+    baseline.set_weights(model.get_weights())
+    print(f"\n[{name} on {dataset}] baseline test acc {base_acc:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+
+    t0 = time.perf_counter()
+    result = rk.shrink(
+        model, x, y, validation_data=(x_val, y_val), epochs=2 if args.quick else SHRINK_EPOCHS,
+        monitor="val_accuracy", tolerance=0.01, strength=args.strength,
+        granularity="unit", batch_size=BATCH_SIZE,
+    )
+    shrunk_acc = accuracy(model, x_test, y_test)
+    print(f"  shrink ({time.perf_counter() - t0:.0f}s): {result.outcome}; dead units "
+          f"{ {k: v for k, v in result.dead_units.items()} }", flush=True)
+    compacted = rk.compact(model)
+    small = compacted.model
+    small_acc = accuracy(small, x_test, y_test)
+    max_diff = float(np.max(np.abs(np.asarray(small(x_test)) - np.asarray(model(x_test)))))
+
+    models = {"baseline": baseline, "shrunk": model, "compacted": small}
+    with tempfile.TemporaryDirectory() as folder:
+        sizes = {k: file_size(keras, m, folder, k) for k, m in models.items()}
+    lat1 = dict(zip(models, latencies(tf, list(models.values()), 1, args.repeats, 200)))
+    lat256 = dict(zip(models, latencies(tf, list(models.values()), 256, args.repeats, 50)))
+    rows = {}
+    for key, m in models.items():
+        rows[key] = {
+            "test_acc": {"baseline": base_acc, "shrunk": shrunk_acc, "compacted": small_acc}[key],
+            "params": int(m.count_params()),
+            "file_bytes": sizes[key],
+            "latency_b1_ms": 1e3 * lat1[key],
+            "latency_b256_ms": 1e3 * lat256[key],
+            "throughput_per_s": 256 / lat256[key],
+        }
+    ratios = {
+        "speedup_b1": lat1["shrunk"] / lat1["compacted"],
+        "speedup_b256": lat256["shrunk"] / lat256["compacted"],
+        "file_ratio": sizes["shrunk"] / sizes["compacted"],
+        "param_ratio": rows["shrunk"]["params"] / rows["compacted"]["params"],
+        "acc_delta_pp_vs_baseline": 100 * (small_acc - base_acc),
+        "max_output_diff_compacted_vs_shrunk": max_diff,
+    }
+    print(f"  {'model':<10} {'test acc':>8} {'params':>9} {'file KB':>8} {'b1 ms':>7} {'b256 ms':>8} {'samples/s':>10}")
+    for key, r in rows.items():
+        print(f"  {key:<10} {r['test_acc']:>8.4f} {r['params']:>9,} {r['file_bytes'] / 1024:>8.1f} "
+              f"{r['latency_b1_ms']:>7.3f} {r['latency_b256_ms']:>8.3f} {r['throughput_per_s']:>10,.0f}")
+    print(f"  compacted vs shrunk: {ratios['speedup_b1']:.2f}x faster at batch 1, "
+          f"{ratios['speedup_b256']:.2f}x at 256, {ratios['file_ratio']:.2f}x smaller file, "
+          f"{ratios['param_ratio']:.2f}x fewer params; accuracy {ratios['acc_delta_pp_vs_baseline']:+.2f} pp "
+          f"vs baseline; outputs differ by <= {max_diff:.2g}", flush=True)
+    if compacted.skipped:
+        print(f"  left as they were: {compacted.skipped}")
+    return {"case": name, "dataset": dataset, "rows": rows, "ratios": ratios,
+            "dead_units": {k: list(v) for k, v in result.dead_units.items()}}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--strength", type=float, default=1e-3)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="2 + 2 epochs, few repeats")
+    parser.add_argument("--out", help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats = 3
+
+    import keras
+    import tensorflow as tf
+
+    import keras_regkit as rk
+
+    print(f"keras {keras.__version__}, tensorflow {tf.__version__}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cpus")
+    results = [run_case(name, args, keras, tf, rk) for name in args.cases]
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()
