@@ -76,3 +76,19 @@ def test_custom_loop_penalty_follows_optimizer_step_and_shrinks_weights():
     assert all(row["penalty"] == 0 for row in plain["log"])
     assert penalised["l1"] < 0.85 * plain["l1"]
     assert penalised["near_zero"] > plain["near_zero"]
+
+
+def test_structured_shrink_and_compact_removes_dead_filters(tmp_path):
+    out = run_example("structured_shrink_and_compact", "--workdir", str(tmp_path))
+    compacted = out["compacted"]
+    dead = out["result"].dead_units
+    assert sum(d for d, _ in dead.values()) > 0
+    # Every dead unit of the hidden layers is gone (valid padding and Dense
+    # consumers: nothing needs keeping), and the parameters with them.
+    assert not compacted.kept and not compacted.skipped
+    for name in ("conv1", "conv2", "dense"):
+        before, after = compacted.units[name]
+        assert after == before - dead[name][0]
+    assert compacted.params_after < compacted.params_before
+    assert out["max_diff"] < 1e-4
+    np.testing.assert_allclose(out["reloaded_predictions"], out["predictions"], rtol=1e-6, atol=1e-6)
