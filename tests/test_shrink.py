@@ -211,3 +211,18 @@ def test_unit_granularity_uses_group_lasso_by_default():
     assert model.get_layer("hidden").kernel.regularizer is None
     with pytest.raises(ValueError, match=r"argument `granularity`.*Received: granularity='rows'"):
         ShrinkPhase(start_epoch=1, granularity="rows")
+
+
+def test_max_sparsity_caps_the_cuts_then_fine_tunes():
+    model = trained_classifier()
+    x, y = classification_data()
+    xv, yv = classification_data(seed=1)
+    # A tolerance that always holds: without the cap, the cuts would go far past 0.5.
+    result = rk.shrink(model, x, y, validation_data=(xv, yv), epochs=4, monitor="val_accuracy",
+                       tolerance=1.0, strength=1e-3, batch_size=32, max_sparsity=0.5)
+    assert 0.5 <= result.sparsity <= 0.5 + 2 / 320  # 320 kernel entries
+    # Reached after the first epoch; the rest fine-tuned with the zeros held.
+    assert result.outcome == "fine-tuned"
+    assert model.losses == []
+    with pytest.raises(ValueError, match=r"argument `max_sparsity`.*max_sparsity=1.5"):
+        ShrinkPhase(start_epoch=1, max_sparsity=1.5)

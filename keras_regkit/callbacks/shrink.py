@@ -203,6 +203,10 @@ class ShrinkPhase(keras.callbacks.Callback):
         verbose: 1 prints each decision and the result.
         granularity: `"weight"` (exact zeros anywhere) or `"unit"` (whole
             output units and filters, see above). Defaults to `"weight"`.
+        max_sparsity: The most zeros (a fraction of the covered entries, or
+            units) that pruning may make; once there, the phase holds them
+            and spends the remaining epochs recovering accuracy. Defaults
+            to 1.0 (as many as the tolerance allows).
         backup_dir: Optional directory where the phase keeps its state so
             that a `fit` resumed by `keras.callbacks.BackupAndRestore` goes
             on where it was (see above). Defaults to None (no state saved).
@@ -239,6 +243,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         verbose: int = 0,
         granularity: str = "weight",
         backup_dir: str | None = None,
+        max_sparsity: float = 1.0,
     ):
         super().__init__()
         if start_epoch is None and patience is None:
@@ -286,6 +291,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         self.prune = bool(prune)
         self.fine_tune_epochs = _validate.integer("fine_tune_epochs", fine_tune_epochs)
         self.near_zero = _validate.real("near_zero", near_zero)
+        self.max_sparsity = _validate.real("max_sparsity", max_sparsity, maximum=1.0)
         self.validation_data = validation_data
         self.baseline = None if baseline is None else _validate.real("baseline", baseline, minimum=-math.inf)
         if self.start_epoch == 0 and baseline is None and validation_data is None:
@@ -390,11 +396,19 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._maybe_fine_tune(epoch)
 
     def _maybe_fine_tune(self, epoch):
+        if self._phase != "shrinking":
+            return
         fine_tune_from = self.params.get("epochs", 0) - self.fine_tune_epochs
-        if self._phase == "shrinking" and self.fine_tune_epochs and epoch >= fine_tune_from:
+        if (self.fine_tune_epochs and epoch >= fine_tune_from) or self._at_max_sparsity():
             self._finish(hold=True)
             self._phase = "fine-tuning"
             self._say(f"Epoch {epoch + 1}: fine-tuning with the zeros held.")
+
+    def _at_max_sparsity(self) -> bool:
+        if self.max_sparsity >= 1.0 or not self.prune:
+            return False
+        prunable = pruning.select_prunable(self.model, self.layers, self.weights_spec, self.granularity)
+        return pruning.zero_fraction(prunable, self.granularity) >= self.max_sparsity
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -556,10 +570,19 @@ class ShrinkPhase(keras.callbacks.Callback):
             self.result.outcome = "pruned"
 
     def _largest_sparsity_that_holds(self, low: float) -> float:
-        """Bisection over the global sparsity in [low, 1), from the current
-        weights (which hold the tolerance at `low`)."""
+        """The largest global sparsity in [low, max_sparsity] that holds the
+        tolerance, from the current weights (which hold it at `low`): the cap
+        itself if it holds, else by bisection."""
         start = self.model.get_weights()
-        high = 1.0
+        high = self.max_sparsity
+        if low >= high:
+            return low
+        if high < 1.0:
+            self._prune(high)
+            holds = self._holds(self._evaluate())
+            self.model.set_weights(start)
+            if holds:
+                return high
         for _ in range(8):
             middle = (low + high) / 2
             self._prune(middle)
