@@ -9,7 +9,9 @@ weights each time, runs
                         monitor="val_accuracy", batch_size=64,
                         tolerance=..., strength=..., fine_tune_epochs=...)
 
-for a small grid of settings, and reports for each the exact-zero fraction
+for a small grid of guarded settings, plus one run per tfmot target with
+`max_sparsity=target` and the guard off (tolerance 1.0), so the two compare
+at exactly the same sparsity. It reports for each the exact-zero fraction
 over all Dense kernels (biases excluded), the test accuracy and its delta in
 percentage points vs. this script's own baseline. The tfmot rows are read
 from `benchmarks/tfmot/tfmot_results.json` (their deltas are vs. tfmot's own
@@ -37,7 +39,7 @@ the delta is measured on the test set.
 
 Usage (from the repository root, in the project venv; needs mnist1d):
 
-    python benchmarks/bench_shrink_quality.py            # ~3.5-4.5 min on 2 cores
+    python benchmarks/bench_shrink_quality.py            # ~5-6 min on 2 cores
     python benchmarks/bench_shrink_quality.py --quick    # smoke run, ~35 s
     python benchmarks/bench_shrink_quality.py --datasets digits --out /tmp/r.json
 """
@@ -67,10 +69,14 @@ import numpy as np  # noqa: E402
 SHRINK_EPOCHS = 10
 TFMOT_JSON = os.path.join(_ROOT, "benchmarks", "tfmot", "tfmot_results.json")
 
-# The grid: every combination of these (8 runs per dataset).
+# The guarded grid: every combination of these (8 runs per dataset).
 TOLERANCES = [0.01, 0.02]
 FINE_TUNE = [0, 3]
 STRENGTHS = [1e-4, 1e-3]
+# Matched to tfmot's targets: `max_sparsity` caps the cuts and the guard is
+# off (tolerance 1.0), so each run ends at exactly that sparsity; the epochs
+# after the cut fine-tune with the zeros held.
+MATCHED = [0.8, 0.9, 0.95, 0.98]
 
 
 # --------------------------------------------------------------------- data
@@ -90,10 +96,12 @@ from quality_protocol import (  # noqa: E402  (the shared data/model protocol)
 def settings(quick):
     if quick:
         return [dict(tolerance=0.01, fine_tune_epochs=1, strength=1e-3)]
-    return [
+    guarded = [
         dict(tolerance=t, fine_tune_epochs=f, strength=s)
         for t, f, s in itertools.product(TOLERANCES, FINE_TUNE, STRENGTHS)
     ]
+    matched = [dict(tolerance=1.0, fine_tune_epochs=0, strength=1e-4, max_sparsity=m) for m in MATCHED]
+    return guarded + matched
 
 
 # -------------------------------------------------------------------- bench
@@ -154,8 +162,11 @@ def run_dataset(name, args, keras, rk):
 def describe(setting):
     if not setting:
         return "-"
-    return (f"tol={setting['tolerance']:g} ft={setting['fine_tune_epochs']} "
+    text = (f"tol={setting['tolerance']:g} ft={setting['fine_tune_epochs']} "
             f"str={setting['strength']:g}")
+    if "max_sparsity" in setting:
+        text += f" max={setting['max_sparsity']:g}"
+    return text
 
 
 def tfmot_rows(datasets):
