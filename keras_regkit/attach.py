@@ -237,3 +237,25 @@ def rebuild_step_functions(model: keras.Model, losses_changed: bool = True) -> N
     for attribute, make in functions:
         if getattr(model, attribute, None) is not None:
             getattr(model, make)(force=True)
+
+
+def step_functions_read_variables_live() -> bool:
+    """Whether compiled train/test steps read a variable the model does not
+    own (a regularizer's step, a `HoldZeros` mask) each time they run.
+
+    True under TensorFlow (`tf.function` reads variables live) and PyTorch
+    (eager; `torch.compile` takes tensors as inputs). False under JAX: its
+    trainer passes only the model's, the optimizer's and the metrics' own
+    variables into the jitted step, so any other variable is a constant
+    captured when the step is traced (DESIGN.md trap 2).
+    """
+    return keras.backend.backend() != "jax"
+
+
+def refresh_step_functions(model: keras.Model, losses_changed: bool = True) -> None:
+    """Call after assigning such a variable from outside the step (`set_step`,
+    a new `HoldZeros` mask): rebuilds the step functions where they hold it
+    as a constant (JAX) and does nothing elsewhere, so TensorFlow and
+    PyTorch never retrace for it."""
+    if not step_functions_read_variables_live():
+        rebuild_step_functions(model, losses_changed)

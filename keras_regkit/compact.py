@@ -732,7 +732,7 @@ def compact(model: keras.Model, custom_objects: dict | None = None) -> CompactRe
     >>> result.units["h"], result.params_before - result.params_after
     ((4, 2), 12)
     >>> x = np.ones((1, 3), "float32")
-    >>> np.allclose(result.model(x), model(x), atol=1e-6)
+    >>> np.allclose(result.model.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
     True
     """
     _check_model(model)

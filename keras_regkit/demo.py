@@ -103,7 +103,10 @@ def run(dataset="digits", epochs=30, shrink_epochs=10, verbose=1, workdir=None):
     """Runs the demo; returns a list of `MethodResult`."""
     (x, y), (x_val, y_val), (x_test, y_test) = load_dataset(dataset)
     batch_size = 64
-    steps_per_epoch = int(np.ceil(len(x) / batch_size))
+    # JAX moves schedules once per epoch (see RegularizationScheduler), so
+    # there the schedule counts epochs.
+    update_freq = "epoch" if keras.backend.backend() == "jax" else "batch"
+    steps_per_epoch = int(np.ceil(len(x) / batch_size)) if update_freq == "batch" else 1
     chosen = methods(steps_per_epoch, epochs)
     bar = keras.utils.Progbar(
         len(chosen) * (epochs + shrink_epochs), verbose=verbose, unit_name="epoch",
@@ -129,7 +132,7 @@ def run(dataset="digits", epochs=30, shrink_epochs=10, verbose=1, workdir=None):
         monitor = rk.callbacks.SparsityMonitor(per_layer=False)
         history = model.fit(
             x, y, batch_size=batch_size, epochs=epochs, validation_data=(x_val, y_val), verbose=0,
-            callbacks=[rk.callbacks.RegularizationScheduler(), monitor, _Progress(bar, name)],
+            callbacks=[rk.callbacks.RegularizationScheduler(update_freq), monitor, _Progress(bar, name)],
         )
         accuracy = model.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"]
         dense_size = _saved_size(model, os.path.join(workdir, f"{_slug(name)}_dense.keras"))

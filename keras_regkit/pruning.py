@@ -34,7 +34,7 @@ class HoldZeros(keras.constraints.Constraint):
     Example:
 
     >>> v = keras.Variable([0.0, 2.0])
-    >>> rk.HoldZeros(v)(keras.ops.convert_to_tensor([5.0, 3.0])).numpy().tolist()
+    >>> keras.ops.convert_to_numpy(rk.HoldZeros(v)(keras.ops.convert_to_tensor([5.0, 3.0]))).tolist()
     [0.0, 3.0]
     """
 

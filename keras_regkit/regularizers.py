@@ -7,8 +7,9 @@ and it is saved and reloaded with the model.
 A strength may be a schedule (any serializable
 `keras.optimizers.schedules.LearningRateSchedule`). The schedule is evaluated
 inside the train step at the regularizer's step, so moving the step never
-retraces the train function; `keras_regkit.callbacks.RegularizationScheduler`
-moves it during `fit`.
+retraces the train function under TensorFlow and PyTorch (under JAX the
+compiled step holds it as a constant and is rebuilt when it moves);
+`keras_regkit.callbacks.RegularizationScheduler` moves it during `fit`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,17 @@ LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule
 Strength = Union[float, LearningRateSchedule]
 
 _PACKAGE = "keras_regkit"
+
+
+def _magnitude(x):
+    """`|x|` whose gradient is `sign(x)`: 0 at exact zeros on every backend.
+
+    JAX differentiates `abs` as 1 at 0, so an L1-like penalty would push
+    pruned weights off zero there; TensorFlow and PyTorch already give 0.
+    """
+    if keras.backend.backend() == "jax":
+        return x * ops.sign(x)
+    return ops.absolute(x)
 
 
 def _check_strength(name: str, value) -> Strength:
@@ -90,8 +102,10 @@ class _Penalty(keras.regularizers.Regularizer):
         # RegularizationScheduler leaves this regularizer alone.
         self.driver = None
         if self.is_scheduled:
+            # "int", as for `optimizer.iterations`: int64 under TensorFlow,
+            # int32 where JAX would truncate int64 with a warning.
             self._own_step = keras.Variable(
-                step, dtype="int64", trainable=False, name="regularizer_step"
+                step, dtype="int", trainable=False, name="regularizer_step"
             )
 
     # -- scheduling -------------------------------------------------------
@@ -112,13 +126,18 @@ class _Penalty(keras.regularizers.Regularizer):
     def _step_tensor(self):
         if self._counter is None:
             return self._own_step.value
-        return ops.cast(self._counter, "int64") + self._own_step.value
+        return ops.cast(self._counter, self._own_step.dtype) + self._own_step.value
 
     def _counter_value(self) -> int:
         return int(ops.convert_to_numpy(self._counter)) if self._counter is not None else 0
 
     def set_step(self, step: int) -> None:
-        """Moves every schedule of this regularizer (only) to `step`."""
+        """Moves every schedule of this regularizer (only) to `step`.
+
+        Under JAX a compiled train step holds the step it was traced with:
+        rebuild it afterwards (`model.make_train_function(force=True)`; our
+        callbacks do this themselves).
+        """
         step = _validate.integer("step", step)
         if self._own_step is not None:
             self._own_step.assign(step - self._counter_value())
@@ -133,7 +152,8 @@ class _Penalty(keras.regularizers.Regularizer):
         from where it is now, with no per-step host work.
 
         A train function traced before the bind keeps reading the old step:
-        rebuild it (the scheduler callback does).
+        rebuild it (the scheduler callback does). Not for `model.fit` under
+        JAX, whose compiled step cannot see the optimizer's counter.
         """
         if self.is_scheduled and counter is not self._counter:
             step = self.step
@@ -244,7 +264,7 @@ class L1(_Penalty):
         return self._strengths["alpha"]
 
     def _penalty(self, x, source_dtype, alpha):
-        return alpha * ops.sum(ops.absolute(x))
+        return alpha * ops.sum(_magnitude(x))
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -324,7 +344,7 @@ class ElasticNet(_Penalty):
         return self._strengths["l2"]
 
     def _penalty(self, x, source_dtype, l1, l2):
-        return l1 * ops.sum(ops.absolute(x)) + l2 * ops.sum(ops.square(x))
+        return l1 * ops.sum(_magnitude(x)) + l2 * ops.sum(ops.square(x))
 
 
 # Beyond |x| / scale = _LINEAR_FROM the penalty grows linearly (with the slope
@@ -403,7 +423,7 @@ class ExpAbs(_Penalty):
         return self._strengths["alpha"]
 
     def _penalty(self, x, source_dtype, alpha):
-        u = ops.absolute(x)
+        u = _magnitude(x)
         if self.scale != 1.0:
             u = u * (1.0 / self.scale)
         u = ops.minimum(u, _SATURATE_AT)

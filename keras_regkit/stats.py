@@ -2,9 +2,10 @@
 monitor and command reads from.
 
 `WeightStats` reduces every selected weight to a handful of numbers inside one
-compiled function (under TensorFlow) and brings them to the host in one small
-transfer, so watching a 10M-parameter model costs a fraction of a percent of
-an epoch and no weight is ever copied into NumPy.
+compiled function (under TensorFlow and JAX; eager under PyTorch) and brings
+them to the host in one small transfer, so watching a 10M-parameter model
+costs a fraction of a percent of an epoch and no weight is ever copied into
+NumPy.
 """
 
 from __future__ import annotations
@@ -186,13 +187,19 @@ def _count(mask):
 
 
 def _compile(fn):
-    # Under TensorFlow one graph replaces dozens of eager ops. It takes the
-    # weight values as inputs, so every model with the same weight shapes
-    # shares one trace. (XLA was measured slower here on CPU.)
-    if keras.backend.backend() == "tensorflow":
+    # One compiled function replaces dozens of eager ops. It takes the weight
+    # values as inputs, so every model with the same weight shapes shares one
+    # trace. (TensorFlow's XLA was measured slower here on CPU.) PyTorch runs
+    # it eagerly: torch.compile would cost more than it saves.
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
         import tensorflow as tf
 
         return tf.function(fn)
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn, static_argnums=2)  # `relative` chooses the graph
     return fn
 
 

@@ -16,16 +16,33 @@ def _fresh_keras_state():
 
 
 def value_and_grad(fn, w):
-    """`fn(w)` and its gradient with respect to `w`, as NumPy arrays."""
-    import tensorflow as tf
+    """`fn(w)` and its gradient with respect to `w`, as NumPy arrays, with
+    the current backend's own autodiff."""
+    w = keras.ops.convert_to_tensor(w)
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
 
-    w = tf.Variable(w)
-    with tf.GradientTape() as tape:
+        w = tf.Variable(w)
+        with tf.GradientTape() as tape:
+            value = fn(w)
+        grad = tape.gradient(value, w)
+    elif backend == "jax":
+        import jax
+
+        value, grad = jax.value_and_grad(fn)(w)
+    elif backend == "torch":
+        import torch
+
+        w = w.detach().clone().requires_grad_(True)
         value = fn(w)
-    grad = tape.gradient(value, w)
-    # float32 for NumPy: it can't hold TF's bfloat16 tensors directly.
+        (grad,) = torch.autograd.grad(value, w)
+        value = value.detach()
+    else:
+        raise NotImplementedError(f"value_and_grad: no autodiff for backend {backend!r}")
+    # float32 for NumPy: it can't hold bfloat16 tensors directly.
     return (
-        keras.ops.convert_to_numpy(value),
+        keras.ops.convert_to_numpy(keras.ops.cast(value, "float32")),
         keras.ops.convert_to_numpy(keras.ops.cast(grad, "float32")),
     )
 

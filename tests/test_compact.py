@@ -39,8 +39,8 @@ def randomize_batch_norm(layer, seed=0):
 
 
 def assert_same_outputs(model, result, x):
-    expected = np.asarray(model(x, training=False))
-    actual = np.asarray(result.model(x, training=False))
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
+    actual = keras.ops.convert_to_numpy(result.model(x, training=False))
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -392,7 +392,7 @@ def test_compacted_model_saves_and_reloads_without_keras_regkit(tmp_path):
         sys.modules["keras_regkit"] = None
         import keras, numpy as np
         model = keras.saving.load_model("compact.keras")
-        np.save("y.npy", np.asarray(model(np.load("x.npy"))))
+        np.save("y.npy", keras.ops.convert_to_numpy(model(np.load("x.npy"))))
         try:
             keras.saving.load_model("original.keras")
             print("ORIGINAL LOADED")
@@ -407,7 +407,7 @@ def test_compacted_model_saves_and_reloads_without_keras_regkit(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "ORIGINAL FAILED" in run.stdout
-    expected = np.asarray(model(x, training=False))
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-5)
 
 

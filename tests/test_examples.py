@@ -4,10 +4,19 @@ it reports: the examples are documentation that must keep working."""
 import importlib.util
 import pathlib
 
+import keras
 import numpy as np
 import pytest
 
 pytest.importorskip("sklearn")
+
+BACKEND = keras.backend.backend()
+tensorflow_script = pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="a TensorFlow script (tf.GradientTape, tf.data, tf.saved_model)"
+)
+batch_schedules = pytest.mark.skipif(
+    BACKEND == "jax", reason="moves its schedules per batch, which JAX refuses (RegularizationScheduler)"
+)
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
@@ -19,6 +28,7 @@ def run_example(name, *args):
     return module.main(["--quick", *args])
 
 
+@batch_schedules
 def test_expabs_cnn_learns_with_a_ramped_expabs_penalty():
     out = run_example("expabs_cnn")
     assert out["accuracy"] > 0.5  # chance is 0.1
@@ -29,6 +39,7 @@ def test_expabs_cnn_learns_with_a_ramped_expabs_penalty():
     assert "near_zero" in out["history"]
 
 
+@batch_schedules
 def test_per_layer_schedules_move_separately_and_survive_reload(tmp_path):
     out = run_example("per_layer_schedules", "--workdir", str(tmp_path))
     s = out["strengths"]
@@ -45,6 +56,7 @@ def test_per_layer_schedules_move_separately_and_survive_reload(tmp_path):
     assert (tmp_path / "penalised.keras").exists()
 
 
+@batch_schedules
 def test_lstm_kernel_and_recurrent_kernel_get_their_own_penalties():
     out = run_example("lstm_penalties")
     regs = out["regularizers"]
@@ -56,6 +68,7 @@ def test_lstm_kernel_and_recurrent_kernel_get_their_own_penalties():
     assert out["accuracy"] > 0.3
 
 
+@tensorflow_script
 def test_shrink_then_export_serves_the_same_predictions(tmp_path):
     out = run_example("shrink_and_export", "--workdir", str(tmp_path))
     result = out["result"]
@@ -66,6 +79,7 @@ def test_shrink_then_export_serves_the_same_predictions(tmp_path):
     np.testing.assert_allclose(out["reloaded_predictions"], out["expected"], atol=1e-5)
 
 
+@tensorflow_script
 def test_custom_loop_penalty_follows_optimizer_step_and_shrinks_weights():
     out = run_example("custom_training_loop")
     penalised, plain = out["penalised"], out["unpenalised"]

@@ -73,7 +73,9 @@ def test_without_hold_training_revives_zeros():
     rk.prune(model, sparsity=0.5)
     x, y = tiny_data()
     model.fit(x, y, epochs=1, verbose=0)
-    assert (np.concatenate([k.ravel() for k in kernels(model)]) == 0).mean() < 0.1
+    # Half were zero; a few stay on ReLU units that the cut left dead (which
+    # ones depends on the backend's random initialisation).
+    assert (np.concatenate([k.ravel() for k in kernels(model)]) == 0).mean() < 0.2
 
 
 @pytest.mark.parametrize("kwargs,error,match", [

@@ -68,7 +68,9 @@ def test_equals_keras_builtin_at_same_strength(ours, theirs):
     ours_value, ours_grad = value_and_grad(ours, W)
     theirs_value, theirs_grad = value_and_grad(theirs, W)
     np.testing.assert_allclose(ours_value, theirs_value, rtol=1e-6)
-    np.testing.assert_allclose(ours_grad, theirs_grad, rtol=1e-6)
+    # Not at W's exact zero: there JAX's abs has gradient 1 and ours 0.
+    nonzero = W != 0
+    np.testing.assert_allclose(ours_grad[nonzero], theirs_grad[nonzero], rtol=1e-6)
 
 
 def test_expabs_is_precise_for_tiny_weights():

@@ -14,6 +14,11 @@ from keras_regkit.schedules import DelayedRamp
 
 from conftest import tiny_data
 
+BACKEND = keras.backend.backend()
+# JAX moves schedules per epoch only; the fits below pass `initial_epoch` so
+# that the epoch index, like the optimizer's count, keeps growing.
+MODE = "epoch" if BACKEND == "jax" else "batch"
+
 RELOAD_AND_DESCRIBE = textwrap.dedent(
     """
     import json, os, sys
@@ -40,7 +45,7 @@ def describe(model):
                 "class": type(reg).__name__,
                 "config": reg.get_config(),
                 "strengths": reg.current_strengths(),
-                "value": float(reg(ref.variable)),
+                "value": float(keras.ops.convert_to_numpy(reg(ref.variable))),
             }
     return out
 
@@ -57,11 +62,12 @@ def trained_model_with_every_penalty():
     model = keras.Model(inputs, outputs)
     model.compile("adam", "mse")
     x_train, y_train = tiny_data()
-    model.fit(x_train, y_train, batch_size=8, epochs=2, verbose=0, callbacks=[rk.callbacks.RegularizationScheduler()])
+    model.fit(x_train, y_train, batch_size=8, epochs=2, verbose=0, callbacks=[rk.callbacks.RegularizationScheduler(MODE)])
     # Attached after training: must survive the round trip too.
     rk.apply_regularizers(model, {"c": L1(keras.optimizers.schedules.ExponentialDecay(1e-2, 5, 0.5))})
     rk.apply_regularizers(model, {"b": L2(3e-3)}, weights="bias")
-    model.fit(x_train, y_train, batch_size=8, epochs=1, verbose=0, callbacks=[rk.callbacks.RegularizationScheduler()])
+    model.fit(x_train, y_train, batch_size=8, epochs=3, initial_epoch=2, verbose=0,
+              callbacks=[rk.callbacks.RegularizationScheduler(MODE)])
     return model
 
 
@@ -71,10 +77,14 @@ def test_reloads_in_fresh_process_with_same_penalties_strengths_and_step(tmp_pat
     model.save(path)
     expected = describe(model)
     assert len(expected) == 4
-    # Built in: follows the optimizer from step 0. Attached after 8 steps:
-    # its schedule starts at its own step 0 then.
-    assert expected["inner/a:kernel"]["config"]["step"] == 12 == int(model.optimizer.iterations)
-    assert expected["c:kernel"]["config"]["step"] == 4
+    assert int(model.optimizer.iterations) == 12
+    if MODE == "batch":
+        # Built in: follows the optimizer from step 0. Attached after 8 steps:
+        # its schedule starts at its own step 0 then.
+        assert expected["inner/a:kernel"]["config"]["step"] == 12
+        assert expected["c:kernel"]["config"]["step"] == 4
+    else:  # the index of the last epoch, for every schedule
+        assert expected["inner/a:kernel"]["config"]["step"] == expected["c:kernel"]["config"]["step"] == 2
 
     result = subprocess.run(
         [sys.executable, "-c", RELOAD_AND_DESCRIBE, path, os.path.dirname(__file__)],
@@ -98,13 +108,20 @@ def test_reloaded_model_trains_on_from_the_saved_schedule_position(tmp_path):
     reloaded = keras.saving.load_model(path)
     x, y = tiny_data()
     for m in (model, reloaded):
-        m.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False, callbacks=[rk.callbacks.RegularizationScheduler()])
+        m.fit(x, y, batch_size=8, epochs=4, initial_epoch=3, verbose=0, shuffle=False,
+              callbacks=[rk.callbacks.RegularizationScheduler(MODE)])
     for a, b in zip(model.get_weights(), reloaded.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert reloaded.get_layer("c").kernel_regularizer.step == model.get_layer("c").kernel_regularizer.step == 8
+    step = 8 if MODE == "batch" else 3
+    assert reloaded.get_layer("c").kernel_regularizer.step == model.get_layer("c").kernel_regularizer.step == step
 
 
-def test_export_under_tensorflow_serves_the_same_predictions(tmp_path):
+@pytest.mark.skipif(
+    BACKEND == "torch",
+    reason="Keras 3.15's model.export fails under PyTorch 2.13 for any model, with or without our "
+    "penalties (torch.export: 'mismatch between the structure of inputs and dynamic_shapes')",
+)
+def test_export_to_saved_model_serves_the_same_predictions(tmp_path):
     import tensorflow as tf
 
     model = trained_model_with_every_penalty()

@@ -12,6 +12,14 @@ from conftest import assert_round_trip, tiny_data, tiny_mlp
 
 RAMP = keras.optimizers.schedules.PolynomialDecay(0.0, 4, 0.2)
 
+BACKEND = keras.backend.backend()
+# JAX refuses update_freq="batch" (its compiled step can't see the optimizer's
+# counter); the tests that only need *a* mode use the one every backend has.
+MODE = "epoch" if BACKEND == "jax" else "batch"
+needs_batch_mode = pytest.mark.skipif(
+    BACKEND == "jax", reason="update_freq='batch' is refused under JAX (see test_jax_refuses_batch_mode)"
+)
+
 
 def frozen_model(regularizer, **compile_kwargs):
     """A model whose weights never move (lr = 0), so the loss changes only
@@ -22,19 +30,26 @@ def frozen_model(regularizer, **compile_kwargs):
     return model
 
 
+@pytest.mark.parametrize("update_freq", [
+    pytest.param("batch", marks=needs_batch_mode), "epoch",
+])
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
-def test_loss_moves_exactly_as_the_schedule_with_learning_rate_zero(jit_compile):
+def test_loss_moves_exactly_as_the_schedule_with_learning_rate_zero(jit_compile, update_freq):
     x, y = tiny_data()
     model = frozen_model(L1(RAMP), jit_compile=jit_compile)
     data_loss = model.evaluate(x, y, verbose=0)  # step 0: strength 0
     l1_norm = np.abs(keras.ops.convert_to_numpy(model.get_layer("out").kernel)).sum()
-    # One batch per epoch: epoch k's loss is the loss at step k.
-    history = model.fit(x, y, batch_size=len(x), epochs=6, verbose=0, callbacks=[rk.callbacks.RegularizationScheduler()])
+    # One batch per epoch: epoch k's loss is the loss at step k, in both modes.
+    history = model.fit(x, y, batch_size=len(x), epochs=6, verbose=0, validation_data=(x, y),
+                        callbacks=[rk.callbacks.RegularizationScheduler(update_freq)])
     expected = [data_loss + float(RAMP(step)) * l1_norm for step in range(6)]
     np.testing.assert_allclose(history.history["loss"], expected, rtol=1e-5)
-    # Logged strengths and reg_loss are those the next step uses.
-    np.testing.assert_allclose(history.history["strength/out/kernel"], [float(RAMP(s)) for s in range(1, 7)], rtol=1e-6)
-    np.testing.assert_allclose(history.history["reg_loss"], [float(RAMP(s)) * l1_norm for s in range(1, 7)], rtol=1e-5)
+    # Validation, logged strengths and reg_loss use the step after the epoch's
+    # batch ("batch": the step the next batch will use) or the epoch's own.
+    after = range(1, 7) if update_freq == "batch" else range(6)
+    np.testing.assert_allclose(history.history["val_loss"], [data_loss + float(RAMP(s)) * l1_norm for s in after], rtol=1e-5)
+    np.testing.assert_allclose(history.history["strength/out/kernel"], [float(RAMP(s)) for s in after], rtol=1e-6)
+    np.testing.assert_allclose(history.history["reg_loss"], [float(RAMP(s)) * l1_norm for s in after], rtol=1e-5)
 
 
 def test_epoch_update_freq_uses_the_epoch_index():
@@ -47,6 +62,7 @@ def test_epoch_update_freq_uses_the_epoch_index():
     np.testing.assert_allclose(history.history["loss"], expected, rtol=1e-5)
 
 
+@needs_batch_mode
 def test_strength_updates_never_retrace_the_train_function():
     x, y = tiny_data()
     model = frozen_model(ElasticNet(l1=RAMP, l2=DelayedRamp(0.1, 2, 30)))
@@ -63,8 +79,9 @@ def test_strength_updates_never_retrace_the_train_function():
     traced_once = len(traces)
     train_function = model.train_function
     history = model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[scheduler])
-    assert 0 < traced_once == len(traces)
     assert model.train_function is train_function
+    if BACKEND == "tensorflow":  # PyTorch runs the step eagerly: nothing is traced
+        assert 0 < traced_once == len(traces)
     assert len(set(history.history["strength/out/kernel/l2"])) == 3
 
 
@@ -76,7 +93,7 @@ def test_schedule_changes_the_weights_trained():
         model = tiny_mlp()
         rk.apply_regularizers(model, {"*": regularizer})
         model.compile(keras.optimizers.SGD(0.05), "mse")
-        model.fit(x, y, batch_size=len(x), epochs=6, verbose=0, shuffle=False, callbacks=[rk.callbacks.RegularizationScheduler()])
+        model.fit(x, y, batch_size=len(x), epochs=6, verbose=0, shuffle=False, callbacks=[rk.callbacks.RegularizationScheduler(MODE)])
         final[name] = model.get_weights()[0]
     # Off for the first 3 steps, then on: different from both always-off and always-on.
     assert not np.allclose(final["scheduled"], final["off"], atol=1e-4)
@@ -92,16 +109,17 @@ def test_finds_schedules_in_nested_models_and_logs_to_csv(tmp_path):
     x, y = tiny_data()
     log = tmp_path / "log.csv"
     model.fit(x, y, batch_size=len(x), epochs=3, verbose=0,
-              callbacks=[rk.callbacks.RegularizationScheduler(), keras.callbacks.CSVLogger(str(log))])
+              callbacks=[rk.callbacks.RegularizationScheduler(MODE), keras.callbacks.CSVLogger(str(log))])
     rows = list(csv.DictReader(log.open()))
-    assert [float(r["strength/inner/deep/kernel"]) for r in rows] == pytest.approx([0.05, 0.1, 0.15])
-    assert all(float(r["reg_loss"]) > 0 for r in rows)
+    logged_steps = [1, 2, 3] if MODE == "batch" else [0, 1, 2]
+    assert [float(r["strength/inner/deep/kernel"]) for r in rows] == pytest.approx([0.05 * s for s in logged_steps])
+    assert [float(r["reg_loss"]) > 0 for r in rows] == [s > 0 for s in logged_steps]
 
 
 def test_shows_in_the_progress_bar(capsys):
     x, y = tiny_data()
     model = frozen_model(L1(RAMP))
-    model.fit(x, y, epochs=1, verbose=2, callbacks=[rk.callbacks.RegularizationScheduler()])
+    model.fit(x, y, epochs=1, verbose=2, callbacks=[rk.callbacks.RegularizationScheduler(MODE)])
     out = capsys.readouterr().out
     assert "reg_loss:" in out and "strength/out/kernel:" in out
 
@@ -109,7 +127,7 @@ def test_shows_in_the_progress_bar(capsys):
 def test_model_without_schedules_only_logs_reg_loss():
     x, y = tiny_data()
     model = frozen_model(L1(0.1))
-    history = model.fit(x, y, epochs=1, verbose=0, callbacks=[rk.callbacks.RegularizationScheduler()])
+    history = model.fit(x, y, epochs=1, verbose=0, callbacks=[rk.callbacks.RegularizationScheduler(MODE)])
     assert sorted(history.history) == ["loss", "reg_loss"]
 
 
@@ -122,6 +140,7 @@ def test_rejects_unknown_update_freq_and_round_trips():
         rk.callbacks.RegularizationScheduler.from_config({"freq": "epoch"})
 
 
+@needs_batch_mode
 def test_set_step_moves_only_that_regularizer_not_the_optimizer():
     x, y = tiny_data()
     a, b = L1(RAMP), L1(DelayedRamp(0.1, 0, 100))
@@ -136,6 +155,7 @@ def test_set_step_moves_only_that_regularizer_not_the_optimizer():
     assert a.step == 5 and b.step == 12
 
 
+@needs_batch_mode
 def test_schedule_resumes_from_saved_position_with_a_fresh_optimizer(tmp_path):
     x, y = tiny_data()
     model = frozen_model(L1(DelayedRamp(1.0, 0, 100)))
@@ -160,11 +180,14 @@ def test_scheduled_penalty_attached_mid_fit_starts_moving():
                 rk.apply_regularizers(self.model, {"hidden0": late})
 
     history = model.fit(x, y, batch_size=8, epochs=3, verbose=0,
-                        callbacks=[AttachAtEpoch1(), rk.callbacks.RegularizationScheduler()])
-    assert late.step == 8
-    assert history.history["strength/hidden0/kernel"] == pytest.approx([0.04, 0.08])
+                        callbacks=[AttachAtEpoch1(), rk.callbacks.RegularizationScheduler(MODE)])
+    # "batch": 4 steps per epoch from its own step 0; "epoch": the epoch index.
+    assert late.step == (8 if MODE == "batch" else 2)
+    expected = [0.04, 0.08] if MODE == "batch" else [0.01, 0.02]
+    assert history.history["strength/hidden0/kernel"] == pytest.approx(expected)
 
 
+@needs_batch_mode
 def test_epoch_mode_counts_initial_epoch_and_stops_following_the_optimizer():
     x, y = tiny_data()
     reg = L1(DelayedRamp(1.0, 0, 100))
@@ -174,3 +197,27 @@ def test_epoch_mode_counts_initial_epoch_and_stops_following_the_optimizer():
     model.fit(x, y, batch_size=8, epochs=5, initial_epoch=3, verbose=0,
               callbacks=[rk.callbacks.RegularizationScheduler("epoch")])
     assert reg.step == 4
+
+
+def test_epoch_mode_rebuilds_the_train_function_only_under_jax_and_only_when_a_strength_changes():
+    x, y = tiny_data()
+    model = frozen_model(L1(DelayedRamp(0.1, 2, 2)))  # 0, 0, 0, 0.05, 0.1, 0.1
+    seen = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 0:
+                seen.append(self.model.train_function)
+
+    model.fit(x, y, batch_size=len(x), epochs=6, verbose=0,
+              callbacks=[rk.callbacks.RegularizationScheduler("epoch"), Spy()])
+    changes = [a is not b for a, b in zip(seen, seen[1:])]
+    # Only JAX's compiled step holds the strength as a constant; TensorFlow
+    # and PyTorch read it live and must never rebuild.
+    assert changes == ([False, False, True, True, False] if BACKEND == "jax" else [False] * 5)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="only JAX refuses update_freq='batch'")
+def test_jax_refuses_batch_mode():
+    with pytest.raises(ValueError, match=r"update_freq='batch'.*'jax' backend.*update_freq='epoch'"):
+        rk.callbacks.RegularizationScheduler()

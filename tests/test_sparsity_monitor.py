@@ -73,6 +73,7 @@ def test_every_n_batches_updates_batch_logs():
     assert spy.seen == [(b + 1) % 3 == 0 for b in range(8)]
 
 
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="Keras' PyTorch trainer allows only steps_per_execution=1")
 def test_every_n_batches_with_steps_per_execution():
     model = tiny_mlp()
     model.compile(keras.optimizers.SGD(0.0), "mse", steps_per_execution=4)

@@ -23,7 +23,10 @@ class RegularizationScheduler(keras.callbacks.Callback):
       the step moves. Each regularizer advances from its own position: a
       reloaded model resumes its schedules where they were saved, even with
       a fresh optimizer, and a penalty attached mid-fit starts from its step
-      (0 unless set) at the next epoch.
+      (0 unless set) at the next epoch. A `fit` resumed by
+      `keras.callbacks.BackupAndRestore` (which restores the optimizer's
+      iteration count) continues the schedules where the backup was taken,
+      whichever of the two callbacks is listed first.
     - `update_freq="epoch"`: the step is the epoch index (0-based, counting
       `initial_epoch`), set at the start of each epoch.
 
@@ -39,8 +42,12 @@ class RegularizationScheduler(keras.callbacks.Callback):
     step the next batch will use (as Keras logs `learning_rate`), with
     `"epoch"` at the step of the epoch just finished.
 
-    TensorFlow backend only for now: under JAX and PyTorch the train step
-    would read the step as a constant.
+    Backends: TensorFlow and PyTorch support both modes (their train steps
+    read the step live, compiled or not). JAX supports `"epoch"` only: its
+    compiled train step holds the step as a constant, so the train and test
+    functions are rebuilt (one retrace and compile) at each epoch whose
+    strengths differ from the last; it cannot follow the optimizer's
+    iteration count within an epoch.
 
     The schedules stay bound to the step counter after `fit`, so the step
     saved with the model is the one training reached.
@@ -52,8 +59,8 @@ class RegularizationScheduler(keras.callbacks.Callback):
         log_reg_loss: Whether to add `reg_loss` to `logs`. Defaults to True.
 
     Raises:
-        ValueError: If `update_freq` is not `"batch"` or `"epoch"`.
-        RuntimeError: Under a backend other than TensorFlow.
+        ValueError: If `update_freq` is not `"batch"` or `"epoch"`, or is
+            `"batch"` under JAX.
 
     Example:
 
@@ -74,18 +81,22 @@ class RegularizationScheduler(keras.callbacks.Callback):
         log_reg_loss: bool = True,
     ):
         super().__init__()
-        if keras.backend.backend() != "tensorflow":
-            # Under JAX and PyTorch the train step reads the step counter as
-            # a constant captured at trace time (DESIGN.md trap 2).
-            raise RuntimeError(
-                "RegularizationScheduler needs the TensorFlow backend for now. "
-                f"Current backend: {keras.backend.backend()!r}. Set "
-                "KERAS_BACKEND=tensorflow, or use float strengths."
-            )
         if update_freq not in ("batch", "epoch"):
             raise ValueError(
                 "Invalid value for argument `update_freq`: expected 'batch' or "
                 f"'epoch'. Received: update_freq={update_freq!r}"
+            )
+        if update_freq == "batch" and not attach.step_functions_read_variables_live():
+            # JAX threads only the model's own state through its jitted step,
+            # so `optimizer.iterations` is invisible there (DESIGN.md trap 2).
+            raise ValueError(
+                "RegularizationScheduler(update_freq='batch') does not work under "
+                f"the {keras.backend.backend()!r} backend: its compiled train step "
+                "holds each regularizer's step as a constant and cannot follow the "
+                "optimizer's iteration count. Use update_freq='epoch' (the step is "
+                "the epoch index; the train step is recompiled when a strength "
+                "changes), or KERAS_BACKEND='tensorflow' or 'torch'. "
+                f"Received: update_freq={update_freq!r}"
             )
         self.update_freq = update_freq
         self.log_strengths = log_strengths
@@ -104,26 +115,50 @@ class RegularizationScheduler(keras.callbacks.Callback):
         _validate.config_keys(cls, config, _validate.init_arguments(cls))
         return cls(**config)
 
+    def set_model(self, model):
+        super().set_model(model)
+        # fit hands over the model before any `on_train_begin`. A callback
+        # that restores the optimizer there (`BackupAndRestore`) moves the
+        # counter; the schedules must follow that jump whichever of the two
+        # callbacks comes first in the list.
+        optimizer = getattr(model, "optimizer", None)
+        self._counter_at_setup = (
+            None if optimizer is None else int(ops.convert_to_numpy(optimizer.iterations))
+        )
+
     def on_train_begin(self, logs=None):
-        self._sync_bindings()
+        self._sync_bindings(counter_at_setup=getattr(self, "_counter_at_setup", None))
 
     def on_epoch_begin(self, epoch, logs=None):
         # Again at every epoch: a scheduled penalty attached mid-fit (by
         # another callback) must start moving too.
         self._sync_bindings()
         if self.update_freq == "epoch":
-            for regularizer in self._scheduled.values():
+            scheduled = list(self._scheduled.values())
+            # JAX's compiled steps hold the strengths they were traced with:
+            # rebuild them if this epoch changes any (never elsewhere).
+            live = attach.step_functions_read_variables_live()
+            traced = None if live else [r.current_strengths() for r in scheduled]
+            for regularizer in scheduled:
                 regularizer.set_step(epoch)
+            if not live and traced != [r.current_strengths() for r in scheduled]:
+                attach.rebuild_step_functions(self.model)
 
-    def _sync_bindings(self):
+    def _sync_bindings(self, counter_at_setup=None):
         self._scheduled = attach.scheduled_regularizers(self.model)
         counter = self.model.optimizer.iterations if self.update_freq == "batch" else None
         stale = [r for r in self._scheduled.values() if r.step_counter is not counter]
+        # How far a restore moved the counter since `set_model` (0 mid-fit).
+        jump = 0
+        if counter is not None and counter_at_setup is not None:
+            jump = int(ops.convert_to_numpy(counter)) - counter_at_setup
         for regularizer in stale:
             if counter is None:
                 regularizer.unbind_step()
             else:
                 regularizer.bind_step(counter)
+                if jump:
+                    regularizer.set_step(regularizer.step + jump)
         if stale:
             # The train function read the old steps; trace it once more.
             attach.rebuild_step_functions(self.model)

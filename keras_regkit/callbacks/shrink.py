@@ -138,6 +138,10 @@ class ShrinkPhase(keras.callbacks.Callback):
     print(phase.result)
     ```
 
+    Works under TensorFlow, JAX and PyTorch. Under JAX the compiled train
+    step holds the penalty's strength and the held zeros as constants, so it
+    is rebuilt (retraced) after each epoch of the phase.
+
     **Structured shrink.** With `granularity="unit"` the phase works on whole
     output units of `Dense` layers and filters of convolutions: the default
     penalty is `GroupLasso`, and pruning zeroes whole units (ranked by the
@@ -635,8 +639,8 @@ class ShrinkPhase(keras.callbacks.Callback):
     def _save_state(self, epochs_done: int) -> None:
         """Writes what the phase needs to go on after `epochs_done` epochs: a
         JSON of its numbers, an .npz of its weight snapshots and held masks.
-        The two newest are kept, so a backup one epoch behind still finds its
-        match."""
+        The previous state is kept too, so a backup one epoch behind still
+        finds its match."""
         snapshots = {}
         if self._phase == "waiting" and self._best_weights is not None:
             snapshots["best"] = self._best_weights
@@ -680,7 +684,8 @@ class ShrinkPhase(keras.callbacks.Callback):
         # The JSON last: a state counts only once both files are complete.
         _write_atomically(stem + ".npz", lambda f: np.savez(f, **arrays))
         _write_atomically(stem + ".json", lambda f: f.write(json.dumps(state).encode()))
-        for old in self._saved_states()[2:]:
+        # Older ones, and newer ones left by a run this one did not resume.
+        for old in set(self._saved_states()) - {epochs_done, epochs_done - 1}:
             for suffix in (".json", ".npz"):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(directory, f"state-{old}{suffix}"))
@@ -695,6 +700,8 @@ class ShrinkPhase(keras.callbacks.Callback):
             try:
                 with open(stem + ".json") as f:
                     state = json.load(f)
+                if state.get("format") != 1:
+                    raise ValueError(f"unknown format {state.get('format')!r}")
                 with np.load(stem + ".npz", allow_pickle=False) as f:
                     arrays = dict(f)
             except (OSError, ValueError) as error:
@@ -755,14 +762,18 @@ class ShrinkPhase(keras.callbacks.Callback):
             variable.constraint.mask.assign(arrays[f"mask_{i}"])
         if new_holds:
             attach.rebuild_step_functions(self.model, losses_changed=False)
+        attach.refresh_step_functions(self.model)  # JAX holds the old step and masks
         self.result = ShrinkResult(self.monitor, **state["result"])
         self._say(f"ShrinkPhase resumed from {stem}.json ({state['phase']}).")
 
 
 def _write_atomically(path: str, write) -> None:
-    with open(path + ".tmp", "wb") as f:
+    # Each process its own temporary file: under a multi-worker strategy
+    # every worker writes the same state.
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "wb") as f:
         write(f)
-    os.replace(path + ".tmp", path)
+    os.replace(temporary, path)
 
 
 def shrink(

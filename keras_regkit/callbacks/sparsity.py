@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence, Union
 
 import keras
+from keras import ops
 
 from keras_regkit import _validate
 from keras_regkit import stats as stats_lib
@@ -45,14 +46,13 @@ class SparsityMonitor(keras.callbacks.Callback):
             every `print_every`-th epoch.
         print_every: Epoch interval for the verbose table. Defaults to 1.
         histogram_freq: If > 0, write weight-magnitude histograms to
-            TensorBoard every that many epochs (TensorFlow backend and the
-            `tensorboard` package needed).
+            TensorBoard every that many epochs (the `tensorboard` package
+            needed; under JAX and PyTorch each histogram copies its weight
+            to the host, as Keras' own TensorBoard callback does).
         log_dir: Where to write histograms. Required with `histogram_freq`.
 
     Raises:
         TypeError, ValueError: For a bad argument (named in the message).
-        RuntimeError: If `histogram_freq` is set under a backend other than
-            TensorFlow.
         ImportError: If `histogram_freq` is set and `tensorboard` is not
             installed.
 
@@ -101,13 +101,6 @@ class SparsityMonitor(keras.callbacks.Callback):
             )
         if histogram_freq:
             _require_tensorboard()
-        if histogram_freq and keras.backend.backend() != "tensorflow":
-            raise RuntimeError(
-                "SparsityMonitor(histogram_freq=...) writes TensorBoard summaries "
-                "and needs the TensorFlow backend. Current backend: "
-                f"{keras.backend.backend()!r}. Use histogram_freq=0 (the scalar "
-                "statistics work on every backend)."
-            )
         self.weights_spec = weights
         self.threshold = threshold
         self.relative = relative
@@ -169,17 +162,20 @@ class SparsityMonitor(keras.callbacks.Callback):
             self._write_histograms(epoch)
 
     def _update(self, logs):
+        # `self.model` first: mid-epoch under JAX it puts the latest weights
+        # back into the variables (the trainer holds them elsewhere).
+        model = self.model
         self.last_stats = self._stats.compute()
         rows = [("", stats_lib.total(self.last_stats))]
         if self.per_layer:
             rows += [(f"/{s.name}", s) for s in self.last_stats]
         if self.target_sparsity is not None and rows[0][1].sparsity >= self.target_sparsity:
-            if self.verbose and not self.model.stop_training:
+            if self.verbose and not model.stop_training:
                 print(
                     f"\nsparsity {rows[0][1].sparsity:.4f} reached "
                     f"target_sparsity={self.target_sparsity}; stopping training."
                 )
-            self.model.stop_training = True
+            model.stop_training = True
         for suffix, s in rows:
             logs[f"sparsity{suffix}"] = s.sparsity
             logs[f"near_zero{suffix}"] = s.near_zero_fraction
@@ -192,11 +188,15 @@ class SparsityMonitor(keras.callbacks.Callback):
 
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
+        tensorflow = keras.backend.backend() == "tensorflow"
         with self._writer.as_default():
             for ref in self._stats.refs:
+                magnitude = ops.absolute(ops.cast(ref.variable.value, "float32"))
                 tf.summary.histogram(
                     f"weight_magnitude/{stats_lib.weight_name(ref)}",
-                    tf.abs(tf.cast(ref.variable.value, tf.float32)),
+                    # TensorFlow takes its own tensor as it is; other
+                    # backends' tensors go through NumPy.
+                    magnitude if tensorflow else ops.convert_to_numpy(magnitude),
                     step=epoch,
                 )
         self._writer.flush()

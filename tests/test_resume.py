@@ -1,0 +1,351 @@
+"""A `fit` interrupted and resumed with `keras.callbacks.BackupAndRestore`
+ends as if it had never been interrupted: schedules and the shrink phase.
+
+Each interruption is an exception raised from a callback (as Keras' own
+BackupAndRestore tests do), or once a process killed outright; each resume
+builds the model, optimizer and callbacks afresh from the same code, as a new
+process would.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_regkit as rk
+from keras_regkit.callbacks import RegularizationScheduler, ShrinkPhase
+
+from conftest import tiny_data
+
+# JAX refuses update_freq="batch" (its compiled step can't see the optimizer's
+# counter); the shrink runs use the mode every backend has.
+MODE = "epoch" if keras.backend.backend() == "jax" else "batch"
+
+class Interrupt(keras.callbacks.Callback):
+    """Raises at a chosen point of a chosen epoch (mid-epoch by default)."""
+
+    def __init__(self, epoch, where="batch"):
+        super().__init__()
+        self.epoch, self.where, self.current = epoch, where, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.where == "batch" and self.current == self.epoch and batch == 1:
+            raise RuntimeError(f"interrupted in epoch {self.epoch}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.where == "epoch_end" and epoch == self.epoch:
+            raise RuntimeError(f"interrupted at the end of epoch {epoch}")
+
+    def on_train_end(self, logs=None):
+        if self.where == "train_end":
+            raise RuntimeError("interrupted while finishing")
+
+
+def resumed(run, interruptions):
+    """`run(extra_callbacks)` interrupted at each of `interruptions` (a list of
+    Interrupt), then run to the end; returns the last run's output."""
+    for interrupt in interruptions:
+        with pytest.raises(RuntimeError, match="interrupted"):
+            run([interrupt])
+    return run([])
+
+
+# -- schedules ---------------------------------------------------------------
+
+RAMP = keras.optimizers.schedules.PolynomialDecay(0.0, 20, 0.2)
+
+
+def scheduled_fit(backup, update_freq, backup_first, extra):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((6,)), keras.layers.Dense(8, activation="relu", name="hidden"),
+        keras.layers.Dense(4, name="out", kernel_regularizer=rk.regularizers.L1(RAMP)),
+    ])
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    pair = [keras.callbacks.BackupAndRestore(backup), RegularizationScheduler(update_freq)]
+    x, y = tiny_data()
+    history = model.fit(x, y, batch_size=8, epochs=6, verbose=0, shuffle=False,
+                        callbacks=(pair if backup_first else pair[::-1]) + extra)
+    return history.history, model.get_layer("out").kernel_regularizer.step, model.get_weights()
+
+
+_UNINTERRUPTED = {}
+
+
+@pytest.mark.parametrize("backup_first", [True, False], ids=["backup_first", "scheduler_first"])
+@pytest.mark.parametrize("update_freq", [
+    pytest.param("batch", marks=pytest.mark.skipif(MODE != "batch", reason="update_freq='batch' is refused under JAX")),
+    "epoch",
+])
+def test_schedule_resumes_where_the_backup_left_off(tmp_path, update_freq, backup_first):
+    if update_freq not in _UNINTERRUPTED:  # the same whichever callback is first
+        _UNINTERRUPTED[update_freq] = scheduled_fit(str(tmp_path / "a"), update_freq, backup_first, [])
+    expected, expected_step, expected_weights = _UNINTERRUPTED[update_freq]
+
+    def run(extra):
+        return scheduled_fit(str(tmp_path / "b"), update_freq, backup_first, extra)
+
+    history, step, weights = resumed(run, [Interrupt(3)])
+    # Epochs 3-5 were run again after the resume, at the same strengths.
+    for key in ("loss", "reg_loss", "strength/out/kernel"):
+        np.testing.assert_allclose(history[key], expected[key][3:], rtol=1e-6, err_msg=key)
+    assert step == expected_step
+    for a, b in zip(weights, expected_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+# -- the shrink phase --------------------------------------------------------
+
+def classification_data(n, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8)).astype("float32")
+    return x, (x[:, 0] + 0.5 * x[:, 1] > 0).astype("int32")
+
+
+class Spy(keras.callbacks.Callback):
+    """Records, as each epoch begins (listed last, so after every other
+    callback's `on_epoch_begin`), what the next train step will use."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seen[epoch] = {
+            "weights": self.model.get_weights(),
+            "penalty": float(sum(keras.ops.convert_to_numpy(loss) for loss in self.model.losses)),
+            "held": {
+                i: keras.ops.convert_to_numpy(v.constraint.mask)
+                for i, v in enumerate(self.model.weights)
+                if isinstance(getattr(v, "constraint", None), rk.HoldZeros)
+            },
+        }
+
+
+RESULT_FIELDS = ("baseline", "final", "started_at_epoch", "accepted_epochs", "rejected_epochs", "threshold",
+                 "outcome", "sparsity")
+
+
+def shrink_fit(backup, extra=(), backup_first=False, between=(), before=(), phase_validation=False, made=None):
+    """Trains from scratch for 6 epochs with a scheduled penalty of the
+    user's; the shrink starts at epoch 2 (epoch 4 is rejected) and epoch 5
+    fine-tunes. `extra` callbacks go after ShrinkPhase and BackupAndRestore,
+    `between` between them, `before` before them; `made` (a list) receives
+    `(model, phase)` before `fit` starts.
+    Returns a plain record of the run."""
+    keras.utils.set_random_seed(0)
+    sched = keras.optimizers.schedules.PolynomialDecay(0.0, 40, 1e-4)
+    model = keras.Sequential([
+        keras.Input((8,)),
+        keras.layers.Dense(32, activation="relu", name="hidden", kernel_regularizer=rk.regularizers.L1(sched)),
+        keras.layers.Dense(2, name="out"),
+    ])
+    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    x, y = classification_data(256, 0)
+    xv, yv = classification_data(128, 1)
+    phase = ShrinkPhase(start_epoch=2, monitor="val_accuracy", tolerance=0.0, strength=3e-3, fine_tune_epochs=1,
+                        backup_dir=backup, validation_data=(xv, yv) if phase_validation else None)
+    first, second = phase, keras.callbacks.BackupAndRestore(backup)
+    if backup_first:
+        first, second = second, first
+    spy = Spy()
+    if made is not None:
+        made.append((model, phase))
+    with phase:
+        model.fit(x, y, epochs=6, batch_size=32, validation_data=(xv, yv), shuffle=False, verbose=0,
+                  callbacks=[*before, first, *between, second, *extra, RegularizationScheduler(MODE), spy])
+    return {
+        "result": {name: getattr(phase.result, name) for name in RESULT_FIELDS},
+        "seen": spy.seen,
+        "weights": model.get_weights(),
+    }
+
+
+def assert_same_run(got, expected):
+    """Same result and, at each epoch `got` ran, the same weights, penalty
+    and held zeros as the next train step of `expected` saw."""
+    for name in RESULT_FIELDS:
+        assert got["result"][name] == pytest.approx(expected["result"][name]), name
+    assert got["seen"], "the resumed run ran no epoch"
+    for epoch, seen in got["seen"].items():
+        want = expected["seen"][int(epoch)]
+        assert seen["penalty"] == pytest.approx(want["penalty"], rel=1e-5), epoch
+        assert sorted(map(int, seen["held"])) == sorted(want["held"]), epoch
+        for i, mask in seen["held"].items():
+            np.testing.assert_array_equal(mask, want["held"][int(i)])
+        for a, b in zip(seen["weights"], want["weights"]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(got["weights"], expected["weights"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+_REFERENCE = {}
+
+
+def reference():
+    """The uninterrupted run, computed once (tests only read it)."""
+    if not _REFERENCE:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            _REFERENCE["run"] = shrink_fit(os.path.join(folder, "backup"))
+    return _REFERENCE["run"]
+
+
+def state_files(backup):
+    folder = os.path.join(backup, "keras_regkit_shrink")
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def test_shrink_resumes_as_if_never_interrupted(tmp_path):
+    expected = reference()
+    # The reference goes through every part of the phase.
+    assert expected["result"]["started_at_epoch"] == 2 and expected["result"]["rejected_epochs"] == [4]
+    assert expected["result"]["outcome"] in ("pruned", "fine-tuned")
+    assert expected["seen"][3]["held"] and expected["seen"][3]["penalty"] > expected["seen"][1]["penalty"]
+    backup = str(tmp_path / "backup")
+    made, left_on_disk = [], []
+
+    def run(extra):
+        try:
+            return shrink_fit(backup, extra, made=made)
+        finally:
+            left_on_disk.append(state_files(backup))
+
+    # While waiting for the start, mid-shrink, and as fine-tuning begins.
+    got = resumed(run, [Interrupt(1), Interrupt(3), Interrupt(5)])
+    assert_same_run(got, expected)
+    assert sorted(got["seen"]) == [5]  # the last run went on from epoch 5
+    assert left_on_disk[:3] == [[f"state-{n}.{ext}" for n in done for ext in ("json", "npz")]
+                                for done in ([1], [2, 3], [4, 5])]
+    # Finished normally: the state is gone, as BackupAndRestore's backup is.
+    assert not os.path.exists(backup)
+    # The guard still acted on the run interrupted mid-shrink: weights that
+    # hold the tolerance (0 here), no penalty of ours, nothing held.
+    model, phase = made[1]
+    assert phase.result.outcome == "best accepted"
+    xv, yv = classification_data(128, 1)
+    assert model.evaluate(xv, yv, verbose=0, return_dict=True)["accuracy"] >= phase.result.baseline
+    assert not any(isinstance(v.constraint, rk.HoldZeros) for v in model.weights)
+    assert isinstance(model.get_layer("hidden").kernel.regularizer, rk.regularizers.L1)
+
+
+def test_interruption_between_the_two_saves_loses_nothing(tmp_path):
+    backup = str(tmp_path / "backup")
+    # The phase saved epoch 3's state, BackupAndRestore did not: the resume
+    # takes the phase's previous state, the one that matches the backup.
+    got = resumed(lambda extra: shrink_fit(backup, between=extra), [Interrupt(3, "epoch_end")])
+    assert sorted(got["seen"]) == [3, 4, 5]
+    assert_same_run(got, reference())
+
+
+def test_interrupted_while_finishing_resumes_the_final_pruning(tmp_path):
+    backup = str(tmp_path / "backup")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        # Listed first, its on_train_end stops those of the others.
+        shrink_fit(backup, before=[Interrupt(None, "train_end")], phase_validation=True)
+    copy = str(tmp_path / "copy")
+    shutil.copytree(backup, copy)
+    # No epoch is left to run: the resumed fit only finishes the phase.
+    got = shrink_fit(backup, phase_validation=True)
+    assert got["seen"] == {}
+    for name in RESULT_FIELDS:
+        assert got["result"][name] == pytest.approx(reference()["result"][name]), name
+    for a, b in zip(got["weights"], reference()["weights"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # Without validation data of its own it cannot search again: it ends at
+    # the sparsest accepted weights, and says so.
+    with pytest.warns(UserWarning, match="validation_data="):
+        got = shrink_fit(copy)
+    assert got["result"]["outcome"] in ("best accepted", "baseline")
+
+
+def test_resumes_after_a_process_is_killed(tmp_path):
+    # A process dies mid-shrink, with no cleanup at all; the resume runs here.
+    # BackupAndRestore is first in the list: its backup holds the weights
+    # from before the phase's verdict, which the phase's own state corrects.
+    script = textwrap.dedent(
+        f"""
+        import json, os, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import keras
+        from test_resume import shrink_fit  # the code of the in-process runs
+
+        class Kill(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.epoch = epoch
+
+            def on_train_batch_end(self, batch, logs=None):
+                if self.epoch == 3 and batch == 1:
+                    os._exit(75)  # mid-shrink, with no cleanup at all
+
+        shrink_fit(sys.argv[1], [Kill()], backup_first=True)
+        """
+    )
+    backup = str(tmp_path / "backup")
+    killed = subprocess.run([sys.executable, "-c", script, backup], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert killed.returncode == 75, killed.stderr[-3000:]
+    assert state_files(backup) == ["state-2.json", "state-2.npz", "state-3.json", "state-3.npz"]
+    got = shrink_fit(backup, backup_first=True)
+    assert sorted(got["seen"]) == [3, 4, 5]
+    assert_same_run(got, reference())
+
+
+def small_fit(backup, extra=(), initial_epoch=0, units=4):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(units, activation="relu"), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    x, y = classification_data(64, 0)
+    phase = ShrinkPhase(start_epoch=1, monitor="val_accuracy", tolerance=1.0, prune=False, backup_dir=backup)
+    with phase:
+        model.fit(x, y, epochs=4, initial_epoch=initial_epoch, validation_data=(x, y), verbose=0,
+                  callbacks=[phase, *extra])
+    return phase
+
+
+def test_state_older_than_the_backup_warns_and_goes_on(tmp_path):
+    backup = str(tmp_path / "backup")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        small_fit(backup, [Interrupt(2)])
+    assert state_files(backup)[-1] == "state-2.npz"
+    # Going on from epoch index 3, as a backup the phase had not matched
+    # would: it takes its state after epoch index 1, and says so.
+    with pytest.warns(UserWarning, match="resumes at epoch 4 from its state after epoch 2"):
+        phase = small_fit(backup, initial_epoch=3)
+    assert phase.result.started_at_epoch == 1 and phase.result.accepted_epochs == [1, 3]
+
+
+def test_refuses_the_state_of_another_model(tmp_path):
+    backup = str(tmp_path / "backup")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        small_fit(backup, [Interrupt(2)])
+    with pytest.raises(ValueError, match=r"cannot resume from .*state-2\.json.*weights of shapes"):
+        small_fit(backup, initial_epoch=2, units=5)
+
+
+@pytest.mark.parametrize("backup_dir", [3, ""])
+def test_rejects_a_bad_backup_dir(backup_dir):
+    with pytest.raises(TypeError, match=rf"argument `backup_dir`.*Received: backup_dir={backup_dir!r}"):
+        ShrinkPhase(start_epoch=1, backup_dir=backup_dir)
+
+
+def test_a_run_started_afresh_replaces_the_state_of_an_earlier_one(tmp_path):
+    backup = str(tmp_path / "backup")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        small_fit(backup, [Interrupt(3)])  # leaves states after epochs 2 and 3
+    with pytest.raises(RuntimeError, match="interrupted"):
+        small_fit(backup, [Interrupt(1)])  # from scratch: no state is that early
+    assert state_files(backup) == ["state-1.json", "state-1.npz"]
+    phase = small_fit(backup, initial_epoch=1)
+    assert phase.result.started_at_epoch == 1 and phase.result.accepted_epochs == [1, 2, 3]
