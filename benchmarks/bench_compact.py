@@ -46,6 +46,8 @@ import numpy as np  # noqa: E402
 
 from quality_protocol import LOADERS, SEED, accuracy  # noqa: E402
 
+from keras_regkit.demo import deployable_copy  # noqa: E402
+
 SHRINK_EPOCHS = 10
 BATCH_SIZE = 64
 
@@ -85,13 +87,11 @@ def compile_model(keras, model):
     )
 
 
-def file_size(keras, model, folder, name):
+def file_size(model, folder, name):
     """Bytes of the saved `.keras` file of an uncompiled copy: the optimizer's
     slots would otherwise triple the trained models' files."""
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
     path = os.path.join(folder, f"{name}.keras")
-    copy.save(path)
+    deployable_copy(model).save(path)
     return os.path.getsize(path)
 
 
@@ -121,14 +121,13 @@ def run_case(name, args, keras, tf, rk):
     t0 = time.perf_counter()
     model.fit(x, y, epochs=2 if args.quick else epochs, batch_size=BATCH_SIZE, verbose=0)
     base_acc = accuracy(model, x_test, y_test)
-    baseline = keras.models.clone_model(model)
-    baseline.set_weights(model.get_weights())
+    baseline = deployable_copy(model)
     print(f"\n[{name} on {dataset}] baseline test acc {base_acc:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
 
     t0 = time.perf_counter()
     result = rk.shrink(
         model, x, y, validation_data=(x_val, y_val), epochs=2 if args.quick else SHRINK_EPOCHS,
-        monitor="val_accuracy", tolerance=0.01, strength=args.strength,
+        monitor="val_accuracy", tolerance=args.tolerance, strength=args.strength,
         granularity="unit", batch_size=BATCH_SIZE,
     )
     shrunk_acc = accuracy(model, x_test, y_test)
@@ -141,7 +140,7 @@ def run_case(name, args, keras, tf, rk):
 
     models = {"baseline": baseline, "shrunk": model, "compacted": small}
     with tempfile.TemporaryDirectory() as folder:
-        sizes = {k: file_size(keras, m, folder, k) for k, m in models.items()}
+        sizes = {k: file_size(m, folder, k) for k, m in models.items()}
     lat1 = dict(zip(models, latencies(tf, list(models.values()), 1, args.repeats, 200)))
     lat256 = dict(zip(models, latencies(tf, list(models.values()), 256, args.repeats, 50)))
     rows = {}
@@ -179,7 +178,8 @@ def run_case(name, args, keras, tf, rk):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--strength", type=float, default=1e-3)
+    parser.add_argument("--strength", type=float, default=1e-3, help="first GroupLasso strength")
+    parser.add_argument("--tolerance", type=float, default=0.01, help="allowed drop in val_accuracy")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="2 + 2 epochs, few repeats")
     parser.add_argument("--out", help="write the figures as JSON here")

@@ -89,12 +89,19 @@ class _Progress(keras.callbacks.Callback):
         self.bar.add(1, values=[("val_accuracy", logs.get("val_accuracy", 0.0))])
 
 
+def deployable_copy(model: keras.Model) -> keras.Model:
+    """An uncompiled copy with the same weights: saved, it holds no optimizer
+    state. (`keras.models.clone_model` compiles its clone with the original's
+    optimizer, whose slots would then be saved too.)"""
+    copy = type(model).from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def _saved_size(model, path) -> int:
-    """gzip size of the model as deployed: saved without optimizer state
-    (an uncompiled copy), so the figure is about the weights."""
-    deployable = keras.models.clone_model(model)
-    deployable.set_weights(model.get_weights())
-    deployable.save(path)
+    """gzip size of the model as deployed (saved without optimizer state),
+    so the figure is about the weights."""
+    deployable_copy(model).save(path)
     with open(path, "rb") as f:
         return len(gzip.compress(f.read()))
 
