@@ -44,7 +44,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from quality_protocol import LOADERS, SEED, accuracy  # noqa: E402
+from quality_protocol import LOADERS, SEED, accuracy, compile_model  # noqa: E402
 
 from keras_regkit.demo import deployable_copy  # noqa: E402
 
@@ -77,14 +77,6 @@ CASES = {
     "mlp": ("digits", build_mlp, 40),
     "cnn": ("mnist1d", build_cnn, 30),
 }
-
-
-def compile_model(keras, model):
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
 
 
 def file_size(model, folder, name):
