@@ -80,7 +80,7 @@ def main(argv=None):
     final_path = os.path.join(workdir, "penalised.keras")
     model.save(final_path)
     reloaded = keras.saving.load_model(final_path)
-    penalty = [float(sum(m.losses)) for m in (model, reloaded)]
+    penalty = [float(keras.ops.convert_to_numpy(sum(m.losses))) for m in (model, reloaded)]
     regularizers = {ref.path: ref.regularizer for ref in rk.iter_weights(reloaded)}
     print(f"\nafter saving to {final_path} and reloading:")
     for path, regularizer in regularizers.items():

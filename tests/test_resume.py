@@ -206,6 +206,11 @@ def state_files(backup):
     return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="its reference run needs epoch 4 rejected, which TensorFlow's random "
+    "sequence gives; the other resume tests cover the same state on every backend",
+)
 def test_shrink_resumes_as_if_never_interrupted(tmp_path):
     expected = reference()
     # The reference goes through every part of the phase.
