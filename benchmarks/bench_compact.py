@@ -119,8 +119,8 @@ def run_case(name, args, keras, tf, rk):
     t0 = time.perf_counter()
     result = rk.shrink(
         model, x, y, validation_data=(x_val, y_val), epochs=2 if args.quick else SHRINK_EPOCHS,
-        monitor="val_accuracy", tolerance=args.tolerance, strength=args.strength,
-        granularity="unit", batch_size=BATCH_SIZE,
+        monitor=args.monitor, tolerance=args.tolerance, relative=args.relative, strength=args.strength,
+        granularity="unit", batch_size=BATCH_SIZE, fine_tune_epochs=args.fine_tune_epochs,
     )
     shrunk_acc = accuracy(model, x_test, y_test)
     print(f"  shrink ({time.perf_counter() - t0:.0f}s): {result.outcome}; dead units "
@@ -172,6 +172,9 @@ def main(argv=None):
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--strength", type=float, default=1e-3, help="first GroupLasso strength")
     parser.add_argument("--tolerance", type=float, default=0.01, help="allowed drop in val_accuracy")
+    parser.add_argument("--monitor", default="val_accuracy")
+    parser.add_argument("--relative", action="store_true", help="tolerance relative to the baseline")
+    parser.add_argument("--fine-tune-epochs", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="2 + 2 epochs, few repeats")
     parser.add_argument("--out", help="write the figures as JSON here")

@@ -105,14 +105,17 @@ def prune(
 
     With `granularity="unit"`, a unit is an output unit of a `Dense` layer or
     a filter of a convolution: the slice of the kernel along its last axis.
-    Its magnitude is the RMS of that slice, so layers of different fan-in
-    compare fairly. The layers that produce the model's outputs are left
+    Its magnitude is the RMS of that slice relative to its layer: divided by
+    the mean RMS of the layer's units (dead ones included). Layers of
+    different fan-in and scale then compare fairly, and `threshold=0.5`
+    means "units below half their layer's average". The layers that produce the model's outputs are left
     whole (their units are the outputs). Dead units can then be removed with
     `keras_regkit.compact`.
 
     Args:
         model: The model to change, in place.
-        threshold: Magnitude threshold, a float >= 0.
+        threshold: Magnitude threshold, a float >= 0 (for units, relative
+            to the layer, as above).
         sparsity: Target fraction of zeros (of entries, or of units) over all
             selected weights, in [0, 1]. Ties at the threshold may give a
             little more.
@@ -214,13 +217,21 @@ def select_prunable(
 
 
 def _magnitudes(variable, granularity):
-    """Per-entry |w|, or per-unit RMS over the kernel's last axis (shaped to
-    broadcast back over the kernel)."""
+    """Per-entry |w|, or per-unit RMS over the kernel's last axis divided by
+    the mean of those RMS over the layer's units (shaped to broadcast back
+    over the kernel)."""
     magnitude = ops.absolute(ops.cast(variable.value, "float32"))
     if granularity == "weight":
         return magnitude
     axes = tuple(range(len(variable.shape) - 1))
-    return ops.sqrt(ops.mean(ops.square(magnitude), axis=axes, keepdims=True))
+    rms = ops.sqrt(ops.mean(ops.square(magnitude), axis=axes, keepdims=True))
+    # Relative to the layer: a ReLU network computes the same function with
+    # one layer's weights scaled up and the next one's down, so raw RMS would
+    # rank layers by their scale (in practice, Dense units below conv
+    # filters), not units by their share of their layer. Dead units count in
+    # the mean: the fewer a layer keeps, the larger its survivors score.
+    layer_mean = ops.mean(rms)
+    return ops.where(layer_mean > 0, rms / ops.maximum(layer_mean, 1e-30), ops.zeros_like(rms))
 
 
 def _global_threshold(scores, sparsity: float) -> float:

@@ -94,11 +94,12 @@ def test_bad_arguments_change_nothing(kwargs, error, match):
         np.testing.assert_array_equal(a, b)
 
 
-def unit_rms(kernel):
-    return np.sqrt((kernel.reshape(-1, kernel.shape[-1]) ** 2).mean(axis=0))
+def relative_unit_rms(kernel):
+    rms = np.sqrt((kernel.reshape(-1, kernel.shape[-1]) ** 2).mean(axis=0))
+    return rms / rms.mean()
 
 
-def test_unit_granularity_zeroes_whole_units_by_global_rms():
+def test_unit_granularity_zeroes_whole_units_by_rms_relative_to_their_layer():
     model = tiny_mlp(units=(16, 8, 4))
     before = kernels(model)
     result = rk.prune(model, sparsity=0.5, granularity="unit")
@@ -111,10 +112,43 @@ def test_unit_granularity_zeroes_whole_units_by_global_rms():
     for kernel, old, is_dead in zip(after[:-1], before[:-1], dead):
         # A unit is either all zero or untouched.
         np.testing.assert_array_equal(kernel[:, ~is_dead], old[:, ~is_dead])
-    rms_dead = np.concatenate([unit_rms(o)[d] for o, d in zip(before[:-1], dead)])
-    rms_kept = np.concatenate([unit_rms(o)[~d] for o, d in zip(before[:-1], dead)])
-    assert rms_dead.max() < rms_kept.min()
+    score_dead = np.concatenate([relative_unit_rms(o)[d] for o, d in zip(before[:-1], dead)])
+    score_kept = np.concatenate([relative_unit_rms(o)[~d] for o, d in zip(before[:-1], dead)])
+    assert score_dead.max() < score_kept.min()
+    assert result.threshold == pytest.approx(score_dead.max())
     assert result.zeros == sum(k.shape[0] * d.sum() for k, d in zip(after[:-1], dead))
+
+
+def test_unit_ranking_ignores_how_the_layers_are_scaled():
+    # Scaling a ReLU layer up and the next one down leaves the function as it
+    # was; it must leave the choice of units as it was too (raw RMS would
+    # take every unit of the scaled-down layer first).
+    def dead_after_pruning(scale):
+        keras.utils.set_random_seed(0)
+        model = tiny_mlp(units=(16, 8, 4))
+        hidden0, hidden1 = model.get_layer("hidden0"), model.get_layer("hidden1")
+        hidden0.kernel.assign(hidden0.kernel * scale)
+        hidden0.bias.assign(hidden0.bias * scale)
+        hidden1.kernel.assign(hidden1.kernel / scale)
+        rk.prune(model, sparsity=0.5, granularity="unit")
+        return [(k == 0).all(axis=0).tolist() for k in kernels(model)[:2]]
+
+    unscaled = dead_after_pruning(1.0)
+    assert 0 < sum(unscaled[0]) < 16 and 0 < sum(unscaled[1]) < 8
+    assert dead_after_pruning(100.0) == unscaled
+    assert dead_after_pruning(0.01) == unscaled
+
+
+def test_unit_pruning_again_at_its_own_threshold_kills_nothing_more():
+    # Dead units count in their layer's mean: the survivors' scores only
+    # rise, so a threshold once applied is stable.
+    model = tiny_mlp(units=(16, 8, 4))
+    first = rk.prune(model, sparsity=0.5, granularity="unit")
+    before = kernels(model)
+    again = rk.prune(model, threshold=first.threshold, granularity="unit")
+    assert again.zeros == first.zeros
+    for old, new in zip(before, kernels(model)):
+        np.testing.assert_array_equal(new, old)
 
 
 def test_unit_granularity_covers_conv_filters():

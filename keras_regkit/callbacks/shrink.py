@@ -145,7 +145,7 @@ class ShrinkPhase(keras.callbacks.Callback):
     **Structured shrink.** With `granularity="unit"` the phase works on whole
     output units of `Dense` layers and filters of convolutions: the default
     penalty is `GroupLasso`, and pruning zeroes whole units (ranked by the
-    RMS of their kernel slice), never those of the layers that produce the
+    RMS of their kernel slice relative to their layer's mean), never those of the layers that produce the
     model's outputs. `result.dead_units` reports the dead units per layer,
     and `keras_regkit.compact(model)` then removes them, for a model that
     is really smaller and faster.
