@@ -108,8 +108,9 @@ def prune(
     Its magnitude is the RMS of that slice relative to its layer: divided by
     the mean RMS of the layer's units (dead ones included). Layers of
     different fan-in and scale then compare fairly, and `threshold=0.5`
-    means "units below half their layer's average". The layers that produce the model's outputs are left
-    whole (their units are the outputs). Dead units can then be removed with
+    means "units below half their layer's average". The layers that
+    produce the model's outputs are left whole (their units are the
+    outputs). Dead units can then be removed with
     `keras_regkit.compact`.
 
     Args:

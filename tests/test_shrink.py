@@ -194,6 +194,8 @@ def test_unit_granularity_kills_whole_hidden_units_and_reports_them():
     assert (keras.ops.convert_to_numpy(model.get_layer("out").kernel) != 0).all()
     assert accuracy(model, xv, yv) >= before - 0.02 - 1e-6
     assert f"hidden {int(dead.sum())}/32" in str(result)
+    assert result.granularity == "unit"
+    assert f"pruned at unit RMS / layer mean <= {result.threshold:.3g}" in str(result)
     assert model.losses == []
 
 

@@ -45,7 +45,10 @@ class ShrinkResult:
         final: Its value at the end, on the validation data.
         started_at_epoch: The epoch the shrink began (None if it never did).
         accepted_epochs, rejected_epochs: Epochs within / outside tolerance.
-        threshold: The magnitude pruned at (None if nothing was pruned).
+        threshold: The magnitude pruned at (None if nothing was pruned): of
+            entries, or with `granularity="unit"` of units, relative to
+            their layer's mean (see `keras_regkit.prune`).
+        granularity: `"weight"` or `"unit"`, as the phase was given.
         sparsity: Fraction of exact zeros over the covered weights.
         layers: Per-weight `LayerStats` at the end.
         dead_units: Layer path -> `(dead, total)` units (output units,
@@ -74,10 +77,15 @@ class ShrinkResult:
     layers: list = dataclasses.field(default_factory=list)
     outcome: str = "not started"
     dead_units: dict = dataclasses.field(default_factory=dict)
+    granularity: str = "weight"
 
     @property
     def epochs_used(self) -> int:
         return len(self.accepted_epochs) + len(self.rejected_epochs)
+
+    @property
+    def _pruned_what(self) -> str:
+        return "unit RMS / layer mean" if self.granularity == "unit" else "|w|"
 
     def __str__(self) -> str:
         lines = [
@@ -86,7 +94,7 @@ class ShrinkResult:
             if self.baseline is not None and self.final is not None
             else f"shrink: {self.outcome}",
             f"epochs: {len(self.accepted_epochs)} accepted, {len(self.rejected_epochs)} rejected"
-            + (f"; pruned at |w| <= {self.threshold:.3g}" if self.threshold is not None else ""),
+            + (f"; pruned at {self._pruned_what} <= {self.threshold:.3g}" if self.threshold is not None else ""),
         ]
         lines += [f"  {s.name}: {s.sparsity:.1%} of {s.params:,}" for s in self.layers]
         dead = [f"{name} {d}/{n}" for name, (d, n) in self.dead_units.items() if d]
@@ -145,8 +153,8 @@ class ShrinkPhase(keras.callbacks.Callback):
     **Structured shrink.** With `granularity="unit"` the phase works on whole
     output units of `Dense` layers and filters of convolutions: the default
     penalty is `GroupLasso`, and pruning zeroes whole units (ranked by the
-    RMS of their kernel slice relative to their layer's mean), never those of the layers that produce the
-    model's outputs. `result.dead_units` reports the dead units per layer,
+    RMS of their kernel slice relative to their layer's mean), never those
+    of the layers that produce the model's outputs. `result.dead_units` reports the dead units per layer,
     and `keras_regkit.compact(model)` then removes them, for a model that
     is really smaller and faster.
 
@@ -311,7 +319,7 @@ class ShrinkPhase(keras.callbacks.Callback):
                 f"`keras.callbacks.BackupAndRestore`. Received: backup_dir={backup_dir!r}"
             )
         self.backup_dir = backup_dir
-        self.result = ShrinkResult(monitor)
+        self.result = ShrinkResult(monitor, granularity=self.granularity)
 
     # -- the guard --------------------------------------------------------
     def _maximize(self) -> bool:
@@ -376,7 +384,7 @@ class ShrinkPhase(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if getattr(self, "_phase", None) in ("shrinking", "fine-tuning"):
             self.abort()  # the last fit ended by an exception outside `with`
-        self.result = ShrinkResult(self.monitor)
+        self.result = ShrinkResult(self.monitor, granularity=self.granularity)
         self._phase = "waiting"
         self._best_value = None
         self._best_weights = None
@@ -763,7 +771,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         if new_holds:
             attach.rebuild_step_functions(self.model, losses_changed=False)
         attach.refresh_step_functions(self.model)  # JAX holds the old step and masks
-        self.result = ShrinkResult(self.monitor, **state["result"])
+        self.result = ShrinkResult(self.monitor, granularity=self.granularity, **state["result"])
         self._say(f"ShrinkPhase resumed from {stem}.json ({state['phase']}).")
 
 
