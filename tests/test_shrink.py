@@ -228,3 +228,38 @@ def test_max_sparsity_caps_the_cuts_then_fine_tunes():
     assert model.losses == []
     with pytest.raises(ValueError, match=r"argument `max_sparsity`.*max_sparsity=1.5"):
         ShrinkPhase(start_epoch=1, max_sparsity=1.5)
+
+
+def test_rejections_back_off_to_an_epoch_without_penalty_then_climb_again():
+    model = trained_classifier()
+    x, y = classification_data()
+    xv, yv = classification_data(seed=1)
+
+    class FailEpochs(keras.callbacks.Callback):
+        """Reports a failing val_accuracy for epochs 0-3 (before the phase reads it)."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch <= 3:
+                logs["val_accuracy"] = 0.0
+
+    strengths, penalties, kernels = [], [], []
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            regularizer = self.model.get_layer("hidden").kernel.regularizer
+            strengths.append(regularizer.current_strengths()["alpha"])
+            penalties.append(float(sum(keras.ops.convert_to_numpy(loss) for loss in self.model.losses)))
+            kernels.append(keras.ops.convert_to_numpy(self.model.get_layer("hidden").kernel))
+
+    phase = ShrinkPhase(start_epoch=0, validation_data=(xv, yv), monitor="val_accuracy", tolerance=0.02,
+                        strength=1e-3, growth=2.0, prune=False)
+    with phase:
+        model.fit(x, y, epochs=6, batch_size=32, validation_data=(xv, yv), verbose=0,
+                  callbacks=[FailEpochs(), phase, Spy()])
+    assert phase.result.rejected_epochs == [0, 1, 2, 3]
+    # Two rungs down per rejection: 1e-3, 1e-3/4, 1e-3/16, then none; an
+    # accepted epoch without penalty climbs back to the weakest one.
+    np.testing.assert_allclose(strengths, [1e-3, 2.5e-4, 6.25e-5, 0.0, 0.0, 6.25e-5], rtol=1e-5)
+    assert penalties[3] == penalties[4] == 0.0 and penalties[2] > 0.0
+    # The accepted epoch without penalty trained: its weights were kept.
+    assert not np.allclose(kernels[5], kernels[4])

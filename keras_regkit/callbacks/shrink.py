@@ -25,9 +25,32 @@ from keras_regkit import weights as weights_lib
 from keras_regkit.compact import dead_units
 from keras_regkit.regularizers import L1, Combined, GroupLasso
 
-_RUNGS_BELOW = 4  # how far the penalty may back off below `strength`
+_RUNGS_BELOW = 4  # how far the penalty may back off below `strength` (then 0)
 _STATE_FOLDER = "keras_regkit_shrink"  # inside `backup_dir`
 _RESUMED_RESULT = ("baseline", "started_at_epoch", "accepted_epochs", "rejected_epochs", "threshold", "outcome")
+
+
+
+@keras.saving.register_keras_serializable(package="keras_regkit")
+class _StrengthLadder(keras.optimizers.schedules.LearningRateSchedule):
+    """The shrink penalty's strength by rung: `lowest * growth ** (rung - 1)`
+    from rung 1 up, and no penalty at rung 0. Rung 0 is where rejections
+    end: once the cuts have used up the tolerance, even the weakest penalty
+    fails every epoch, while an epoch without it recovers accuracy (the
+    zeros held) for the next cut."""
+
+    def __init__(self, lowest: float, growth: float):
+        self.lowest = float(lowest)
+        self.growth = float(growth)
+
+    def __call__(self, rung):
+        rung = keras.ops.cast(rung, "float32")
+        strength = self.lowest * keras.ops.power(self.growth, keras.ops.maximum(rung - 1.0, 0.0))
+        return keras.ops.where(rung < 1.0, 0.0, strength)
+
+    def get_config(self) -> dict:
+        return {"lowest": self.lowest, "growth": self.growth}
+
 
 _VALIDATION_HINT = (
     "Pass validation data to fit (`validation_data=` or `validation_split=`), "
@@ -123,8 +146,9 @@ class ShrinkPhase(keras.callbacks.Callback):
        tolerance (bisection on the magnitude), and those zeros are held by
        Keras constraints from then on, so each epoch recovers slack for the
        next cut. A rejected epoch is rolled back to the sparsest accepted
-       weights and the strength backs off two rungs (down to `strength /
-       growth**4`).
+       weights and the strength backs off two rungs: down to `strength /
+       growth**4`, then to none at all, an epoch that only recovers
+       accuracy, with the zeros held, for the next cut.
     4. **Ends** (last epoch, or `fine_tune_epochs` before it): restores the
        sparsest accepted weights (exact zeros; with `prune=False`, the
        fraction with `|w| <= near_zero`), removes the temporary penalty and
@@ -509,13 +533,10 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._accepted_weights = self._baseline_weights
         self._covered = stats.WeightStats(self.model, self.weights_spec, self.near_zero)
         self._best_sparsity = stats.total(self._covered.compute()).near_zero_fraction
-        # A ladder strength * growth ** (rung - _RUNGS_BELOW): it starts at
-        # `strength` and can back off below it.
-        schedule = keras.optimizers.schedules.ExponentialDecay(
-            self.strength / self.growth**_RUNGS_BELOW, 1, self.growth
-        )
-        self._penalty = self.penalty(schedule)
-        self._penalty.set_step(_RUNGS_BELOW)
+        # The penalty's step is the rung: it starts at `strength` and can
+        # back off _RUNGS_BELOW rungs below it, then to no penalty.
+        self._penalty = self.penalty(_StrengthLadder(self.strength / self.growth**_RUNGS_BELOW, self.growth))
+        self._penalty.set_step(_RUNGS_BELOW + 1)
         self._penalty.driver = self  # RegularizationScheduler must leave it alone
         self._refs = [
             ref
