@@ -30,7 +30,6 @@ _STATE_FOLDER = "keras_regkit_shrink"  # inside `backup_dir`
 _RESUMED_RESULT = ("baseline", "started_at_epoch", "accepted_epochs", "rejected_epochs", "threshold", "outcome")
 
 
-
 @keras.saving.register_keras_serializable(package="keras_regkit")
 class _StrengthLadder(keras.optimizers.schedules.LearningRateSchedule):
     """The shrink penalty's strength by rung: `lowest * growth ** (rung - 1)`
@@ -178,9 +177,9 @@ class ShrinkPhase(keras.callbacks.Callback):
     output units of `Dense` layers and filters of convolutions: the default
     penalty is `GroupLasso`, and pruning zeroes whole units (ranked by the
     RMS of their kernel slice relative to their layer's mean), never those
-    of the layers that produce the model's outputs. `result.dead_units` reports the dead units per layer,
-    and `keras_regkit.compact(model)` then removes them, for a model that
-    is really smaller and faster.
+    of the layers that produce the model's outputs. `result.dead_units`
+    reports the dead units per layer, and `keras_regkit.compact(model)` then
+    removes them, for a model that is really smaller and faster.
 
     **Resuming.** `keras.callbacks.BackupAndRestore` saves only the model and
     the optimizer; the phase keeps its own state (where it is, the baseline,
