@@ -1,6 +1,8 @@
 """Is a structured shrink + `compact` model really smaller and faster?
 
-For one MLP (sklearn digits) and one CNN (MNIST-1D), in one process:
+For one MLP (sklearn digits; 64-512-256-10, `--mlp-units`) and one CNN
+(MNIST-1D; three Conv1D of 128 filters and a Dense of 256, `--cnn-filters`),
+in one process:
 
 1. train a baseline;
 2. `keras_regkit.shrink(..., granularity="unit")` for 30 epochs (the last 3
@@ -24,6 +26,14 @@ mnist1d, both in the `demo` extra):
     python benchmarks/bench_compact.py            # ~1 min on 2 cores
     python benchmarks/bench_compact.py --seeds 5  # ~5 min: median and range
     python benchmarks/bench_compact.py --quick    # smoke run
+
+`--validation-fraction` (of the training split, 0.1 by default: 143 digits,
+400 MNIST-1D samples) sets how much data the guard sees; with `--tolerance`
+it decides how far the test accuracy can fall. The guard makes hundreds of
+decisions on the same validation data (every epoch, every step of each
+cut's search), so the cuts it accepts are the ones that happened to hold
+there: expect the test accuracy to fall further than the tolerance on small
+validation sets.
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from quality_protocol import LOADERS, SEED, accuracy, compile_model  # noqa: E402
+from quality_protocol import LOADERS, SEED, VALIDATION_FRACTION, accuracy, compile_model  # noqa: E402
 
 from keras_regkit.demo import deployable_copy  # noqa: E402
 
@@ -57,24 +67,27 @@ THROUGHPUT_BATCH = 4096
 BATCH_SIZE = 64
 
 
-def build_mlp(keras, shape):
+MLP_UNITS = (512, 256)
+CNN_FILTERS = 128
+
+
+def build_mlp(keras, shape, units=MLP_UNITS):
     return keras.Sequential([
         keras.Input(shape),
-        keras.layers.Dense(512, activation="relu"),
-        keras.layers.Dense(256, activation="relu"),
+        *(keras.layers.Dense(n, activation="relu") for n in units),
         keras.layers.Dense(10),
     ], name="mlp")
 
 
-def build_cnn(keras, shape):
+def build_cnn(keras, shape, filters=CNN_FILTERS):
     inputs = keras.Input(shape)
     x = keras.layers.Reshape(shape + (1,))(inputs)
-    x = keras.layers.Conv1D(64, 5, activation="relu")(x)
-    x = keras.layers.Conv1D(64, 3, activation="relu")(x)
+    x = keras.layers.Conv1D(filters, 5, activation="relu")(x)
+    x = keras.layers.Conv1D(filters, 3, activation="relu")(x)
     x = keras.layers.MaxPooling1D(2)(x)
-    x = keras.layers.Conv1D(64, 3, activation="relu")(x)
+    x = keras.layers.Conv1D(filters, 3, activation="relu")(x)
     x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(128, activation="relu")(x)
+    x = keras.layers.Dense(2 * filters, activation="relu")(x)
     return keras.Model(inputs, keras.layers.Dense(10)(x), name="cnn")
 
 
@@ -113,15 +126,16 @@ def run_case(name, args, keras, tf, rk, seed=SEED):
     """One case with one seed for the weights and the shuffling (the data
     split is the protocol's, always the same)."""
     dataset, build, epochs = CASES[name]
-    (x, y), (x_val, y_val), (x_test, y_test) = LOADERS[dataset]()
+    (x, y), (x_val, y_val), (x_test, y_test) = LOADERS[dataset](args.validation_fraction)
     keras.utils.set_random_seed(seed)
-    model = build(keras, x.shape[1:])
+    model = build(keras, x.shape[1:], args.mlp_units if name == "mlp" else args.cnn_filters)
     compile_model(keras, model)
     t0 = time.perf_counter()
     model.fit(x, y, epochs=2 if args.quick else epochs, batch_size=BATCH_SIZE, verbose=0)
     base_acc = accuracy(model, x_test, y_test)
     baseline = deployable_copy(model)
-    print(f"\n[{name} on {dataset}, seed {seed}] baseline test acc {base_acc:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    print(f"\n[{name} on {dataset}, seed {seed}, {model.count_params():,} params, {len(x_val)} validation "
+          f"samples] baseline test acc {base_acc:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
 
     t0 = time.perf_counter()
     result = rk.shrink(
@@ -182,7 +196,8 @@ def run_case(name, args, keras, tf, rk, seed=SEED):
           f"so no compacting can make the shrunk model more than {ratios['most_possible_speedup_b1']:.2f}x faster")
     if compacted.skipped:
         print(f"  left as they were: {compacted.skipped}")
-    return {"case": name, "dataset": dataset, "seed": seed, "rows": rows, "ratios": ratios,
+    return {"case": name, "dataset": dataset, "seed": seed, "validation_samples": len(x_val),
+            "rows": rows, "ratios": ratios,
             "dead_units": {k: list(v) for k, v in result.dead_units.items()},
             "epochs_accepted": len(result.accepted_epochs), "epochs_rejected": len(result.rejected_epochs)}
 
@@ -207,6 +222,11 @@ def main(argv=None):
     parser.add_argument("--relative", action="store_true", help="tolerance relative to the baseline")
     parser.add_argument("--epochs", type=int, default=SHRINK_EPOCHS, help="shrink epochs")
     parser.add_argument("--fine-tune-epochs", type=int, default=3, help="last shrink epochs with zeros held")
+    parser.add_argument("--validation-fraction", type=float, default=VALIDATION_FRACTION,
+                        help="of the training split, held out for the guard")
+    parser.add_argument("--mlp-units", type=int, nargs="+", default=list(MLP_UNITS), help="hidden widths")
+    parser.add_argument("--cnn-filters", type=int, default=CNN_FILTERS,
+                        help="filters per conv (the Dense layer has twice as many units)")
     parser.add_argument("--seeds", type=int, default=1, help="run each case with this many seeds")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="2 + 3 epochs, few repeats")
@@ -226,8 +246,9 @@ def main(argv=None):
     if args.seeds > 1:
         summarize(results)
     if args.out:
+        settings = {k: v for k, v in vars(args).items() if k not in ("out", "cases", "seeds")}
         with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump([dict(r, settings=settings) for r in results], f, indent=1)
     return results
 
 

@@ -11,7 +11,10 @@ BATCH_SIZE = 64
 BASELINE_EPOCHS = {"digits": 40, "mnist1d": 60}
 
 
-def load_digits_split():
+VALIDATION_FRACTION = 0.1  # of the training split, held out for the guard
+
+
+def load_digits_split(validation_fraction=VALIDATION_FRACTION):
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -22,11 +25,11 @@ def load_digits_split():
     n_test = len(x) // 5
     x_test, y_test = x[:n_test], y[:n_test]
     x_tr, y_tr = x[n_test:], y[n_test:]
-    n_val = len(x_tr) // 10
+    n_val = int(len(x_tr) * validation_fraction)
     return (x_tr[n_val:], y_tr[n_val:]), (x_tr[:n_val], y_tr[:n_val]), (x_test, y_test)
 
 
-def load_mnist1d_split():
+def load_mnist1d_split(validation_fraction=VALIDATION_FRACTION):
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError:  # pragma: no cover - environment problem
@@ -40,7 +43,7 @@ def load_mnist1d_split():
     y_test = np.asarray(data["y_test"], dtype="int32")
     order = np.random.default_rng(SEED).permutation(len(x))
     x, y = x[order], y[order]
-    n_val = len(x) // 10
+    n_val = int(len(x) * validation_fraction)
     x_val, y_val = x[:n_val], y[:n_val]
     x_tr, y_tr = x[n_val:], y[n_val:]
     mean, std = float(x_tr.mean()), float(x_tr.std())

@@ -157,7 +157,13 @@ class ShrinkPhase(keras.callbacks.Callback):
        constraint of ours.
 
     The model never ends outside the tolerance: if the final state does not
-    hold it, the baseline weights are restored. `fit` does not call
+    hold it, the baseline weights are restored. That promise is about the
+    validation data, which the phase consults hundreds of times (each epoch,
+    each step of each cut's search), so the cuts it keeps are those that
+    happened to hold there: on unseen data the metric can fall further than
+    `tolerance`, the more so the smaller the validation set. Give it as much
+    validation data as you can spare, and a tolerance below the loss you
+    can accept. `fit` does not call
     `on_train_end` when an exception (a `KeyboardInterrupt`, an error in
     another callback) ends it early; use the callback as a context manager,
     or `keras_regkit.shrink`, and the weights are then restored to the
