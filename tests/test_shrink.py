@@ -263,25 +263,3 @@ def test_rejections_back_off_to_an_epoch_without_penalty_then_climb_again():
     assert penalties[3] == penalties[4] == 0.0 and penalties[2] > 0.0
     # The accepted epoch without penalty trained: its weights were kept.
     assert not np.allclose(kernels[5], kernels[4])
-
-
-def test_val_loss_is_judged_without_the_shrink_penalty():
-    model = trained_classifier()
-    x, y = classification_data()
-    xv, yv = classification_data(seed=1)
-    # Learning rate 0: the weights never move, so val_loss changes only by
-    # the temporary penalty, which Keras adds to it.
-    model.compile(keras.optimizers.SGD(0.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    val_losses = []
-
-    class Spy(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            val_losses.append(logs["val_loss"])
-
-    result = rk.shrink(model, x, y, validation_data=(xv, yv), epochs=3, monitor="val_loss",
-                       tolerance=1e-4, strength=1e-2, prune=False, batch_size=32, callbacks=[Spy()])
-    # Keras' val_loss carries a penalty far above the tolerance...
-    assert min(val_losses) > result.baseline + 0.01
-    # ...yet the unchanged model holds it in every epoch.
-    assert result.accepted_epochs == [0, 1, 2] and result.rejected_epochs == []
-    assert result.final == pytest.approx(result.baseline, abs=1e-5)

@@ -219,9 +219,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         start_epoch: Epoch at which the shrink begins (0 needs `baseline` or
             `validation_data`). Give this or `patience`.
         patience: Start once `monitor` has not improved for this many epochs.
-        monitor: Validation metric to hold. Defaults to `"val_loss"`,
-            judged without the phase's temporary penalty (Keras adds every
-            penalty to the loss); the model's own penalties stay in it.
+        monitor: Validation metric to hold. Defaults to `"val_loss"`.
         mode: `"min"`, `"max"` or `"auto"` (max for accuracy/AUC-like names).
         tolerance: How far `monitor` may move from the baseline, >= 0.
             Defaults to 0.01.
@@ -396,18 +394,7 @@ class ShrinkPhase(keras.callbacks.Callback):
                 f"ShrinkPhase monitors {self.monitor!r}, but evaluation gives only "
                 f"{sorted(logs)}. Choose `monitor=` among {sorted('val_' + k for k in logs)}."
             )
-        return self._without_shrink_penalty(float(logs[name]))
-
-    def _without_shrink_penalty(self, value: float) -> float:
-        """A loss as the guard must judge it. Keras adds every penalty in
-        `model.losses` to `loss` and `val_loss`, the phase's own temporary
-        one too: left in, it would reject epochs for the penalty's strength
-        rather than the model's quality, and pass a cut for lowering the
-        penalty. The baseline was measured without it."""
-        if self._attachment is None or self.monitor.removeprefix("val_") != "loss":
-            return value
-        penalty = sum(keras.ops.convert_to_numpy(self._penalty(ref.variable)) for ref in self._refs)
-        return value - float(penalty)
+        return float(logs[name])
 
     def _validation_dataset(self):
         # The final search evaluates dozens of times: under TensorFlow an
@@ -473,7 +460,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             )
         if getattr(self.model, "_eval_epoch_iterator", None) is not None:
             self._fit_validation = self.model._eval_epoch_iterator
-        value = self._without_shrink_penalty(float(logs[self.monitor]))
+        value = float(logs[self.monitor])
         if self._phase == "waiting":
             self._watch(epoch, value)
         elif self._phase == "shrinking":
