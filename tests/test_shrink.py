@@ -164,7 +164,7 @@ def test_interrupted_shrink_restores_accepted_weights_and_removes_penalty(error)
     ({"start_epoch": 0}, ValueError, "baseline=` or `validation_data="),
     ({"start_epoch": 1, "tolerance": -1.0}, ValueError, "argument `tolerance`"),
     ({"start_epoch": 1, "growth": 1.0}, ValueError, "argument `growth`"),
-    ({"start_epoch": 1, "strength": 0.0}, ValueError, "argument `strength`"),
+    ({"start_epoch": 1, "strength": -1e-4}, ValueError, "argument `strength`"),
     ({"start_epoch": 1, "mode": "up"}, ValueError, "argument `mode`"),
     ({"start_epoch": 1, "penalty": "l1"}, TypeError, "argument `penalty`"),
     ({"start_epoch": 1, "weights": "kernels"}, ValueError, "argument `weights`"),
@@ -263,3 +263,28 @@ def test_rejections_back_off_to_an_epoch_without_penalty_then_climb_again():
     assert penalties[3] == penalties[4] == 0.0 and penalties[2] > 0.0
     # The accepted epoch without penalty trained: its weights were kept.
     assert not np.allclose(kernels[5], kernels[4])
+
+
+def test_strength_zero_cuts_units_with_only_training_between_the_cuts():
+    model = trained_classifier()
+    x, y = classification_data()
+    xv, yv = classification_data(seed=1)
+    penalties, dead = [], []
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            # The phase's penalty is attached, at strength 0.
+            assert model.get_layer("hidden").kernel.regularizer is not None
+            penalties.append(float(sum(keras.ops.convert_to_numpy(loss) for loss in model.losses)))
+
+        def on_epoch_end(self, epoch, logs=None):
+            dead.append(rk.dead_units(model)["hidden"][0])
+
+    result = rk.shrink(model, x, y, validation_data=(xv, yv), epochs=4, monitor="val_loss", relative=True,
+                       tolerance=0.5, strength=0.0, granularity="unit", batch_size=32, callbacks=[Spy()])
+    assert penalties == [0.0] * 4  # training saw no penalty
+    # Every epoch held the loss, and each cut built on the last.
+    assert result.accepted_epochs == [0, 1, 2, 3]
+    assert dead == sorted(dead) and dead[-1] > dead[0] > 0
+    assert result.dead_units["hidden"][0] >= dead[-1]
+    assert model.losses == []
