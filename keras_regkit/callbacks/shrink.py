@@ -222,7 +222,10 @@ class ShrinkPhase(keras.callbacks.Callback):
         start_epoch: Epoch at which the shrink begins (0 needs `baseline` or
             `validation_data`). Give this or `patience`.
         patience: Start once `monitor` has not improved for this many epochs.
-        monitor: Validation metric to hold. Defaults to `"val_loss"`.
+        monitor: Validation metric to hold. Defaults to `"val_loss"`, which
+            Keras computes with every penalty added, the phase's own too:
+            that penalty then counts against the tolerance (use
+            `strength=0`, or a metric, to judge the model alone).
         mode: `"min"`, `"max"` or `"auto"` (max for accuracy/AUC-like names).
         tolerance: How far `monitor` may move from the baseline, >= 0.
             Defaults to 0.01.
