@@ -27,7 +27,7 @@ Usage (from the repository root, in the project venv; needs scikit-learn and
 mnist1d, both in the `demo` extra):
 
     python benchmarks/bench_compact.py            # ~2 min on 2 cores
-    python benchmarks/bench_compact.py --seeds 5  # ~8.5 min: median and range
+    python benchmarks/bench_compact.py --seeds 5  # ~10 min: median and range
     python benchmarks/bench_compact.py --quick    # smoke run
 
 `--validation-fraction` (of the training split, 0.1 by default: 143 digits,
