@@ -155,13 +155,14 @@ def run_case(name, args, keras, tf, rk, seed=SEED):
           f"samples] baseline test acc {base_acc:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
 
     t0 = time.perf_counter()
+    settings = recipe(name, args)
     result = rk.shrink(
         model, x, y, validation_data=(x_val, y_val), epochs=args.epochs,
-        **recipe(name, args),
+        **settings,
         granularity="unit", batch_size=BATCH_SIZE, fine_tune_epochs=args.fine_tune_epochs,
     )
     shrunk_acc = accuracy(model, x_test, y_test)
-    print(f"  shrink {recipe(name, args)} ({time.perf_counter() - t0:.0f}s): {result.outcome}, epochs "
+    print(f"  shrink {settings} ({time.perf_counter() - t0:.0f}s): {result.outcome}, epochs "
           f"{len(result.accepted_epochs)} accepted / {len(result.rejected_epochs)} rejected; dead units "
           f"{ {k: v for k, v in result.dead_units.items()} }", flush=True)
     compacted = rk.compact(model)
@@ -213,7 +214,7 @@ def run_case(name, args, keras, tf, rk, seed=SEED):
           f"so no compacting can make the shrunk model more than {ratios['most_possible_speedup_b1']:.2f}x faster")
     if compacted.skipped:
         print(f"  left as they were: {compacted.skipped}")
-    return {"case": name, "dataset": dataset, "seed": seed, "validation_samples": len(x_val), "shrink": recipe(name, args),
+    return {"case": name, "dataset": dataset, "seed": seed, "validation_samples": len(x_val), "shrink": settings,
             "rows": rows, "ratios": ratios,
             "dead_units": {k: list(v) for k, v in result.dead_units.items()},
             "epochs_accepted": len(result.accepted_epochs), "epochs_rejected": len(result.rejected_epochs)}

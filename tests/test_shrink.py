@@ -288,3 +288,17 @@ def test_strength_zero_cuts_units_with_only_training_between_the_cuts():
     assert dead == sorted(dead) and dead[-1] > dead[0] > 0
     assert result.dead_units["hidden"][0] >= dead[-1]
     assert model.losses == []
+
+
+@pytest.mark.parametrize("strength,accepted", [(1e-2, False), (0.0, True)])
+def test_val_loss_counts_the_shrink_penalty_against_the_tolerance(strength, accepted):
+    model = trained_classifier()
+    x, y = classification_data()
+    xv, yv = classification_data(seed=1)
+    # Learning rate 0: the weights never move, so val_loss changes only by
+    # the temporary penalty, which Keras adds to it.
+    model.compile(keras.optimizers.SGD(0.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    result = rk.shrink(model, x, y, validation_data=(xv, yv), epochs=2, monitor="val_loss",
+                       tolerance=1e-4, strength=strength, prune=False, batch_size=32)
+    assert (result.accepted_epochs == [0, 1]) is accepted
+    assert (result.rejected_epochs == []) is accepted

@@ -136,7 +136,7 @@ class ShrinkPhase(keras.callbacks.Callback):
     2. **Shrinks**: a penalty (`penalty(strength_schedule)`, L1 by default)
        is added to the covered weights, on top of any penalty they already
        have. Its strength starts at `strength` and is multiplied by `growth`
-       after every accepted epoch. With `strength=0` there is no penalty:
+       after every accepted epoch. With `strength=0` the penalty stays at 0:
        each epoch only trains, with the zeros held, between cuts (iterative
        pruning); on the README's MLP benchmark it held accuracy better
        than a penalty, on its CNN worse.
