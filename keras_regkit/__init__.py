@@ -5,7 +5,8 @@ Importing the package registers every class for `keras.saving.load_model`.
 
 from keras_regkit import callbacks, regularizers, schedules
 from keras_regkit.attach import Attachment, apply_regularizers, remove_regularizers
-from keras_regkit.callbacks.shrink import ShrinkResult, shrink
+from keras_regkit import shrinking
+from keras_regkit.shrinking import ShrinkResult, shrink
 from keras_regkit.compact import CompactResult, compact, dead_units
 from keras_regkit.pruning import HoldZeros, PruneResult, prune, release_zeros
 from keras_regkit.stats import LayerStats, SparsityReport, sparsity_report
@@ -34,5 +35,6 @@ __all__ = [
     "remove_regularizers",
     "schedules",
     "shrink",
+    "shrinking",
     "sparsity_report",
 ]

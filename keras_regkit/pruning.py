@@ -162,19 +162,26 @@ def prune(
         sparsity = _validate.real("sparsity", sparsity, maximum=1.0)
         threshold = _global_threshold(scores, sparsity)
     zeros = params = 0
-    new_holds = False
     for ref, score in zip(refs, scores):
         value = ref.variable.value
         kept = ops.broadcast_to(score > threshold, value.shape)
         ref.variable.assign(ops.where(kept, value, ops.zeros_like(value)))
         params += int(np.prod(value.shape))
         zeros += int(ops.convert_to_numpy(ops.sum(ops.cast(ops.logical_not(kept), "int32"))))
-        if hold:
-            new_holds |= _hold(ref.variable)
+    if hold:
+        hold_zeros(model, [ref.variable for ref in refs])
+    return PruneResult(float(threshold), zeros, params, refs)
+
+
+def hold_zeros(model: keras.Model, variables) -> None:
+    """Holds the current zeros of `variables` (a new mask where one is
+    already held) and makes the next train step apply the masks."""
+    new_holds = False
+    for variable in variables:
+        new_holds |= _hold(variable)
     if new_holds:
         # The optimizer step traced the old constraints.
         rebuild_step_functions(model, losses_changed=False)
-    return PruneResult(float(threshold), zeros, params, refs)
 
 
 def select_prunable(

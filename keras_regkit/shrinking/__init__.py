@@ -1,0 +1,104 @@
+"""The shrink: gradual pruning of a trained model to exact zeros, as parts.
+
+- `schedules`: how sparse to be at each point of the budget (`CubicRamp`);
+- `scores`: what to cut first (`Curvature`: `w² · sqrt(v)`, `Magnitude`);
+- `masks`: one global cut to an exact count, zeros held;
+- `guards`: when to stop (`AgreementGuard`) and the final validation check;
+- `state`: what BackupAndRestore needs to resume;
+- `phase`: `ShrinkPhase`, the callback that composes them; `shrink()` below
+  is `fit` plus that callback.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from keras_regkit import _validate
+from keras_regkit.shrinking.guards import AgreementGuard
+from keras_regkit.shrinking.phase import ShrinkPhase, ShrinkResult
+from keras_regkit.shrinking.schedules import CubicRamp, SparsitySchedule
+from keras_regkit.shrinking.scores import Curvature, Magnitude, Score
+
+__all__ = [
+    "AgreementGuard", "CubicRamp", "Curvature", "Magnitude", "Score", "ShrinkPhase", "ShrinkResult",
+    "SparsitySchedule", "shrink",
+]
+
+
+def shrink(
+    model: keras.Model,
+    x,
+    y=None,
+    sparsity: float | None = None,
+    tolerance: float | None = None,
+    validation_data=None,
+    epochs: int = 10,
+    batch_size: int | None = None,
+    sample_weight=None,
+    steps_per_epoch: int | None = None,
+    callbacks=(),
+    verbose: int = 0,
+    **phase_kwargs,
+) -> ShrinkResult:
+    """Makes a trained, compiled model sparse: `fit` with a `ShrinkPhase`
+    from epoch 0. Give `sparsity` (a target fraction of exact zeros) or
+    `tolerance` (the largest top-1 accuracy drop on unseen data; 0.01 when
+    neither is given); see `ShrinkPhase` for how each is met.
+
+    Args:
+        model: A compiled, trained model; changed in place.
+        x, y: Training data, as for `fit` (arrays, lists or dicts of them,
+            a dataset, generator or `keras.utils.PyDataset`). The guard of the
+            tolerance mode takes its reference inputs from `x`.
+        sparsity: Target fraction of exact zeros over the covered weights.
+        tolerance: Largest drop of top-1 accuracy.
+        validation_data: `(x_val, y_val)`, `(x_val, y_val, sample_weight)`
+            or a dataset: required in the tolerance mode (its one final
+            check), optional in the sparsity mode (then `result.baseline`
+            and `result.final` report it).
+        epochs: The budget. Defaults to 10.
+        batch_size, sample_weight, steps_per_epoch, callbacks, verbose:
+            Passed to `fit` (`steps_per_epoch` is needed for an infinite
+            dataset).
+        **phase_kwargs: Any other `ShrinkPhase` argument (`granularity`,
+            `score`, `learning_rate`, `schedule`, `max_sparsity`, ...).
+
+    Returns:
+        The `ShrinkResult`.
+
+    Raises:
+        ValueError: For a bad argument, or the tolerance mode without
+            validation data. Whatever ends `fit` early (an exception,
+            `KeyboardInterrupt`) re-raises after the weights are back at the
+            last good state.
+
+    Example:
+
+    >>> x = np.random.default_rng(0).normal(size=(256, 4)).astype("float32")
+    >>> y = (x[:, 0] > 0).astype("int32")
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="relu"),
+    ...     keras.layers.Dense(2)])
+    >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> _ = model.fit(x, y, epochs=20, verbose=0)
+    >>> result = rk.shrink(model, x, y, sparsity=0.9, epochs=3)
+    >>> round(result.sparsity, 3)
+    0.9
+    """
+    if getattr(model, "optimizer", None) is None:
+        raise ValueError("shrink() needs a compiled model: call model.compile(...) first.")
+    _validate.integer("epochs", epochs, minimum=1)
+    if sparsity is None and validation_data is None:
+        raise ValueError(
+            "shrink() in the tolerance mode needs `validation_data=(x_val, y_val)` (or a dataset) "
+            "for its final check; or give `sparsity=` for a target instead. Received: "
+            "validation_data=None"
+        )
+    phase = ShrinkPhase(
+        start_epoch=0, sparsity=sparsity, tolerance=tolerance, validation_data=validation_data,
+        reference_inputs=x if sparsity is None else None, verbose=verbose, **phase_kwargs)
+    with phase:
+        model.fit(
+            x, y, batch_size=batch_size, epochs=epochs, sample_weight=sample_weight,
+            steps_per_epoch=steps_per_epoch, callbacks=[phase, *callbacks], verbose=verbose,
+        )
+    return phase.result

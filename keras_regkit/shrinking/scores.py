@@ -1,0 +1,131 @@
+"""What to cut first: a saliency per weight (or per unit), lowest first.
+
+Scores are computed on the host (NumPy): the cut that follows needs a global
+order statistic over every covered weight, which `np.partition` finds in
+linear time.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import numpy as np
+
+from keras_regkit.weights import WeightRef
+
+
+def _numpy(value) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(value, "float32")))
+
+
+class Score:
+    """Base class: `scores(refs, optimizer)` returns, per weight, an array of
+    its shape whose entries rank what to cut first (lowest first)."""
+
+    name = "score"
+
+    def scores(self, refs: list[WeightRef], optimizer) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Magnitude(Score):
+    """`w²`: plain magnitude pruning (the order of `|w|`)."""
+
+    name = "magnitude"
+
+    def scores(self, refs, optimizer=None):
+        return [np.square(_numpy(ref.variable.value)) for ref in refs]
+
+
+class Curvature(Score):
+    """`w² · sqrt(v)`, with `v` the optimizer's running second moment of the
+    weight's gradient.
+
+    A weight's cost of removal, to second order, is `w² · H / 2` (Optimal
+    Brain Damage); Adam's and RMSprop's `sqrt(v)` tracks the gradient's
+    scale, a diagonal curvature estimate the optimizer already keeps. Weights
+    that the loss is sensitive to survive even when small. Where the
+    optimizer keeps no second moment (SGD, or a weight it does not train),
+    the score falls back to `w²` and warns once.
+
+    References:
+        LeCun, Denker & Solla, "Optimal Brain Damage", NeurIPS 1989.
+    """
+
+    name = "curvature"
+
+    def __init__(self):
+        self._warned = False
+
+    def scores(self, refs, optimizer):
+        weights = [_numpy(ref.variable.value) for ref in refs]
+        moments = [second_moment(optimizer, ref.variable) for ref in refs]
+        missing = [ref.path for ref, v in zip(refs, moments) if v is None]
+        moments = [None if v is None else np.maximum(_numpy(v), 0.0) for v in moments]
+        # All or none: w² and w²·sqrt(v) are on different scales, so one
+        # global threshold needs every weight scored the same way.
+        if missing or not any(v.any() for v in moments):
+            if not self._warned:
+                self._warned = True
+                name = type(_inner(optimizer)).__name__ if optimizer is not None else None
+                why = (f"optimizer {name} keeps no second moment of the gradients of {missing} "
+                       "(Adam, AdamW, Nadam and RMSprop do)" if missing
+                       else f"optimizer {name} has not taken a step yet (its second moments are 0)")
+                warnings.warn(
+                    f"The shrink ranks weights by |w| alone: {why}. Pass `score='magnitude'` "
+                    "to silence this.",
+                    stacklevel=3,
+                )
+            return [np.square(w) for w in weights]
+        return [np.square(w) * np.sqrt(v) for w, v in zip(weights, moments)]
+
+
+SCORES = {"curvature": Curvature, "magnitude": Magnitude}
+
+
+def get(score) -> Score:
+    """A `Score` from a name (`"curvature"`, `"magnitude"`) or an instance."""
+    if isinstance(score, Score):
+        return score
+    if isinstance(score, str) and score in SCORES:
+        return SCORES[score]()
+    raise ValueError(
+        f"Invalid value for argument `score`: expected one of {sorted(SCORES)} or a "
+        f"keras_regkit.shrinking.Score. Received: score={score!r}"
+    )
+
+
+def _inner(optimizer):
+    # A LossScaleOptimizer (mixed precision) keeps the moments in its inner one.
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def second_moment(optimizer, variable) -> keras.Variable | None:
+    """The optimizer's running second moment of `variable`'s gradient, or None.
+
+    Found by name among the public `optimizer.variables`: Keras names each
+    slot `<optimizer>/<weight path, '/' as '_'>_velocity` (Adam, AdamW, Nadam,
+    RMSprop). A test fails if a Keras release renames them.
+    """
+    optimizer = _inner(optimizer)
+    if optimizer is None or not hasattr(variable, "path"):
+        return None
+    wanted = f"{variable.path.replace('/', '_')}_velocity"
+    for slot in optimizer.variables:
+        if slot.name == wanted and tuple(slot.shape) == tuple(variable.shape):
+            return slot
+    return None
+
+
+def unit_scores(entry_scores: np.ndarray) -> np.ndarray:
+    """One score per output unit (the last axis): the mean of its entries'
+    scores, relative to the mean over the layer's units, so that layers of
+    different fan-in and scale compare fairly (dead units count in the mean:
+    the fewer a layer keeps, the higher its survivors score)."""
+    per_unit = entry_scores.reshape(-1, entry_scores.shape[-1]).mean(axis=0)
+    layer_mean = per_unit.mean()
+    return per_unit / layer_mean if layer_mean > 0 else np.zeros_like(per_unit)

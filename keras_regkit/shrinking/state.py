@@ -1,0 +1,99 @@
+"""What `keras.callbacks.BackupAndRestore` does not save for the shrink: its
+own numbers and weight snapshots, one pair of files per epoch.
+
+`state-<epochs done>.json` holds the numbers, `state-<epochs done>.npz` the
+arrays; the JSON is written last, so a state counts only once both files are
+complete. The previous epoch's state is kept too: with BackupAndRestore
+listed after the phase, an interruption between the two saves leaves a
+backup one epoch behind, which must still find its match.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import warnings
+
+import numpy as np
+
+FOLDER = "keras_regkit_shrink"  # inside `backup_dir`
+FORMAT = 2
+
+
+class PhaseState:
+    """The shrink's states under `backup_dir`.
+
+    Args:
+        backup_dir: The directory (BackupAndRestore's own is fine).
+    """
+
+    def __init__(self, backup_dir):
+        self.directory = os.path.join(os.fspath(backup_dir), FOLDER)
+
+    def saved(self) -> list[int]:
+        """Epoch counts of the complete states on disk, newest first."""
+        if not os.path.isdir(self.directory):
+            return []
+        names = (re.fullmatch(r"state-(\d+)\.json", name) for name in os.listdir(self.directory))
+        return sorted((int(m.group(1)) for m in names if m), reverse=True)
+
+    def save(self, epochs_done: int, numbers: dict, snapshots: dict[str, list]) -> None:
+        """Writes the state after `epochs_done` epochs: `numbers` (JSON-ready)
+        and `snapshots` (name -> list of arrays; a list given under two names
+        is stored once)."""
+        arrays, stored = {}, {}
+        for name, values in snapshots.items():
+            same = next((s for s, v in snapshots.items() if v is values and s in stored), None)
+            stored[name] = [same or name, len(values)]
+            if same is None:
+                arrays.update({f"{name}_{i}": np.asarray(v) for i, v in enumerate(values)})
+        state = {"format": FORMAT, "epochs_done": epochs_done, "snapshots": stored, **numbers}
+        os.makedirs(self.directory, exist_ok=True)
+        stem = os.path.join(self.directory, f"state-{epochs_done}")
+        _write_atomically(stem + ".npz", lambda f: np.savez(f, **arrays))
+        _write_atomically(stem + ".json", lambda f: f.write(json.dumps(state).encode()))
+        # Older ones, and newer ones left by a run this one did not resume.
+        for old in set(self.saved()) - {epochs_done, epochs_done - 1}:
+            for suffix in (".json", ".npz"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(self.directory, f"state-{old}{suffix}"))
+
+    def load(self, epoch: int):
+        """The newest readable state saved at or before `epoch` (the epoch fit
+        goes on from), as `(numbers, snapshots, path)`, or None."""
+        for done in self.saved():
+            if done > epoch:
+                continue  # written after the backup fit resumed from
+            stem = os.path.join(self.directory, f"state-{done}")
+            try:
+                with open(stem + ".json") as f:
+                    state = json.load(f)
+                if state.get("format") != FORMAT:
+                    raise ValueError(f"unknown format {state.get('format')!r}")
+                with np.load(stem + ".npz", allow_pickle=False) as f:
+                    arrays = dict(f)
+                snapshots = {
+                    name: [arrays[f"{source}_{i}"] for i in range(count)]
+                    for name, (source, count) in state["snapshots"].items()
+                }
+            except (OSError, ValueError, KeyError) as error:
+                warnings.warn(f"ShrinkPhase skips its unreadable state {stem}: {error}", stacklevel=3)
+                continue
+            return state, snapshots, stem + ".json"
+        return None
+
+    def clear(self) -> None:
+        """Training ended normally: as BackupAndRestore deletes its backup."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _write_atomically(path: str, write) -> None:
+    # Each process its own temporary file: under a multi-worker strategy
+    # every worker writes the same state.
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "wb") as f:
+        write(f)
+    os.replace(temporary, path)
