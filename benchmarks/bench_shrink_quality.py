@@ -1,265 +1,253 @@
-"""Sparsity vs. accuracy of `keras_regkit.shrink`, next to tfmot's pruning.
+"""Sparsity vs. test accuracy of `keras_regkit.shrink`, over seeds, next to
+TF-MOT's pruning and to the shrink as it was before v2.
 
-Trains the same MLP on the same data as `benchmarks/tfmot/bench_tfmot.py`
-(Keras 3 here, tf_keras there), then, from a fresh copy of the baseline
-weights each time, runs
+Same MLP, data and splits as `benchmarks/tfmot/bench_tfmot.py` (the shared
+`quality_protocol.py`): a 300-100 MLP on sklearn digits and MNIST-1D, Adam
+1e-3, batch 64, trained from scratch per seed (40 / 60 epochs), then from a
+copy of those weights *and optimizer state* (as a user's `shrink` after
+`fit` has) a 10-epoch shrink:
 
-    keras_regkit.shrink(model, x_train, y_train,
-                        validation_data=(x_val, y_val), epochs=10,
-                        monitor="val_accuracy", batch_size=64,
-                        tolerance=..., strength=..., fine_tune_epochs=...)
+- sparsity mode: `shrink(model, x, y, sparsity=s, epochs=10)` at each level;
+- tolerance mode: `shrink(model, x, y, tolerance=t, validation_data=(x_val,
+  y_val), epochs=10)`.
 
-for a small grid of guarded settings, plus one run per tfmot target with
-`max_sparsity=target` and the guard off (tolerance 1.0), so the two compare
-at exactly the same sparsity. It reports for each the exact-zero fraction
-over all Dense kernels (biases excluded), the test accuracy and its delta in
-percentage points vs. this script's own baseline. The tfmot rows are read
-from `benchmarks/tfmot/tfmot_results.json` (their deltas are vs. tfmot's own
-tf_keras baseline) and printed alongside.
+Reported per run: exact zeros over the Dense kernels (biases excluded), test
+accuracy change in percentage points against the seed's own baseline, wall
+time of the shrink divided by 10 plain epochs of `fit` from the same state
+(timed in the same process). Summaries: median and worst (lowest) change
+over seeds. TF-MOT's rows come from `benchmarks/tfmot/tfmot_results.json`
+(its own venv; its best learning rate per dataset).
 
-Protocol (identical to bench_tfmot.py):
+`--old-package DIR` runs the same protocol with the keras_regkit found in
+DIR (a checkout of the commit before Shrink v2), with that version's API:
+`max_sparsity=s, tolerance=1.0` for the levels and its validation-accuracy
+guard (`monitor="val_accuracy"`, strength 1e-4 digits / 1e-3 MNIST-1D) for
+the tolerances.
 
-- digits: sklearn `load_digits()`, x / 16; `default_rng(0).permutation`, the
-  first n // 5 (359) test, of the rest the first 10 % (143) validation, 1295
-  train.
-- mnist1d: `make_dataset(get_dataset_args())` (local, no download); train
-  permuted with `default_rng(0)`, first 10 % (400) validation, 3600 train;
-  scalar mean/std standardization from the 3600 training samples.
-- Model Input -> Dense(300, relu) -> Dense(100, relu) -> Dense(10) logits,
-  Adam(1e-3), SparseCategoricalCrossentropy(from_logits=True), batch 64,
-  `keras.utils.set_random_seed(0)` and TF op determinism. Baseline: digits 40
-  epochs, mnist1d 60 epochs.
-- Each shrink run: clone the baseline, copy its weights, compile with a fresh
-  Adam(1e-3), reseed (0), then `shrink(...)` with 10 epochs (fine-tuning
-  included, as in tfmot's 10-epoch budget).
+Usage (repository root, project venv with mnist1d):
 
-Note: the guard is the validation set (143 samples on digits: one sample is
-0.7 pp, so tolerance 0.01 allows one mistake more than the baseline), while
-the delta is measured on the test set.
-
-Usage (from the repository root, in the project venv; needs mnist1d):
-
-    python benchmarks/bench_shrink_quality.py            # ~5-6 min on 2 cores
-    python benchmarks/bench_shrink_quality.py --quick    # smoke run, ~35 s
-    python benchmarks/bench_shrink_quality.py --datasets digits --out /tmp/r.json
+    python benchmarks/bench_shrink_quality.py --seeds 5 --out benchmarks/shrink_quality_results.json
+    git worktree add /tmp/regkit_old 9d1c316
+    python benchmarks/bench_shrink_quality.py --seeds 5 --old-package /tmp/regkit_old \\
+        --out benchmarks/shrink_quality_before_v2.json
+    python benchmarks/bench_shrink_quality.py --table   # the README table from the JSON files
+    python benchmarks/bench_shrink_quality.py --quick   # smoke run
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import platform
+import statistics
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-# Run from a checkout without installing the package.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+HERE = os.path.join(_ROOT, "benchmarks")
+sys.path.insert(0, HERE)
 
-import argparse  # noqa: E402
-import itertools  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
+from quality_protocol import BATCH_SIZE, LOADERS, SHRINK_EPOCHS, accuracy, kernel_sparsity, train_baseline  # noqa: E402
 
-import numpy as np  # noqa: E402
-
-SHRINK_EPOCHS = 10
-TFMOT_JSON = os.path.join(_ROOT, "benchmarks", "tfmot", "tfmot_results.json")
-
-# The guarded grid: every combination of these (8 runs per dataset).
+LEVELS = [0.90, 0.95, 0.97, 0.98]
 TOLERANCES = [0.01, 0.02]
-FINE_TUNE = [0, 3]
-STRENGTHS = [1e-4, 1e-3]
-# Matched to tfmot's targets: `max_sparsity` caps the cuts and the guard is
-# off (tolerance 1.0), so each run ends at exactly that sparsity; the epochs
-# after the cut fine-tune with the zeros held.
-MATCHED = [0.8, 0.9, 0.95, 0.98]
+NEW_JSON = os.path.join(HERE, "shrink_quality_results.json")
+OLD_JSON = os.path.join(HERE, "shrink_quality_before_v2.json")
+TFMOT_JSON = os.path.join(HERE, "tfmot", "tfmot_results.json")
+OLD_STRENGTH = {"digits": 1e-4, "mnist1d": 1e-3}
 
 
-# --------------------------------------------------------------------- data
-
-from quality_protocol import (  # noqa: E402  (the shared data/model protocol)
-    BASELINE_EPOCHS,
-    BATCH_SIZE,
-    LOADERS,
-    SEED,
-    accuracy,
-    compile_model,
-    kernel_sparsity,
-    train_baseline,
-)
-
-
-def settings(quick):
-    if quick:
-        return [dict(tolerance=0.01, fine_tune_epochs=1, strength=1e-3)]
-    guarded = [
-        dict(tolerance=t, fine_tune_epochs=f, strength=s)
-        for t, f, s in itertools.product(TOLERANCES, FINE_TUNE, STRENGTHS)
-    ]
-    matched = [dict(tolerance=1.0, fine_tune_epochs=0, strength=1e-4, max_sparsity=m) for m in MATCHED]
-    return guarded + matched
-
-
-# -------------------------------------------------------------------- bench
-def run_dataset(name, args, keras, rk):
-    t0 = time.perf_counter()
-    (x, y), (x_val, y_val), (x_test, y_test) = LOADERS[name]()
-    steps = math.ceil(len(x) / BATCH_SIZE)
-    base_epochs = 3 if args.quick else BASELINE_EPOCHS[name]
-    shrink_epochs = 3 if args.quick else SHRINK_EPOCHS
-    print(
-        f"\n[{name}] train {x.shape} val {x_val.shape} test {x_test.shape}, "
-        f"{steps} steps/epoch (data {time.perf_counter() - t0:.1f}s)",
-        flush=True,
-    )
-
-    base, t_base = train_baseline(keras, name, x, y, x_val, y_val, quick=args.quick)
-    base_acc = accuracy(base, x_test, y_test)
-    base_val = accuracy(base, x_val, y_val)
-    base_sp, base_layers = kernel_sparsity(keras, base)
-    rows = [{
-        "dataset": name, "method": "baseline (keras 3)", "settings": None,
-        "kernel_zero_frac": base_sp, "kernel_zero_frac_per_layer": base_layers,
-        "test_acc": base_acc, "val_acc": base_val, "delta_pp": 0.0,
-        "epochs": base_epochs, "seconds": t_base,
-    }]
-    print(f"  baseline: test acc {base_acc:.4f}, val acc {base_val:.4f} ({t_base:.1f}s)", flush=True)
-    base_weights = base.get_weights()
-
-    for setting in settings(args.quick):
-        keras.utils.set_random_seed(SEED)
-        model = keras.models.clone_model(base)
-        model.set_weights(base_weights)
-        compile_model(keras, model)
-        t0 = time.perf_counter()
-        result = rk.shrink(
-            model, x, y, validation_data=(x_val, y_val), epochs=shrink_epochs,
-            monitor="val_accuracy", batch_size=BATCH_SIZE, **setting,
-        )
-        seconds = time.perf_counter() - t0
-        acc = accuracy(model, x_test, y_test)
-        sp, sp_layers = kernel_sparsity(keras, model)
-        rows.append({
-            "dataset": name, "method": "keras_regkit.shrink", "settings": setting,
-            "kernel_zero_frac": sp, "kernel_zero_frac_per_layer": sp_layers,
-            "test_acc": acc, "val_acc": accuracy(model, x_val, y_val),
-            "delta_pp": 100.0 * (acc - base_acc), "epochs": shrink_epochs,
-            "outcome": result.outcome, "threshold": result.threshold,
-            "accepted_epochs": len(result.accepted_epochs),
-            "rejected_epochs": len(result.rejected_epochs),
-            "seconds": seconds,
-        })
-        print(f"  {describe(setting)}: zeros {sp:.4f}, test acc {acc:.4f} "
-              f"({result.outcome}, {len(result.accepted_epochs)} acc/"
-              f"{len(result.rejected_epochs)} rej, {seconds:.1f}s)", flush=True)
-    return rows
-
-
-def describe(setting):
-    if not setting:
-        return "-"
-    text = (f"tol={setting['tolerance']:g} ft={setting['fine_tune_epochs']} "
-            f"str={setting['strength']:g}")
-    if "max_sparsity" in setting:
-        text += f" max={setting['max_sparsity']:g}"
-    return text
-
-
-def tfmot_rows(datasets):
-    try:
-        with open(TFMOT_JSON) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        print(f"(no {TFMOT_JSON}; tfmot rows left out)")
-        return []
-    rows = []
-    for r in data["results"]:
-        if r["dataset"] not in datasets:
-            continue
-        rows.append({
-            "dataset": r["dataset"],
-            "method": "tfmot baseline (tf_keras)" if r["method"] == "baseline" else "tfmot",
-            "settings": None if r["target"] is None else {"target": r["target"]},
-            "kernel_zero_frac": r["kernel_zero_frac"], "test_acc": r["test_acc"],
-            "val_acc": r.get("val_acc"), "delta_pp": r["delta_pp"],
-        })
-    return rows
-
-
-def format_table(rows):
-    head = ["dataset", "method", "settings", "kernel zeros", "test acc", "val acc", "delta pp"]
-    body = []
-    for r in rows:
-        s = r["settings"]
-        if s is None:
-            settings_text = "-"
-        elif "target" in s:
-            settings_text = f"target={s['target']:.2f}"
+def settings(old: bool, name: str, levels, tolerances, factors=(None,)):
+    """(mode, value, guard factor, shrink kwargs) of each run."""
+    runs = []
+    for level in levels:
+        if old:
+            runs.append(("sparsity", level, None, dict(tolerance=1.0, max_sparsity=level,
+                                                         strength=OLD_STRENGTH[name], monitor="val_accuracy")))
         else:
-            settings_text = describe(s)
-        body.append([
-            r["dataset"], r["method"], settings_text,
-            f"{r['kernel_zero_frac']:.4f}", f"{r['test_acc']:.4f}",
-            "-" if r.get("val_acc") is None else f"{r['val_acc']:.4f}",
-            f"{r['delta_pp']:+.2f}",
-        ])
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+            runs.append(("sparsity", level, None, dict(sparsity=level)))
+    for tolerance in tolerances:
+        if old:
+            runs.append(("tolerance", tolerance, None, dict(tolerance=tolerance, strength=OLD_STRENGTH[name],
+                                                             monitor="val_accuracy")))
+            continue
+        for factor in factors:
+            kwargs = dict(tolerance=tolerance)
+            if factor is not None:  # calibration of the guard's limit
+                from keras_regkit.shrinking import AgreementGuard
 
-    def fmt(cells):
-        return "  ".join(c.ljust(w) if i < 3 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths)))
+                kwargs["guard"] = AgreementGuard(min(1.0, factor * tolerance))
+            runs.append(("tolerance", tolerance, factor, kwargs))
+    return runs
 
-    lines = [fmt(head), "  ".join("-" * w for w in widths)]
-    lines += [fmt(b) for b in body]
+
+def run_dataset(name, seed, args, keras, rk, old):
+    (x, y), (x_val, y_val), (x_test, y_test) = LOADERS[name]()
+    model, _ = train_baseline(keras, name, x, y, x_val, y_val, quick=args.quick, seed=seed)
+    base_acc = accuracy(model, x_test, y_test)
+    weights = model.get_weights()
+    slots = [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
+
+    def reset():
+        model.set_weights(weights)
+        for variable, value in zip(model.optimizer.variables, slots):
+            variable.assign(value)
+
+    epochs = 2 if args.quick else SHRINK_EPOCHS
+    # The reference for the wall-time ratio: plain epochs from the same state.
+    reset()
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=BATCH_SIZE, epochs=epochs, verbose=0)
+    fit_seconds = time.perf_counter() - start
+
+    rows = []
+    for mode, value, factor, kwargs in settings(old, name, args.levels, args.tolerances,
+                                                args.disagreement_per_tolerance or (None,)):
+        reset()
+        keras.utils.set_random_seed(seed)
+        start = time.perf_counter()
+        result = rk.shrink(model, x, y, validation_data=(x_val, y_val), epochs=epochs,
+                           batch_size=BATCH_SIZE, **kwargs)
+        seconds = time.perf_counter() - start
+        zeros, _ = kernel_sparsity(keras, model)
+        test_acc = accuracy(model, x_test, y_test)
+        row = {
+            "dataset": name, "seed": seed, "mode": mode, "value": value, "factor": factor,
+            "kernel_zero_frac": zeros, "test_acc": test_acc, "baseline_test_acc": base_acc,
+            "delta_pp": 100 * (test_acc - base_acc), "outcome": result.outcome,
+            "seconds": seconds, "wall_ratio": seconds / fit_seconds,
+        }
+        if not old:
+            row.update(disagreement=result.disagreement, stopped_at=result.stopped_at, cuts=result.cuts)
+        rows.append(row)
+        print(f"{name} seed {seed} {mode} {value} {factor or ''}: zeros {zeros:.4f}, test {row['delta_pp']:+.2f} pp, "
+              f"{result.outcome}, {seconds:.1f}s ({row['wall_ratio']:.2f}x fit)", flush=True)
+    return rows
+
+
+def summarize(rows):
+    """(dataset, mode, value) -> median and worst of the change and zeros."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["mode"], r["value"], r.get("factor")), []).append(r)
+    out = {}
+    for key, group in groups.items():
+        deltas = [r["delta_pp"] for r in group]
+        zeros = [r["kernel_zero_frac"] for r in group]
+        out[key] = {"median_pp": statistics.median(deltas), "worst_pp": min(deltas),
+                    "median_zeros": statistics.median(zeros), "min_zeros": min(zeros),
+                    "wall_ratio": statistics.median(r["wall_ratio"] for r in group), "seeds": len(group)}
+    return out
+
+
+def _load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def tfmot_summary():
+    """(dataset, target) -> median/worst change at TF-MOT's best learning rate."""
+    data = _load(TFMOT_JSON)
+    if data is None:
+        return {}, {}
+    best = data.get("best_learning_rate", {})
+    groups = {}
+    for r in data["results"]:
+        if r.get("target") is None or r.get("lr") != best.get(r["dataset"]):
+            continue
+        groups.setdefault((r["dataset"], r["target"]), []).append(r)
+    return {key: {"median_pp": statistics.median(r["delta_pp"] for r in g), "worst_pp": min(r["delta_pp"] for r in g),
+                  "median_zeros": statistics.median(r["kernel_zero_frac"] for r in g)}
+            for key, g in groups.items()}, best
+
+
+def table():
+    new, old = _load(NEW_JSON), _load(OLD_JSON)
+    tfmot, best = tfmot_summary()
+    new_s = summarize(new["results"]) if new else {}
+    old_s = summarize(old["results"]) if old else {}
+
+    def cell(summary, key, zeros=False):
+        s = summary.get(key)
+        if s is None:
+            return "-"
+        text = f"{s['median_pp']:+.2f} / {s['worst_pp']:+.2f}"
+        return f"{100 * s['median_zeros']:.1f} %: {text}" if zeros else text
+
+    lines = ["Sparsity mode: test accuracy change, median / worst of the seeds, pp",
+             "| data | level | shrink v2 | shrink before v2 | TF-MOT (best lr) |", "| --- | --- | --- | --- | --- |"]
+    for name in LOADERS:
+        for level in LEVELS:
+            lines.append(f"| {name} | {level:.0%} | {cell(new_s, (name, 'sparsity', level, None))} | "
+                         f"{cell(old_s, (name, 'sparsity', level, None))} | {cell(tfmot, (name, level))} |")
+    lines += ["", "Tolerance mode: exact zeros (median): test change median / worst, pp",
+              "| data | tolerance | shrink v2 | shrink before v2 |", "| --- | --- | --- | --- |"]
+    for name in LOADERS:
+        for tolerance in TOLERANCES:
+            lines.append(f"| {name} | {tolerance} | {cell(new_s, (name, 'tolerance', tolerance, None), True)} | "
+                         f"{cell(old_s, (name, 'tolerance', tolerance, None), True)} |")
+    ratios = [s["wall_ratio"] for s in new_s.values()]
+    if ratios:
+        lines.append(f"\nWall time of a 10-epoch shrink / 10 plain epochs: median {statistics.median(ratios):.2f}, "
+                     f"range {min(ratios):.2f}-{max(ratios):.2f}")
+    if best:
+        lines.append(f"TF-MOT's best learning rate: {best}")
     return "\n".join(lines)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 3 baseline epochs, one 3-epoch shrink per dataset")
+    p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--datasets", nargs="+", default=list(LOADERS), choices=list(LOADERS))
-    p.add_argument("--out", default=None, help="write the rows as JSON here")
+    p.add_argument("--levels", nargs="+", type=float, default=LEVELS)
+    p.add_argument("--tolerances", nargs="+", type=float, default=TOLERANCES)
+    p.add_argument("--old-package", default=None, help="a checkout of keras_regkit before Shrink v2")
+    p.add_argument("--disagreement-per-tolerance", type=float, nargs="+", default=None,
+                   help="calibration: the guard's disagreement limit per unit of tolerance")
+    p.add_argument("--quick", action="store_true", help="smoke run: 3 baseline epochs, 2-epoch shrinks")
+    p.add_argument("--table", action="store_true", help="print the README table from the JSON files")
+    p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-
-    import tensorflow as tf
+    if args.table:
+        print(table())
+        return 0
+    if args.old_package:
+        sys.path.insert(0, os.path.abspath(args.old_package))
+    else:
+        sys.path.insert(0, _ROOT)
     import keras
+    import numpy as np
+    import tensorflow as tf
+
     import keras_regkit as rk
 
+    old = not hasattr(rk, "shrinking")
+    print(f"keras_regkit from {os.path.dirname(rk.__file__)} ({'before v2' if old else 'v2'})")
     tf.config.experimental.enable_op_determinism()
-    t_start = time.perf_counter()
+    start = time.perf_counter()
     rows = []
     for name in args.datasets:
-        rows += run_dataset(name, args, keras, rk)
-    total = time.perf_counter() - t_start
-
-    tf_rows = tfmot_rows(args.datasets)
-    ordered = []
-    for name in args.datasets:
-        ordered += [r for r in rows if r["dataset"] == name]
-        ordered += [r for r in tf_rows if r["dataset"] == name]
-    print("\n" + format_table(ordered))
-    print("\nshrink deltas are vs. the Keras 3 baseline above; tfmot deltas vs. its own tf_keras baseline.")
-    print(f"total {total:.1f}s")
+        for seed in range(args.seeds):
+            rows += run_dataset(name, seed, args, keras, rk, old)
+    for (name, mode, value, factor), s in sorted(summarize(rows).items(), key=str):
+        print(f"{name:8} {mode:9} {value:<5} {factor or '':<4} zeros {s['median_zeros']:.4f} (min {s['min_zeros']:.4f}) "
+              f"change median {s['median_pp']:+.2f} worst {s['worst_pp']:+.2f} pp, wall {s['wall_ratio']:.2f}x")
     if args.out:
-        out = {
-            "benchmark": "keras_regkit.shrink quality",
-            "quick": args.quick,
-            "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
-                         "keras": keras.__version__, "keras_regkit": rk.__version__,
-                         "numpy": np.__version__},
-            "total_seconds": total,
-            "results": rows,
-        }
-        out_dir = os.path.dirname(args.out)
-        if out_dir:
-            os.makedirs(out_dir, exist_ok=True)
         with open(args.out, "w") as f:
-            json.dump(out, f, indent=2)
+            json.dump({
+                "benchmark": "keras_regkit.shrink quality", "implementation": "before v2" if old else "v2",
+                "quick": args.quick, "seeds": args.seeds, "total_seconds": time.perf_counter() - start,
+                "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                             "keras": keras.__version__, "numpy": np.__version__},
+                "results": rows,
+            }, f, indent=1)
         print(f"wrote {args.out}")
     return 0
 
