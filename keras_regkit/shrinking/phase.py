@@ -27,8 +27,9 @@ from keras_regkit.shrinking.state import PhaseState
 
 # The tolerance mode ramps towards this and lets the guard stop it.
 _CEILING = {"weight": 0.995, "unit": 0.95}
-# A first cut of 80 % of the entries costs these MLPs nothing lasting; whole
-# units are cut from the start of a smooth ramp instead.
+# A first cut of 80 % of the entries costs the benchmark's MLPs nothing
+# lasting when a target must be met; whole units, and the tolerance mode
+# (whose guard would stop at a large first cut), start from 0.
 _INITIAL = {"weight": 0.8, "unit": 0.0}
 _ACTIVE = ("ramping", "holding")
 _RESULT_FIELDS = ("baseline", "started_at_epoch", "cuts", "rollbacks", "stopped_at", "threshold")
@@ -216,7 +217,9 @@ class ShrinkPhase(keras.callbacks.Callback):
         granularity: `"weight"` (entries) or `"unit"` (whole units and
             filters). Defaults to `"weight"`.
         schedule: A `SparsitySchedule`. Defaults to
-            `CubicRamp(target, initial=0.8)` (`initial=0.0` for units).
+            `CubicRamp(target, initial=0.8)` in the sparsity mode (`initial=0`
+            for units) and `CubicRamp(max_sparsity, initial=0)` in the
+            tolerance mode.
         score: `"curvature"` (`w² · sqrt(v)`, default), `"magnitude"` (`|w|`)
             or a `keras_regkit.shrinking.Score`.
         guard: An `AgreementGuard` for the tolerance mode. Defaults to
@@ -301,7 +304,8 @@ class ShrinkPhase(keras.callbacks.Callback):
             "max_sparsity", _CEILING[granularity] if max_sparsity is None else max_sparsity, maximum=1.0)
         target = self.sparsity if self.sparsity is not None else self.max_sparsity
         if schedule is None:
-            schedule = CubicRamp(target, initial=_INITIAL[granularity])
+            initial = _INITIAL[granularity] if self.mode_name == "sparsity" else 0.0
+            schedule = CubicRamp(target, initial=initial)
         if not isinstance(schedule, SparsitySchedule):
             raise TypeError(
                 "Invalid value for argument `schedule`: expected a "
