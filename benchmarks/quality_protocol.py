@@ -9,6 +9,7 @@ import numpy as np
 SEED = 0
 BATCH_SIZE = 64
 BASELINE_EPOCHS = {"digits": 40, "mnist1d": 60}
+SHRINK_EPOCHS = 10
 
 
 VALIDATION_FRACTION = 0.1  # of the training split, held out for the guard
@@ -94,9 +95,10 @@ def kernel_sparsity(keras, model):
     return zeros / total, per_layer
 
 
-def train_baseline(keras, name, x, y, x_val, y_val, quick=False):
-    """The baseline both benchmarks start from; returns (model, seconds)."""
-    keras.utils.set_random_seed(SEED)
+def train_baseline(keras, name, x, y, x_val, y_val, quick=False, seed=SEED):
+    """The baseline both benchmarks start from; returns (model, seconds).
+    `seed` sets init and shuffling only; the data split stays at SEED."""
+    keras.utils.set_random_seed(seed)
     model = build_mlp(keras, x.shape[1])
     compile_model(keras, model)
     start = time.perf_counter()

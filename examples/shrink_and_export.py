@@ -1,8 +1,7 @@
 """Shrink a trained MLP to exact zeros, then export it for serving.
 
-Trains an MLP on digits, then `rk.shrink` pushes its kernels towards zero
-under a growing L1 penalty and cuts exact zeros while validation accuracy
-stays within `--tolerance` of where it started. The shrunk model is
+Trains an MLP on digits, then `rk.shrink` cuts its kernels to `--sparsity`
+exact zeros, gradually, training between the cuts. The shrunk model is
 exported as a TensorFlow SavedModel (`model.export`), reloaded with
 `tf.saved_model.load` with no Keras or keras_regkit code, and its served
 predictions are compared with `model.predict`. It is also saved as .keras
@@ -32,7 +31,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny run for a smoke test")
     parser.add_argument("--epochs", type=int, default=15, help="training epochs")
     parser.add_argument("--shrink-epochs", type=int, default=10)
-    parser.add_argument("--tolerance", type=float, default=0.01, help="allowed drop in val_accuracy")
+    parser.add_argument("--sparsity", type=float, default=0.9, help="fraction of kernel entries to zero")
     parser.add_argument("--workdir", help="where to export (default: a temp dir)")
     args = parser.parse_args(argv)
     epochs, shrink_epochs, limit = (4, 3, 600) if args.quick else (args.epochs, args.shrink_epochs, None)
@@ -57,8 +56,8 @@ def main(argv=None):
     _, trained_accuracy = model.evaluate(x_val, y_val, verbose=0)
     print(f"trained: val_accuracy {trained_accuracy:.3f}")
 
-    result = rk.shrink(model, x, y, validation_data=(x_val, y_val), epochs=shrink_epochs,
-                       monitor="val_accuracy", tolerance=args.tolerance, batch_size=32)
+    result = rk.shrink(model, x, y, sparsity=args.sparsity, validation_data=(x_val, y_val),
+                       epochs=shrink_epochs, batch_size=32)
     print(result)
 
     export_dir = os.path.join(workdir, "served")

@@ -1,9 +1,9 @@
 """Shrink a CNN filter by filter, then remove the dead filters for real.
 
 Trains a small CNN on the 8x8 digits. `rk.shrink(..., granularity="unit")`
-then puts a group-lasso penalty on every hidden Conv2D and Dense layer and
-cuts whole filters and units to exact zero, while validation accuracy stays
-within `--tolerance`. `rk.compact` builds a new model without them (the next
+then cuts whole filters and units of every hidden Conv2D and Dense layer to
+exact zero, gradually, until `--sparsity` of them are dead, training between
+the cuts. `rk.compact` builds a new model without them (the next
 layers' weights sliced, the dead units' constant outputs folded into their
 biases): fewer parameters, a smaller file, the same predictions. The
 compacted model is saved and reloaded as a plain Keras model.
@@ -41,7 +41,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny run for a smoke test")
     parser.add_argument("--epochs", type=int, default=20, help="training epochs")
     parser.add_argument("--shrink-epochs", type=int, default=10)
-    parser.add_argument("--tolerance", type=float, default=0.01, help="allowed drop in val_accuracy")
+    parser.add_argument("--sparsity", type=float, default=0.5, help="fraction of hidden units to remove")
     parser.add_argument("--workdir", help="where to save (default: a temp dir)")
     args = parser.parse_args(argv)
     epochs, shrink_epochs, limit = (6, 3, 800) if args.quick else (args.epochs, args.shrink_epochs, None)
@@ -61,9 +61,8 @@ def main(argv=None):
     model.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
     print(f"trained: val_accuracy {model.evaluate(x_val, y_val, verbose=0)[1]:.3f}")
 
-    result = rk.shrink(model, x, y, validation_data=(x_val, y_val), epochs=shrink_epochs,
-                       monitor="val_accuracy", tolerance=args.tolerance, batch_size=32,
-                       granularity="unit", strength=1e-3)
+    result = rk.shrink(model, x, y, sparsity=args.sparsity, validation_data=(x_val, y_val),
+                       epochs=shrink_epochs, batch_size=32, granularity="unit")
     print(result)
 
     compacted = rk.compact(model)

@@ -146,8 +146,8 @@ def run(dataset="digits", epochs=30, shrink_epochs=10, verbose=1, workdir=None):
 
         shrink_log = keras.callbacks.History()
         rk.shrink(
-            model, x, y, validation_data=(x_val, y_val), epochs=shrink_epochs, monitor="val_accuracy",
-            tolerance=0.01, batch_size=batch_size,
+            model, x, y, tolerance=0.01, validation_data=(x_val, y_val), epochs=shrink_epochs,
+            batch_size=batch_size,
             callbacks=[rk.callbacks.SparsityMonitor(per_layer=False), _Progress(bar, name), shrink_log],
         )
         path = os.path.join(workdir, f"{_slug(name)}.keras")

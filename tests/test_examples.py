@@ -72,8 +72,8 @@ def test_lstm_kernel_and_recurrent_kernel_get_their_own_penalties():
 def test_shrink_then_export_serves_the_same_predictions(tmp_path):
     out = run_example("shrink_and_export", "--workdir", str(tmp_path))
     result = out["result"]
-    assert result.sparsity > 0.1 and result.outcome == "pruned"
-    assert result.final >= result.baseline - 0.01 - 1e-9
+    assert result.sparsity == pytest.approx(0.9, abs=1e-4) and result.outcome == "pruned"
+    assert result.final >= result.baseline - 0.1  # 3 quick epochs to recover 90 % zeros
     np.testing.assert_allclose(out["served"], out["expected"], atol=1e-5)
     assert out["reloaded_sparsity"] == pytest.approx(result.sparsity)
     np.testing.assert_allclose(out["reloaded_predictions"], out["expected"], atol=1e-5)
@@ -96,6 +96,7 @@ def test_structured_shrink_and_compact_removes_dead_filters(tmp_path):
     out = run_example("structured_shrink_and_compact", "--workdir", str(tmp_path))
     compacted = out["compacted"]
     dead = out["result"].dead_units
+    assert out["result"].unit_sparsity == pytest.approx(0.5, abs=0.01)
     assert sum(d for d, _ in dead.values()) > 0
     # Every dead unit of the hidden layers is gone (valid padding and Dense
     # consumers: nothing needs keeping), and the parameters with them.

@@ -130,32 +130,39 @@ def test_tolerance_mode_guard_stops_and_rolls_back_to_the_last_check_that_held()
     with phase:
         model.fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[before, phase, after])
     result = phase.result
-    assert result.outcome == "stopped by the guard" and result.rollbacks == 1
+    assert result.outcome == "stopped by the guard" and result.rollbacks >= 1
     stop = round(result.stopped_at * 4 * 8)
     assert stop > 4
     # At the failing check the weights went back to those of the check
     # before it (which held), not to the start and not to the current ones.
     assert_same_weights(after.weights[stop], before.weights[stop - 2])
     assert not np.array_equal(before.weights[stop][0], before.weights[stop - 2][0])
-    # The zeros stayed fixed from there to the end.
-    zeros_at_stop = [w == 0 for w in after.weights[stop] if w.ndim == 2]
-    assert all(np.array_equal(a, k == 0) for a, k in zip(zeros_at_stop, kernels(model)))
+    # From there it only bisected below the sparsity that failed.
+    def zeros(weights):
+        return np.concatenate([(w == 0).ravel() for w in weights if w.ndim == 2])
+
+    assert (zeros(after.weights[stop]) <= zeros(kernels(model))).all()
+    assert result.sparsity < zeros(before.weights[stop]).mean()
     assert guard.disagreement(model) <= 0.02 and result.disagreement <= 0.02
     assert held(model) == []
 
 
-def test_failing_guard_at_the_first_check_goes_back_to_the_starting_weights():
+class NeverHolds(AgreementGuard):
+    def holds(self, model):
+        return False
+
+
+def test_a_guard_that_never_holds_ends_at_exactly_the_starting_weights():
     model = trained_classifier()
     start = model.get_weights()
     x, y = classification_data()
-    xv, yv = classification_data(seed=1)
-    # An 80 % one-shot cut with no step to recover is past any 0 limit; the
-    # rest of the budget trains no more with a learning rate of 0.
-    model.optimizer.learning_rate = 0.0
-    result = rk.shrink(model, x, y, tolerance=0.0, validation_data=(xv, yv), epochs=1, batch_size=32,
-                       guard=AgreementGuard(0.0, patience=0), cut_every=1, learning_rate=None)
-    assert result.stopped_at is not None and result.sparsity == 0.0
+    # An 80 % first cut, training between the checks, every check failing.
+    result = rk.shrink(model, x, y, tolerance=0.01, validation_data=classification_data(seed=1), epochs=2,
+                       batch_size=32, guard=NeverHolds(0.01, patience=0), cut_every=2,
+                       schedule=CubicRamp(0.9, initial=0.8))
+    assert result.stopped_at is not None and result.rollbacks >= 2 and result.sparsity == 0.0
     assert_same_weights(model.get_weights(), start)
+    assert held(model) == []
 
 
 def test_failed_final_check_restores_the_starting_weights():

@@ -55,7 +55,8 @@ def shrink(
         validation_data: `(x_val, y_val)`, `(x_val, y_val, sample_weight)`
             or a dataset: required in the tolerance mode (its one final
             check), optional in the sparsity mode (then `result.baseline`
-            and `result.final` report it).
+            and `result.final` report it). Also passed to `fit`, so the
+            logs show `val_*` metrics; the guard does not use those.
         epochs: The budget. Defaults to 10.
         batch_size, sample_weight, steps_per_epoch, callbacks, verbose:
             Passed to `fit` (`steps_per_epoch` is needed for an infinite
@@ -97,8 +98,11 @@ def shrink(
         start_epoch=0, sparsity=sparsity, tolerance=tolerance, validation_data=validation_data,
         reference_inputs=x if sparsity is None else None, verbose=verbose, **phase_kwargs)
     with phase:
+        # The validation data go to `fit` too, for the logs (History,
+        # TensorBoard); the guard never reads them there.
         model.fit(
             x, y, batch_size=batch_size, epochs=epochs, sample_weight=sample_weight,
-            steps_per_epoch=steps_per_epoch, callbacks=[phase, *callbacks], verbose=verbose,
+            validation_data=validation_data, steps_per_epoch=steps_per_epoch,
+            callbacks=[phase, *callbacks], verbose=verbose,
         )
     return phase.result

@@ -54,8 +54,8 @@ class ShrinkResult:
         cuts: How many cuts it made.
         rollbacks: How often it went back to its last good state (a guard
             check that failed, a non-finite loss).
-        stopped_at: Fraction of the budget at which the guard stopped the
-            ramp (None if it never did).
+        stopped_at: Fraction of the budget at which the guard last failed
+            (None if it never did).
         threshold: The highest score cut (entries: `w²` or `w²·sqrt(v)`;
             units: their mean score relative to their layer's mean).
         sparsity: Fraction of exact zeros over the covered weights (of units
@@ -66,7 +66,8 @@ class ShrinkResult:
             `keras_regkit.compact` removes the dead.
         granularity: `"weight"` or `"unit"`.
         score: The score's name.
-        outcome: `"pruned"`, `"stopped by the guard"`, `"baseline"` (the
+        outcome: `"pruned"`, `"stopped by the guard"` (it failed at least
+            once and the sparsity ended below the ramp's), `"baseline"` (the
             final check failed: the starting weights are back),
             `"interrupted"` or `"not started"`.
 
@@ -129,6 +130,7 @@ class _Snapshot:
     weights: list
     slots: list
     step: int
+    sparsity: float
 
 
 class ShrinkPhase(keras.callbacks.Callback):
@@ -145,10 +147,12 @@ class ShrinkPhase(keras.callbacks.Callback):
       starting model's. How it is estimated: the ramp heads for
       `max_sparsity`, and every `cut_every` steps, before cutting further,
       the guard compares the model's top-1 predictions on up to 4,096 of the
-      training inputs (`reference_inputs`) with the starting model's. The
-      first check at which more than `guard.max_disagreement` (by default
-      `tolerance`) of them disagree rolls the weights, zeros and optimizer
-      state back to the last check that held, and the rest of the budget
+      training inputs (`reference_inputs`) with the starting model's. When
+      more than `guard.max_disagreement` (by default `tolerance`) of them
+      disagree, and still do at the next check, the weights, zeros and
+      optimizer state go back to the last check that held, and from then on
+      the cuts bisect between that sparsity and the one that failed, until
+      the two are close; the last part of the budget (20 %)
       trains with those zeros fixed. With `validation_data`, the final model
       is checked once against the starting one there, sample by sample: if
       its accuracy fell by more than `tolerance` beyond chance (1.645
@@ -483,6 +487,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             self._start_hits, weights = guards_lib.validation_hits(self.model, self.validation_data)
             self.result.baseline = guards_lib.accuracy(self._start_hits, weights)
         self._step = self._epoch_steps = self._failed_checks = 0
+        self._ceiling = None
         self._phase = "ramping"
         self._good = self._snapshot()
         self._say(f"Epoch {epoch + 1}: shrink starts ({self.mode_name} mode).")
@@ -496,16 +501,35 @@ class ShrinkPhase(keras.callbacks.Callback):
             if not self.guard.holds(self.model):
                 self._failed_checks += 1
                 if self._failed_checks > self.guard.patience:
-                    self.result.stopped_at = self._progress()
-                    self._rollback(f"Step {self._step}: disagreement over {self.guard.max_disagreement:.2%}",
-                                   stop=True)
+                    self._back_off()
                 return  # no cut: the next steps may recover
             self._failed_checks = 0
             self._good = self._snapshot()
         sparsity = self.schedule(self._progress())
+        ramp_done = sparsity >= self.schedule.target
+        if self._ceiling is not None:
+            # Bisect between the last state that held and the one that failed.
+            sparsity = min(sparsity, (self._good.sparsity + self._ceiling) / 2)
         self._cut_to(sparsity)
-        if sparsity >= self.schedule.target:
+        if ramp_done:
             self._phase = "holding"  # the rest trains with these zeros
+
+    def _back_off(self) -> None:
+        """The guard failed: back to the last state that held, and from then
+        on cut only halfway towards the sparsity that failed, until the two
+        are within 5 % of the remaining weights of each other."""
+        self._failed_checks = 0
+        self._ceiling = self._sparsity()
+        self.result.stopped_at = self._progress()
+        self._rollback(f"Step {self._step}: disagreement over {self.guard.max_disagreement:.2%} "
+                       f"at sparsity {self._ceiling:.2%}")
+        if self._ceiling - self._good.sparsity <= 0.05 * (1.0 - self._good.sparsity):
+            self._phase = "holding"
+            self._say("The zeros are fixed from here.")
+
+    def _sparsity(self) -> float:
+        zeros, total = masks_lib.zero_count(self._refs, self.granularity)
+        return zeros / total if total else 0.0
 
     def _reached(self, sparsity: float) -> bool:
         zeros, total = masks_lib.zero_count(self._refs, self.granularity)
@@ -521,7 +545,8 @@ class ShrinkPhase(keras.callbacks.Callback):
             self.result.threshold = max(cut.threshold, self.result.threshold or 0.0)
 
     def _snapshot(self) -> _Snapshot:
-        return _Snapshot(self.model.get_weights(), [keras.ops.convert_to_numpy(v) for v in self._slots()], self._step)
+        return _Snapshot(self.model.get_weights(), [keras.ops.convert_to_numpy(v) for v in self._slots()],
+                         self._step, self._sparsity())
 
     def _slots(self) -> list:
         """The optimizer's per-weight state: everything but its step count
@@ -531,18 +556,15 @@ class ShrinkPhase(keras.callbacks.Callback):
         skip.update(id(v) for v in optimizer.variables if v.name == "learning_rate")
         return [v for v in optimizer.variables if id(v) not in skip]
 
-    def _rollback(self, why: str, stop: bool = False) -> None:
+    def _rollback(self, why: str) -> None:
         """Back to the last good state: its weights, zeros and optimizer
-        slots. With `stop`, the ramp ends there and the rest of the budget
-        trains with those zeros."""
+        slots."""
         self.model.set_weights(self._good.weights)
         for variable, value in zip(self._slots(), self._good.slots):
             variable.assign(value)
         pruning.hold_zeros(self.model, [ref.variable for ref in self._refs])
         self.result.rollbacks += 1
-        if stop:
-            self._phase = "holding"
-        self._say(f"{why}: back to step {self._good.step}" + ("; the zeros are fixed from here." if stop else "."))
+        self._say(f"{why}: back to step {self._good.step}.")
 
     def _finish(self) -> None:
         if self.guard is not None and not self.guard.holds(self.model):
@@ -621,7 +643,8 @@ class ShrinkPhase(keras.callbacks.Callback):
             snapshots["best"] = self._best_weights
         if self._phase in _ACTIVE:
             numbers.update(step=self._step, total_steps=self._total_steps, good_step=self._good.step,
-                           failed_checks=self._failed_checks,
+                           failed_checks=self._failed_checks, ceiling=self._ceiling,
+                           good_sparsity=self._good.sparsity,
                            user_learning_rate=self._user_learning_rate,
                            result={name: getattr(self.result, name) for name in _RESULT_FIELDS})
             snapshots.update(start=self._start_weights, current=self.model.get_weights(),
@@ -660,12 +683,13 @@ class ShrinkPhase(keras.callbacks.Callback):
                 setattr(self.result, name, state["result"][name])
             self._step, self._total_steps = state["step"], state["total_steps"]
             self._epoch_steps = 0
-            self._failed_checks = state["failed_checks"]
+            self._failed_checks, self._ceiling = state["failed_checks"], state["ceiling"]
             self._user_learning_rate = state["user_learning_rate"]
             if self._user_learning_rate is not None:
                 self._optimizer().learning_rate = (
                     3.0 * self._user_learning_rate if self.learning_rate == "auto" else self.learning_rate)
-            self._good = _Snapshot(snapshots["good"], snapshots["good_slots"], state["good_step"])
+            self._good = _Snapshot(snapshots["good"], snapshots["good_slots"], state["good_step"],
+                                   state["good_sparsity"])
             self._start_hits = snapshots["start_hits"][0] if "start_hits" in snapshots else None
             self.model.set_weights(snapshots["current"])
             pruning.hold_zeros(self.model, [ref.variable for ref in self._refs])
