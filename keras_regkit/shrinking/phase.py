@@ -393,6 +393,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._step += 1
         self._epoch_steps += 1
         if self._phase == "ramping" and self._step % self.cut_every == 0:
+            self.model  # noqa: B018 - under JAX, reading it syncs the weights mid-epoch
             self._check_and_cut()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -508,11 +509,19 @@ class ShrinkPhase(keras.callbacks.Callback):
         sparsity = self.schedule(self._progress())
         ramp_done = sparsity >= self.schedule.target
         if self._ceiling is not None:
+            if self._converged():
+                self._phase = "holding"
+                return
             # Bisect between the last state that held and the one that failed.
             sparsity = min(sparsity, (self._good.sparsity + self._ceiling) / 2)
         self._cut_to(sparsity)
         if ramp_done:
             self._phase = "holding"  # the rest trains with these zeros
+
+    def _converged(self) -> bool:
+        """The last good sparsity is within 5 % of the remaining weights of
+        the one that failed: the search is done."""
+        return self._ceiling - self._good.sparsity <= 0.05 * (1.0 - self._good.sparsity)
 
     def _back_off(self) -> None:
         """The guard failed: back to the last state that held, and from then
@@ -523,7 +532,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         self.result.stopped_at = self._progress()
         self._rollback(f"Step {self._step}: disagreement over {self.guard.max_disagreement:.2%} "
                        f"at sparsity {self._ceiling:.2%}")
-        if self._ceiling - self._good.sparsity <= 0.05 * (1.0 - self._good.sparsity):
+        if self._converged():
             self._phase = "holding"
             self._say("The zeros are fixed from here.")
 
