@@ -17,9 +17,11 @@ import numpy as np
 from keras_regkit import _validate
 
 # The guard's limit on disagreement per unit of the user's accuracy
-# tolerance. Calibrated on benchmarks/bench_shrink_quality.py: the README's
-# shrink section gives the figures.
-DISAGREEMENT_PER_TOLERANCE = 3.0
+# tolerance. A changed prediction moves accuracy by at most one sample, so 1
+# bounds the accuracy change on the reference inputs by the tolerance; 2
+# and 3 were tried on benchmarks/bench_shrink_quality.py and lost more test
+# accuracy than the tolerance on digits (README, shrink section).
+DISAGREEMENT_PER_TOLERANCE = 1.0
 _PREDICT_BATCH = 1024
 
 
