@@ -14,7 +14,9 @@ MODULES = [
     regularizers, schedules, weights, attach, stats, pruning,
     # The module: the function `rk.compact` shadows its name in the package.
     importlib.import_module("keras_regkit.compact"),
-    callbacks.scheduler, callbacks.sparsity, callbacks.shrink,
+    callbacks.scheduler, callbacks.sparsity,
+    # `rk.shrinking.shrink` shadows nothing, but the parts are modules of their own.
+    *(importlib.import_module(f"keras_regkit.shrinking{part}") for part in ("", ".phase", ".schedules", ".guards")),
 ]
 
 

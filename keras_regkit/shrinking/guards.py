@@ -109,7 +109,7 @@ class AgreementGuard:
     Example:
 
     >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
-    >>> guard = AgreementGuard(max_disagreement=0.1)
+    >>> guard = rk.shrinking.AgreementGuard(max_disagreement=0.1)
     >>> guard.start(model, np.random.default_rng(0).normal(size=(100, 3)))
     >>> guard.disagreement(model), guard.holds(model)
     (0.0, True)

@@ -49,7 +49,7 @@ class CubicRamp(SparsitySchedule):
 
     Example:
 
-    >>> ramp = CubicRamp(0.98, initial=0.8, ramp_fraction=0.8)
+    >>> ramp = rk.shrinking.CubicRamp(0.98, initial=0.8, ramp_fraction=0.8)
     >>> [round(ramp(p), 4) for p in (0.0, 0.4, 0.8, 1.0)]
     [0.8, 0.9575, 0.98, 0.98]
 
