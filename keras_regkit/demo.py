@@ -106,6 +106,11 @@ def _saved_size(model, path) -> int:
         return len(gzip.compress(f.read()))
 
 
+# The demo's shrink target: 95 % of the kernels' entries, which the README's
+# benchmark reaches on digits within a point of test accuracy.
+SHRINK_SPARSITY = 0.95
+
+
 def run(dataset="digits", epochs=30, shrink_epochs=10, verbose=1, workdir=None):
     """Runs the demo; returns a list of `MethodResult`."""
     (x, y), (x_val, y_val), (x_test, y_test) = load_dataset(dataset)
@@ -146,7 +151,7 @@ def run(dataset="digits", epochs=30, shrink_epochs=10, verbose=1, workdir=None):
 
         shrink_log = keras.callbacks.History()
         rk.shrink(
-            model, x, y, tolerance=0.01, validation_data=(x_val, y_val), epochs=shrink_epochs,
+            model, x, y, sparsity=SHRINK_SPARSITY, validation_data=(x_val, y_val), epochs=shrink_epochs,
             batch_size=batch_size,
             callbacks=[rk.callbacks.SparsityMonitor(per_layer=False), _Progress(bar, name), shrink_log],
         )
