@@ -73,10 +73,11 @@ def sample_inputs(x, samples: int, seed: int = 0):
 
 def predict(model: keras.Model, inputs) -> np.ndarray:
     """The model's outputs on `inputs` (arrays), in inference mode, batch by
-    batch through Keras' own cached predict step."""
+    batch. A direct call, not `predict`: under a multi-worker strategy each
+    worker then computes its own copy, instead of gathering every worker's."""
     n = _first_axis(inputs)
     parts = [
-        keras.ops.convert_to_numpy(model.predict_on_batch(_take(inputs, slice(i, i + _PREDICT_BATCH))))
+        keras.ops.convert_to_numpy(model(_take(inputs, slice(i, i + _PREDICT_BATCH)), training=False))
         for i in range(0, n, _PREDICT_BATCH)
     ]
     outputs = np.concatenate([np.asarray(p, dtype="float32") for p in parts])
