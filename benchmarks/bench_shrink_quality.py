@@ -157,9 +157,9 @@ def tfmot_summary():
     data = _load(TFMOT_JSON)
     if data is None:
         return {}, {}
-    best = data.get("best_learning_rate", {})
+    best = {name: cell["lr"] for name, cell in data["summary"]["best_lr"].items()}
     groups = {}
-    for r in data["results"]:
+    for r in data["runs"]:
         if r.get("target") is None or r.get("lr") != best.get(r["dataset"]):
             continue
         groups.setdefault((r["dataset"], r["target"]), []).append(r)
