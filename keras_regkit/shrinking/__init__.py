@@ -49,7 +49,8 @@ def shrink(
         model: A compiled, trained model; changed in place.
         x, y: Training data, as for `fit` (arrays, lists or dicts of them,
             a dataset, generator or `keras.utils.PyDataset`). The guard of the
-            tolerance mode takes its reference inputs from `x`.
+            tolerance mode takes its reference inputs from `x`, unless
+            `reference_inputs=` is given.
         sparsity: Target fraction of exact zeros over the covered weights.
         tolerance: Largest drop of top-1 accuracy.
         validation_data: `(x_val, y_val)`, `(x_val, y_val, sample_weight)`
@@ -94,9 +95,11 @@ def shrink(
             "for its final check; or give `sparsity=` for a target instead. Received: "
             "validation_data=None"
         )
+    if sparsity is None:
+        phase_kwargs.setdefault("reference_inputs", x)  # the guard's, unless given
     phase = ShrinkPhase(
         start_epoch=0, sparsity=sparsity, tolerance=tolerance, validation_data=validation_data,
-        reference_inputs=x if sparsity is None else None, verbose=verbose, **phase_kwargs)
+        verbose=verbose, **phase_kwargs)
     with phase:
         # The validation data go to `fit` too, for the logs (History,
         # TensorBoard); the guard never reads them there.
