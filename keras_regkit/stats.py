@@ -170,7 +170,7 @@ def _masked_row(w, threshold, relative):
 def _row(w, magnitude, l1, nonfinite, threshold, relative):
     limit = threshold * ops.sqrt(ops.mean(ops.square(w))) if relative else threshold
     counts = [
-        _count(w == 0),  # NaN and inf are never == 0
+        _count(w == 0) - nonfinite,  # NaN and inf were masked to 0: not zeros
         _count(magnitude <= limit) - nonfinite,  # masked ones became 0
         nonfinite,
     ]

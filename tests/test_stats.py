@@ -51,6 +51,8 @@ def test_counts_nonfinite_entries_and_keeps_norms_finite():
     hidden = rk.sparsity_report(model).layers[0]
     assert hidden.nonfinite == 2
     assert np.isfinite(hidden.l1) and np.isfinite(hidden.l2)
+    # NaN and inf are not zeros, nor near-zeros: a diverged model is not sparse.
+    assert hidden.zeros == 18 and hidden.near_zero == 19
 
 
 def test_counts_stay_exact_beyond_float32_integer_range():
