@@ -287,11 +287,3 @@ def release_zeros(model: keras.Model) -> int:
         rebuild_step_functions(model, losses_changed=False)
     return released
 
-
-def zero_fraction(refs: Sequence[WeightRef], granularity: str = "weight") -> float:
-    """The fraction of entries (or units) of `refs` that are exactly zero,
-    counted as `prune(sparsity=...)` counts them."""
-    scores = [ops.reshape(_magnitudes(ref.variable, granularity), (-1,)) for ref in refs]
-    total = sum(int(score.shape[0]) for score in scores)
-    zeros = sum(int(ops.convert_to_numpy(ops.sum(ops.cast(score == 0, "int32")))) for score in scores)
-    return zeros / total if total else 0.0
