@@ -126,10 +126,13 @@ def test_tolerance_mode_guard_stops_and_rolls_back_to_the_last_check_that_held()
     # validation data, so no final check.
     phase = ShrinkPhase(start_epoch=0, tolerance=0.02, reference_inputs=x, guard=guard, cut_every=2,
                         schedule=CubicRamp(0.999, initial=0.0))
-    before, after = StepWeights(), StepWeights()
+    before, after, spy = StepWeights(), StepWeights(), Spy()
     with phase:
-        model.fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[before, phase, after])
+        model.fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[before, phase, after, spy])
     result = phase.result
+    # The tolerance mode trains at the user's rate: a higher one would move
+    # the predictions by itself, which the guard counts against the cuts.
+    assert [step["lr"] for step in spy.steps] == pytest.approx([1e-2] * len(spy.steps))
     assert result.outcome == "stopped by the guard" and result.rollbacks >= 1
     stop = round(result.stopped_at * 4 * 8)
     assert stop > 4
