@@ -407,11 +407,15 @@ class ShrinkPhase(keras.callbacks.Callback):
         elif self._phase in _ACTIVE:
             if self._total_steps is None:  # fit did not know the epoch's length
                 self._total_steps = self._epoch_steps * (self.params.get("epochs", epoch + 1) - self.result.started_at_epoch)
+            # The sparsity mode's snapshot is its last good state; its host
+            # copy of the weights serves the finiteness check too.
+            current = self._snapshot() if self.mode_name == "sparsity" else None
+            weights = current.weights if current else self.model.get_weights()
             loss = logs.get("loss")
-            if (loss is not None and not math.isfinite(float(loss))) or not _finite(self.model):
+            if (loss is not None and not math.isfinite(float(loss))) or not _finite(weights):
                 self._rollback(f"Epoch {epoch + 1}: non-finite loss or weights")
-            elif self.mode_name == "sparsity":
-                self._good = self._snapshot()
+            elif current:
+                self._good = current
         if self._state is not None:
             self._save_state(epoch + 1)
 
@@ -718,8 +722,8 @@ class ShrinkPhase(keras.callbacks.Callback):
         return True
 
 
-def _finite(model: keras.Model) -> bool:
-    return all(np.isfinite(w).all() for w in model.get_weights())
+def _finite(weights: list) -> bool:
+    return all(np.isfinite(w).all() for w in weights)
 
 
 def _check_rereadable(data):
