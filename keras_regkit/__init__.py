@@ -9,6 +9,7 @@ from keras_regkit import shrinking
 from keras_regkit.shrinking import ShrinkResult, shrink
 from keras_regkit.compact import CompactResult, compact, dead_units
 from keras_regkit.pruning import HoldZeros, PruneResult, prune, release_zeros
+from keras_regkit.search import StrengthSearchResult, search_strength
 from keras_regkit.stats import LayerStats, SparsityReport, sparsity_report
 from keras_regkit.weights import WEIGHT_KINDS, WeightRef, iter_weights
 
@@ -22,6 +23,7 @@ __all__ = [
     "PruneResult",
     "ShrinkResult",
     "SparsityReport",
+    "StrengthSearchResult",
     "WEIGHT_KINDS",
     "WeightRef",
     "apply_regularizers",
@@ -34,6 +36,7 @@ __all__ = [
     "release_zeros",
     "remove_regularizers",
     "schedules",
+    "search_strength",
     "shrink",
     "shrinking",
     "sparsity_report",
