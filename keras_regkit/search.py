@@ -5,6 +5,7 @@ distributed mode; nothing of our own)."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 import tempfile
@@ -229,7 +230,8 @@ def search_strength(
         batch_size: Passed to `fit`.
         patience: `keras.callbacks.EarlyStopping` patience on the objective
             (on Keras' `val_loss` where the objective is not in the training
-            logs), best weights restored; `None` trains all `epochs`.
+            logs), best weights restored; `None` trains all `epochs` and
+            validates once, at the end.
         callbacks: Your callbacks, passed to every trial's `fit`.
         shrink: If given, a dict of `rk.shrink` arguments (e.g.
             `{"sparsity": 0.9, "epochs": 3}`): every trial is shrunk after
@@ -404,6 +406,17 @@ def _warn_if_unstandardised(x, limit: float = 100.0) -> None:
         )
 
 
+def _check_shrink(kwargs: dict, validation_data) -> None:
+    """Builds the `ShrinkPhase` that `rk.shrink(**kwargs)` would, so a bad
+    argument fails before the first trial, not inside every one."""
+    from keras_regkit.shrinking import ShrinkPhase, shrink
+
+    own = set(inspect.signature(shrink).parameters)
+    _validate.integer("shrink['epochs']", kwargs.get("epochs", 1), minimum=1)
+    phase = {k: v for k, v in kwargs.items() if k not in own or k in ("sparsity", "tolerance")}
+    ShrinkPhase(start_epoch=0, validation_data=validation_data, **phase)
+
+
 class _Trainer:
     """One trial: build, attach, fit with early stopping, measure."""
 
@@ -448,6 +461,7 @@ class _Trainer:
         logs = self._evaluate(model, steps=1)
         recorded = {*logs, *_EXTRA}
         if self.shrink is not None:
+            _check_shrink(self.shrink, self.validation_data)
             recorded |= {f"shrunk_{k}" for k in logs} | {"shrunk_zeros"}
         return recorded
 
@@ -473,8 +487,10 @@ class _Trainer:
             callbacks.append(keras.callbacks.EarlyStopping(
                 self.objective.name if own else "val_loss", patience=self.patience,
                 mode=self.objective.direction if own else "min", restore_best_weights=True))
-        history = model.fit(self.x, self.y, validation_data=self.validation_data, epochs=self.epochs,
-                            batch_size=self.batch_size, callbacks=callbacks, verbose=0)
+        # Without early stopping nothing needs the per-epoch validation: the
+        # measurement below is the one that counts.
+        history = model.fit(self.x, self.y, epochs=self.epochs, batch_size=self.batch_size, callbacks=callbacks,
+                            validation_data=None if self.patience is None else self.validation_data, verbose=0)
         record = {"penalty": float(keras.ops.convert_to_numpy(total_penalty(model))),
                   "epochs": float(len(history.epoch))}
         report = sparsity_report(model, self.weights, self.threshold).total

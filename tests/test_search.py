@@ -1,0 +1,154 @@
+"""search_strength: decades, then a fine grid, on KerasTuner."""
+
+import math
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import keras_regkit as rk
+
+pytest.importorskip("keras_tuner")
+
+
+def teacher_data(seed=0, n=80, n_val=200, inputs=100, relevant=4):
+    """A linear teacher with 4 weights of 0.5 among 100 inputs and noise 0.5.
+
+    With mean squared error, an L1 strength alpha shrinks each weight by
+    about alpha / 2: at 1 the teacher's 0.5 weights die (the signal is lost),
+    at 0.01 and below the 96 irrelevant weights fit the noise of 80 samples
+    (overfitting), so the decade around 0.1 is clearly best.
+    """
+    rng = np.random.default_rng(seed)
+    w = np.zeros(inputs, "float32")
+    w[:relevant] = 0.5
+    x = rng.normal(size=(n + n_val, inputs)).astype("float32")
+    y = (x @ w + 0.5 * rng.normal(size=n + n_val)).astype("float32")[:, None]
+    return (x[:n], y[:n]), (x[n:], y[n:])
+
+
+def linear_model(inputs=100):
+    model = keras.Sequential([keras.Input((inputs,)), keras.layers.Dense(1, name="linear")])
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    return model
+
+
+class CountTrials(keras.callbacks.Callback):
+    """Counts trainings; raises KeyboardInterrupt (as Ctrl-C would) when the
+    `stop_at`-th one begins."""
+
+    def __init__(self, stop_at=None):
+        super().__init__()
+        self.trained, self.stop_at = 0, stop_at
+
+    def on_train_begin(self, logs=None):
+        if self.stop_at is not None and self.trained + 1 == self.stop_at:
+            raise KeyboardInterrupt
+        self.trained += 1
+
+
+def test_finds_the_decade_that_is_known_best_and_records_every_column(tmp_path):
+    (x, y), validation = teacher_data()
+    result = rk.search_strength(
+        linear_model, x, y, validation_data=validation, penalty=rk.regularizers.L1, low=1e-2, high=1.0,
+        fine=3, epochs=6, batch_size=8, patience=None, directory=str(tmp_path))
+    # The decade centred on 0.1: from 10**-1.5 to 10**-0.5.
+    assert 10**-1.5 <= result.best_strength <= 10**-0.5, str(result)
+    stages = {r["strength"]: r["stage"] for r in result.rows}
+    assert stages == {0.0: "reference", 0.01: "decade", 0.1: "decade", 1.0: "decade",
+                      **{s: "fine" for s in rk.search.fine_grid(0.1, 3) if s != 0.1}}
+    best, reference = result.best, result.reference
+    assert best["val_loss"] < reference["val_loss"]
+    # The penalty acted on the kernel (the data loss alone is reported).
+    assert reference["penalty"] == 0 and best["penalty"] > 0
+    assert set(best) >= {"val_loss", "penalty", "zeros", "near_zero", "epochs"}
+    assert "best" in str(result).splitlines()[[r["strength"] for r in result.rows].index(result.best_strength) + 2]
+    assert result.to_dict()["best_strength"] == result.best_strength
+
+
+def test_an_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path):
+    (x, y), validation = teacher_data(n=32, inputs=10)
+    kwargs = dict(validation_data=validation, penalty=rk.regularizers.L1, low=1e-2, high=1e-1, fine=2,
+                  epochs=1, patience=None, directory=str(tmp_path), objective="val_loss")
+
+    def build():
+        return linear_model(10)
+
+    first = CountTrials(stop_at=3)  # Ctrl-C as the third trial starts
+    with pytest.raises(KeyboardInterrupt):
+        rk.search_strength(build, x, y, callbacks=[first], **kwargs)
+    assert first.trained == 2
+
+    second = CountTrials()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # standardised inputs: no warning
+        result = rk.search_strength(build, x, y, callbacks=[second], **kwargs)
+    # 3 stage-1 trials (reference, 0.01, 0.1) and 2 fine ones; 2 were done.
+    assert len(result.rows) == 5
+    assert second.trained == 5 - 2
+    third = CountTrials()
+    rk.search_strength(build, x, y, callbacks=[third], **kwargs)
+    assert third.trained == 0
+
+
+def test_warns_once_about_unstandardised_inputs_before_the_first_trial(tmp_path):
+    (x, y), validation = teacher_data(n=16, inputs=6)
+    x = x * np.array([1000.0, 1, 1, 1, 1, 0.5], "float32")
+    trials = CountTrials(stop_at=1)
+    with pytest.warns(UserWarning, match=r"standard deviations range from") as record, \
+            pytest.raises(KeyboardInterrupt):
+        rk.search_strength(lambda: linear_model(6), x, y, validation_data=validation, callbacks=[trials],
+                           directory=str(tmp_path))
+    assert len([w for w in record if "Standardise" in str(w.message)]) == 1
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(low=0.0), ValueError, r"0 < low <= high.*low=0.0"),
+    (dict(low=1e-2, high=1e-3), ValueError, r"low=0.01, high=0.001"),
+    (dict(penalty=lambda s: s), TypeError, r"penalty\(1e-06\) returned 1e-06"),
+    (dict(objective="val_accuracy"), ValueError, r"'val_accuracy' is not recorded.*'val_loss'"),
+    (dict(layers="encoder*"), ValueError, r"encoder\*"),
+    (dict(validation_data=None), ValueError, r"validation_data=None"),
+    (dict(shrink={"sparsity": 1.5}), ValueError, r"sparsity"),
+])
+def test_bad_input_fails_before_the_first_trial(tmp_path, kwargs, error, match):
+    (x, y), validation = teacher_data(n=16, inputs=6)
+    trials = CountTrials()
+    arguments = {"validation_data": validation, "directory": str(tmp_path), "callbacks": [trials], **kwargs}
+    with pytest.raises(error, match=match):
+        rk.search_strength(lambda: linear_model(6), x, y, **arguments)
+    assert trials.trained == 0
+
+
+def test_grids():
+    assert rk.search.decades(1e-6, 1e-1) == [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    assert rk.search.decades(2e-3, 1e-1) == [2e-3, 2e-2]
+    grid = rk.search.fine_grid(1e-3, 5)
+    # Equal steps on the log scale, within half a decade of the centre.
+    steps = np.diff(np.log10(grid))
+    assert np.allclose(steps, 0.2, atol=1e-4) and math.isclose(grid[2], 1e-3)
+    assert 10**-3.5 < grid[0] and grid[-1] < 10**-2.5
+
+
+def test_cli_quick_search_prints_the_table_writes_the_plot_and_resumes(tmp_path, capsys):
+    import json
+
+    from keras_regkit import cli
+
+    plot, directory = tmp_path / "path.png", tmp_path / "state"
+    argv = ["search", "--quick", "--no-progress", "--directory", str(directory)]
+    assert cli.main([*argv, "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    lines = out[out.index("strength  "):out.index("best strength")].splitlines()[2:]
+    rows = [line.split() for line in lines if not line.startswith("(")]  # "(no strength beats ...)"
+    assert [row[1] for row in rows] == ["reference", "fine", "decade", "fine", "decade"]
+    for row in rows:
+        assert 0.1 < float(row[3]) <= 1  # val_accuracy: above chance
+    assert sum("<- best" in line for line in lines) == 1
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    # Rerun on the same directory: every trial is found there.
+    assert cli.main([*argv, "--json"]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(out[out.index("{"):])
+    assert [f"{r['val_accuracy']:.4g}" for r in data["rows"]] == [row[3] for row in rows]
