@@ -7,7 +7,7 @@ import pytest
 
 import keras_regkit as rk
 from keras_regkit import pruning
-from keras_regkit.shrinking import AgreementGuard, CubicRamp, Curvature, Magnitude, guards, masks, scores
+from keras_regkit.shrinking import AgreementGuard, CubicRamp, Curvature, Magnitude, data, guards, masks, scores
 
 
 # -- schedules ----------------------------------------------------------------
@@ -189,10 +189,10 @@ def test_guard_refuses_a_model_without_classes():
 
 def test_sample_inputs_keeps_the_structure_of_list_and_dict_inputs():
     x = {"a": np.arange(10.0)[:, None], "b": np.arange(10.0)[:, None] * 2}
-    taken = guards.sample_inputs(x, 4)
+    taken = data.sample_inputs(x, 4)
     assert set(taken) == {"a", "b"} and taken["a"].shape == (4, 1)
     np.testing.assert_array_equal(taken["b"], taken["a"] * 2)  # rows stay paired
-    listed = guards.sample_inputs([np.arange(10.0), np.arange(10.0)], 20)
+    listed = data.sample_inputs([np.arange(10.0), np.arange(10.0)], 20)
     assert len(listed) == 2 and listed[0].shape == (10,)
 
 

@@ -3,6 +3,7 @@
 - `schedules`: how sparse to be at each point of the budget (`CubicRamp`);
 - `scores`: what to cut first (`Curvature`: `w² · sqrt(v)`, `Magnitude`);
 - `masks`: one global cut to an exact count, zeros held;
+- `data`: reading what `fit` accepts, as `fit` reads it;
 - `guards`: when to stop (`AgreementGuard`) and the final validation check;
 - `state`: what BackupAndRestore needs to resume;
 - `phase`: `ShrinkPhase`, the callback that composes them; `shrink()` below
@@ -14,6 +15,7 @@ from __future__ import annotations
 import keras
 
 from keras_regkit import _validate
+from keras_regkit.shrinking import data
 from keras_regkit.shrinking.guards import AgreementGuard
 from keras_regkit.shrinking.phase import ShrinkPhase, ShrinkResult
 from keras_regkit.shrinking.schedules import CubicRamp, SparsitySchedule
@@ -36,6 +38,7 @@ def shrink(
     batch_size: int | None = None,
     sample_weight=None,
     steps_per_epoch: int | None = None,
+    validation_steps: int | None = None,
     callbacks=(),
     verbose: int = 0,
     **phase_kwargs,
@@ -59,9 +62,11 @@ def shrink(
             and `result.final` report it). Also passed to `fit`, so the
             logs show `val_*` metrics; the guard does not use those.
         epochs: The budget. Defaults to 10.
-        batch_size, sample_weight, steps_per_epoch, callbacks, verbose:
-            Passed to `fit` (`steps_per_epoch` is needed for an infinite
-            dataset).
+        batch_size, sample_weight, steps_per_epoch, validation_steps, callbacks, verbose:
+            Passed to `fit`, with the meaning they have there
+            (`steps_per_epoch` and `validation_steps` are needed for
+            datasets that repeat forever; the guard reads as many
+            validation batches as `fit`).
         **phase_kwargs: Any other `ShrinkPhase` argument (`granularity`,
             `score`, `learning_rate`, `schedule`, `max_sparsity`, ...).
 
@@ -95,17 +100,30 @@ def shrink(
             "for its final check; or give `sparsity=` for a target instead. Received: "
             "validation_data=None"
         )
-    if sparsity is None:
-        phase_kwargs.setdefault("reference_inputs", x)  # the guard's, unless given
+    if steps_per_epoch is None and data.is_infinite(x):
+        raise ValueError(
+            "shrink() was given training data that repeats forever: pass `steps_per_epoch=` "
+            "(training steps per epoch), as to `fit`; the shrink's budget is `epochs` of them."
+        )
+    if sparsity is None and "reference_inputs" not in phase_kwargs:
+        if data.read_once(x):
+            raise ValueError(
+                "shrink() in the tolerance mode samples its guard's reference inputs from `x`, "
+                "and `x` is an iterator that can be read only once (fit would then miss those "
+                "batches). Pass `reference_inputs=` (some training inputs as arrays), or `x` as "
+                f"arrays, a tf.data.Dataset or a keras.utils.PyDataset. Received: x={x!r}"
+            )
+        phase_kwargs["reference_inputs"] = x
     phase = ShrinkPhase(
         start_epoch=0, sparsity=sparsity, tolerance=tolerance, validation_data=validation_data,
-        verbose=verbose, **phase_kwargs)
+        validation_steps=validation_steps, verbose=verbose, **phase_kwargs)
     with phase:
         # The validation data go to `fit` too, for the logs (History,
         # TensorBoard); the guard never reads them there.
         model.fit(
             x, y, batch_size=batch_size, epochs=epochs, sample_weight=sample_weight,
             validation_data=validation_data, steps_per_epoch=steps_per_epoch,
+            validation_steps=validation_steps,
             callbacks=[phase, *callbacks], verbose=verbose,
         )
     return phase.result

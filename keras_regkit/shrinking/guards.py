@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from keras_regkit import _validate
+from keras_regkit.shrinking.data import first_axis, take, batches, sample_inputs
 
 # The guard's limit on disagreement per unit of the user's accuracy
 # tolerance. A changed prediction moves accuracy by at most one sample, so 1
@@ -25,73 +26,64 @@ DISAGREEMENT_PER_TOLERANCE = 1.0
 _PREDICT_BATCH = 1024
 
 
-def _first_axis(tree) -> int:
-    return int(np.shape(keras.tree.flatten(tree)[0])[0])
-
-
-def _take(tree, index):
-    return keras.tree.map_structure(lambda a: np.asarray(a)[index], tree)
-
-
-def _split(batch):
-    """(x, y, sample_weight) of one batch or one `validation_data` tuple."""
-    if isinstance(batch, tuple):
-        return (tuple(batch) + (None, None))[:3]
-    return batch, None, None
-
-
-def _is_arrays(data) -> bool:
-    try:
-        return all(hasattr(a, "shape") and hasattr(a, "__array__") for a in keras.tree.flatten(data))
-    except Exception:  # noqa: BLE001 - any exotic structure is "not arrays"
-        return False
-
-
-def sample_inputs(x, samples: int, seed: int = 0):
-    """Up to `samples` inputs from `x`: arrays (or lists and dicts of them),
-    picked at random without replacement, or the first batches of a dataset,
-    generator or `keras.utils.PyDataset` that yields `x` or `(x, y, ...)`."""
-    if _is_arrays(x):
-        n = _first_axis(x)
-        if n <= samples:
-            return keras.tree.map_structure(np.asarray, x)
-        index = np.sort(np.random.default_rng(seed).choice(n, samples, replace=False))
-        return _take(x, index)
-    taken, count = [], 0
-    batches = (x[i] for i in range(len(x))) if isinstance(x, keras.utils.PyDataset) else iter(x)
-    for batch in batches:
-        inputs = keras.tree.map_structure(lambda a: np.asarray(keras.ops.convert_to_numpy(a)), _split(batch)[0])
-        taken.append(inputs)
-        count += _first_axis(inputs)
-        if count >= samples:
-            break
-    if not taken:
-        raise ValueError("The shrink's guard found no inputs in the data it was given: it is empty.")
-    joined = keras.tree.map_structure(lambda *parts: np.concatenate(parts), *taken)
-    return _take(joined, slice(0, samples))
-
-
-def predict(model: keras.Model, inputs) -> np.ndarray:
-    """The model's outputs on `inputs` (arrays), in inference mode, batch by
-    batch. A direct call, not `predict`: under a multi-worker strategy each
-    worker then computes its own copy, instead of gathering every worker's."""
-    n = _first_axis(inputs)
+def predict(model: keras.Model, inputs) -> list[np.ndarray]:
+    """Each of the model's outputs (flattened as `keras.tree.flatten` orders
+    them) on `inputs` (arrays), in inference mode, batch by batch. A direct
+    call, not `predict`: under a multi-worker strategy each worker then
+    computes its own copy, instead of gathering every worker's."""
+    n = first_axis(inputs)
     parts = [
-        keras.ops.convert_to_numpy(model(_take(inputs, slice(i, i + _PREDICT_BATCH)), training=False))
+        [np.asarray(keras.ops.convert_to_numpy(o), dtype="float32")
+         for o in keras.tree.flatten(model(take(inputs, slice(i, i + _PREDICT_BATCH)), training=False))]
         for i in range(0, n, _PREDICT_BATCH)
     ]
-    outputs = np.concatenate([np.asarray(p, dtype="float32") for p in parts])
-    if outputs.ndim < 2 or outputs.shape[-1] < 2:
+    return [np.concatenate(output) for output in zip(*parts)]
+
+
+def _class_outputs(outputs: list[np.ndarray]) -> list[int]:
+    """Which outputs have a class axis (2 or more on the last axis): the
+    ones a top-1 class can be read from."""
+    chosen = [i for i, o in enumerate(outputs) if o.ndim >= 2 and o.shape[-1] >= 2]
+    if not chosen:
         raise ValueError(
-            "The shrink's accuracy guard compares top-1 predictions, so the model must have one "
-            f"output with a class axis of 2 or more; this one gives shape {outputs.shape}. "
-            "Use the sparsity mode (`sparsity=`) for other models."
+            "The shrink's accuracy guard compares top-1 predictions, so the model needs an "
+            "output with a class axis of 2 or more; this one gives shapes "
+            f"{[o.shape for o in outputs]}. Use the sparsity mode (`sparsity=`) for other models."
         )
-    return outputs
+    return chosen
 
 
 def top1(model: keras.Model, inputs) -> np.ndarray:
-    return np.argmax(predict(model, inputs), axis=-1)
+    """The top-1 class of each class output: shape `(samples, outputs)`."""
+    outputs = predict(model, inputs)
+    return np.stack([np.argmax(outputs[i], axis=-1).reshape(-1) for i in _class_outputs(outputs)], axis=-1)
+
+
+def _per_output(model: keras.Model, outputs, tree):
+    """`tree` (targets or sample weights, as `fit` takes them) as a list
+    aligned with the model's flattened `outputs`: one array for a
+    one-output model (or a weight shared by all), a list in output order, or
+    a dict keyed by output name. None where an output has none."""
+    if tree is None or not isinstance(tree, (dict, list, tuple)):
+        return [tree] * len(outputs)
+    if isinstance(tree, dict):
+        names = list(model.output_names)
+        if isinstance(model.output, dict):
+            names = sorted(model.output)  # keras.tree.flatten's order
+        unknown = set(tree) - set(names)
+        if unknown:
+            raise ValueError(
+                f"The shrink's validation data names outputs {sorted(unknown)}, which this model "
+                f"does not have; its outputs are {names}."
+            )
+        return [tree.get(name) for name in names]
+    tree = list(tree)
+    if len(tree) != len(outputs):
+        raise ValueError(
+            f"The shrink's validation data has {len(tree)} targets (or weights) for a model with "
+            f"{len(outputs)} outputs."
+        )
+    return tree
 
 
 class AgreementGuard:
@@ -131,44 +123,56 @@ class AgreementGuard:
     def disagreement(self, model: keras.Model) -> float:
         if self.reference is None:
             raise RuntimeError("AgreementGuard.start(model, inputs) must be called first.")
-        return float(np.mean(top1(model, self.inputs) != self.reference))
+        # Several class outputs: the one that changed most.
+        return float(np.max(np.mean(top1(model, self.inputs) != self.reference, axis=0)))
 
     def holds(self, model: keras.Model) -> bool:
         # NaN predictions argmax to 0 everywhere: they disagree, and fail.
         return self.disagreement(model) <= self.max_disagreement
 
 
-def validation_hits(model: keras.Model, validation_data) -> tuple[np.ndarray, np.ndarray]:
+def validation_hits(model: keras.Model, validation_data, steps: int | None = None):
     """Per sample of `validation_data` (`(x, y)` or `(x, y, sample_weight)`
-    arrays, or a dataset of such batches): whether the model's top-1 class is
-    right, and the sample's weight (1 where none is given). Labels are class
-    indices, or one-hot / probability rows."""
-    if isinstance(validation_data, (tuple, list)) and _is_arrays(validation_data[0]):
-        batches = [_split(tuple(validation_data))]
-    else:
-        source = validation_data
-        if isinstance(source, keras.utils.PyDataset):
-            source = (source[i] for i in range(len(source)))
-        batches = (_split(batch) for batch in source)
+    arrays, or a dataset of such batches, at most `steps` of them), and per
+    class output of the model (columns, in `keras.tree.flatten` order):
+    whether the top-1 class is right, and the sample's weight for that
+    output (1 where none is given), as `fit` weighs `val_*accuracy`. Labels
+    are class indices, or one-hot / probability rows."""
     hits, weights = [], []
-    for x, y, weight in batches:
-        predicted = top1(model, keras.tree.map_structure(lambda a: np.asarray(keras.ops.convert_to_numpy(a)), x))
-        labels = np.asarray(keras.ops.convert_to_numpy(y))
-        if labels.ndim == predicted.ndim + 1 and labels.shape[-1] > 1:
-            labels = np.argmax(labels, axis=-1)
-        hit = (predicted == labels.reshape(predicted.shape)).astype("float64").reshape(-1)
-        hits.append(hit)
-        weights.append(np.ones_like(hit) if weight is None
-                       else np.asarray(keras.ops.convert_to_numpy(weight), "float64").reshape(-1))
+    for x, y, weight in batches(validation_data, steps):
+        if y is None:
+            raise ValueError("The shrink's validation data must carry targets: `(x, y)` batches.")
+        outputs = predict(model, x)
+        labels, sample_weights = _per_output(model, outputs, y), _per_output(model, outputs, weight)
+        columns = [i for i in _class_outputs(outputs) if labels[i] is not None]
+        hit_columns, weight_columns = [], []
+        for i in columns:
+            predicted = np.argmax(outputs[i], axis=-1).reshape(-1)
+            label = np.asarray(labels[i])
+            if label.ndim == outputs[i].ndim and label.shape[-1] > 1:
+                label = np.argmax(label, axis=-1)
+            hit_columns.append(predicted == label.reshape(-1))
+            weight_columns.append(np.ones(len(predicted)) if sample_weights[i] is None
+                                  else np.asarray(sample_weights[i], "float64").reshape(-1))
+        hits.append(np.stack(hit_columns, axis=-1).astype("float64"))
+        weights.append(np.stack(weight_columns, axis=-1))
+    if not hits:
+        raise ValueError("The shrink's validation data is empty.")
     hits, weights = np.concatenate(hits), np.concatenate(weights)
-    if weights.sum() <= 0:
-        raise ValueError("The shrink's validation data is empty (or all its sample weights are 0).")
+    if (weights.sum(axis=0) <= 0).any():
+        raise ValueError("The shrink's validation data has all its sample weights at 0.")
     return hits, weights
 
 
+def _columns(*arrays):
+    return [a.reshape(len(a), -1) for a in arrays]
+
+
 def accuracy(hits: np.ndarray, weights: np.ndarray) -> float:
-    """Weighted top-1 accuracy, as `fit` weighs `val_accuracy`."""
-    return float((hits * weights).sum() / weights.sum())
+    """Weighted top-1 accuracy, as `fit` weighs `val_accuracy` (the mean
+    over class outputs, when there are several)."""
+    hits, weights = _columns(hits, weights)
+    return float(np.mean((hits * weights).sum(axis=0) / weights.sum(axis=0)))
 
 
 # One-sided 95 % normal quantile.
@@ -181,8 +185,10 @@ def drop_exceeds(start_hits: np.ndarray, final_hits: np.ndarray, weights: np.nda
     than 1.645 standard errors. The samples whose verdict changed carry all
     the evidence (McNemar's view of a paired comparison): a set of 143
     samples where 4 changed can tell a fall of 3 from noise, not of 1."""
-    total = weights.sum()
+    start_hits, final_hits, weights = _columns(start_hits, final_hits, weights)
+    total = weights.sum(axis=0)
     change = (start_hits - final_hits) * weights
-    drop = change.sum() / total
-    standard_error = np.sqrt(np.square(change).sum()) / total
-    return bool(drop > tolerance + _Z * standard_error)
+    drop = change.sum(axis=0) / total
+    standard_error = np.sqrt(np.square(change).sum(axis=0)) / total
+    # Several class outputs: each must keep the promise.
+    return bool((drop > tolerance + _Z * standard_error).any())

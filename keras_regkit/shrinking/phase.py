@@ -19,6 +19,7 @@ import numpy as np
 from keras_regkit import _validate, pruning, stats
 from keras_regkit import weights as weights_lib
 from keras_regkit.compact import dead_units
+from keras_regkit.shrinking import data as data_lib
 from keras_regkit.shrinking import guards as guards_lib
 from keras_regkit.shrinking import masks as masks_lib
 from keras_regkit.shrinking import scores as scores_lib
@@ -243,6 +244,8 @@ class ShrinkPhase(keras.callbacks.Callback):
         validation_data: `(x, y)` or `(x, y, sample_weight)` arrays, a
             dataset, or a `keras.utils.PyDataset`, for the baseline and the
             one final check. Not an iterator that can be read only once.
+        validation_steps: How many batches of `validation_data` to read, as
+            for `fit`; needed for a dataset that repeats forever.
         weights: Weight kinds to shrink. Defaults to `"kernel"`.
         layers: Layer selector, as in `apply_regularizers`. Defaults to all.
         monitor: With `patience`: the logged metric whose plateau starts the
@@ -275,6 +278,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         learning_rate="auto",
         reference_inputs=None,
         validation_data=None,
+        validation_steps: int | None = None,
         weights="kernel",
         layers="*",
         monitor: str = "val_loss",
@@ -336,12 +340,20 @@ class ShrinkPhase(keras.callbacks.Callback):
             guard = guard or guards_lib.AgreementGuard(
                 min(1.0, guards_lib.DISAGREEMENT_PER_TOLERANCE * self.tolerance))
         self.guard = guard
-        self.reference_inputs = reference_inputs
+        self.reference_inputs = _check_rereadable(reference_inputs, "reference_inputs")
         self.cut_every = _validate.integer("cut_every", cut_every, minimum=1)
         if not (learning_rate is None or learning_rate == "auto"):
             learning_rate = _validate.real("learning_rate", learning_rate)
         self.learning_rate = learning_rate
-        self.validation_data = _check_rereadable(validation_data)
+        self.validation_data = _check_rereadable(validation_data, "validation_data")
+        self.validation_steps = None if validation_steps is None else _validate.integer(
+            "validation_steps", validation_steps, minimum=1)
+        if self.validation_steps is None and data_lib.is_infinite(validation_data):
+            raise ValueError(
+                "Invalid value for argument `validation_data`: this dataset repeats forever, and "
+                "the shrink reads its validation data to the end. Pass `validation_steps=` (how "
+                "many batches to read), as to `fit`."
+            )
         self.weights_spec = weights_lib.normalize_kinds(weights)
         weights_lib.check_selector(layers)
         self.layers = layers
@@ -493,7 +505,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._begin(epoch)
         self._user_learning_rate = self._set_learning_rate()
         if self.validation_data is not None:
-            self._start_hits, weights = guards_lib.validation_hits(self.model, self.validation_data)
+            self._start_hits, weights = self._validation_hits()
             self.result.baseline = guards_lib.accuracy(self._start_hits, weights)
         self._step = self._epoch_steps = self._failed_checks = 0
         self._ceiling = None
@@ -501,6 +513,9 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._good = self._snapshot()
         self._say(f"Epoch {epoch + 1}: shrink starts ({self.mode_name} mode).")
         self._cut_to(self.schedule(0.0))
+
+    def _validation_hits(self):
+        return guards_lib.validation_hits(self.model, self.validation_data, self.validation_steps)
 
     def _progress(self) -> float:
         return min(self._step / self._total_steps, 1.0) if self._total_steps else 0.0
@@ -594,7 +609,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         pruning.release_zeros(self.model)
         self._restore_learning_rate()
         if self.validation_data is not None and self.mode_name == "tolerance":
-            hits, weights = guards_lib.validation_hits(self.model, self.validation_data)
+            hits, weights = self._validation_hits()
             if guards_lib.drop_exceeds(self._start_hits, hits, weights, self.tolerance):
                 # The one check on labelled data failed: back to the start.
                 self.model.set_weights(self._start_weights)
@@ -605,7 +620,7 @@ class ShrinkPhase(keras.callbacks.Callback):
     def _conclude(self) -> None:
         self.result.steps = self._step
         if self.validation_data is not None:
-            self.result.final = guards_lib.accuracy(*guards_lib.validation_hits(self.model, self.validation_data))
+            self.result.final = guards_lib.accuracy(*self._validation_hits())
         if self.guard is not None:
             self.result.disagreement = self.guard.disagreement(self.model)
         self.result.layers = stats.WeightStats(self.model, self.weights_spec).compute()
@@ -726,19 +741,16 @@ def _finite(weights: list) -> bool:
     return all(np.isfinite(w).all() for w in weights)
 
 
-def _check_rereadable(data):
-    """Refuses validation data that one reading would use up."""
-    if data is None or isinstance(data, (tuple, list, keras.utils.PyDataset)):
-        return data
-    try:
-        one_shot = iter(data) is data
-    except TypeError:
-        one_shot = False
-    if one_shot:
+def _check_rereadable(data, name: str):
+    """Refuses data that one reading would use up (the shrink reads its
+    validation data twice, and `fit` reads the training inputs after the
+    guard has sampled them)."""
+    if data_lib.read_once(data):
         raise ValueError(
-            "Invalid value for argument `validation_data`: an iterator or generator can be read "
-            "only once, and the shrink reads its validation data at the start and at the end. "
-            "Pass arrays, a tf.data.Dataset or a keras.utils.PyDataset. "
-            f"Received: validation_data={data!r}"
+            f"Invalid value for argument `{name}`: an iterator or generator can be read only "
+            "once, and the shrink would use it up (it reads its validation data at the start and "
+            "at the end, and samples its reference inputs before `fit` reads them). Pass "
+            "arrays, a tf.data.Dataset or a keras.utils.PyDataset. "
+            f"Received: {name}={data!r}"
         )
     return data

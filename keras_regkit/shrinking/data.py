@@ -1,0 +1,101 @@
+"""Reading the data `fit` accepts, as `fit` reads it: arrays (or lists and
+dicts of them), `(x, y[, sample_weight])` tuples, datasets, generators and
+`keras.utils.PyDataset`s; the guard samples its inputs and reads its
+validation batches through these."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+
+def first_axis(tree) -> int:
+    return int(np.shape(keras.tree.flatten(tree)[0])[0])
+
+
+def take(tree, index):
+    return keras.tree.map_structure(lambda a: np.asarray(a)[index], tree)
+
+
+def _numpy(tree):
+    return keras.tree.map_structure(
+        lambda a: None if a is None else np.asarray(keras.ops.convert_to_numpy(a)), tree)
+
+
+def _split(batch):
+    """(x, y, sample_weight) of one batch or one `validation_data` tuple,
+    as `fit` reads them: a tuple is `(x,)`, `(x, y)` or `(x, y, weight)`;
+    anything else (a list or dict) is `x` alone."""
+    if isinstance(batch, tuple):
+        return (tuple(batch) + (None, None))[:3]
+    return batch, None, None
+
+
+def _is_arrays(data) -> bool:
+    try:
+        return all(hasattr(a, "shape") and hasattr(a, "__array__") for a in keras.tree.flatten(data))
+    except Exception:  # noqa: BLE001 - any exotic structure is "not arrays"
+        return False
+
+
+def is_infinite(data) -> bool:
+    """A tf.data dataset that repeats forever (its cardinality says so)."""
+    cardinality = getattr(data, "cardinality", None)
+    if cardinality is None:
+        return False
+    try:
+        import tensorflow as tf
+
+        return int(cardinality()) == int(tf.data.INFINITE_CARDINALITY)
+    except Exception:  # noqa: BLE001 - not a tf.data dataset after all
+        return False
+
+
+def batches(data, steps: int | None = None):
+    """The `(x, y, sample_weight)` NumPy batches of `data`, read as `fit`
+    reads it: an `(x, y[, sample_weight])` tuple of arrays (one batch), or a
+    dataset, generator or `keras.utils.PyDataset` of such batches; at most
+    `steps` of them."""
+    if isinstance(data, (tuple, list)) and data and _is_arrays(data[0]):
+        yield _numpy(_split(tuple(data)))
+        return
+    if isinstance(data, keras.utils.PyDataset):
+        source = (data[i] for i in range(len(data)))
+    else:
+        source = iter(data)
+    for count, batch in enumerate(source):
+        if steps is not None and count >= steps:
+            return
+        yield _numpy(_split(batch))
+
+
+def sample_inputs(x, samples: int, seed: int = 0):
+    """Up to `samples` inputs from `x`: arrays (or lists and dicts of them),
+    picked at random without replacement, or the first batches of a dataset,
+    generator or `keras.utils.PyDataset` that yields `x` or `(x, y, ...)`."""
+    if _is_arrays(x):
+        n = first_axis(x)
+        if n <= samples:
+            return _numpy(x)
+        index = np.sort(np.random.default_rng(seed).choice(n, samples, replace=False))
+        return take(x, index)
+    taken, count = [], 0
+    for inputs, _, _ in batches(x):
+        taken.append(inputs)
+        count += first_axis(inputs)
+        if count >= samples:
+            break
+    if not taken:
+        raise ValueError("The shrink's guard found no inputs in the data it was given: it is empty.")
+    joined = keras.tree.map_structure(lambda *parts: np.concatenate(parts), *taken)
+    return take(joined, slice(0, samples))
+
+
+def read_once(data) -> bool:
+    """An iterator or generator: reading it uses it up."""
+    if data is None or isinstance(data, (tuple, list, dict, keras.utils.PyDataset)):
+        return False
+    try:
+        return iter(data) is data
+    except TypeError:
+        return False
