@@ -91,7 +91,7 @@ def search(args) -> int:
         "elasticnet": lambda s: rk.regularizers.ElasticNet(l1=s, l2=s),
     }
     shrink = None if args.shrink is None else {"sparsity": args.shrink, "epochs": 1 if quick else 5}
-    low, high = (1e-4, 1e-3) if quick else (args.low, args.high)
+    low, high = (1e-3, 1e-3) if quick else (args.low, args.high)  # --quick: 4 trials of 2 epochs
     print(f"keras-regkit search: {args.dataset}, {args.penalty} from {low:g} to {high:g}", flush=True)
     format_warning = warnings.formatwarning
     try:
@@ -100,7 +100,7 @@ def search(args) -> int:
         result = rk.search_strength(
             build_model, x, y, validation_data=validation, penalty=penalties[args.penalty], low=low, high=high,
             fine=2 if quick else args.fine, objective=args.objective, epochs=2 if quick else args.epochs,
-            batch_size=64, patience=args.patience, shrink=shrink, directory=args.directory,
+            batch_size=64, patience=None if quick else args.patience, shrink=shrink, directory=args.directory,
             verbose=0 if args.no_progress else 1,
         )
     except (ImportError, TypeError, ValueError) as error:

@@ -142,7 +142,7 @@ def test_cli_quick_search_prints_the_table_writes_the_plot_and_resumes(tmp_path,
     out = capsys.readouterr().out
     lines = out[out.index("strength  "):out.index("best strength")].splitlines()[2:]
     rows = [line.split() for line in lines if not line.startswith("(")]  # "(no strength beats ...)"
-    assert [row[1] for row in rows] == ["reference", "fine", "decade", "fine", "decade"]
+    assert [row[1] for row in rows] == ["reference", "fine", "decade", "fine"]
     for row in rows:
         assert 0.1 < float(row[3]) <= 1  # val_accuracy: above chance
     assert sum("<- best" in line for line in lines) == 1
