@@ -1,14 +1,17 @@
 """keras_regkit: weight regularization and shrinking, native to Keras 3.
 
-Importing the package registers every class for `keras.saving.load_model`.
+Importing the package registers every class for `keras.saving.load_model`:
+run `import keras_regkit` before loading a model saved with it (or pass
+`custom_objects=keras_regkit.custom_objects()`).
 """
 
 from keras_regkit import callbacks, regularizers, schedules
-from keras_regkit.attach import Attachment, apply_regularizers, remove_regularizers
+from keras_regkit.attach import Attachment, apply_regularizers, reapply_regularizers, remove_regularizers
 from keras_regkit import shrinking
 from keras_regkit.shrinking import ShrinkResult, shrink
 from keras_regkit.compact import CompactResult, compact, dead_units
 from keras_regkit.pruning import HoldZeros, PruneResult, prune, release_zeros
+from keras_regkit.saving import custom_objects
 from keras_regkit.search import StrengthSearchResult, search_strength
 from keras_regkit.stats import LayerStats, SparsityReport, sparsity_report
 from keras_regkit.weights import WEIGHT_KINDS, WeightRef, iter_weights
@@ -29,9 +32,11 @@ __all__ = [
     "apply_regularizers",
     "callbacks",
     "compact",
+    "custom_objects",
     "dead_units",
     "iter_weights",
     "prune",
+    "reapply_regularizers",
     "regularizers",
     "release_zeros",
     "remove_regularizers",

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import warnings
 from typing import Mapping, Sequence, Union
 
 import keras
 
+from keras_regkit import _validate
 from keras_regkit import weights as weights_lib
 from keras_regkit.regularizers import Combined, _Penalty
 from keras_regkit.weights import LayerSelector, WeightRef
@@ -18,6 +21,14 @@ class Attachment:
 
     Attributes:
         changes: `(WeightRef, previous_regularizer)` pairs, in the order applied.
+        owner_changes: `(composite_layer, attribute, previous)` for the
+            composite layers (e.g. `MultiHeadAttention`) whose own
+            `kernel_regularizer`-style argument now carries the penalty, so
+            that it is saved.
+        unsaved: The `WeightRef`s whose penalty a saved model will not carry
+            (inside composite layers that rebuild their sublayers from their
+            own arguments; set with `allow_unsaved=True`). `to_json()` and
+            `reapply_regularizers` put them back after loading.
 
     Example:
 
@@ -32,6 +43,8 @@ class Attachment:
 
     model: keras.Model
     changes: list[tuple[WeightRef, object]]
+    owner_changes: list[tuple[keras.layers.Layer, str, object]] = dataclasses.field(default_factory=list)
+    unsaved: list[WeightRef] = dataclasses.field(default_factory=list)
 
     @property
     def refs(self) -> list[WeightRef]:
@@ -41,7 +54,25 @@ class Attachment:
         """Puts every changed weight's previous regularizer back."""
         for ref, previous in reversed(self.changes):
             ref.set_regularizer(previous)
+        for owner, attribute, previous in reversed(self.owner_changes):
+            setattr(owner, attribute, previous)
+        _SaveWarning.unhook(self)
         rebuild_step_functions(self.model)
+
+    def to_json(self) -> str:
+        """The penalties this attachment set, as JSON: pass it to
+        `reapply_regularizers` after loading the model to set them again
+        (needed for `unsaved` ones; harmless for the others). Regularizers
+        shared by several weights stay shared."""
+        configs, index, entries = [], {}, []
+        for ref, _ in self.changes:
+            regularizer = ref.regularizer
+            if regularizer is not None and id(regularizer) not in index:
+                index[id(regularizer)] = len(configs)
+                configs.append(keras.saving.serialize_keras_object(regularizer))
+            entries.append({"path": ref.path, "kind": ref.kind,
+                            "regularizer": None if regularizer is None else index[id(regularizer)]})
+        return json.dumps({"keras_regkit_attachment": 1, "regularizers": configs, "weights": entries})
 
     def __len__(self) -> int:
         return len(self.changes)
@@ -51,6 +82,7 @@ def apply_regularizers(
     model: keras.Model,
     regularizers: Mapping[LayerSelector, keras.regularizers.Regularizer],
     weights: Union[str, Sequence[str]] = "kernel",
+    allow_unsaved: bool = False,
 ) -> Attachment:
     """Attaches penalties to the layers of an existing model.
 
@@ -61,6 +93,18 @@ def apply_regularizers(
     A weight that already has a regularizer gets the new one instead; the
     returned `Attachment` can put the old ones back.
 
+    **Inside composite layers.** A layer such as `MultiHeadAttention` builds
+    its sublayers from its own arguments. Where one of them carries the
+    penalty (`MultiHeadAttention(kernel_regularizer=...)` for its four
+    projection kernels), selecting all of those weights with one
+    regularizer sets that argument too, so the penalty is saved and reloads
+    with `safe_mode=True`. Where none does (KerasHub's `TransformerEncoder`,
+    or part of an attention layer's kernels), a saved model would lose the
+    penalty, so this is refused unless `allow_unsaved=True`: then the
+    penalty acts in this process, saving the model warns once naming those
+    weights, and `attachment.to_json()` + `reapply_regularizers(model,
+    text)` set the same penalties again after loading.
+
     Args:
         model: The model to change, in place.
         regularizers: Maps a layer selector to the regularizer for the
@@ -68,12 +112,14 @@ def apply_regularizers(
             layer name or its path (`"encoder/*"`, `"dense_*"`), a layer
             class (`keras.layers.Conv2D`), or a callable `layer -> bool`.
             Selecting a layer also selects the layers inside it (an `LSTM`'s
-            cell, a nested model's layers). Later entries win where two
-            selectors overlap.
+            cell, a nested model's layers, an attention layer's projections).
+            Later entries win where two selectors overlap.
         weights: The weight kind, or a list of kinds, that get the penalty:
             `"kernel"` (default), `"bias"`, `"recurrent_kernel"`,
             `"depthwise_kernel"`, `"pointwise_kernel"`, `"embeddings"`,
             `"gamma"`, `"beta"`.
+        allow_unsaved: Attach also where the model's config cannot save the
+            penalty (see above). Defaults to False.
 
     Returns:
         An `Attachment` listing what changed; `attachment.undo()` reverts it.
@@ -82,8 +128,12 @@ def apply_regularizers(
         TypeError: If a selector or a regularizer has the wrong type.
         ValueError: If `weights` names an unknown kind, a selector matches
             no layer with such a weight (the message lists those that have
-            one), or it matches a weight inside a composite layer such as
-            `MultiHeadAttention`, whose config would not save the penalty.
+            one), or, without `allow_unsaved=True`, it matches a weight
+            whose penalty a saved model would not carry.
+
+    Warns:
+        UserWarning: When a selected weight is frozen (`trainable=False`):
+            Keras adds no penalty for it until it is trainable again.
 
     Layers of a subclassed model are reached, but such a model re-creates
     its layers from its own code when reloaded: penalties attached to it act
@@ -103,8 +153,9 @@ def apply_regularizers(
             "{'dense*': keras_regkit.regularizers.L1(1e-4)}. "
             f"Received: regularizers={regularizers!r}"
         )
+    _validate.boolean("allow_unsaved", allow_unsaved)
     kinds = weights_lib.normalize_kinds(weights)
-    plan = []
+    assignments = {}  # by variable: later selectors win
     for selector, regularizer in regularizers.items():
         if not isinstance(regularizer, keras.regularizers.Regularizer):
             raise TypeError(
@@ -112,34 +163,188 @@ def apply_regularizers(
                 "`keras.regularizers.Regularizer` instance (so it can be "
                 f"saved with the model). Received: {regularizer!r}"
             )
-        refs = weights_lib.select_weights(model, selector, kinds)
-        inside = [ref for ref in refs if ref.owner is not None]
-        if inside:
-            owner = inside[0].owner
-            raise ValueError(
-                f"Selector {selector!r} matches '{inside[0].path}', which lives inside "
-                f"the {type(owner).__name__} layer '{owner.name}'. That layer rebuilds "
-                "its sublayers from its own config, so a penalty set here would be "
-                "lost when the model is saved. Pass the regularizer to "
-                f"{type(owner).__name__} itself (e.g. its `kernel_regularizer` "
-                "argument) or select other layers."
-            )
-        plan.append((refs, regularizer))
-    # Everything is validated before anything changes.
+        for ref in weights_lib.select_weights(model, selector, kinds):
+            assignments.pop(id(ref.variable), None)
+            assignments[id(ref.variable)] = (ref, regularizer)
+    attachment = set_regularizers(model, list(assignments.values()), allow_unsaved)
+    frozen = _frozen(model, attachment.refs)
+    if frozen:
+        warnings.warn(
+            f"apply_regularizers: {len(frozen)} selected weights are frozen (trainable=False): "
+            f"{frozen[:5]}{' ...' if len(frozen) > 5 else ''}. Keras adds no penalty for frozen "
+            "weights, so theirs acts only once their layer is trainable again.",
+            stacklevel=2,
+        )
+    return attachment
+
+
+def reapply_regularizers(model: keras.Model, attachment_json: str) -> Attachment:
+    """Sets the penalties an `Attachment.to_json()` recorded on `model` (a
+    reloaded copy of the model it was taken from), by weight path and kind.
+
+    Args:
+        model: The model to change, in place.
+        attachment_json: What `Attachment.to_json()` returned.
+
+    Returns:
+        The new `Attachment`.
+
+    Raises:
+        ValueError: If the text is not such a record, or names a weight this
+            model does not have.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense")])
+    >>> text = rk.apply_regularizers(model, {"*": rk.regularizers.L1(0.01)}).to_json()
+    >>> copy = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense")])
+    >>> len(rk.reapply_regularizers(copy, text)), len(copy.losses)
+    (1, 1)
+    """
+    try:
+        record = json.loads(attachment_json)
+        if record.get("keras_regkit_attachment") != 1:
+            raise KeyError("keras_regkit_attachment")
+        configs, entries = record["regularizers"], record["weights"]
+    except (TypeError, ValueError, KeyError, AttributeError):
+        raise ValueError(
+            "Invalid value for argument `attachment_json`: expected the text of "
+            f"`Attachment.to_json()`. Received: {str(attachment_json)[:80]!r}"
+        ) from None
+    regularizers = [keras.saving.deserialize_keras_object(config) for config in configs]
+    by_key = {(ref.path, ref.kind): ref for ref in weights_lib.iter_weights(model, "all")}
+    missing = [f"{e['path']}:{e['kind']}" for e in entries if (e["path"], e["kind"]) not in by_key]
+    if missing:
+        raise ValueError(
+            f"reapply_regularizers: model '{model.name}' has no weights {missing[:5]} that the "
+            "attachment names; pass the model it was taken from (or a reloaded copy)."
+        )
     return set_regularizers(
-        model, [(ref, regularizer) for refs, regularizer in plan for ref in refs]
+        model,
+        [(by_key[(e["path"], e["kind"])], None if e["regularizer"] is None else regularizers[e["regularizer"]])
+         for e in entries],
+        allow_unsaved=True,
     )
 
 
-def set_regularizers(model: keras.Model, assignments) -> Attachment:
+def set_regularizers(model: keras.Model, assignments, allow_unsaved: bool = False) -> Attachment:
     """Sets `(WeightRef, regularizer)` pairs, in order, and rebuilds the step
-    functions once; the returned `Attachment` undoes it."""
+    functions once; the returned `Attachment` undoes it. Weights inside
+    composite layers go through the composite's own argument where it has
+    one for all of them (so the penalty is saved); the others need
+    `allow_unsaved`, checked before anything changes."""
+    owner_changes, unsaved = _through_owners(assignments)
+    if unsaved and not allow_unsaved:
+        ref = unsaved[0]
+        hint = weights_lib.owner_config_attr(ref.owner, ref.config_attr)
+        raise ValueError(
+            f"'{ref.path}' lives inside the {type(ref.owner).__name__} layer '{ref.owner.name}', "
+            "which rebuilds its sublayers from its own arguments: a penalty set there acts now "
+            "but would be lost when the model is saved"
+            + (f" (its `{ref.config_attr}` argument covers all of its {ref.kind}s at once: select "
+               "the whole layer with one regularizer to go through it)" if hint else "")
+            + ". Pass `allow_unsaved=True` to attach it anyway (saving then warns, and "
+            "`Attachment.to_json()` with `reapply_regularizers` re-applies it after loading), "
+            f"or select other layers. Weights concerned: {[r.path for r in unsaved][:5]}"
+        )
     changes = []
     for ref, regularizer in assignments:
         changes.append((ref, ref.regularizer))
         ref.set_regularizer(regularizer)
+    applied = []
+    for owner, attribute, regularizer in owner_changes:
+        applied.append((owner, attribute, getattr(owner, attribute)))
+        setattr(owner, attribute, regularizer)
+    attachment = Attachment(model, changes, applied, unsaved)
+    _SaveWarning.hook(attachment)
     rebuild_step_functions(model)
-    return Attachment(model, changes)
+    return attachment
+
+
+def _through_owners(assignments):
+    """Splits the weights inside composite layers into those whose
+    composite's own argument can carry the penalty (all of its weights of
+    that kind, one regularizer: `(owner, attribute, regularizer)` changes)
+    and those it cannot (the `WeightRef`s, which a saved model would lose)."""
+    groups = {}
+    for ref, regularizer in assignments:
+        if ref.owner is not None:
+            groups.setdefault((id(ref.owner), ref.kind), []).append((ref, regularizer))
+    owner_changes, unsaved = [], []
+    for members in groups.values():
+        ref = members[0][0]
+        attribute = weights_lib.owner_config_attr(ref.owner, ref.config_attr)
+        chosen = {id(r.variable) for r, _ in members}
+        every = {id(r.variable) for r in weights_lib.iter_weights(ref.owner, ref.kind)}
+        regularizers = {id(regularizer) for _, regularizer in members}
+        if attribute is not None and chosen == every and len(regularizers) == 1:
+            owner_changes.append((ref.owner, attribute, members[0][1]))
+        else:
+            unsaved.extend(r for r, regularizer in members if regularizer is not None)
+    return owner_changes, unsaved
+
+
+class _SaveWarning:
+    """Warns once, when the model or a composite layer holding unsaved
+    penalties writes its config (`model.save`, `get_config`,
+    `clone_model`), which penalties the file will not carry: an
+    instance-level `get_config` that warns and calls the one before it."""
+
+    def __init__(self, attachment: Attachment):
+        self.attachment = attachment
+        self.warned = False
+
+    @classmethod
+    def hook(cls, attachment: Attachment) -> None:
+        if not attachment.unsaved:
+            return
+        hook = cls(attachment)
+        for layer in cls._hooked_layers(attachment):
+            object.__setattr__(layer, "get_config", hook._wrap(layer.get_config))
+
+    @staticmethod
+    def _hooked_layers(attachment: Attachment) -> list:
+        """The composite layers, and the model itself: a KerasHub backbone
+        saves its own arguments, never its layers' configs."""
+        layers = {id(ref.owner): ref.owner for ref in attachment.unsaved}
+        layers[id(attachment.model)] = attachment.model
+        return list(layers.values())
+
+    def _wrap(self, original):
+        def get_config():
+            if not self.warned and any(r.regularizer is not None for r in self.attachment.unsaved):
+                self.warned = True
+                warnings.warn(
+                    "The model's saved config will not carry the penalties of "
+                    f"{[r.path + ':' + r.kind for r in self.attachment.unsaved]} (attached with "
+                    "allow_unsaved=True inside layers that rebuild their sublayers). Keep "
+                    "`attachment.to_json()` and call `keras_regkit.reapply_regularizers(model, "
+                    "text)` after loading.",
+                    stacklevel=3,
+                )
+            return original()
+
+        get_config._keras_regkit_original = original
+        return get_config
+
+    @staticmethod
+    def unhook(attachment: Attachment) -> None:
+        if not attachment.unsaved:
+            return
+        for owner in _SaveWarning._hooked_layers(attachment):
+            hooked = owner.__dict__.get("get_config")
+            original = getattr(hooked, "_keras_regkit_original", None)
+            if original is None:
+                continue
+            if getattr(original, "__func__", None) is type(owner).get_config:
+                object.__delattr__(owner, "get_config")  # back to the class's own
+            else:
+                object.__setattr__(owner, "get_config", original)  # an earlier hook
+
+
+def _frozen(model, refs) -> list[str]:
+    trainable = {id(v) for v in model.trainable_weights}
+    return [f"{ref.path}:{ref.kind}" for ref in refs if id(ref.variable) not in trainable]
 
 
 def remove_regularizers(

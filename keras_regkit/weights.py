@@ -12,6 +12,7 @@ import fnmatch
 from typing import Callable, Iterator, Sequence, Union
 
 import keras
+import numpy as np
 
 # kind -> the (variable attribute, config attribute) pairs that hold it. A layer
 # has a kind when it has both attributes. Keras saves a regularizer from the
@@ -77,10 +78,12 @@ class WeightRef:
 def normalize_kinds(weights: Union[str, Sequence[str]]) -> tuple[str, ...]:
     """Returns `weights` as a tuple of known kinds (`"all"` for every kind),
     or raises `ValueError`."""
-    if weights == "all":
+    if isinstance(weights, str) and weights == "all":
         return tuple(WEIGHT_KINDS)
-    kinds = (weights,) if isinstance(weights, str) else tuple(weights)
-    unknown = [k for k in kinds if k not in WEIGHT_KINDS]
+    # Anything but a str or a list/tuple of them (None, a number) is refused
+    # here, not by `tuple()` with a message that names no argument.
+    kinds = (weights,) if isinstance(weights, str) else tuple(weights) if isinstance(weights, (list, tuple)) else ()
+    unknown = [k for k in kinds if not isinstance(k, str) or k not in WEIGHT_KINDS]
     if unknown or not kinds:
         raise ValueError(
             f"Invalid value for argument `weights`: expected one of "
@@ -123,6 +126,22 @@ def _composite_owner(ancestors):
     return None
 
 
+def owner_config_attr(owner: keras.layers.Layer, config_attr: str) -> str | None:
+    """The attribute of composite layer `owner` that its config saves the
+    regularizer of every inner weight of a kind from (`MultiHeadAttention`'s
+    `kernel_regularizer` argument, kept as `_kernel_regularizer`), or None
+    when its config has no such argument (KerasHub's `TransformerEncoder`)."""
+    try:
+        if config_attr not in type(owner).get_config(owner):  # not our save hook
+            return None
+    except NotImplementedError:
+        return None
+    for attr in (config_attr, f"_{config_attr}"):
+        if hasattr(owner, attr):
+            return attr
+    return None
+
+
 def _weight_of(layer, kind):
     for variable_attr, config_attr in WEIGHT_KINDS[kind]:
         variable = getattr(layer, variable_attr, None)
@@ -138,7 +157,17 @@ def _matches(selector: LayerSelector, path: str, layer) -> bool:
         )
     if isinstance(selector, type):
         return isinstance(layer, selector)
-    return bool(selector(layer))
+    selected = selector(layer)
+    # Only a real bool: a NumPy array's truth value is ambiguous, and a
+    # string or a number would select by accident.
+    if not isinstance(selected, (bool, np.bool_)):
+        raise TypeError(
+            f"Invalid layer selector {_describe(selector)}: a callable selector "
+            "must return True or False for each layer. It returned "
+            f"{selected!r} (type {type(selected).__name__}) for layer "
+            f"'{path}'; wrap its result in `bool(...)` if that is what you mean."
+        )
+    return bool(selected)
 
 
 def check_selector(selector) -> None:
@@ -178,6 +207,7 @@ def iter_weights(
     kinds = normalize_kinds(weights)
     if layers is not None:
         check_selector(layers)
+    check_model(model)
     for path, layer, ancestors in iter_layers(model):
         if layers is not None and not any(
             _matches(layers, p, l)
@@ -206,6 +236,7 @@ def select_weights(
     kinds = normalize_kinds(weights)
     selected = list(iter_weights(model, kinds, layers=selector))
     if not selected:
+        check_built(model)
         available = sorted({ref.path for ref in iter_weights(model, kinds)})
         raise ValueError(
             f"Layer selector {_describe(selector)} matched no layer with a "
@@ -213,6 +244,27 @@ def select_weights(
             f"that have one: {available or 'none'}."
         )
     return selected
+
+
+def check_model(model) -> None:
+    """Raises `TypeError` unless `model` is a Keras model or layer."""
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(
+            "Invalid value for argument `model`: expected a keras.Model or "
+            f"keras.layers.Layer. Received: model={model!r} of type {type(model).__name__}"
+        )
+
+
+def check_built(model) -> None:
+    """Raises `ValueError` if `model` is not built: it has no weights yet, so
+    "nothing matched" would blame the selector instead."""
+    check_model(model)
+    if not model.built:
+        raise ValueError(
+            f"Model '{model.name}' is not built yet, so it has no weights: build "
+            "the model first (call it once on a batch, or give it an Input: "
+            "`keras.Sequential([keras.Input(shape), ...])`)."
+        )
 
 
 def _describe(selector) -> str:

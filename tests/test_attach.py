@@ -157,9 +157,21 @@ def test_refuses_weights_inside_composite_layers_whose_config_would_drop_them():
     inputs = keras.Input((4, 8))
     outputs = keras.layers.MultiHeadAttention(2, 4, name="mha")(inputs, inputs)
     model = keras.Model(inputs, keras.layers.Dense(3, name="head")(outputs))
+    # One of the four projections: MultiHeadAttention's config has one
+    # `kernel_regularizer` for all four, so it could not save this.
     with pytest.raises(ValueError, match=r"inside the MultiHeadAttention layer 'mha'.*lost when the model is saved"):
-        rk.apply_regularizers(model, {"*": L1(0.1)})
+        rk.apply_regularizers(model, {"mha/key": L1(0.1)})
     assert model.losses == []
     assert paths(rk.apply_regularizers(model, {"head": L1(0.1)})) == ["head:kernel"]
     # Reports still see inside it.
     assert any(ref.path.startswith("mha/") for ref in rk.iter_weights(model))
+
+
+def test_penalty_on_a_frozen_layer_warns_that_it_acts_only_once_trainable():
+    model = tiny_mlp()
+    model.layers[0].trainable = False
+    with pytest.warns(UserWarning, match=r"frozen.*\['hidden0:kernel'\]"):
+        attached = rk.apply_regularizers(model, {"*": L1(0.1)})
+    assert len(attached) == 2 and len(model.losses) == 1  # Keras counts the trainable one only
+    model.layers[0].trainable = True
+    assert len(model.losses) == 2
