@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
 
 def integer(name: str, value, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -19,6 +21,17 @@ def integer(name: str, value, minimum: int = 0) -> int:
             f"Received: {name}={value}"
         )
     return int(value)
+
+
+def boolean(name: str, value) -> bool:
+    """True or False (NumPy's `bool_` too), nothing else: `bool("False")` is
+    True, so a string, a number or None would silently mean something else."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(
+        f"Invalid value for argument `{name}`: expected True or False. "
+        f"Received: {name}={value!r} of type {type(value).__name__}"
+    )
 
 
 def real(name: str, value, minimum: float = 0.0, maximum: float = math.inf) -> float:

@@ -157,6 +157,10 @@ def dead_units(model: keras.layers.Layer) -> dict[str, tuple[int, int]]:
         A dict from layer path (as in `iter_weights`, e.g. `"encoder/dense"`)
         to `(dead, total)` units, in model order.
 
+    Raises:
+        TypeError: If `model` is not a Keras model or layer.
+        ValueError: If it is not built yet (it has no kernels to read).
+
     Example:
 
     >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="d")])
@@ -171,6 +175,8 @@ def dead_units(model: keras.layers.Layer) -> dict[str, tuple[int, int]]:
             f"keras.layers.Layer. Received: model={model!r} of type "
             f"{type(model).__name__}"
         )
+    # Unbuilt, every layer would look unit-less and the answer be `{}`.
+    weights_lib.check_built(model)
     layers = [(model.name, model)] + [(p, l) for p, l, _ in weights_lib.iter_layers(model)]
     counts = {}
     for path, layer in layers:
@@ -736,6 +742,12 @@ def compact(model: keras.Model, custom_objects: dict | None = None) -> CompactRe
     True
     """
     _check_model(model)
+    if custom_objects is not None and not isinstance(custom_objects, dict):
+        raise TypeError(
+            "Invalid value for argument `custom_objects`: expected None or a dict "
+            "mapping class names to classes, as for `keras.saving.load_model`. "
+            f"Received: custom_objects={custom_objects!r}"
+        )
     graph = model._functional if type(model) is keras.Sequential else model
     analysis = _Analysis(graph, graph.outputs)
 

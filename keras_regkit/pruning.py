@@ -16,6 +16,7 @@ from keras import ops
 from keras_regkit import _validate
 from keras_regkit.attach import rebuild_step_functions, step_functions_read_variables_live
 from keras_regkit import weights as weights_lib
+from keras_regkit.stats import weight_name
 from keras_regkit.weights import LayerSelector, WeightRef
 
 
@@ -132,10 +133,13 @@ def prune(
         A `PruneResult` with the threshold used and the zeros made.
 
     Raises:
-        ValueError: If not exactly one of `threshold` and `sparsity` is
-            given, or either is out of range, the selector matches nothing,
-            or `granularity` is unknown or cannot apply (weight kinds without
+        TypeError, ValueError: If not exactly one of `threshold` and
+            `sparsity` is given, or either is out of range, `hold` is not
+            True or False, the model is not built yet, the selector matches
+            nothing, a selected weight holds NaN or inf entries, or
+            `granularity` is unknown or cannot apply (weight kinds without
             units, a subclassed model whose output layers are unknown).
+            Nothing is changed then.
 
     Example:
 
@@ -154,12 +158,16 @@ def prune(
             "Give exactly one of `threshold` or `sparsity`. Received: "
             f"threshold={threshold!r}, sparsity={sparsity!r}"
         )
-    refs = select_prunable(model, layers, weights, granularity)
-    scores = [_magnitudes(ref.variable, granularity) for ref in refs]
+    # Every argument is checked before any weight changes.
     if threshold is not None:
         threshold = _validate.real("threshold", threshold)
     else:
         sparsity = _validate.real("sparsity", sparsity, maximum=1.0)
+    hold = _validate.boolean("hold", hold)
+    refs = select_prunable(model, layers, weights, granularity)
+    _check_finite(refs)
+    scores = [_magnitudes(ref.variable, granularity) for ref in refs]
+    if threshold is None:
         threshold = _global_threshold(scores, sparsity)
     zeros = params = 0
     for ref, score in zip(refs, scores):
@@ -171,6 +179,20 @@ def prune(
     if hold:
         hold_zeros(model, [ref.variable for ref in refs])
     return PruneResult(float(threshold), zeros, params, refs)
+
+
+def _check_finite(refs: list[WeightRef]) -> None:
+    # A NaN compares False with any threshold, so it would be cut and counted
+    # as a zero made: a diverged model would pass for a pruned one.
+    nonfinite = [ops.sum(ops.cast(ops.logical_not(ops.isfinite(ref.variable.value)), "int32")) for ref in refs]
+    counts = ops.convert_to_numpy(ops.stack(nonfinite))  # one host transfer
+    bad = {weight_name(ref): int(n) for ref, n in zip(refs, counts) if n}
+    if bad:
+        raise ValueError(
+            f"Cannot prune weights that hold NaN or inf entries (counts per weight: {bad}): "
+            "their magnitudes have no order, and cutting them would hide a diverged model "
+            "as a sparse one. Restore finite weights first (e.g. from a checkpoint)."
+        )
 
 
 def hold_zeros(model: keras.Model, variables) -> None:
@@ -278,6 +300,7 @@ def release_zeros(model: keras.Model) -> int:
     >>> rk.release_zeros(model)
     1
     """
+    weights_lib.check_model(model)
     released = 0
     for variable in model.weights:
         if isinstance(getattr(variable, "constraint", None), HoldZeros):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Union
 
 import keras
@@ -532,6 +533,25 @@ class GroupLasso(_Penalty):
         return {"axis": self.axis}
 
 
+def _check_part_serializable(index: int, regularizer) -> None:
+    # A lambda or an unregistered function saves, then fails at reload (in
+    # safe mode, or in another process): refuse it now, as unserializable
+    # schedules are.
+    try:
+        with warnings.catch_warnings():  # Keras' own warning about lambdas: we raise instead
+            warnings.simplefilter("ignore")
+            keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(regularizer))
+    except Exception as error:
+        raise TypeError(
+            f"Invalid value for argument `regularizers`: item {index}, "
+            f"{regularizer!r}, cannot be saved and reloaded with the model, so a "
+            "model using it could not be loaded again. Use a "
+            "`keras.regularizers.Regularizer` (ours or Keras'), or register your "
+            "class or function with `@keras.saving.register_keras_serializable()`. "
+            f"({type(error).__name__}: {str(error)[:200]})"
+        ) from None
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Combined(keras.regularizers.Regularizer):
     """The sum of several regularizers on one weight.
@@ -540,11 +560,13 @@ class Combined(keras.regularizers.Regularizer):
     is just as usable directly.
 
     Args:
-        regularizers: A list of regularizers (ours, Keras' or any callable
-            that returns a scalar).
+        regularizers: A list of regularizers (ours, Keras' or any registered
+            serializable callable that returns a scalar).
 
     Raises:
-        TypeError: If `regularizers` is not a non-empty list of callables.
+        TypeError: If `regularizers` is not a non-empty list of callables, or
+            one of them could not be saved and reloaded with the model (a
+            lambda, an unregistered function or class).
 
     Example:
 
@@ -562,6 +584,8 @@ class Combined(keras.regularizers.Regularizer):
                 "Invalid value for argument `regularizers`: expected a non-empty "
                 f"list of regularizers. Received: regularizers={regularizers!r}"
             )
+        for index, regularizer in enumerate(regularizers):
+            _check_part_serializable(index, regularizer)
         self.regularizers = regularizers
 
     def __call__(self, x):

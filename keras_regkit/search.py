@@ -290,6 +290,8 @@ def search_strength(
         )
     fine = _validate.integer("fine", fine, minimum=1)
     epochs = _validate.integer("epochs", epochs, minimum=1)
+    overwrite = _validate.boolean("overwrite", overwrite)
+    verbose = _validate.integer("verbose", verbose)
     if patience is not None:
         patience = _validate.integer("patience", patience, minimum=0)
     if validation_data is None:

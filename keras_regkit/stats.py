@@ -87,8 +87,9 @@ class WeightStats:
             layers of different scales compare fairly.
 
     Raises:
-        TypeError, ValueError: For an unknown weight kind, a bad threshold,
-            or a model with no weight of the requested kinds.
+        TypeError, ValueError: For an unknown weight kind, a bad threshold
+            or `relative` (True or False only), a model that is not built
+            yet, or a model with no weight of the requested kinds.
     """
 
     def __init__(
@@ -98,14 +99,15 @@ class WeightStats:
         threshold: float = 1e-3,
         relative: bool = False,
     ):
+        self.threshold = _validate.real("threshold", threshold)
+        self.relative = _validate.boolean("relative", relative)
         self.refs = list(weights_lib.iter_weights(model, weights))
         if not self.refs:
+            weights_lib.check_built(model)
             raise ValueError(
                 f"Model '{model.name}' has no weight of kind "
                 f"{list(weights_lib.normalize_kinds(weights))} to report on."
             )
-        self.threshold = _validate.real("threshold", threshold)
-        self.relative = bool(relative)
 
     def compute(self) -> list[LayerStats]:
         """Statistics of every weight, in model order (one host transfer)."""
@@ -293,8 +295,11 @@ def sparsity_report(
         gives plain data.
 
     Raises:
-        ValueError: For an unknown weight kind, a bad threshold or a model
-            without such weights.
+        TypeError, ValueError: For an unknown weight kind, a bad threshold
+            or `relative` (True or False only), a model that is not built
+            yet (call it once or give it a `keras.Input`), or a model
+            without such weights. NaN and inf entries are counted in
+            `nonfinite`, never as zeros or near-zeros.
 
     Example:
 

@@ -61,6 +61,7 @@ class RegularizationScheduler(keras.callbacks.Callback):
     Raises:
         ValueError: If `update_freq` is not `"batch"` or `"epoch"`, or is
             `"batch"` under JAX.
+        TypeError: If `log_strengths` or `log_reg_loss` is not True or False.
 
     Example:
 
@@ -99,8 +100,8 @@ class RegularizationScheduler(keras.callbacks.Callback):
                 f"Received: update_freq={update_freq!r}"
             )
         self.update_freq = update_freq
-        self.log_strengths = log_strengths
-        self.log_reg_loss = log_reg_loss
+        self.log_strengths = _validate.boolean("log_strengths", log_strengths)
+        self.log_reg_loss = _validate.boolean("log_reg_loss", log_reg_loss)
         self._scheduled = {}
 
     def get_config(self) -> dict:

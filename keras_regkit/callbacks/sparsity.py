@@ -34,8 +34,8 @@ class SparsityMonitor(keras.callbacks.Callback):
         weights: Weight kinds to watch: `"kernel"` (default, what penalties act
             on by default), a list of kinds, or `"all"`.
         threshold: Near-zero threshold, >= 0. Defaults to 1e-3.
-        relative: Whether `threshold` is relative to each weight's RMS.
-            Defaults to False.
+        relative: Whether `threshold` is relative to each weight's RMS
+            (True or False). Defaults to False.
         update_freq: `"epoch"` (default) or an int N: update every N batches
             (into the batch logs) as well as at each epoch end.
         per_layer: Whether to log the per-layer keys as well as the totals.
@@ -52,7 +52,8 @@ class SparsityMonitor(keras.callbacks.Callback):
         log_dir: Where to write histograms. Required with `histogram_freq`.
 
     Raises:
-        TypeError, ValueError: For a bad argument (named in the message).
+        TypeError, ValueError: For a bad argument (named in the message):
+            booleans must be True or False (not strings such as "no").
         ImportError: If `histogram_freq` is set and `tensorboard` is not
             installed.
 
@@ -91,6 +92,9 @@ class SparsityMonitor(keras.callbacks.Callback):
         if target_sparsity is not None:
             _validate.real("target_sparsity", target_sparsity, minimum=0.0, maximum=1.0)
         _validate.real("threshold", threshold)
+        _validate.boolean("relative", relative)
+        _validate.boolean("per_layer", per_layer)
+        _validate.integer("verbose", verbose)
         weights_lib.normalize_kinds(weights)
         _validate.integer("print_every", print_every, minimum=1)
         _validate.integer("histogram_freq", histogram_freq)
