@@ -10,6 +10,9 @@ inside the train step at the regularizer's step, so moving the step never
 retraces the train function under TensorFlow and PyTorch (under JAX the
 compiled step holds it as a constant and is rebuilt when it moves);
 `keras_regkit.callbacks.RegularizationScheduler` moves it during `fit`.
+A schedule's value is clipped at 0: where it goes negative (e.g.
+`PolynomialDecay(0.1, 100, -0.1)` past step 50) the penalty is off, never a
+reward for large weights, just as a negative float strength is refused.
 """
 
 from __future__ import annotations
@@ -39,6 +42,19 @@ def _magnitude(x):
     if keras.backend.backend() == "jax":
         return x * ops.sign(x)
     return ops.absolute(x)
+
+
+def _read(x):
+    """The tensor a variable (Keras' or the backend's) holds, read here:
+    TensorFlow's custom gradients refuse variables read inside them, and
+    PyTorch's see only tensors."""
+    if isinstance(x, keras.Variable):
+        x = x.value
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.convert_to_tensor(x)
+    return x
 
 
 def _check_strength(name: str, value) -> Strength:
@@ -178,19 +194,28 @@ class _Penalty(keras.regularizers.Regularizer):
     def _strength_tensor(self, name):
         value = self._strengths[name]
         if isinstance(value, LearningRateSchedule):
-            return ops.cast(value(self._step_tensor()), "float32")
+            # Clipped where it is evaluated (one scalar op): a schedule that
+            # goes negative switches the penalty off, as a negative float
+            # strength is refused.
+            return ops.maximum(ops.cast(value(self._step_tensor()), "float32"), 0.0)
         return value
 
     # -- the penalty ------------------------------------------------------
+    # True where `_penalty` casts `x` to float32 itself, inside a fused
+    # kernel: a separate cast would be one more pass over a float16 weight.
+    _casts_inside = False
+
     def __call__(self, x):
         # float32 always: under mixed precision and for float16/bfloat16
         # variables the penalty must neither overflow nor lose small terms.
         source_dtype = keras.backend.standardize_dtype(x.dtype)
         strengths = {n: self._strength_tensor(n) for n in self._strength_names}
-        return self._penalty(ops.cast(x, "float32"), source_dtype, **strengths)
+        x = _read(x) if self._casts_inside else ops.cast(x, "float32")
+        return self._penalty(x, source_dtype, **strengths)
 
     def _penalty(self, x, source_dtype, **strengths):
-        """The penalty of float32 `x`, whose variable has `source_dtype`."""
+        """The penalty of float32 `x` (of `x` as stored if `_casts_inside`),
+        whose variable has `source_dtype`."""
         raise NotImplementedError
 
     # -- serialization ----------------------------------------------------
@@ -359,6 +384,48 @@ _SATURATE_AT = 1e20
 _GRADIENT_LIMIT = {"float16": 65504.0 / 2}
 
 
+def _exp_abs_terms(x, alpha, inv_scale, end):
+    """ExpAbs' terms and its gradient with respect to `x`, from one `exp`.
+
+    Without XLA, TensorFlow runs every op as its own pass over the weight,
+    and autodiff of the penalty takes about twenty of them (the `exp`
+    again among them). The derivative of `expm1(min(u, end)) + exp(end) *
+    (u - min(u, end))` is `exp(min(u, end))` on both sides of `end`: the
+    forward `expm1` plus 1. So the gradient comes with the value, and compiled
+    as one kernel (`_one_kernel`) both take a single read of `x`.
+
+    Returns the two sums per row (over the last axis) rather than in total:
+    XLA on CPU sums in order, which over millions of float32 terms drifts by
+    about 1e-6; the caller's sum of the few row sums stays within 1e-7.
+    """
+    w = ops.cast(x, "float32")
+    u = ops.absolute(w) * inv_scale
+    clipped = ops.minimum(u, _SATURATE_AT)
+    exponential = ops.minimum(clipped, end)
+    e = ops.expm1(exponential)
+    axis = -1 if len(x.shape) > 1 else None
+    # `clipped - exponential` is `relu(clipped - end)`, exactly.
+    sums = ops.sum(e, axis=axis), ops.sum(clipped - exponential, axis=axis)
+    # sign(w) is 0 at exact zeros (see `_magnitude`); past the saturation
+    # the penalty is constant.
+    grad = ops.where(u <= _SATURATE_AT, (alpha * inv_scale) * ops.sign(w) * (e + 1.0), 0.0)
+    return sums, ops.cast(grad, x.dtype)
+
+
+def _one_kernel(fn):
+    # TensorFlow without XLA (the default train step on CPU) runs each op as
+    # its own pass over memory; XLA fuses `fn` into one. JAX compiles the
+    # whole train step anyway, and PyTorch runs `fn` as it is.
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=True)
+    return fn
+
+
+_exp_abs_kernel = _one_kernel(_exp_abs_terms)
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class ExpAbs(_Penalty):
     """Exponential penalty: `alpha * sum(exp(|x| / scale) - 1)`.
@@ -379,10 +446,11 @@ class ExpAbs(_Penalty):
     `alpha = scale`), so it stays finite there too. (Mixed-precision
     policies keep float32 variables and are not affected.)
 
-    Cost: it needs an `exp` per weight and per gradient, about 2.5-3x the
-    work of Keras' `L1L2` when the train step is not compiled with XLA (the
-    default on CPU); with `model.compile(..., jit_compile=True)` XLA fuses it
-    and it costs about the same as `L1L2` (see benchmarks/).
+    Cost: about that of Keras' `L1L2`, with or without XLA. The value and
+    its gradient come from one `exp` per weight (the gradient is written by
+    hand and reuses it), and under TensorFlow both are computed by one
+    XLA-compiled kernel even when the train step itself is not compiled
+    (see benchmarks/bench_penalty_overhead.py).
 
     Args:
         alpha: Strength, a float >= 0 or a schedule. Defaults to 0.01.
@@ -423,20 +491,26 @@ class ExpAbs(_Penalty):
     def alpha(self) -> Strength:
         return self._strengths["alpha"]
 
+    _casts_inside = True
+
     def _penalty(self, x, source_dtype, alpha):
-        u = _magnitude(x)
-        if self.scale != 1.0:
-            u = u * (1.0 / self.scale)
-        u = ops.minimum(u, _SATURATE_AT)
-        end = self._end_of_exponential(source_dtype, alpha)
-        # expm1 up to `end`, then a line with the slope it has there. Written
-        # as `expm1(min(u, end)) + slope * relu(u - end)`: each piece has a
-        # gradient on one side only (no select, and no `slope - slope`
-        # cancellation as `slope * (u - min(u, end))` would have).
-        slope = math.exp(end) if isinstance(end, float) else ops.exp(end)
-        return alpha * (
-            ops.sum(ops.expm1(ops.minimum(u, end))) + slope * ops.sum(ops.relu(u - end))
-        )
+        # Tensors, so that one trace of the kernel serves every strength.
+        alpha = ops.convert_to_tensor(alpha, "float32")
+        end = ops.convert_to_tensor(self._end_of_exponential(source_dtype, alpha), "float32")
+        inv_scale = ops.convert_to_tensor(1.0 / self.scale, "float32")
+
+        @ops.custom_gradient
+        def penalty(x):
+            (exponential, linear), grad = _exp_abs_kernel(x, alpha, inv_scale, end)
+            value = alpha * (ops.sum(exponential) + ops.exp(end) * ops.sum(linear))
+
+            def backward(*args, upstream=None):
+                upstream = args[0] if upstream is None else upstream
+                return ops.cast(upstream, grad.dtype) * grad
+
+            return value, backward
+
+        return penalty(x)
 
     def _end_of_exponential(self, source_dtype, alpha):
         limit = _GRADIENT_LIMIT.get(source_dtype)

@@ -254,3 +254,67 @@ def test_rejects_non_numeric_scale():
 def test_from_config_rejects_unknown_keys(cls, config):
     with pytest.raises(ValueError, match=r"unknown keys \[.*\]. Valid keys"):
         cls.from_config(config)
+
+
+def expabs_by_autodiff(alpha, scale, source_dtype):
+    """ExpAbs as it was written before its fused kernel: the plain formula,
+    differentiated by the backend (the reference for the hand-written
+    gradient)."""
+    end = 20.0
+    if source_dtype == "float16":
+        end = min(max(math.log(65504.0 / 2 * scale / alpha), 0.0), 20.0)
+
+    def penalty(x):
+        x = keras.ops.cast(x, "float32")
+        # |x| as x * sign(x): gradient 0 at 0 on every backend.
+        u = keras.ops.minimum(x * keras.ops.sign(x) / scale, 1e20)
+        exponential = keras.ops.sum(keras.ops.expm1(keras.ops.minimum(u, end)))
+        return alpha * (exponential + math.exp(end) * keras.ops.sum(keras.ops.relu(u - end)))
+
+    return penalty
+
+
+# No weight sits exactly where a `minimum` switches (|w| / scale at 20 or
+# 1e20): JAX and PyTorch split the reference's gradient there.
+HUGE = [0.0, 1e-8, 0.3, 1.0, 5.5, 11.5, 19.5, 20.5, 88.0, 89.0, 1e4, 65504.0, 1e19, 1e21, 1e30, 3e38]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("alpha,scale", [(0.03, 1.0), (2.0, 0.25)])
+def test_expabs_fused_value_and_gradient_equal_the_plain_formula(dtype, alpha, scale):
+    finfo_max = float(ml_dtypes.finfo(dtype).max)
+    w = np.concatenate([RNG.normal(scale=2.0, size=200), HUGE])
+    w = np.concatenate([w, -w]).astype("float32")
+    w = w[np.abs(w) <= finfo_max].reshape(-1, 2)
+    tensor = keras.ops.cast(w, dtype)
+    value, grad = value_and_grad(R.ExpAbs(alpha, scale=scale), tensor)
+    ref_value, ref_grad = value_and_grad(expabs_by_autodiff(alpha, scale, dtype), tensor)
+    assert np.isfinite(value) and np.all(np.isfinite(grad.astype("float32")))
+    np.testing.assert_allclose(value, ref_value, rtol=1e-6)
+    assert grad.dtype == ref_grad.dtype
+    # Below float32: the float32 gradient is rounded to the variable's dtype
+    # in both, so they agree up to that rounding.
+    rtol = 1e-6 if dtype == "float32" else float(ml_dtypes.finfo(dtype).eps)
+    np.testing.assert_allclose(grad.astype("float32"), ref_grad.astype("float32"), rtol=rtol)
+
+
+def test_expabs_fused_path_is_exact_on_a_large_weight_with_a_schedule():
+    # Millions of terms: the sum must not drift (XLA on CPU sums in order).
+    w = RNG.normal(scale=0.5, size=(1000, 1000)).astype("float32")
+    reg = R.ExpAbs(DelayedRamp(0.02, 0, 10), step=5)
+    value, grad = value_and_grad(reg, w)
+    exact = 0.01 * np.sum(np.expm1(np.abs(w.astype("float64"))))
+    np.testing.assert_allclose(value, exact, rtol=1e-6)
+    np.testing.assert_allclose(grad, 0.01 * np.sign(w) * np.exp(np.abs(w.astype("float64"))), rtol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [R.L1, R.L2, R.ExpAbs, R.GroupLasso])
+def test_a_schedule_that_goes_negative_switches_the_penalty_off(cls):
+    # 0.1 at step 0, 0 at step 50, -0.1 at step 100: clipped at 0 from 50 on.
+    reg = cls(keras.optimizers.schedules.PolynomialDecay(0.1, 100, -0.1), step=80)
+    value, grad = value_and_grad(reg, W)
+    assert reg.current_strengths() == {"alpha": 0.0}
+    assert float(value) == 0.0 and not np.any(grad)
+    reg.set_step(20)
+    assert reg.current_strengths()["alpha"] == pytest.approx(0.06)
+    assert float(value_and_grad(reg, W)[0]) > 0
