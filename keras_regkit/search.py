@@ -270,11 +270,11 @@ def search_strength(
     ...     model.compile(keras.optimizers.Adam(0.05), "mse")
     ...     return model
     >>> result = rk.search_strength(build, x[:48], y[:48], validation_data=(x[48:], y[48:]),
-    ...     penalty=rk.regularizers.L1, low=1e-3, high=1e-1, fine=3, epochs=3)
-    >>> [row["stage"] for row in result.rows]
-    ['reference', 'decade', ..., 'decade']
-    >>> len(result.rows)
-    6
+    ...     penalty=rk.regularizers.L1, low=1e-2, high=1e-2, fine=2, epochs=1, patience=None)
+    >>> [(row["strength"], row["stage"]) for row in result.rows]
+    [(0.0, 'reference'), (0.00562341, 'fine'), (0.01, 'decade'), (0.0177828, 'fine')]
+    >>> print(str(result).splitlines()[0])
+    strength      stage  val_loss  penalty  zeros  near_zero  epochs
 
     References:
         Friedman, Hastie & Tibshirani, "Regularization paths for generalized

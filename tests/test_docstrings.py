@@ -15,6 +15,7 @@ MODULES = [
     # The module: the function `rk.compact` shadows its name in the package.
     importlib.import_module("keras_regkit.compact"),
     callbacks.scheduler, callbacks.sparsity,
+    importlib.import_module("keras_regkit.search"),
     # `rk.shrinking.shrink` shadows nothing, but the parts are modules of their own.
     *(importlib.import_module(f"keras_regkit.shrinking{part}") for part in ("", ".phase", ".schedules", ".guards")),
 ]
