@@ -200,6 +200,10 @@ def main(argv=None) -> int:
     search_parser.add_argument("--quick", action="store_true", help="a tiny search, for a smoke test")
     search_parser.add_argument("--no-progress", action="store_true", help="no per-trial output")
     args = parser.parse_args(argv)
+    plot = getattr(args, "plot", None)
+    if plot and not os.path.isdir(os.path.dirname(os.path.abspath(plot))):
+        # Before the work: a demo or search would otherwise train for minutes first.
+        return _fail(f"{args.command}: cannot write plot {plot!r}: its directory does not exist")
     return {"demo": demo, "inspect": inspect, "search": search}[args.command](args)
 
 

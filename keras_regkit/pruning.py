@@ -40,6 +40,17 @@ class HoldZeros(keras.constraints.Constraint):
     """
 
     def __init__(self, variable: keras.Variable, inner=None):
+        if not isinstance(variable, keras.Variable):
+            raise TypeError(
+                "Invalid value for argument `variable`: expected a keras.Variable "
+                f"(e.g. `layer.kernel`). Received: variable={variable!r} of type "
+                f"{type(variable).__name__}"
+            )
+        if inner is not None and not callable(inner):
+            raise TypeError(
+                "Invalid value for argument `inner`: expected None or a constraint. "
+                f"Received: inner={inner!r}"
+            )
         self.inner = inner
         # A variable, not a constant: a constant the size of the weight would
         # be copied into every traced graph.

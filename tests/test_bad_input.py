@@ -184,6 +184,9 @@ ERRORS = [
         prepare=with_nonfinite),
     row("prune-nonfinite-threshold", lambda m: rk.prune(m, threshold=0.1), ValueError, "hidden0",
         prepare=with_nonfinite),
+    row("holdzeros-variable-array", lambda m: rk.HoldZeros(np.zeros(3)), TypeError, "variable"),
+    row("holdzeros-inner-str", lambda m: rk.HoldZeros(m.get_layer("out").kernel, inner="non_neg"), TypeError,
+        "inner"),
     # sparsity_report and the monitor.
     row("report-threshold-str", lambda m: rk.sparsity_report(m, threshold="0.1"), TypeError, "threshold"),
     row("report-threshold-inf", lambda m: rk.sparsity_report(m, threshold=math.inf), ValueError, "threshold"),
@@ -339,6 +342,22 @@ def right_negative_schedule_switches_the_penalty_off():
         assert float(regularizer(ones)) == 0.0
 
 
+def right_cli_refuses_a_plot_it_cannot_write_before_any_work(capsys):
+    from keras_regkit import cli
+
+    assert cli.main(["demo", "--quick", "--plot", "/no/such/dir/p.png"]) == 1
+    assert "cannot write plot '/no/such/dir/p.png'" in capsys.readouterr().err
+
+
+def right_frozen_layer_penalty_warns():
+    # Keras adds no penalty for a frozen layer: attaching one must say so.
+    model = model_under_test()
+    model.get_layer("out").trainable = False
+    with pytest.warns(UserWarning, match="frozen"):
+        attached = rk.apply_regularizers(model, {"out": L1(0.1)})
+    assert [ref.path for ref in attached.refs] == ["out"]
+
+
 def right_combined_of_serializable_parts_round_trips():
     combined = Combined([L1(S), keras.regularizers.L2(0.1), registered_fn])
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(combined))
@@ -361,11 +380,13 @@ RIGHT = [
     right_nan_is_not_a_zero,
     right_nan_does_not_stop_training_at_target_sparsity,
     right_cli_inspect_counts_nan_as_nonfinite,
+    right_cli_refuses_a_plot_it_cannot_write_before_any_work,
     right_real_booleans_are_taken,
     right_selector_returning_numpy_bool_selects,
     right_built_after_the_message_works,
     right_release_zeros_on_unbuilt_model_releases_nothing,
     right_negative_schedule_switches_the_penalty_off,
+    right_frozen_layer_penalty_warns,
     right_combined_of_serializable_parts_round_trips,
     right_custom_objects_loads_every_class_of_ours,
 ]
