@@ -51,11 +51,15 @@ class DelayedRamp(keras.optimizers.schedules.LearningRateSchedule):
         self.initial = _validate.real("initial", initial)
 
     def __call__(self, step):
-        step = ops.cast(step, "float32")
-        progress = (step - self.delay_steps) / max(self.ramp_steps, 1)
+        # The step stays an integer until it is clipped to the ramp: float32
+        # holds integers exactly only up to 2**24 (16.8M steps), past which
+        # `float32(step)` would put the ramp at the wrong step.
+        step = ops.convert_to_tensor(step)
         if self.ramp_steps == 0:
             progress = ops.where(step >= self.delay_steps, 1.0, 0.0)
-        progress = ops.clip(progress, 0.0, 1.0)
+        else:
+            offset = ops.clip(step - self.delay_steps, 0, self.ramp_steps)
+            progress = ops.cast(offset, "float32") / self.ramp_steps
         return self.initial + (self.target - self.initial) * progress
 
     @classmethod

@@ -47,3 +47,14 @@ def test_from_config_rejects_unknown_keys():
     config = DelayedRamp(0.1, 1, 1).get_config()
     with pytest.raises(ValueError, match=r"unknown keys \['warmup'\]. Valid keys"):
         DelayedRamp.from_config({**config, "warmup": 3})
+
+
+@pytest.mark.parametrize("ramp", [0, 4])
+def test_steps_past_float32_integers_are_exact(ramp):
+    # float32(2**24 + 1) == 2**24: a float32 step would put the switch one
+    # step early (ramp 0) or miss the first quarter of the ramp (ramp 4).
+    delay = 2**24 + 1
+    schedule = DelayedRamp(1.0, delay, ramp)
+    values = [float(schedule(np.int64(s))) for s in (delay - 1, delay, delay + 1)]
+    assert values == ([0.0, 1.0, 1.0] if ramp == 0 else [0.0, 0.0, 0.25])
+    assert L1(schedule, step=delay + 1).current_strengths()["alpha"] == values[2]
