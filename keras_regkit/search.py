@@ -4,6 +4,7 @@ distributed mode; nothing of our own)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import math
@@ -204,8 +205,8 @@ def search_strength(
     `KERASTUNER_TUNER_ID` set to `"chief"` on the one that serves the
     oracle and to a unique name (`"tuner0"`, `"tuner1"`, ...) on each worker.
     The workers run the trials; the chief runs none and returns the result;
-    workers return `None`. Both stages use the same address, one after the
-    other.
+    workers return `None`. Stage 2 is served on the next port
+    (`KERASTUNER_ORACLE_PORT + 1`), so open both.
 
     Args:
         build_model: A function of no argument that returns a new compiled
@@ -317,10 +318,12 @@ def search_strength(
     stage1 = [0.0, *decades(low, high)]
     tuner = _tuner(kt, trainer, objective, stage1, directory, project_name, overwrite)
     tuner.search(verbose=verbose)
-    if _is_worker(kt):
-        # The chief holds the trials; fine values come from its oracle too.
-        tuner = _tuner(kt, trainer, objective, [low], directory, f"{project_name}_fine", overwrite)
-        tuner.search(verbose=verbose)
+    if _is_worker():
+        # The chief's oracle holds the trials and picks the fine values; a
+        # worker's own list here is a placeholder it never uses.
+        with _stage_two_port():
+            tuner = _tuner(kt, trainer, objective, [low], directory, f"{project_name}_fine", overwrite)
+            tuner.search(verbose=verbose)
         return None
     rows = _rows(tuner, "decade")
     regularized = [r for r in rows if r["strength"] > 0]
@@ -331,8 +334,9 @@ def search_strength(
     tried = {r["strength"] for r in rows}
     stage2 = [s for s in fine_grid(center, fine) if not any(math.isclose(s, t, rel_tol=1e-6) for t in tried)]
     if stage2:
-        fine_tuner = _tuner(kt, trainer, objective, stage2, directory, f"{project_name}_fine", overwrite)
-        fine_tuner.search(verbose=verbose)
+        with _stage_two_port():
+            fine_tuner = _tuner(kt, trainer, objective, stage2, directory, f"{project_name}_fine", overwrite)
+            fine_tuner.search(verbose=verbose)
         rows += _rows(fine_tuner, "fine")
     rows.sort(key=lambda r: r["strength"])
     best = _best([r for r in rows if r["strength"] > 0], objective)
@@ -350,8 +354,24 @@ def _import_keras_tuner():
     return keras_tuner
 
 
-def _is_worker(kt) -> bool:
-    return "KERASTUNER_TUNER_ID" in os.environ and os.environ["KERASTUNER_TUNER_ID"] != "chief"
+def _is_worker() -> bool:
+    return os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief" and "KERASTUNER_ORACLE_IP" in os.environ
+
+
+@contextlib.contextmanager
+def _stage_two_port():
+    """In KerasTuner's distributed mode, stage 2 is served on the next port:
+    a worker that finished stage 1 then waits for the chief's stage-2 oracle
+    instead of reaching the stage-1 one, which may still be answering."""
+    port = os.environ.get("KERASTUNER_ORACLE_PORT")
+    if port is None:
+        yield
+        return
+    os.environ["KERASTUNER_ORACLE_PORT"] = str(int(port) + 1)
+    try:
+        yield
+    finally:
+        os.environ["KERASTUNER_ORACLE_PORT"] = port
 
 
 def _tuner(kt, trainer, objective, strengths, directory, project_name, overwrite):
