@@ -382,6 +382,8 @@ _SATURATE_AT = 1e20
 # float16 variables receive float16 gradients: there the exponential part ends
 # where the gradient would reach half of float16's largest value.
 _GRADIENT_LIMIT = {"float16": 65504.0 / 2}
+# ExpAbs' `scale`: 1 / scale must be a normal float32.
+_MIN_SCALE, _MAX_SCALE = 1e-30, 1e30
 
 
 def _exp_abs_terms(x, alpha, inv_scale, end):
@@ -455,14 +457,14 @@ class ExpAbs(_Penalty):
     Args:
         alpha: Strength, a float >= 0 or a schedule. Defaults to 0.01.
         scale: The weight magnitude at which the exponential sets in, a
-            finite float > 0. Defaults to 1.0.
+            float in [1e-30, 1e30]. Defaults to 1.0.
         step: Position of the schedule (saved with the model). Defaults to 0.
 
     Raises:
         TypeError: If `alpha` is neither a number nor a serializable schedule,
             or `scale` is not a number.
-        ValueError: If `alpha` is negative, NaN or infinite, or `scale` is not
-            a finite float > 0.
+        ValueError: If `alpha` is negative, NaN or infinite, or `scale` is
+            outside [1e-30, 1e30].
 
     Example:
 
@@ -479,10 +481,12 @@ class ExpAbs(_Penalty):
                 "Invalid value for argument `scale`: expected a finite float > 0. "
                 f"Received: scale={scale!r} of type {type(scale).__name__}"
             )
-        if not math.isfinite(scale) or scale <= 0:
+        # The penalty uses 1 / scale in float32: beyond these bounds it would
+        # overflow (a NaN penalty at zero weights) or vanish (no penalty).
+        if not (math.isfinite(scale) and _MIN_SCALE <= scale <= _MAX_SCALE):
             raise ValueError(
-                "Invalid value for argument `scale`: expected a finite float > 0. "
-                f"Received: scale={scale}"
+                f"Invalid value for argument `scale`: expected a float in [{_MIN_SCALE:g}, "
+                f"{_MAX_SCALE:g}] (its reciprocal is used in float32). Received: scale={scale}"
             )
         self.scale = float(scale)
         super().__init__(step=step, alpha=alpha)

@@ -84,6 +84,8 @@ def normalize_kinds(weights: Union[str, Sequence[str]]) -> tuple[str, ...]:
     # here, not by `tuple()` with a message that names no argument.
     kinds = (weights,) if isinstance(weights, str) else tuple(weights) if isinstance(weights, (list, tuple)) else ()
     unknown = [k for k in kinds if not isinstance(k, str) or k not in WEIGHT_KINDS]
+    # Once each: a kind named twice would report (and count) its weights twice.
+    kinds = tuple(dict.fromkeys(k for k in kinds if k not in unknown))
     if unknown or not kinds:
         raise ValueError(
             f"Invalid value for argument `weights`: expected one of "

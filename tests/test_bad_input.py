@@ -163,6 +163,8 @@ ERRORS = [
     row("l1-step-float", lambda m: L1(S, step=1.5), TypeError, "step"),
     row("elasticnet-l2-negative", lambda m: ElasticNet(0.1, -1.0), ValueError, "l2"),
     row("expabs-scale-zero", lambda m: ExpAbs(0.1, scale=0.0), ValueError, "scale"),
+    row("expabs-scale-tiny", lambda m: ExpAbs(0.1, scale=1e-39), ValueError, "scale"),  # was a NaN penalty
+    row("expabs-scale-huge", lambda m: ExpAbs(0.1, scale=1e300), ValueError, "scale"),  # was no penalty
     row("expabs-scale-str", lambda m: ExpAbs(0.1, scale="1"), TypeError, "scale"),
     row("grouplasso-axis-float", lambda m: GroupLasso(0.1, axis=1.0), TypeError, "axis"),
     row("ramp-target-negative", lambda m: DelayedRamp(-1.0, 10, 10), ValueError, "target"),
@@ -173,6 +175,12 @@ ERRORS = [
     row("apply-str-regularizer", lambda m: rk.apply_regularizers(m, {"*": "l1"}), TypeError, "'*'"),
     row("apply-second-entry-bad", lambda m: rk.apply_regularizers(m, {"out": L1(0.1), "hidden0": "l1"}),
      TypeError, "hidden0"),
+    row("apply-allow_unsaved-str", lambda m: rk.apply_regularizers(m, {"*": L1(0.1)}, allow_unsaved="no"),
+        TypeError, "allow_unsaved"),
+    row("reapply-not-json", lambda m: rk.reapply_regularizers(m, "not json"), ValueError, "attachment_json"),
+    row("reapply-other-model", lambda m: rk.reapply_regularizers(
+        keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="x")]),
+        rk.apply_regularizers(tiny_mlp(), {"*": L1(0.1)}).to_json()), ValueError, "has no weights"),
     # prune.
     row("prune-neither", lambda m: rk.prune(m), ValueError, "threshold"),
     row("prune-both", lambda m: rk.prune(m, threshold=0.1, sparsity=0.5), ValueError, "sparsity"),
@@ -349,6 +357,13 @@ def right_cli_refuses_a_plot_it_cannot_write_before_any_work(capsys):
     assert "cannot write plot '/no/such/dir/p.png'" in capsys.readouterr().err
 
 
+def right_a_kind_named_twice_counts_once():
+    model = model_under_test()
+    once = rk.sparsity_report(model, weights="kernel").total.params
+    assert rk.sparsity_report(model, weights=["kernel", "kernel"]).total.params == once
+    assert rk.prune(model, threshold=0.0, weights=("kernel", "kernel")).params == once
+
+
 def right_frozen_layer_penalty_warns():
     # Keras adds no penalty for a frozen layer: attaching one must say so.
     model = model_under_test()
@@ -387,6 +402,7 @@ RIGHT = [
     right_release_zeros_on_unbuilt_model_releases_nothing,
     right_negative_schedule_switches_the_penalty_off,
     right_frozen_layer_penalty_warns,
+    right_a_kind_named_twice_counts_once,
     right_combined_of_serializable_parts_round_trips,
     right_custom_objects_loads_every_class_of_ours,
 ]
