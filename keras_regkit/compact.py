@@ -35,6 +35,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_regkit import feedforward
 from keras_regkit import weights as weights_lib
 
 try:  # Keras 3 builds `keras.Model(inputs, outputs)` as this class.
@@ -700,6 +701,14 @@ def compact(model: keras.Model, custom_objects: dict | None = None) -> CompactRe
     their offsets). A consumer without a bias gets one if the folded
     constants are nonzero.
 
+    Transformer layers that build their feed-forward block from an
+    `intermediate_dim` argument (KerasHub's `TransformerEncoder` and
+    `TransformerDecoder`) are rebuilt with fewer intermediate units (see
+    `keras_regkit.feedforward`); a model that is or holds a subclassed
+    functional model (a KerasHub backbone) comes back as a plain Functional
+    model of the same layers. A feed-forward block written with plain
+    `Dense` layers is compacted like any other.
+
     What stays: the model's output units; channels that reach a layer compact
     cannot reason about (listed in `skipped`: unknown or subclassed layers,
     nested models, shared layers, channels_first, grouped convolutions);
@@ -741,6 +750,11 @@ def compact(model: keras.Model, custom_objects: dict | None = None) -> CompactRe
     >>> np.allclose(result.model.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
     True
     """
+    if isinstance(model, keras.Model) and model.built and feedforward.needs_flattening(model):
+        original = model
+        model, block_units, block_dead = feedforward.flatten(model)
+    else:
+        original, block_units, block_dead = model, {}, {}
     _check_model(model)
     if custom_objects is not None and not isinstance(custom_objects, dict):
         raise TypeError(
@@ -778,10 +792,10 @@ def compact(model: keras.Model, custom_objects: dict | None = None) -> CompactRe
     units, dead, kept = _report(analysis)
     return CompactResult(
         model=new_model,
-        units=units,
-        dead=dead,
+        units={**block_units, **units},
+        dead={**block_dead, **dead},
         kept=kept,
         skipped=dict(analysis.skipped),
-        params_before=int(model.count_params()),
+        params_before=int(original.count_params()),
         params_after=int(new_model.count_params()),
     )

@@ -113,3 +113,72 @@ def test_keras_hub_scheduled_penalty_moves_and_changes_training():
     np.testing.assert_allclose(np.array(history.history["loss"]) - plain, [1e-3 * squares, 1e-2 * squares], rtol=1e-3)
     removed = rk.remove_regularizers(model, "transformer_layer_0")
     assert len(removed) == 6 and model.losses == []
+
+
+def bert_classifier():
+    backbone = bert()
+    outputs = keras.layers.Dense(2, name="head")(backbone.output["pooled_output"])
+    model = keras.Model(backbone.input, outputs)
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def assert_same_outputs(a, b, x):
+    for p, q in zip(keras.tree.flatten(a(x)), keras.tree.flatten(b(x))):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(p), keras.ops.convert_to_numpy(q), atol=1e-5)
+
+
+def test_shrink_and_prune_make_held_zeros_inside_attention_and_feed_forward_kernels():
+    model = bert_classifier()
+    x, y = bert_inputs(32), np.arange(32) % 2
+    # Compiled, never trained: the optimizer has no second moments to score by yet.
+    result = rk.shrink(model, x, y, sparsity=0.8, epochs=2, batch_size=8, learning_rate=None, score="magnitude")
+    inner = {ref.path: keras.ops.convert_to_numpy(ref.variable) for ref in rk.iter_weights(model)
+             if ref.path.startswith("transformer_layer_")}
+    assert result.sparsity == pytest.approx(0.8, abs=1e-3)
+    assert all((value == 0).mean() > 0.3 for value in inner.values())  # attention and feed-forward alike
+    # prune(hold=True) keeps them zero through further training.
+    rk.prune(model, sparsity=0.9, hold=True)
+    zeros = {ref.path: keras.ops.convert_to_numpy(ref.variable) == 0 for ref in rk.iter_weights(model)
+             if ref.path.startswith("transformer_layer_")}
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    for ref in rk.iter_weights(model):
+        if ref.path in zeros:
+            assert (keras.ops.convert_to_numpy(ref.variable)[zeros[ref.path]] == 0).all(), ref.path
+
+
+def test_compact_rebuilds_keras_hub_encoders_with_fewer_feed_forward_units(tmp_path):
+    model = bert_classifier()
+    rng = np.random.default_rng(1)
+    for layer in model._flatten_layers():
+        if layer.name == "feedforward_intermediate_dense":  # constants to fold
+            layer.bias.assign(rng.normal(size=layer.bias.shape).astype("float32"))
+    rk.prune(model, sparsity=0.5, granularity="unit", layers="*feedforward_intermediate_dense")
+    result = rk.compact(model)
+    assert result.units["transformer_layer_0/feedforward_intermediate_dense"][0] == 32
+    after = sum(result.units[f"transformer_layer_{i}/feedforward_intermediate_dense"][1] for i in range(2))
+    assert after == 32  # half of 2 x 32 units, by one global cut
+    assert result.params_before - result.params_after == 32 * (16 + 1 + 16)
+    x = bert_inputs(4)
+    assert_same_outputs(model, result.model, x)
+    encoder = result.model.get_layer("transformer_layer_0")
+    assert encoder.get_config()["intermediate_dim"] == result.units[
+        "transformer_layer_0/feedforward_intermediate_dense"][1]
+    result.model.save(tmp_path / "small.keras")
+    assert_same_outputs(model, keras.saving.load_model(tmp_path / "small.keras"), x)
+
+
+def test_compact_removes_dead_feed_forward_units_of_a_plain_keras_transformer_block():
+    inputs = keras.Input((8, 16))
+    h = keras.layers.MultiHeadAttention(2, 8, name="mha")(inputs, inputs)
+    h = keras.layers.LayerNormalization(name="ln1")(keras.layers.Add()([inputs, h]))
+    f = keras.layers.Dense(64, activation="gelu", name="ffn_in")(h)
+    f = keras.layers.Dense(16, name="ffn_out")(f)
+    h = keras.layers.LayerNormalization(name="ln2")(keras.layers.Add()([h, f]))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling1D()(h)))
+    ffn_in = model.get_layer("ffn_in")
+    ffn_in.bias.assign(np.random.default_rng(0).normal(size=64).astype("float32"))
+    rk.prune(model, sparsity=0.5, granularity="unit", layers="ffn_in")
+    result = rk.compact(model)
+    assert result.units["ffn_in"] == (64, 32) and result.units["ffn_out"] == (16, 16)
+    assert_same_outputs(model, result.model, np.random.default_rng(1).normal(size=(4, 8, 16)).astype("float32"))

@@ -207,7 +207,7 @@ def test_data_that_can_be_read_only_once_is_refused_not_used_up():
 def test_monitor_and_scheduler_under_fit_with_a_dict_of_inputs():
     model = two_input_model()
     a, b, y = two_inputs()
-    strength = keras.optimizers.schedules.PolynomialDecay(0.0, 8, 1e-2)
+    strength = keras.optimizers.schedules.PolynomialDecay(1e-2, 8, 1e-3)
     rk.apply_regularizers(model, {"hidden": rk.regularizers.L1(strength)})
     history = model.fit({"a": a, "b": b}, y, epochs=1, batch_size=32, verbose=0, callbacks=[
         rk.callbacks.RegularizationScheduler(update_freq="epoch"), rk.callbacks.SparsityMonitor()])
