@@ -485,7 +485,7 @@ class ExpAbs(_Penalty):
         # overflow (a NaN penalty at zero weights) or vanish (no penalty).
         if not (math.isfinite(scale) and _MIN_SCALE <= scale <= _MAX_SCALE):
             raise ValueError(
-                f"Invalid value for argument `scale`: expected a float in [{_MIN_SCALE:g}, "
+                f"Invalid value for argument `scale`: expected a float > 0 in [{_MIN_SCALE:g}, "
                 f"{_MAX_SCALE:g}] (its reciprocal is used in float32). Received: scale={scale}"
             )
         self.scale = float(scale)
