@@ -71,6 +71,12 @@ def compiled(model):
     return model
 
 
+def frozen_optimizer(model):
+    # Learning rate 0: `fit` itself changes no weight, so any change is the callback's.
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    return model
+
+
 def unregistered_fn(x):
     return 0.0 * keras.ops.sum(x)
 
@@ -228,6 +234,10 @@ ERRORS = [
      "epochs", prepare=compiled),
     row("shrink-tolerance-no-validation", lambda m: rk.shrink(m, *tiny_data()), ValueError,
      "validation_data", prepare=compiled),
+    # fit ended by the phase's error (its monitored metric is missing): nothing of the phase stays.
+    row("phase-monitor-missing-in-fit", lambda m: m.fit(
+        *tiny_data(), epochs=2, verbose=0, callbacks=[rk.callbacks.ShrinkPhase(patience=1, sparsity=0.5)]),
+        ValueError, "val_loss", prepare=frozen_optimizer),
     # The hang: a dataset that repeats forever, without steps_per_epoch.
     row("shrink-infinite-dataset", lambda m: rk.shrink(m, infinite_dataset(), sparsity=0.5), ValueError,
      "steps_per_epoch", prepare=compiled),
@@ -364,6 +374,28 @@ def right_a_kind_named_twice_counts_once():
     assert rk.prune(model, threshold=0.0, weights=("kernel", "kernel")).params == once
 
 
+def right_delayed_ramp_is_exact_past_2_24_steps():
+    # float32 holds 2**24 + 1 as 2**24: the ramp would switch on a step early.
+    ramp = DelayedRamp(1.0, delay_steps=2**24 + 1, ramp_steps=0)
+    assert float(ramp(2**24)) == 0.0 and float(ramp(2**24 + 1)) == 1.0
+    assert L1(ramp, step=2**24).current_strengths() == {"alpha": 0.0}
+
+
+def right_start_epoch_after_the_last_epoch_is_said():
+    import warnings
+
+    model = frozen_optimizer(model_under_test())
+    phase = rk.callbacks.ShrinkPhase(start_epoch=5, sparsity=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.fit(*tiny_data(), epochs=2, verbose=0, callbacks=[phase])
+        except ValueError as error:
+            assert "start_epoch" in str(error)
+            return
+    assert any("start_epoch" in str(w.message) for w in caught), [str(w.message) for w in caught]
+
+
 def right_frozen_layer_penalty_warns():
     # Keras adds no penalty for a frozen layer: attaching one must say so.
     model = model_under_test()
@@ -402,13 +434,21 @@ RIGHT = [
     right_release_zeros_on_unbuilt_model_releases_nothing,
     right_negative_schedule_switches_the_penalty_off,
     right_frozen_layer_penalty_warns,
+    right_delayed_ramp_is_exact_past_2_24_steps,
+    pytest.param(right_start_epoch_after_the_last_epoch_is_said, marks=pytest.mark.xfail(
+        reason="ShrinkPhase: a start_epoch after the last epoch is not said yet (lead's change)", strict=False)),
     right_a_kind_named_twice_counts_once,
     right_combined_of_serializable_parts_round_trips,
     right_custom_objects_loads_every_class_of_ours,
 ]
 
 
-@pytest.mark.parametrize("check", RIGHT, ids=[f.__name__[len("right_"):] for f in RIGHT])
+def _check_id(check):
+    function = check.values[0] if hasattr(check, "values") else check
+    return function.__name__[len("right_"):]
+
+
+@pytest.mark.parametrize("check", RIGHT, ids=_check_id)
 def test_unusual_input_gives_the_right_result(check, request):
     import inspect
 
