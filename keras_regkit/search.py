@@ -293,6 +293,22 @@ def search_strength(
     epochs = _validate.integer("epochs", epochs, minimum=1)
     overwrite = _validate.boolean("overwrite", overwrite)
     verbose = _validate.integer("verbose", verbose)
+    if batch_size is not None:
+        batch_size = _validate.integer("batch_size", batch_size, minimum=1)
+    if not callable(build_model):
+        raise TypeError("Invalid value for argument `build_model`: expected a function that returns a new "
+                        f"compiled model. Received: build_model={build_model!r}")
+    if penalty is not None and not callable(penalty):
+        raise TypeError("Invalid value for argument `penalty`: expected a factory `strength -> regularizer`, "
+                        f"e.g. rk.regularizers.L1. Received: penalty={penalty!r}")
+    if not isinstance(callbacks, (list, tuple)) or not all(
+        isinstance(c, keras.callbacks.Callback) for c in callbacks
+    ):
+        raise TypeError("Invalid value for argument `callbacks`: expected a list of keras.callbacks.Callback. "
+                        f"Received: callbacks={callbacks!r}")
+    for name, value in (("directory", directory), ("project_name", project_name)):
+        if not (value is None and name == "directory") and not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"Invalid value for argument `{name}`: expected a str path. Received: {name}={value!r}")
     if patience is not None:
         patience = _validate.integer("patience", patience, minimum=0)
     if validation_data is None:
