@@ -5,6 +5,8 @@ run `import keras_regkit` before loading a model saved with it (or pass
 `custom_objects=keras_regkit.custom_objects()`).
 """
 
+# First: as the command line, answer --help before Keras loads, then load it quietly.
+from keras_regkit import _startup  # noqa: F401
 from keras_regkit import callbacks, regularizers, schedules
 from keras_regkit.attach import Attachment, apply_regularizers, reapply_regularizers, remove_regularizers
 from keras_regkit import shrinking

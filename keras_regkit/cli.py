@@ -166,7 +166,9 @@ def _fail(message) -> int:
     return 1
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The parsed command line; exits for --help and bad arguments. Imports
+    nothing heavy: `keras_regkit._startup` calls it before Keras loads."""
     parser = argparse.ArgumentParser(prog="keras-regkit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help="compare penalties and the shrink phase on real data")
@@ -199,7 +201,11 @@ def main(argv=None) -> int:
     search_parser.add_argument("--json", action="store_true", help="machine-readable output")
     search_parser.add_argument("--quick", action="store_true", help="a tiny search, for a smoke test")
     search_parser.add_argument("--no-progress", action="store_true", help="no per-trial output")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     plot = getattr(args, "plot", None)
     if plot and not os.path.isdir(os.path.dirname(os.path.abspath(plot))):
         # Before the work: a demo or search would otherwise train for minutes first.

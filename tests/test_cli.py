@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -89,3 +90,24 @@ def test_inspect_model_without_kernels_reports_its_other_weights(tmp_path, capsy
     assert cli.main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
     assert "emb/embeddings" in out and "norm/gamma" in out
+
+
+def test_help_answers_without_importing_keras_or_tensorflow():
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "keras_regkit", "--help"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0 and result.stdout.startswith("usage: keras-regkit")
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert "keras_regkit" in imported
+    assert not imported & {"keras", "tensorflow", "jax", "torch"}
+
+
+def test_inspect_prints_no_tensorflow_start_up_lines(saved_model):
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_regkit", "inspect", saved_model],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0 and result.stdout.startswith("sequential")
+    # TensorFlow's C++ log lines ("I0000 00:00:...", "E0000 ...") and absl's.
+    assert not re.search(r"^[IWEF]\d{4} |absl|cuInit|cuda", result.stderr, re.MULTILINE), result.stderr
