@@ -186,7 +186,8 @@ def search_strength(
     Stage 1 trains one model per decade, `low, 10·low, ...` up to `high`,
     plus the unregularized model as the reference. Stage 2 trains `fine`
     log-spaced strengths splitting the decade centred on the best stage-1
-    strength (values already trained are not trained again). Every trial
+    strength (values already trained are not trained again; at an end of
+    the range this reaches half a decade beyond it). Every trial
     builds a fresh model from the same seed, attaches `penalty(strength)` to
     the selected weights (so `build_model` needs no change), trains it with
     early stopping, then takes off the penalty and evaluates it, so `val_loss`
