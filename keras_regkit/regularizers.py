@@ -677,6 +677,11 @@ class Combined(keras.regularizers.Regularizer):
     @classmethod
     def from_config(cls, config: dict):
         _validate.config_keys(cls, config, ["regularizers"])
+        if not isinstance(config.get("regularizers"), list):
+            raise ValueError(
+                "Invalid config for Combined: expected a list under 'regularizers'. "
+                f"Received: config={config}"
+            )
         return cls([keras.saving.deserialize_keras_object(r) for r in config["regularizers"]])
 
     def __repr__(self) -> str:

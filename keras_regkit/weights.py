@@ -236,6 +236,7 @@ def select_weights(
     the user can correct the selector.
     """
     kinds = normalize_kinds(weights)
+    check_selector(selector)  # None too: here it is a mistake, not "every layer"
     selected = list(iter_weights(model, kinds, layers=selector))
     if not selected:
         check_built(model)

@@ -146,6 +146,8 @@ ERRORS = [
      TypeError, "must return True or False"),
     row("selector-returns-none", lambda m: rk.remove_regularizers(m, layers=lambda layer: None),
      TypeError, "must return True or False"),
+    row("selector-none-key", lambda m: rk.apply_regularizers(m, {None: L1(0.1)}), TypeError, "selector"),
+    row("selector-list", lambda m: rk.prune(m, sparsity=0.5, layers=["hidden0"]), TypeError, "selector"),
     row("selector-not-callable", lambda m: rk.apply_regularizers(m, {3: L1(0.1)}), TypeError, "selector"),
     row("selector-matches-nothing", lambda m: rk.apply_regularizers(m, {"nomatch*": L1(0.1)}), ValueError, "hidden0"),
     # Weight kinds.
@@ -166,6 +168,7 @@ ERRORS = [
     # Combined: every part must survive save and reload.
     row("combined-lambda", lambda m: Combined([L1(0.1), lambda x: 0.0 * keras.ops.sum(x)]), TypeError, "regularizers"),
     row("combined-unregistered-fn", lambda m: Combined([L1(0.1), unregistered_fn]), TypeError, "item 1"),
+    row("combined-config-missing-key", lambda m: Combined.from_config({}), ValueError, "regularizers"),
     row("combined-empty", lambda m: Combined([]), TypeError, "regularizers"),
     row("combined-not-list", lambda m: Combined(L1(0.1)), TypeError, "regularizers"),
     row("combined-not-callable", lambda m: Combined([L1(0.1), 0.5]), TypeError, "regularizers"),
@@ -221,6 +224,8 @@ ERRORS = [
     row("monitor-update_freq-zero", lambda m: rk.callbacks.SparsityMonitor(update_freq=0), ValueError, "update_freq"),
     row("monitor-histogram-no-log_dir", lambda m: rk.callbacks.SparsityMonitor(histogram_freq=1), ValueError,
      "log_dir"),
+    row("monitor-log_dir-int", lambda m: rk.callbacks.SparsityMonitor(histogram_freq=1, log_dir=5), TypeError,
+        "log_dir"),
     row("monitor-print_every-zero", lambda m: rk.callbacks.SparsityMonitor(print_every=0), ValueError, "print_every"),
     row("scheduler-update_freq-typo", lambda m: rk.callbacks.RegularizationScheduler("epochs"), ValueError,
      "update_freq"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Sequence, Union
 
 import keras
@@ -98,6 +99,11 @@ class SparsityMonitor(keras.callbacks.Callback):
         weights_lib.normalize_kinds(weights)
         _validate.integer("print_every", print_every, minimum=1)
         _validate.integer("histogram_freq", histogram_freq)
+        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
+            raise TypeError(
+                "Invalid value for argument `log_dir`: expected a directory path (str). "
+                f"Received: log_dir={log_dir!r} of type {type(log_dir).__name__}"
+            )
         if histogram_freq and not log_dir:
             raise ValueError(
                 "Argument `log_dir` is required when `histogram_freq` > 0. "
