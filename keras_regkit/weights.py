@@ -198,7 +198,9 @@ def iter_weights(
         `WeightRef`s, in model order.
 
     Raises:
-        ValueError, TypeError: For an unknown kind or a bad selector.
+        ValueError, TypeError: For an unknown kind, a bad selector, or a
+            model that is not built yet (it has no weights: call it once or
+            give it a `keras.Input`).
 
     Example:
 
@@ -209,7 +211,7 @@ def iter_weights(
     kinds = normalize_kinds(weights)
     if layers is not None:
         check_selector(layers)
-    check_model(model)
+    check_built(model)  # unbuilt, it has no weights: an empty walk would say nothing
     for path, layer, ancestors in iter_layers(model):
         if layers is not None and not any(
             _matches(layers, p, l)
@@ -239,7 +241,6 @@ def select_weights(
     check_selector(selector)  # None too: here it is a mistake, not "every layer"
     selected = list(iter_weights(model, kinds, layers=selector))
     if not selected:
-        check_built(model)
         available = sorted({ref.path for ref in iter_weights(model, kinds)})
         raise ValueError(
             f"Layer selector {_describe(selector)} matched no layer with a "

@@ -137,6 +137,9 @@ ERRORS = [
     row("prune-unbuilt", lambda m: rk.prune(unbuilt(), sparsity=0.5), ValueError, "build the model first"),
     row("report-unbuilt", lambda m: rk.sparsity_report(unbuilt()), ValueError, "build the model first"),
     row("report-unbuilt-subclassed", lambda m: rk.sparsity_report(Subclassed()), ValueError, "build the model first"),
+    row("iter_weights-unbuilt", lambda m: list(rk.iter_weights(unbuilt())), ValueError, "build the model first"),
+    row("reapply-unbuilt", lambda m: rk.reapply_regularizers(
+        unbuilt(), rk.apply_regularizers(tiny_mlp(), {"*": L1(0.1)}).to_json()), ValueError, "build the model first"),
     row("dead_units-unbuilt", lambda m: rk.dead_units(unbuilt()), ValueError, "build the model first"),
     row("compact-unbuilt", lambda m: rk.compact(unbuilt()), ValueError, "keras.Input"),
     # Callable selectors must answer True or False.
