@@ -18,7 +18,7 @@ Prints the number of trials and the wall time of both searches, their best
 strengths, and for the three models the validation and test accuracy, and
 the exact zeros of the kernels after the shrink (with the test accuracy
 there). Writes the figures to `benchmarks/search_results.json` and the
-regularization path to `benchmarks/search_path.png`.
+regularization path to `docs/search_path.png`.
 
 Usage (from the repository root, in the project venv with the `tune` and
 `demo` extras):
@@ -137,7 +137,7 @@ def main(argv=None):
     if not quick:
         with open(args.out, "w") as f:
             json.dump(figures, f, indent=1)
-        result.plot(os.path.join(os.path.dirname(args.out), "search_path.png"))
+        result.plot(os.path.join(os.path.dirname(__file__), "..", "docs", "search_path.png"))
         print(f"wrote {args.out}")
 
 
