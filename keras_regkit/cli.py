@@ -44,9 +44,9 @@ def inspect(args) -> int:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return _fail(f"inspect: cannot load {args.path!r} as a Keras model: {message}")
     weights = "all" if args.all_weights else "kernel"
-    if not args.all_weights and not any(True for _ in rk.iter_weights(model, "kernel")):
-        weights = "all"  # e.g. an embedding model: report what it has
-    try:
+    try:  # a model saved before it was built has no weights: said, not a traceback
+        if not args.all_weights and not any(True for _ in rk.iter_weights(model, "kernel")):
+            weights = "all"  # e.g. an embedding model: report what it has
         report = rk.sparsity_report(model, weights=weights, threshold=args.threshold, relative=args.relative)
     except ValueError as error:
         return _fail(f"inspect: {error}")

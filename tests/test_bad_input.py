@@ -413,6 +413,15 @@ def right_start_epoch_after_the_last_epoch_is_said():
     assert any("start_epoch" in str(w.message) for w in caught), [str(w.message) for w in caught]
 
 
+def right_cli_inspect_of_an_unbuilt_model_says_build_it(tmp_path, capsys):
+    from keras_regkit import cli
+
+    path = str(tmp_path / "unbuilt.keras")
+    unbuilt().save(path)
+    assert cli.main(["inspect", path]) == 1
+    assert "build the model first" in capsys.readouterr().err
+
+
 def right_frozen_layer_penalty_warns():
     # Keras adds no penalty for a frozen layer: attaching one must say so.
     model = model_under_test()
@@ -445,6 +454,7 @@ RIGHT = [
     right_nan_does_not_stop_training_at_target_sparsity,
     right_cli_inspect_counts_nan_as_nonfinite,
     right_cli_refuses_a_plot_it_cannot_write_before_any_work,
+    right_cli_inspect_of_an_unbuilt_model_says_build_it,
     right_real_booleans_are_taken,
     right_selector_returning_numpy_bool_selects,
     right_built_after_the_message_works,
