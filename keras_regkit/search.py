@@ -315,6 +315,14 @@ def search_strength(
     if validation_data is None:
         raise ValueError("search_strength() needs `validation_data=(x_val, y_val)` (or a dataset): "
                          "the objective is measured on it. Received: validation_data=None")
+    from keras_regkit.shrinking.data import is_infinite
+
+    for name, data in (("x", x), ("validation_data", validation_data)):
+        if is_infinite(data):
+            # Trials take no `steps_per_epoch`: fit and evaluate would never end.
+            raise ValueError(f"Invalid value for argument `{name}`: this dataset repeats forever, and every "
+                             "trial reads it to the end. Pass a finite dataset (without `.repeat()`, or "
+                             "`.take(n)` batches).")
     if shrink is not None and not isinstance(shrink, Mapping):
         raise TypeError("Invalid value for argument `shrink`: expected None or a dict of rk.shrink "
                         f"arguments, e.g. {{'sparsity': 0.9, 'epochs': 3}}. Received: shrink={shrink!r}")
