@@ -21,7 +21,6 @@ from keras_regkit.schedules import DelayedRamp
 from conftest import tiny_data, tiny_mlp
 
 
-
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
     # Overrides conftest's: `clear_session` (about 1 s, a full garbage
@@ -38,8 +37,9 @@ def _clear_session_once():
 
 
 def model_under_test():
-    """A built model with a penalty on one kernel and a held zero elsewhere,
-    so that a call that changed any of them shows."""
+    """A built model with a penalty on one kernel and zeros held (a
+    `HoldZeros` constraint) on another, so that a call that changed any of
+    them shows."""
     model = tiny_mlp(units=(8, 4))
     rk.apply_regularizers(model, {"hidden0": L2(0.01)})
     rk.prune(model, sparsity=0.5, layers="out", hold=True)
@@ -99,7 +99,8 @@ def infinite_dataset():
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
 
 
-S = keras.optimizers.schedules.PolynomialDecay(0.1, 10, 0.0)
+S = keras.optimizers.schedules.PolynomialDecay(0.1, 10, 0.0)  # a serializable schedule
+
 
 def row(name, call, error, fragment, prepare=None):
     """`call(model)` must raise `error` with `fragment` in its message;
