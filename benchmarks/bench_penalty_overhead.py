@@ -66,6 +66,7 @@ from keras_regkit.callbacks import RegularizationScheduler  # noqa: E402
 from keras_regkit.schedules import DelayedRamp  # noqa: E402
 
 PolynomialDecay = keras.optimizers.schedules.PolynomialDecay
+_UPDATE_FREQ = "epoch" if keras.backend.backend() == "jax" else "batch"
 
 BASELINE = "keras L1L2"
 REFERENCE = "no penalty"
@@ -86,6 +87,7 @@ CONFIGS = {
     "rk L2": (lambda: rk.L2(STRENGTH), False),
     "rk ElasticNet": (lambda: rk.ElasticNet(STRENGTH, STRENGTH), False),
     "rk ExpAbs": (lambda: rk.ExpAbs(STRENGTH), False),
+    "rk GroupLasso": (lambda: rk.GroupLasso(STRENGTH), False),
     "rk L1(PolyDecay)": (lambda: rk.L1(_ramp()), True),
     "rk ElasticNet(PolyDecay, DelayedRamp)": (
         lambda: rk.ElasticNet(_ramp(), DelayedRamp(STRENGTH, 10, 100)),
@@ -114,7 +116,7 @@ class _EpochTimer(keras.callbacks.Callback):
 
 class _Run:
     def __init__(self, name, factory, scheduled, dataset, batch_size, optimizer, seed,
-                 jit_compile="auto"):
+                 jit_compile="auto", dtype=None):
         self.name = name
         self.scheduled = scheduled
         self.dataset = dataset
@@ -122,9 +124,11 @@ class _Run:
         layers = [keras.Input((INPUTS,))]
         for width in HIDDEN:
             layers.append(
-                keras.layers.Dense(width, activation="relu", kernel_regularizer=factory())
+                keras.layers.Dense(
+                    width, activation="relu", kernel_regularizer=factory(), dtype=dtype
+                )
             )
-        layers.append(keras.layers.Dense(CLASSES, kernel_regularizer=factory()))
+        layers.append(keras.layers.Dense(CLASSES, kernel_regularizer=factory(), dtype=dtype))
         self.model = keras.Sequential(layers, name=re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_"))
         self.model.compile(
             optimizer=optimizer,
@@ -134,7 +138,8 @@ class _Run:
         self.timer = _EpochTimer()
         self.callbacks = [self.timer]
         if scheduled:
-            self.callbacks.append(RegularizationScheduler())
+            # JAX's compiled step cannot follow the optimizer's counter.
+            self.callbacks.append(RegularizationScheduler(update_freq=_UPDATE_FREQ))
         self.loop_ms = []  # per round, ms per step, epoch loop only
         self.fit_ms = []  # per round, ms per step, whole fit call
         self.train_function = None
@@ -171,7 +176,7 @@ class _Run:
             problems.append("train function was rebuilt during the timed runs")
         elif _tracing_count(self.train_function) != self.traces:
             problems.append("train function was retraced during the timed runs")
-        if self.scheduled:
+        if self.scheduled and _UPDATE_FREQ == "batch":
             iterations = self.model.optimizer.iterations
             for layer in self.model.layers:
                 reg = layer.kernel_regularizer
@@ -183,7 +188,8 @@ class _Run:
     def penalty_fn(self):
         variables = [v for v in self.model.trainable_variables if v.regularizer is not None]
 
-        @tf.function(jit_compile=bool(self.model.jit_compile))
+        # No autograph: it re-reads the source, which may have changed since import.
+        @tf.function(jit_compile=bool(self.model.jit_compile), autograph=False)
         def value_and_grad():
             with tf.GradientTape() as tape:
                 total = tf.add_n([tf.cast(v.regularizer(v), "float32") for v in variables])
@@ -252,6 +258,10 @@ def _parse_args(argv=None):
                         default="auto",
                         help="compile(jit_compile=...); 'auto' is Keras' default "
                         "(XLA on GPU, none on CPU-only machines)")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
+                        default="float32",
+                        help="dtype of every layer (its variables too), the "
+                        "baseline's included")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.steps is None:
@@ -294,7 +304,8 @@ def main(argv=None):
         factory, scheduled = CONFIGS[name]
         jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
         run = _Run(
-            name, factory, scheduled, dataset, args.batch_size, args.optimizer, args.seed, jit
+            name, factory, scheduled, dataset, args.batch_size, args.optimizer, args.seed, jit,
+            args.dtype,
         )
         run.warm_up(steps=1 if args.quick else 2, fits=1 if args.quick else 2)
         runs.append(run)
@@ -302,7 +313,7 @@ def main(argv=None):
     print(
         f"model: MLP {INPUTS}-{'-'.join(map(str, HIDDEN))}-{CLASSES}, "
         f"{runs[0].params:,} params, batch {args.batch_size}, optimizer "
-        f"{args.optimizer}, jit_compile={model0.jit_compile}, "
+        f"{args.optimizer}, dtype {args.dtype}, jit_compile={model0.jit_compile}, "
         f"intra/inter-op threads={tf.config.threading.get_intra_op_parallelism_threads()}/"
         f"{tf.config.threading.get_inter_op_parallelism_threads()} (0 = TF default)"
     )
@@ -325,7 +336,8 @@ def main(argv=None):
     rows = []
     for run in runs:
         med = statistics.median(run.loop_ms)
-        paired = statistics.median(a / b for a, b in zip(run.loop_ms, base.loop_ms))
+        pairs = [a / b for a, b in zip(run.loop_ms, base.loop_ms)]
+        paired = statistics.median(pairs)
         rows.append(
             (
                 run.name,
@@ -333,26 +345,28 @@ def main(argv=None):
                 f"{_percentile(run.loop_ms, 25):.1f}-{_percentile(run.loop_ms, 75):.1f}",
                 f"{med / base_median:.3f}",
                 f"{paired:.3f}",
+                f"{_percentile(pairs, 25):.2f}-{_percentile(pairs, 75):.2f}",
                 f"{min(run.loop_ms):.2f}",
                 f"{min(run.loop_ms) / base_min:.3f}",
                 f"{statistics.median(run.fit_ms):.2f}",
             )
         )
     headers = (
-        "config", "ms/step", "p25-p75", "ratio", "paired", "min", "min ratio",
+        "config", "ms/step", "p25-p75", "ratio", "paired", "paired p25-p75", "min",
+        "min ratio",
         "fit ms/step",
     )
     _print_table(headers, rows)
     print(
         "ms/step: median over rounds of (epoch loop time / steps); ratio: "
         f"median / median of '{BASELINE}'; paired: median over rounds of "
-        f"(config / '{BASELINE}' in the same round); min, min ratio: the "
+        f"(config / '{BASELINE}' in the same round), with its spread; min, min ratio: the "
         "fastest round (CPU contention only adds time, so this is the least "
         "disturbed figure); fit ms/step: whole fit() call / steps, median "
         "(adds per-call overhead). Target: ratio <= 1.05."
     )
 
-    if args.penalty_calls:
+    if args.penalty_calls and keras.backend.backend() == "tensorflow":
         print()
         print(f"penalty alone (value + gradient of the 3 kernels, tf.function, "
               f"median of {args.penalty_calls} calls, same rotation):")

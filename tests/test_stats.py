@@ -89,3 +89,22 @@ def test_model_without_such_weights_is_an_error():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match=r"no weight of kind \['embeddings'\]"):
         rk.sparsity_report(model, weights="embeddings")
+
+
+@pytest.mark.parametrize("relative", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_host_and_device_paths_agree(relative, dtype):
+    # On a CPU `compute` reads the weights in place with NumPy; an accelerator
+    # uses the compiled path. Both must give the same figures.
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(300, dtype=dtype), keras.layers.Dense(4, dtype=dtype)])
+    kernel = np.random.default_rng(0).normal(scale=0.01, size=(6, 300)).astype("float32")
+    kernel[:, :50] = 0.0
+    kernel[0, 50:53] = [np.nan, np.inf, -np.inf]
+    model.layers[0].kernel.assign(kernel.astype(model.layers[0].kernel.dtype))
+    stats = WeightStats(model, "all", threshold=0.5 if relative else 1e-3, relative=relative)
+    values = [ref.variable.value for ref in stats.refs]
+    host, device = stats._compute_on_host(values), stats._compute_on_device(values)
+    for h, d in zip(host, device):
+        assert (h.name, h.params, h.zeros, h.near_zero, h.nonfinite) == (d.name, d.params, d.zeros, d.near_zero, d.nonfinite)
+        assert h.l1 == pytest.approx(d.l1, rel=1e-5) and h.l2 == pytest.approx(d.l2, rel=1e-5)
+    assert host[0].zeros == 300 and host[0].nonfinite == 3
