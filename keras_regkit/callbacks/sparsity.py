@@ -28,8 +28,10 @@ class SparsityMonitor(keras.callbacks.Callback):
     - `nonfinite`, `nonfinite/<layer path>`: count of NaN/inf entries.
 
     Kernels go by their layer path (`encoder/dense`), other weights by
-    `path/kind` (`encoder/dense/bias`). The statistics are computed on the
-    device with one small host transfer per update.
+    `path/kind` (`encoder/dense/bias`). Where the weights live on an
+    accelerator the statistics are computed there, with one small host
+    transfer per update; where they live in host memory (CPU) NumPy reads
+    them in place, faster than `get_weights()` and a NumPy scan.
 
     Args:
         weights: Weight kinds to watch: `"kernel"` (default, what penalties act
