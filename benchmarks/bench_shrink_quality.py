@@ -206,8 +206,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--datasets", nargs="+", default=list(LOADERS), choices=list(LOADERS))
-    p.add_argument("--levels", nargs="+", type=float, default=LEVELS)
-    p.add_argument("--tolerances", nargs="+", type=float, default=TOLERANCES)
+    p.add_argument("--levels", nargs="*", type=float, default=LEVELS)
+    p.add_argument("--tolerances", nargs="*", type=float, default=TOLERANCES)
     p.add_argument("--old-package", default=None, help="a checkout of keras_regkit before Shrink v2")
     p.add_argument("--disagreement-per-tolerance", type=float, nargs="+", default=None,
                    help="calibration: the guard's disagreement limit per unit of tolerance")

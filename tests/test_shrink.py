@@ -348,3 +348,12 @@ def test_shrink_in_tolerance_mode_needs_validation_data():
     x, y = classification_data()
     with pytest.raises(ValueError, match="validation_data"):
         rk.shrink(model, x, y)
+
+
+def test_a_start_epoch_fit_never_reaches_says_so():
+    model = trained_classifier()
+    x, y = classification_data()
+    phase = ShrinkPhase(start_epoch=5, sparsity=0.5)
+    with pytest.warns(UserWarning, match=r"start_epoch=5\) will not start: this fit runs epochs 0-2"):
+        model.fit(x, y, epochs=3, verbose=0, callbacks=[phase])
+    assert phase.result.outcome == "not started"

@@ -5,7 +5,9 @@
 - `masks`: one global cut to an exact count, zeros held;
 - `data`: reading what `fit` accepts, as `fit` reads it;
 - `guards`: when to stop (`AgreementGuard`) and the final validation check;
+- `snapshots`: the last good weights and optimizer state, to go back to;
 - `state`: what BackupAndRestore needs to resume;
+- `result`: `ShrinkResult`, what the shrink did;
 - `phase`: `ShrinkPhase`, the callback that composes them; `shrink()` below
   is `fit` plus that callback.
 """
@@ -17,7 +19,8 @@ import keras
 from keras_regkit import _validate
 from keras_regkit.shrinking import data
 from keras_regkit.shrinking.guards import AgreementGuard
-from keras_regkit.shrinking.phase import ShrinkPhase, ShrinkResult
+from keras_regkit.shrinking.phase import ShrinkPhase
+from keras_regkit.shrinking.result import ShrinkResult
 from keras_regkit.shrinking.schedules import CubicRamp, SparsitySchedule
 from keras_regkit.shrinking.scores import Curvature, Magnitude, Score
 

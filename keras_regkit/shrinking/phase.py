@@ -9,9 +9,9 @@ starting model; `state` keeps what BackupAndRestore needs to resume.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -23,7 +23,9 @@ from keras_regkit.shrinking import data as data_lib
 from keras_regkit.shrinking import guards as guards_lib
 from keras_regkit.shrinking import masks as masks_lib
 from keras_regkit.shrinking import scores as scores_lib
+from keras_regkit.shrinking.result import ShrinkResult
 from keras_regkit.shrinking.schedules import CubicRamp, SparsitySchedule
+from keras_regkit.shrinking.snapshots import Snapshot
 from keras_regkit.shrinking.state import PhaseState
 
 # The tolerance mode ramps towards this and lets the guard stop it.
@@ -34,105 +36,8 @@ _CEILING = {"weight": 0.995, "unit": 0.95}
 # would fail at a large first cut), start from 0.
 _INITIAL = {"weight": 0.5, "unit": 0.0}
 _ACTIVE = ("ramping", "holding")
+# What a resumed phase takes back from its saved state.
 _RESULT_FIELDS = ("baseline", "started_at_epoch", "cuts", "rollbacks", "stopped_at", "threshold")
-
-
-@dataclasses.dataclass
-class ShrinkResult:
-    """What a shrink did.
-
-    Attributes:
-        mode: `"sparsity"` (a target) or `"tolerance"` (an accuracy limit).
-        target: The sparsity asked for (sparsity mode), or the ceiling the
-            ramp headed for (tolerance mode).
-        tolerance: The accuracy tolerance (tolerance mode), else None.
-        baseline, final: Top-1 accuracy on the validation data at the start
-            and at the end (None without validation data).
-        disagreement: Fraction of the guard's reference inputs whose top-1
-            class differs from the starting model's at the end (tolerance
-            mode), else None.
-        started_at_epoch: The epoch the shrink began (None if it never did).
-        steps: Training steps the shrink ran.
-        cuts: How many cuts it made.
-        rollbacks: How often it went back to its last good state (a guard
-            check that failed, a non-finite loss).
-        stopped_at: Fraction of the budget at which the guard last failed
-            (None if it never did).
-        threshold: The highest score cut (entries: `w²` or `w²·sqrt(v)`;
-            units: their mean score relative to their layer's mean).
-        sparsity: Fraction of exact zeros over the covered weights (of units
-            with `granularity="unit"`: `unit_sparsity`).
-        unit_sparsity: Fraction of dead units over the covered layers.
-        layers: Per-weight `LayerStats` at the end.
-        dead_units: Layer path -> `(dead, total)` units at the end;
-            `keras_regkit.compact` removes the dead.
-        granularity: `"weight"` or `"unit"`.
-        score: The score's name.
-        outcome: `"pruned"`, `"stopped by the guard"` (it failed at least
-            once and the sparsity ended below the ramp's), `"baseline"` (the
-            final check failed: the starting weights are back),
-            `"interrupted"` or `"not started"`.
-
-    Example:
-
-    >>> result = rk.ShrinkResult("sparsity", target=0.9, baseline=0.97, final=0.965,
-    ...     sparsity=0.9, outcome="pruned")
-    >>> print(str(result).splitlines()[0])
-    shrink (sparsity mode): pruned; exact zeros 90.0% (target 90.0%); validation top-1 0.97 -> 0.965
-    """
-
-    mode: str
-    target: float | None = None
-    tolerance: float | None = None
-    baseline: float | None = None
-    final: float | None = None
-    disagreement: float | None = None
-    started_at_epoch: int | None = None
-    steps: int = 0
-    cuts: int = 0
-    rollbacks: int = 0
-    stopped_at: float | None = None
-    threshold: float | None = None
-    sparsity: float = 0.0
-    unit_sparsity: float = 0.0
-    layers: list = dataclasses.field(default_factory=list)
-    dead_units: dict = dataclasses.field(default_factory=dict)
-    granularity: str = "weight"
-    score: str = "curvature"
-    outcome: str = "not started"
-
-    def __str__(self) -> str:
-        what = "dead units" if self.granularity == "unit" else "exact zeros"
-        head = f"shrink ({self.mode} mode): {self.outcome}; {what} {self.sparsity:.1%}"
-        if self.mode == "sparsity" and self.target is not None:
-            head += f" (target {self.target:.1%})"
-        if self.baseline is not None and self.final is not None:
-            head += f"; validation top-1 {self.baseline:.4g} -> {self.final:.4g}"
-        lines = [head]
-        details = [f"{self.cuts} cuts in {self.steps} steps by {self.score} score"]
-        if self.disagreement is not None:
-            details.append(f"disagreement with the start {self.disagreement:.2%}")
-        if self.stopped_at is not None:
-            details.append(f"guard stopped the ramp at {self.stopped_at:.0%} of the budget")
-        if self.rollbacks:
-            details.append(f"{self.rollbacks} rollbacks")
-        lines.append("; ".join(details))
-        lines += [f"  {s.name}: {s.sparsity:.1%} of {s.params:,}" for s in self.layers]
-        dead = [f"{name} {d}/{n}" for name, (d, n) in self.dead_units.items() if d]
-        if dead:
-            lines.append(f"dead units: {', '.join(dead)}")
-        return "\n".join(lines)
-
-
-@dataclasses.dataclass
-class _Snapshot:
-    """A state the shrink can go back to: the weights (their zeros are the
-    held ones), the optimizer's slots, and the step it was taken at."""
-
-    weights: list
-    slots: list
-    step: int
-    sparsity: float
 
 
 class ShrinkPhase(keras.callbacks.Callback):
@@ -393,6 +298,13 @@ class ShrinkPhase(keras.callbacks.Callback):
         # Restored at the first epoch, once BackupAndRestore (wherever it is
         # in the list) has loaded its backup and set the epoch to go on from.
         self._pending_resume = bool(self._state and self._state.saved())
+        epochs = self.params.get("epochs")
+        if self.start_epoch is not None and epochs is not None and self.start_epoch >= epochs:
+            warnings.warn(
+                f"ShrinkPhase(start_epoch={self.start_epoch}) will not start: this fit runs epochs "
+                f"0-{epochs - 1}. Give fit more epochs, or a smaller start_epoch.",
+                stacklevel=2,
+            )
         if self.start_epoch == 0 and not self._pending_resume:
             self._start(0)
 
@@ -576,25 +488,13 @@ class ShrinkPhase(keras.callbacks.Callback):
         if cut.threshold is not None:
             self.result.threshold = max(cut.threshold, self.result.threshold or 0.0)
 
-    def _snapshot(self) -> _Snapshot:
-        return _Snapshot(self.model.get_weights(), [keras.ops.convert_to_numpy(v) for v in self._slots()],
-                         self._step, self._sparsity())
-
-    def _slots(self) -> list:
-        """The optimizer's per-weight state: everything but its step count
-        (schedules key on it) and its learning rate."""
-        optimizer = self.model.optimizer
-        skip = {id(optimizer.iterations)}
-        skip.update(id(v) for v in optimizer.variables if v.name == "learning_rate")
-        return [v for v in optimizer.variables if id(v) not in skip]
+    def _snapshot(self) -> Snapshot:
+        return Snapshot.take(self.model, self._step, self._sparsity())
 
     def _rollback(self, why: str) -> None:
         """Back to the last good state: its weights, zeros and optimizer
         slots."""
-        self.model.set_weights(self._good.weights)
-        for variable, value in zip(self._slots(), self._good.slots):
-            variable.assign(value)
-        pruning.hold_zeros(self.model, [ref.variable for ref in self._refs])
+        self._good.restore(self.model, [ref.variable for ref in self._refs])
         self.result.rollbacks += 1
         self._say(f"{why}: back to step {self._good.step}.")
 
@@ -706,8 +606,6 @@ class ShrinkPhase(keras.callbacks.Callback):
                 "the backup, or pass the `backup_dir` of this model's own training."
             )
         if state["epochs_done"] < epoch:
-            import warnings
-
             warnings.warn(
                 f"ShrinkPhase resumes at epoch {epoch + 1} from its state after epoch "
                 f"{state['epochs_done']}: list ShrinkPhase before BackupAndRestore in `callbacks` "
@@ -727,7 +625,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             self._user_learning_rate = state["user_learning_rate"]
             if self._user_learning_rate is not None:
                 self._optimizer().learning_rate = self._shrink_learning_rate(self._user_learning_rate)
-            self._good = _Snapshot(snapshots["good"], snapshots["good_slots"], state["good_step"],
+            self._good = Snapshot(snapshots["good"], snapshots["good_slots"], state["good_step"],
                                    state["good_sparsity"])
             self._start_hits = snapshots["start_hits"][0] if "start_hits" in snapshots else None
             self.model.set_weights(snapshots["current"])

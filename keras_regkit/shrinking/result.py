@@ -1,0 +1,93 @@
+"""`ShrinkResult`: what a shrink did, as `ShrinkPhase.result` and `shrink()`
+return it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class ShrinkResult:
+    """What a shrink did.
+
+    Attributes:
+        mode: `"sparsity"` (a target) or `"tolerance"` (an accuracy limit).
+        target: The sparsity asked for (sparsity mode), or the ceiling the
+            ramp headed for (tolerance mode).
+        tolerance: The accuracy tolerance (tolerance mode), else None.
+        baseline, final: Top-1 accuracy on the validation data at the start
+            and at the end (None without validation data).
+        disagreement: Fraction of the guard's reference inputs whose top-1
+            class differs from the starting model's at the end (tolerance
+            mode), else None.
+        started_at_epoch: The epoch the shrink began (None if it never did).
+        steps: Training steps the shrink ran.
+        cuts: How many cuts it made.
+        rollbacks: How often it went back to its last good state (a guard
+            check that failed, a non-finite loss).
+        stopped_at: Fraction of the budget at which the guard last failed
+            (None if it never did).
+        threshold: The highest score cut (entries: `w²` or `w²·sqrt(v)`;
+            units: their mean score relative to their layer's mean).
+        sparsity: Fraction of exact zeros over the covered weights (of units
+            with `granularity="unit"`: `unit_sparsity`).
+        unit_sparsity: Fraction of dead units over the covered layers.
+        layers: Per-weight `LayerStats` at the end.
+        dead_units: Layer path -> `(dead, total)` units at the end;
+            `keras_regkit.compact` removes the dead.
+        granularity: `"weight"` or `"unit"`.
+        score: The score's name.
+        outcome: `"pruned"`, `"stopped by the guard"` (it failed at least
+            once and the sparsity ended below the ramp's), `"baseline"` (the
+            final check failed: the starting weights are back),
+            `"interrupted"` or `"not started"`.
+
+    Example:
+
+    >>> result = rk.ShrinkResult("sparsity", target=0.9, baseline=0.97, final=0.965,
+    ...     sparsity=0.9, outcome="pruned")
+    >>> print(str(result).splitlines()[0])
+    shrink (sparsity mode): pruned; exact zeros 90.0% (target 90.0%); validation top-1 0.97 -> 0.965
+    """
+
+    mode: str
+    target: float | None = None
+    tolerance: float | None = None
+    baseline: float | None = None
+    final: float | None = None
+    disagreement: float | None = None
+    started_at_epoch: int | None = None
+    steps: int = 0
+    cuts: int = 0
+    rollbacks: int = 0
+    stopped_at: float | None = None
+    threshold: float | None = None
+    sparsity: float = 0.0
+    unit_sparsity: float = 0.0
+    layers: list = dataclasses.field(default_factory=list)
+    dead_units: dict = dataclasses.field(default_factory=dict)
+    granularity: str = "weight"
+    score: str = "curvature"
+    outcome: str = "not started"
+
+    def __str__(self) -> str:
+        what = "dead units" if self.granularity == "unit" else "exact zeros"
+        head = f"shrink ({self.mode} mode): {self.outcome}; {what} {self.sparsity:.1%}"
+        if self.mode == "sparsity" and self.target is not None:
+            head += f" (target {self.target:.1%})"
+        if self.baseline is not None and self.final is not None:
+            head += f"; validation top-1 {self.baseline:.4g} -> {self.final:.4g}"
+        lines = [head]
+        details = [f"{self.cuts} cuts in {self.steps} steps by {self.score} score"]
+        if self.disagreement is not None:
+            details.append(f"disagreement with the start {self.disagreement:.2%}")
+        if self.stopped_at is not None:
+            details.append(f"guard stopped the ramp at {self.stopped_at:.0%} of the budget")
+        if self.rollbacks:
+            details.append(f"{self.rollbacks} rollbacks")
+        lines.append("; ".join(details))
+        lines += [f"  {s.name}: {s.sparsity:.1%} of {s.params:,}" for s in self.layers]
+        dead = [f"{name} {d}/{n}" for name, (d, n) in self.dead_units.items() if d]
+        if dead:
+            lines.append(f"dead units: {', '.join(dead)}")
+        return "\n".join(lines)
