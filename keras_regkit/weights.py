@@ -82,7 +82,10 @@ def normalize_kinds(weights: Union[str, Sequence[str]]) -> tuple[str, ...]:
         return tuple(WEIGHT_KINDS)
     # Anything but a str or a list/tuple of them (None, a number) is refused
     # here, not by `tuple()` with a message that names no argument.
-    kinds = (weights,) if isinstance(weights, str) else tuple(weights) if isinstance(weights, (list, tuple)) else ()
+    if isinstance(weights, str):
+        kinds = (weights,)
+    else:
+        kinds = tuple(weights) if isinstance(weights, (list, tuple)) else ()
     unknown = [k for k in kinds if not isinstance(k, str) or k not in WEIGHT_KINDS]
     # Once each: a kind named twice would report (and count) its weights twice.
     kinds = tuple(dict.fromkeys(k for k in kinds if k not in unknown))
