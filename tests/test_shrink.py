@@ -357,3 +357,16 @@ def test_a_start_epoch_fit_never_reaches_says_so():
     with pytest.warns(UserWarning, match=r"start_epoch=5\) will not start: this fit runs epochs 0-2"):
         model.fit(x, y, epochs=3, verbose=0, callbacks=[phase])
     assert phase.result.outcome == "not started"
+
+
+def test_auto_learning_rate_triples_only_for_an_optimizer_that_has_trained():
+    model = trained_classifier()
+    x, y = classification_data()
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    spy = Spy()
+    rk.shrink(model, x, y, sparsity=0.5, epochs=1, batch_size=32, score="magnitude", callbacks=[spy])
+    assert [step["lr"] for step in spy.steps] == pytest.approx([1e-3] * len(spy.steps))  # fresh: lr-sized steps
+    spy = Spy()
+    rk.shrink(model, x, y, sparsity=0.6, epochs=1, batch_size=32, callbacks=[spy])
+    assert [step["lr"] for step in spy.steps] == pytest.approx([3e-3] * len(spy.steps))
+    assert learning_rate(model) == pytest.approx(1e-3)

@@ -139,11 +139,12 @@ class ShrinkPhase(keras.callbacks.Callback):
             to 10.
         learning_rate: The optimizer's learning rate during the shrink: a
             float, `"auto"` or None (leave it). `"auto"` is 3x the current
-            one in the sparsity mode (the benchmark's best) and the current
-            one in the tolerance mode (a higher rate moves the model by
-            itself, which the guard would count against the cuts); an
-            optimizer that follows a schedule is left alone. Defaults to
-            `"auto"`.
+            one in the sparsity mode (the benchmark's best) if the optimizer
+            has trained (a fresh one's first steps are as large as its
+            rate, and at 3x wrecked a transformer), and the current one in
+            the tolerance mode (a higher rate moves the model by itself,
+            which the guard would count against the cuts); an optimizer
+            that follows a schedule is left alone. Defaults to `"auto"`.
         reference_inputs: Inputs for the guard (the training inputs;
             `shrink()` passes `x`). Required in the tolerance mode.
         validation_data: `(x, y)` or `(x, y, sample_weight)` arrays, a
@@ -562,8 +563,12 @@ class ShrinkPhase(keras.callbacks.Callback):
             return self.learning_rate
         # A higher rate recovers from cuts far better (the benchmark's
         # largest lever), but it moves the model by itself too, which the
-        # tolerance mode's guard would count against the cuts.
-        return 3.0 * current if self.mode_name == "sparsity" else current
+        # tolerance mode's guard would count against the cuts. A fresh
+        # optimizer (compiled, never stepped) takes first steps as large as
+        # its rate on every weight: at 3x that wrecked a trained transformer
+        # (benchmarks/bench_transformer_shrink.py), so it keeps the rate.
+        trained = int(keras.ops.convert_to_numpy(self._optimizer().iterations)) > 0
+        return 3.0 * current if self.mode_name == "sparsity" and trained else current
 
     def _restore_learning_rate(self) -> None:
         if getattr(self, "_user_learning_rate", None) is not None:
@@ -586,6 +591,7 @@ class ShrinkPhase(keras.callbacks.Callback):
                            failed_checks=self._failed_checks, ceiling=self._ceiling,
                            good_sparsity=self._good.sparsity,
                            user_learning_rate=self._user_learning_rate,
+                           shrink_learning_rate=float(keras.ops.convert_to_numpy(self._optimizer().learning_rate)),
                            result={name: getattr(self.result, name) for name in _RESULT_FIELDS})
             snapshots.update(start=self._start_weights, current=self.model.get_weights(),
                              good=self._good.weights, good_slots=self._good.slots)
@@ -624,7 +630,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             self._failed_checks, self._ceiling = state["failed_checks"], state["ceiling"]
             self._user_learning_rate = state["user_learning_rate"]
             if self._user_learning_rate is not None:
-                self._optimizer().learning_rate = self._shrink_learning_rate(self._user_learning_rate)
+                self._optimizer().learning_rate = state["shrink_learning_rate"]
             self._good = Snapshot(snapshots["good"], snapshots["good_slots"], state["good_step"],
                                    state["good_sparsity"])
             self._start_hits = snapshots["start_hits"][0] if "start_hits" in snapshots else None

@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 
 FOLDER = "keras_regkit_shrink"  # inside `backup_dir`
-FORMAT = 2
+FORMAT = 3
 
 
 class PhaseState:
