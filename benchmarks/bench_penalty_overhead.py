@@ -79,10 +79,16 @@ def _ramp():
     return PolynomialDecay(0.0, 1000, STRENGTH)
 
 
+def _float32(regularizer):
+    # Keras' L1L2 returns a float16/bfloat16 scalar for such a variable, which
+    # Keras' own loss sum then refuses; cast it (free, on a scalar).
+    return lambda x: keras.ops.cast(regularizer(x), "float32")
+
+
 # name -> (factory of one regularizer (called once per kernel), scheduled?)
 CONFIGS = {
     REFERENCE: (lambda: None, False),
-    BASELINE: (lambda: keras.regularizers.L1L2(l1=STRENGTH, l2=STRENGTH), False),
+    BASELINE: (lambda: _float32(keras.regularizers.L1L2(l1=STRENGTH, l2=STRENGTH)), False),
     "rk L1": (lambda: rk.L1(STRENGTH), False),
     "rk L2": (lambda: rk.L2(STRENGTH), False),
     "rk ElasticNet": (lambda: rk.ElasticNet(STRENGTH, STRENGTH), False),
