@@ -19,10 +19,13 @@ from keras_regkit.shrinking.data import first_axis, take, batches, sample_inputs
 
 # The guard's limit on disagreement per unit of the user's accuracy
 # tolerance. A changed prediction moves accuracy by at most one sample, so 1
-# bounds the accuracy change on the reference inputs by the tolerance; 2
-# and 3 were tried on benchmarks/bench_shrink_quality.py and lost more test
-# accuracy than the tolerance on digits (README, shrink section).
-DISAGREEMENT_PER_TOLERANCE = 1.0
+# would bound the accuracy change on the reference inputs by the tolerance;
+# but unseen inputs change more than the training inputs a model has
+# memorised. Calibrated on benchmarks/bench_shrink_quality.py (5 seeds,
+# benchmarks/shrink_tolerance_calibration_*.json): on digits 1.0 lost
+# 1.11 / 2.23 points (median / worst) at tolerance 0.01, 0.75 1.95 at
+# worst, 0.5 0.84 / 1.11, the one that kept the promise at 0.01 and 0.02.
+DISAGREEMENT_PER_TOLERANCE = 0.5
 _PREDICT_BATCH = 1024
 
 
