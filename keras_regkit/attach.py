@@ -153,6 +153,12 @@ def apply_regularizers(
             "{'dense*': keras_regkit.regularizers.L1(1e-4)}. "
             f"Received: regularizers={regularizers!r}"
         )
+    if not regularizers:
+        raise ValueError(
+            "Invalid value for argument `regularizers`: it is empty, so nothing would be "
+            "attached. Map at least one layer selector to a regularizer, e.g. "
+            "{'*': keras_regkit.regularizers.L1(1e-4)}."
+        )
     _validate.boolean("allow_unsaved", allow_unsaved)
     kinds = weights_lib.normalize_kinds(weights)
     assignments = {}  # by variable: later selectors win

@@ -487,3 +487,17 @@ def test_readme_says_import_keras_regkit_before_load_model():
 
     readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
     assert "import keras_regkit" in readme and "custom_objects()" in readme
+
+
+def test_lead_rows_shrink_callbacks_none_verbose_and_an_empty_mapping():
+    # Siblings found late: each gets a clear answer at the call.
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(TypeError, match="verbose"):
+        rk.callbacks.ShrinkPhase(start_epoch=0, sparsity=0.5, verbose="1")
+    with pytest.raises(ValueError, match="regularizers.*empty"):
+        rk.apply_regularizers(model, {})
+    assert model.losses == []
+    model.compile("adam", "mse")
+    x = np.zeros((8, 4), "float32")
+    result = rk.shrink(model, x, np.zeros((8, 2), "float32"), sparsity=0.5, epochs=1, callbacks=None)
+    assert result.sparsity == pytest.approx(0.5)

@@ -127,6 +127,6 @@ def shrink(
             x, y, batch_size=batch_size, epochs=epochs, sample_weight=sample_weight,
             validation_data=validation_data, steps_per_epoch=steps_per_epoch,
             validation_steps=validation_steps,
-            callbacks=[phase, *callbacks], verbose=verbose,
+            callbacks=[phase, *(callbacks or ())], verbose=verbose,
         )
     return phase.result

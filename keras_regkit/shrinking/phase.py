@@ -281,7 +281,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             )
         self.backup_dir = backup_dir
         self._state = None if backup_dir is None else PhaseState(backup_dir)
-        self.verbose = verbose
+        self.verbose = _validate.integer("verbose", verbose)
         self._phase = "waiting"
         self.result = self._new_result()
 
