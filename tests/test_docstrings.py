@@ -19,7 +19,7 @@ MODULES = [
     # The module: the function `rk.custom_objects` is what the package exports.
     importlib.import_module("keras_regkit.saving"),
     # `rk.shrinking.shrink` shadows nothing, but the parts are modules of their own.
-    *(importlib.import_module(f"keras_regkit.shrinking{part}") for part in ("", ".phase", ".schedules", ".guards")),
+    *(importlib.import_module(f"keras_regkit.shrinking{part}") for part in ("", ".result", ".schedules", ".guards")),
 ]
 
 
