@@ -289,8 +289,10 @@ class L1(_Penalty):
     def alpha(self) -> Strength:
         return self._strengths["alpha"]
 
+    _casts_inside = True
+
     def _penalty(self, x, source_dtype, alpha):
-        return alpha * ops.sum(_magnitude(x))
+        return _l1_l2(x, source_dtype, l1=alpha)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -324,8 +326,10 @@ class L2(_Penalty):
     def alpha(self) -> Strength:
         return self._strengths["alpha"]
 
+    _casts_inside = True
+
     def _penalty(self, x, source_dtype, alpha):
-        return alpha * ops.sum(ops.square(x))
+        return _l1_l2(x, source_dtype, l2=alpha)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -369,8 +373,10 @@ class ElasticNet(_Penalty):
     def l2(self) -> Strength:
         return self._strengths["l2"]
 
+    _casts_inside = True
+
     def _penalty(self, x, source_dtype, l1, l2):
-        return l1 * ops.sum(_magnitude(x)) + l2 * ops.sum(ops.square(x))
+        return _l1_l2(x, source_dtype, l1=l1, l2=l2)
 
 
 # Beyond |x| / scale = _LINEAR_FROM the penalty grows linearly (with the slope
@@ -426,6 +432,58 @@ def _one_kernel(fn):
 
 
 _exp_abs_kernel = _one_kernel(_exp_abs_terms)
+
+
+def _with_gradient(value_and_gradient, x):
+    """`value_and_gradient(x)[0]`, differentiated as its second element:
+    a penalty whose fused kernel computes its own gradient."""
+
+    @ops.custom_gradient
+    def penalty(x):
+        value, grad = value_and_gradient(x)
+
+        def backward(*args, upstream=None):
+            upstream = args[0] if upstream is None else upstream
+            return ops.cast(upstream, grad.dtype) * grad
+
+        return value, backward
+
+    return penalty(x)
+
+
+def _l1_l2_terms(x, l1, l2):
+    """Row sums of `|w|` and `w ** 2` and the gradient `l1 * sign(w) + 2 *
+    l2 * w`, with `w` the float32 of `x` (see `_exp_abs_terms`)."""
+    w = ops.cast(x, "float32")
+    axis = -1 if len(x.shape) > 1 else None
+    sums = ops.sum(ops.absolute(w), axis=axis), ops.sum(ops.square(w), axis=axis)
+    return sums, ops.cast(l1 * ops.sign(w) + (2.0 * l2) * w, x.dtype)
+
+
+_l1_l2_kernel = _one_kernel(_l1_l2_terms)
+
+
+def _l1_l2(x, source_dtype, l1=None, l2=None):
+    """`l1 * sum(|x|) + l2 * sum(x ** 2)` in float32, of `x` as stored; a
+    term whose strength is None is left out."""
+    if source_dtype in ("float16", "bfloat16") and keras.backend.backend() == "tensorflow":
+        # Without XLA the cast of a half-precision weight is one more pass
+        # over it, and its gradient another: one fused kernel reads the
+        # weight once for the value and the gradient.
+        l1, l2 = (ops.convert_to_tensor(0.0 if s is None else s, "float32") for s in (l1, l2))
+
+        def value_and_gradient(x):
+            (magnitudes, squares), grad = _l1_l2_kernel(x, l1, l2)
+            return l1 * ops.sum(magnitudes) + l2 * ops.sum(squares), grad
+
+        return _with_gradient(value_and_gradient, x)
+    x = ops.cast(x, "float32")
+    terms = []
+    if l1 is not None:
+        terms.append(l1 * ops.sum(_magnitude(x)))
+    if l2 is not None:
+        terms.append(l2 * ops.sum(ops.square(x)))
+    return terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -503,18 +561,11 @@ class ExpAbs(_Penalty):
         end = ops.convert_to_tensor(self._end_of_exponential(source_dtype, alpha), "float32")
         inv_scale = ops.convert_to_tensor(1.0 / self.scale, "float32")
 
-        @ops.custom_gradient
-        def penalty(x):
+        def value_and_gradient(x):
             (exponential, linear), grad = _exp_abs_kernel(x, alpha, inv_scale, end)
-            value = alpha * (ops.sum(exponential) + ops.exp(end) * ops.sum(linear))
+            return alpha * (ops.sum(exponential) + ops.exp(end) * ops.sum(linear)), grad
 
-            def backward(*args, upstream=None):
-                upstream = args[0] if upstream is None else upstream
-                return ops.cast(upstream, grad.dtype) * grad
-
-            return value, backward
-
-        return penalty(x)
+        return _with_gradient(value_and_gradient, x)
 
     def _end_of_exponential(self, source_dtype, alpha):
         limit = _GRADIENT_LIMIT.get(source_dtype)

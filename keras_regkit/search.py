@@ -9,6 +9,7 @@ import dataclasses
 import inspect
 import math
 import os
+import shutil
 import tempfile
 import warnings
 from typing import Callable, Mapping, Sequence, Union
@@ -241,7 +242,7 @@ def search_strength(
         threshold: `|w| <= threshold` counts as near zero. Defaults to 1e-3.
         seed: Seed of every trial's initial weights and data order.
         directory: Where KerasTuner keeps the search. Defaults to a new
-            temporary directory (no resume).
+            temporary directory, removed when the search returns (no resume).
         project_name: KerasTuner's project name for stage 1.
         overwrite: Discard a previous search in `directory`.
         verbose: 0 quiet, 1 KerasTuner's per-trial summary.
@@ -339,6 +340,9 @@ def search_strength(
     trainer.objective = objective
     _warn_if_unstandardised(x)
 
+    # A folder nobody named cannot be resumed from: removed once the search
+    # succeeds, kept (and named in the error) when every trial failed.
+    temporary = directory is None
     directory = directory or tempfile.mkdtemp(prefix="keras_regkit_search_")
     stage1 = [0.0, *decades(low, high)]
     tuner = _tuner(kt, trainer, objective, stage1, directory, project_name, overwrite)
@@ -349,6 +353,8 @@ def search_strength(
         with _stage_two_port():
             tuner = _tuner(kt, trainer, objective, [low], directory, f"{project_name}_fine", overwrite)
             tuner.search(verbose=verbose)
+        if temporary:
+            shutil.rmtree(directory, ignore_errors=True)
         return None
     rows = _rows(tuner, "decade")
     regularized = [r for r in rows if r["strength"] > 0]
@@ -365,6 +371,8 @@ def search_strength(
         rows += _rows(fine_tuner, "fine")
     rows.sort(key=lambda r: r["strength"])
     best = _best([r for r in rows if r["strength"] > 0], objective)
+    if temporary:
+        shutil.rmtree(directory, ignore_errors=True)
     return StrengthSearchResult(best["strength"], objective.name, objective.direction, rows)
 
 

@@ -35,6 +35,9 @@ def frozen_model(regularizer, **compile_kwargs):
 ])
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
 def test_loss_moves_exactly_as_the_schedule_with_learning_rate_zero(jit_compile, update_freq):
+    if BACKEND == "torch" and jit_compile and update_freq == "epoch":
+        pytest.skip("torch.compile takes ~100 s per model on a CI CPU; the 'batch' case checks that the "
+                    "compiled step reads each new strength, and 'epoch' moves the same variable less often")
     x, y = tiny_data()
     model = frozen_model(L1(RAMP), jit_compile=jit_compile)
     data_loss = model.evaluate(x, y, verbose=0)  # step 0: strength 0
