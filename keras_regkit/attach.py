@@ -169,6 +169,7 @@ def apply_regularizers(
                 "`keras.regularizers.Regularizer` instance (so it can be "
                 f"saved with the model). Received: {regularizer!r}"
             )
+        _warn_if_not_reloadable(selector, regularizer)
         for ref in weights_lib.select_weights(model, selector, kinds):
             assignments.pop(id(ref.variable), None)
             assignments[id(ref.variable)] = (ref, regularizer)
@@ -346,6 +347,23 @@ class _SaveWarning:
                 object.__delattr__(owner, "get_config")  # back to the class's own
             else:
                 object.__setattr__(owner, "get_config", original)  # an earlier hook
+
+
+def _warn_if_not_reloadable(selector, regularizer) -> None:
+    # Keras saves a custom class under its registered name: an unregistered
+    # one saves, and the file then fails to load without `custom_objects`.
+    cls = type(regularizer)
+    if cls.__module__.startswith("keras."):
+        return
+    if keras.saving.get_registered_object(keras.saving.get_registered_name(cls)) is cls:
+        return
+    warnings.warn(
+        f"apply_regularizers: the regularizer for selector {selector!r} is a {cls.__name__}, "
+        "which is not registered with Keras: a model saved with it loads only with "
+        f"`custom_objects={{'{cls.__name__}': {cls.__name__}}}`. Register the class with "
+        "`@keras.saving.register_keras_serializable()` to make the file load on its own.",
+        stacklevel=3,
+    )
 
 
 def _frozen(model, refs) -> list[str]:

@@ -175,3 +175,30 @@ def test_penalty_on_a_frozen_layer_warns_that_it_acts_only_once_trainable():
     assert len(attached) == 2 and len(model.losses) == 1  # Keras counts the trainable one only
     model.layers[0].trainable = True
     assert len(model.losses) == 2
+
+
+class UnregisteredPenalty(keras.regularizers.Regularizer):
+    def __call__(self, x):
+        return keras.ops.sum(keras.ops.abs(x))
+
+    def get_config(self):
+        return {}
+
+
+def test_an_unregistered_regularizer_warns_that_the_file_needs_custom_objects(tmp_path):
+    import warnings
+
+    model = tiny_mlp()
+    with pytest.warns(UserWarning, match=r"'out'.*UnregisteredPenalty.*custom_objects"):
+        rk.apply_regularizers(model, {"out": UnregisteredPenalty()})
+    model.save(tmp_path / "m.keras")
+    # What the warning says: the file alone does not load, it does with custom_objects.
+    with pytest.raises(TypeError, match="UnregisteredPenalty"):
+        keras.saving.load_model(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras",
+                                       custom_objects={"UnregisteredPenalty": UnregisteredPenalty})
+    assert len(reloaded.losses) == 1
+    # Ours and Keras' own load on their own: no warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rk.apply_regularizers(tiny_mlp(), {"out": L1(0.1), "hidden0": keras.regularizers.L2(0.1)})
