@@ -21,7 +21,8 @@ the smaller `intermediate_dim`.
 Reported per seed and as median / worst over seeds: parameters, `.keras`
 file size (an uncompiled copy: no optimizer slots), CPU throughput at batch
 `--batch` of the compacted model over the original (a traced `model(x)`
-call, all models timed interleaved in one process after a warm-up; median
+call, XLA-compiled with `--jit-compile` as Keras' `predict` is by default
+under TensorFlow; all models timed interleaved in one process after a warm-up; median
 of `--repeats` rounds, with the min-max range of the per-round ratios; and,
 as contention only ever slows a round, the ratio of the best rounds), and
 the test-accuracy change in points. The shrunk model before compaction is
@@ -100,13 +101,15 @@ def file_size(model, folder, name):
     return os.path.getsize(path)
 
 
-def throughputs(tf, models, x, repeats, calls):
-    """Samples/s of each model's traced forward pass on batch `x`, timed
+def throughputs(tf, models, x, repeats, calls, jit_compile=False):
+    """Samples/s of each model's traced (`jit_compile`: XLA-compiled)
+    forward pass on batch `x`, timed
     interleaved (every round times each model once) so machine noise hits all
     alike. Returns the per-round samples/s, one list per model."""
     batch = len(x["token_ids"])
     x = {k: tf.constant(v) for k, v in x.items()}
-    functions = [tf.function(lambda v, m=m: m(v, training=False), autograph=False) for m in models]
+    functions = [tf.function(lambda v, m=m: m(v, training=False), autograph=False, jit_compile=jit_compile)
+                 for m in models]
     for f in functions:
         for _ in range(3):
             f(x)  # trace and warm up
@@ -171,7 +174,7 @@ def run_seed(args, keras, keras_hub, tf, rk, seed):
         for r, m in zip(ok, compacted):
             r["file_bytes"] = file_size(m, folder, f"s{r['sparsity']}")
     batch = {k: v[:args.batch] for k, v in x_test.items()}
-    rounds = throughputs(tf, [base] + compacted, batch, args.repeats, args.calls)
+    rounds = throughputs(tf, [base] + compacted, batch, args.repeats, args.calls, args.jit_compile)
     base_tp = statistics.median(rounds[0])
     for r, tps in zip(ok, rounds[1:]):
         ratios = sorted(t / b for t, b in zip(tps, rounds[0]))
@@ -230,6 +233,9 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=256, help="throughput batch")
     parser.add_argument("--repeats", type=int, default=25)
     parser.add_argument("--calls", type=int, default=3, help="calls per timed round")
+    parser.add_argument("--jit-compile", action="store_true",
+                        help="time the XLA-compiled forward pass (what Keras' predict uses by default "
+                             "under TensorFlow) instead of the plain traced one")
     parser.add_argument("--quick", action="store_true", help="tiny model and data, few epochs and repeats")
     parser.add_argument("--json", help="write the figures as JSON here")
     args = parser.parse_args(argv)
