@@ -379,6 +379,26 @@ class ElasticNet(_Penalty):
         return _l1_l2(x, source_dtype, l1=l1, l2=l2)
 
 
+def _group_norms(w, axis):
+    """The L2 norm of each group of float32 `w` (entries sharing an index
+    along `axis`), and where it is positive."""
+    squares = ops.sum(ops.square(w), axis=[i for i in range(len(w.shape)) if i != axis])
+    # sqrt has an infinite derivative at 0: a dead group would get NaN
+    # gradients. Take the norm only where it is positive, 0 elsewhere.
+    positive = squares > 0
+    return ops.where(positive, ops.sqrt(ops.where(positive, squares, 1.0)), 0.0), positive
+
+
+def _group_lasso_terms(x, factor, axis):
+    """GroupLasso's group norms and gradient `factor * w / ||w_g||` (0 in a
+    dead group), with `w` the float32 of `x` (see `_exp_abs_terms`)."""
+    w = ops.cast(x, "float32")
+    norms, positive = _group_norms(w, axis)
+    shape = [-1 if i == axis else 1 for i in range(len(w.shape))]
+    scale = ops.reshape(ops.where(positive, factor / ops.where(positive, norms, 1.0), 0.0), shape)
+    return norms, ops.cast(w * scale, x.dtype)
+
+
 # Beyond |x| / scale = _LINEAR_FROM the penalty grows linearly (with the slope
 # it has there) instead of exponentially, and beyond _SATURATE_AT it stops
 # growing (at about 4.85e28 * alpha per entry), so a runaway weight can't make
@@ -461,15 +481,21 @@ def _l1_l2_terms(x, l1, l2):
 
 
 _l1_l2_kernel = _one_kernel(_l1_l2_terms)
+_group_lasso_kernel = _one_kernel(_group_lasso_terms)
+
+
+def _fuses(source_dtype) -> bool:
+    """Whether a penalty computes value and gradient in one fused kernel.
+    Without XLA the cast of a half-precision weight to float32 is one more
+    pass over it, and its gradient another; float32 weights are cheaper
+    without the kernel call, and JAX fuses its whole step anyway."""
+    return source_dtype in ("float16", "bfloat16") and keras.backend.backend() == "tensorflow"
 
 
 def _l1_l2(x, source_dtype, l1=None, l2=None):
     """`l1 * sum(|x|) + l2 * sum(x ** 2)` in float32, of `x` as stored; a
     term whose strength is None is left out."""
-    if source_dtype in ("float16", "bfloat16") and keras.backend.backend() == "tensorflow":
-        # Without XLA the cast of a half-precision weight is one more pass
-        # over it, and its gradient another: one fused kernel reads the
-        # weight once for the value and the gradient.
+    if _fuses(source_dtype):
         l1, l2 = (ops.convert_to_tensor(0.0 if s is None else s, "float32") for s in (l1, l2))
 
         def value_and_gradient(x):
@@ -642,6 +668,8 @@ class GroupLasso(_Penalty):
     def alpha(self) -> Strength:
         return self._strengths["alpha"]
 
+    _casts_inside = True
+
     def _penalty(self, x, source_dtype, alpha):
         rank = len(x.shape)
         if not -rank <= self.axis < rank:
@@ -651,12 +679,17 @@ class GroupLasso(_Penalty):
             )
         axis = self.axis % rank
         group_size = math.prod(d for i, d in enumerate(x.shape) if i != axis)
-        squares = ops.sum(ops.square(x), axis=[i for i in range(rank) if i != axis])
-        # sqrt has an infinite derivative at 0: a dead group would get NaN
-        # gradients. Take the norm only where it is positive, 0 elsewhere.
-        positive = squares > 0
-        norms = ops.where(positive, ops.sqrt(ops.where(positive, squares, 1.0)), 0.0)
-        return alpha * math.sqrt(group_size) * ops.sum(norms)
+        factor = alpha * math.sqrt(group_size)
+        if _fuses(source_dtype):
+            factor = ops.convert_to_tensor(factor, "float32")
+
+            def value_and_gradient(x):
+                norms, grad = _group_lasso_kernel(x, factor, axis)
+                return factor * ops.sum(norms), grad
+
+            return _with_gradient(value_and_gradient, x)
+        norms, _ = _group_norms(ops.cast(x, "float32"), axis)
+        return factor * ops.sum(norms)
 
     def _extra_config(self) -> dict:
         return {"axis": self.axis}

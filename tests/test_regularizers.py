@@ -308,33 +308,56 @@ def test_expabs_fused_path_is_exact_on_a_large_weight_with_a_schedule():
     np.testing.assert_allclose(grad, 0.01 * np.sign(w) * np.exp(np.abs(w.astype("float64"))), rtol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("reg,strengths", [
-    (R.L1(0.03), (0.03, 0.0)),
-    (R.L2(0.05), (0.0, 0.05)),
-    (R.ElasticNet(l1=0.02, l2=0.05), (0.02, 0.05)),
-    (R.ElasticNet(l1=DelayedRamp(0.04, 0, 10), l2=0.05, step=5), (0.02, 0.05)),
-])
-def test_half_precision_weights_give_the_float32_penalty_and_its_gradient(dtype, reg, strengths):
-    # A float16/bfloat16 weight is read once, in a fused kernel under
-    # TensorFlow; the reference is the plain formula on the float32 cast,
-    # differentiated by the backend.
-    l1, l2 = strengths
-    w = RNG.normal(scale=2.0, size=(300, 40)).astype("float32")
-    w[0, :3] = 0.0
-    tensor = keras.ops.cast(w, dtype)
-
-    def reference(x):
+def elastic_net_by_autodiff(l1, l2):
+    def penalty(x):
         x = keras.ops.cast(x, "float32")
         return l1 * keras.ops.sum(x * keras.ops.sign(x)) + l2 * keras.ops.sum(keras.ops.square(x))
 
+    return penalty
+
+
+def group_lasso_by_autodiff(alpha, axis):
+    def penalty(x):
+        x = keras.ops.cast(x, "float32")
+        squares = keras.ops.sum(keras.ops.square(x), axis=[i for i in range(2) if i != axis % 2])
+        group_size = x.shape[1 - axis % 2]
+        return alpha * math.sqrt(group_size) * keras.ops.sum(keras.ops.sqrt(squares))
+
+    return penalty
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("reg,reference", [
+    (R.L1(0.03), elastic_net_by_autodiff(0.03, 0.0)),
+    (R.L2(0.05), elastic_net_by_autodiff(0.0, 0.05)),
+    (R.ElasticNet(l1=0.02, l2=0.05), elastic_net_by_autodiff(0.02, 0.05)),
+    (R.ElasticNet(l1=DelayedRamp(0.04, 0, 10), l2=0.05, step=5), elastic_net_by_autodiff(0.02, 0.05)),
+    (R.GroupLasso(0.03), group_lasso_by_autodiff(0.03, -1)),
+    (R.GroupLasso(DelayedRamp(0.06, 0, 10), axis=0, step=5), group_lasso_by_autodiff(0.03, 0)),
+], ids=lambda r: repr(r)[:40])
+def test_half_precision_weights_give_the_float32_penalty_and_its_gradient(dtype, reg, reference):
+    # A float16/bfloat16 weight is read once, in a fused kernel under
+    # TensorFlow; the reference is the plain formula on the float32 cast,
+    # differentiated by the backend.
+    w = RNG.normal(scale=2.0, size=(300, 40)).astype("float32")
+    w[0, :3] = 0.0
+    tensor = keras.ops.cast(w, dtype)
     value, grad = value_and_grad(reg, tensor)
     ref_value, ref_grad = value_and_grad(reference, tensor)
     np.testing.assert_allclose(value, ref_value, rtol=1e-6)
     assert grad.dtype == ref_grad.dtype
     np.testing.assert_allclose(grad.astype("float32"), ref_grad.astype("float32"),
-                               rtol=float(ml_dtypes.finfo(dtype).eps))
-    assert np.all(grad[0, :3].astype("float32") == 0.0)  # exact zeros stay put under L1
+                               rtol=float(ml_dtypes.finfo(dtype).eps), atol=1e-30)
+    if not isinstance(reg, R.GroupLasso):
+        assert np.all(grad[0, :3].astype("float32") == 0.0)  # exact zeros stay put under L1
+
+
+def test_half_precision_group_lasso_gradient_is_zero_in_dead_groups():
+    w = RNG.normal(size=(6, 4)).astype("float32")
+    w[:, 1] = 0.0
+    value, grad = value_and_grad(R.GroupLasso(0.1), keras.ops.cast(w, "float16"))
+    assert np.isfinite(value) and np.all(np.isfinite(grad.astype("float32")))
+    assert np.all(grad[:, 1] == 0) and np.all(grad[:, 0] != 0)
 
 
 @pytest.mark.parametrize("cls", [R.L1, R.L2, R.ExpAbs, R.GroupLasso])
