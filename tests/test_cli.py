@@ -1,15 +1,18 @@
 import re
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 from keras_regkit import cli
 
 
-def test_quick_demo_trains_every_method_shrinks_and_prints_the_table(capsys, tmp_path):
+def test_quick_demo_trains_every_method_shrinks_and_prints_the_table(capsys, tmp_path, monkeypatch):
     plot = tmp_path / "demo.png"
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the demo's files go
     assert cli.main(["demo", "--quick", "--no-progress", "--plot", str(plot)]) == 0
+    assert plot.exists() and not list(tmp_path.glob("keras_regkit_demo_*"))  # its saved models are removed
     out = capsys.readouterr().out
     lines = out[out.index("test acc"):].splitlines()
     rows = [line for line in lines[2:] if line and not line.startswith(("(", "wrote"))]

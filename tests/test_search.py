@@ -1,6 +1,7 @@
 """search_strength: decades, then a fine grid, on KerasTuner."""
 
 import math
+import tempfile
 import warnings
 
 import keras
@@ -101,6 +102,15 @@ def test_warns_once_about_unstandardised_inputs_before_the_first_trial(tmp_path)
         rk.search_strength(lambda: linear_model(6), x, y, validation_data=validation, callbacks=[trials],
                            directory=str(tmp_path))
     assert len([w for w in record if "Standardise" in str(w.message)]) == 1
+
+
+def test_a_search_without_a_directory_removes_the_folder_it_made(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where mkdtemp makes its folders
+    (x, y), validation = teacher_data(n=16, inputs=6)
+    result = rk.search_strength(lambda: linear_model(6), x, y, validation_data=validation, low=1e-2, high=1e-2,
+                                fine=1, epochs=1, batch_size=8, patience=None)
+    assert [r["strength"] for r in result.rows] == [0.0, 1e-2]
+    assert not list(tmp_path.glob("keras_regkit_search_*"))
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
