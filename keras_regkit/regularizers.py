@@ -396,7 +396,7 @@ def _group_lasso_terms(x, factor, axis):
     norms, positive = _group_norms(w, axis)
     shape = [-1 if i == axis else 1 for i in range(len(w.shape))]
     scale = ops.reshape(ops.where(positive, factor / ops.where(positive, norms, 1.0), 0.0), shape)
-    return norms, ops.cast(w * scale, x.dtype)
+    return norms, w * scale
 
 
 # Beyond |x| / scale = _LINEAR_FROM the penalty grows linearly (with the slope
@@ -437,7 +437,7 @@ def _exp_abs_terms(x, alpha, inv_scale, end):
     # sign(w) is 0 at exact zeros (see `_magnitude`); past the saturation
     # the penalty is constant.
     grad = ops.where(u <= _SATURATE_AT, (alpha * inv_scale) * ops.sign(w) * (e + 1.0), 0.0)
-    return sums, ops.cast(grad, x.dtype)
+    return sums, grad
 
 
 def _one_kernel(fn):
@@ -455,8 +455,8 @@ _exp_abs_kernel = _one_kernel(_exp_abs_terms)
 
 
 def _with_gradient(value_and_gradient, x):
-    """`value_and_gradient(x)[0]`, differentiated as its second element:
-    a penalty whose fused kernel computes its own gradient."""
+    """`value_and_gradient(x)[0]`, differentiated as its second element (in
+    float32): a penalty whose fused kernel computes its own gradient."""
 
     @ops.custom_gradient
     def penalty(x):
@@ -464,20 +464,30 @@ def _with_gradient(value_and_gradient, x):
 
         def backward(*args, upstream=None):
             upstream = args[0] if upstream is None else upstream
-            return ops.cast(upstream, grad.dtype) * grad
+            # In float32, rounded once to the variable's dtype, as autodiff
+            # would: a loss scale of 2**16 would be inf in float16.
+            return ops.cast(ops.cast(upstream, "float32") * grad, x.dtype)
 
         return value, backward
 
     return penalty(x)
 
 
-def _l1_l2_terms(x, l1, l2):
-    """Row sums of `|w|` and `w ** 2` and the gradient `l1 * sign(w) + 2 *
-    l2 * w`, with `w` the float32 of `x` (see `_exp_abs_terms`)."""
+def _l1_l2_terms(x, l1, l2, with_l1, with_l2):
+    """Row sums of `|w|` (if `with_l1`) and of `w ** 2` (if `with_l2`), and
+    the gradient of those terms, `l1 * sign(w) + 2 * l2 * w`, with `w` the
+    float32 of `x` (see `_exp_abs_terms`). A term left out is not computed:
+    `0 * sum(w ** 2)` would be NaN where the square overflows."""
     w = ops.cast(x, "float32")
     axis = -1 if len(x.shape) > 1 else None
-    sums = ops.sum(ops.absolute(w), axis=axis), ops.sum(ops.square(w), axis=axis)
-    return sums, ops.cast(l1 * ops.sign(w) + (2.0 * l2) * w, x.dtype)
+    sums, grad = [], 0.0
+    if with_l1:
+        sums.append(ops.sum(ops.absolute(w), axis=axis))
+        grad = l1 * ops.sign(w)
+    if with_l2:
+        sums.append(ops.sum(ops.square(w), axis=axis))
+        grad = grad + (2.0 * l2) * w
+    return sums, grad
 
 
 _l1_l2_kernel = _one_kernel(_l1_l2_terms)
@@ -496,11 +506,14 @@ def _l1_l2(x, source_dtype, l1=None, l2=None):
     """`l1 * sum(|x|) + l2 * sum(x ** 2)` in float32, of `x` as stored; a
     term whose strength is None is left out."""
     if _fuses(source_dtype):
+        used = [s is not None for s in (l1, l2)]
         l1, l2 = (ops.convert_to_tensor(0.0 if s is None else s, "float32") for s in (l1, l2))
+        strengths = [s for s, is_used in zip((l1, l2), used) if is_used]
 
         def value_and_gradient(x):
-            (magnitudes, squares), grad = _l1_l2_kernel(x, l1, l2)
-            return l1 * ops.sum(magnitudes) + l2 * ops.sum(squares), grad
+            sums, grad = _l1_l2_kernel(x, l1, l2, *used)
+            terms = [s * ops.sum(row_sums) for s, row_sums in zip(strengths, sums)]
+            return (terms[0] if len(terms) == 1 else terms[0] + terms[1]), grad
 
         return _with_gradient(value_and_gradient, x)
     x = ops.cast(x, "float32")

@@ -340,10 +340,26 @@ def search_strength(
     trainer.objective = objective
     _warn_if_unstandardised(x)
 
-    # A folder nobody named cannot be resumed from: removed once the search
-    # succeeds, kept (and named in the error) when every trial failed.
-    temporary = directory is None
-    directory = directory or tempfile.mkdtemp(prefix="keras_regkit_search_")
+    stages = (kt, trainer, objective, low, high, fine, project_name, overwrite, verbose)
+    if directory:
+        return _run_stages(*stages, directory)
+    # A folder nobody named cannot be resumed from: it goes when the search
+    # ends, unless every trial failed (the error names it).
+    directory = tempfile.mkdtemp(prefix="keras_regkit_search_")
+    keep = False
+    try:
+        return _run_stages(*stages, directory)
+    except RuntimeError:
+        keep = True
+        raise
+    finally:
+        if not keep:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _run_stages(kt, trainer, objective, low, high, fine, project_name, overwrite, verbose, directory):
+    """Stage 1 (the decades), then stage 2 (the fine grid in the best one);
+    None on a KerasTuner worker."""
     stage1 = [0.0, *decades(low, high)]
     tuner = _tuner(kt, trainer, objective, stage1, directory, project_name, overwrite)
     tuner.search(verbose=verbose)
@@ -353,8 +369,6 @@ def search_strength(
         with _stage_two_port():
             tuner = _tuner(kt, trainer, objective, [low], directory, f"{project_name}_fine", overwrite)
             tuner.search(verbose=verbose)
-        if temporary:
-            shutil.rmtree(directory, ignore_errors=True)
         return None
     rows = _rows(tuner, "decade")
     regularized = [r for r in rows if r["strength"] > 0]
@@ -371,8 +385,6 @@ def search_strength(
         rows += _rows(fine_tuner, "fine")
     rows.sort(key=lambda r: r["strength"])
     best = _best([r for r in rows if r["strength"] > 0], objective)
-    if temporary:
-        shutil.rmtree(directory, ignore_errors=True)
     return StrengthSearchResult(best["strength"], objective.name, objective.direction, rows)
 
 
@@ -507,11 +519,18 @@ class _Trainer:
             )
         return model
 
+    def _attach(self, model, strength):
+        with warnings.catch_warnings():
+            # A trial's model is never saved: whether its penalty's class
+            # would reload does not matter here.
+            warnings.filterwarnings("ignore", message=r"apply_regularizers: .* is not registered with Keras")
+            return apply_regularizers(model, {self.layers: self._penalty(strength)}, self.weights)
+
     def check(self, strength: float) -> set[str]:
         """Everything a trial would trip on, with one model and one batch;
         returns the names a trial records."""
         model = self._model()
-        apply_regularizers(model, {self.layers: self._penalty(strength)}, self.weights)
+        self._attach(model, strength)
         sparsity_report(model, self.weights, self.threshold)
         logs = self._evaluate(model, steps=1)
         recorded = {*logs, *_EXTRA}
@@ -534,7 +553,7 @@ class _Trainer:
         model = self._model()
         attached = None
         if strength > 0:
-            attached = apply_regularizers(model, {self.layers: self._penalty(strength)}, self.weights)
+            attached = self._attach(model, strength)
         callbacks = list(self.callbacks)
         if self.patience is not None:
             # Keras logs `val_*` (its `val_loss` with the penalty in it), not our other columns.

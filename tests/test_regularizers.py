@@ -291,7 +291,6 @@ def test_expabs_fused_value_and_gradient_equal_the_plain_formula(dtype, alpha, s
     ref_value, ref_grad = value_and_grad(expabs_by_autodiff(alpha, scale, dtype), tensor)
     assert np.isfinite(value) and np.all(np.isfinite(grad.astype("float32")))
     np.testing.assert_allclose(value, ref_value, rtol=1e-6)
-    assert grad.dtype == ref_grad.dtype
     # Below float32: the float32 gradient is rounded to the variable's dtype
     # in both, so they agree up to that rounding.
     rtol = 1e-6 if dtype == "float32" else float(ml_dtypes.finfo(dtype).eps)
@@ -345,11 +344,32 @@ def test_half_precision_weights_give_the_float32_penalty_and_its_gradient(dtype,
     value, grad = value_and_grad(reg, tensor)
     ref_value, ref_grad = value_and_grad(reference, tensor)
     np.testing.assert_allclose(value, ref_value, rtol=1e-6)
-    assert grad.dtype == ref_grad.dtype
     np.testing.assert_allclose(grad.astype("float32"), ref_grad.astype("float32"),
                                rtol=float(ml_dtypes.finfo(dtype).eps), atol=1e-30)
     if not isinstance(reg, R.GroupLasso):
         assert np.all(grad[0, :3].astype("float32") == 0.0)  # exact zeros stay put under L1
+
+
+@pytest.mark.parametrize("reg", [R.L1(0.03), R.L2(0.05), R.ElasticNet(0.02, 0.05), R.ExpAbs(0.03),
+                                 R.GroupLasso(0.03)], ids=lambda r: type(r).__name__)
+def test_a_loss_scale_multiplies_the_half_precision_gradient_in_float32(reg):
+    # LossScaleOptimizer's scale reaches 2**16 and more: rounded to float16
+    # first, it would be inf, and so every penalised gradient.
+    w = RNG.normal(scale=0.5, size=(30, 8)).astype("float32")
+    tensor = keras.ops.cast(w, "float16")
+    _, grad = value_and_grad(lambda x: 2.0**16 * reg(x), tensor)
+    _, unscaled = value_and_grad(reg, tensor)
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_allclose(grad / 2.0**16, unscaled, rtol=float(ml_dtypes.finfo("float16").eps))
+
+
+def test_l1_on_a_huge_bfloat16_weight_is_finite():
+    # bfloat16 holds 1e20, whose square overflows float32: L1 must not touch it.
+    w = keras.ops.cast(np.array([[1e20, -2.0], [0.5, 0.0]], "float32"), "bfloat16")
+    value, grad = value_and_grad(R.L1(0.5), w)
+    assert np.isfinite(value) and value == pytest.approx(0.5 * (float(np.abs(keras.ops.convert_to_numpy(
+        keras.ops.cast(w, "float32"))).sum())), rel=1e-6)
+    np.testing.assert_array_equal(grad, [[0.5, -0.5], [0.5, 0.0]])
 
 
 def test_half_precision_group_lasso_gradient_is_zero_in_dead_groups():
