@@ -242,7 +242,8 @@ def search_strength(
         threshold: `|w| <= threshold` counts as near zero. Defaults to 1e-3.
         seed: Seed of every trial's initial weights and data order.
         directory: Where KerasTuner keeps the search. Defaults to a new
-            temporary directory, removed when the search returns (no resume).
+            temporary directory, removed when the search ends (no resume),
+            unless every trial failed: the error then names it.
         project_name: KerasTuner's project name for stage 1.
         overwrite: Discard a previous search in `directory`.
         verbose: 0 quiet, 1 KerasTuner's per-trial summary.
