@@ -512,8 +512,7 @@ def _l1_l2(x, source_dtype, l1=None, l2=None):
 
         def value_and_gradient(x):
             sums, grad = _l1_l2_kernel(x, l1, l2, *used)
-            terms = [s * ops.sum(row_sums) for s, row_sums in zip(strengths, sums)]
-            return (terms[0] if len(terms) == 1 else terms[0] + terms[1]), grad
+            return _total([s * ops.sum(row_sums) for s, row_sums in zip(strengths, sums)]), grad
 
         return _with_gradient(value_and_gradient, x)
     x = ops.cast(x, "float32")
@@ -522,6 +521,11 @@ def _l1_l2(x, source_dtype, l1=None, l2=None):
         terms.append(l1 * ops.sum(_magnitude(x)))
     if l2 is not None:
         terms.append(l2 * ops.sum(ops.square(x)))
+    return _total(terms)
+
+
+def _total(terms):
+    # Not `sum(terms)`: `0 + term` would be one more op in every step.
     return terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
 
