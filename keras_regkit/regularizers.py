@@ -201,21 +201,16 @@ class _Penalty(keras.regularizers.Regularizer):
         return value
 
     # -- the penalty ------------------------------------------------------
-    # True where `_penalty` casts `x` to float32 itself, inside a fused
-    # kernel: a separate cast would be one more pass over a float16 weight.
-    _casts_inside = False
-
     def __call__(self, x):
-        # float32 always: under mixed precision and for float16/bfloat16
-        # variables the penalty must neither overflow nor lose small terms.
-        source_dtype = keras.backend.standardize_dtype(x.dtype)
         strengths = {n: self._strength_tensor(n) for n in self._strength_names}
-        x = _read(x) if self._casts_inside else ops.cast(x, "float32")
-        return self._penalty(x, source_dtype, **strengths)
+        return self._penalty(_read(x), **strengths)
 
-    def _penalty(self, x, source_dtype, **strengths):
-        """The penalty of float32 `x` (of `x` as stored if `_casts_inside`),
-        whose variable has `source_dtype`."""
+    def _penalty(self, x, **strengths):
+        """The penalty of `x`, a tensor of the variable's dtype, computed in
+        float32: under mixed precision and for float16/bfloat16 variables it
+        must neither overflow nor lose small terms. The cast is the
+        penalty's own, inside its fused kernel where there is one: a
+        separate cast would be one more pass over a float16 weight."""
         raise NotImplementedError
 
     # -- serialization ----------------------------------------------------
@@ -289,10 +284,8 @@ class L1(_Penalty):
     def alpha(self) -> Strength:
         return self._strengths["alpha"]
 
-    _casts_inside = True
-
-    def _penalty(self, x, source_dtype, alpha):
-        return _l1_l2(x, source_dtype, l1=alpha)
+    def _penalty(self, x, alpha):
+        return _l1_l2(x, l1=alpha)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -326,10 +319,8 @@ class L2(_Penalty):
     def alpha(self) -> Strength:
         return self._strengths["alpha"]
 
-    _casts_inside = True
-
-    def _penalty(self, x, source_dtype, alpha):
-        return _l1_l2(x, source_dtype, l2=alpha)
+    def _penalty(self, x, alpha):
+        return _l1_l2(x, l2=alpha)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -373,10 +364,8 @@ class ElasticNet(_Penalty):
     def l2(self) -> Strength:
         return self._strengths["l2"]
 
-    _casts_inside = True
-
-    def _penalty(self, x, source_dtype, l1, l2):
-        return _l1_l2(x, source_dtype, l1=l1, l2=l2)
+    def _penalty(self, x, l1, l2):
+        return _l1_l2(x, l1=l1, l2=l2)
 
 
 def _group_norms(w, axis):
@@ -389,14 +378,19 @@ def _group_norms(w, axis):
     return ops.where(positive, ops.sqrt(ops.where(positive, squares, 1.0)), 0.0), positive
 
 
-def _group_lasso_terms(x, factor, axis):
-    """GroupLasso's group norms and gradient `factor * w / ||w_g||` (0 in a
-    dead group), with `w` the float32 of `x` (see `_exp_abs_terms`)."""
+def _group_lasso_norms(x, axis):
+    """The group norms of the float32 of `x` (see `_exp_abs_sums`)."""
+    return _group_norms(ops.cast(x, "float32"), axis)[0]
+
+
+def _group_lasso_gradient(x, norms, factor, axis):
+    """`factor * w / ||w_g||` (0 in a dead group) in the dtype of `x`, with
+    `w` the float32 of `x`: the gradient of `factor * sum(norms)`."""
     w = ops.cast(x, "float32")
-    norms, positive = _group_norms(w, axis)
+    positive = norms > 0
     shape = [-1 if i == axis else 1 for i in range(len(w.shape))]
     scale = ops.reshape(ops.where(positive, factor / ops.where(positive, norms, 1.0), 0.0), shape)
-    return norms, w * scale
+    return ops.cast(w * scale, x.dtype)
 
 
 # Beyond |x| / scale = _LINEAR_FROM the penalty grows linearly (with the slope
@@ -412,32 +406,61 @@ _GRADIENT_LIMIT = {"float16": 65504.0 / 2}
 _MIN_SCALE, _MAX_SCALE = 1e-30, 1e30
 
 
-def _exp_abs_terms(x, alpha, inv_scale, end):
-    """ExpAbs' terms and its gradient with respect to `x`, from one `exp`.
-
-    Without XLA, TensorFlow runs every op as its own pass over the weight,
-    and autodiff of the penalty takes about twenty of them (the `exp`
-    again among them). The derivative of `expm1(min(u, end)) + exp(end) *
-    (u - min(u, end))` is `exp(min(u, end))` on both sides of `end`: the
-    forward `expm1` plus 1. So the gradient comes with the value, and compiled
-    as one kernel (`_one_kernel`) both take a single read of `x`.
-
-    Returns the two sums per row (over the last axis) rather than in total:
-    XLA on CPU sums in order, which over millions of float32 terms drifts by
-    about 1e-6; the caller's sum of the few row sums stays within 1e-7.
-    """
+def _exp_abs_parts(x, inv_scale, end):
+    """`w`, the float32 of `x`; `u = |w| / scale`; `u` clipped where the
+    penalty stops growing; and clipped again where it turns linear."""
     w = ops.cast(x, "float32")
     u = ops.absolute(w) * inv_scale
     clipped = ops.minimum(u, _SATURATE_AT)
-    exponential = ops.minimum(clipped, end)
-    e = ops.expm1(exponential)
-    axis = -1 if len(x.shape) > 1 else None
-    # `clipped - exponential` is `relu(clipped - end)`, exactly.
-    sums = ops.sum(e, axis=axis), ops.sum(clipped - exponential, axis=axis)
-    # sign(w) is 0 at exact zeros (see `_magnitude`); past the saturation
-    # the penalty is constant.
-    grad = ops.where(u <= _SATURATE_AT, (alpha * inv_scale) * ops.sign(w) * (e + 1.0), 0.0)
-    return sums, grad
+    return w, u, clipped, ops.minimum(clipped, end)
+
+
+def _exp_abs_row_sums(expm1_of_exponential, clipped, exponential, end):
+    """ExpAbs' terms (without `alpha`), summed per row.
+
+    One sum: XLA on CPU takes about twice as long for two sums in one
+    kernel as for one. Per row (over the last axis) rather than in total:
+    XLA on CPU sums in order, which over millions of float32 terms drifts by
+    about 1e-6; the caller's sum of the few row sums stays within 1e-7.
+    """
+    # `clipped - exponential` is `relu(clipped - end)`, exactly: 0 but where
+    # the penalty is linear.
+    terms = expm1_of_exponential + ops.exp(end) * (clipped - exponential)
+    return ops.sum(terms, axis=-1 if len(terms.shape) > 1 else None)
+
+
+def _exp_abs_slope(w, u, exp_of_exponential, factor):
+    """The gradient of `factor * scale * terms`: `factor * sign(w) *
+    exp(min(u, end))` on both sides of `end`, and 0 past the saturation,
+    where the penalty is constant. sign(w) is 0 at exact zeros (see
+    `_magnitude`)."""
+    return ops.where(u <= _SATURATE_AT, factor * ops.sign(w) * exp_of_exponential, 0.0)
+
+
+# Under TensorFlow the forward and the backward pass each run one
+# XLA-compiled kernel (`_one_kernel`) that reads the weight once, in its own
+# dtype, and writes nothing but the row sums or the gradient: without XLA,
+# TensorFlow runs every op as its own pass over the weight, and autodiff of
+# the penalty takes about twenty. The backward kernel computes the `exp`
+# again, which costs less than writing the gradient in the forward pass and
+# reading it back.
+def _exp_abs_sums(x, inv_scale, end):
+    _, _, clipped, exponential = _exp_abs_parts(x, inv_scale, end)
+    return _exp_abs_row_sums(ops.expm1(exponential), clipped, exponential, end)
+
+
+def _exp_abs_gradient(x, factor, inv_scale, end):
+    w, u, _, exponential = _exp_abs_parts(x, inv_scale, end)
+    return ops.cast(_exp_abs_slope(w, u, ops.exp(exponential), factor), x.dtype)
+
+
+def _exp_abs_sums_and_slope(x, factor, inv_scale, end):
+    """Both from one `exp`, for a backend that runs op by op (PyTorch): the
+    derivative of `expm1` is the forward `expm1` plus 1."""
+    w, u, clipped, exponential = _exp_abs_parts(x, inv_scale, end)
+    expm1_of_exponential = ops.expm1(exponential)
+    sums = _exp_abs_row_sums(expm1_of_exponential, clipped, exponential, end)
+    return sums, _exp_abs_slope(w, u, expm1_of_exponential + 1.0, factor)
 
 
 def _one_kernel(fn):
@@ -451,70 +474,81 @@ def _one_kernel(fn):
     return fn
 
 
-_exp_abs_kernel = _one_kernel(_exp_abs_terms)
+_exp_abs_sums_kernel = _one_kernel(_exp_abs_sums)
+_exp_abs_gradient_kernel = _one_kernel(_exp_abs_gradient)
 
 
-def _with_gradient(value_and_gradient, x):
-    """`value_and_gradient(x)[0]`, differentiated as its second element (in
-    float32): a penalty whose fused kernel computes its own gradient."""
+def _with_gradient(forward, x):
+    """The penalty that `forward(x)` returns, differentiated by the
+    `gradient(upstream)` it returns with it. `gradient` is given the float32
+    upstream and returns the gradient in the dtype of `x`, computed in
+    float32 and rounded once, as autodiff would: a loss scale of 2**16 is
+    inf in float16."""
 
     @ops.custom_gradient
     def penalty(x):
-        value, grad = value_and_gradient(x)
+        value, gradient = forward(x)
 
         def backward(*args, upstream=None):
             upstream = args[0] if upstream is None else upstream
-            # In float32, rounded once to the variable's dtype, as autodiff
-            # would: a loss scale of 2**16 would be inf in float16.
-            return ops.cast(ops.cast(upstream, "float32") * grad, x.dtype)
+            return gradient(ops.cast(upstream, "float32"))
 
         return value, backward
 
     return penalty(x)
 
 
-def _l1_l2_terms(x, l1, l2, with_l1, with_l2):
-    """Row sums of `|w|` (if `with_l1`) and of `w ** 2` (if `with_l2`), and
-    the gradient of those terms, `l1 * sign(w) + 2 * l2 * w`, with `w` the
-    float32 of `x` (see `_exp_abs_terms`). A term left out is not computed:
-    `0 * sum(w ** 2)` would be NaN where the square overflows."""
+def _l1_l2_sums(x, l1, l2, with_l1, with_l2):
+    """Row sums of `l1 * |w|` (if `with_l1`) plus `l2 * w ** 2` (if
+    `with_l2`), with `w` the float32 of `x`, in one sum (see
+    `_exp_abs_sums`). A term left out is not computed: `0 * w ** 2` would be
+    NaN where the square overflows."""
     w = ops.cast(x, "float32")
-    axis = -1 if len(x.shape) > 1 else None
-    sums, grad = [], 0.0
+    terms = _total(
+        ([l1 * ops.absolute(w)] if with_l1 else []) + ([l2 * ops.square(w)] if with_l2 else [])
+    )
+    return ops.sum(terms, axis=-1 if len(x.shape) > 1 else None)
+
+
+def _l1_l2_gradient(x, l1, l2, with_l1, with_l2):
+    """`l1 * sign(w) + 2 * l2 * w` in the dtype of `x`, from the terms used."""
+    w = ops.cast(x, "float32")
+    grad = 0.0
     if with_l1:
-        sums.append(ops.sum(ops.absolute(w), axis=axis))
         grad = l1 * ops.sign(w)
     if with_l2:
-        sums.append(ops.sum(ops.square(w), axis=axis))
         grad = grad + (2.0 * l2) * w
-    return sums, grad
+    return ops.cast(grad, x.dtype)
 
 
-_l1_l2_kernel = _one_kernel(_l1_l2_terms)
-_group_lasso_kernel = _one_kernel(_group_lasso_terms)
+_l1_l2_sums_kernel = _one_kernel(_l1_l2_sums)
+_l1_l2_gradient_kernel = _one_kernel(_l1_l2_gradient)
+_group_lasso_norms_kernel = _one_kernel(_group_lasso_norms)
+_group_lasso_gradient_kernel = _one_kernel(_group_lasso_gradient)
 
 
-def _fuses(source_dtype) -> bool:
-    """Whether a penalty computes value and gradient in one fused kernel.
-    Without XLA the cast of a half-precision weight to float32 is one more
-    pass over it, and its gradient another; float32 weights are cheaper
-    without the kernel call, and JAX fuses its whole step anyway."""
-    return source_dtype in ("float16", "bfloat16") and keras.backend.backend() == "tensorflow"
+def _fuses() -> bool:
+    """Whether penalties run as fused kernels of their own (`_one_kernel`):
+    under TensorFlow, where a train step without XLA would make every op of
+    the penalty and of its gradient a pass over the weight. JAX fuses its
+    whole train step anyway."""
+    return keras.backend.backend() == "tensorflow"
 
 
-def _l1_l2(x, source_dtype, l1=None, l2=None):
+def _l1_l2(x, l1=None, l2=None):
     """`l1 * sum(|x|) + l2 * sum(x ** 2)` in float32, of `x` as stored; a
     term whose strength is None is left out."""
-    if _fuses(source_dtype):
+    if _fuses():
         used = [s is not None for s in (l1, l2)]
         l1, l2 = (ops.convert_to_tensor(0.0 if s is None else s, "float32") for s in (l1, l2))
-        strengths = [s for s, is_used in zip((l1, l2), used) if is_used]
 
-        def value_and_gradient(x):
-            sums, grad = _l1_l2_kernel(x, l1, l2, *used)
-            return _total([s * ops.sum(row_sums) for s, row_sums in zip(strengths, sums)]), grad
+        def forward(x):
+            value = ops.sum(_l1_l2_sums_kernel(x, l1, l2, *used))
+            return value, lambda upstream: _l1_l2_gradient_kernel(
+                x, upstream * l1, upstream * l2, *used
+            )
 
-        return _with_gradient(value_and_gradient, x)
+        return _with_gradient(forward, x)
     x = ops.cast(x, "float32")
     terms = []
     if l1 is not None:
@@ -596,22 +630,32 @@ class ExpAbs(_Penalty):
     def alpha(self) -> Strength:
         return self._strengths["alpha"]
 
-    _casts_inside = True
-
-    def _penalty(self, x, source_dtype, alpha):
+    def _penalty(self, x, alpha):
         # Tensors, so that one trace of the kernel serves every strength.
         alpha = ops.convert_to_tensor(alpha, "float32")
-        end = ops.convert_to_tensor(self._end_of_exponential(source_dtype, alpha), "float32")
+        end = ops.convert_to_tensor(self._end_of_exponential(x.dtype, alpha), "float32")
         inv_scale = ops.convert_to_tensor(1.0 / self.scale, "float32")
 
-        def value_and_gradient(x):
-            (exponential, linear), grad = _exp_abs_kernel(x, alpha, inv_scale, end)
-            return alpha * (ops.sum(exponential) + ops.exp(end) * ops.sum(linear)), grad
+        factor = alpha * inv_scale
 
-        return _with_gradient(value_and_gradient, x)
+        if _fuses():
 
-    def _end_of_exponential(self, source_dtype, alpha):
-        limit = _GRADIENT_LIMIT.get(source_dtype)
+            def forward(x):
+                value = alpha * ops.sum(_exp_abs_sums_kernel(x, inv_scale, end))
+                return value, lambda upstream: _exp_abs_gradient_kernel(
+                    x, upstream * factor, inv_scale, end
+                )
+
+        else:
+
+            def forward(x):
+                sums, slope = _exp_abs_sums_and_slope(x, factor, inv_scale, end)
+                return alpha * ops.sum(sums), lambda upstream: ops.cast(upstream * slope, x.dtype)
+
+        return _with_gradient(forward, x)
+
+    def _end_of_exponential(self, dtype, alpha):
+        limit = _GRADIENT_LIMIT.get(keras.backend.standardize_dtype(dtype))
         if limit is None:
             return _LINEAR_FROM
         # The gradient is alpha / scale * exp(u): stop where it reaches limit.
@@ -685,9 +729,7 @@ class GroupLasso(_Penalty):
     def alpha(self) -> Strength:
         return self._strengths["alpha"]
 
-    _casts_inside = True
-
-    def _penalty(self, x, source_dtype, alpha):
+    def _penalty(self, x, alpha):
         rank = len(x.shape)
         if not -rank <= self.axis < rank:
             raise ValueError(
@@ -697,14 +739,16 @@ class GroupLasso(_Penalty):
         axis = self.axis % rank
         group_size = math.prod(d for i, d in enumerate(x.shape) if i != axis)
         factor = alpha * math.sqrt(group_size)
-        if _fuses(source_dtype):
+        if _fuses():
             factor = ops.convert_to_tensor(factor, "float32")
 
-            def value_and_gradient(x):
-                norms, grad = _group_lasso_kernel(x, factor, axis)
-                return factor * ops.sum(norms), grad
+            def forward(x):
+                norms = _group_lasso_norms_kernel(x, axis)
+                return factor * ops.sum(norms), lambda upstream: _group_lasso_gradient_kernel(
+                    x, norms, upstream * factor, axis
+                )
 
-            return _with_gradient(value_and_gradient, x)
+            return _with_gradient(forward, x)
         norms, _ = _group_norms(ops.cast(x, "float32"), axis)
         return factor * ops.sum(norms)
 
