@@ -601,11 +601,12 @@ class ExpAbs(_Penalty):
     `alpha = scale`), so it stays finite there too. (Mixed-precision
     policies keep float32 variables and are not affected.)
 
-    Cost: about that of Keras' `L1L2`, with or without XLA. The value and
-    its gradient come from one `exp` per weight (the gradient is written by
-    hand and reuses it), and under TensorFlow both are computed by one
-    XLA-compiled kernel even when the train step itself is not compiled
-    (see benchmarks/bench_penalty_overhead.py).
+    Cost under TensorFlow: about that of Keras' `L1L2`, with or without
+    XLA. The forward and the backward pass each read the weight once, in an
+    XLA-compiled kernel of their own, even when the train step itself is not
+    compiled; the gradient is written by hand. Under JAX and PyTorch the
+    `exp` makes it cost more than `L1L2` on a CPU (see
+    benchmarks/bench_penalty_overhead.py).
 
     Args:
         alpha: Strength, a float >= 0 or a schedule. Defaults to 0.01.
