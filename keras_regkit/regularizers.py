@@ -547,10 +547,17 @@ _group_lasso_gradient_kernel = _one_kernel(_group_lasso_gradient)
 
 def _fuses() -> bool:
     """Whether penalties run as fused kernels of their own (`_one_kernel`):
-    under TensorFlow, where a train step without XLA would make every op of
-    the penalty and of its gradient a pass over the weight. JAX fuses its
-    whole train step anyway."""
-    return keras.backend.backend() == "tensorflow"
+    under TensorFlow, inside a traced function (the train step), where a step
+    without XLA would make every op of the penalty and of its gradient a pass
+    over the weight. JAX fuses its whole train step anyway. An eager call
+    (`total_penalty`, a penalty called by hand) takes the plain path: a
+    kernel would be compiled for every new weight shape, and TensorFlow
+    warns of retracing after five."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return not tf.executing_eagerly()
 
 
 def _l1_l2(x, l1=None, l2=None):

@@ -15,18 +15,26 @@ def _fresh_keras_state():
     keras.backend.clear_session()
 
 
-def value_and_grad(fn, w):
+def value_and_grad(fn, w, eager=False):
     """`fn(w)` and its gradient with respect to `w`, as NumPy arrays, with
-    the current backend's own autodiff."""
+    the current backend's own autodiff. Under TensorFlow inside a
+    `tf.function`, as in `model.fit`'s train step (where our penalties run
+    their fused kernels), unless `eager`."""
     w = keras.ops.convert_to_tensor(w)
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
         w = tf.Variable(w)
-        with tf.GradientTape() as tape:
-            value = fn(w)
-        grad = tape.gradient(value, w)
+
+        def value_and_gradient():
+            with tf.GradientTape() as tape:
+                value = fn(w)
+            return value, tape.gradient(value, w)
+
+        if not eager:
+            value_and_gradient = tf.function(value_and_gradient, autograph=False)
+        value, grad = value_and_gradient()
     elif backend == "jax":
         import jax
 

@@ -297,6 +297,25 @@ def test_expabs_fused_value_and_gradient_equal_the_plain_formula(dtype, alpha, s
     np.testing.assert_allclose(grad.astype("float32"), ref_grad.astype("float32"), rtol=rtol)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="only TensorFlow has a separate eager path (JAX and PyTorch run one)")
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("reg", [R.L1(0.03), R.L2(0.05), R.ElasticNet(0.02, 0.05), R.ExpAbs(0.03),
+                                 R.GroupLasso(0.03), R.GroupLasso(0.03, axis=0)], ids=repr)
+def test_eager_calls_give_what_the_train_step_gives(dtype, reg):
+    # Eager calls (total_penalty, a penalty called by hand) take the plain
+    # path; traced ones (the train step) the fused kernels.
+    w = RNG.normal(scale=2.0, size=(300, 40)).astype("float32")
+    w[0, :3] = 0.0
+    w[:, 5] = 0.0  # a dead group
+    tensor = keras.ops.cast(w, dtype)
+    value, grad = value_and_grad(reg, tensor, eager=True)
+    traced_value, traced_grad = value_and_grad(reg, tensor)
+    np.testing.assert_allclose(value, traced_value, rtol=1e-6)
+    rtol = 1e-6 if dtype == "float32" else float(ml_dtypes.finfo(dtype).eps)
+    np.testing.assert_allclose(grad, traced_grad, rtol=rtol, atol=1e-30)
+
+
 def test_expabs_expm1_is_as_precise_as_the_backends_own():
     # The fused kernel's own expm1: a Taylor series below 0.5, exp - 1 above.
     v = np.concatenate([np.linspace(0.0, 1.0, 20001), np.geomspace(1e-30, 20.0, 2001)]).astype("float32")
