@@ -368,19 +368,15 @@ class ElasticNet(_Penalty):
         return _l1_l2(x, l1=l1, l2=l2)
 
 
-def _group_norms(w, axis):
-    """The L2 norm of each group of float32 `w` (entries sharing an index
-    along `axis`), and where it is positive."""
+def _group_norms(x, axis):
+    """The L2 norm of each group of the float32 of `x` (entries sharing an
+    index along `axis`)."""
+    w = ops.cast(x, "float32")
     squares = ops.sum(ops.square(w), axis=[i for i in range(len(w.shape)) if i != axis])
     # sqrt has an infinite derivative at 0: a dead group would get NaN
     # gradients. Take the norm only where it is positive, 0 elsewhere.
     positive = squares > 0
-    return ops.where(positive, ops.sqrt(ops.where(positive, squares, 1.0)), 0.0), positive
-
-
-def _group_lasso_norms(x, axis):
-    """The group norms of the float32 of `x` (see `_exp_abs_sums`)."""
-    return _group_norms(ops.cast(x, "float32"), axis)[0]
+    return ops.where(positive, ops.sqrt(ops.where(positive, squares, 1.0)), 0.0)
 
 
 def _group_lasso_gradient(x, norms, factor, axis):
@@ -451,10 +447,10 @@ def _exp_abs_sums(x, inv_scale, end):
 
 
 def _expm1_of_nonnegative(v):
-    """`expm1(v)` for `v >= 0`, to 3e-7 relative (as XLA's own), in about
-    three quarters of the time XLA's `expm1` takes on CPU: below 0.5 its
-    Taylor series up to `v ** 8` (the rest is under 1e-8 relative there),
-    above it `exp(v) - 1` (which loses under a bit there)."""
+    """`expm1(v)` for `v >= 0`, to 3e-7 relative (as XLA's own), and
+    cheaper than XLA's `expm1` on CPU: below 0.5 its Taylor series up to
+    `v ** 8` (the rest is under 1e-8 relative there), above it `exp(v) - 1`
+    (which loses under a bit there)."""
     series = _EXPM1_SERIES[-1]
     for coefficient in reversed(_EXPM1_SERIES[:-1]):  # Horner
         series = series * v + coefficient
@@ -464,9 +460,11 @@ def _expm1_of_nonnegative(v):
 _EXPM1_SERIES = [1.0 / math.factorial(n) for n in range(1, 9)]
 
 
-def _exp_abs_gradient(x, factor, inv_scale, end):
+def _exp_abs_gradient(x, upstream, factor, inv_scale, end):
     w, u, _, exponential = _exp_abs_parts(x, inv_scale, end)
-    return ops.cast(_exp_abs_slope(w, u, ops.exp(exponential), factor), x.dtype)
+    # The upstream last, as autodiff would: folded into `factor` it could
+    # overflow to inf, and inf * sign(0) is NaN at exact zeros.
+    return ops.cast(upstream * _exp_abs_slope(w, u, ops.exp(exponential), factor), x.dtype)
 
 
 def _exp_abs_sums_and_slope(x, factor, inv_scale, end):
@@ -474,7 +472,8 @@ def _exp_abs_sums_and_slope(x, factor, inv_scale, end):
     gradient, from one `exp` (the derivative of `expm1` is the forward
     `expm1` plus 1), computed in the forward pass: for JAX, whose compiled
     step fuses them as it likes (the two kernels of TensorFlow's path, or
-    one sum, take JAX about twice as long), and PyTorch, which runs op by op."""
+    one sum, take JAX about twice as long), for PyTorch, which runs op by
+    op, and for eager calls under TensorFlow (see `_fuses`)."""
     w, u, clipped, exponential = _exp_abs_parts(x, inv_scale, end)
     expm1_of_exponential = ops.expm1(exponential)
     sums = ops.sum(expm1_of_exponential, axis=_rows(x)), ops.sum(clipped - exponential, axis=_rows(x))
@@ -541,7 +540,7 @@ def _l1_l2_gradient(x, l1, l2, with_l1, with_l2):
 
 _l1_l2_sums_kernel = _one_kernel(_l1_l2_sums)
 _l1_l2_gradient_kernel = _one_kernel(_l1_l2_gradient)
-_group_lasso_norms_kernel = _one_kernel(_group_lasso_norms)
+_group_norms_kernel = _one_kernel(_group_norms)
 _group_lasso_gradient_kernel = _one_kernel(_group_lasso_gradient)
 
 
@@ -609,9 +608,10 @@ class ExpAbs(_Penalty):
     policies keep float32 variables and are not affected.)
 
     Cost under TensorFlow: about that of Keras' `L1L2`, with or without
-    XLA. The forward and the backward pass each read the weight once, in an
-    XLA-compiled kernel of their own, even when the train step itself is not
-    compiled; the gradient is written by hand. Under JAX and PyTorch the
+    XLA. In a traced train step (`fit`'s default) the forward and the
+    backward pass each read the weight once, in an XLA-compiled kernel of
+    their own, even when the step itself is not compiled; the gradient is
+    written by hand. Under JAX and PyTorch the
     `exp` makes it cost more than `L1L2` on a CPU (see
     benchmarks/bench_penalty_overhead.py).
 
@@ -669,7 +669,7 @@ class ExpAbs(_Penalty):
             def forward(x):
                 value = alpha * ops.sum(_exp_abs_sums_kernel(x, inv_scale, end))
                 return value, lambda upstream: _exp_abs_gradient_kernel(
-                    x, upstream * factor, inv_scale, end
+                    x, upstream, factor, inv_scale, end
                 )
 
         else:
@@ -770,14 +770,13 @@ class GroupLasso(_Penalty):
             factor = ops.convert_to_tensor(factor, "float32")
 
             def forward(x):
-                norms = _group_lasso_norms_kernel(x, axis)
+                norms = _group_norms_kernel(x, axis)
                 return factor * ops.sum(norms), lambda upstream: _group_lasso_gradient_kernel(
                     x, norms, upstream * factor, axis
                 )
 
             return _with_gradient(forward, x)
-        norms, _ = _group_norms(ops.cast(x, "float32"), axis)
-        return factor * ops.sum(norms)
+        return factor * ops.sum(_group_norms(x, axis))
 
     def _extra_config(self) -> dict:
         return {"axis": self.axis}

@@ -297,30 +297,51 @@ def test_expabs_fused_value_and_gradient_equal_the_plain_formula(dtype, alpha, s
     np.testing.assert_allclose(grad.astype("float32"), ref_grad.astype("float32"), rtol=rtol)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                    reason="only TensorFlow has a separate eager path (JAX and PyTorch run one)")
+TENSORFLOW_ONLY = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="TensorFlow's fused kernels (JAX compiles the whole step, PyTorch runs op by op)")
+
+
+def _kernel_traces():
+    kernels = [R._l1_l2_sums_kernel, R._l1_l2_gradient_kernel, R._exp_abs_sums_kernel,
+               R._exp_abs_gradient_kernel, R._group_norms_kernel, R._group_lasso_gradient_kernel]
+    return sum(k.experimental_get_tracing_count() for k in kernels)
+
+
+@TENSORFLOW_ONLY
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("reg", [R.L1(0.03), R.L2(0.05), R.ElasticNet(0.02, 0.05), R.ExpAbs(0.03),
                                  R.GroupLasso(0.03), R.GroupLasso(0.03, axis=0)], ids=repr)
 def test_eager_calls_give_what_the_train_step_gives(dtype, reg):
     # Eager calls (total_penalty, a penalty called by hand) take the plain
-    # path; traced ones (the train step) the fused kernels.
-    w = RNG.normal(scale=2.0, size=(300, 40)).astype("float32")
+    # path and compile nothing; traced ones (the train step) the fused
+    # kernels. A shape of its own per case, so the traced call must trace.
+    rows = 300 + 7 * ["float32", "float16", "bfloat16"].index(dtype)
+    w = RNG.normal(scale=2.0, size=(rows, 40)).astype("float32")
     w[0, :3] = 0.0
-    w[:, 5] = 0.0  # a dead group
+    w[:, 5] = 0.0  # a dead group along the last axis
+    w[7, :] = 0.0  # and one along the first
+    # ExpAbs' linear part (from 20, or ~14 in float16) and its saturation.
+    w[1, :4] = [25.0, -30.0, 6e4, -1e25 if dtype != "float16" else -6e4]
     tensor = keras.ops.cast(w, dtype)
+    traces = _kernel_traces()
     value, grad = value_and_grad(reg, tensor, eager=True)
+    assert _kernel_traces() == traces
     traced_value, traced_grad = value_and_grad(reg, tensor)
+    assert _kernel_traces() > traces
     np.testing.assert_allclose(value, traced_value, rtol=1e-6)
     rtol = 1e-6 if dtype == "float32" else float(ml_dtypes.finfo(dtype).eps)
     np.testing.assert_allclose(grad, traced_grad, rtol=rtol, atol=1e-30)
 
 
-def test_expabs_expm1_is_as_precise_as_the_backends_own():
-    # The fused kernel's own expm1: a Taylor series below 0.5, exp - 1 above.
+@TENSORFLOW_ONLY
+def test_expabs_kernel_expm1_matches_float64():
+    # The fused kernel's own expm1, compiled as there: a Taylor series below
+    # 0.5, exp - 1 above.
     v = np.concatenate([np.linspace(0.0, 1.0, 20001), np.geomspace(1e-30, 20.0, 2001)]).astype("float32")
     exact = np.expm1(v.astype("float64"))
-    ours = keras.ops.convert_to_numpy(R._expm1_of_nonnegative(keras.ops.convert_to_tensor(v)))
+    kernel = R._one_kernel(R._expm1_of_nonnegative)
+    ours = keras.ops.convert_to_numpy(kernel(keras.ops.convert_to_tensor(v)))
     np.testing.assert_allclose(ours, exact, rtol=3e-7, atol=0)
 
 
@@ -361,11 +382,11 @@ def group_lasso_by_autodiff(alpha, axis):
     (R.GroupLasso(0.03), group_lasso_by_autodiff(0.03, -1)),
     (R.GroupLasso(DelayedRamp(0.06, 0, 10), axis=0, step=5), group_lasso_by_autodiff(0.03, 0)),
 ], ids=lambda r: repr(r)[:40])
-def test_fused_penalties_give_the_float32_penalty_and_its_gradient(dtype, reg, reference):
-    # Under TensorFlow the weight is read once in the forward pass and once
-    # in the backward pass, each by a fused kernel with its own gradient
-    # formula; the reference is the plain formula on the float32 cast,
-    # differentiated by the backend.
+def test_penalties_give_the_float32_penalty_and_its_gradient_in_every_dtype(dtype, reg, reference):
+    # Under TensorFlow (traced) the weight is read once in the forward pass
+    # and once in the backward pass, each by a fused kernel with its own
+    # gradient formula; the reference is the plain formula on the float32
+    # cast, differentiated by the backend.
     w = RNG.normal(scale=2.0, size=(300, 40)).astype("float32")
     w[0, :3] = 0.0
     tensor = keras.ops.cast(w, dtype)
@@ -390,6 +411,14 @@ def test_a_loss_scale_multiplies_the_half_precision_gradient_in_float32(reg):
     _, unscaled = value_and_grad(reg, tensor)
     assert np.all(np.isfinite(grad))
     np.testing.assert_allclose(grad / 2.0**16, unscaled, rtol=float(ml_dtypes.finfo("float16").eps))
+
+
+def test_expabs_gradient_is_zero_at_exact_zeros_under_a_huge_upstream():
+    # alpha / scale = 1e34 times a 2**16 loss scale overflows float32: the
+    # upstream must multiply the slope (0 at exact zeros), not the other way.
+    w = np.array([[0.0, 0.0], [1.0, -1.0]], "float32")  # past the saturation: 0 too
+    _, grad = value_and_grad(lambda x: 2.0**16 * R.ExpAbs(1e4, scale=1e-30)(x), w)
+    np.testing.assert_array_equal(grad, np.zeros_like(w))
 
 
 def test_l1_on_a_huge_bfloat16_weight_is_finite():
