@@ -11,6 +11,15 @@ from keras_regkit.schedules import DelayedRamp
 from conftest import assert_round_trip, value_and_grad
 
 RNG = np.random.default_rng(0)
+DEFAULT_FUSED_FROM = R._FUSED_FROM
+
+
+@pytest.fixture(autouse=True)
+def fuse_every_weight(monkeypatch):
+    # Under TensorFlow only weights of 65,536 entries and more use the fused
+    # kernels in a traced step; here every one does, so each test below
+    # checks them on small weights as well.
+    monkeypatch.setattr(R, "_FUSED_FROM", 0)
 W = RNG.normal(scale=0.5, size=(7, 5)).astype("float32")
 W[0, 0] = 0.0
 
@@ -332,6 +341,23 @@ def test_eager_calls_give_what_the_train_step_gives(dtype, reg):
     np.testing.assert_allclose(value, traced_value, rtol=1e-6)
     rtol = 1e-6 if dtype == "float32" else float(ml_dtypes.finfo(dtype).eps)
     np.testing.assert_allclose(grad, traced_grad, rtol=rtol, atol=1e-30)
+
+
+@TENSORFLOW_ONLY
+def test_only_large_weights_use_the_fused_kernels(monkeypatch):
+    monkeypatch.setattr(R, "_FUSED_FROM", DEFAULT_FUSED_FROM)
+    reg = R.ElasticNet(0.02, 0.05)
+    traces = _kernel_traces()
+    # Shapes no other test uses (61 columns), so the large one must trace.
+    rows = -(-DEFAULT_FUSED_FROM // 61)
+    value_and_grad(reg, RNG.normal(size=(rows - 1, 61)).astype("float32"))
+    assert _kernel_traces() == traces  # plain ops are faster on a small weight
+    large = RNG.normal(size=(rows, 61)).astype("float32")
+    value, grad = value_and_grad(reg, large)
+    assert _kernel_traces() == traces + 2  # the forward and the backward kernel
+    np.testing.assert_allclose(value, 0.02 * np.abs(large).sum() + 0.05 * (large.astype("float64") ** 2).sum(),
+                               rtol=1e-6)
+    np.testing.assert_allclose(grad, 0.02 * np.sign(large) + 0.1 * large, rtol=1e-6)
 
 
 @TENSORFLOW_ONLY
