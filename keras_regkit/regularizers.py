@@ -556,7 +556,7 @@ def _fuses(x) -> bool:
     kernel would be compiled for every new weight shape, and TensorFlow
     warns of retracing after five. Not for a small weight: there the fused
     pair is slower than the plain ops (measured in float32: 680 against
-    360 us for value and gradient of a 1024x10 weight; even at 256x256) and
+    360 us for value and gradient of a 1024x10 weight; equal at 256x256) and
     compiles for 0.1-0.6 s the first time.
     """
     if keras.backend.backend() != "tensorflow" or None in x.shape:
