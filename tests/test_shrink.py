@@ -7,7 +7,7 @@ import pytest
 
 import keras_regkit as rk
 from keras_regkit.callbacks import ShrinkPhase
-from keras_regkit.shrinking import AgreementGuard, CubicRamp
+from keras_regkit.shrinking import AgreementGuard, CubicRamp, ValidationCheck
 
 
 def classification_data(n=256, seed=0):
@@ -118,69 +118,119 @@ class StepWeights(keras.callbacks.Callback):
         self.weights[self.step] = self.model.get_weights()
 
 
-def test_tolerance_mode_guard_stops_and_rolls_back_to_the_last_check_that_held():
+def zero_fraction(model):
+    return float(np.mean(np.concatenate([(k == 0).ravel() for k in kernels(model)])))
+
+
+class FailsAbove(ValidationCheck):
+    """A validation metric that falls past a known sparsity: every check
+    above `limit` fails (as a model would whose accuracy collapses there)."""
+
+    def __init__(self, limit, final_fails=False):
+        super().__init__(tolerance=0.01)
+        self.limit, self.final_fails, self.looks = limit, final_fails, []
+
+    def start(self, model, validation_data, steps=None):
+        self.data, self.baseline = validation_data, 1.0
+        return 1.0
+
+    def measure(self, model):
+        sparsity = zero_fraction(model)
+        worse = 1.0 if sparsity > self.limit + 1e-6 else 0.0
+        if self.final_fails and getattr(self, "ending", False):
+            worse = 1.0
+        self.looks.append((sparsity, model.get_weights()))
+        return 1.0 - worse, worse
+
+
+def shrink_with_check(check, epochs=10, levels=(0.5, 0.8, 0.9, 0.95), callbacks=()):
     model = trained_classifier()
     x, y = classification_data()
-    guard = AgreementGuard(max_disagreement=0.02, patience=0)
-    # A ramp from 0 to 99.9 % must cross the limit some way in; no
-    # validation data, so no final check.
-    phase = ShrinkPhase(start_epoch=0, tolerance=0.02, reference_inputs=x, guard=guard, cut_every=2,
-                        schedule=CubicRamp(0.999, initial=0.0))
-    before, after, spy = StepWeights(), StepWeights(), Spy()
+    phase = ShrinkPhase(start_epoch=0, tolerance=0.01, validation_data=classification_data(seed=1),
+                        levels=levels, max_sparsity=0.98, cut_every=2)
+    phase.check = check
     with phase:
-        model.fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[before, phase, after, spy])
-    result = phase.result
-    # The tolerance mode trains at the user's rate: a higher one would move
-    # the predictions by itself, which the guard counts against the cuts.
-    assert [step["lr"] for step in spy.steps] == pytest.approx([1e-2] * len(spy.steps))
-    assert result.outcome == "stopped by the guard" and result.rollbacks >= 1
-    stop = round(result.stopped_at * 4 * 8)
-    assert stop > 4
-    # At the failing check the weights went back to those of the check
-    # before it (which held), not to the start and not to the current ones.
-    assert_same_weights(after.weights[stop], before.weights[stop - 2])
-    assert not np.array_equal(before.weights[stop][0], before.weights[stop - 2][0])
-    # From there it only bisected below the sparsity that failed.
-    def zeros(weights):
-        return np.concatenate([(w == 0).ravel() for w in weights if w.ndim == 2])
+        model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, callbacks=[phase, *callbacks])
+    return model, phase.result
 
-    assert (zeros(after.weights[stop]) <= zeros(kernels(model))).all()
-    assert result.sparsity < zeros(before.weights[stop]).mean()
-    assert guard.disagreement(model) <= 0.02 and result.disagreement <= 0.02
+
+@pytest.mark.parametrize("limit", [0.5, 0.9])
+def test_tolerance_mode_ends_at_the_sparsest_level_that_passed(limit):
+    check = FailsAbove(limit)
+    model, result = shrink_with_check(check)
+    # Levels tried in rising order; the one above the limit failed, and
+    # none above it was tried.
+    levels = [level for level, _, _ in result.levels]
+    assert levels == sorted(levels) and max(levels) == min(lv for lv in (0.5, 0.8, 0.9, 0.95, 0.98) if lv > limit)
+    assert all(held == (level <= limit) for level, _, held in result.levels)
+    assert result.outcome == "stopped by the check" and result.rollbacks == 1
+    # It ends at exactly that level, fine-tuned: the zeros are the level's,
+    # the other weights moved on after its check.
+    assert zero_fraction(model) == pytest.approx(limit, abs=1 / 256)
+    # The look that passed the level: the one before the first that failed.
+    first_failure = next(i for i, (sparsity, _) in enumerate(check.looks) if sparsity > limit + 1e-6)
+    passed = check.looks[first_failure - 1][1]
+    assert not np.array_equal(model.get_weights()[0], passed[0])
+    assert ((passed[0] == 0) == (model.get_weights()[0] == 0)).all()
     assert held(model) == []
 
 
-class NeverHolds(AgreementGuard):
-    def holds(self, model):
-        return False
-
-
-def test_a_guard_that_never_holds_ends_at_exactly_the_starting_weights():
+def test_a_first_level_that_never_passes_ends_at_exactly_the_starting_weights_and_stops_fit():
     model = trained_classifier()
     start = model.get_weights()
     x, y = classification_data()
-    # An 80 % first cut, training between the checks, every check failing.
-    result = rk.shrink(model, x, y, tolerance=0.01, validation_data=classification_data(seed=1), epochs=2,
-                       batch_size=32, guard=NeverHolds(0.01, patience=0), cut_every=2,
-                       schedule=CubicRamp(0.9, initial=0.8))
-    assert result.stopped_at is not None and result.rollbacks >= 2 and result.sparsity == 0.0
+    phase = ShrinkPhase(start_epoch=0, tolerance=0.01, validation_data=classification_data(seed=1), cut_every=2)
+    phase.check = FailsAbove(0.0)
+    epochs = EpochEnds()
+    with phase:
+        model.fit(x, y, epochs=10, batch_size=32, verbose=0, callbacks=[phase, epochs])
+    assert phase.result.outcome == "baseline" and phase.result.sparsity == 0.0
     assert_same_weights(model.get_weights(), start)
+    assert len(epochs.weights) < 10  # fit stopped: nothing to fine-tune
     assert held(model) == []
 
 
-def test_failed_final_check_restores_the_starting_weights():
+def test_a_final_model_that_fails_the_check_goes_back_to_the_level_as_it_passed():
+    check = FailsAbove(0.8, final_fails=True)
+
+    class MarkEnding(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            check.ending = True
+
+    # Listed before the phase, so the mark is set before the phase ends.
     model = trained_classifier()
-    start = model.get_weights()
     x, y = classification_data()
-    xv, _ = classification_data(seed=1)
-    # Labels the starting model gets all right; a guard that never objects
-    # and a ramp to 99.9 %: the final check must catch the damage.
-    yv = np.argmax(model.predict(xv, verbose=0), axis=-1)
-    result = rk.shrink(model, x, y, tolerance=0.0, validation_data=(xv, yv), epochs=2, batch_size=32,
-                       guard=AgreementGuard(1.0), max_sparsity=0.999)
-    assert result.outcome == "baseline" and result.baseline == 1.0 == result.final
-    assert_same_weights(model.get_weights(), start)
-    assert held(model) == []
+    phase = ShrinkPhase(start_epoch=0, tolerance=0.01, validation_data=classification_data(seed=1),
+                        levels=(0.5, 0.8, 0.9), max_sparsity=0.98, cut_every=2)
+    phase.check = check
+    with phase:
+        model.fit(x, y, epochs=10, batch_size=32, verbose=0, callbacks=[MarkEnding(), phase])
+    first_failure = next(i for i, (sparsity, _) in enumerate(check.looks) if sparsity > 0.8 + 1e-6)
+    assert_same_weights(model.get_weights(), check.looks[first_failure - 1][1])
+    assert zero_fraction(model) == pytest.approx(0.8, abs=1 / 256)
+    assert phase.result.rollbacks == 2
+
+
+def test_tolerance_mode_on_a_regression_model_stops_where_its_metric_says():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(512, 8)).astype("float32")
+    y = (x @ rng.normal(size=(8, 1))).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(64, activation="relu"),
+                              keras.layers.Dense(64, activation="relu"), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(1e-2), "mse", metrics=["mae"])
+    model.fit(x[:384], y[:384], epochs=30, batch_size=32, verbose=0)
+    validation = (x[384:], y[384:])
+    start_mae = model.evaluate(*validation, verbose=0, return_dict=True)["mae"]
+    result = rk.shrink(model, x[:384], y[:384], tolerance=0.2, monitor="val_mae", validation_data=validation,
+                       epochs=8, batch_size=32, cut_every=2)
+    assert result.monitor == "val_mae" and result.baseline == pytest.approx(start_mae, rel=1e-4)
+    # Each check held exactly when the MAE stayed within 20 % of the start.
+    assert result.levels and all(held == (mae <= 1.2 * start_mae) for _, mae, held in result.levels)
+    assert any(not held for _, _, held in result.levels)  # 99.5 % of this model's weights is too many
+    final_mae = model.evaluate(*validation, verbose=0, return_dict=True)["mae"]
+    assert final_mae <= 1.2 * start_mae and result.final == pytest.approx(final_mae, rel=1e-4)
+    assert result.sparsity == pytest.approx(max(level for level, _, held in result.levels if held), abs=0.01)
 
 
 class Sabotage(keras.callbacks.Callback):
@@ -325,7 +375,11 @@ def gen():
     ({"start_epoch": 1, "sparsity": 0.5, "tolerance": 0.01}, ValueError, "not both"),
     ({"start_epoch": 1, "sparsity": 1.5}, ValueError, "argument `sparsity`"),
     ({"start_epoch": 1, "tolerance": -1.0, "reference_inputs": np.zeros((2, 8))}, ValueError, "argument `tolerance`"),
-    ({"start_epoch": 1}, ValueError, "reference_inputs="),
+    ({"start_epoch": 1}, ValueError, "validation_data="),
+    ({"start_epoch": 1, "sparsity": 0.5, "monitor": 3}, TypeError, "argument `monitor`"),
+    ({"start_epoch": 1, "sparsity": 0.5, "levels": 0.5}, TypeError, "argument `levels`"),
+    ({"start_epoch": 1, "tolerance": 0.1, "validation_data": (np.zeros((2, 8)), np.zeros(2)),
+      "guard": AgreementGuard(0.1)}, ValueError, "reference_inputs="),
     ({"start_epoch": 1, "sparsity": 0.5, "granularity": "rows"}, ValueError, r"argument `granularity`.*'rows'"),
     ({"start_epoch": 1, "sparsity": 0.5, "score": "gradient"}, ValueError, "argument `score`"),
     ({"start_epoch": 1, "sparsity": 0.5, "schedule": 0.5}, TypeError, "argument `schedule`"),

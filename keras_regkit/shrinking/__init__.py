@@ -4,7 +4,8 @@
 - `scores`: what to cut first (`Curvature`: `w² · sqrt(v)`, `Magnitude`);
 - `masks`: one global cut to an exact count, zeros held;
 - `data`: reading what `fit` accepts, as `fit` reads it;
-- `guards`: when to stop (`AgreementGuard`) and the final validation check;
+- `guards`: when to stop: the tolerance mode's `ValidationCheck` (and an
+  optional label-free `AgreementGuard`);
 - `snapshots`: the last good weights and optimizer state, to go back to;
 - `state`: what BackupAndRestore needs to resume;
 - `result`: `ShrinkResult`, what the shrink did;
@@ -18,7 +19,7 @@ import keras
 
 from keras_regkit import _validate
 from keras_regkit.shrinking import data
-from keras_regkit.shrinking.guards import AgreementGuard
+from keras_regkit.shrinking.guards import AgreementGuard, ValidationCheck
 from keras_regkit.shrinking.phase import ShrinkPhase
 from keras_regkit.shrinking.result import ShrinkResult
 from keras_regkit.shrinking.schedules import CubicRamp, SparsitySchedule
@@ -26,7 +27,7 @@ from keras_regkit.shrinking.scores import Curvature, Magnitude, Score
 
 __all__ = [
     "AgreementGuard", "CubicRamp", "Curvature", "Magnitude", "Score", "ShrinkPhase", "ShrinkResult",
-    "SparsitySchedule", "shrink",
+    "SparsitySchedule", "ValidationCheck", "shrink",
 ]
 
 
@@ -49,29 +50,33 @@ def shrink(
     """Makes a trained, compiled model sparse: `fit` with a `ShrinkPhase`
     from epoch 0. Give `sparsity` (a target fraction of exact zeros) or
     `tolerance` (the largest top-1 accuracy drop on unseen data; 0.01 when
-    neither is given); see `ShrinkPhase` for how each is met.
+    neither is given; on `monitor=` if given, e.g. `monitor="val_mae"` for a
+    regression model); see `ShrinkPhase` for how each is met.
 
     Args:
         model: A compiled, trained model; changed in place.
         x, y: Training data, as for `fit` (arrays, lists or dicts of them,
-            a dataset, generator or `keras.utils.PyDataset`). The guard of the
-            tolerance mode takes its reference inputs from `x`, unless
+            a dataset, generator or `keras.utils.PyDataset`). An optional
+            `guard=` takes its reference inputs from `x`, unless
             `reference_inputs=` is given.
         sparsity: Target fraction of exact zeros over the covered weights.
-        tolerance: Largest drop of top-1 accuracy.
+        tolerance: How much worse the validation metric may get: top-1
+            accuracy (absolute), or `monitor=` (see `ValidationCheck`).
         validation_data: `(x_val, y_val)`, `(x_val, y_val, sample_weight)`
-            or a dataset: required in the tolerance mode (its one final
-            check), optional in the sparsity mode (then `result.baseline`
-            and `result.final` report it). Also passed to `fit`, so the
-            logs show `val_*` metrics; the guard does not use those.
+            or a dataset: required in the tolerance mode (its checks),
+            optional in the sparsity mode (then `result.baseline` and
+            `result.final` report it). Also passed to `fit`, so the logs
+            show `val_*` metrics.
         epochs: The budget. Defaults to 10.
         batch_size, sample_weight, steps_per_epoch, validation_steps, callbacks, verbose:
             Passed to `fit`, with the meaning they have there
             (`steps_per_epoch` and `validation_steps` are needed for
             datasets that repeat forever; the guard reads as many
             validation batches as `fit`).
-        **phase_kwargs: Any other `ShrinkPhase` argument (`granularity`,
-            `score`, `learning_rate`, `schedule`, `max_sparsity`, ...).
+        **phase_kwargs: Any other `ShrinkPhase` argument (`monitor`,
+            `mode`, `granularity`, `score`, `learning_rate`, `schedule`,
+            `max_sparsity`, `levels`, ...), except `start_epoch` and
+            `patience`: `shrink()` starts at once.
 
     Returns:
         The `ShrinkResult`.
@@ -97,6 +102,14 @@ def shrink(
     if getattr(model, "optimizer", None) is None:
         raise ValueError("shrink() needs a compiled model: call model.compile(...) first.")
     _validate.integer("epochs", epochs, minimum=1)
+    if batch_size is not None:
+        _validate.integer("batch_size", batch_size, minimum=1)
+    for name in ("start_epoch", "patience"):
+        if name in phase_kwargs:
+            raise ValueError(
+                f"shrink() starts the shrink at once, so `{name}` has no meaning here; use "
+                f"`ShrinkPhase({name}=...)` in your own `fit` to start it later. "
+                f"Received: {name}={phase_kwargs[name]!r}")
     if sparsity is None and validation_data is None:
         raise ValueError(
             "shrink() in the tolerance mode needs `validation_data=(x_val, y_val)` (or a dataset) "
@@ -108,10 +121,10 @@ def shrink(
             "shrink() was given training data that repeats forever: pass `steps_per_epoch=` "
             "(training steps per epoch), as to `fit`; the shrink's budget is `epochs` of them."
         )
-    if sparsity is None and "reference_inputs" not in phase_kwargs:
+    if phase_kwargs.get("guard") is not None and "reference_inputs" not in phase_kwargs:
         if data.read_once(x):
             raise ValueError(
-                "shrink() in the tolerance mode samples its guard's reference inputs from `x`, "
+                "shrink() with a `guard` samples its reference inputs from `x`, "
                 "and `x` is an iterator that can be read only once (fit would then miss those "
                 "batches). Pass `reference_inputs=` (some training inputs as arrays), or `x` as "
                 f"arrays, a tf.data.Dataset or a keras.utils.PyDataset. Received: x={x!r}"
@@ -122,7 +135,7 @@ def shrink(
         validation_steps=validation_steps, verbose=verbose, **phase_kwargs)
     with phase:
         # The validation data go to `fit` too, for the logs (History,
-        # TensorBoard); the guard never reads them there.
+        # TensorBoard).
         model.fit(
             x, y, batch_size=batch_size, epochs=epochs, sample_weight=sample_weight,
             validation_data=validation_data, steps_per_epoch=steps_per_epoch,

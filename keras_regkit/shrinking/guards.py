@@ -15,7 +15,8 @@ import keras
 import numpy as np
 
 from keras_regkit import _validate
-from keras_regkit.shrinking.data import first_axis, take, batches, sample_inputs
+from keras_regkit._processes import global_sum
+from keras_regkit.shrinking.data import batches, first_axis, sample_inputs, take
 
 # The guard's limit on disagreement per unit of the user's accuracy
 # tolerance. A changed prediction moves accuracy by at most one sample, so 1
@@ -51,9 +52,18 @@ def _class_outputs(outputs: list[np.ndarray]) -> list[int]:
         raise ValueError(
             "The shrink's accuracy guard compares top-1 predictions, so the model needs an "
             "output with a class axis of 2 or more; this one gives shapes "
-            f"{[o.shape for o in outputs]}. Use the sparsity mode (`sparsity=`) for other models."
+            f"{[o.shape for o in outputs]}. For other models, give `monitor=` a validation metric "
+            "the model was compiled with (e.g. monitor='val_mae'), or use the sparsity mode "
+            "(`sparsity=`)."
         )
     return chosen
+
+
+def has_class_output(model: keras.Model, validation_data, steps: int | None = None) -> bool:
+    """Whether the model gives a class axis on the first validation batch."""
+    for x, _, _ in batches(validation_data, 1 if steps is None else min(steps, 1)):
+        return any(o.ndim >= 2 and o.shape[-1] >= 2 for o in predict(model, x))
+    return False
 
 
 def top1(model: keras.Model, inputs) -> np.ndarray:
@@ -91,16 +101,14 @@ def _per_output(model: keras.Model, outputs, tree):
 
 class AgreementGuard:
     """Holds while the model's top-1 predictions on reference inputs agree
-    with the starting model's on all but `max_disagreement` of them.
+    with the starting model's on all but `max_disagreement` of them: an
+    extra, label-free condition the tolerance mode's levels must meet, on
+    top of the validation check, when given to `ShrinkPhase(guard=...)`.
 
     Args:
         max_disagreement: Largest fraction of reference inputs whose top-1
             class may differ from the starting model's, in [0, 1].
         samples: How many reference inputs to keep. Defaults to 4096.
-        patience: Failing checks in a row that the shrink waits out (no
-            cut, training goes on) before it stops the ramp and goes back to
-            the last check that held: right after a large cut, a few more
-            steps often recover. Defaults to 1.
 
     Example:
 
@@ -111,10 +119,9 @@ class AgreementGuard:
     (0.0, True)
     """
 
-    def __init__(self, max_disagreement: float, samples: int = 4096, patience: int = 1):
+    def __init__(self, max_disagreement: float, samples: int = 4096):
         self.max_disagreement = _validate.real("max_disagreement", max_disagreement, maximum=1.0)
         self.samples = _validate.integer("samples", samples, minimum=1)
-        self.patience = _validate.integer("patience", patience)
         self.inputs = None
         self.reference = None
 
@@ -126,8 +133,11 @@ class AgreementGuard:
     def disagreement(self, model: keras.Model) -> float:
         if self.reference is None:
             raise RuntimeError("AgreementGuard.start(model, inputs) must be called first.")
-        # Several class outputs: the one that changed most.
-        return float(np.max(np.mean(top1(model, self.inputs) != self.reference, axis=0)))
+        changed = (top1(model, self.inputs) != self.reference).sum(axis=0)
+        # Counted over every process's inputs; several class outputs: the
+        # one that changed most.
+        changed, count = np.split(global_sum(np.append(changed, len(self.reference))), [-1])
+        return float(np.max(changed / count))
 
     def holds(self, model: keras.Model) -> bool:
         # NaN predictions argmax to 0 everywhere: they disagree, and fail.
@@ -140,8 +150,10 @@ def validation_hits(model: keras.Model, validation_data, steps: int | None = Non
     class output of the model (columns, in `keras.tree.flatten` order):
     whether the top-1 class is right, and the sample's weight for that
     output (1 where none is given), as `fit` weighs `val_*accuracy`. Labels
-    are class indices, or one-hot / probability rows."""
-    hits, weights = [], []
+    are class indices, or one-hot / probability rows. A prediction that is
+    not finite is never right. Also returns whether every prediction was
+    finite."""
+    hits, weights, finite = [], [], True
     for x, y, weight in batches(validation_data, steps):
         if y is None:
             raise ValueError("The shrink's validation data must carry targets: `(x, y)` batches.")
@@ -150,11 +162,14 @@ def validation_hits(model: keras.Model, validation_data, steps: int | None = Non
         columns = [i for i in _class_outputs(outputs) if labels[i] is not None]
         hit_columns, weight_columns = [], []
         for i in columns:
-            predicted = np.argmax(outputs[i], axis=-1).reshape(-1)
+            rows = outputs[i].reshape(-1, outputs[i].shape[-1])
+            ok = np.isfinite(rows).all(axis=-1)
+            finite = finite and bool(ok.all())
+            predicted = np.argmax(rows, axis=-1)
             label = np.asarray(labels[i])
             if label.ndim == outputs[i].ndim and label.shape[-1] > 1:
                 label = np.argmax(label, axis=-1)
-            hit_columns.append(predicted == label.reshape(-1))
+            hit_columns.append((predicted == label.reshape(-1)) & ok)
             weight_columns.append(np.ones(len(predicted)) if sample_weights[i] is None
                                   else np.asarray(sample_weights[i], "float64").reshape(-1))
         hits.append(np.stack(hit_columns, axis=-1).astype("float64"))
@@ -162,9 +177,9 @@ def validation_hits(model: keras.Model, validation_data, steps: int | None = Non
     if not hits:
         raise ValueError("The shrink's validation data is empty.")
     hits, weights = np.concatenate(hits), np.concatenate(weights)
-    if (weights.sum(axis=0) <= 0).any():
+    if (global_sum(weights.sum(axis=0)) <= 0).any():
         raise ValueError("The shrink's validation data has all its sample weights at 0.")
-    return hits, weights
+    return hits, weights, finite
 
 
 def _columns(*arrays):
@@ -172,26 +187,169 @@ def _columns(*arrays):
 
 
 def accuracy(hits: np.ndarray, weights: np.ndarray) -> float:
-    """Weighted top-1 accuracy, as `fit` weighs `val_accuracy` (the mean
-    over class outputs, when there are several)."""
+    """Weighted top-1 accuracy over every process's samples, as `fit`
+    weighs `val_accuracy` (the mean over class outputs, when there are
+    several)."""
     hits, weights = _columns(hits, weights)
-    return float(np.mean((hits * weights).sum(axis=0) / weights.sum(axis=0)))
+    right, total = np.split(global_sum(np.concatenate([(hits * weights).sum(axis=0), weights.sum(axis=0)])), 2)
+    return float(np.mean(right / total))
 
 
-# One-sided 95 % normal quantile.
-_Z = 1.645
+def maximizes(monitor: str, mode: str = "auto") -> bool:
+    """Whether a higher `monitor` is better: `mode` `"max"`/`"min"`, or for
+    `"auto"` an accuracy-like name (as Keras' `MonitorCallback` guesses)."""
+    if mode != "auto":
+        return mode == "max"
+    name = monitor.removeprefix("val_")
+    return any(key in name for key in ("acc", "auc", "precision", "recall", "f1"))
 
 
-def drop_exceeds(start_hits: np.ndarray, final_hits: np.ndarray, weights: np.ndarray, tolerance: float) -> bool:
-    """Whether the validation data show that accuracy fell by more than
-    `tolerance`, beyond chance: the paired drop exceeds `tolerance` by more
-    than 1.645 standard errors. The samples whose verdict changed carry all
-    the evidence (McNemar's view of a paired comparison): a set of 143
-    samples where 4 changed can tell a fall of 3 from noise, not of 1."""
-    start_hits, final_hits, weights = _columns(start_hits, final_hits, weights)
-    total = weights.sum(axis=0)
-    change = (start_hits - final_hits) * weights
-    drop = change.sum(axis=0) / total
-    standard_error = np.sqrt(np.square(change).sum(axis=0)) / total
-    # Several class outputs: each must keep the promise.
-    return bool((drop > tolerance + _Z * standard_error).any())
+class ValidationCheck:
+    """Whether a model is still within `tolerance` of where it started, on
+    validation data: the tolerance mode's one test of a level.
+
+    - `monitor=None`: top-1 accuracy of every class output, compared sample
+      by sample with the starting model's; each class output may lose at
+      most `tolerance` (absolute: 0.01 is one point).
+    - `monitor="val_mae"` (any name `fit` logs for the validation data, with
+      or without `val_`, of a metric the model was compiled with, or
+      `"val_loss"`): computed with the model's own compiled metrics. A
+      metric that rises as it improves (`mode="max"`, accuracy-like) may
+      lose `tolerance` absolute; one that falls (`"min"`: losses, errors)
+      may grow by `tolerance` times its starting value (0.05: 5 % worse).
+
+    Counts and metric states are summed over every process before the
+    decision, so each process decides the same.
+
+    Args:
+        tolerance: How much worse the metric may get, in [0, 1].
+        monitor: None (top-1 accuracy) or a metric's log name.
+        mode: `"auto"`, `"min"` or `"max"`: the direction of `monitor`.
+
+    Example:
+
+    >>> x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
+    >>> y = (x[:, 0] > 0).astype("int32")
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> check = rk.shrinking.ValidationCheck(tolerance=0.01)
+    >>> check.start(model, (x, y))
+    >>> check.holds(model)
+    True
+    """
+
+    def __init__(self, tolerance: float, monitor: str | None = None, mode: str = "auto"):
+        self.tolerance = _validate.real("tolerance", tolerance, maximum=1.0)
+        if monitor is not None and not isinstance(monitor, str):
+            raise TypeError(f"Invalid value for argument `monitor`: expected a str. Received: monitor={monitor!r}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"Invalid value for argument `mode`: expected 'auto', 'min' or 'max'. Received: mode={mode!r}")
+        self.monitor, self.mode = monitor, mode
+        self.data, self.steps = None, None
+        self.baseline = None  # the metric at the start
+        self.start_hits = None  # top-1: per sample, at the start
+
+    @property
+    def name(self) -> str:
+        return "top-1 accuracy" if self.monitor is None else "val_" + self.monitor.removeprefix("val_")
+
+    @property
+    def state(self) -> dict:
+        """What a resumed shrink needs back (see `restore`)."""
+        return {"baseline": self.baseline, "start_hits": self.start_hits}
+
+    def restore(self, data, steps, state: dict) -> None:
+        self.data, self.steps = data, steps
+        self.baseline, self.start_hits = state["baseline"], state["start_hits"]
+
+    def start(self, model: keras.Model, validation_data, steps: int | None = None) -> float:
+        """Measures the starting model; raises ValueError if its own
+        predictions or metric are not finite there (NaN in the inputs)."""
+        self.data, self.steps = validation_data, steps
+        if self.monitor is None:
+            hits, weights, finite = validation_hits(model, validation_data, steps)
+            if not global_sum([not finite])[0] == 0:
+                raise ValueError(
+                    "Invalid value for argument `validation_data`: the starting model's predictions "
+                    "on it are not all finite (NaN or inf in the validation inputs?), so no change "
+                    "of accuracy could be measured there.")
+            self.start_hits = np.stack([hits, weights])
+            self.baseline = accuracy(hits, weights)
+        else:
+            self.baseline = compiled_metric(model, validation_data, steps, self.monitor)
+            if not np.isfinite(self.baseline):
+                raise ValueError(
+                    f"Invalid value for argument `validation_data`: the starting model's "
+                    f"{self.name} on it is {self.baseline} (NaN or inf in the validation data?).")
+        return self.baseline
+
+    def measure(self, model: keras.Model) -> tuple[float, float]:
+        """The metric now, and how much worse it is than at the start (in
+        the tolerance's units; the worst class output for top-1)."""
+        if self.data is None:
+            raise RuntimeError("ValidationCheck.start(model, validation_data) must be called first.")
+        if self.monitor is None:
+            hits, weights, _ = validation_hits(model, self.data, self.steps)
+            start_hits, start_weights = self.start_hits
+            if hits.shape != start_hits.shape:
+                raise ValueError(
+                    "The shrink's validation data changed size between two readings "
+                    f"({start_hits.shape[0]} then {hits.shape[0]} samples): it must give the same "
+                    "samples in the same order each time (no shuffling).")
+            hits, weights, start_hits = _columns(hits, weights, start_hits)
+            sums = global_sum(np.concatenate([(hits * weights).sum(axis=0), weights.sum(axis=0),
+                                              ((start_hits - hits) * weights).sum(axis=0)]))
+            right, total, lost = np.split(sums, 3)
+            return float(np.mean(right / total)), float(np.max(lost / total))
+        value = compiled_metric(model, self.data, self.steps, self.monitor)
+        if maximizes(self.monitor, self.mode):
+            return value, self.baseline - value
+        return value, (value - self.baseline) / max(abs(self.baseline), 1e-12)
+
+    def holds(self, model: keras.Model) -> bool:
+        # NaN compares False: a model gone non-finite fails.
+        return bool(self.measure(model)[1] <= self.tolerance)
+
+
+def compiled_metric(model: keras.Model, validation_data, steps: int | None, monitor: str) -> float:
+    """`monitor` (a log name, `val_` optional) on the validation data, with
+    the model's own compiled metrics (their state is put back after), or
+    its loss for `"loss"`; over every process's data."""
+    name = monitor.removeprefix("val_")
+    if name == "loss":
+        total = count = 0.0
+        for x, y, weight in batches(validation_data, steps):
+            loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=False), sample_weight=weight,
+                                      training=False)
+            n = first_axis(x)
+            total += float(keras.ops.convert_to_numpy(loss)) * n
+            count += n
+        total, count = global_sum([total, count])
+        return float(total / count)
+    metrics = next((m for m in model.metrics if m.name == "compile_metrics"), None)
+    if metrics is None:
+        raise ValueError(
+            f"Invalid value for argument `monitor`: {monitor!r} needs the model to be compiled with "
+            "that metric (`model.compile(..., metrics=[...])`); it has no compiled metrics.")
+    saved = [np.array(keras.ops.convert_to_numpy(v)) for v in metrics.variables]
+    try:
+        metrics.reset_state()
+        for x, y, weight in batches(validation_data, steps):
+            metrics.update_state(y, model(x, training=False), weight)
+        variables = metrics.variables
+        # Keras' metrics keep sums and counts: summed over processes, they
+        # are the metric of all the data.
+        values = [np.asarray(keras.ops.convert_to_numpy(v), "float64") for v in variables]
+        flat = global_sum(np.concatenate([v.reshape(-1) for v in values])) if values else []
+        offset = 0
+        for variable, value in zip(variables, values):
+            variable.assign(np.reshape(flat[offset:offset + value.size], value.shape).astype(variable.dtype))
+            offset += value.size
+        results = {key: float(keras.ops.convert_to_numpy(v)) for key, v in metrics.result().items()}
+    finally:
+        for variable, value in zip(metrics.variables, saved):
+            variable.assign(value)
+    if name not in results:
+        raise ValueError(
+            f"Invalid value for argument `monitor`: the model logs no {monitor!r} on validation data. "
+            f"Valid: {sorted('val_' + key for key in [*results, 'loss'])}")
+    return results[name]

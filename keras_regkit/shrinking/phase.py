@@ -28,16 +28,25 @@ from keras_regkit.shrinking.schedules import CubicRamp, SparsitySchedule
 from keras_regkit.shrinking.snapshots import Snapshot
 from keras_regkit.shrinking.state import PhaseState
 
-# The tolerance mode ramps towards this and lets the guard stop it.
+# The tolerance mode ramps towards this; its checks stop it lower.
 _CEILING = {"weight": 0.995, "unit": 0.95}
-# The first cut, made before any training step, when a target must be met:
-# half the entries did best on the benchmark's MLPs (0.8 and 0 were 0.5-2
-# points worse at 95 %). Whole units, and the tolerance mode (whose guard
-# would fail at a large first cut), start from 0.
+# The tolerance mode's candidate levels: the ramp pauses at each, the
+# validation check tests it, and the first that fails ends the ramp at the
+# one before. Few, fixed looks: the labels pick among 8 states, not
+# hundreds (which would keep the ones that held there by chance).
+_LEVELS = {"weight": (0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995),
+           "unit": (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)}
+# The first cut, made before any training step: half the entries did best
+# on the benchmark's MLPs (0.8 and 0 were 0.5-2 points worse at 95 %).
+# Whole units start from 0.
 _INITIAL = {"weight": 0.5, "unit": 0.0}
 _ACTIVE = ("ramping", "holding")
+# The tolerance mode's climb, in fractions of the budget: the time to cut
+# from one level to the next, the longest it then waits for the level to
+# recover, and the end of the budget kept for fine-tuning the chosen level.
+_CLIMB, _HOLD, _RESERVE = 0.03, 0.3, 0.15
 # What a resumed phase takes back from its saved state.
-_RESULT_FIELDS = ("baseline", "started_at_epoch", "cuts", "rollbacks", "stopped_at", "threshold")
+_RESULT_FIELDS = ("baseline", "started_at_epoch", "cuts", "rollbacks", "stopped_at", "threshold", "levels")
 
 
 class ShrinkPhase(keras.callbacks.Callback):
@@ -49,27 +58,24 @@ class ShrinkPhase(keras.callbacks.Callback):
     - **`sparsity=0.98`**: ends with exactly that fraction of exact zeros
       over the covered weights (of dead units, with `granularity="unit"`),
       at the best accuracy the budget allows.
-    - **`tolerance=0.01`** (the default): as sparse as possible while top-1
-      accuracy on data the shrink never saw stays within `tolerance` of the
-      starting model's. How it is estimated: the ramp heads for
-      `max_sparsity`, and every `cut_every` steps, before cutting further,
-      the guard compares the model's top-1 predictions on up to 4,096 of the
-      training inputs (`reference_inputs`) with the starting model's. When
-      more than `guard.max_disagreement` (by default half the `tolerance`:
-      unseen inputs change more than training inputs) of them
-      disagree, and still do at the next check, the weights, zeros and
-      optimizer state go back to the last check that held, and from then on
-      the cuts bisect between that sparsity and the one that failed, until
-      the two are close; the last part of the budget (20 %)
-      trains with those zeros fixed. With `validation_data`, the final model
-      is checked once against the starting one there, sample by sample: if
-      its accuracy fell by more than `tolerance` beyond chance (1.645
-      standard errors of the paired change), the starting weights are
-      restored (outcome `"baseline"`). On the README's benchmark (digits and
-      MNIST-1D, 5 seeds, tolerances 0.01 and 0.02) the test change stayed
-      within the tolerance on the median seed and within tolerance + 0.5
-      point on the worst, at 84-89 % zeros on digits and 32-44 % on
-      MNIST-1D (where the model's own training moves its predictions).
+    - **`tolerance=0.01`** (the default): as sparse as possible while the
+      validation metric stays within `tolerance` of the starting model's
+      (top-1 accuracy by default, or `monitor=`, e.g. `"val_mae"` for a
+      regression model; see `ValidationCheck` for the units). The ramp is
+      the sparsity mode's, headed for `max_sparsity`, with a stop at each
+      of a few fixed `levels` (50, 80, 90, 95, 97, 98, 99, 99.5 % of
+      entries): there the ramp cuts to exactly that level, trains
+      `cut_every` steps, and the validation check compares the model with
+      the starting one (sample by sample, summed over every process). The
+      first level that fails ends the ramp: weights, zeros and optimizer
+      state go back to the last level that held, and the rest of the budget
+      fine-tunes it with its zeros fixed. At the end the check runs once
+      more; if the fine-tuned model fails it, the level as it was when it
+      passed comes back. If even the first level fails, the starting
+      weights come back and `fit` stops (outcome `"baseline"`). The labels
+      decide among at most 8 states in a fixed order, so they are not
+      selected on; see the README's shrink section for the zeros it reaches
+      next to the sparsity mode's frontier.
 
     How (the recipe the shrink benchmark measured best):
 
@@ -121,43 +127,49 @@ class ShrinkPhase(keras.callbacks.Callback):
     Args:
         start_epoch: Epoch at which the shrink begins. Give this or
             `patience`.
-        patience: Start once `monitor` has not improved for this many epochs.
+        patience: Start once `monitor` (`"val_loss"` if None) has not
+            improved for this many epochs.
         sparsity: Target fraction of exact zeros (sparsity mode), in [0, 1].
         tolerance: Largest drop of top-1 accuracy (tolerance mode), in
             [0, 1]. Defaults to 0.01 when `sparsity` is not given.
         max_sparsity: The ramp's ceiling in the tolerance mode. Defaults to
             0.995 (0.95 of units).
+        levels: The tolerance mode's candidate sparsities, tested in rising
+            order (`max_sparsity` is added as the last). Defaults to 0.5,
+            0.8, 0.9, 0.95, 0.97, 0.98, 0.99 (0.25 to 0.9 of units).
         granularity: `"weight"` (entries) or `"unit"` (whole units and
             filters). Defaults to `"weight"`.
         schedule: A `SparsitySchedule`. Defaults to
-            `CubicRamp(target, initial=0.5)` in the sparsity mode (`initial=0`
-            for units) and `CubicRamp(max_sparsity, initial=0)` in the
-            tolerance mode.
+            `CubicRamp(target, initial=0.5)` (`initial=0` for units), where
+            the target is `max_sparsity` in the tolerance mode.
         score: `"curvature"` (`w² · sqrt(v)`, default), `"magnitude"` (`|w|`)
             or a `keras_regkit.shrinking.Score`.
-        guard: An `AgreementGuard` for the tolerance mode. Defaults to
-            `AgreementGuard(max_disagreement=tolerance / 2)`.
-        cut_every: Training steps between cuts (and guard checks). Defaults
-            to 10.
+        guard: Optional `AgreementGuard`: in the tolerance mode, a level must
+            also hold it (label-free agreement on `reference_inputs`).
+        cut_every: Training steps between cuts (and after a level is
+            reached, before its check). Defaults to 10.
         learning_rate: The optimizer's learning rate during the shrink: a
             float, `"auto"` or None (leave it). `"auto"` is 3x the current
-            one in the sparsity mode (the benchmark's best) if the optimizer
-            has trained (a fresh one's first steps are as large as its
-            rate, and at 3x wrecked a transformer), and the current one in
-            the tolerance mode (a higher rate moves the model by itself,
-            which the guard would count against the cuts); an optimizer
-            that follows a schedule is left alone. Defaults to `"auto"`.
-        reference_inputs: Inputs for the guard (the training inputs;
-            `shrink()` passes `x`). Required in the tolerance mode.
+            one (the benchmark's best) if the optimizer has trained (a fresh
+            one's first steps are as large as its rate, and at 3x wrecked a
+            transformer); an optimizer that follows a schedule is left
+            alone. Defaults to `"auto"`.
+        reference_inputs: Inputs for `guard` (the training inputs;
+            `shrink()` passes `x`). Needed only with a guard.
         validation_data: `(x, y)` or `(x, y, sample_weight)` arrays, a
-            dataset, or a `keras.utils.PyDataset`, for the baseline and the
-            one final check. Not an iterator that can be read only once.
+            dataset, or a `keras.utils.PyDataset`, giving the same samples
+            in the same order at each reading: the tolerance mode's checks
+            (required there), and `result.baseline`/`final`. Not an
+            iterator that can be read only once.
         validation_steps: How many batches of `validation_data` to read, as
             for `fit`; needed for a dataset that repeats forever.
         weights: Weight kinds to shrink. Defaults to `"kernel"`.
         layers: Layer selector, as in `apply_regularizers`. Defaults to all.
-        monitor: With `patience`: the logged metric whose plateau starts the
-            shrink. Defaults to `"val_loss"`.
+        monitor: The validation metric the phase watches, by its log name
+            (`"val_mae"`): in the tolerance mode, the one that may get
+            worse by at most `tolerance` (default: top-1 accuracy); with
+            `patience`, the one whose plateau starts the shrink (default:
+            `"val_loss"`).
         mode: `"min"`, `"max"` or `"auto"` (max for accuracy-like names),
             for `monitor`.
         backup_dir: Optional directory for the phase's state (see above).
@@ -178,6 +190,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         sparsity: float | None = None,
         tolerance: float | None = None,
         max_sparsity: float | None = None,
+        levels=None,
         granularity: str = "weight",
         schedule: SparsitySchedule | None = None,
         score="curvature",
@@ -189,7 +202,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         validation_steps: int | None = None,
         weights="kernel",
         layers="*",
-        monitor: str = "val_loss",
+        monitor: str | None = None,
         mode: str = "auto",
         backup_dir: str | None = None,
         verbose: int = 0,
@@ -224,8 +237,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             "max_sparsity", _CEILING[granularity] if max_sparsity is None else max_sparsity, maximum=1.0)
         target = self.sparsity if self.sparsity is not None else self.max_sparsity
         if schedule is None:
-            initial = _INITIAL[granularity] if self.mode_name == "sparsity" else 0.0
-            schedule = CubicRamp(target, initial=initial)
+            schedule = CubicRamp(target, initial=_INITIAL[granularity])
         if not isinstance(schedule, SparsitySchedule):
             raise TypeError(
                 "Invalid value for argument `schedule`: expected a "
@@ -238,16 +250,17 @@ class ShrinkPhase(keras.callbacks.Callback):
                 "Invalid value for argument `guard`: expected a "
                 f"keras_regkit.shrinking.AgreementGuard. Received: guard={guard!r}"
             )
-        if self.mode_name == "tolerance":
-            if reference_inputs is None:
-                raise ValueError(
-                    "The tolerance mode needs `reference_inputs=` (the training inputs, or a "
-                    "sample of them), on which the guard compares the model with its start; "
-                    "`keras_regkit.shrink` passes `x`. Or give `sparsity=` instead."
-                )
-            guard = guard or guards_lib.AgreementGuard(
-                min(1.0, guards_lib.DISAGREEMENT_PER_TOLERANCE * self.tolerance))
+        if guard is not None and reference_inputs is None:
+            raise ValueError(
+                "A `guard` needs `reference_inputs=` (the training inputs, or a sample of them), "
+                "on which it compares the model with its start; `keras_regkit.shrink` passes `x`."
+            )
+        if guard is not None and self.mode_name == "sparsity":
+            raise ValueError(
+                "A `guard` takes part in the tolerance mode only (its levels must hold it); the "
+                f"sparsity mode cuts to its target regardless. Received: guard={guard!r}")
         self.guard = guard
+        self.levels = self._levels(levels)
         self.reference_inputs = _check_rereadable(reference_inputs, "reference_inputs")
         self.cut_every = _validate.integer("cut_every", cut_every, minimum=1)
         if not (learning_rate is None or learning_rate == "auto"):
@@ -265,13 +278,13 @@ class ShrinkPhase(keras.callbacks.Callback):
         self.weights_spec = weights_lib.normalize_kinds(weights)
         weights_lib.check_selector(layers)
         self.layers = layers
-        if not isinstance(monitor, str):
-            raise TypeError(f"Invalid value for argument `monitor`: expected a str. Received: monitor={monitor!r}")
-        if mode not in ("auto", "min", "max"):
+        # Validates monitor and mode; measures only with validation data.
+        self.check = guards_lib.ValidationCheck(self.tolerance or 0.0, monitor, mode)
+        if self.mode_name == "tolerance" and self.validation_data is None:
             raise ValueError(
-                "Invalid value for argument `mode`: expected 'auto', 'min' or "
-                f"'max'. Received: mode={mode!r}"
-            )
+                "The tolerance mode needs `validation_data=` (arrays or a dataset with targets): "
+                "each level it reaches is checked there against the starting model. Or give "
+                "`sparsity=` for a target instead.")
         self.monitor, self.mode = monitor, mode
         if backup_dir is not None and (not isinstance(backup_dir, (str, os.PathLike)) or not os.fspath(backup_dir)):
             raise TypeError(
@@ -376,25 +389,34 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._say("shrink interrupted: back at its last good weights.")
 
     # -- the phase --------------------------------------------------------
-    def _maximize(self) -> bool:
-        if self.mode != "auto":
-            return self.mode == "max"
-        name = self.monitor.removeprefix("val_")
-        return any(key in name for key in ("acc", "auc", "precision", "recall", "f1"))
+    def _levels(self, levels) -> tuple[float, ...]:
+        """The tolerance mode's candidate levels, rising, ending at
+        `max_sparsity`."""
+        if levels is None:
+            levels = _LEVELS[self.granularity]
+        elif isinstance(levels, (str, bytes)) or not hasattr(levels, "__iter__"):
+            raise TypeError(
+                "Invalid value for argument `levels`: expected a list of sparsities in (0, 1]. "
+                f"Received: levels={levels!r}")
+        else:
+            levels = [_validate.real("levels", level, maximum=1.0) for level in levels]
+        return tuple(sorted({level for level in levels if 0 < level < self.max_sparsity} | {self.max_sparsity}))
 
     def _watch(self, epoch, logs):
-        if self.monitor not in logs and self.patience is None:
+        monitor = self.monitor or "val_loss"
+        if monitor not in logs and self.patience is None:
             if epoch + 1 >= self.start_epoch:
                 self._start(epoch + 1)  # nothing to pick the best weights by
             return
-        if self.monitor not in logs:
+        if monitor not in logs:
             raise ValueError(
-                f"ShrinkPhase waits on {self.monitor!r}, which is not in the epoch logs "
+                f"ShrinkPhase waits on {monitor!r}, which is not in the epoch logs "
                 f"{sorted(logs)}. Pass validation data to fit, or choose `monitor=` among them, "
                 "or give `start_epoch=`."
             )
-        value = float(logs[self.monitor])
-        improved = self._best_value is None or (value > self._best_value if self._maximize() else value < self._best_value)
+        value = float(logs[monitor])
+        better = guards_lib.maximizes(monitor, self.mode)
+        improved = self._best_value is None or (value > self._best_value if better else value < self._best_value)
         if improved:
             self._best_value, self._best_weights, self._wait = value, self.model.get_weights(), 0
         else:
@@ -417,62 +439,83 @@ class ShrinkPhase(keras.callbacks.Callback):
         self.result.started_at_epoch = epoch
 
     def _start(self, epoch: int) -> None:
+        # Everything that reads the user's data comes first: an error there
+        # leaves the model and its optimizer as they were.
+        if self.validation_data is not None:
+            self.result.baseline = self._measure_start()
         self._begin(epoch)
         self._user_learning_rate = self._set_learning_rate()
-        if self.validation_data is not None:
-            self._start_hits, weights = self._validation_hits()
-            self.result.baseline = guards_lib.accuracy(self._start_hits, weights)
-        self._step = self._epoch_steps = self._failed_checks = 0
-        self._ceiling = None
+        self._step = self._epoch_steps = 0
+        self._pending = None  # the level being ramped to, awaiting its check
         self._phase = "ramping"
-        self._good = self._snapshot()
+        # The last state that passed a check (the start counts), and the
+        # one to go back to (also the starting cut, once made).
+        self._good = self._safe = self._snapshot()
         self._say(f"Epoch {epoch + 1}: shrink starts ({self.mode_name} mode).")
-        self._cut_to(self.schedule(0.0))
+        self._check_and_cut()
 
-    def _validation_hits(self):
-        return guards_lib.validation_hits(self.model, self.validation_data, self.validation_steps)
+    def _measure_start(self) -> float | None:
+        if self.mode_name == "sparsity" and self.check.monitor is None and not guards_lib.has_class_output(self.model, self.validation_data, self.validation_steps):
+            self.check = guards_lib.ValidationCheck(0.0, "val_loss")  # reported, never a limit
+        self.result.monitor = self.check.name
+        return self.check.start(self.model, self.validation_data, self.validation_steps)
 
     def _progress(self) -> float:
         return min(self._step / self._total_steps, 1.0) if self._total_steps else 0.0
 
     def _check_and_cut(self) -> None:
-        if self.guard is not None:
-            if not self.guard.holds(self.model):
-                self._failed_checks += 1
-                if self._failed_checks > self.guard.patience:
-                    self._back_off()
-                return  # no cut: the next steps may recover
-            self._failed_checks = 0
-            self._good = self._snapshot()
-        sparsity = self.schedule(self._progress())
-        ramp_done = sparsity >= self.schedule.target
-        if self._ceiling is not None:
-            if self._converged():
-                self._phase = "holding"
+        if self.mode_name == "sparsity":
+            sparsity = self.schedule(self._progress())
+            if sparsity >= self.schedule.target:
+                self._phase = "holding"  # the rest trains with these zeros
+            self._cut_to(sparsity)
+            return
+        self._climb()
+
+    def _climb(self) -> None:
+        """The tolerance mode, one level at a time: cut gradually to the next
+        level (over `_CLIMB` of the budget), then train there, checking
+        every `cut_every` steps, until it holds (then on to the next) or
+        `_HOLD` of the budget has passed (then back to the last that held,
+        to fine-tune). The last `_RESERVE` of the budget always fine-tunes."""
+        if self._pending is None:
+            upcoming = [level for level in self.levels if level > self._good.sparsity + 1e-9]
+            if not upcoming or self._progress() > 1.0 - _RESERVE:
+                self._phase = "holding"  # the rest fine-tunes the last level that held
                 return
-            # Bisect between the last state that held and the one that failed.
-            sparsity = min(sparsity, (self._good.sparsity + self._ceiling) / 2)
-        self._cut_to(sparsity)
-        if ramp_done:
-            self._phase = "holding"  # the rest trains with these zeros
+            self._pending, self._level_began = upcoming[0], self._step
+        elapsed = (self._step - self._level_began) / max(self._total_steps or 1, 1)
+        climbed = min(1.0, elapsed / _CLIMB)
+        self._cut_to(self._good.sparsity + climbed * (self._pending - self._good.sparsity))
+        if climbed < 1.0:
+            return
+        if self._level_holds():
+            self._climb()  # on to the next level at once
+        elif elapsed >= _CLIMB + _HOLD or self._progress() > 1.0 - _RESERVE:
+            self._end_ramp(f"Step {self._step}: {self.result.levels[-1][0]:.2%} does not recover")
 
-    def _converged(self) -> bool:
-        """The last good sparsity is within 5 % of the remaining weights of
-        the one that failed: the search is done."""
-        return self._ceiling - self._good.sparsity <= 0.05 * (1.0 - self._good.sparsity)
+    def _level_holds(self) -> bool:
+        """Checks the pending level; if it holds it is the new state to go
+        back to."""
+        value, worse = self.check.measure(self.model)
+        held = worse <= self.tolerance and (self.guard is None or self.guard.holds(self.model))
+        self.result.levels.append((self._pending, value, bool(held)))
+        self._say(f"Step {self._step}: {self._pending:.2%} zeros, {self.check.name} {value:.4g} "
+                  f"({'holds' if held else 'fails'})")
+        if held:
+            self._good = self._safe = self._snapshot()
+            self._pending = None
+        return held
 
-    def _back_off(self) -> None:
-        """The guard failed: back to the last state that held, and from then
-        on cut only halfway towards the sparsity that failed, until the two
-        are within 5 % of the remaining weights of each other."""
-        self._failed_checks = 0
-        self._ceiling = self._sparsity()
+    def _end_ramp(self, why: str) -> None:
+        """A level failed: back to the last that held, fine-tuned from
+        here with its zeros fixed; if none did, back to the start and stop."""
+        self._pending = None
         self.result.stopped_at = self._progress()
-        self._rollback(f"Step {self._step}: disagreement over {self.guard.max_disagreement:.2%} "
-                       f"at sparsity {self._ceiling:.2%}")
-        if self._converged():
-            self._phase = "holding"
-            self._say("The zeros are fixed from here.")
+        self._rollback(why)
+        self._phase = "holding"
+        if self._good.sparsity == 0:
+            self.model.stop_training = True  # nothing to fine-tune: fit ends here
 
     def _sparsity(self) -> float:
         zeros, total = masks_lib.zero_count(self._refs, self.granularity)
@@ -498,32 +541,40 @@ class ShrinkPhase(keras.callbacks.Callback):
         """Back to the last good state: its weights, zeros and optimizer
         slots."""
         self._good.restore(self.model, [ref.variable for ref in self._refs])
+        self._pending = None
         self.result.rollbacks += 1
         self._say(f"{why}: back to step {self._good.step}.")
 
     def _finish(self) -> None:
-        if self.guard is not None and not self.guard.holds(self.model):
-            # Drifted since the last check (or never checked at the ceiling).
-            self.result.stopped_at = self.result.stopped_at or self._progress()
-            self._rollback("End of the budget: disagreement over the limit")
-        if self.mode_name == "sparsity":
+        if self.mode_name == "tolerance":
+            if self._pending is not None and not self._level_holds():
+                self._end_ramp("End of the budget: the last level fails the check")
+            elif self._good.sparsity > 0 and not self._final_holds():
+                # Back to the last level that passed its check (or the start).
+                self._good = self._safe
+                self._rollback("End of the budget: the final model fails the check")
+            if self._good.sparsity == 0:
+                self.model.set_weights(self._start_weights)
+        else:
             self._cut_to(self.sparsity)  # exact, whatever the cadence left
-        self.result.outcome = "stopped by the guard" if self.result.stopped_at is not None else "pruned"
+        if self.mode_name == "tolerance" and self._good.sparsity == 0:
+            self.result.outcome, self.result.threshold = "baseline", None
+        else:
+            self.result.outcome = "stopped by the check" if self.result.stopped_at is not None else "pruned"
         pruning.release_zeros(self.model)
         self._restore_learning_rate()
-        if self.validation_data is not None and self.mode_name == "tolerance":
-            hits, weights = self._validation_hits()
-            if guards_lib.drop_exceeds(self._start_hits, hits, weights, self.tolerance):
-                # The one check on labelled data failed: back to the start.
-                self.model.set_weights(self._start_weights)
-                self.result.outcome = "baseline"
-                self.result.threshold = None
         self._conclude()
+
+    def _final_holds(self) -> bool:
+        value, worse = self.check.measure(self.model)
+        held = worse <= self.tolerance
+        self._say(f"End of the budget: {self.check.name} {value:.4g} ({'holds' if held else 'fails'})")
+        return held
 
     def _conclude(self) -> None:
         self.result.steps = self._step
-        if self.validation_data is not None:
-            self.result.final = guards_lib.accuracy(*self._validation_hits())
+        if self.validation_data is not None and self.check.data is not None:
+            self.result.final = self.check.measure(self.model)[0]
         if self.guard is not None:
             self.result.disagreement = self.guard.disagreement(self.model)
         self.result.layers = stats.WeightStats(self.model, self.weights_spec).compute()
@@ -590,15 +641,15 @@ class ShrinkPhase(keras.callbacks.Callback):
             snapshots["best"] = self._best_weights
         if self._phase in _ACTIVE:
             numbers.update(step=self._step, total_steps=self._total_steps, good_step=self._good.step,
-                           failed_checks=self._failed_checks, ceiling=self._ceiling,
-                           good_sparsity=self._good.sparsity,
+                           pending=self._pending, good_sparsity=self._good.sparsity,
                            user_learning_rate=self._user_learning_rate,
                            shrink_learning_rate=float(keras.ops.convert_to_numpy(self._optimizer().learning_rate)),
+                           check_baseline=self.check.baseline, monitor=self.result.monitor,
                            result={name: getattr(self.result, name) for name in _RESULT_FIELDS})
             snapshots.update(start=self._start_weights, current=self.model.get_weights(),
                              good=self._good.weights, good_slots=self._good.slots)
-            if getattr(self, "_start_hits", None) is not None:
-                snapshots["start_hits"] = [self._start_hits]
+            if self.check.start_hits is not None:
+                snapshots["start_hits"] = [self.check.start_hits]
         self._state.save(epochs_done, numbers, snapshots)
 
     def _resume(self, epoch: int) -> bool:
@@ -629,13 +680,19 @@ class ShrinkPhase(keras.callbacks.Callback):
                 setattr(self.result, name, state["result"][name])
             self._step, self._total_steps = state["step"], state["total_steps"]
             self._epoch_steps = 0
-            self._failed_checks, self._ceiling = state["failed_checks"], state["ceiling"]
+            self._pending = state["pending"]
             self._user_learning_rate = state["user_learning_rate"]
             if self._user_learning_rate is not None:
                 self._optimizer().learning_rate = state["shrink_learning_rate"]
             self._good = Snapshot(snapshots["good"], snapshots["good_slots"], state["good_step"],
                                    state["good_sparsity"])
-            self._start_hits = snapshots["start_hits"][0] if "start_hits" in snapshots else None
+            if self.validation_data is not None:
+                self.result.monitor = state["monitor"]
+                if self.result.monitor != self.check.name:  # the sparsity mode's fallback to the loss
+                    self.check = guards_lib.ValidationCheck(0.0, self.result.monitor)
+                self.check.restore(self.validation_data, self.validation_steps, {
+                    "baseline": state["check_baseline"],
+                    "start_hits": snapshots["start_hits"][0] if "start_hits" in snapshots else None})
             self.model.set_weights(snapshots["current"])
             pruning.hold_zeros(self.model, [ref.variable for ref in self._refs])
             self._phase = state["phase"]

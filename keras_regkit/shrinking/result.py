@@ -15,8 +15,13 @@ class ShrinkResult:
         target: The sparsity asked for (sparsity mode), or the ceiling the
             ramp headed for (tolerance mode).
         tolerance: The accuracy tolerance (tolerance mode), else None.
-        baseline, final: Top-1 accuracy on the validation data at the start
+        baseline, final: The validation metric (`monitor`) at the start
             and at the end (None without validation data).
+        monitor: What `baseline` and `final` measure: `"top-1 accuracy"`
+            by default, the `monitor=` asked for, or `"val_loss"` for a
+            model without a class output in the sparsity mode.
+        levels: The tolerance mode's checks, in order:
+            `(sparsity, metric, held)` for each level it reached.
         disagreement: Fraction of the guard's reference inputs whose top-1
             class differs from the starting model's at the end (tolerance
             mode), else None.
@@ -25,8 +30,8 @@ class ShrinkResult:
         cuts: How many cuts it made.
         rollbacks: How often it went back to its last good state (a guard
             check that failed, a non-finite loss).
-        stopped_at: Fraction of the budget at which the guard last failed
-            (None if it never did).
+        stopped_at: Fraction of the budget at which a level failed its check
+            (None if none did).
         threshold: The highest score cut (entries: `w²` or `w²·sqrt(v)`;
             units: their mean score relative to their layer's mean).
         sparsity: Fraction of exact zeros over the covered weights (of units
@@ -37,17 +42,17 @@ class ShrinkResult:
             `keras_regkit.compact` removes the dead.
         granularity: `"weight"` or `"unit"`.
         score: The score's name.
-        outcome: `"pruned"`, `"stopped by the guard"` (it failed at least
-            once and the sparsity ended below the ramp's), `"baseline"` (the
-            final check failed: the starting weights are back),
+        outcome: `"pruned"`, `"stopped by the check"` (a level failed, the
+            model ends at the last one that held), `"baseline"` (not even
+            the first level held: the starting weights are back),
             `"interrupted"` or `"not started"`.
 
     Example:
 
     >>> result = rk.ShrinkResult("sparsity", target=0.9, baseline=0.97, final=0.965,
-    ...     sparsity=0.9, outcome="pruned")
+    ...     monitor="top-1 accuracy", sparsity=0.9, outcome="pruned")
     >>> print(str(result).splitlines()[0])
-    shrink (sparsity mode): pruned; exact zeros 90.0% (target 90.0%); validation top-1 0.97 -> 0.965
+    shrink (sparsity mode): pruned; exact zeros 90.0% (target 90.0%); top-1 accuracy 0.97 -> 0.965
     """
 
     mode: str
@@ -55,6 +60,7 @@ class ShrinkResult:
     tolerance: float | None = None
     baseline: float | None = None
     final: float | None = None
+    monitor: str | None = None
     disagreement: float | None = None
     started_at_epoch: int | None = None
     steps: int = 0
@@ -62,6 +68,7 @@ class ShrinkResult:
     rollbacks: int = 0
     stopped_at: float | None = None
     threshold: float | None = None
+    levels: list = dataclasses.field(default_factory=list)
     sparsity: float = 0.0
     unit_sparsity: float = 0.0
     layers: list = dataclasses.field(default_factory=list)
@@ -76,13 +83,16 @@ class ShrinkResult:
         if self.mode == "sparsity" and self.target is not None:
             head += f" (target {self.target:.1%})"
         if self.baseline is not None and self.final is not None:
-            head += f"; validation top-1 {self.baseline:.4g} -> {self.final:.4g}"
+            head += f"; {self.monitor or 'validation'} {self.baseline:.4g} -> {self.final:.4g}"
         lines = [head]
         details = [f"{self.cuts} cuts in {self.steps} steps by {self.score} score"]
         if self.disagreement is not None:
             details.append(f"disagreement with the start {self.disagreement:.2%}")
+        if self.levels:
+            held = [level for level, _, ok in self.levels if ok]
+            details.append(f"levels held: {', '.join(f'{level:.1%}' for level in held) or 'none'}")
         if self.stopped_at is not None:
-            details.append(f"guard stopped the ramp at {self.stopped_at:.0%} of the budget")
+            details.append(f"a level failed at {self.stopped_at:.0%} of the budget")
         if self.rollbacks:
             details.append(f"{self.rollbacks} rollbacks")
         lines.append("; ".join(details))

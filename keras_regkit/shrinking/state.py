@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 
 FOLDER = "keras_regkit_shrink"  # inside `backup_dir`
-FORMAT = 3
+FORMAT = 4
 
 
 class PhaseState:
