@@ -131,13 +131,13 @@ class Spy(keras.callbacks.Callback):
 
 
 RESULT_FIELDS = ("baseline", "final", "started_at_epoch", "steps", "cuts", "rollbacks", "stopped_at", "threshold",
-                 "outcome", "sparsity", "disagreement")
+                 "outcome", "sparsity", "levels", "monitor")
 
 
-def shrink_fit(backup, extra=(), backup_first=False, between=(), before=(), phase_validation=False, made=None):
+def shrink_fit(backup, extra=(), backup_first=False, between=(), before=(), made=None):
     """Trains from scratch for 6 epochs with a scheduled penalty of the
-    user's; the shrink (tolerance mode, its guard checking every 4 steps)
-    starts at epoch 2, and its guard stops the ramp on the way to 99 %.
+    user's; the shrink (tolerance mode, cutting every 4 steps) starts at
+    epoch 2, and a level fails its check on the way to 99 %.
     `extra` callbacks go after ShrinkPhase and BackupAndRestore, `between`
     between them, `before` before them; `made` (a list) receives
     `(model, phase)` before `fit` starts. Returns a plain record of the run."""
@@ -152,9 +152,8 @@ def shrink_fit(backup, extra=(), backup_first=False, between=(), before=(), phas
                   metrics=["accuracy"])
     x, y = classification_data(256, 0)
     xv, yv = classification_data(128, 1)
-    phase = ShrinkPhase(start_epoch=2, tolerance=0.02, reference_inputs=x, cut_every=4, max_sparsity=0.99,
-                        guard=rk.shrinking.AgreementGuard(0.02, patience=0), backup_dir=backup,
-                        validation_data=(xv, yv) if phase_validation else None)
+    phase = ShrinkPhase(start_epoch=2, tolerance=0.02, cut_every=4, max_sparsity=0.99, backup_dir=backup,
+                        validation_data=(xv, yv))
     first, second = phase, keras.callbacks.BackupAndRestore(backup)
     if backup_first:
         first, second = second, first
@@ -172,11 +171,20 @@ def shrink_fit(backup, extra=(), backup_first=False, between=(), before=(), phas
     }
 
 
+def assert_same_result(got, expected):
+    for name in RESULT_FIELDS:
+        if name == "levels":  # (sparsity, metric, held) of each check, in order
+            assert len(got[name]) == len(expected[name])
+            for a, b in zip(got[name], expected[name]):
+                assert tuple(a) == pytest.approx(tuple(b)), name
+        else:
+            assert got[name] == pytest.approx(expected[name]), name
+
+
 def assert_same_run(got, expected):
     """Same result and, at each epoch `got` ran, the same weights, penalty
     and held zeros as the next train step of `expected` saw."""
-    for name in RESULT_FIELDS:
-        assert got["result"][name] == pytest.approx(expected["result"][name]), name
+    assert_same_result(got["result"], expected["result"])
     assert got["seen"], "the resumed run ran no epoch"
     for epoch, seen in got["seen"].items():
         want = expected["seen"][int(epoch)]
@@ -211,9 +219,9 @@ def state_files(backup):
 def test_shrink_resumes_as_if_never_interrupted(tmp_path):
     expected = reference()
     # The reference goes through every part of the phase: ramping, the
-    # guard's stop and rollback, the zeros held to the end.
+    # check's stop and rollback, the zeros held to the end.
     assert expected["result"]["started_at_epoch"] == 2 and expected["result"]["rollbacks"] >= 1
-    assert expected["result"]["outcome"] == "stopped by the guard"
+    assert expected["result"]["outcome"] == "stopped by the check"
     assert expected["seen"][3]["held"] and not expected["seen"][1]["held"]
     backup = str(tmp_path / "backup")
     made, left_on_disk = [], []
@@ -259,8 +267,7 @@ def test_interrupted_while_finishing_resumes_the_ending(tmp_path):
     # No epoch is left to run: the resumed fit only ends the phase.
     got = shrink_fit(backup)
     assert got["seen"] == {}
-    for name in RESULT_FIELDS:
-        assert got["result"][name] == pytest.approx(reference()["result"][name]), name
+    assert_same_result(got["result"], reference()["result"])
     for a, b in zip(got["weights"], reference()["weights"]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

@@ -127,13 +127,21 @@ def test_tolerance_mode_with_a_multi_output_model_holds_every_class_output():
     model = two_output_model()
     x, y = two_output_data()
     xv, yv = two_output_data(seed=1)
-    start = {name: np.argmax(keras.ops.convert_to_numpy(out), -1) for name, out in model(x).items() if name != "size"}
+    def accuracies():
+        outputs = model(xv)
+        return {name: np.mean(np.argmax(keras.ops.convert_to_numpy(outputs[name]), -1) == yv[name])
+                for name in outputs if name != "size"}
+
+    start = accuracies()
     result = rk.shrink(model, x, y, tolerance=0.05, validation_data=(xv, yv), epochs=4, batch_size=32,
                        cut_every=2)
     assert result.sparsity > 0.2
-    for name, before in start.items():
-        after = np.argmax(keras.ops.convert_to_numpy(model(x)[name]), -1)
-        assert np.mean(after != before) <= 0.05 + 1e-9, name
+    # Each class output keeps its accuracy within the tolerance; the
+    # reported figure is their mean.
+    end = accuracies()
+    for name in start:
+        assert end[name] >= start[name] - 0.05 - 1e-9, name
+    assert result.final == pytest.approx(np.mean(list(end.values())))
 
 
 class Batches(keras.utils.PyDataset):
@@ -197,7 +205,7 @@ def test_data_that_can_be_read_only_once_is_refused_not_used_up():
         rk.shrink(model, [a, b], y, sparsity=0.5, validation_data=batches())
     validation = batches()
     with pytest.raises(ValueError, match="reference_inputs"):
-        rk.shrink(model, batches(), validation_data=validation, tolerance=0.01)
+        rk.shrink(model, batches(), validation_data=validation, tolerance=0.01, guard=rk.shrinking.AgreementGuard(0.1))
     assert next(validation)[1].shape == (32,)  # untouched by the refused call
     # The sparsity mode reads the training data only through fit.
     result = rk.shrink(model, batches(), sparsity=0.5, epochs=1, steps_per_epoch=N // 32)

@@ -196,12 +196,35 @@ def test_sample_inputs_keeps_the_structure_of_list_and_dict_inputs():
     assert len(listed) == 2 and listed[0].shape == (10,)
 
 
-def test_final_check_tells_a_real_drop_from_noise():
-    start = np.ones(400)
-    weights = np.ones(400)
-    one_wrong = start.copy()
-    one_wrong[:5] = 0  # 1.25 % lost
-    assert not guards.drop_exceeds(start, one_wrong, weights, tolerance=0.01)
-    many_wrong = start.copy()
-    many_wrong[:40] = 0  # 10 % lost
-    assert guards.drop_exceeds(start, many_wrong, weights, tolerance=0.01)
+def test_validation_check_compares_each_class_output_with_its_start_sample_by_sample():
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(200, 3)).astype("float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
+    y = np.argmax(keras.ops.convert_to_numpy(model(x)), -1)  # the start is right everywhere
+    check = guards.ValidationCheck(tolerance=0.02)
+    assert check.start(model, (x, y)) == 1.0 and check.holds(model)
+    kernel = model.layers[0].kernel
+    kernel.assign(keras.ops.convert_to_numpy(kernel) + np.random.default_rng(1).normal(size=(3, 4)) * 0.3)
+    accuracy = np.mean(np.argmax(keras.ops.convert_to_numpy(model(x)), -1) == y)
+    assert check.measure(model) == pytest.approx((accuracy, 1.0 - accuracy))
+    assert check.holds(model) == (1.0 - accuracy <= 0.02)
+    kernel.assign(keras.ops.full((3, 4), float("nan")))
+    assert not check.holds(model)  # NaN predictions are never right
+
+
+def test_validation_check_of_an_error_metric_is_relative_to_its_start():
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse", metrics=["mae"])
+    y = np.zeros((64, 1), "float32")
+    model.evaluate(x, y, verbose=0)  # builds the compiled metrics
+    check = guards.ValidationCheck(tolerance=0.1, monitor="val_mae")
+    start = check.start(model, (x, y))
+    assert start == pytest.approx(model.evaluate(x, y, verbose=0, return_dict=True)["mae"], rel=1e-5)
+    kernel = model.layers[0].kernel
+    kernel.assign(keras.ops.convert_to_numpy(kernel) * 1.05)  # MAE 5 % worse: holds
+    assert check.measure(model)[1] == pytest.approx(0.05, abs=1e-4) and check.holds(model)
+    kernel.assign(keras.ops.convert_to_numpy(kernel) * 1.1)  # 15.5 % worse: fails
+    assert not check.holds(model)
+    with pytest.raises(ValueError, match="val_mse"):
+        guards.ValidationCheck(0.1, monitor="val_mse").start(model, (x, y))

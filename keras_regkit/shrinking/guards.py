@@ -232,7 +232,7 @@ class ValidationCheck:
     >>> y = (x[:, 0] > 0).astype("int32")
     >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     >>> check = rk.shrinking.ValidationCheck(tolerance=0.01)
-    >>> check.start(model, (x, y))
+    >>> baseline = check.start(model, (x, y))
     >>> check.holds(model)
     True
     """

@@ -447,10 +447,9 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._user_learning_rate = self._set_learning_rate()
         self._step = self._epoch_steps = 0
         self._pending = None  # the level being ramped to, awaiting its check
+        self._level = 0.0  # the last level that held
         self._phase = "ramping"
-        # The last state that passed a check (the start counts), and the
-        # one to go back to (also the starting cut, once made).
-        self._good = self._safe = self._snapshot()
+        self._good = self._snapshot()  # the state to go back to
         self._say(f"Epoch {epoch + 1}: shrink starts ({self.mode_name} mode).")
         self._check_and_cut()
 
@@ -479,7 +478,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         `_HOLD` of the budget has passed (then back to the last that held,
         to fine-tune). The last `_RESERVE` of the budget always fine-tunes."""
         if self._pending is None:
-            upcoming = [level for level in self.levels if level > self._good.sparsity + 1e-9]
+            upcoming = [level for level in self.levels if level > self._level]
             if not upcoming or self._progress() > 1.0 - _RESERVE:
                 self._phase = "holding"  # the rest fine-tunes the last level that held
                 return
@@ -503,8 +502,8 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._say(f"Step {self._step}: {self._pending:.2%} zeros, {self.check.name} {value:.4g} "
                   f"({'holds' if held else 'fails'})")
         if held:
-            self._good = self._safe = self._snapshot()
-            self._pending = None
+            self._good = self._snapshot()
+            self._level, self._pending = self._pending, None
         return held
 
     def _end_ramp(self, why: str) -> None:
@@ -550,8 +549,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             if self._pending is not None and not self._level_holds():
                 self._end_ramp("End of the budget: the last level fails the check")
             elif self._good.sparsity > 0 and not self._final_holds():
-                # Back to the last level that passed its check (or the start).
-                self._good = self._safe
+                # Back to the last level as it passed its check.
                 self._rollback("End of the budget: the final model fails the check")
             if self._good.sparsity == 0:
                 self.model.set_weights(self._start_weights)
@@ -641,7 +639,8 @@ class ShrinkPhase(keras.callbacks.Callback):
             snapshots["best"] = self._best_weights
         if self._phase in _ACTIVE:
             numbers.update(step=self._step, total_steps=self._total_steps, good_step=self._good.step,
-                           pending=self._pending, good_sparsity=self._good.sparsity,
+                           pending=self._pending, level=self._level,
+                           level_began=getattr(self, "_level_began", 0), good_sparsity=self._good.sparsity,
                            user_learning_rate=self._user_learning_rate,
                            shrink_learning_rate=float(keras.ops.convert_to_numpy(self._optimizer().learning_rate)),
                            check_baseline=self.check.baseline, monitor=self.result.monitor,
@@ -678,9 +677,10 @@ class ShrinkPhase(keras.callbacks.Callback):
             self._begin(state["result"]["started_at_epoch"])
             for name in _RESULT_FIELDS:
                 setattr(self.result, name, state["result"][name])
+            self.result.levels = [tuple(check) for check in self.result.levels]
             self._step, self._total_steps = state["step"], state["total_steps"]
             self._epoch_steps = 0
-            self._pending = state["pending"]
+            self._pending, self._level, self._level_began = state["pending"], state["level"], state["level_began"]
             self._user_learning_rate = state["user_learning_rate"]
             if self._user_learning_rate is not None:
                 self._optimizer().learning_rate = state["shrink_learning_rate"]
