@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import math
 import os
 import shutil
@@ -256,9 +255,15 @@ def search_strength(
         TypeError, ValueError: Before the first trial, for a bad range, a
             factory that returns no regularizer, a selector that matches
             no weight, an objective the trials do not record, a model that is
-            not compiled, or missing validation data.
+            not compiled, missing validation data, a `directory` that is a
+            file, or `shrink` arguments that `rk.shrink` refuses for the
+            model (checked with a one-step shrink).
+        RuntimeError: If every regularized stage-1 trial failed.
 
     Warns:
+        UserWarning: When some trials fail (e.g. a `penalty` factory that
+            raises for some strengths): they are left out of the result, and
+            the warning names their strengths and the last error.
         UserWarning: Once, before the first trial, when the per-feature
             standard deviations of the numeric training inputs differ by more
             than 100×: one strength then means very different things per
@@ -312,6 +317,8 @@ def search_strength(
     for name, value in (("directory", directory), ("project_name", project_name)):
         if not (value is None and name == "directory") and not isinstance(value, (str, os.PathLike)):
             raise TypeError(f"Invalid value for argument `{name}`: expected a str path. Received: {name}={value!r}")
+    if directory:
+        directory = _directory(directory)
     if patience is not None:
         patience = _validate.integer("patience", patience, minimum=0)
     if validation_data is None:
@@ -356,6 +363,26 @@ def search_strength(
     finally:
         if not keep:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def _directory(directory) -> str:
+    """`directory`, created if it is missing: a path KerasTuner could not use
+    (a file, a folder below a file, no permission) fails here, before the
+    first trial."""
+    directory = os.fspath(directory)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(
+            "Invalid value for argument `directory`: it names a file, and KerasTuner keeps the "
+            f"search in a folder. Pass a folder's path (new or existing). Received: directory={directory!r}"
+        )
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise ValueError(
+            f"Invalid value for argument `directory`: cannot create the folder ({error.strerror}). "
+            f"Pass a folder's path that can be written. Received: directory={directory!r}"
+        ) from None
+    return directory
 
 
 def _run_stages(kt, trainer, objective, low, high, fine, project_name, overwrite, verbose, directory):
@@ -436,16 +463,36 @@ def _tuner(kt, trainer, objective, strengths, directory, project_name, overwrite
 
 
 def _rows(tuner, stage: str) -> list[dict]:
-    rows = []
+    """One row per completed trial. A failed trial (a factory or a shrink
+    that raised) records no metrics: it is left out, with a warning that
+    names its strength and its error."""
+    rows, failed = [], []
     # The oracle's public view of finished trials; it is the same through
     # KerasTuner's distributed client.
     for trial in tuner.oracle.get_best_trials(num_trials=10**6):
+        if trial.status != "COMPLETED":
+            failed.append(trial)
+            continue
         row = {"strength": float(trial.hyperparameters.get("strength"))}
         row["stage"] = "reference" if row["strength"] == 0 else stage
         for name in trial.metrics.metrics:
             row[name] = float(trial.metrics.get_last_value(name))
         rows.append(row)
+    if failed:
+        strengths = sorted(float(t.hyperparameters.get("strength")) for t in failed)
+        warnings.warn(
+            f"search_strength: {len(failed)} {stage} trial(s) failed and are left out of the result, "
+            f"at strengths {strengths}. The last error: {_last_line(failed[-1].message)}",
+            UserWarning,
+            stacklevel=4,
+        )
     return rows
+
+
+def _last_line(message) -> str:
+    """The exception line of a trial's traceback text."""
+    lines = [line for line in str(message or "").strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "(no trial message)"
 
 
 def _failure(tuner) -> str:
@@ -474,15 +521,10 @@ def _warn_if_unstandardised(x, limit: float = 100.0) -> None:
         )
 
 
-def _check_shrink(kwargs: dict, validation_data) -> None:
-    """Builds the `ShrinkPhase` that `rk.shrink(**kwargs)` would, so a bad
-    argument fails before the first trial, not inside every one."""
-    from keras_regkit.shrinking import ShrinkPhase, shrink
 
-    own = set(inspect.signature(shrink).parameters)
-    _validate.integer("shrink['epochs']", kwargs.get("epochs", 1), minimum=1)
-    phase = {k: v for k, v in kwargs.items() if k not in own or k in ("sparsity", "tolerance")}
-    ShrinkPhase(start_epoch=0, validation_data=validation_data, **phase)
+
+# `rk.shrink` arguments that every trial sets itself.
+_GIVEN_TO_SHRINK = ("model", "x", "y", "validation_data")
 
 
 class _Trainer:
@@ -536,9 +578,40 @@ class _Trainer:
         logs = self._evaluate(model, steps=1)
         recorded = {*logs, *_EXTRA}
         if self.shrink is not None:
-            _check_shrink(self.shrink, self.validation_data)
+            self._check_shrink(model)
             recorded |= {f"shrunk_{k}" for k in logs} | {"shrunk_zeros"}
         return recorded
+
+    def _check_shrink(self, model) -> None:
+        """Shrinks `model` for one step with the trials' `rk.shrink`
+        arguments, so that whatever `shrink` refuses (a bad argument, or one
+        this model cannot take, as the tolerance mode without accuracy or
+        `monitor=`) fails before the first trial, in `shrink`'s own words,
+        and not inside every trial."""
+        from keras_regkit.shrinking import shrink
+
+        given = sorted(set(self.shrink) & set(_GIVEN_TO_SHRINK))
+        if given:
+            raise ValueError(
+                f"Invalid value for argument `shrink`: {given} are set by the search (each trial shrinks "
+                f"its own model on `x`, `y` and `validation_data`); leave them out. Received: shrink={self.shrink!r}"
+            )
+        # Only the budget is the check's own: one step of one epoch.
+        _validate.integer("shrink['epochs']", self.shrink.get("epochs", 10), minimum=1)
+        budget = {"epochs": 1, "steps_per_epoch": 1, "validation_steps": 1}
+        try:
+            with warnings.catch_warnings():  # about a one-step shrink, not about the trials'
+                warnings.simplefilter("ignore")
+                shrink(model, self.x, self.y, validation_data=self.validation_data,
+                       **{**self._shrink_kwargs(), **budget})
+        except (TypeError, ValueError) as error:
+            raise type(error)(
+                f"Invalid value for argument `shrink`: rk.shrink(**shrink) refuses it for this model: {error} "
+                f"Received: shrink={self.shrink!r}"
+            ) from error
+
+    def _shrink_kwargs(self) -> dict:
+        return {"batch_size": self.batch_size, **self.shrink}
 
     def _evaluate(self, model, steps=None) -> dict:
         data = self.validation_data
@@ -576,8 +649,7 @@ class _Trainer:
         if self.shrink is not None:
             from keras_regkit.shrinking import shrink
 
-            kwargs = {"batch_size": self.batch_size, **self.shrink}
-            shrink(model, self.x, self.y, validation_data=self.validation_data, **kwargs)
+            shrink(model, self.x, self.y, validation_data=self.validation_data, **self._shrink_kwargs())
             record.update({f"shrunk_{k}": v for k, v in self._evaluate(model).items()})
             record["shrunk_zeros"] = sparsity_report(model, self.weights, self.threshold).total.sparsity
         return record

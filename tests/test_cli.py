@@ -36,6 +36,14 @@ def test_bad_arguments_give_one_line_error_and_nonzero_exit(argv):
     assert result.stderr.strip().splitlines()[-1].startswith("keras-regkit")
 
 
+def test_search_into_a_file_gives_one_line_error_and_nonzero_exit(tmp_path, capsys):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    assert cli.main(["search", "--quick", "--no-progress", "--directory", str(not_a_folder)]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("keras-regkit search: Invalid value for argument `directory`")
+
+
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     import keras

@@ -121,6 +121,13 @@ def test_a_search_without_a_directory_removes_the_folder_it_made(tmp_path, monke
     (dict(layers="encoder*"), ValueError, r"encoder\*"),
     (dict(validation_data=None), ValueError, r"validation_data=None"),
     (dict(shrink={"sparsity": 1.5}), ValueError, r"sparsity"),
+    (dict(shrink={"sparsity": 0.5, "unknown": 1}), TypeError, r"argument `shrink`.*unknown"),
+    (dict(shrink={"sparsity": 0.5, "epochs": 0}), ValueError, r"shrink\['epochs'\]=0"),
+    (dict(shrink={"sparsity": 0.5, "validation_data": None}), ValueError, r"argument `shrink`.*'validation_data'"),
+    # What shrink() refuses for this model (a regression: no top-1 accuracy to guard).
+    (dict(shrink={"tolerance": 0.02, "epochs": 1}), ValueError, r"argument `shrink`.*monitor="),
+    (dict(directory=__file__), ValueError, r"argument `directory`: it names a file"),
+    (dict(directory=__file__ + "/sub"), ValueError, r"argument `directory`: cannot create"),
 ])
 def test_bad_input_fails_before_the_first_trial(tmp_path, kwargs, error, match):
     (x, y), validation = teacher_data(n=16, inputs=6)
@@ -129,6 +136,38 @@ def test_bad_input_fails_before_the_first_trial(tmp_path, kwargs, error, match):
     with pytest.raises(error, match=match):
         rk.search_strength(lambda: linear_model(6), x, y, **arguments)
     assert trials.trained == 0
+
+
+def classifier():
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.Adam(0.05), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+def test_a_trial_that_fails_is_left_out_with_a_warning_and_the_search_goes_on(tmp_path):
+    (x, y), validation = teacher_data(n=16, inputs=6)
+
+    def penalty(strength):
+        if strength > 0.05:
+            raise RuntimeError(f"no penalty at {strength}")
+        return rk.regularizers.L1(strength)
+
+    with pytest.warns(UserWarning, match=r"1 decade trial\(s\) failed .* \[0\.1\].*no penalty at 0.1"):
+        result = rk.search_strength(lambda: linear_model(6), x, y, validation_data=validation, penalty=penalty,
+                                    low=1e-2, high=1e-1, fine=1, epochs=1, patience=None, directory=str(tmp_path))
+    assert [r["strength"] for r in result.rows] == [0.0, 0.01]
+    assert result.best_strength == 0.01
+
+
+def test_shrinks_every_trial_in_the_tolerance_mode_as_shrink_accepts_it(tmp_path):
+    (x, y), validation = teacher_data(n=32, inputs=6)
+    y, validation = (y > 0).astype("int32"), (validation[0], (validation[1] > 0).astype("int32"))
+    result = rk.search_strength(classifier, x, y, validation_data=validation, low=1e-2, high=1e-2, fine=1,
+                                epochs=1, patience=None, shrink={"tolerance": 0.02, "epochs": 1},
+                                directory=str(tmp_path))
+    assert [r["strength"] for r in result.rows] == [0.0, 0.01]
+    assert all({"shrunk_val_accuracy", "shrunk_zeros"} <= set(r) for r in result.rows)
 
 
 def test_grids():
