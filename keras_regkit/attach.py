@@ -197,8 +197,10 @@ def reapply_regularizers(model: keras.Model, attachment_json: str) -> Attachment
         The new `Attachment`.
 
     Raises:
-        ValueError: If the text is not such a record, or names a weight this
-            model does not have.
+        ValueError: If the text is not such a record (an entry missing a
+            field, of a wrong type, an index out of range, a regularizer
+            that cannot be read), or names a weight this model does not
+            have. The message names the entry; the model is left as it was.
 
     Example:
 
@@ -208,30 +210,71 @@ def reapply_regularizers(model: keras.Model, attachment_json: str) -> Attachment
     >>> len(rk.reapply_regularizers(copy, text)), len(copy.losses)
     (1, 1)
     """
+    return set_regularizers(model, _read_attachment(model, attachment_json), allow_unsaved=True)
+
+
+def _read_attachment(model: keras.Model, attachment_json) -> list:
+    """The `(WeightRef, regularizer)` pairs an `Attachment.to_json()` text
+    names on `model`. Every entry is checked before the caller changes
+    anything, so an edited or another model's text leaves the model as it
+    was."""
+
+    def invalid(what: str) -> ValueError:
+        return ValueError(f"Invalid value for argument `attachment_json`: {what}")
+
     try:
         record = json.loads(attachment_json)
-        if record.get("keras_regkit_attachment") != 1:
-            raise KeyError("keras_regkit_attachment")
-        configs, entries = record["regularizers"], record["weights"]
-    except (TypeError, ValueError, KeyError, AttributeError):
-        raise ValueError(
-            "Invalid value for argument `attachment_json`: expected the text of "
-            f"`Attachment.to_json()`. Received: {str(attachment_json)[:80]!r}"
-        ) from None
-    regularizers = [keras.saving.deserialize_keras_object(config) for config in configs]
-    by_key = {(ref.path, ref.kind): ref for ref in weights_lib.iter_weights(model, "all")}
-    missing = [f"{e['path']}:{e['kind']}" for e in entries if (e["path"], e["kind"]) not in by_key]
-    if missing:
-        raise ValueError(
-            f"reapply_regularizers: model '{model.name}' has no weights {missing[:5]} that the "
-            "attachment names; pass the model it was taken from (or a reloaded copy)."
+    except (TypeError, ValueError):
+        record = None
+    if (
+        not isinstance(record, dict)
+        or record.get("keras_regkit_attachment") != 1
+        or not isinstance(record.get("regularizers"), list)
+        or not isinstance(record.get("weights"), list)
+    ):
+        raise invalid(
+            "expected the text of `Attachment.to_json()` (a JSON object with `keras_regkit_attachment`: 1, "
+            f"`regularizers` and `weights` lists). Received: {str(attachment_json)[:80]!r}"
         )
-    return set_regularizers(
-        model,
-        [(by_key[(e["path"], e["kind"])], None if e["regularizer"] is None else regularizers[e["regularizer"]])
-         for e in entries],
-        allow_unsaved=True,
-    )
+    regularizers = []
+    for index, config in enumerate(record["regularizers"]):
+        try:
+            regularizer = keras.saving.deserialize_keras_object(config)
+        except Exception as error:  # whatever Keras raises for a config it cannot read
+            raise invalid(
+                f"regularizers[{index}] cannot be deserialized ({type(error).__name__}: {str(error)[:200]}). "
+                f"Received: {str(config)[:200]}"
+            ) from None
+        if not isinstance(regularizer, keras.regularizers.Regularizer):
+            raise invalid(
+                f"regularizers[{index}] is a {type(regularizer).__name__}, not a "
+                f"keras.regularizers.Regularizer. Received: {str(config)[:200]}"
+            )
+        regularizers.append(regularizer)
+    by_key = {(ref.path, ref.kind): ref for ref in weights_lib.iter_weights(model, "all")}
+    assignments = []
+    for index, entry in enumerate(record["weights"]):
+        where = f"entry weights[{index}] = {entry!r}"
+        if not isinstance(entry, dict) or set(entry) != {"path", "kind", "regularizer"}:
+            raise invalid(f"{where}: expected a dict with exactly the keys 'path', 'kind' and 'regularizer'.")
+        path, kind, position = entry["path"], entry["kind"], entry["regularizer"]
+        if not isinstance(path, str) or not isinstance(kind, str):
+            raise invalid(f"{where}: expected 'path' and 'kind' as strings.")
+        if position is not None and (
+            isinstance(position, bool) or not isinstance(position, int) or not 0 <= position < len(regularizers)
+        ):
+            raise invalid(
+                f"{where}: expected 'regularizer' to be null or an index into `regularizers`, an int "
+                f"in [0, {len(regularizers) - 1}]."
+            )
+        if (path, kind) not in by_key:
+            raise invalid(
+                f"{where}: model '{model.name}' has no weights {path}:{kind} that the attachment names; "
+                "pass the model it was taken from (or a reloaded copy). Its weights: "
+                f"{[f'{p}:{k}' for p, k in by_key][:8]}"
+            )
+        assignments.append((by_key[(path, kind)], None if position is None else regularizers[position]))
+    return assignments
 
 
 def set_regularizers(model: keras.Model, assignments, allow_unsaved: bool = False) -> Attachment:

@@ -202,3 +202,77 @@ def test_an_unregistered_regularizer_warns_that_the_file_needs_custom_objects(tm
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         rk.apply_regularizers(tiny_mlp(), {"out": L1(0.1), "hidden0": keras.regularizers.L2(0.1)})
+
+
+def _edited(edit):
+    """`to_json()` of an L1 on both kernels of `tiny_mlp()`, passed through
+    `edit(record)`; the first entry stays valid, so a call that applied
+    entries one by one would change the model before it failed."""
+    import json
+
+    record = json.loads(rk.apply_regularizers(tiny_mlp(), {"*": L1(0.1)}).to_json())
+    edit(record)
+    return json.dumps(record)
+
+
+def _set(path, value):
+    def edit(record):
+        *keys, last = path
+        target = record
+        for key in keys:
+            target = target[key]
+        target[last] = value
+    return edit
+
+
+def _delete(path):
+    def edit(record):
+        *keys, last = path
+        target = record
+        for key in keys:
+            target = target[key]
+        del target[last]
+    return edit
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (_delete(("weights", 1, "path")), r"weights\[1\].*exactly the keys"),
+    (_delete(("weights", 1, "kind")), r"weights\[1\].*exactly the keys"),
+    (_delete(("weights", 1, "regularizer")), r"weights\[1\].*exactly the keys"),
+    (_set(("weights", 1, "extra"), 1), r"weights\[1\].*exactly the keys"),
+    (_set(("weights", 1), ["out", "kernel", 0]), r"weights\[1\].*exactly the keys"),
+    (_set(("weights", 1, "regularizer"), 1), r"weights\[1\].*int in \[0, 0\]"),
+    (_set(("weights", 1, "regularizer"), -1), r"weights\[1\].*int in \[0, 0\]"),
+    (_set(("weights", 1, "regularizer"), "0"), r"weights\[1\].*int in \[0, 0\]"),
+    (_set(("weights", 1, "regularizer"), 0.0), r"weights\[1\].*int in \[0, 0\]"),
+    (_set(("weights", 1, "regularizer"), True), r"weights\[1\].*int in \[0, 0\]"),
+    (_set(("weights", 1, "path"), 3), r"weights\[1\].*'path' and 'kind' as strings"),
+    (_set(("weights", 1, "kind"), None), r"weights\[1\].*'path' and 'kind' as strings"),
+    (_set(("weights", 1, "path"), "decoder/out"), r"weights\[1\].*has no weights decoder/out:kernel"),
+    (_set(("weights", 1, "kind"), "kernal"), r"weights\[1\].*has no weights out:kernal"),
+    (_set(("regularizers", 0), {"class_name": "NoSuchRegularizer", "config": {}}),
+     r"regularizers\[0\] cannot be deserialized"),
+    (_set(("regularizers", 0), keras.saving.serialize_keras_object(keras.layers.Dense(2))),
+     r"regularizers\[0\] is a Dense"),
+    (_set(("regularizers", 0, "config", "alpha"), -1.0), r"regularizers\[0\] cannot be deserialized.*alpha"),
+    (_set(("weights",), {"path": "out"}), r"text of `Attachment.to_json\(\)`"),
+    (_delete(("regularizers",)), r"text of `Attachment.to_json\(\)`"),
+    (_set(("keras_regkit_attachment",), 2), r"text of `Attachment.to_json\(\)`"),
+])
+def test_reapply_refuses_an_edited_attachment_naming_the_entry_and_changes_nothing(edit, fragment):
+    text = _edited(edit)
+    model = tiny_mlp()
+    previous = L2(0.01)
+    model.get_layer("hidden0").kernel.regularizer = previous
+    with pytest.raises(ValueError, match=r"argument `attachment_json`.*" + fragment):
+        rk.reapply_regularizers(model, text)
+    assert model.get_layer("hidden0").kernel.regularizer is previous
+    assert model.get_layer("out").kernel.regularizer is None
+
+
+def test_reapply_refuses_another_models_attachment_and_changes_nothing():
+    text = rk.apply_regularizers(tiny_mlp(units=(8, 8, 4)), {"*": L1(0.1)}).to_json()
+    model = tiny_mlp()
+    with pytest.raises(ValueError, match=r"argument `attachment_json`: entry weights\[1\].*hidden1:kernel"):
+        rk.reapply_regularizers(model, text)
+    assert model.losses == []
