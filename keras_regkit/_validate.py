@@ -50,6 +50,25 @@ def real(name: str, value, minimum: float = 0.0, maximum: float = math.inf) -> f
     return float(value)
 
 
+# Penalties are computed in float32: a strength beyond its largest value is
+# inf there, and so is the penalty.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def strength(name: str, value, alternative: str = "") -> float:
+    """A penalty strength: a float in [0, FLOAT32_MAX]. `alternative` names
+    what else the caller accepts (e.g. a schedule), for the message."""
+    valid = f"a float in [0, {FLOAT32_MAX:.7g}] (penalties are computed in float32){alternative}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"Invalid value for argument `{name}`: expected {valid}. "
+            f"Received: {name}={value!r} of type {type(value).__name__}"
+        )
+    if not (math.isfinite(value) and 0 <= value <= FLOAT32_MAX):
+        raise ValueError(f"Invalid value for argument `{name}`: expected {valid}. Received: {name}={value}")
+    return float(value)
+
+
 def config_keys(cls, config: dict, valid) -> None:
     """Unknown keys in a config are an error that lists the valid ones."""
     unknown = sorted(set(config) - set(valid))

@@ -61,19 +61,7 @@ def _check_strength(name: str, value) -> Strength:
     if isinstance(value, LearningRateSchedule):
         _check_schedule_serializable(name, value)
         return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"Invalid value for argument `{name}`: expected a float >= 0 or a "
-            "`keras.optimizers.schedules.LearningRateSchedule`. Received: "
-            f"{name}={value!r} of type {type(value).__name__}"
-        )
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(
-            f"Invalid value for argument `{name}`: expected a finite float "
-            f">= 0 or a schedule. Received: {name}={value}"
-        )
-    return value
+    return _validate.strength(name, value, " or a `keras.optimizers.schedules.LearningRateSchedule`")
 
 
 def _check_schedule_serializable(name: str, schedule) -> None:
@@ -266,7 +254,7 @@ class L1(_Penalty):
 
     Raises:
         TypeError: If `alpha` is neither a number nor a serializable schedule.
-        ValueError: If `alpha` is negative, NaN or infinite.
+        ValueError: If `alpha` is negative, NaN, or beyond float32's range.
 
     Example:
 
@@ -301,7 +289,7 @@ class L2(_Penalty):
 
     Raises:
         TypeError: If `alpha` is neither a number nor a serializable schedule.
-        ValueError: If `alpha` is negative, NaN or infinite.
+        ValueError: If `alpha` is negative, NaN, or beyond float32's range.
 
     Example:
 
@@ -338,7 +326,7 @@ class ElasticNet(_Penalty):
     Raises:
         TypeError: If a strength is neither a number nor a serializable
             schedule.
-        ValueError: If a strength is negative, NaN or infinite.
+        ValueError: If a strength is negative, NaN, or beyond float32's range.
 
     Example:
 
@@ -374,9 +362,13 @@ def _group_norms(x, axis):
     w = ops.cast(x, "float32")
     squares = ops.sum(ops.square(w), axis=[i for i in range(len(w.shape)) if i != axis])
     # sqrt has an infinite derivative at 0: a dead group would get NaN
-    # gradients. Take the norm only where it is positive, 0 elsewhere.
+    # gradients. Take the norm only where it is positive; elsewhere
+    # `0 * squares`: 0 for a dead group, NaN for one holding NaN, so the
+    # penalty is NaN (as every other penalty's), not a dead group's 0. Its
+    # gradient, as the fused one: NaN at the NaN entries, 0 in the rest of
+    # their group.
     positive = squares > 0
-    return ops.where(positive, ops.sqrt(ops.where(positive, squares, 1.0)), 0.0)
+    return ops.where(positive, ops.sqrt(ops.where(positive, squares, 1.0)), 0.0 * squares)
 
 
 def _group_lasso_gradient(x, norms, factor, axis):
@@ -421,7 +413,8 @@ def _exp_abs_slope(w, u, exp_of_exponential, factor):
     exp(min(u, end))` on both sides of `end`, and 0 past the saturation,
     where the penalty is constant. sign(w) is 0 at exact zeros (see
     `_magnitude`)."""
-    return ops.where(u <= _SATURATE_AT, factor * ops.sign(w) * exp_of_exponential, 0.0)
+    # `u > _SATURATE_AT`, not `u <= ...`: a NaN weight gets a NaN gradient, as autodiff gives.
+    return ops.where(u > _SATURATE_AT, 0.0, factor * ops.sign(w) * exp_of_exponential)
 
 
 # Under TensorFlow the forward and the backward pass each run one
@@ -634,7 +627,7 @@ class ExpAbs(_Penalty):
     Raises:
         TypeError: If `alpha` is neither a number nor a serializable schedule,
             or `scale` is not a number.
-        ValueError: If `alpha` is negative, NaN or infinite, or `scale` is
+        ValueError: If `alpha` is negative, NaN, or beyond float32's range, or `scale` is
             outside [1e-30, 1e30].
 
     Example:
@@ -735,7 +728,7 @@ class GroupLasso(_Penalty):
     Raises:
         TypeError: If `alpha` is neither a number nor a serializable
             schedule, or `axis` is not an integer.
-        ValueError: If `alpha` is negative, NaN or infinite, or `axis` is out
+        ValueError: If `alpha` is negative, NaN, or beyond float32's range, or `axis` is out
             of range for the weight it is applied to (at the first call).
 
     Example:

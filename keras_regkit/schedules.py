@@ -23,10 +23,12 @@ class DelayedRamp(keras.optimizers.schedules.LearningRateSchedule):
     switch it on gradually, without the jump a sudden penalty gives the loss.
 
     Args:
-        target: Strength reached at the end of the ramp, a float >= 0.
+        target: Strength reached at the end of the ramp, a float in
+            [0, 3.4e38] (float32's range).
         delay_steps: Steps before the ramp starts, an int >= 0.
         ramp_steps: Length of the ramp in steps, an int >= 0.
-        initial: Strength before the ramp, a float >= 0. Defaults to 0.0.
+        initial: Strength before the ramp, a float in [0, 3.4e38].
+            Defaults to 0.0.
 
     Raises:
         TypeError, ValueError: If an argument has the wrong type or range.
@@ -45,10 +47,10 @@ class DelayedRamp(keras.optimizers.schedules.LearningRateSchedule):
         ramp_steps: int,
         initial: float = 0.0,
     ):
-        self.target = _validate.real("target", target)
+        self.target = _validate.strength("target", target)
         self.delay_steps = _validate.integer("delay_steps", delay_steps)
         self.ramp_steps = _validate.integer("ramp_steps", ramp_steps)
-        self.initial = _validate.real("initial", initial)
+        self.initial = _validate.strength("initial", initial)
 
     def __call__(self, step):
         # The step stays an integer until it is clipped to the ramp: float32

@@ -290,8 +290,8 @@ def search_strength(
         linear models via coordinate descent", JSS 2010 (the path plot).
     """
     kt = _import_keras_tuner()
-    low = _validate.real("low", low)
-    high = _validate.real("high", high)
+    low = _validate.strength("low", low)
+    high = _validate.strength("high", high)
     if low <= 0 or high < low:
         raise ValueError(
             "Invalid range for arguments `low`, `high`: expected 0 < low <= high. "

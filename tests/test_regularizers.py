@@ -1,4 +1,5 @@
 import math
+import re
 
 import keras
 import ml_dtypes
@@ -227,8 +228,46 @@ def test_rejects_negative_nan_and_infinite_strengths(cls, bad):
 
 @pytest.mark.parametrize("bad", ["0.1", None, [0.1], True, lambda step: 0.1])
 def test_rejects_non_numeric_strengths(bad):
-    with pytest.raises(TypeError, match=r"argument `l2`.*float >= 0 or a .*LearningRateSchedule"):
+    with pytest.raises(TypeError, match=r"argument `l2`.*float in \[0, 3.402823e\+38\].* or a .*LearningRateSchedule"):
         R.ElasticNet(l1=0.1, l2=bad)
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda s: R.L1(s), "alpha"), (lambda s: R.L2(s), "alpha"), (lambda s: R.ExpAbs(s), "alpha"),
+    (lambda s: R.GroupLasso(s), "alpha"), (lambda s: R.ElasticNet(l1=s), "l1"),
+    (lambda s: R.ElasticNet(l2=s), "l2"), (lambda s: R.L2.from_config({"alpha": s}), "alpha"),
+])
+@pytest.mark.parametrize("bad", [1e300, 3.5e38])
+def test_rejects_strengths_beyond_float32_that_would_make_the_penalty_inf(make, name, bad):
+    with pytest.raises(ValueError, match=rf"argument `{name}`: expected a float in \[0, 3.402823e\+38\]"
+                                         rf".*float32.*Received: {name}={re.escape(str(bad))}"):
+        make(bad)
+
+
+def test_accepts_float32s_largest_strength():
+    assert R.L1(float(np.finfo("float32").max)).alpha == float(np.finfo("float32").max)
+
+
+W_WITH_NAN = W.copy()
+W_WITH_NAN[2, 3] = np.nan  # in group (unit) 3 along the last axis
+
+
+@pytest.mark.parametrize("eager", [False, True], ids=["traced-fused-under-tf", "eager-plain"])
+@pytest.mark.parametrize("reg", [r for r, _ in REFERENCES] + [keras.regularizers.L2(0.03)], ids=repr)
+def test_a_weight_holding_nan_gives_a_nan_penalty_as_keras_own(reg, eager):
+    value, grad = value_and_grad(reg, W_WITH_NAN, eager=eager)
+    assert np.isnan(value)
+    assert np.isnan(grad[2, 3])
+
+
+@pytest.mark.parametrize("eager", [False, True], ids=["traced-fused-under-tf", "eager-plain"])
+def test_group_lasso_nan_spoils_only_its_own_groups_gradient(eager):
+    value, grad = value_and_grad(R.GroupLasso(0.03), W_WITH_NAN, eager=eager)
+    assert np.isnan(value)
+    # NaN where the NaN is, 0 in the rest of its group, on both paths.
+    assert np.isnan(grad[2, 3]) and np.all(np.delete(grad[:, 3], 2) == 0)
+    others = np.delete(grad, 3, axis=1)
+    np.testing.assert_allclose(others, np.delete(group_lasso_numpy(W, 0.03, -1)[1], 3, axis=1), rtol=1e-5)
 
 
 def test_rejects_schedule_that_cannot_be_serialized():

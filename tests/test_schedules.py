@@ -35,6 +35,9 @@ def test_works_as_a_strength_and_round_trips():
     ({"delay_steps": -3}, ValueError),
     ({"ramp_steps": 2.5}, TypeError),
     ({"initial": "0"}, TypeError),
+    # Beyond float32's largest: the penalty it drives would be inf.
+    ({"target": 1e300}, ValueError),
+    ({"initial": 3.5e38}, ValueError),
 ])
 def test_rejects_bad_arguments_naming_them(kwargs, error):
     args = {"target": 0.1, "delay_steps": 1, "ramp_steps": 1, **kwargs}

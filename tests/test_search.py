@@ -116,6 +116,7 @@ def test_a_search_without_a_directory_removes_the_folder_it_made(tmp_path, monke
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(low=0.0), ValueError, r"0 < low <= high.*low=0.0"),
     (dict(low=1e-2, high=1e-3), ValueError, r"low=0.01, high=0.001"),
+    (dict(high=1e300), ValueError, r"argument `high`.*3.402823e\+38.*high=1e\+300"),
     (dict(penalty=lambda s: s), TypeError, r"penalty\(1e-06\) returned 1e-06"),
     (dict(objective="val_accuracy"), ValueError, r"'val_accuracy' is not recorded.*'val_loss'"),
     (dict(layers="encoder*"), ValueError, r"encoder\*"),
