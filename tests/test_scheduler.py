@@ -127,11 +127,32 @@ def test_shows_in_the_progress_bar(capsys):
     assert "reg_loss:" in out and "strength/out/kernel:" in out
 
 
-def test_model_without_schedules_only_logs_reg_loss():
+def test_model_without_schedules_warns_once_naming_what_it_looked_for_and_only_logs_reg_loss():
     x, y = tiny_data()
     model = frozen_model(L1(0.1))
-    history = model.fit(x, y, epochs=1, verbose=0, callbacks=[rk.callbacks.RegularizationScheduler(MODE)])
+    with pytest.warns(UserWarning, match=r"nothing to schedule.*regularizers .*LearningRateSchedule") as record:
+        history = model.fit(x, y, epochs=2, verbose=0, callbacks=[rk.callbacks.RegularizationScheduler(MODE)])
+    assert len([w for w in record if "nothing to schedule" in str(w.message)]) == 1
     assert sorted(history.history) == ["loss", "reg_loss"]
+
+
+@pytest.mark.parametrize("regularizer, fragment", [
+    (L1(keras.optimizers.schedules.PolynomialDecay(float("nan"), 10, 0.0)), r"alpha=nan at step 0"),
+    # 0 * 1e30 ** step: 0 until float32's 1e60 is inf, then 0 * inf.
+    (L1(keras.optimizers.schedules.ExponentialDecay(0.0, 1, 1e30)), r"alpha=nan at step 2"),
+    (ElasticNet(0.1, keras.optimizers.schedules.ExponentialDecay(1.0, 1, 1e30)), r"l2=inf at step 2"),
+])
+def test_a_schedule_that_gives_nan_or_inf_stops_fit_before_a_step_uses_it(regularizer, fragment):
+    x, y = tiny_data()
+    model = tiny_mlp()
+    rk.apply_regularizers(model, {"out": regularizer})
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    # One batch per epoch: the step is the epoch index in both modes.
+    with pytest.raises(ValueError, match=r"schedule of 'out/kernel' gives " + fragment + r".*finite.*Regularizer: "):
+        model.fit(x, y, batch_size=len(x), epochs=4, verbose=0,
+                  callbacks=[rk.callbacks.RegularizationScheduler(MODE)])
+    # No step trained with it: the weights are finite.
+    assert all(np.all(np.isfinite(keras.ops.convert_to_numpy(w))) for w in model.weights)
 
 
 def test_rejects_unknown_update_freq_and_round_trips():

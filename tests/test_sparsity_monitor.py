@@ -1,5 +1,6 @@
 import csv
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -155,3 +156,25 @@ def test_round_trips():
     assert restored.update_freq == 5
     with pytest.raises(ValueError, match=r"unknown keys \['every'\]"):
         SparsityMonitor.from_config({"every": 5})
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(verbose=1, print_every=4), "print_every=4"),
+    (dict(histogram_freq=4, log_dir="LOG_DIR"), "histogram_freq=4"),
+])
+def test_warns_at_train_begin_when_an_interval_is_past_the_last_epoch(tmp_path, capsys, kwargs, name):
+    kwargs = {k: str(tmp_path) if v == "LOG_DIR" else v for k, v in kwargs.items()}
+    model = frozen(tiny_mlp())
+    with pytest.warns(UserWarning, match=rf"SparsityMonitor\({name}\) .* runs 3 epochs.*Pass .* <= 3") as record:
+        model.fit(*tiny_data(), epochs=3, verbose=0, callbacks=[SparsityMonitor(**kwargs)])
+    assert len([w for w in record if "SparsityMonitor(" in str(w.message)]) == 1
+    assert "weight sparsity" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kwargs", [dict(verbose=1, print_every=3), dict(verbose=0, print_every=4)])
+def test_no_interval_warning_where_the_interval_fits_or_prints_nothing_anyway(kwargs, capsys):
+    model = frozen(tiny_mlp())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.fit(*tiny_data(), epochs=3, verbose=0, callbacks=[SparsityMonitor(**kwargs)])
+    assert ("weight sparsity" in capsys.readouterr().out) == bool(kwargs["verbose"])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import keras
 from keras import ops
 
@@ -60,7 +63,14 @@ class RegularizationScheduler(keras.callbacks.Callback):
 
     Raises:
         ValueError: If `update_freq` is not `"batch"` or `"epoch"`, or is
-            `"batch"` under JAX.
+            `"batch"` under JAX. During `fit`, at its start and at each
+            epoch's, if a schedule gives NaN or inf at the step the next
+            batch uses (the message names the weight, the schedule and
+            the step).
+
+    Warns:
+        UserWarning: At the start of `fit`, if the model has no scheduled
+            strength to move.
         TypeError: If `log_strengths` or `log_reg_loss` is not True or False.
 
     Example:
@@ -129,6 +139,17 @@ class RegularizationScheduler(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._sync_bindings(counter_at_setup=getattr(self, "_counter_at_setup", None))
+        if not self._scheduled:
+            warnings.warn(
+                f"RegularizationScheduler has nothing to schedule in model '{self.model.name}': it looks "
+                "for keras_regkit regularizers (L1, L2, ElasticNet, ExpAbs, GroupLasso, also inside "
+                "Combined) on trainable weights whose strength is a "
+                "keras.optimizers.schedules.LearningRateSchedule (those a ShrinkPhase drives are its own). "
+                "Give a penalty a schedule, e.g. rk.regularizers.L1(keras.optimizers.schedules."
+                "PolynomialDecay(0.0, 1000, 1e-4)); one attached later is picked up at the next epoch.",
+                stacklevel=2,
+            )
+        self._check_finite()
 
     def on_epoch_begin(self, epoch, logs=None):
         # Again at every epoch: a scheduled penalty attached mid-fit (by
@@ -144,6 +165,20 @@ class RegularizationScheduler(keras.callbacks.Callback):
                 regularizer.set_step(epoch)
             if not live and traced != [r.current_strengths() for r in scheduled]:
                 attach.rebuild_step_functions(self.model)
+        self._check_finite()
+
+    def _check_finite(self) -> None:
+        """Refuses a schedule that gives NaN or inf at the step the next batch
+        uses: its penalty, and so the loss, would be NaN or inf, with no
+        other word (Keras' `TerminateOnNaN` would only see the loss)."""
+        for path, regularizer in self._scheduled.items():
+            for name, value in regularizer.current_strengths().items():
+                if not math.isfinite(value):
+                    raise ValueError(
+                        f"RegularizationScheduler: the strength schedule of '{path}' gives {name}={value} "
+                        f"at step {regularizer.step}, so its penalty, and the loss, would be {value}. "
+                        f"A schedule must give finite values at every step. Regularizer: {regularizer!r}"
+                    )
 
     def _sync_bindings(self, counter_at_setup=None):
         self._scheduled = attach.scheduled_regularizers(self.model)

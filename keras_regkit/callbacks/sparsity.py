@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Sequence, Union
 
 import keras
@@ -59,6 +60,11 @@ class SparsityMonitor(keras.callbacks.Callback):
             booleans must be True or False (not strings such as "no").
         ImportError: If `histogram_freq` is set and `tensorboard` is not
             installed.
+
+    Warns:
+        UserWarning: At the start of `fit`, if `print_every` (with
+            `verbose=1`) or `histogram_freq` is beyond its last epoch, so
+            nothing would be printed or written.
 
     Example:
 
@@ -153,6 +159,16 @@ class SparsityMonitor(keras.callbacks.Callback):
         self._stats = stats_lib.WeightStats(
             self.model, self.weights_spec, self.threshold, self.relative
         )
+        epochs = self.params.get("epochs") if self.params else None
+        intervals = [("print_every", self.print_every, "prints no table", self.verbose),
+                     ("histogram_freq", self.histogram_freq, "writes no histogram", self.histogram_freq)]
+        for name, every, outcome, active in intervals:
+            if active and epochs is not None and every > epochs:
+                warnings.warn(
+                    f"SparsityMonitor({name}={every}) {outcome} in this fit: it runs {epochs} epochs, and "
+                    f"the first would be after epoch {every}. Pass {name} <= {epochs}, or train longer.",
+                    stacklevel=2,
+                )
 
     def on_epoch_begin(self, epoch, logs=None):
         self._batches_at_update = 0
