@@ -145,9 +145,12 @@ def run(dataset="digits", epochs=30, shrink_epochs=10, verbose=1, workdir=None):
             metrics=["accuracy"],
         )
         monitor = rk.callbacks.SparsityMonitor(per_layer=False)
+        # Only a scheduled penalty needs the scheduler (it warns where there is none).
+        scheduler = [rk.callbacks.RegularizationScheduler(update_freq)] if getattr(
+            regularizer, "is_scheduled", False) else []
         history = model.fit(
             x, y, batch_size=batch_size, epochs=epochs, validation_data=(x_val, y_val), verbose=0,
-            callbacks=[rk.callbacks.RegularizationScheduler(update_freq), monitor, _Progress(bar, name)],
+            callbacks=[*scheduler, monitor, _Progress(bar, name)],
         )
         accuracy = _accuracy(model, x_test, y_test)
         dense_size = _saved_size(model, os.path.join(workdir, f"{_slug(name)}_dense.keras"))
