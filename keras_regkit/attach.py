@@ -60,12 +60,17 @@ class Attachment:
         rebuild_step_functions(self.model)
 
     def to_json(self) -> str:
-        """The penalties this attachment set, as JSON: pass it to
-        `reapply_regularizers` after loading the model to set them again
-        (needed for `unsaved` ones; harmless for the others). Regularizers
-        shared by several weights stay shared."""
+        """The penalties this attachment set (and those of its `unsaved`
+        weights), as JSON: pass it to `reapply_regularizers` after loading
+        the model to set them again (needed for `unsaved` ones; harmless for
+        the others). Regularizers shared by several weights stay shared."""
         configs, index, entries = [], {}, []
-        for ref, _ in self.changes:
+        # The weights kept penalized inside a composite whose own argument
+        # had to be cleared (a penalty removed from part of it) too: a
+        # reloaded model has lost theirs.
+        changed = {id(ref.variable) for ref, _ in self.changes}
+        refs = [ref for ref, _ in self.changes] + [r for r in self.unsaved if id(r.variable) not in changed]
+        for ref in refs:
             regularizer = ref.regularizer
             if regularizer is not None and id(regularizer) not in index:
                 index[id(regularizer)] = len(configs)
@@ -283,17 +288,18 @@ def set_regularizers(model: keras.Model, assignments, allow_unsaved: bool = Fals
     composite layers go through the composite's own argument where it has
     one for all of them (so the penalty is saved); the others need
     `allow_unsaved`, checked before anything changes."""
-    owner_changes, unsaved = _through_owners(assignments)
+    owner_changes, unsaved = _through_owners(model, assignments)
     if unsaved and not allow_unsaved:
         ref = unsaved[0]
         hint = weights_lib.owner_config_attr(ref.owner, ref.config_attr)
         raise ValueError(
             f"'{ref.path}' lives inside the {type(ref.owner).__name__} layer '{ref.owner.name}', "
-            "which rebuilds its sublayers from its own arguments: a penalty set there acts now "
-            "but would be lost when the model is saved"
-            + (f" (its `{ref.config_attr}` argument covers all of its {ref.kind}s at once: select "
-               "the whole layer with one regularizer to go through it)" if hint else "")
-            + ". Pass `allow_unsaved=True` to attach it anyway (saving then warns, and "
+            "which rebuilds its sublayers from its own arguments: after this change its penalty "
+            "would act now but be lost when the model is saved"
+            + (f" (its `{ref.config_attr}` argument covers all of its {ref.kind}s at once: give "
+               "the whole layer one regularizer, or remove it from the whole layer, to go "
+               "through it)" if hint else "")
+            + ". Pass `allow_unsaved=True` to make this change anyway (saving then warns, and "
             "`Attachment.to_json()` with `reapply_regularizers` re-applies it after loading), "
             f"or select other layers. Weights concerned: {[r.path for r in unsaved][:5]}"
         )
@@ -311,26 +317,35 @@ def set_regularizers(model: keras.Model, assignments, allow_unsaved: bool = Fals
     return attachment
 
 
-def _through_owners(assignments):
-    """Splits the weights inside composite layers into those whose
-    composite's own argument can carry the penalty (all of its weights of
-    that kind, one regularizer: `(owner, attribute, regularizer)` changes)
-    and those it cannot (the `WeightRef`s, which a saved model would lose)."""
+def _through_owners(model, assignments):
+    """How the composite layers (e.g. `MultiHeadAttention`) holding assigned
+    weights save them. Where the composite has its own argument for a kind
+    (`kernel_regularizer`) and, after the change, all of its weights of that
+    kind hold the same regularizer (or none), the argument carries it: an
+    `(owner, attribute, regularizer)` change, saved with the model. Where
+    they would differ, the argument is cleared (else a reload would bring
+    back a penalty taken off part of them) and the weights still holding a
+    penalty are returned as the unsaved `WeightRef`s; so are the penalized
+    ones of a composite without such an argument."""
     groups = {}
     for ref, regularizer in assignments:
         if ref.owner is not None:
-            groups.setdefault((id(ref.owner), ref.kind), []).append((ref, regularizer))
+            # By variable, the later assignment winning, as they are applied.
+            groups.setdefault((id(ref.owner), ref.kind), {})[id(ref.variable)] = (ref, regularizer)
     owner_changes, unsaved = [], []
     for members in groups.values():
-        ref = members[0][0]
+        ref = next(iter(members.values()))[0]
         attribute = weights_lib.owner_config_attr(ref.owner, ref.config_attr)
-        chosen = {id(r.variable) for r, _ in members}
-        every = {id(r.variable) for r in weights_lib.iter_weights(ref.owner, ref.kind)}
-        regularizers = {id(regularizer) for _, regularizer in members}
-        if attribute is not None and chosen == every and len(regularizers) == 1:
-            owner_changes.append((ref.owner, attribute, members[0][1]))
+        if attribute is None:
+            unsaved.extend(r for r, regularizer in members.values() if regularizer is not None)
+            continue
+        siblings = [r for r in weights_lib.iter_weights(model, ref.kind) if r.owner is ref.owner]
+        after = [members.get(id(r.variable), (r, r.regularizer)) for r in siblings]
+        if len({id(regularizer) for _, regularizer in after}) == 1:
+            owner_changes.append((ref.owner, attribute, after[0][1]))
         else:
-            unsaved.extend(r for r, regularizer in members if regularizer is not None)
+            owner_changes.append((ref.owner, attribute, None))
+            unsaved.extend(r for r, regularizer in after if regularizer is not None)
     return owner_changes, unsaved
 
 
@@ -418,6 +433,7 @@ def remove_regularizers(
     model: keras.Model,
     layers: LayerSelector = "*",
     weights: Union[str, Sequence[str]] = "kernel",
+    allow_unsaved: bool = False,
 ) -> Attachment:
     """Removes the regularizers of the selected weights (the inverse of
     `apply_regularizers`).
@@ -426,14 +442,23 @@ def remove_regularizers(
         model: The model to change, in place.
         layers: A layer selector, as in `apply_regularizers`. Defaults to all.
         weights: The weight kind or kinds to clear. Defaults to `"kernel"`.
+        allow_unsaved: Remove also part of the penalties that a composite
+            layer's own argument gives (e.g. one of `MultiHeadAttention`'s
+            four kernels, with `kernel_regularizer=`). Its argument is then
+            cleared, so that a reload does not bring the removed penalty
+            back, and the weights that keep theirs become `unsaved` (see
+            `apply_regularizers`): saving warns, and `to_json()` with
+            `reapply_regularizers` sets them again. Defaults to False.
 
     Returns:
         An `Attachment` of the weights that had a regularizer;
         `attachment.undo()` puts them back.
 
     Raises:
-        ValueError: If `weights` names an unknown kind or the selector matches
-            no layer with such a weight.
+        ValueError: If `weights` names an unknown kind, the selector matches
+            no layer with such a weight, or, without `allow_unsaved=True`,
+            it takes off part of the penalties a composite layer's own
+            argument gives.
 
     Example:
 
@@ -443,8 +468,9 @@ def remove_regularizers(
     >>> len(removed), model.losses
     (1, [])
     """
+    _validate.boolean("allow_unsaved", allow_unsaved)
     refs = weights_lib.select_weights(model, layers, weights)
-    return set_regularizers(model, [(ref, None) for ref in refs if ref.regularizer is not None])
+    return set_regularizers(model, [(ref, None) for ref in refs if ref.regularizer is not None], allow_unsaved)
 
 
 def regularized_variables(model: keras.Model) -> list[keras.Variable]:

@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -276,3 +278,50 @@ def test_reapply_refuses_another_models_attachment_and_changes_nothing():
     with pytest.raises(ValueError, match=r"argument `attachment_json`: entry weights\[1\].*hidden1:kernel"):
         rk.reapply_regularizers(model, text)
     assert model.losses == []
+
+
+def attention_with_own_penalty():
+    inputs = keras.Input((3, 4))
+    outputs = keras.layers.MultiHeadAttention(2, 2, name="mha", kernel_regularizer=L2(0.1))(inputs, inputs)
+    return keras.Model(inputs, outputs)
+
+
+def penalized(model):
+    return sorted(ref.path for ref in rk.iter_weights(model, "kernel") if ref.regularizer is not None)
+
+
+def test_removing_part_of_an_attention_layers_own_penalty_needs_allow_unsaved_and_changes_nothing():
+    model = attention_with_own_penalty()
+    mha = model.get_layer("mha")
+    own = mha.get_config()["kernel_regularizer"]
+    with pytest.raises(ValueError, match=r"layer 'mha'.*remove it from the whole layer.*allow_unsaved=True"
+                                         r".*\['mha/key', 'mha/value', 'mha/attention_output'\]"):
+        rk.remove_regularizers(model, "mha/query")
+    assert len(penalized(model)) == 4 and mha.get_config()["kernel_regularizer"] == own
+
+
+def test_a_penalty_removed_from_part_of_an_attention_layer_does_not_come_back_on_reload(tmp_path):
+    model = attention_with_own_penalty()
+    removed = rk.remove_regularizers(model, "mha/query", allow_unsaved=True)
+    kept = ["mha/attention_output", "mha/key", "mha/value"]
+    assert penalized(model) == kept and sorted(r.path for r in removed.unsaved) == kept
+    with pytest.warns(UserWarning, match=r"will not carry the penalties of .*mha/key:kernel"):
+        model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    # The attention layer's own argument was cleared: the removed penalty stays removed...
+    assert penalized(reloaded) == []
+    # ... and the kept ones, lost as the warning said, come back from the JSON.
+    rk.reapply_regularizers(reloaded, removed.to_json())
+    assert penalized(reloaded) == kept
+    assert float(rk.attach.total_penalty(reloaded)) == pytest.approx(float(rk.attach.total_penalty(model)), rel=1e-6)
+    removed.undo()
+    assert len(penalized(model)) == 4 and model.get_layer("mha").get_config()["kernel_regularizer"] is not None
+
+
+def test_removing_all_of_an_attention_layers_penalty_is_saved_without_a_warning(tmp_path):
+    model = attention_with_own_penalty()
+    rk.remove_regularizers(model, "mha")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.save(tmp_path / "m.keras")
+    assert penalized(keras.saving.load_model(tmp_path / "m.keras")) == []

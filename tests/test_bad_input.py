@@ -205,6 +205,8 @@ ERRORS = [
      TypeError, "hidden0"),
     row("apply-allow_unsaved-str", lambda m: rk.apply_regularizers(m, {"*": L1(0.1)}, allow_unsaved="no"),
         TypeError, "allow_unsaved"),
+    row("remove-allow_unsaved-str", lambda m: rk.remove_regularizers(m, allow_unsaved="yes"), TypeError,
+        "allow_unsaved"),
     row("reapply-not-json", lambda m: rk.reapply_regularizers(m, "not json"), ValueError, "attachment_json"),
     row("reapply-other-model", lambda m: rk.reapply_regularizers(
         keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="x")]),
