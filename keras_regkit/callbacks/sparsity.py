@@ -63,8 +63,9 @@ class SparsityMonitor(keras.callbacks.Callback):
 
     Warns:
         UserWarning: At the start of `fit`, if `print_every` (with
-            `verbose=1`) or `histogram_freq` is beyond its last epoch, so
-            nothing would be printed or written.
+            `verbose=1`) or `histogram_freq` is beyond its last epoch, or an
+            int `update_freq` beyond an epoch's batches, so nothing would be
+            printed, written or updated per batch.
 
     Example:
 
@@ -159,15 +160,26 @@ class SparsityMonitor(keras.callbacks.Callback):
         self._stats = stats_lib.WeightStats(
             self.model, self.weights_spec, self.threshold, self.relative
         )
-        epochs = self.params.get("epochs") if self.params else None
-        intervals = [("print_every", self.print_every, "prints no table", self.verbose),
-                     ("histogram_freq", self.histogram_freq, "writes no histogram", self.histogram_freq)]
-        for name, every, outcome, active in intervals:
-            if active and epochs is not None and every > epochs:
+        self._warn_of_intervals_past_the_end()
+
+    def _warn_of_intervals_past_the_end(self) -> None:
+        """An interval longer than the fit (or than an epoch, for batch
+        updates) would do nothing, silently: say so at the start."""
+        params = self.params or {}
+        per_batch = self.update_freq if self.update_freq != "epoch" else 0
+        intervals = [
+            ("print_every", self.print_every, self.verbose, "epochs", params.get("epochs"), "prints no table"),
+            ("histogram_freq", self.histogram_freq, self.histogram_freq, "epochs", params.get("epochs"),
+             "writes no histogram"),
+            ("update_freq", per_batch, per_batch, "batches per epoch", params.get("steps"),
+             "makes no batch update (only those at each epoch's end)"),
+        ]
+        for name, every, active, unit, count, outcome in intervals:
+            if active and count is not None and every > count:
                 warnings.warn(
-                    f"SparsityMonitor({name}={every}) {outcome} in this fit: it runs {epochs} epochs, and "
-                    f"the first would be after epoch {every}. Pass {name} <= {epochs}, or train longer.",
-                    stacklevel=2,
+                    f"SparsityMonitor({name}={every}) {outcome} in this fit: it runs {count} {unit}. "
+                    f"Pass {name} <= {count}.",
+                    stacklevel=3,
                 )
 
     def on_epoch_begin(self, epoch, logs=None):
