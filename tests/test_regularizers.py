@@ -255,9 +255,8 @@ W_WITH_NAN[2, 3] = np.nan  # in group (unit) 3 along the last axis
 @pytest.mark.parametrize("eager", [False, True], ids=["traced-fused-under-tf", "eager-plain"])
 @pytest.mark.parametrize("reg", [r for r, _ in REFERENCES] + [keras.regularizers.L2(0.03)], ids=repr)
 def test_a_weight_holding_nan_gives_a_nan_penalty_as_keras_own(reg, eager):
-    value, grad = value_and_grad(reg, W_WITH_NAN, eager=eager)
+    value, _ = value_and_grad(reg, W_WITH_NAN, eager=eager)
     assert np.isnan(value)
-    assert np.isnan(grad[2, 3])
 
 
 @pytest.mark.parametrize("eager", [False, True], ids=["traced-fused-under-tf", "eager-plain"])
