@@ -258,7 +258,8 @@ def search_strength(
             not compiled, missing validation data, a `directory` that is a
             file, or `shrink` arguments that `rk.shrink` refuses for the
             model (checked with a one-step shrink).
-        RuntimeError: If every regularized stage-1 trial failed.
+        RuntimeError: If every regularized stage-1 trial failed, or more
+            trials in a row than KerasTuner allows (3).
 
     Warns:
         UserWarning: When some trials fail (e.g. a `penalty` factory that
@@ -519,8 +520,6 @@ def _warn_if_unstandardised(x, limit: float = 100.0) -> None:
             UserWarning,
             stacklevel=3,
         )
-
-
 
 
 # `rk.shrink` arguments that every trial sets itself.
