@@ -130,7 +130,7 @@ class FailsAbove(ValidationCheck):
         super().__init__(tolerance=0.01)
         self.limit, self.final_fails, self.looks = limit, final_fails, []
 
-    def start(self, model, validation_data, steps=None):
+    def start(self, model, validation_data, steps=None, report_only=False):
         self.data, self.baseline = validation_data, 1.0
         return 1.0
 
@@ -141,6 +141,9 @@ class FailsAbove(ValidationCheck):
             worse = 1.0
         self.looks.append((sparsity, model.get_weights()))
         return 1.0 - worse, worse
+
+    def drift(self, model):
+        return 0.0  # no progress: each level is checked after `_PLATEAU` waits
 
 
 def shrink_with_check(check, epochs=10, levels=(0.5, 0.8, 0.9, 0.95), callbacks=()):
@@ -218,12 +221,12 @@ def test_tolerance_mode_on_a_regression_model_stops_where_its_metric_says():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(64, activation="relu"),
                               keras.layers.Dense(64, activation="relu"), keras.layers.Dense(1)])
-    model.compile(keras.optimizers.Adam(1e-2), "mse", metrics=["mae"])
-    model.fit(x[:384], y[:384], epochs=30, batch_size=32, verbose=0)
+    model.compile(keras.optimizers.Adam(3e-3), "mse", metrics=["mae"])
+    model.fit(x[:384], y[:384], epochs=40, batch_size=32, verbose=0)
     validation = (x[384:], y[384:])
     start_mae = model.evaluate(*validation, verbose=0, return_dict=True)["mae"]
     result = rk.shrink(model, x[:384], y[:384], tolerance=0.2, monitor="val_mae", validation_data=validation,
-                       epochs=8, batch_size=32, cut_every=2)
+                       epochs=10, batch_size=32, cut_every=4, levels=(0.25, 0.5, 0.75, 0.9, 0.95))
     assert result.monitor == "val_mae" and result.baseline == pytest.approx(start_mae, rel=1e-4)
     # Each check held exactly when the MAE stayed within 20 % of the start.
     assert result.levels and all(held == (mae <= 1.2 * start_mae) for _, mae, held in result.levels)
@@ -424,3 +427,29 @@ def test_auto_learning_rate_triples_only_for_an_optimizer_that_has_trained():
     rk.shrink(model, x, y, sparsity=0.6, epochs=1, batch_size=32, callbacks=[spy])
     assert [step["lr"] for step in spy.steps] == pytest.approx([3e-3] * len(spy.steps))
     assert learning_rate(model) == pytest.approx(1e-3)
+
+
+class ZerosPerStep(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.fractions = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.fractions.append(zero_fraction(self.model))
+
+
+def test_the_ramp_follows_its_schedule_over_the_budget_left_when_the_phase_starts_late():
+    model = trained_classifier()
+    x, y = classification_data()
+    ramp = CubicRamp(0.9, initial=0.5)
+    phase = ShrinkPhase(start_epoch=2, sparsity=0.9, cut_every=1, schedule=ramp)
+    spy = ZerosPerStep()
+    with phase:  # 6 epochs of 8 steps, the shrink in the last 4: a budget of 32 steps
+        model.fit(x, y, epochs=6, batch_size=32, verbose=0, callbacks=[phase, spy])
+    total = sum(k.size for k in kernels(model))
+    shrink_steps = spy.fractions[16:]
+    assert spy.fractions[:16] == [0.0] * 16  # nothing before the start
+    for step, fraction in enumerate(shrink_steps, start=1):
+        expected = round(ramp(min(step / 32, 1.0)) * total) / total
+        assert fraction == pytest.approx(expected, abs=1.5 / total), step
+    assert shrink_steps[-1] == pytest.approx(0.9, abs=0.5 / total)

@@ -57,7 +57,9 @@ def batches(data, steps: int | None = None):
     dataset, generator or `keras.utils.PyDataset` of such batches; at most
     `steps` of them."""
     if isinstance(data, (tuple, list)) and data and _is_arrays(data[0]):
-        yield _numpy(_split(tuple(data)))
+        batch = _numpy(_split(tuple(data)))
+        _check_lengths(batch)
+        yield batch
         return
     if isinstance(data, keras.utils.PyDataset):
         source = (data[i] for i in range(len(data)))
@@ -67,6 +69,16 @@ def batches(data, steps: int | None = None):
         if steps is not None and count >= steps:
             return
         yield _numpy(_split(batch))
+
+
+def _check_lengths(batch) -> None:
+    """`(x, y, sample_weight)` arrays must have one row per sample each."""
+    lengths = {name: sorted({int(np.shape(a)[0]) for a in keras.tree.flatten(part)})
+               for name, part in zip(("x", "y", "sample_weight"), batch) if part is not None}
+    if len({n for found in lengths.values() for n in found}) > 1:
+        raise ValueError(
+            "Invalid value for argument `validation_data`: its parts must have the same number of "
+            f"samples (first axis); received {', '.join(f'{k}: {v}' for k, v in lengths.items())}.")
 
 
 def sample_inputs(x, samples: int, seed: int = 0):

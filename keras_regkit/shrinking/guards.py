@@ -72,7 +72,7 @@ def top1(model: keras.Model, inputs) -> np.ndarray:
     return np.stack([np.argmax(outputs[i], axis=-1).reshape(-1) for i in _class_outputs(outputs)], axis=-1)
 
 
-def _per_output(model: keras.Model, outputs, tree):
+def _per_output(model: keras.Model, outputs, tree, is_weight=False):
     """`tree` (targets or sample weights, as `fit` takes them) as a list
     aligned with the model's flattened `outputs`: one array for a
     one-output model (or a weight shared by all), a list in output order, or
@@ -83,18 +83,19 @@ def _per_output(model: keras.Model, outputs, tree):
         names = list(model.output_names)
         if isinstance(model.output, dict):
             names = sorted(model.output)  # keras.tree.flatten's order
-        unknown = set(tree) - set(names)
-        if unknown:
+        unknown, missing = set(tree) - set(names), set(names) - set(tree)
+        if unknown or (missing and not is_weight):
             raise ValueError(
-                f"The shrink's validation data names outputs {sorted(unknown)}, which this model "
-                f"does not have; its outputs are {names}."
+                "Invalid value for argument `validation_data`: its targets must be keyed by this "
+                f"model's outputs {names}, one for each, as `fit` needs; "
+                f"{'unknown: ' + str(sorted(unknown)) if unknown else 'missing: ' + str(sorted(missing))}."
             )
         return [tree.get(name) for name in names]
     tree = list(tree)
     if len(tree) != len(outputs):
         raise ValueError(
-            f"The shrink's validation data has {len(tree)} targets (or weights) for a model with "
-            f"{len(outputs)} outputs."
+            f"Invalid value for argument `validation_data`: it has {len(tree)} "
+            f"{'sample weights' if is_weight else 'targets'} for a model with {len(outputs)} outputs."
         )
     return tree
 
@@ -152,20 +153,21 @@ def validation_hits(model: keras.Model, validation_data, steps: int | None = Non
     output (1 where none is given), as `fit` weighs `val_*accuracy`. Labels
     are class indices, or one-hot / probability rows. A prediction that is
     not finite is never right. Also returns whether every prediction was
-    finite."""
-    hits, weights, finite = [], [], True
+    finite, and the predicted classes (the hits' shape)."""
+    hits, weights, classes, finite = [], [], [], True
     for x, y, weight in batches(validation_data, steps):
         if y is None:
             raise ValueError("The shrink's validation data must carry targets: `(x, y)` batches.")
         outputs = predict(model, x)
-        labels, sample_weights = _per_output(model, outputs, y), _per_output(model, outputs, weight)
+        labels, sample_weights = _per_output(model, outputs, y), _per_output(model, outputs, weight, is_weight=True)
         columns = [i for i in _class_outputs(outputs) if labels[i] is not None]
-        hit_columns, weight_columns = [], []
+        hit_columns, weight_columns, class_columns = [], [], []
         for i in columns:
             rows = outputs[i].reshape(-1, outputs[i].shape[-1])
             ok = np.isfinite(rows).all(axis=-1)
             finite = finite and bool(ok.all())
             predicted = np.argmax(rows, axis=-1)
+            class_columns.append(np.where(ok, predicted, -1))
             label = np.asarray(labels[i])
             if label.ndim == outputs[i].ndim and label.shape[-1] > 1:
                 label = np.argmax(label, axis=-1)
@@ -174,12 +176,13 @@ def validation_hits(model: keras.Model, validation_data, steps: int | None = Non
                                   else np.asarray(sample_weights[i], "float64").reshape(-1))
         hits.append(np.stack(hit_columns, axis=-1).astype("float64"))
         weights.append(np.stack(weight_columns, axis=-1))
+        classes.append(np.stack(class_columns, axis=-1))
     if not hits:
         raise ValueError("The shrink's validation data is empty.")
-    hits, weights = np.concatenate(hits), np.concatenate(weights)
+    hits, weights, classes = np.concatenate(hits), np.concatenate(weights), np.concatenate(classes)
     if (global_sum(weights.sum(axis=0)) <= 0).any():
         raise ValueError("The shrink's validation data has all its sample weights at 0.")
-    return hits, weights, finite
+    return hits, weights, finite, classes
 
 
 def _columns(*arrays):
@@ -204,6 +207,11 @@ def maximizes(monitor: str, mode: str = "auto") -> bool:
     return any(key in name for key in ("acc", "auc", "precision", "recall", "f1"))
 
 
+# How many standard errors of the paired top-1 change a check forgives as
+# noise: see `ValidationCheck`.
+SLACK = 1.0
+
+
 class ValidationCheck:
     """Whether a model is still within `tolerance` of where it started, on
     validation data: the tolerance mode's one test of a level.
@@ -225,6 +233,9 @@ class ValidationCheck:
         tolerance: How much worse the metric may get, in [0, 1].
         monitor: None (top-1 accuracy) or a metric's log name.
         mode: `"auto"`, `"min"` or `"max"`: the direction of `monitor`.
+        slack: For top-1: the accuracy lost counts only beyond this many
+            standard errors of the paired change (a few samples that
+            changed cannot tell a loss from noise). Defaults to `SLACK`.
 
     Example:
 
@@ -237,8 +248,9 @@ class ValidationCheck:
     True
     """
 
-    def __init__(self, tolerance: float, monitor: str | None = None, mode: str = "auto"):
+    def __init__(self, tolerance: float, monitor: str | None = None, mode: str = "auto", slack: float = SLACK):
         self.tolerance = _validate.real("tolerance", tolerance, maximum=1.0)
+        self.slack = _validate.real("slack", slack)
         if monitor is not None and not isinstance(monitor, str):
             raise TypeError(f"Invalid value for argument `monitor`: expected a str. Received: monitor={monitor!r}")
         if mode not in ("auto", "min", "max"):
@@ -247,6 +259,7 @@ class ValidationCheck:
         self.data, self.steps = None, None
         self.baseline = None  # the metric at the start
         self.start_hits = None  # top-1: per sample, at the start
+        self.start_classes = None
 
     @property
     def name(self) -> str:
@@ -255,18 +268,34 @@ class ValidationCheck:
     @property
     def state(self) -> dict:
         """What a resumed shrink needs back (see `restore`)."""
-        return {"baseline": self.baseline, "start_hits": self.start_hits}
+        return {"baseline": self.baseline, "start_hits": self.start_hits, "start_classes": self.start_classes}
 
     def restore(self, data, steps, state: dict) -> None:
         self.data, self.steps = data, steps
         self.baseline, self.start_hits = state["baseline"], state["start_hits"]
+        self.start_classes = state["start_classes"]
 
-    def start(self, model: keras.Model, validation_data, steps: int | None = None) -> float:
+    def start(self, model: keras.Model, validation_data, steps: int | None = None, report_only: bool = False) -> float:
         """Measures the starting model; raises ValueError if its own
-        predictions or metric are not finite there (NaN in the inputs)."""
+        predictions or metric are not finite there (NaN in the inputs), or
+        the model cannot read the data. `report_only` (the sparsity mode):
+        a model without a class output is measured by its loss instead."""
         self.data, self.steps = validation_data, steps
+        try:
+            return self._start(model, validation_data, steps, report_only)
+        except Exception as error:  # noqa: BLE001 - the model could not read them
+            if isinstance(error, ValueError) and ("`validation_data`" in str(error) or "`monitor`" in str(error)):
+                raise  # ours, already naming the argument
+            raise ValueError(
+                "Invalid value for argument `validation_data`: the model could not be evaluated on "
+                f"it ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
+                "It must have the inputs and targets `fit` takes for this model.") from error
+
+    def _start(self, model, validation_data, steps, report_only):
+        if self.monitor is None and report_only and not has_class_output(model, validation_data, steps):
+            self.monitor = "val_loss"
         if self.monitor is None:
-            hits, weights, finite = validation_hits(model, validation_data, steps)
+            hits, weights, finite, self.start_classes = validation_hits(model, validation_data, steps)
             if not global_sum([not finite])[0] == 0:
                 raise ValueError(
                     "Invalid value for argument `validation_data`: the starting model's predictions "
@@ -288,7 +317,7 @@ class ValidationCheck:
         if self.data is None:
             raise RuntimeError("ValidationCheck.start(model, validation_data) must be called first.")
         if self.monitor is None:
-            hits, weights, _ = validation_hits(model, self.data, self.steps)
+            hits, weights, _, _ = validation_hits(model, self.data, self.steps)
             start_hits, start_weights = self.start_hits
             if hits.shape != start_hits.shape:
                 raise ValueError(
@@ -296,10 +325,15 @@ class ValidationCheck:
                     f"({start_hits.shape[0]} then {hits.shape[0]} samples): it must give the same "
                     "samples in the same order each time (no shuffling).")
             hits, weights, start_hits = _columns(hits, weights, start_hits)
+            change = (start_hits - hits) * weights
             sums = global_sum(np.concatenate([(hits * weights).sum(axis=0), weights.sum(axis=0),
-                                              ((start_hits - hits) * weights).sum(axis=0)]))
-            right, total, lost = np.split(sums, 3)
-            return float(np.mean(right / total)), float(np.max(lost / total))
+                                              change.sum(axis=0), np.square(change).sum(axis=0)]))
+            right, total, lost, squares = np.split(sums, 4)
+            # The paired change's standard error: only the samples whose
+            # verdict changed carry evidence (McNemar's view). `slack` of
+            # them are noise, not a loss.
+            noise = self.slack * np.sqrt(squares) / total
+            return float(np.mean(right / total)), float(np.max(lost / total - noise))
         value = compiled_metric(model, self.data, self.steps, self.monitor)
         if maximizes(self.monitor, self.mode):
             return value, self.baseline - value
@@ -308,6 +342,16 @@ class ValidationCheck:
     def holds(self, model: keras.Model) -> bool:
         # NaN compares False: a model gone non-finite fails.
         return bool(self.measure(model)[1] <= self.tolerance)
+
+    def drift(self, model: keras.Model) -> float:
+        """How far the model is from the start without reading a label (for
+        top-1): the fraction of validation inputs whose class changed, the
+        worst class output. With a `monitor`, how much worse it is."""
+        if self.monitor is not None:
+            return self.measure(model)[1]
+        _, _, _, classes = validation_hits(model, self.data, self.steps)
+        changed = global_sum(np.concatenate([(classes != self.start_classes).sum(axis=0), [len(classes)]]))
+        return float(np.max(changed[:-1] / changed[-1]))
 
 
 def compiled_metric(model: keras.Model, validation_data, steps: int | None, monitor: str) -> float:
