@@ -9,17 +9,15 @@ import numbers
 import numpy as np
 
 
-def integer(name: str, value, minimum: int = 0) -> int:
+def integer(name: str, value, minimum: int = 0, maximum: int | None = None) -> int:
+    valid = f"an int >= {minimum}" if maximum is None else f"an int in [{minimum}, {maximum}]"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(
-            f"Invalid value for argument `{name}`: expected an int >= {minimum}. "
+            f"Invalid value for argument `{name}`: expected {valid}. "
             f"Received: {name}={value!r} of type {type(value).__name__}"
         )
-    if value < minimum:
-        raise ValueError(
-            f"Invalid value for argument `{name}`: expected an int >= {minimum}. "
-            f"Received: {name}={value}"
-        )
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"Invalid value for argument `{name}`: expected {valid}. Received: {name}={value}")
     return int(value)
 
 

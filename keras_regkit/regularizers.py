@@ -23,6 +23,7 @@ import warnings
 from typing import Union
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_regkit import _validate
@@ -81,6 +82,13 @@ def _check_schedule_serializable(name: str, schedule) -> None:
         ) from None
 
 
+def _max_step() -> int:
+    """The largest step the step variable holds: it is an "int", as
+    `optimizer.iterations` (int64 under TensorFlow, int32 under JAX and
+    PyTorch)."""
+    return int(np.iinfo(keras.backend.standardize_dtype("int")).max)
+
+
 class _Penalty(keras.regularizers.Regularizer):
     """Base of our penalties: strength bookkeeping, scheduling, configs.
 
@@ -95,7 +103,7 @@ class _Penalty(keras.regularizers.Regularizer):
             name: _check_strength(name, strengths[name])
             for name in self._strength_names
         }
-        step = _validate.integer("step", step)
+        step = _validate.integer("step", step, maximum=_max_step())
         # Unbound, the step is `_own_step`. Bound to a counter (the
         # optimizer's iterations), it is `counter + _own_step`: the offset
         # keeps the schedule's position when the counter starts elsewhere (a
@@ -143,7 +151,7 @@ class _Penalty(keras.regularizers.Regularizer):
         rebuild it afterwards (`model.make_train_function(force=True)`; our
         callbacks do this themselves).
         """
-        step = _validate.integer("step", step)
+        step = _validate.integer("step", step, maximum=_max_step())
         if self._own_step is not None:
             self._own_step.assign(step - self._counter_value())
 

@@ -281,11 +281,20 @@ def test_rejects_schedule_that_cannot_be_serialized():
 @pytest.mark.parametrize("kwargs,match", [
     ({"scale": 0.0}, "argument `scale`.*> 0.*scale=0.0"),
     ({"scale": float("nan")}, "argument `scale`.*scale=nan"),
-    ({"step": -1}, "argument `step`.*int >= 0.*step=-1"),
+    ({"step": -1}, r"argument `step`.*int in \[0, .*step=-1"),
+    # Beyond the step variable's int ("int32" under JAX and PyTorch, int64 under TensorFlow).
+    ({"step": 2**63}, r"argument `step`: expected an int in \[0, (?:2147483647|9223372036854775807)\].*step=9\d+"),
 ])
 def test_rejects_bad_scale_and_step(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        R.ExpAbs(0.1, **kwargs)
+        R.ExpAbs(DelayedRamp(0.1, 1, 1), **kwargs)
+
+
+def test_set_step_beyond_the_step_variable_is_refused_and_changes_nothing():
+    reg = R.L1(DelayedRamp(0.1, 1, 1), step=3)
+    with pytest.raises(ValueError, match=r"argument `step`: expected an int in \[0, \d+\]"):
+        reg.set_step(2**63)
+    assert reg.step == 3
 
 
 def test_rejects_non_numeric_scale():
