@@ -152,7 +152,7 @@ def shrink_fit(backup, extra=(), backup_first=False, between=(), before=(), made
                   metrics=["accuracy"])
     x, y = classification_data(256, 0)
     xv, yv = classification_data(128, 1)
-    phase = ShrinkPhase(start_epoch=2, tolerance=0.02, cut_every=4, max_sparsity=0.99, backup_dir=backup,
+    phase = ShrinkPhase(start_epoch=2, tolerance=0.02, cut_every=4, max_sparsity=0.99, levels=(0.5, 0.9), backup_dir=backup,
                         validation_data=(xv, yv))
     first, second = phase, keras.callbacks.BackupAndRestore(backup)
     if backup_first:

@@ -500,6 +500,10 @@ class ShrinkPhase(keras.callbacks.Callback):
                 return
         upcoming = [level for level in self.levels if level > self._level]
         if not upcoming or self._progress() > 1.0 - _RESERVE:
+            if self._sparsity() > self._good.sparsity:
+                # Cut on the way to a level that was never checked.
+                self.result.stopped_at = self._progress()
+                self._rollback(f"Step {self._step}: out of budget before {upcoming[0]:.2%}")
             self._phase = "holding"  # the rest fine-tunes the last level that held
             return
         if self._step:
