@@ -325,3 +325,18 @@ def test_removing_all_of_an_attention_layers_penalty_is_saved_without_a_warning(
         warnings.simplefilter("error", UserWarning)
         model.save(tmp_path / "m.keras")
     assert penalized(keras.saving.load_model(tmp_path / "m.keras")) == []
+
+
+def test_another_penalty_on_part_of_an_attention_layer_is_not_overridden_by_its_own_argument_on_reload(tmp_path):
+    model = attention_with_own_penalty()
+    attached = rk.apply_regularizers(model, {"mha/query": L1(0.5)}, allow_unsaved=True)
+    # All four now differ from what the layer's one argument could give: none is saved through it.
+    assert len(attached.unsaved) == 4
+    with pytest.warns(UserWarning, match="will not carry the penalties"):  # once: here, not at the save
+        assert model.get_layer("mha").get_config()["kernel_regularizer"] is None
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert penalized(reloaded) == []  # not L2 on the query kernel
+    rk.reapply_regularizers(reloaded, attached.to_json())
+    kinds = {ref.path: type(ref.regularizer).__name__ for ref in rk.iter_weights(reloaded, "kernel")}
+    assert kinds == {"mha/query": "L1", "mha/key": "L2", "mha/value": "L2", "mha/attention_output": "L2"}
