@@ -259,6 +259,19 @@ def test_interruption_between_the_two_saves_loses_nothing(tmp_path):
     assert_same_run(got, reference())
 
 
+def test_a_level_waiting_for_its_check_resumes_waiting(tmp_path):
+    # After epoch 3 of the reference the 90 % level is cut and waits for
+    # the model to recover before its check: interrupted in epoch 4, the
+    # resume must go on waiting (and checking against the start's
+    # validation results), not climb on or forget the start.
+    backup = str(tmp_path / "backup")
+    made = []
+    got = resumed(lambda extra: shrink_fit(backup, extra, made=made), [Interrupt(4)])
+    assert sorted(got["seen"]) == [4, 5]
+    assert_same_run(got, reference())
+    assert [level for level, _, _ in got["result"]["levels"]] == [0.5, 0.9]
+
+
 def test_interrupted_while_finishing_resumes_the_ending(tmp_path):
     backup = str(tmp_path / "backup")
     with pytest.raises(RuntimeError, match="interrupted"):
