@@ -51,7 +51,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.join(_ROOT, "benchmarks")
 sys.path.insert(0, HERE)
 
-from quality_protocol import BATCH_SIZE, LOADERS, SHRINK_EPOCHS, accuracy, kernel_sparsity, train_baseline  # noqa: E402
+from quality_protocol import (  # noqa: E402
+    BATCH_SIZE, LOADERS, SHRINK_EPOCHS, accuracy, kernel_sparsity, plain_fit_seconds, resetter, train_baseline)
 
 LEVELS = [0.80, 0.90, 0.95, 0.97, 0.98, 0.99, 0.995]  # the frontier's levels
 TOLERANCES = [0.01, 0.02]
@@ -89,20 +90,9 @@ def run_dataset(name, seed, args, keras, rk, old):
     (x, y), (x_val, y_val), (x_test, y_test) = LOADERS[name]()
     model, _ = train_baseline(keras, name, x, y, x_val, y_val, quick=args.quick, seed=seed)
     base_acc = accuracy(model, x_test, y_test)
-    weights = model.get_weights()
-    slots = [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
-
-    def reset():
-        model.set_weights(weights)
-        for variable, value in zip(model.optimizer.variables, slots):
-            variable.assign(value)
-
+    reset = resetter(keras, model)
     epochs = 2 if args.quick else SHRINK_EPOCHS
-    # The reference for the wall-time ratio: plain epochs from the same state.
-    reset()
-    start = time.perf_counter()
-    model.fit(x, y, batch_size=BATCH_SIZE, epochs=epochs, validation_data=(x_val, y_val), verbose=0)
-    fit_seconds = time.perf_counter() - start
+    fit_seconds = plain_fit_seconds(model, reset, x, y, (x_val, y_val), epochs)
 
     rows = []
     for mode, value, factor, kwargs in settings(old, name, args.levels, args.tolerances,

@@ -105,3 +105,27 @@ def train_baseline(keras, name, x, y, x_val, y_val, quick=False, seed=SEED):
     model.fit(x, y, batch_size=BATCH_SIZE, epochs=3 if quick else BASELINE_EPOCHS[name],
               shuffle=True, validation_data=(x_val, y_val), verbose=0)
     return model, time.perf_counter() - start
+
+
+def resetter(keras, model):
+    """A `reset()` that puts the model's weights and optimizer state back to
+    what they are now: every shrink of a seed starts from the same state, as
+    a user's `shrink` after `fit` would."""
+    weights = model.get_weights()
+    slots = [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
+
+    def reset():
+        model.set_weights(weights)
+        for variable, value in zip(model.optimizer.variables, slots):
+            variable.assign(value)
+
+    return reset
+
+
+def plain_fit_seconds(model, reset, x, y, validation_data, epochs):
+    """The wall-time ratio's reference: plain epochs of `fit` from the reset
+    state, with the same validation data."""
+    reset()
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=BATCH_SIZE, epochs=epochs, validation_data=validation_data, verbose=0)
+    return time.perf_counter() - start

@@ -1,0 +1,234 @@
+"""The tolerance mode next to the frontier on more model kinds: the MNIST-1D
+CNN of `bench_compact.py` (narrower: `--cnn-filters`), a GRU text
+classifier, and a regression MLP watched by `monitor="val_mae"`.
+
+Per model kind and seed: a baseline trained from scratch, then from a copy
+of its weights and optimizer state (as a user's `shrink` after `fit` has),
+a 10-epoch shrink:
+
+- sparsity mode at 80, 90, 95, 97, 98, 99 and 99.5 %: the *frontier* at a
+  tolerance `t` is the highest level whose median test change is >= -t and
+  worst >= -(t + 0.5) points (classifiers), or whose test MAE grows by at
+  most `t` on the median seed and `t + 0.05` on the worst (regression,
+  relative to the seed's own baseline);
+- tolerance mode at `t` (top-1 for classifiers; `monitor="val_mae"` for the
+  regression model, a relative tolerance).
+
+Data (no network): MNIST-1D (the `mnist1d` package), a synthetic token task
+(sequences of 40 tokens from 64; the label says which of four token sets
+is the most frequent, ties drawn again), and scikit-learn's diabetes
+regression set (442 samples; standardised target).
+
+Usage (repository root, project venv with mnist1d):
+
+    python benchmarks/bench_tolerance_models.py --seeds 5 --out benchmarks/tolerance_models_results.json
+    python benchmarks/bench_tolerance_models.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(_ROOT, "benchmarks"))
+sys.path.insert(0, _ROOT)
+
+LEVELS = [0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995]
+TOLERANCES = {"cnn": [0.01, 0.02], "text": [0.01, 0.02], "regression": [0.05, 0.1]}
+BASELINE_EPOCHS = {"cnn": 30, "text": 30, "regression": 200}
+BATCH_SIZE = 64
+SHRINK_EPOCHS = 10
+
+
+def text_data(n, rng, length=40, vocab=64, sets=4):
+    """Which of `sets` token groups (ids 4-63 split evenly) is the most
+    frequent; sequences with a tie for the top are drawn again."""
+    size = (vocab - 4) // sets
+    out_x, out_y = [], []
+    while len(out_x) < n:
+        tokens = rng.integers(0, vocab, size=(2 * n, length))
+        counts = np.stack([((tokens >= 4 + i * size) & (tokens < 4 + (i + 1) * size)).sum(1) for i in range(sets)], 1)
+        top = np.sort(counts, 1)
+        keep = top[:, -1] > top[:, -2]
+        out_x += list(tokens[keep])
+        out_y += list(np.argmax(counts[keep], 1))
+    return np.asarray(out_x[:n], "int32"), np.asarray(out_y[:n], "int32")
+
+
+def load(kind):
+    """(train, validation, test) splits."""
+    if kind == "cnn":
+        from quality_protocol import load_mnist1d_split
+
+        return load_mnist1d_split()
+    rng = np.random.default_rng(0)
+    if kind == "text":
+        return text_data(3000, rng), text_data(500, rng), text_data(1000, rng)
+    from sklearn.datasets import load_diabetes
+
+    d = load_diabetes()
+    x = ((d.data - d.data.mean(0)) / d.data.std(0)).astype("float32")
+    y = ((d.target - d.target.mean()) / d.target.std()).astype("float32")[:, None]
+    order = rng.permutation(len(x))
+    x, y = x[order], y[order]
+    return (x[:282], y[:282]), (x[282:352], y[282:352]), (x[352:], y[352:])
+
+
+def build(keras, kind, shape, filters):
+    if kind == "cnn":
+        from bench_compact import build_cnn
+
+        return build_cnn(keras, shape, filters)
+    if kind == "text":
+        return keras.Sequential([keras.Input(shape, dtype="int32"), keras.layers.Embedding(64, 32),
+                                 keras.layers.GRU(64), keras.layers.Dense(64, activation="relu"),
+                                 keras.layers.Dense(4)])
+    return keras.Sequential([keras.Input(shape), keras.layers.Dense(128, activation="relu"),
+                             keras.layers.Dense(64, activation="relu"), keras.layers.Dense(1)])
+
+
+def compile_model(keras, model, kind):
+    if kind == "regression":
+        model.compile(keras.optimizers.Adam(1e-3), "mse", metrics=["mae"])
+    else:
+        model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+
+
+def score(keras, model, kind, x, y):
+    """Test accuracy (classifiers) or MAE (regression)."""
+    out = keras.ops.convert_to_numpy(model.predict(x, verbose=0, batch_size=512))
+    if kind == "regression":
+        return float(np.mean(np.abs(out - y)))
+    return float(np.mean(np.argmax(out, -1) == y))
+
+
+def change(kind, value, base):
+    """Points of accuracy gained, or the MAE's relative growth."""
+    return (value - base) / base if kind == "regression" else 100 * (value - base)
+
+
+def run(kind, seed, args, keras, rk):
+    from quality_protocol import plain_fit_seconds, resetter
+
+    (x, y), (xv, yv), (xt, yt) = load(kind)
+    keras.utils.set_random_seed(seed)
+    model = build(keras, kind, x.shape[1:], args.cnn_filters)
+    compile_model(keras, model, kind)
+    model.fit(x, y, batch_size=BATCH_SIZE, epochs=3 if args.quick else BASELINE_EPOCHS[kind],
+              validation_data=(xv, yv), verbose=0)
+    base = score(keras, model, kind, xt, yt)
+    reset = resetter(keras, model)
+    epochs = 2 if args.quick else SHRINK_EPOCHS
+    fit_seconds = plain_fit_seconds(model, reset, x, y, (xv, yv), epochs)
+    runs = [("sparsity", level, dict(sparsity=level)) for level in LEVELS]
+    runs += [("tolerance", t, dict(tolerance=t, **({"monitor": "val_mae"} if kind == "regression" else {})))
+             for t in TOLERANCES[kind]]
+    rows = []
+    for mode, value, kwargs in runs:
+        reset()
+        keras.utils.set_random_seed(seed)
+        start = time.perf_counter()
+        result = rk.shrink(model, x, y, validation_data=(xv, yv), epochs=epochs, batch_size=BATCH_SIZE, **kwargs)
+        seconds = time.perf_counter() - start
+        row = {"kind": kind, "seed": seed, "mode": mode, "value": value, "zeros": result.layers and
+               sum(s.zeros for s in result.layers) / sum(s.params for s in result.layers),
+               "change": change(kind, score(keras, model, kind, xt, yt), base), "baseline": base,
+               "outcome": result.outcome, "wall_ratio": seconds / fit_seconds}
+        rows.append(row)
+        print(f"{kind} seed {seed} {mode} {value}: zeros {row['zeros']:.4f}, change {row['change']:+.3f}, "
+              f"{result.outcome}, {row['wall_ratio']:.2f}x fit", flush=True)
+    return rows
+
+
+def summarize(rows):
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["kind"], r["mode"], r["value"]), []).append(r)
+    out = {}
+    for key, group in groups.items():
+        changes = [r["change"] for r in group]
+        worst = max(changes) if key[0] == "regression" else min(changes)
+        out[key] = {"median": statistics.median(changes), "worst": worst,
+                    "zeros": statistics.median(r["zeros"] for r in group), "min_zeros": min(r["zeros"] for r in group),
+                    "wall_ratio": statistics.median(r["wall_ratio"] for r in group)}
+    return out
+
+
+def frontier(summary, kind, t):
+    def keeps(s):
+        if kind == "regression":
+            return s["median"] <= t + 1e-9 and s["worst"] <= t + 0.05 + 1e-9
+        return s["median"] >= -100 * t - 1e-9 and s["worst"] >= -100 * t - 0.5 - 1e-9
+
+    return max((level for (k, mode, level), s in summary.items() if k == kind and mode == "sparsity" and keeps(s)),
+               default=None)
+
+
+def table(rows):
+    summary = summarize(rows)
+    unit = {"regression": "relative test MAE growth"}
+    lines = ["| model | t | frontier | tolerance mode: zeros (lowest seed) | change median / worst | wall |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for kind in TOLERANCES:
+        for t in TOLERANCES[kind]:
+            s = summary.get((kind, "tolerance", t))
+            if s is None:
+                continue
+            level = frontier(summary, kind, t)
+            edge = "-" if level is None else f"{level:.1%} ({summary[(kind, 'sparsity', level)]['median']:+.2f} / " \
+                                             f"{summary[(kind, 'sparsity', level)]['worst']:+.2f})"
+            lines.append(f"| {kind} | {t} | {edge} | {100 * s['zeros']:.1f} % ({100 * s['min_zeros']:.1f}) | "
+                         f"{s['median']:+.2f} / {s['worst']:+.2f} | {s['wall_ratio']:.2f}x |")
+    lines.append("Change: test accuracy points (classifiers), " + unit["regression"] + " (regression, a fraction).")
+    sparsity = [s["wall_ratio"] for (k, mode, _), s in summary.items() if mode == "sparsity"]
+    if sparsity:
+        lines.append(f"Sparsity mode wall time / 10 plain epochs: median {statistics.median(sparsity):.2f}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--kinds", nargs="+", default=list(TOLERANCES), choices=list(TOLERANCES))
+    p.add_argument("--cnn-filters", type=int, default=32)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--table", default=None, help="print the table of a results JSON")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    if args.table:
+        with open(args.table) as f:
+            print(table(json.load(f)["results"]))
+        return 0
+    import keras
+    import tensorflow as tf
+
+    import keras_regkit as rk
+
+    tf.config.experimental.enable_op_determinism()
+    rows = []
+    for kind in args.kinds:
+        for seed in range(args.seeds):
+            rows += run(kind, seed, args, keras, rk)
+    print(table(rows))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"benchmark": "tolerance mode on more model kinds", "seeds": args.seeds, "quick": args.quick,
+                       "cnn_filters": args.cnn_filters, "versions": {"tensorflow": tf.__version__,
+                                                                     "keras": keras.__version__},
+                       "results": rows}, f, indent=1)
+        print(f"wrote {args.out}")
+    return 0
+
+
+import numpy as np  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
