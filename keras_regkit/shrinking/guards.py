@@ -248,9 +248,10 @@ class ValidationCheck:
     True
     """
 
-    def __init__(self, tolerance: float, monitor: str | None = None, mode: str = "auto", slack: float = SLACK):
+    def __init__(self, tolerance: float, monitor: str | None = None, mode: str = "auto",
+                 slack: float | None = None):
         self.tolerance = _validate.real("tolerance", tolerance, maximum=1.0)
-        self.slack = _validate.real("slack", slack)
+        self.slack = _validate.real("slack", SLACK if slack is None else slack)
         if monitor is not None and not isinstance(monitor, str):
             raise TypeError(f"Invalid value for argument `monitor`: expected a str. Received: monitor={monitor!r}")
         if mode not in ("auto", "min", "max"):

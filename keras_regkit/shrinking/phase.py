@@ -47,8 +47,8 @@ _ACTIVE = ("ramping", "holding")
 # the end of the budget kept for fine-tuning the chosen level; and the
 # checks without progress that end a wait. Chosen on seeds 5-9 of
 # benchmarks/bench_shrink_quality.py (digits, MNIST-1D).
-_RAMP, _HOLD, _RESERVE = 0.8, 0.2, 0.15
-_PLATEAU = 2
+_RAMP, _HOLD, _RESERVE = 0.6, 0.2, 0.15
+_PLATEAU = 3
 # What a resumed phase takes back from its saved state.
 _RESULT_FIELDS = ("baseline", "started_at_epoch", "cuts", "rollbacks", "stopped_at", "threshold", "levels")
 
