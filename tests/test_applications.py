@@ -10,6 +10,8 @@ import pytest
 import keras_regkit as rk
 from keras_regkit.regularizers import L2
 
+pytestmark = pytest.mark.slow  # whole models: JAX compiles one program per op and shape
+
 APPLICATIONS = {
     "MobileNetV2": lambda: keras.applications.MobileNetV2(
         input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10),

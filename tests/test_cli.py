@@ -8,6 +8,7 @@ import pytest
 from keras_regkit import cli
 
 
+@pytest.mark.slow  # trains every method of the demo
 def test_quick_demo_trains_every_method_shrinks_and_prints_the_table(capsys, tmp_path, monkeypatch):
     plot = tmp_path / "demo.png"
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the demo's files go
@@ -115,6 +116,7 @@ def test_help_answers_without_importing_keras_or_tensorflow():
     assert not imported & {"keras", "tensorflow", "jax", "torch"}
 
 
+@pytest.mark.slow  # a fresh Python that imports TensorFlow
 def test_inspect_prints_no_tensorflow_start_up_lines(saved_model):
     result = subprocess.run(
         [sys.executable, "-m", "keras_regkit", "inspect", saved_model],

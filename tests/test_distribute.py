@@ -19,9 +19,9 @@ import pytest
 
 import keras_regkit as rk
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="tf.distribute strategies run under the TensorFlow backend only"
-)
+)]
 
 SCRIPT = textwrap.dedent(
     """

@@ -285,6 +285,7 @@ def test_interrupted_while_finishing_resumes_the_ending(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # a process killed and a fresh one
 def test_resumes_after_a_process_is_killed(tmp_path):
     # A process dies mid-shrink, with no cleanup at all; the resume runs here.
     # BackupAndRestore is first in the list: its backup holds the weights

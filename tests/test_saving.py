@@ -71,6 +71,7 @@ def trained_model_with_every_penalty():
     return model
 
 
+@pytest.mark.slow  # a fresh Python that imports TensorFlow
 def test_reloads_in_fresh_process_with_same_penalties_strengths_and_step(tmp_path):
     model = trained_model_with_every_penalty()
     path = str(tmp_path / "model.keras")
