@@ -260,12 +260,9 @@ class ValidationCheck:
     def name(self) -> str:
         return "top-1 accuracy" if self.monitor is None else "val_" + self.monitor.removeprefix("val_")
 
-    @property
-    def state(self) -> dict:
-        """What a resumed shrink needs back (see `restore`)."""
-        return {"baseline": self.baseline, "start_hits": self.start_hits, "start_classes": self.start_classes}
-
     def restore(self, data, steps, state: dict) -> None:
+        """Takes back what a resumed shrink saved: `baseline`, and for top-1
+        `start_hits` and `start_classes`."""
         self.data, self.steps = data, steps
         self.baseline, self.start_hits = state["baseline"], state["start_hits"]
         self.start_classes = state["start_classes"]
@@ -291,7 +288,7 @@ class ValidationCheck:
             self.monitor = "val_loss"
         if self.monitor is None:
             hits, weights, finite, self.start_classes = validation_hits(model, validation_data, steps)
-            if not global_sum([not finite])[0] == 0:
+            if global_sum([0.0 if finite else 1.0])[0] > 0:  # on any process
                 raise ValueError(
                     "Invalid value for argument `validation_data`: the starting model's predictions "
                     "on it are not all finite (NaN or inf in the validation inputs?), so no change "
@@ -313,7 +310,7 @@ class ValidationCheck:
             raise RuntimeError("ValidationCheck.start(model, validation_data) must be called first.")
         if self.monitor is None:
             hits, weights, _, _ = validation_hits(model, self.data, self.steps)
-            start_hits, start_weights = self.start_hits
+            start_hits = self.start_hits[0]
             if hits.shape != start_hits.shape:
                 raise ValueError(
                     "The shrink's validation data changed size between two readings "
