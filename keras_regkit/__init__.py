@@ -8,29 +8,22 @@ run `import keras_regkit` before loading a model saved with it (or pass
 # First: as the command line, answer --help before Keras loads, then load it quietly.
 from keras_regkit import _startup  # noqa: F401
 from keras_regkit import callbacks, regularizers, schedules
-from keras_regkit.attach import Attachment, apply_regularizers, reapply_regularizers, remove_regularizers
-from keras_regkit import shrinking
-from keras_regkit.shrinking import ShrinkResult, shrink
-from keras_regkit.compact import CompactResult, compact, dead_units
-from keras_regkit.pruning import HoldZeros, PruneResult, prune, release_zeros
+from keras_regkit.attach import apply_regularizers, reapply_regularizers, remove_regularizers
+from keras_regkit.pruning import prune, release_zeros
+from keras_regkit.pruning.units import dead_units
+from keras_regkit.shrinking import shrink
+from keras_regkit.compacting.rebuild import compact
 from keras_regkit.saving import custom_objects
-from keras_regkit.search import StrengthSearchResult, search_strength
-from keras_regkit.stats import LayerStats, SparsityReport, sparsity_report
-from keras_regkit.weights import WEIGHT_KINDS, WeightRef, iter_weights
+from keras_regkit.search import search_strength
+from keras_regkit.stats import sparsity_report
+from keras_regkit.weights import iter_weights
 
 __version__ = "0.1.0"
 
+# What the README's examples use. Everything else lives under its module:
+# result classes (`shrinking.ShrinkResult`, `pruning.PruneResult`, ...),
+# the shrink's parts (`shrinking`), the pruning core (`pruning`).
 __all__ = [
-    "Attachment",
-    "CompactResult",
-    "HoldZeros",
-    "LayerStats",
-    "PruneResult",
-    "ShrinkResult",
-    "SparsityReport",
-    "StrengthSearchResult",
-    "WEIGHT_KINDS",
-    "WeightRef",
     "apply_regularizers",
     "callbacks",
     "compact",
@@ -45,6 +38,5 @@ __all__ = [
     "schedules",
     "search_strength",
     "shrink",
-    "shrinking",
     "sparsity_report",
 ]

@@ -10,6 +10,7 @@ from typing import Mapping, Sequence, Union
 import keras
 
 from keras_regkit import _validate
+from keras_regkit._step_functions import rebuild_step_functions
 from keras_regkit import weights as weights_lib
 from keras_regkit.regularizers import Combined, _Penalty
 from keras_regkit.weights import LayerSelector, WeightRef
@@ -482,8 +483,7 @@ def regularized_variables(model: keras.Model) -> list[keras.Variable]:
 def scheduled_regularizers(model: keras.Model) -> dict[str, _Penalty]:
     """Our regularizers with a schedule, keyed by the path of their first
     variable within `model` (e.g. `"dense/kernel"`). A regularizer shared by
-    several weights appears once; parts of a `Combined` are found too; those
-    driven by another object (`ShrinkPhase`'s own penalty) are left out."""
+    several weights appears once; parts of a `Combined` are found too."""
     found, seen = {}, set()
     prefix = f"{model.name}/"
     for variable in regularized_variables(model):
@@ -493,7 +493,6 @@ def scheduled_regularizers(model: keras.Model) -> dict[str, _Penalty]:
             if (
                 isinstance(regularizer, _Penalty)
                 and regularizer.is_scheduled
-                and regularizer.driver is None
                 and id(regularizer) not in seen
             ):
                 seen.add(id(regularizer))
@@ -516,44 +515,3 @@ def total_penalty(model: keras.Model):
         keras.ops.cast(v.regularizer(v), "float32") for v in regularized_variables(model)
     ]
     return keras.ops.sum(keras.ops.stack(terms)) if terms else keras.ops.zeros(())
-
-
-def rebuild_step_functions(model: keras.Model, losses_changed: bool = True) -> None:
-    """Makes the next train/test step see the model's current losses and
-    constraints.
-
-    Keras traces `model.losses` (and the optimizer step, with each variable's
-    constraint) into its step functions once and reuses them, so a
-    regularizer added afterwards would be silently ignored. Rebuilding is
-    cheap here (tracing happens at the next call) and safe mid-`fit`: the fit
-    loop looks the function up again at every step. A change of constraints
-    only (`losses_changed=False`) leaves the test function alone.
-    """
-    functions = [("train_function", "make_train_function")]
-    if losses_changed:
-        functions.append(("test_function", "make_test_function"))
-    for attribute, make in functions:
-        if getattr(model, attribute, None) is not None:
-            getattr(model, make)(force=True)
-
-
-def step_functions_read_variables_live() -> bool:
-    """Whether compiled train/test steps read a variable the model does not
-    own (a regularizer's step, a `HoldZeros` mask) each time they run.
-
-    True under TensorFlow (`tf.function` reads variables live) and PyTorch
-    (eager; `torch.compile` takes tensors as inputs). False under JAX: its
-    trainer passes only the model's, the optimizer's and the metrics' own
-    variables into the jitted step, so any other variable is a constant
-    captured when the step is traced (DESIGN.md trap 2).
-    """
-    return keras.backend.backend() != "jax"
-
-
-def refresh_step_functions(model: keras.Model, losses_changed: bool = True) -> None:
-    """Call after assigning such a variable from outside the step (`set_step`,
-    a new `HoldZeros` mask): rebuilds the step functions where they hold it
-    as a constant (JAX) and does nothing elsewhere, so TensorFlow and
-    PyTorch never retrace for it."""
-    if not step_functions_read_variables_live():
-        rebuild_step_functions(model, losses_changed)

@@ -135,7 +135,6 @@ def _plot_histograms(model, weights, path):
         ) from None
     import numpy as np
 
-    from keras_regkit.stats import weight_name
     from keras_regkit.weights import iter_weights
 
     refs = list(iter_weights(model, weights))
@@ -149,7 +148,7 @@ def _plot_histograms(model, weights, path):
         nonzero = magnitude[(magnitude > 0) & np.isfinite(magnitude)]
         if nonzero.size:
             axis.hist(np.log10(nonzero), bins=50)
-        axis.set_title(f"{weight_name(ref)}\n{zeros:,} exact zeros", fontsize=9)
+        axis.set_title(f"{ref.name}\n{zeros:,} exact zeros", fontsize=9)
         axis.set_xlabel("log10 |w|")
     for axis in list(axes.flat)[len(refs):]:
         axis.axis("off")

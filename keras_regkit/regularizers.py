@@ -26,23 +26,13 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_regkit import _penalty_math as penalty_math
 from keras_regkit import _validate
 
 LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule
 Strength = Union[float, LearningRateSchedule]
 
 _PACKAGE = "keras_regkit"
-
-
-def _magnitude(x):
-    """`|x|` whose gradient is `sign(x)`: 0 at exact zeros on every backend.
-
-    JAX differentiates `abs` as 1 at 0, so an L1-like penalty would push
-    pruned weights off zero there; TensorFlow and PyTorch already give 0.
-    """
-    if keras.backend.backend() == "jax":
-        return x * ops.sign(x)
-    return ops.absolute(x)
 
 
 def _read(x):
@@ -111,9 +101,6 @@ class _Penalty(keras.regularizers.Regularizer):
         # this regularizer, never the shared counter.
         self._own_step = None
         self._counter = None
-        # Set by an object that moves the step itself (ShrinkPhase), so that
-        # RegularizationScheduler leaves this regularizer alone.
-        self.driver = None
         if self.is_scheduled:
             # "int", as for `optimizer.iterations`: int64 under TensorFlow,
             # int32 where JAX would truncate int64 with a warning.
@@ -281,7 +268,7 @@ class L1(_Penalty):
         return self._strengths["alpha"]
 
     def _penalty(self, x, alpha):
-        return _l1_l2(x, l1=alpha)
+        return penalty_math.l1_l2(x, l1=alpha)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -316,7 +303,7 @@ class L2(_Penalty):
         return self._strengths["alpha"]
 
     def _penalty(self, x, alpha):
-        return _l1_l2(x, l2=alpha)
+        return penalty_math.l1_l2(x, l2=alpha)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -361,241 +348,7 @@ class ElasticNet(_Penalty):
         return self._strengths["l2"]
 
     def _penalty(self, x, l1, l2):
-        return _l1_l2(x, l1=l1, l2=l2)
-
-
-def _group_norms(x, axis):
-    """The L2 norm of each group of the float32 of `x` (entries sharing an
-    index along `axis`)."""
-    w = ops.cast(x, "float32")
-    squares = ops.sum(ops.square(w), axis=[i for i in range(len(w.shape)) if i != axis])
-    # sqrt has an infinite derivative at 0: a dead group would get NaN
-    # gradients. Take the norm only where it is positive; elsewhere
-    # `0 * squares`: 0 for a dead group, NaN for one holding NaN, so the
-    # penalty is NaN (as every other penalty's), not a dead group's 0. Its
-    # gradient, as the fused one: NaN at the NaN entries, 0 in the rest of
-    # their group.
-    positive = squares > 0
-    return ops.where(positive, ops.sqrt(ops.where(positive, squares, 1.0)), 0.0 * squares)
-
-
-def _group_lasso_gradient(x, norms, factor, axis):
-    """`factor * w / ||w_g||` (0 in a dead group) in the dtype of `x`, with
-    `w` the float32 of `x`: the gradient of `factor * sum(norms)`."""
-    w = ops.cast(x, "float32")
-    positive = norms > 0
-    shape = [-1 if i == axis else 1 for i in range(len(w.shape))]
-    scale = ops.reshape(ops.where(positive, factor / ops.where(positive, norms, 1.0), 0.0), shape)
-    return ops.cast(w * scale, x.dtype)
-
-
-# Beyond |x| / scale = _LINEAR_FROM the penalty grows linearly (with the slope
-# it has there) instead of exponentially, and beyond _SATURATE_AT it stops
-# growing (at about 4.85e28 * alpha per entry), so a runaway weight can't make
-# its term or its gradient inf/NaN.
-_LINEAR_FROM = 20.0
-_SATURATE_AT = 1e20
-# float16 variables receive float16 gradients: there the exponential part ends
-# where the gradient would reach half of float16's largest value.
-_GRADIENT_LIMIT = {"float16": 65504.0 / 2}
-# ExpAbs' `scale`: 1 / scale must be a normal float32.
-_MIN_SCALE, _MAX_SCALE = 1e-30, 1e30
-
-
-def _rows(x):
-    """The axis of a per-row sum of `x` (see `_exp_abs_sums`)."""
-    return -1 if len(x.shape) > 1 else None
-
-
-def _exp_abs_parts(x, inv_scale, end):
-    """`w`, the float32 of `x`; `u = |w| / scale`; `u` clipped where the
-    penalty stops growing; and clipped again where it turns linear."""
-    w = ops.cast(x, "float32")
-    u = ops.absolute(w) * inv_scale
-    clipped = ops.minimum(u, _SATURATE_AT)
-    return w, u, clipped, ops.minimum(clipped, end)
-
-
-def _exp_abs_slope(w, u, exp_of_exponential, factor):
-    """The gradient of `factor * scale * terms`: `factor * sign(w) *
-    exp(min(u, end))` on both sides of `end`, and 0 past the saturation,
-    where the penalty is constant. sign(w) is 0 at exact zeros (see
-    `_magnitude`)."""
-    # `u > _SATURATE_AT`, not `u <= ...`: a NaN weight gets a NaN gradient, as autodiff gives.
-    return ops.where(u > _SATURATE_AT, 0.0, factor * ops.sign(w) * exp_of_exponential)
-
-
-# Under TensorFlow the forward and the backward pass each run one
-# XLA-compiled kernel (`_one_kernel`) that reads the weight once, in its own
-# dtype, and writes nothing but the row sums or the gradient: without XLA,
-# TensorFlow runs every op as its own pass over the weight, and autodiff of
-# the penalty takes about twenty. The backward kernel computes the `exp`
-# again, which costs less than writing the gradient in the forward pass and
-# reading it back.
-def _exp_abs_sums(x, inv_scale, end):
-    """ExpAbs' terms (without `alpha`), summed per row.
-
-    One sum: XLA on CPU takes about twice as long for two sums in one
-    kernel as for one. Per row (over the last axis) rather than in total:
-    XLA on CPU sums in order, which over millions of float32 terms drifts by
-    about 1e-6; the caller's sum of the few row sums stays within 1e-7.
-    """
-    _, _, clipped, exponential = _exp_abs_parts(x, inv_scale, end)
-    # `clipped - exponential` is `relu(clipped - end)`, exactly: 0 but where
-    # the penalty is linear.
-    terms = _expm1_of_nonnegative(exponential) + ops.exp(end) * (clipped - exponential)
-    return ops.sum(terms, axis=_rows(x))
-
-
-def _expm1_of_nonnegative(v):
-    """`expm1(v)` for `v >= 0`, to 3e-7 relative (as XLA's own), and
-    cheaper than XLA's `expm1` on CPU: below 0.5 its Taylor series up to
-    `v ** 8` (the rest is under 1e-8 relative there), above it `exp(v) - 1`
-    (which loses under a bit there)."""
-    series = _EXPM1_SERIES[-1]
-    for coefficient in reversed(_EXPM1_SERIES[:-1]):  # Horner
-        series = series * v + coefficient
-    return ops.where(v < 0.5, v * series, ops.exp(v) - 1.0)
-
-
-_EXPM1_SERIES = [1.0 / math.factorial(n) for n in range(1, 9)]
-
-
-def _exp_abs_gradient(x, upstream, factor, inv_scale, end):
-    w, u, _, exponential = _exp_abs_parts(x, inv_scale, end)
-    # The upstream last, as autodiff would: folded into `factor` it could
-    # overflow to inf, and inf * sign(0) is NaN at exact zeros.
-    return ops.cast(upstream * _exp_abs_slope(w, u, ops.exp(exponential), factor), x.dtype)
-
-
-def _exp_abs_sums_and_slope(x, factor, inv_scale, end):
-    """The exponential and the linear terms, each summed per row, and the
-    gradient, from one `exp` (the derivative of `expm1` is the forward
-    `expm1` plus 1), computed in the forward pass: for JAX, whose compiled
-    step fuses them as it likes (the two kernels of TensorFlow's path, or
-    one sum, take JAX about twice as long), for PyTorch, which runs op by
-    op, and under TensorFlow for eager calls and small weights (see
-    `_fuses`)."""
-    w, u, clipped, exponential = _exp_abs_parts(x, inv_scale, end)
-    expm1_of_exponential = ops.expm1(exponential)
-    sums = ops.sum(expm1_of_exponential, axis=_rows(x)), ops.sum(clipped - exponential, axis=_rows(x))
-    return sums, _exp_abs_slope(w, u, expm1_of_exponential + 1.0, factor)
-
-
-def _one_kernel(fn):
-    # TensorFlow without XLA (the default train step on CPU) runs each op as
-    # its own pass over memory; XLA fuses `fn` into one. JAX compiles the
-    # whole train step anyway, and PyTorch runs `fn` as it is.
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return tf.function(fn, jit_compile=True)
-    return fn
-
-
-_exp_abs_sums_kernel = _one_kernel(_exp_abs_sums)
-_exp_abs_gradient_kernel = _one_kernel(_exp_abs_gradient)
-
-
-def _with_gradient(forward, x):
-    """The penalty that `forward(x)` returns, differentiated by the
-    `gradient(upstream)` it returns with it. `gradient` is given the float32
-    upstream and returns the gradient in the dtype of `x`, computed in
-    float32 and rounded once, as autodiff would: a loss scale of 2**16 is
-    inf in float16."""
-
-    @ops.custom_gradient
-    def penalty(x):
-        value, gradient = forward(x)
-
-        def backward(*args, upstream=None):
-            upstream = args[0] if upstream is None else upstream
-            return gradient(ops.cast(upstream, "float32"))
-
-        return value, backward
-
-    return penalty(x)
-
-
-def _l1_l2_sums(x, l1, l2, with_l1, with_l2):
-    """Row sums of `l1 * |w|` (if `with_l1`) plus `l2 * w ** 2` (if
-    `with_l2`), with `w` the float32 of `x`, in one sum (see
-    `_exp_abs_sums`). A term left out is not computed: `0 * w ** 2` would be
-    NaN where the square overflows."""
-    w = ops.cast(x, "float32")
-    terms = _total(
-        ([l1 * ops.absolute(w)] if with_l1 else []) + ([l2 * ops.square(w)] if with_l2 else [])
-    )
-    return ops.sum(terms, axis=_rows(x))
-
-
-def _l1_l2_gradient(x, l1, l2, with_l1, with_l2):
-    """`l1 * sign(w) + 2 * l2 * w` in the dtype of `x`, from the terms used."""
-    w = ops.cast(x, "float32")
-    grad = 0.0
-    if with_l1:
-        grad = l1 * ops.sign(w)
-    if with_l2:
-        grad = grad + (2.0 * l2) * w
-    return ops.cast(grad, x.dtype)
-
-
-_l1_l2_sums_kernel = _one_kernel(_l1_l2_sums)
-_l1_l2_gradient_kernel = _one_kernel(_l1_l2_gradient)
-_group_norms_kernel = _one_kernel(_group_norms)
-_group_lasso_gradient_kernel = _one_kernel(_group_lasso_gradient)
-
-
-def _fuses(x) -> bool:
-    """Whether the penalty of `x` runs as fused kernels of its own
-    (`_one_kernel`): under TensorFlow, inside a traced function (the train
-    step), where a step without XLA would make every op of the penalty and
-    of its gradient a pass over the weight, and for a weight of at least
-    `_FUSED_FROM` entries. JAX fuses its whole train step anyway.
-
-    Not for an eager call (`total_penalty`, a penalty called by hand): a
-    kernel would be compiled for every new weight shape, and TensorFlow
-    warns of retracing after five. Not for a small weight: there the fused
-    pair is slower than the plain ops (measured in float32: 680 against
-    360 us for value and gradient of a 1024x10 weight; equal at 256x256) and
-    compiles for 0.1-0.6 s the first time.
-    """
-    if keras.backend.backend() != "tensorflow" or None in x.shape:
-        return False
-    import tensorflow as tf
-
-    return not tf.executing_eagerly() and math.prod(x.shape) >= _FUSED_FROM
-
-
-_FUSED_FROM = 256 * 256
-
-
-def _l1_l2(x, l1=None, l2=None):
-    """`l1 * sum(|x|) + l2 * sum(x ** 2)` in float32, of `x` as stored; a
-    term whose strength is None is left out."""
-    if _fuses(x):
-        used = [s is not None for s in (l1, l2)]
-        l1, l2 = (ops.convert_to_tensor(0.0 if s is None else s, "float32") for s in (l1, l2))
-
-        def forward(x):
-            value = ops.sum(_l1_l2_sums_kernel(x, l1, l2, *used))
-            return value, lambda upstream: _l1_l2_gradient_kernel(
-                x, upstream * l1, upstream * l2, *used
-            )
-
-        return _with_gradient(forward, x)
-    x = ops.cast(x, "float32")
-    terms = []
-    if l1 is not None:
-        terms.append(l1 * ops.sum(_magnitude(x)))
-    if l2 is not None:
-        terms.append(l2 * ops.sum(ops.square(x)))
-    return _total(terms)
-
-
-def _total(terms):
-    # Not `sum(terms)`: `0 + term` would be one more op in every step.
-    return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        return penalty_math.l1_l2(x, l1=l1, l2=l2)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -655,10 +408,10 @@ class ExpAbs(_Penalty):
             )
         # The penalty uses 1 / scale in float32: beyond these bounds it would
         # overflow (a NaN penalty at zero weights) or vanish (no penalty).
-        if not (math.isfinite(scale) and _MIN_SCALE <= scale <= _MAX_SCALE):
+        if not (math.isfinite(scale) and penalty_math.MIN_SCALE <= scale <= penalty_math.MAX_SCALE):
             raise ValueError(
-                f"Invalid value for argument `scale`: expected a float > 0 in [{_MIN_SCALE:g}, "
-                f"{_MAX_SCALE:g}] (its reciprocal is used in float32). Received: scale={scale}"
+                f"Invalid value for argument `scale`: expected a float > 0 in [{penalty_math.MIN_SCALE:g}, "
+                f"{penalty_math.MAX_SCALE:g}] (its reciprocal is used in float32). Received: scale={scale}"
             )
         self.scale = float(scale)
         super().__init__(step=step, alpha=alpha)
@@ -673,32 +426,15 @@ class ExpAbs(_Penalty):
         end = ops.convert_to_tensor(self._end_of_exponential(x.dtype, alpha), "float32")
         inv_scale = ops.convert_to_tensor(1.0 / self.scale, "float32")
 
-        factor = alpha * inv_scale
-
-        if _fuses(x):
-
-            def forward(x):
-                value = alpha * ops.sum(_exp_abs_sums_kernel(x, inv_scale, end))
-                return value, lambda upstream: _exp_abs_gradient_kernel(
-                    x, upstream, factor, inv_scale, end
-                )
-
-        else:
-
-            def forward(x):
-                (exponential, linear), slope = _exp_abs_sums_and_slope(x, factor, inv_scale, end)
-                value = alpha * (ops.sum(exponential) + ops.exp(end) * ops.sum(linear))
-                return value, lambda upstream: ops.cast(upstream * slope, x.dtype)
-
-        return _with_gradient(forward, x)
+        return penalty_math.exp_abs(x, alpha, inv_scale, end)
 
     def _end_of_exponential(self, dtype, alpha):
-        limit = _GRADIENT_LIMIT.get(keras.backend.standardize_dtype(dtype))
+        limit = penalty_math.GRADIENT_LIMIT.get(keras.backend.standardize_dtype(dtype))
         if limit is None:
-            return _LINEAR_FROM
+            return penalty_math.LINEAR_FROM
         # The gradient is alpha / scale * exp(u): stop where it reaches limit.
         end = ops.log(limit * self.scale / ops.maximum(alpha, 1e-30))
-        return ops.clip(end, 0.0, _LINEAR_FROM)
+        return ops.clip(end, 0.0, penalty_math.LINEAR_FROM)
 
     def _extra_config(self) -> dict:
         return {"scale": self.scale}
@@ -777,17 +513,7 @@ class GroupLasso(_Penalty):
         axis = self.axis % rank
         group_size = math.prod(d for i, d in enumerate(x.shape) if i != axis)
         factor = alpha * math.sqrt(group_size)
-        if _fuses(x):
-            factor = ops.convert_to_tensor(factor, "float32")
-
-            def forward(x):
-                norms = _group_norms_kernel(x, axis)
-                return factor * ops.sum(norms), lambda upstream: _group_lasso_gradient_kernel(
-                    x, norms, upstream * factor, axis
-                )
-
-            return _with_gradient(forward, x)
-        return factor * ops.sum(_group_norms(x, axis))
+        return penalty_math.group_lasso(x, factor, axis)
 
     def _extra_config(self) -> dict:
         return {"axis": self.axis}

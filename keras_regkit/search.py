@@ -19,6 +19,8 @@ import numpy as np
 from keras_regkit import _validate
 from keras_regkit.attach import apply_regularizers, total_penalty
 from keras_regkit.regularizers import ElasticNet
+from keras_regkit.shrinking import shrink
+from keras_regkit.shrinking.data import is_infinite
 from keras_regkit.stats import sparsity_report
 from keras_regkit.weights import LayerSelector
 
@@ -46,7 +48,7 @@ class StrengthSearchResult:
 
     Example:
 
-    >>> result = rk.StrengthSearchResult(1e-3, "val_loss", "min", [
+    >>> result = rk.search.StrengthSearchResult(1e-3, "val_loss", "min", [
     ...     {"strength": 0.0, "stage": "reference", "val_loss": 0.5},
     ...     {"strength": 1e-3, "stage": "decade", "val_loss": 0.4}])
     >>> result.best["val_loss"], result.reference["val_loss"]
@@ -325,8 +327,6 @@ def search_strength(
     if validation_data is None:
         raise ValueError("search_strength() needs `validation_data=(x_val, y_val)` (or a dataset): "
                          "the objective is measured on it. Received: validation_data=None")
-    from keras_regkit.shrinking.data import is_infinite
-
     for name, data in (("x", x), ("validation_data", validation_data)):
         if is_infinite(data):
             # Trials take no `steps_per_epoch`: fit and evaluate would never end.
@@ -587,8 +587,6 @@ class _Trainer:
         this model cannot take, as the tolerance mode without accuracy or
         `monitor=`) fails before the first trial, in `shrink`'s own words,
         and not inside every trial."""
-        from keras_regkit.shrinking import shrink
-
         given = sorted(set(self.shrink) & set(_GIVEN_TO_SHRINK))
         if given:
             raise ValueError(
@@ -646,8 +644,6 @@ class _Trainer:
             attached.undo()  # measure the data loss alone
         record.update(self._evaluate(model))
         if self.shrink is not None:
-            from keras_regkit.shrinking import shrink
-
             shrink(model, self.x, self.y, validation_data=self.validation_data, **self._shrink_kwargs())
             record.update({f"shrunk_{k}": v for k, v in self._evaluate(model).items()})
             record["shrunk_zeros"] = sparsity_report(model, self.weights, self.threshold).total.sparsity

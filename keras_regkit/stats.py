@@ -21,7 +21,6 @@ from keras import ops
 
 from keras_regkit import _validate
 from keras_regkit import weights as weights_lib
-from keras_regkit.weights import WeightRef
 
 # Counts are summed as int32 and shipped in float32, which is exact only below
 # 2**24; splitting each count into (count // 2**20, count % 2**20) keeps it exact.
@@ -45,7 +44,7 @@ class LayerStats:
 
     Example:
 
-    >>> stats = rk.LayerStats("dense", params=10, zeros=4, near_zero=5, l1=1.0,
+    >>> stats = rk.stats.LayerStats("dense", params=10, zeros=4, near_zero=5, l1=1.0,
     ...     l2=0.5, nonfinite=0)
     >>> stats.sparsity, stats.near_zero_fraction
     (0.4, 0.5)
@@ -68,11 +67,6 @@ class LayerStats:
     @property
     def near_zero_fraction(self) -> float:
         return self.near_zero / self.params if self.params else 0.0
-
-
-def weight_name(ref: WeightRef) -> str:
-    """The key a weight goes by in reports and logs."""
-    return ref.path if ref.kind == "kernel" else f"{ref.path}/{ref.kind}"
 
 
 class WeightStats:
@@ -145,7 +139,7 @@ class WeightStats:
             regularizer = ref.regularizer
             out.append(
                 LayerStats(
-                    name=weight_name(ref),
+                    name=ref.name,
                     params=int(np.prod(ref.variable.shape)),
                     zeros=zeros,
                     near_zero=near_zero,

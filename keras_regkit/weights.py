@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import types
 from typing import Callable, Iterator, Sequence, Union
 
 import keras
@@ -17,7 +18,9 @@ import numpy as np
 # kind -> the (variable attribute, config attribute) pairs that hold it. A layer
 # has a kind when it has both attributes. Keras saves a regularizer from the
 # config attribute, so both must be set or a reload silently drops it.
-WEIGHT_KINDS: dict[str, tuple[tuple[str, str], ...]] = {
+# Read-only: a layer of your own declares its weights with `regkit_weights`
+# (see `iter_weights`) instead.
+WEIGHT_KINDS = types.MappingProxyType({
     "kernel": (("kernel", "kernel_regularizer"),),
     "bias": (("bias", "bias_regularizer"),),
     "recurrent_kernel": (("recurrent_kernel", "recurrent_regularizer"),),
@@ -29,7 +32,10 @@ WEIGHT_KINDS: dict[str, tuple[tuple[str, str], ...]] = {
     "embeddings": (("embeddings", "embeddings_regularizer"),),
     "gamma": (("gamma", "gamma_regularizer"),),
     "beta": (("beta", "beta_regularizer"),),
-}
+})
+
+# The method a layer of your own defines to take part (see `iter_weights`).
+DECLARATION = "regkit_weights"
 
 LayerSelector = Union[str, type, Callable[[keras.layers.Layer], bool]]
 
@@ -63,6 +69,12 @@ class WeightRef:
     variable: keras.Variable
     config_attr: str
     owner: keras.layers.Layer | None = None
+
+    @property
+    def name(self) -> str:
+        """The key the weight goes by in reports and logs: its path, with its
+        kind appended unless it is a kernel (e.g. `"dense"`, `"dense/bias"`)."""
+        return self.path if self.kind == "kernel" else f"{self.path}/{self.kind}"
 
     @property
     def regularizer(self):
@@ -147,7 +159,40 @@ def owner_config_attr(owner: keras.layers.Layer, config_attr: str) -> str | None
     return None
 
 
+def _declared(layer) -> dict | None:
+    """What `layer.regkit_weights()` declares, checked, or None."""
+    declare = getattr(layer, DECLARATION, None)
+    if not callable(declare):
+        return None
+    declared = declare()
+    if not isinstance(declared, dict) or not all(
+        kind in WEIGHT_KINDS and isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(a, str) for a in pair)
+        for kind, pair in declared.items()
+    ):
+        raise TypeError(
+            f"Layer '{layer.name}' ({type(layer).__name__}): `{DECLARATION}()` must return a dict from a weight "
+            f"kind (one of {sorted(WEIGHT_KINDS)}) to a pair (variable attribute, regularizer attribute), e.g. "
+            f"{{'kernel': ('w', 'w_regularizer')}}. It returned {declared!r}"
+        )
+    for kind, (variable_attr, config_attr) in declared.items():
+        if not isinstance(getattr(layer, variable_attr, None), keras.Variable) or not hasattr(layer, config_attr):
+            raise TypeError(
+                f"Layer '{layer.name}' ({type(layer).__name__}) declares its {kind!r} as "
+                f"({variable_attr!r}, {config_attr!r}) in `{DECLARATION}()`, but `layer.{variable_attr}` is not a "
+                f"keras.Variable or `layer.{config_attr}` does not exist. The regularizer attribute must exist "
+                "(None when unset) and be saved by the layer's get_config, or a reload drops the penalty."
+            )
+    return declared
+
+
 def _weight_of(layer, kind):
+    declared = _declared(layer)
+    if declared is not None:
+        # The layer's own word replaces the built-in table for it.
+        if kind not in declared:
+            return None
+        variable_attr, config_attr = declared[kind]
+        return getattr(layer, variable_attr), config_attr
     for variable_attr, config_attr in WEIGHT_KINDS[kind]:
         variable = getattr(layer, variable_attr, None)
         if isinstance(variable, keras.Variable) and hasattr(layer, config_attr):
@@ -189,6 +234,13 @@ def iter_weights(
     layers: LayerSelector | None = None,
 ) -> Iterator[WeightRef]:
     """Yields a `WeightRef` for every weight of the given kinds.
+
+    Built-in layers' weights are found by attribute (`WEIGHT_KINDS`). A
+    layer of your own takes part (in penalties, statistics, pruning and the
+    shrink) by defining `regkit_weights(self)`, which returns a dict from a
+    kind to the pair (variable attribute, regularizer attribute), e.g.
+    `{"kernel": ("w", "w_regularizer")}`: the regularizer attribute must
+    exist (None when unset) and be saved by the layer's `get_config`.
 
     Args:
         model: A Keras model or layer.
@@ -280,42 +332,3 @@ def _describe(selector) -> str:
     if isinstance(selector, str):
         return repr(selector)
     return getattr(selector, "__name__", repr(selector))
-
-
-
-
-def output_layers(model: keras.Model) -> list[keras.layers.Layer] | None:
-    """The layers whose units are `model`'s outputs, or None when the graph is
-    unknown (a subclassed model).
-
-    Walks back from the outputs, into nested models and through layers that
-    carry channels through unchanged (activations, normalization, pooling,
-    reshapes: anything without a kernel), to the first layers with a kernel.
-    Unit-level pruning must leave these whole: their units are the outputs.
-    """
-    found: list[keras.layers.Layer] = []
-
-    def visit_tensor(tensor) -> bool:
-        history = getattr(tensor, "_keras_history", None)
-        if history is None:
-            return True  # a model input: nothing to protect
-        layer = history.operation
-        if isinstance(layer, keras.Model):
-            return visit_model_output(layer, history.tensor_index)
-        if hasattr(layer, "kernel") or hasattr(layer, "pointwise_kernel"):
-            if all(layer is not seen for seen in found):
-                found.append(layer)
-            return True
-        inputs = keras.tree.flatten(layer._inbound_nodes[history.node_index].input_tensors)
-        return all(visit_tensor(t) for t in inputs)
-
-    def visit_model_output(model, index) -> bool:
-        if isinstance(model, keras.Sequential):
-            model = model._functional if getattr(model, "_functional", None) else None
-        outputs = getattr(model, "outputs", None)
-        if not outputs:
-            return False
-        outputs = keras.tree.flatten(outputs)
-        return all(visit_tensor(t) for t in (outputs if index is None else [outputs[index]]))
-
-    return found if visit_model_output(model, None) else None

@@ -222,8 +222,8 @@ ERRORS = [
         prepare=with_nonfinite),
     row("prune-nonfinite-threshold", lambda m: rk.prune(m, threshold=0.1), ValueError, "hidden0",
         prepare=with_nonfinite),
-    row("holdzeros-variable-array", lambda m: rk.HoldZeros(np.zeros(3)), TypeError, "variable"),
-    row("holdzeros-inner-str", lambda m: rk.HoldZeros(m.get_layer("out").kernel, inner="non_neg"), TypeError,
+    row("holdzeros-variable-array", lambda m: rk.pruning.HoldZeros(np.zeros(3)), TypeError, "variable"),
+    row("holdzeros-inner-str", lambda m: rk.pruning.HoldZeros(m.get_layer("out").kernel, inner="non_neg"), TypeError,
         "inner"),
     # sparsity_report and the monitor.
     row("report-threshold-str", lambda m: rk.sparsity_report(m, threshold="0.1"), TypeError, "threshold"),

@@ -8,18 +8,13 @@ import numpy as np
 import pytest
 
 import keras_regkit as rk
-from keras_regkit import attach, callbacks, pruning, regularizers, schedules, stats, weights
+from keras_regkit import attach, callbacks, regularizers, schedules, stats, weights
 
 MODULES = [
-    regularizers, schedules, weights, attach, stats, pruning,
-    # The module: the function `rk.compact` shadows its name in the package.
-    importlib.import_module("keras_regkit.compact"),
-    callbacks.scheduler, callbacks.sparsity,
-    importlib.import_module("keras_regkit.search"),
-    # The module: the function `rk.custom_objects` is what the package exports.
-    importlib.import_module("keras_regkit.saving"),
-    # `rk.shrinking.shrink` shadows nothing, but the parts are modules of their own.
-    *(importlib.import_module(f"keras_regkit.shrinking{part}") for part in ("", ".result", ".schedules", ".guards")),
+    regularizers, schedules, weights, attach, stats, callbacks.scheduler, callbacks.sparsity,
+    *(importlib.import_module(f"keras_regkit.{name}") for name in (
+        "pruning.hold", "pruning.one_shot", "pruning.units", "compacting.rebuild", "search", "saving",
+        "shrinking", "shrinking.result", "shrinking.ramps", "shrinking.guards")),
 ]
 
 

@@ -3,7 +3,11 @@ import numpy as np
 import pytest
 
 import keras_regkit as rk
-from keras_regkit.weights import output_layers
+from keras_regkit.pruning import cut as cut_lib
+from keras_regkit.pruning import hold as hold_lib
+from keras_regkit.pruning import scores as scores_lib
+from keras_regkit.pruning.scores import Curvature, Magnitude
+from keras_regkit.pruning.units import output_layers
 
 from conftest import tiny_data, tiny_mlp
 
@@ -29,7 +33,8 @@ def test_sparsity_uses_one_global_threshold(target):
     result = rk.prune(model, sparsity=target)
     after = np.concatenate([k.ravel() for k in kernels(model)])
     assert result.sparsity == pytest.approx((after == 0).mean())
-    assert target <= result.sparsity <= target + 1 / before.size
+    # Exactly the count asked for: ties are broken by position.
+    assert (after == 0).sum() == round(target * before.size)
     kept = after != 0
     if kept.any() and not kept.all():
         assert np.abs(before[~kept]).max() < np.abs(before[kept]).min()
@@ -94,12 +99,12 @@ def test_bad_arguments_change_nothing(kwargs, error, match):
         np.testing.assert_array_equal(a, b)
 
 
-def relative_unit_rms(kernel):
-    rms = np.sqrt((kernel.reshape(-1, kernel.shape[-1]) ** 2).mean(axis=0))
-    return rms / rms.mean()
+def relative_unit_mean_square(kernel):
+    mean_square = (kernel.reshape(-1, kernel.shape[-1]) ** 2).mean(axis=0)
+    return mean_square / mean_square.mean()
 
 
-def test_unit_granularity_zeroes_whole_units_by_rms_relative_to_their_layer():
+def test_unit_granularity_zeroes_whole_units_by_mean_square_relative_to_their_layer():
     model = tiny_mlp(units=(16, 8, 4))
     before = kernels(model)
     result = rk.prune(model, sparsity=0.5, granularity="unit")
@@ -112,8 +117,8 @@ def test_unit_granularity_zeroes_whole_units_by_rms_relative_to_their_layer():
     for kernel, old, is_dead in zip(after[:-1], before[:-1], dead):
         # A unit is either all zero or untouched.
         np.testing.assert_array_equal(kernel[:, ~is_dead], old[:, ~is_dead])
-    score_dead = np.concatenate([relative_unit_rms(o)[d] for o, d in zip(before[:-1], dead)])
-    score_kept = np.concatenate([relative_unit_rms(o)[~d] for o, d in zip(before[:-1], dead)])
+    score_dead = np.concatenate([relative_unit_mean_square(o)[d] for o, d in zip(before[:-1], dead)])
+    score_kept = np.concatenate([relative_unit_mean_square(o)[~d] for o, d in zip(before[:-1], dead)])
     assert score_dead.max() < score_kept.min()
     assert result.threshold == pytest.approx(score_dead.max())
     assert result.zeros == sum(k.shape[0] * d.sum() for k, d in zip(after[:-1], dead))
@@ -196,3 +201,164 @@ def test_output_layers_are_found_through_activations_and_nested_models():
     added = keras.layers.Add()([keras.layers.Dense(2, name="c")(hidden), inner(inputs)])
     model = keras.Model(inputs, [added, keras.layers.Dense(1, name="d")(hidden)])
     assert sorted(layer.name for layer in output_layers(model)) == ["b", "c", "d"]
+
+
+# -- scores -------------------------------------------------------------------
+
+def adam_trained_dense():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")])
+    model.compile(keras.optimizers.Adam(0.01, beta_2=0.9), "mse")
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    # Input 0 scaled up: its weights see much larger gradients.
+    x[:, 0] *= 10
+    model.fit(x, x[:, :3], epochs=2, batch_size=16, verbose=0)
+    return model
+
+
+def test_second_moment_is_the_optimizers_velocity_slot():
+    # Fails loudly if a Keras release renames Adam's slots.
+    model = adam_trained_dense()
+    kernel = model.get_layer("d").kernel
+    velocity = scores_lib.second_moment(model.optimizer, kernel)
+    assert velocity is not None and tuple(velocity.shape) == (4, 3)
+    assert velocity.path.endswith("d_kernel_velocity")
+    assert np.asarray(keras.ops.convert_to_numpy(velocity)).min() > 0
+    # The slot moves with training: it is the live variable, not a copy.
+    before = np.array(keras.ops.convert_to_numpy(velocity))
+    model.train_on_batch(np.ones((2, 4), "float32"), np.zeros((2, 3), "float32"))
+    assert not np.array_equal(before, keras.ops.convert_to_numpy(velocity))
+    assert scores_lib.second_moment(keras.optimizers.SGD(0.1), kernel) is None
+
+
+def test_curvature_score_is_w_times_v_to_the_quarter_and_ranks_by_sensitivity():
+    model = adam_trained_dense()
+    kernel = model.get_layer("d").kernel
+    (ref,) = rk.iter_weights(model)
+    (score,) = Curvature().scores([ref], model.optimizer)
+    w = keras.ops.convert_to_numpy(kernel)
+    v = keras.ops.convert_to_numpy(scores_lib.second_moment(model.optimizer, kernel))
+    np.testing.assert_allclose(score, np.abs(w) * v**0.25, rtol=1e-6)
+    (plain,) = Magnitude().scores([ref], model.optimizer)
+    np.testing.assert_allclose(plain, np.abs(w))
+    # Weights of the loud input rank higher by curvature than by size alone.
+    rank = lambda s: s.ravel().argsort().argsort()  # noqa: E731
+    assert rank(score).reshape(4, 3)[0].mean() > rank(plain).reshape(4, 3)[0].mean()
+
+
+def test_curvature_falls_back_to_magnitude_for_a_fresh_optimizer_and_warns_once():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile(keras.optimizers.Adam(), "mse")
+    model.optimizer.build(model.trainable_variables)
+    refs = list(rk.iter_weights(model))
+    score = Curvature()
+    with pytest.warns(UserWarning, match="has not taken a step"):
+        (got,) = score.scores(refs, model.optimizer)
+    np.testing.assert_allclose(got, np.abs(keras.ops.convert_to_numpy(refs[0].variable)))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        score.scores(refs, model.optimizer)  # once only
+
+
+def test_unit_scores_are_mean_squares_relative_to_the_layer_mean():
+    entry = np.sqrt([[1.0, 4.0, 0.0], [3.0, 4.0, 0.0]])
+    np.testing.assert_allclose(scores_lib.unit_scores(entry), [1.0, 2.0, 0.0])  # means 2, 4, 0 over their mean 2
+
+
+def test_prune_and_the_shrinks_cut_remove_the_same_units():
+    # One cut and one unit score: `prune` and the shrink (with the magnitude
+    # score) pick the same units from the same weights.
+    def dead(cut):
+        keras.utils.set_random_seed(0)
+        model = tiny_mlp(units=(16, 8, 4))
+        cut(model)
+        return [(k == 0).all(axis=0).tolist() for k in kernels(model)[:2]]
+
+    def shrink_first_cut(model):
+        refs = cut_lib.select(model, "*", "kernel", "unit")
+        cut_lib.cut(refs, Magnitude().scores(refs), "unit", sparsity=0.5)
+
+    assert dead(lambda m: rk.prune(m, sparsity=0.5, granularity="unit")) == dead(shrink_first_cut)
+
+
+def test_unit_granularity_covers_depthwise_channels_and_compact_removes_them():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((6, 6, 3)),
+        keras.layers.DepthwiseConv2D(3, depth_multiplier=2, name="depthwise"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(2, name="out"),
+    ])
+    result = rk.prune(model, sparsity=0.5, weights="depthwise_kernel", granularity="unit")
+    assert rk.dead_units(model)["depthwise"] == (3, 6)
+    kernel = keras.ops.convert_to_numpy(model.get_layer("depthwise").kernel)  # (3, 3, 3, 2)
+    per_channel = (kernel == 0).reshape(9, 6)
+    assert (per_channel.all(axis=0) == per_channel.any(axis=0)).all()  # whole channels only
+    x = np.random.default_rng(0).normal(size=(4, 6, 6, 3)).astype("float32")
+    small = rk.compact(model).model
+    np.testing.assert_allclose(small.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    assert result.refs[0].kind == "depthwise_kernel"
+
+
+# -- the cut and its held zeros -----------------------------------------------
+
+def two_layers():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(10, name="a"), keras.layers.Dense(5, name="b")])
+    model.get_layer("b").kernel.assign(model.get_layer("b").kernel * 100.0)  # b's weights all large
+    return model
+
+
+def test_cut_is_exact_global_and_never_regrows():
+    model = two_layers()
+    refs = list(rk.iter_weights(model))
+    total = 60 + 50
+    first = cut_lib.cut(refs, Magnitude().scores(refs), sparsity=0.4)
+    assert first.zeros == round(0.4 * total) == first.zeros
+    a, b = (keras.ops.convert_to_numpy(r.variable) for r in refs)
+    assert (a == 0).sum() == 44 and (b == 0).sum() == 0  # one threshold: the small layer goes first
+    # Scores that would prefer other entries now: the old zeros stay zero.
+    shuffled = [np.random.default_rng(1).random(r.variable.shape) for r in refs]
+    second = cut_lib.cut(refs, shuffled, sparsity=0.5)
+    a2, b2 = (keras.ops.convert_to_numpy(r.variable) for r in refs)
+    assert second.zeros == (a2 == 0).sum() + (b2 == 0).sum() == 55
+    assert ((a == 0) <= (a2 == 0)).all()
+    assert cut_lib.count_dead(refs) == (55, 110)
+
+
+def test_cut_by_units_zeroes_whole_columns():
+    model = two_layers()
+    refs = list(rk.iter_weights(model))
+    result = cut_lib.cut(refs, Magnitude().scores(refs), "unit", sparsity=0.4)
+    assert result.zeros == 6 and result.total == 15
+    dead = 0
+    for ref in refs:
+        k = keras.ops.convert_to_numpy(ref.variable)
+        assert ((k == 0).all(axis=0) == (k == 0).any(axis=0)).all()
+        dead += int((k == 0).all(axis=0).sum())
+    assert dead == 6
+
+
+def test_held_zeros_stay_zero_through_training_and_a_new_hold_replaces_the_mask():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="d")])
+    model.compile(keras.optimizers.SGD(0.5), "mse")
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(32, 8)).astype("float32")
+    rk.prune(model, sparsity=0.25, hold=True)
+    first = keras.ops.convert_to_numpy(model.get_layer("d").kernel) == 0
+    model.fit(x, y, epochs=2, verbose=0)
+    after = keras.ops.convert_to_numpy(model.get_layer("d").kernel)
+    assert ((after == 0) == first).all()  # held, and nothing else became zero
+    # A second, larger prune with hold: the new zeros are held too.
+    rk.prune(model, sparsity=0.75, hold=True)
+    second = keras.ops.convert_to_numpy(model.get_layer("d").kernel) == 0
+    model.fit(x, y, epochs=2, verbose=0)
+    assert ((keras.ops.convert_to_numpy(model.get_layer("d").kernel) == 0) == second).all()
+    # Holding fewer zeros (a rollback) frees the others to train again.
+    kernel = model.get_layer("d").kernel
+    kernel.assign(np.where(first, 0.0, 0.1).astype("float32"))
+    hold_lib.hold_zeros(model, [kernel])
+    model.fit(x, y, epochs=1, verbose=0)
+    assert ((keras.ops.convert_to_numpy(kernel) == 0) == first).all()

@@ -6,13 +6,14 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from keras_regkit import _penalty_math as penalty_math
 from keras_regkit import regularizers as R
 from keras_regkit.schedules import DelayedRamp
 
 from conftest import assert_round_trip, value_and_grad
 
 RNG = np.random.default_rng(0)
-DEFAULT_FUSED_FROM = R._FUSED_FROM
+DEFAULT_FUSED_FROM = penalty_math.FUSED_FROM
 
 
 @pytest.fixture(autouse=True)
@@ -20,7 +21,7 @@ def fuse_every_weight(monkeypatch):
     # Under TensorFlow only weights of 65,536 entries and more use the fused
     # kernels in a traced step; here every one does, so each test below
     # checks them on small weights as well.
-    monkeypatch.setattr(R, "_FUSED_FROM", 0)
+    monkeypatch.setattr(penalty_math, "FUSED_FROM", 0)
 W = RNG.normal(scale=0.5, size=(7, 5)).astype("float32")
 W[0, 0] = 0.0
 
@@ -359,8 +360,8 @@ TENSORFLOW_ONLY = pytest.mark.skipif(
 
 
 def _kernel_traces():
-    kernels = [R._l1_l2_sums_kernel, R._l1_l2_gradient_kernel, R._exp_abs_sums_kernel,
-               R._exp_abs_gradient_kernel, R._group_norms_kernel, R._group_lasso_gradient_kernel]
+    kernels = [penalty_math._l1_l2_sums_kernel, penalty_math._l1_l2_gradient_kernel, penalty_math._exp_abs_sums_kernel,
+               penalty_math._exp_abs_gradient_kernel, penalty_math._group_norms_kernel, penalty_math._group_lasso_gradient_kernel]
     return sum(k.experimental_get_tracing_count() for k in kernels)
 
 
@@ -392,7 +393,7 @@ def test_eager_calls_give_what_the_train_step_gives(dtype, reg):
 
 @TENSORFLOW_ONLY
 def test_only_large_weights_use_the_fused_kernels(monkeypatch):
-    monkeypatch.setattr(R, "_FUSED_FROM", DEFAULT_FUSED_FROM)
+    monkeypatch.setattr(penalty_math, "FUSED_FROM", DEFAULT_FUSED_FROM)
     reg = R.ElasticNet(0.02, 0.05)
     traces = _kernel_traces()
     # Shapes no other test uses (61 columns), so the large one must trace.
@@ -413,7 +414,7 @@ def test_expabs_kernel_expm1_matches_float64():
     # 0.5, exp - 1 above.
     v = np.concatenate([np.linspace(0.0, 1.0, 20001), np.geomspace(1e-30, 20.0, 2001)]).astype("float32")
     exact = np.expm1(v.astype("float64"))
-    kernel = R._one_kernel(R._expm1_of_nonnegative)
+    kernel = penalty_math._one_kernel(penalty_math._expm1_of_nonnegative)
     ours = keras.ops.convert_to_numpy(kernel(keras.ops.convert_to_tensor(v)))
     np.testing.assert_allclose(ours, exact, rtol=3e-7, atol=0)
 

@@ -8,7 +8,6 @@ process would.
 """
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -125,7 +124,7 @@ class Spy(keras.callbacks.Callback):
             "held": {
                 i: keras.ops.convert_to_numpy(v.constraint.mask)
                 for i, v in enumerate(self.model.weights)
-                if isinstance(getattr(v, "constraint", None), rk.HoldZeros)
+                if isinstance(getattr(v, "constraint", None), rk.pruning.HoldZeros)
             },
         }
 
@@ -244,7 +243,7 @@ def test_shrink_resumes_as_if_never_interrupted(tmp_path):
     # held, the user's learning rate and penalty back.
     model, phase = made[1]
     assert phase.result.outcome == "interrupted"
-    assert not any(isinstance(v.constraint, rk.HoldZeros) for v in model.weights)
+    assert not any(isinstance(v.constraint, rk.pruning.HoldZeros) for v in model.weights)
     assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(1e-2)
     assert isinstance(model.get_layer("hidden").kernel.regularizer, rk.regularizers.L1)
     assert got["learning_rate"] == pytest.approx(1e-2)

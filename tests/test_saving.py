@@ -38,7 +38,7 @@ RELOAD_AND_DESCRIBE = textwrap.dedent(
 
 def describe(model):
     out = {}
-    for ref in rk.iter_weights(model, list(rk.WEIGHT_KINDS)):
+    for ref in rk.iter_weights(model, list(rk.weights.WEIGHT_KINDS)):
         reg = ref.regularizer
         if reg is not None:
             out[f"{ref.path}:{ref.kind}"] = {

@@ -36,7 +36,7 @@ def kernels(model):
 
 
 def held(model):
-    return [v for v in model.weights if isinstance(getattr(v, "constraint", None), rk.HoldZeros)]
+    return [v for v in model.weights if isinstance(getattr(v, "constraint", None), rk.pruning.HoldZeros)]
 
 
 def learning_rate(model):

@@ -5,9 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-import keras_regkit as rk
-from keras_regkit import pruning
-from keras_regkit.shrinking import AgreementGuard, CubicRamp, Curvature, Magnitude, data, guards, masks, scores
+from keras_regkit.shrinking import AgreementGuard, CubicRamp, data, guards
 
 
 # -- schedules ----------------------------------------------------------------
@@ -34,132 +32,6 @@ def test_cubic_ramp_round_trips_and_validates():
         CubicRamp(1.2)
     with pytest.raises(ValueError, match="argument `ramp_fraction`"):
         CubicRamp(0.9, ramp_fraction=0.0)
-
-
-# -- scores -------------------------------------------------------------------
-
-def adam_trained_dense():
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")])
-    model.compile(keras.optimizers.Adam(0.01, beta_2=0.9), "mse")
-    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
-    # Input 0 scaled up: its weights see much larger gradients.
-    x[:, 0] *= 10
-    model.fit(x, x[:, :3], epochs=2, batch_size=16, verbose=0)
-    return model
-
-
-def test_second_moment_is_the_optimizers_velocity_slot():
-    # Fails loudly if a Keras release renames Adam's slots.
-    model = adam_trained_dense()
-    kernel = model.get_layer("d").kernel
-    velocity = scores.second_moment(model.optimizer, kernel)
-    assert velocity is not None and tuple(velocity.shape) == (4, 3)
-    assert velocity.path.endswith("d_kernel_velocity")
-    assert np.asarray(keras.ops.convert_to_numpy(velocity)).min() > 0
-    # The slot moves with training: it is the live variable, not a copy.
-    before = np.array(keras.ops.convert_to_numpy(velocity))
-    model.train_on_batch(np.ones((2, 4), "float32"), np.zeros((2, 3), "float32"))
-    assert not np.array_equal(before, keras.ops.convert_to_numpy(velocity))
-    assert scores.second_moment(keras.optimizers.SGD(0.1), kernel) is None
-
-
-def test_curvature_score_is_w_squared_times_sqrt_v_and_ranks_by_sensitivity():
-    model = adam_trained_dense()
-    kernel = model.get_layer("d").kernel
-    (ref,) = rk.iter_weights(model)
-    (score,) = Curvature().scores([ref], model.optimizer)
-    w = keras.ops.convert_to_numpy(kernel)
-    v = keras.ops.convert_to_numpy(scores.second_moment(model.optimizer, kernel))
-    np.testing.assert_allclose(score, w**2 * np.sqrt(v), rtol=1e-6)
-    (plain,) = Magnitude().scores([ref], model.optimizer)
-    np.testing.assert_allclose(plain, w**2)
-    # Weights of the loud input rank higher by curvature than by size alone.
-    rank = lambda s: s.ravel().argsort().argsort()  # noqa: E731
-    assert rank(score).reshape(4, 3)[0].mean() > rank(plain).reshape(4, 3)[0].mean()
-
-
-def test_curvature_falls_back_to_magnitude_for_a_fresh_optimizer_and_warns_once():
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    model.compile(keras.optimizers.Adam(), "mse")
-    model.optimizer.build(model.trainable_variables)
-    refs = list(rk.iter_weights(model))
-    score = Curvature()
-    with pytest.warns(UserWarning, match="has not taken a step"):
-        (got,) = score.scores(refs, model.optimizer)
-    np.testing.assert_allclose(got, keras.ops.convert_to_numpy(refs[0].variable) ** 2)
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
-        score.scores(refs, model.optimizer)  # once only
-
-
-def test_unit_scores_are_relative_to_the_layer_mean():
-    entry = np.array([[1.0, 4.0, 0.0], [3.0, 4.0, 0.0]])
-    np.testing.assert_allclose(scores.unit_scores(entry), [1.0, 2.0, 0.0])  # means 2, 4, 0 over their mean 2
-
-
-# -- the cut and its held zeros -----------------------------------------------
-
-def two_layers():
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(10, name="a"), keras.layers.Dense(5, name="b")])
-    model.get_layer("b").kernel.assign(model.get_layer("b").kernel * 100.0)  # b's weights all large
-    return model
-
-
-def test_cut_is_exact_global_and_never_regrows():
-    model = two_layers()
-    refs = list(rk.iter_weights(model))
-    total = 60 + 50
-    first = masks.cut(model, refs, Magnitude().scores(refs), 0.4)
-    assert first.zeros == round(0.4 * total) == first.zeros
-    a, b = (keras.ops.convert_to_numpy(r.variable) for r in refs)
-    assert (a == 0).sum() == 44 and (b == 0).sum() == 0  # one threshold: the small layer goes first
-    # Scores that would prefer other entries now: the old zeros stay zero.
-    shuffled = [np.random.default_rng(1).random(r.variable.shape) for r in refs]
-    second = masks.cut(model, refs, shuffled, 0.5)
-    a2, b2 = (keras.ops.convert_to_numpy(r.variable) for r in refs)
-    assert second.zeros == (a2 == 0).sum() + (b2 == 0).sum() == 55
-    assert ((a == 0) <= (a2 == 0)).all()
-    assert masks.zero_count(refs) == (55, 110)
-
-
-def test_cut_by_units_zeroes_whole_columns():
-    model = two_layers()
-    refs = list(rk.iter_weights(model))
-    result = masks.cut(model, refs, Magnitude().scores(refs), 0.4, granularity="unit")
-    assert result.zeros == 6 and result.total == 15
-    dead = 0
-    for ref in refs:
-        k = keras.ops.convert_to_numpy(ref.variable)
-        assert ((k == 0).all(axis=0) == (k == 0).any(axis=0)).all()
-        dead += int((k == 0).all(axis=0).sum())
-    assert dead == 6
-
-
-def test_held_zeros_stay_zero_through_training_and_a_new_hold_replaces_the_mask():
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="d")])
-    model.compile(keras.optimizers.SGD(0.5), "mse")
-    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
-    y = np.random.default_rng(1).normal(size=(32, 8)).astype("float32")
-    rk.prune(model, sparsity=0.25, hold=True)
-    first = keras.ops.convert_to_numpy(model.get_layer("d").kernel) == 0
-    model.fit(x, y, epochs=2, verbose=0)
-    after = keras.ops.convert_to_numpy(model.get_layer("d").kernel)
-    assert ((after == 0) == first).all()  # held, and nothing else became zero
-    # A second, larger prune with hold: the new zeros are held too.
-    rk.prune(model, sparsity=0.75, hold=True)
-    second = keras.ops.convert_to_numpy(model.get_layer("d").kernel) == 0
-    model.fit(x, y, epochs=2, verbose=0)
-    assert ((keras.ops.convert_to_numpy(model.get_layer("d").kernel) == 0) == second).all()
-    # Holding fewer zeros (a rollback) frees the others to train again.
-    kernel = model.get_layer("d").kernel
-    kernel.assign(np.where(first, 0.0, 0.1).astype("float32"))
-    pruning.hold_zeros(model, [kernel])
-    model.fit(x, y, epochs=1, verbose=0)
-    assert ((keras.ops.convert_to_numpy(kernel) == 0) == first).all()
 
 
 # -- guards -------------------------------------------------------------------

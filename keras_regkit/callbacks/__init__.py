@@ -2,6 +2,6 @@
 
 from keras_regkit.callbacks.scheduler import RegularizationScheduler
 from keras_regkit.callbacks.sparsity import SparsityMonitor
-from keras_regkit.shrinking import ShrinkPhase, ShrinkResult, shrink
+from keras_regkit.shrinking.phase import ShrinkPhase
 
-__all__ = ["RegularizationScheduler", "ShrinkPhase", "ShrinkResult", "SparsityMonitor", "shrink"]
+__all__ = ["RegularizationScheduler", "ShrinkPhase", "SparsityMonitor"]

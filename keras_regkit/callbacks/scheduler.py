@@ -8,7 +8,7 @@ import warnings
 import keras
 from keras import ops
 
-from keras_regkit import _validate, attach
+from keras_regkit import _step_functions, _validate, attach
 
 
 @keras.saving.register_keras_serializable(package="keras_regkit")
@@ -97,7 +97,7 @@ class RegularizationScheduler(keras.callbacks.Callback):
                 "Invalid value for argument `update_freq`: expected 'batch' or "
                 f"'epoch'. Received: update_freq={update_freq!r}"
             )
-        if update_freq == "batch" and not attach.step_functions_read_variables_live():
+        if update_freq == "batch" and not _step_functions.step_functions_read_variables_live():
             # JAX threads only the model's own state through its jitted step,
             # so `optimizer.iterations` is invisible there (DESIGN.md trap 2).
             raise ValueError(
@@ -159,12 +159,12 @@ class RegularizationScheduler(keras.callbacks.Callback):
             scheduled = list(self._scheduled.values())
             # JAX's compiled steps hold the strengths they were traced with:
             # rebuild them if this epoch changes any (never elsewhere).
-            live = attach.step_functions_read_variables_live()
+            live = _step_functions.step_functions_read_variables_live()
             traced = None if live else [r.current_strengths() for r in scheduled]
             for regularizer in scheduled:
                 regularizer.set_step(epoch)
             if not live and traced != [r.current_strengths() for r in scheduled]:
-                attach.rebuild_step_functions(self.model)
+                _step_functions.rebuild_step_functions(self.model)
         self._check_finite()
 
     def _check_finite(self) -> None:
@@ -197,7 +197,7 @@ class RegularizationScheduler(keras.callbacks.Callback):
                     regularizer.set_step(regularizer.step + jump)
         if stale:
             # The train function read the old steps; trace it once more.
-            attach.rebuild_step_functions(self.model)
+            _step_functions.rebuild_step_functions(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:

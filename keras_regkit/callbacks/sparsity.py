@@ -233,7 +233,7 @@ class SparsityMonitor(keras.callbacks.Callback):
             for ref in self._stats.refs:
                 magnitude = ops.absolute(ops.cast(ref.variable.value, "float32"))
                 tf.summary.histogram(
-                    f"weight_magnitude/{stats_lib.weight_name(ref)}",
+                    f"weight_magnitude/{ref.name}",
                     # TensorFlow takes its own tensor as it is; other
                     # backends' tensors go through NumPy.
                     magnitude if tensorflow else ops.convert_to_numpy(magnitude),

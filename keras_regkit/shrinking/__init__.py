@@ -1,8 +1,8 @@
 """The shrink: gradual pruning of a trained model to exact zeros, as parts.
 
-- `schedules`: how sparse to be at each point of the budget (`CubicRamp`);
-- `scores`: what to cut first (`Curvature`: `w² · sqrt(v)`, `Magnitude`);
-- `masks`: one global cut to an exact count, zeros held;
+- `ramps`: how sparse to be at each point of the budget (`CubicRamp`);
+- what to cut first, the cut and holding the zeros are the pruning core's
+  (`keras_regkit.pruning`: `scores`, `cut`, `hold`);
 - `data`: reading what `fit` accepts, as `fit` reads it;
 - `guards`: when to stop: the tolerance mode's `ValidationCheck` (and an
   optional label-free `AgreementGuard`);
@@ -21,13 +21,11 @@ from keras_regkit import _validate
 from keras_regkit.shrinking import data
 from keras_regkit.shrinking.guards import AgreementGuard, ValidationCheck
 from keras_regkit.shrinking.phase import ShrinkPhase
+from keras_regkit.shrinking.ramps import CubicRamp, SparsitySchedule
 from keras_regkit.shrinking.result import ShrinkResult
-from keras_regkit.shrinking.schedules import CubicRamp, SparsitySchedule
-from keras_regkit.shrinking.scores import Curvature, Magnitude, Score
 
 __all__ = [
-    "AgreementGuard", "CubicRamp", "Curvature", "Magnitude", "Score", "ShrinkPhase", "ShrinkResult",
-    "SparsitySchedule", "ValidationCheck", "shrink",
+    "AgreementGuard", "CubicRamp", "ShrinkResult", "SparsitySchedule", "ValidationCheck",
 ]
 
 

@@ -16,15 +16,16 @@ import warnings
 import keras
 import numpy as np
 
-from keras_regkit import _validate, pruning, stats
+from keras_regkit import _validate, stats
 from keras_regkit import weights as weights_lib
-from keras_regkit.compact import dead_units
+from keras_regkit.pruning import cut as cut_lib
+from keras_regkit.pruning import hold as hold_lib
+from keras_regkit.pruning import scores as scores_lib
+from keras_regkit.pruning import units as units_lib
 from keras_regkit.shrinking import data as data_lib
 from keras_regkit.shrinking import guards as guards_lib
-from keras_regkit.shrinking import masks as masks_lib
-from keras_regkit.shrinking import scores as scores_lib
 from keras_regkit.shrinking.result import ShrinkResult
-from keras_regkit.shrinking.schedules import CubicRamp, SparsitySchedule
+from keras_regkit.shrinking.ramps import CubicRamp, SparsitySchedule
 from keras_regkit.shrinking.snapshots import Snapshot
 from keras_regkit.shrinking.state import PhaseState
 
@@ -150,7 +151,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             `CubicRamp(target, initial=0.5)` (`initial=0` for units), where
             the target is `max_sparsity` in the tolerance mode.
         score: `"curvature"` (`w² · sqrt(v)`, default), `"magnitude"` (`|w|`)
-            or a `keras_regkit.shrinking.Score`.
+            or a `keras_regkit.pruning.Score`.
         guard: Optional `AgreementGuard`: in the tolerance mode, a level must
             also hold it (label-free agreement on `reference_inputs`).
         cut_every: Training steps between cuts (and after a level is
@@ -229,10 +230,10 @@ class ShrinkPhase(keras.callbacks.Callback):
                 "Give one of `sparsity` (a target) and `tolerance` (an accuracy limit), not "
                 f"both. Received: sparsity={sparsity!r}, tolerance={tolerance!r}"
             )
-        if granularity not in pruning.GRANULARITIES:
+        if granularity not in cut_lib.GRANULARITIES:
             raise ValueError(
                 "Invalid value for argument `granularity`: expected one of "
-                f"{list(pruning.GRANULARITIES)}. Received: granularity={granularity!r}"
+                f"{list(cut_lib.GRANULARITIES)}. Received: granularity={granularity!r}"
             )
         self.granularity = granularity
         self.mode_name = "sparsity" if sparsity is not None else "tolerance"
@@ -391,7 +392,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         """Ends the phase now at its last good weights: the held zeros are
         released and the learning rate restored."""
         self.model.set_weights(self._good.weights)
-        pruning.release_zeros(self.model)
+        hold_lib.release_zeros(self.model)
         self._restore_learning_rate()
         self.result.outcome = "interrupted"
         self._conclude()
@@ -439,7 +440,7 @@ class ShrinkPhase(keras.callbacks.Callback):
     def _begin(self, epoch: int) -> None:
         """What starting and resuming share: what is covered, the budget,
         the guard's reference (from the current, starting, weights)."""
-        self._refs = pruning.select_prunable(self.model, self.layers, self.weights_spec, self.granularity)
+        self._refs = cut_lib.select(self.model, self.layers, self.weights_spec, self.granularity)
         steps, epochs = self.params.get("steps"), self.params.get("epochs", epoch + 1)
         self._total_steps = steps * max(epochs - epoch, 1) if steps else None
         self._start_weights = self.model.get_weights()
@@ -544,18 +545,19 @@ class ShrinkPhase(keras.callbacks.Callback):
             self.model.stop_training = True  # nothing to fine-tune: fit ends here
 
     def _sparsity(self) -> float:
-        zeros, total = masks_lib.zero_count(self._refs, self.granularity)
+        zeros, total = cut_lib.count_dead(self._refs, self.granularity)
         return zeros / total if total else 0.0
 
     def _reached(self, sparsity: float) -> bool:
-        zeros, total = masks_lib.zero_count(self._refs, self.granularity)
+        zeros, total = cut_lib.count_dead(self._refs, self.granularity)
         return zeros >= min(total, int(round(sparsity * total)))
 
     def _cut_to(self, sparsity: float) -> None:
         if self._reached(sparsity):
             return
         scores = self.score.scores(self._refs, self.model.optimizer)
-        cut = masks_lib.cut(self.model, self._refs, scores, sparsity, self.granularity)
+        cut = cut_lib.cut(self._refs, scores, self.granularity, sparsity=sparsity)
+        hold_lib.hold_zeros(self.model, [ref.variable for ref in self._refs])
         self.result.cuts += 1
         if cut.threshold is not None:
             self.result.threshold = max(cut.threshold, self.result.threshold or 0.0)
@@ -586,7 +588,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             self.result.outcome, self.result.threshold = "baseline", None
         else:
             self.result.outcome = "stopped by the check" if self.result.stopped_at is not None else "pruned"
-        pruning.release_zeros(self.model)
+        hold_lib.release_zeros(self.model)
         self._restore_learning_rate()
         self._conclude()
 
@@ -603,11 +605,11 @@ class ShrinkPhase(keras.callbacks.Callback):
         if self.guard is not None:
             self.result.disagreement = self.guard.disagreement(self.model)
         self.result.layers = stats.WeightStats(self.model, self.weights_spec).compute()
-        zeros, total = masks_lib.zero_count(self._refs, "weight")
+        zeros, total = cut_lib.count_dead(self._refs, "weight")
         self.result.sparsity = zeros / total if total else 0.0
-        self.result.dead_units = dead_units(self.model)
+        self.result.dead_units = units_lib.dead_units(self.model)
         if self.granularity == "unit":
-            dead, units = masks_lib.zero_count(self._refs, "unit")
+            dead, units = cut_lib.count_dead(self._refs, "unit")
             self.result.unit_sparsity = dead / units if units else 0.0
             self.result.sparsity = self.result.unit_sparsity
         self._phase = "done"
@@ -726,7 +728,7 @@ class ShrinkPhase(keras.callbacks.Callback):
                     "start_hits": snapshots["start_hits"][0] if "start_hits" in snapshots else None,
                     "start_classes": snapshots["start_classes"][0] if "start_classes" in snapshots else None})
             self.model.set_weights(snapshots["current"])
-            pruning.hold_zeros(self.model, [ref.variable for ref in self._refs])
+            hold_lib.hold_zeros(self.model, [ref.variable for ref in self._refs])
             self._phase = state["phase"]
         self._say(f"ShrinkPhase resumed from {path} ({state['phase']}).")
         return True

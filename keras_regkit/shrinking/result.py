@@ -49,7 +49,7 @@ class ShrinkResult:
 
     Example:
 
-    >>> result = rk.ShrinkResult("sparsity", target=0.9, baseline=0.97, final=0.965,
+    >>> result = rk.shrinking.ShrinkResult("sparsity", target=0.9, baseline=0.97, final=0.965,
     ...     monitor="top-1 accuracy", sparsity=0.9, outcome="pruned")
     >>> print(str(result).splitlines()[0])
     shrink (sparsity mode): pruned; exact zeros 90.0% (target 90.0%); top-1 accuracy 0.97 -> 0.965

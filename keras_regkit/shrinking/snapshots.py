@@ -8,7 +8,7 @@ import dataclasses
 
 import keras
 
-from keras_regkit import pruning
+from keras_regkit.pruning.hold import hold_zeros
 
 
 def optimizer_slots(optimizer) -> list:
@@ -40,4 +40,4 @@ class Snapshot:
         model.set_weights(self.weights)
         for variable, value in zip(optimizer_slots(model.optimizer), self.slots):
             variable.assign(value)
-        pruning.hold_zeros(model, held)
+        hold_zeros(model, held)

@@ -1,4 +1,9 @@
-"""What to cut first: a saliency per weight (or per unit), lowest first.
+"""What to cut first: a score per weight (or per unit), lowest first.
+
+Entry scores are in the units of a weight's magnitude (`|w|`, or `|w|`
+weighted by curvature), so a threshold reads as a magnitude. A unit's score
+is the mean of its entries' squared scores (their saliency, the loss a cut
+costs to second order), relative to the mean over its layer's units.
 
 Scores are computed on the host (NumPy): the cut that follows needs a global
 order statistic over every covered weight, which `np.partition` finds in
@@ -12,6 +17,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_regkit.pruning import units as units_lib
 from keras_regkit.weights import WeightRef
 
 
@@ -33,17 +39,17 @@ class Score:
 
 
 class Magnitude(Score):
-    """`w²`: plain magnitude pruning (the order of `|w|`)."""
+    """`|w|`: plain magnitude pruning."""
 
     name = "magnitude"
 
     def scores(self, refs, optimizer=None):
-        return [np.square(_numpy(ref.variable.value)) for ref in refs]
+        return [np.abs(_numpy(ref.variable.value)) for ref in refs]
 
 
 class Curvature(Score):
-    """`w² · sqrt(v)`, with `v` the optimizer's running second moment of the
-    weight's gradient.
+    """`|w| · v^(1/4)`, with `v` the optimizer's running second moment of the
+    weight's gradient: the square root of the saliency `w² · sqrt(v)`.
 
     A weight's cost of removal, to second order, is `w² · H / 2` (Optimal
     Brain Damage); Adam's and RMSprop's `sqrt(v)` tracks the gradient's
@@ -66,7 +72,7 @@ class Curvature(Score):
         moments = [second_moment(optimizer, ref.variable) for ref in refs]
         missing = [ref.path for ref, v in zip(refs, moments) if v is None]
         moments = [None if v is None else np.maximum(_numpy(v), 0.0) for v in moments]
-        # All or none: w² and w²·sqrt(v) are on different scales, so one
+        # All or none: |w| and |w|·v^(1/4) are on different scales, so one
         # global threshold needs every weight scored the same way.
         if missing or not any(v.any() for v in moments):
             if not self._warned:
@@ -80,8 +86,8 @@ class Curvature(Score):
                     "to silence this.",
                     stacklevel=3,
                 )
-            return [np.square(w) for w in weights]
-        return [np.square(w) * np.sqrt(v) for w, v in zip(weights, moments)]
+            return [np.abs(w) for w in weights]
+        return [np.abs(w) * np.sqrt(np.sqrt(v)) for w, v in zip(weights, moments)]
 
 
 SCORES = {"curvature": Curvature, "magnitude": Magnitude}
@@ -95,7 +101,7 @@ def get(score) -> Score:
         return SCORES[score]()
     raise ValueError(
         f"Invalid value for argument `score`: expected one of {sorted(SCORES)} or a "
-        f"keras_regkit.shrinking.Score. Received: score={score!r}"
+        f"keras_regkit.pruning.Score. Received: score={score!r}"
     )
 
 
@@ -121,11 +127,12 @@ def second_moment(optimizer, variable) -> keras.Variable | None:
     return None
 
 
-def unit_scores(entry_scores: np.ndarray) -> np.ndarray:
-    """One score per output unit (the last axis): the mean of its entries'
-    scores, relative to the mean over the layer's units, so that layers of
-    different fan-in and scale compare fairly (dead units count in the mean:
-    the fewer a layer keeps, the higher its survivors score)."""
-    per_unit = entry_scores.reshape(-1, entry_scores.shape[-1]).mean(axis=0)
-    layer_mean = per_unit.mean()
-    return per_unit / layer_mean if layer_mean > 0 else np.zeros_like(per_unit)
+def unit_scores(entry_scores: np.ndarray, axes: int = 1) -> np.ndarray:
+    """One score per unit (the trailing `axes`): the mean of its entries'
+    squared scores, relative to the mean over the layer's units, so that
+    layers of different fan-in and scale compare fairly (1.0 is the layer's
+    average unit; dead units count in the mean: the fewer a layer keeps, the
+    higher its survivors score)."""
+    saliency = units_lib.per_unit(np.square(entry_scores), axes).mean(axis=0)
+    layer_mean = saliency.mean()
+    return saliency / layer_mean if layer_mean > 0 else np.zeros_like(saliency)

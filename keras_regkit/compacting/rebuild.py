@@ -35,8 +35,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_regkit import feedforward
-from keras_regkit import weights as weights_lib
+from keras_regkit.compacting import feedforward
+from keras_regkit.pruning.units import dead_mask
 
 try:  # Keras 3 builds `keras.Model(inputs, outputs)` as this class.
     from keras.src.models.functional import Functional as _Functional
@@ -109,82 +109,6 @@ _KNOWN = frozenset(
     _DENSE + _CONV + _SEPARABLE + _DEPTHWISE + _ONE_TO_ONE
     + tuple(_MERGE) + (keras.layers.Subtract, keras.layers.Concatenate)
 )
-
-
-# --- what "dead" means: the one definition ---------------------------------
-
-
-def _unit_kernel(layer):
-    """The kernel whose last axis indexes the layer's units, with every other
-    axis feeding them, or None for a layer without units."""
-    if isinstance(layer, _SEPARABLE):
-        return getattr(layer, "pointwise_kernel", None)
-    if isinstance(layer, _DENSE + _CONV + _DEPTHWISE):
-        # For Dense with LoRA this is the effective kernel, as `call` uses.
-        return getattr(layer, "kernel", None)
-    return None
-
-
-def _dead_mask(layer) -> np.ndarray | None:
-    """Which output units of `layer` are dead, or None if it has none."""
-    kernel = _unit_kernel(layer)
-    if kernel is None:
-        return None
-    if isinstance(layer, _DEPTHWISE):
-        # (*window, channels, multiplier): output channel c * multiplier + m
-        # is fed by kernel[..., c, m] alone.
-        dead = ops.all(ops.equal(kernel, 0), axis=tuple(range(len(kernel.shape) - 2)))
-        dead = ops.reshape(dead, (-1,))
-    else:
-        dead = ops.all(ops.equal(kernel, 0), axis=tuple(range(len(kernel.shape) - 1)))
-    # Reduced on the device; only one bool per unit comes to the host.
-    return np.asarray(ops.convert_to_numpy(dead), dtype=bool)
-
-
-def dead_units(model: keras.layers.Layer) -> dict[str, tuple[int, int]]:
-    """Counts the dead units of every Dense and Conv layer, without changing
-    or building anything.
-
-    A unit (an output unit of `Dense`, a filter of `Conv1D`/`Conv2D`/`Conv3D`,
-    an output filter of `SeparableConv1D`/`SeparableConv2D` through its
-    pointwise kernel, an output channel of `DepthwiseConv1D`/`DepthwiseConv2D`)
-    is dead when every kernel weight that feeds it is exactly zero: its output
-    is then a constant, `activation(bias)`. `compact` removes such units.
-
-    Args:
-        model: A Keras model or layer. Nested models are entered.
-
-    Returns:
-        A dict from layer path (as in `iter_weights`, e.g. `"encoder/dense"`)
-        to `(dead, total)` units, in model order.
-
-    Raises:
-        TypeError: If `model` is not a Keras model or layer.
-        ValueError: If it is not built yet (it has no kernels to read).
-
-    Example:
-
-    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="d")])
-    >>> _ = model.get_layer("d").kernel.assign(np.array(
-    ...     [[1.0, 0, 0, 0], [0, 0, 2, 0], [0, 0, 0, 0]], "float32"))
-    >>> rk.dead_units(model)
-    {'d': (2, 4)}
-    """
-    if not isinstance(model, keras.layers.Layer):
-        raise TypeError(
-            "Invalid value for argument `model`: expected a keras.Model or "
-            f"keras.layers.Layer. Received: model={model!r} of type "
-            f"{type(model).__name__}"
-        )
-    # Unbuilt, every layer would look unit-less and the answer be `{}`.
-    weights_lib.check_built(model)
-    layers = [(model.name, model)] + [(p, l) for p, l, _ in weights_lib.iter_layers(model)]
-    counts = {}
-    for path, layer in layers:
-        mask = _dead_mask(layer)
-        if mask is not None:
-            counts[path] = (int(mask.sum()), int(mask.size))
-    return counts
 
 
 # --- the result -----------------------------------------------------------
@@ -349,7 +273,7 @@ def _plan_layer(layer, inputs, outputs, consts):
                     "the constant is not 0"
                 )
         bias = _numpy(layer.bias) if layer.use_bias else np.zeros(out_c[0])
-        const, why = _activated(layer, np.where(_dead_mask(layer), bias, np.nan))
+        const, why = _activated(layer, np.where(dead_mask(layer), bias, np.nan))
         return plan, [const], [why]
 
     if cls in _DEPTHWISE:
@@ -369,7 +293,7 @@ def _plan_layer(layer, inputs, outputs, consts):
         if layer.padding != "valid":
             source = np.where(source == 0, 0.0, np.nan)
         pre = source * kernel.sum(axis=spatial).reshape(-1) + bias
-        dead = _dead_mask(layer)
+        dead = dead_mask(layer)
         pre[dead] = bias[dead]
         const, why = _activated(layer, pre)
         return plan, [const], [why]
@@ -646,7 +570,7 @@ def _report(analysis):
     for name, plan in analysis.plans.items():
         if not isinstance(plan.layer, keras.layers.Layer):
             continue
-        mask = _dead_mask(plan.layer)
+        mask = dead_mask(plan.layer)
         if mask is None:
             continue
         if plan.kind == "skip":
@@ -704,7 +628,7 @@ def compact(model: keras.Model, custom_objects: dict | None = None) -> CompactRe
     Transformer layers that build their feed-forward block from an
     `intermediate_dim` argument (KerasHub's `TransformerEncoder` and
     `TransformerDecoder`) are rebuilt with fewer intermediate units (see
-    `keras_regkit.feedforward`); a model that is or holds a subclassed
+    `keras_regkit.compacting.feedforward`); a model that is or holds a subclassed
     functional model (a KerasHub backbone) comes back as a plain Functional
     model of the same layers. A feed-forward block written with plain
     `Dense` layers is compacted like any other.

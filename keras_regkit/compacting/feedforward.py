@@ -21,6 +21,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from keras_regkit.pruning.units import dead_mask
+
 INNER, OUTER = "feedforward_intermediate_dense", "feedforward_output_dense"
 
 try:  # Keras 3 builds `keras.Model(inputs, outputs)` as this class.
@@ -50,18 +52,13 @@ def _config(layer) -> dict:
         return {}
 
 
-def _dead(inner: keras.layers.Dense) -> np.ndarray:
-    kernel = keras.ops.convert_to_numpy(inner.kernel)
-    return np.all(kernel == 0, axis=tuple(range(kernel.ndim - 1)))
-
-
 def needs_flattening(model: keras.Model) -> bool:
     """Whether `model` has a transformer layer with dead feed-forward units,
     or is or holds a subclassed functional model (a KerasHub backbone) that only
     a re-traced graph lets `compact` edit."""
     for layer in model._flatten_layers(include_self=True, recursive=True):
         pair = block(layer)
-        if pair is not None and _dead(pair[0]).any():
+        if pair is not None and dead_mask(pair[0]).any():
             return True
         if (isinstance(layer, keras.Model) and _Functional is not None
                 and isinstance(layer, _Functional) and type(layer) is not _Functional):
@@ -80,7 +77,7 @@ def flatten(model: keras.Model):
         config = layer.get_config()
         pair = block(layer)
         if pair is not None:
-            mask = _dead(pair[0])
+            mask = dead_mask(pair[0])
             name = f"{layer.name}/{INNER}"
             units[name], dead[name] = (int(mask.size), int((~mask).sum())), int(mask.sum())
             config = {**config, "intermediate_dim": max(int((~mask).sum()), 1)}
@@ -94,7 +91,7 @@ def flatten(model: keras.Model):
         if old is None:
             continue
         pair = block(old)
-        if pair is None or not _dead(pair[0]).any():
+        if pair is None or not dead_mask(pair[0]).any():
             new.set_weights(old.get_weights())
         else:
             _copy_block(old, new, pair)
@@ -106,7 +103,7 @@ def _copy_block(old, new, pair) -> None:
     the feed-forward pair, whose dead intermediate units go, their constant
     output folded into the output layer's bias."""
     inner, outer = pair
-    mask = _dead(inner)
+    mask = dead_mask(inner)
     keep = ~mask if (~mask).any() else np.arange(mask.size) == np.argmin(mask)  # keep one unit
     new_inner, new_outer = block(new)
     w1 = keras.ops.convert_to_numpy(inner.kernel)

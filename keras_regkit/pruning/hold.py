@@ -1,0 +1,106 @@
+"""Holding zeros through training, and letting them go.
+
+Zeros are held by Keras constraints, which the optimizer applies after every
+step: no wrapper layers, so names, configs and summaries stay the user's own.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from keras_regkit import weights as weights_lib
+from keras_regkit._step_functions import rebuild_step_functions, step_functions_read_variables_live
+
+
+class HoldZeros(keras.constraints.Constraint):
+    """Keeps the entries that were zero when it was made at zero.
+
+    It multiplies the weight by a fixed 0/1 mask after each optimizer step,
+    then applies the constraint the weight had before (if any). It lives only
+    on the variable, not in the layer's config: a saved model keeps its zeros
+    but not the hold, and reloads without keras_regkit.
+
+    Args:
+        variable: The variable whose current zeros are to be held.
+        inner: The constraint the variable had before, applied after the mask.
+
+    Example:
+
+    >>> v = keras.Variable([0.0, 2.0])
+    >>> keras.ops.convert_to_numpy(rk.pruning.HoldZeros(v)(keras.ops.convert_to_tensor([5.0, 3.0]))).tolist()
+    [0.0, 3.0]
+    """
+
+    def __init__(self, variable: keras.Variable, inner=None):
+        if not isinstance(variable, keras.Variable):
+            raise TypeError(
+                "Invalid value for argument `variable`: expected a keras.Variable "
+                f"(e.g. `layer.kernel`). Received: variable={variable!r} of type "
+                f"{type(variable).__name__}"
+            )
+        if inner is not None and not callable(inner):
+            raise TypeError(
+                "Invalid value for argument `inner`: expected None or a constraint. "
+                f"Received: inner={inner!r}"
+            )
+        self.inner = inner
+        # A variable, not a constant: a constant the size of the weight would
+        # be copied into every traced graph.
+        self.mask = keras.Variable(
+            ops.cast(ops.not_equal(variable.value, 0), variable.dtype),
+            trainable=False,
+            name="hold_zeros_mask",
+        )
+
+    def __call__(self, w):
+        w = w * ops.cast(self.mask, w.dtype)
+        return self.inner(w) if self.inner is not None else w
+
+
+def hold_zeros(model: keras.Model, variables) -> None:
+    """Holds the current zeros of `variables` (a new mask where one is
+    already held) and makes the next train step apply the masks."""
+    new_holds = False
+    for variable in variables:
+        new_holds |= _hold(variable)
+    if new_holds:
+        # The optimizer step traced the old constraints.
+        rebuild_step_functions(model, losses_changed=False)
+
+
+def _hold(variable) -> bool:
+    """Holds the variable's current zeros; True if the optimizer step must be
+    retraced (a new constraint was set, or under JAX a new mask)."""
+    if isinstance(variable.constraint, HoldZeros):
+        # Same constraint, new mask: TensorFlow's and PyTorch's steps read it
+        # live; JAX's holds it as a constant and must be retraced.
+        variable.constraint.mask.assign(
+            ops.cast(ops.not_equal(variable.value, 0), variable.constraint.mask.dtype)
+        )
+        return not step_functions_read_variables_live()
+    variable.constraint = HoldZeros(variable, variable.constraint)
+    return True
+
+
+def release_zeros(model: keras.Model) -> int:
+    """Stops holding zeros everywhere in `model`; returns how many weights
+    were held. Each weight gets back the constraint it had before.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8)])
+    >>> _ = rk.prune(model, sparsity=0.5, hold=True)
+    >>> rk.release_zeros(model)
+    1
+    """
+    weights_lib.check_model(model)
+    released = 0
+    for variable in model.weights:
+        if isinstance(getattr(variable, "constraint", None), HoldZeros):
+            variable.constraint = variable.constraint.inner
+            released += 1
+    if released:
+        rebuild_step_functions(model, losses_changed=False)
+    return released
+

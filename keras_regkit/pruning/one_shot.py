@@ -1,0 +1,139 @@
+"""Pruning at once, without training: `prune`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence, Union
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_regkit import _validate
+from keras_regkit.pruning import cut as cut_lib
+from keras_regkit.pruning import scores as scores_lib
+from keras_regkit.pruning.hold import hold_zeros
+from keras_regkit.weights import LayerSelector, WeightRef
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneResult:
+    """What `prune` did.
+
+    Attributes:
+        threshold: The score at or below which entries (or units) were set to
+            zero: a magnitude `|w|`, or for units a mean square relative to
+            the layer's average unit. 0.0 when nothing was cut.
+        zeros: Exact zeros in the pruned weights afterwards.
+        params: Entries in the pruned weights.
+        refs: The weights pruned.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8)])
+    >>> result = rk.prune(model, threshold=10.0)
+    >>> result.zeros == result.params == 32, result.sparsity
+    (True, 1.0)
+    """
+
+    threshold: float
+    zeros: int
+    params: int
+    refs: list[WeightRef]
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.params if self.params else 0.0
+
+
+def prune(
+    model: keras.Model,
+    threshold: float | None = None,
+    sparsity: float | None = None,
+    weights: Union[str, Sequence[str]] = "kernel",
+    layers: LayerSelector = "*",
+    hold: bool = False,
+    granularity: str = "weight",
+) -> PruneResult:
+    """Sets the smallest-magnitude weights (or whole units) to exact zeros,
+    without training.
+
+    Give exactly one of `threshold` (entries, or units, with magnitude
+    `<= threshold` become 0) or `sparsity` (the fraction of the selected
+    entries, or units, taken together, to zero: one global threshold, so
+    layers with many small weights lose more of them).
+
+    With `granularity="unit"`, a unit is an output unit of a `Dense` layer,
+    a filter of a convolution, an output channel of a depthwise convolution
+    (see `keras_regkit.pruning.units`): the slice of the kernel that
+    computes it.
+    Its magnitude is the mean square of that slice relative to its layer:
+    divided by the mean over the layer's units (dead ones included). Layers
+    of different fan-in and scale then compare fairly, and `threshold=0.5`
+    means "units below half their layer's average". The shrink ranks units
+    the same way. The layers that
+    produce the model's outputs are left whole (their units are the
+    outputs). Dead units can then be removed with
+    `keras_regkit.compact`.
+
+    Args:
+        model: The model to change, in place.
+        threshold: Magnitude threshold, a float >= 0 (for units, relative
+            to the layer, as above).
+        sparsity: Target fraction of zeros (of entries, or of units) over all
+            selected weights, in [0, 1]: exactly that many are cut, ties
+            broken by position.
+        weights: Weight kinds to prune. Defaults to `"kernel"`. With
+            `granularity="unit"`: `"kernel"` and/or `"pointwise_kernel"`.
+        layers: Layer selector, as in `apply_regularizers`. Defaults to all.
+        hold: If True, keep the zeros at zero during further training (with
+            `HoldZeros` constraints) until `release_zeros(model)`.
+        granularity: `"weight"` (entries) or `"unit"` (whole output units and
+            filters). Defaults to `"weight"`.
+
+    Returns:
+        A `PruneResult` with the threshold used and the zeros made.
+
+    Raises:
+        TypeError, ValueError: If not exactly one of `threshold` and
+            `sparsity` is given, or either is out of range, `hold` is not
+            True or False, the model is not built yet, the selector matches
+            nothing, a selected weight holds NaN or inf entries, or
+            `granularity` is unknown or cannot apply (weight kinds without
+            units, a subclassed model whose output layers are unknown).
+            Nothing is changed then.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8)])
+    >>> result = rk.prune(model, sparsity=0.5)
+    >>> round(result.sparsity, 2)
+    0.5
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="hidden"),
+    ...     keras.layers.Dense(2, name="out")])
+    >>> result = rk.prune(model, sparsity=0.5, granularity="unit")
+    >>> rk.dead_units(model)  # the output layer is left whole
+    {'hidden': (4, 8), 'out': (0, 2)}
+    """
+    if (threshold is None) == (sparsity is None):
+        raise ValueError(
+            "Give exactly one of `threshold` or `sparsity`. Received: "
+            f"threshold={threshold!r}, sparsity={sparsity!r}"
+        )
+    # Every argument is checked before any weight changes.
+    if threshold is not None:
+        threshold = _validate.real("threshold", threshold)
+    else:
+        sparsity = _validate.real("sparsity", sparsity, maximum=1.0)
+    hold = _validate.boolean("hold", hold)
+    refs = cut_lib.select(model, layers, weights, granularity)
+    cut_lib.check_finite(refs)
+    scores = scores_lib.Magnitude().scores(refs)
+    made = cut_lib.cut(refs, scores, granularity, sparsity=sparsity, threshold=threshold)
+    if hold:
+        hold_zeros(model, [ref.variable for ref in refs])
+    zeros = int(ops.convert_to_numpy(ops.sum(ops.stack(
+        [ops.sum(ops.cast(ops.equal(ref.variable.value, 0), "int32")) for ref in refs]))))
+    params = sum(int(np.prod(ref.variable.shape)) for ref in refs)
+    used = threshold if threshold is not None else (made.threshold or 0.0)
+    return PruneResult(float(used), zeros, params, refs)

@@ -1,0 +1,166 @@
+"""What a unit is, and when it is dead: the one definition.
+
+A unit is an output channel that one slice of a kernel computes alone: an
+output unit of `Dense`, a filter of a convolution, an output filter of a
+separable convolution (through its pointwise kernel), an output channel of a
+depthwise convolution. The slice is every kernel entry at that unit's index
+on the kernel's trailing unit axes. A unit is dead when its whole slice is
+exactly zero: its output is then the constant `activation(bias)`, which
+`compact` folds into the next layer. Pruning, the shrink, `dead_units` and
+`compact` all read units from here.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_regkit import weights as weights_lib
+
+# (layer classes, the attribute of their unit kernel, how many trailing axes
+# of it index units). Separable before the plain convolutions it resembles.
+_UNIT_KERNELS = (
+    ((keras.layers.SeparableConv1D, keras.layers.SeparableConv2D), "pointwise_kernel", 1),
+    # (*window, channels, multiplier): output channel c * multiplier + m is
+    # fed by kernel[..., c, m] alone.
+    ((keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D), "kernel", 2),
+    ((keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D), "kernel", 1),
+)
+
+UNIT_LAYERS: tuple[type, ...] = sum((classes for classes, _, _ in _UNIT_KERNELS), ())
+
+
+def _entry(layer):
+    for classes, attribute, axes in _UNIT_KERNELS:
+        if isinstance(layer, classes):
+            return attribute, axes
+    return None
+
+
+def unit_kernel(layer) -> keras.Variable | None:
+    """The kernel whose trailing axes index `layer`'s units, or None for a
+    layer without units (or not built yet). For `Dense` with LoRA this is the
+    effective kernel, as `call` uses."""
+    entry = _entry(layer)
+    return None if entry is None else getattr(layer, entry[0], None)
+
+
+def unit_axes(layer) -> int:
+    """How many trailing axes of `layer`'s unit kernel index its units."""
+    entry = _entry(layer)
+    if entry is None:
+        raise ValueError(f"Layer '{layer.name}' ({type(layer).__name__}) has no units.")
+    return entry[1]
+
+
+def is_unit_kernel(layer, variable) -> bool:
+    return unit_kernel(layer) is variable
+
+
+def per_unit(values: np.ndarray, axes: int = 1) -> np.ndarray:
+    """`values` (a kernel's shape) as a 2-D array, one column per unit."""
+    return values.reshape(int(np.prod(values.shape[:-axes], dtype=np.int64)), -1)
+
+
+def dead(values: np.ndarray, granularity: str, axes: int = 1) -> np.ndarray:
+    """Exact zeros of a kernel's `values`: per entry (`"weight"`, the
+    kernel's shape) or per unit (`"unit"`, one bool per unit)."""
+    zero = values == 0
+    return zero if granularity == "weight" else per_unit(zero, axes).all(axis=0)
+
+
+def dead_mask(layer) -> np.ndarray | None:
+    """Which units of `layer` are dead, or None if it has none."""
+    kernel = unit_kernel(layer)
+    if kernel is None:
+        return None
+    axes = unit_axes(layer)
+    # Reduced on the device; only one bool per unit comes to the host.
+    dead_mask = ops.all(ops.equal(kernel, 0), axis=tuple(range(len(kernel.shape) - axes)))
+    return np.asarray(ops.convert_to_numpy(ops.reshape(dead_mask, (-1,))), dtype=bool)
+
+
+def dead_units(model: keras.layers.Layer) -> dict[str, tuple[int, int]]:
+    """Counts the dead units of every Dense and Conv layer, without changing
+    or building anything.
+
+    A unit (an output unit of `Dense`, a filter of `Conv1D`/`Conv2D`/`Conv3D`,
+    an output filter of `SeparableConv1D`/`SeparableConv2D` through its
+    pointwise kernel, an output channel of `DepthwiseConv1D`/`DepthwiseConv2D`)
+    is dead when every kernel weight that feeds it is exactly zero: its output
+    is then a constant, `activation(bias)`. `compact` removes such units.
+
+    Args:
+        model: A Keras model or layer. Nested models are entered.
+
+    Returns:
+        A dict from layer path (as in `iter_weights`, e.g. `"encoder/dense"`)
+        to `(dead, total)` units, in model order.
+
+    Raises:
+        TypeError: If `model` is not a Keras model or layer.
+        ValueError: If it is not built yet (it has no kernels to read).
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="d")])
+    >>> _ = model.get_layer("d").kernel.assign(np.array(
+    ...     [[1.0, 0, 0, 0], [0, 0, 2, 0], [0, 0, 0, 0]], "float32"))
+    >>> rk.dead_units(model)
+    {'d': (2, 4)}
+    """
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(
+            "Invalid value for argument `model`: expected a keras.Model or "
+            f"keras.layers.Layer. Received: model={model!r} of type "
+            f"{type(model).__name__}"
+        )
+    # Unbuilt, every layer would look unit-less and the answer be `{}`.
+    weights_lib.check_built(model)
+    layers = [(model.name, model)] + [(p, l) for p, l, _ in weights_lib.iter_layers(model)]
+    counts = {}
+    for path, layer in layers:
+        mask = dead_mask(layer)
+        if mask is not None:
+            counts[path] = (int(mask.sum()), int(mask.size))
+    return counts
+
+
+def output_layers(model: keras.Model) -> list[keras.layers.Layer] | None:
+    """The layers whose units are `model`'s outputs, or None when the graph is
+    unknown (a subclassed model).
+
+    Walks back from the outputs, into nested models and through layers that
+    carry channels through unchanged (activations, normalization, pooling,
+    reshapes: anything without a kernel), to the first layers with a kernel.
+    Unit-level pruning must leave these whole: their units are the outputs.
+    """
+    found: list[keras.layers.Layer] = []
+
+    def visit_tensor(tensor) -> bool:
+        history = getattr(tensor, "_keras_history", None)
+        if history is None:
+            return True  # a model input: nothing to protect
+        layer = history.operation
+        if isinstance(layer, keras.Model):
+            return visit_model_output(layer, history.tensor_index)
+        # Any kernel stops the walk, units or not: past it, channels are no
+        # longer the outputs'.
+        if hasattr(layer, "kernel") or hasattr(layer, "pointwise_kernel"):
+            if all(layer is not seen for seen in found):
+                found.append(layer)
+            return True
+        inputs = keras.tree.flatten(layer._inbound_nodes[history.node_index].input_tensors)
+        return all(visit_tensor(t) for t in inputs)
+
+    def visit_model_output(model, index) -> bool:
+        if isinstance(model, keras.Sequential):
+            model = model._functional if getattr(model, "_functional", None) else None
+        outputs = getattr(model, "outputs", None)
+        if not outputs:
+            return False
+        outputs = keras.tree.flatten(outputs)
+        return all(visit_tensor(t) for t in (outputs if index is None else [outputs[index]]))
+
+    return found if visit_model_output(model, None) else None
