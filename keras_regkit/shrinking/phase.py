@@ -25,9 +25,11 @@ from keras_regkit.pruning import units as units_lib
 from keras_regkit.shrinking import data as data_lib
 from keras_regkit.shrinking import guards as guards_lib
 from keras_regkit.shrinking.result import ShrinkResult
+from keras_regkit.shrinking.learning_rate import LearningRatePolicy
 from keras_regkit.shrinking.ramps import CubicRamp, SparsitySchedule
 from keras_regkit.shrinking.snapshots import Snapshot
 from keras_regkit.shrinking.state import PhaseState
+from keras_regkit.shrinking.trigger import StartTrigger
 
 # The tolerance mode ramps towards this; its checks stop it lower.
 _CEILING = {"weight": 0.995, "unit": 0.95}
@@ -218,13 +220,8 @@ class ShrinkPhase(keras.callbacks.Callback):
         verbose: int = 0,
     ):
         super().__init__()
-        if start_epoch is None and patience is None:
-            raise ValueError(
-                "ShrinkPhase needs `start_epoch` or `patience` to know when to "
-                "begin. Received: start_epoch=None, patience=None"
-            )
-        self.start_epoch = None if start_epoch is None else _validate.integer("start_epoch", start_epoch)
-        self.patience = None if patience is None else _validate.integer("patience", patience, minimum=1)
+        self.trigger = StartTrigger(start_epoch, patience, monitor, mode)
+        self.start_epoch, self.patience = self.trigger.start_epoch, self.trigger.patience
         if sparsity is not None and tolerance is not None:
             raise ValueError(
                 "Give one of `sparsity` (a target) and `tolerance` (an accuracy limit), not "
@@ -273,9 +270,8 @@ class ShrinkPhase(keras.callbacks.Callback):
         self.levels = self._levels(levels)
         self.reference_inputs = _check_rereadable(reference_inputs, "reference_inputs")
         self.cut_every = _validate.integer("cut_every", cut_every, minimum=1)
-        if not (learning_rate is None or learning_rate == "auto"):
-            learning_rate = _validate.real("learning_rate", learning_rate)
-        self.learning_rate = learning_rate
+        self.learning_rate_policy = LearningRatePolicy(learning_rate, self.mode_name)
+        self.learning_rate = self.learning_rate_policy.learning_rate
         self.validation_data = _check_rereadable(validation_data, "validation_data")
         self.validation_steps = None if validation_steps is None else _validate.integer(
             "validation_steps", validation_steps, minimum=1)
@@ -319,8 +315,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             self.abort()  # the last fit ended by an exception outside `with`
         self.result = self._new_result()
         self._phase = "waiting"
-        self._best_value = self._best_weights = None
-        self._wait = 0
+        self.trigger.reset()
         # Restored at the first epoch, once BackupAndRestore (wherever it is
         # in the list) has loaded its backup and set the epoch to go on from.
         self._pending_resume = bool(self._state and self._state.saved())
@@ -353,7 +348,8 @@ class ShrinkPhase(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if self._phase == "waiting":
-            self._watch(epoch, logs)
+            if self.trigger.starts_after(self.model, epoch, logs):
+                self._start(epoch + 1)
         elif self._phase in _ACTIVE:
             if self._total_steps is None:  # fit did not know the epoch's length
                 self._total_steps = self._epoch_steps * (self.params.get("epochs", epoch + 1) - self.result.started_at_epoch)
@@ -393,7 +389,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         released and the learning rate restored."""
         self.model.set_weights(self._good.weights)
         hold_lib.release_zeros(self.model)
-        self._restore_learning_rate()
+        self.learning_rate_policy.restore(self.model)
         self.result.outcome = "interrupted"
         self._conclude()
         self._say("shrink interrupted: back at its last good weights.")
@@ -412,31 +408,6 @@ class ShrinkPhase(keras.callbacks.Callback):
             levels = [_validate.real("levels", level, maximum=1.0) for level in levels]
         return tuple(sorted({level for level in levels if 0 < level < self.max_sparsity} | {self.max_sparsity}))
 
-    def _watch(self, epoch, logs):
-        monitor = self.monitor or "val_loss"
-        if monitor not in logs and self.patience is None:
-            if epoch + 1 >= self.start_epoch:
-                self._start(epoch + 1)  # nothing to pick the best weights by
-            return
-        if monitor not in logs:
-            raise ValueError(
-                f"ShrinkPhase waits on {monitor!r}, which is not in the epoch logs "
-                f"{sorted(logs)}. Pass validation data to fit, or choose `monitor=` among them, "
-                "or give `start_epoch=`."
-            )
-        value = float(logs[monitor])
-        better = guards_lib.maximizes(monitor, self.mode)
-        improved = self._best_value is None or (value > self._best_value if better else value < self._best_value)
-        if improved:
-            self._best_value, self._best_weights, self._wait = value, self.model.get_weights(), 0
-        else:
-            self._wait += 1
-        if (self.start_epoch is not None and epoch + 1 >= self.start_epoch) or (
-            self.patience is not None and self._wait >= self.patience
-        ):
-            self.model.set_weights(self._best_weights)
-            self._start(epoch + 1)
-
     def _begin(self, epoch: int) -> None:
         """What starting and resuming share: what is covered, the budget,
         the guard's reference (from the current, starting, weights)."""
@@ -454,7 +425,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         if self.validation_data is not None:
             self.result.baseline = self._measure_start()
         self._begin(epoch)
-        self._user_learning_rate = self._set_learning_rate()
+        self.learning_rate_policy.apply(self.model)
         self._step = self._epoch_steps = 0
         self._pending = None  # the level being ramped to, awaiting its check
         self._level = 0.0  # the last level that held
@@ -589,7 +560,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         else:
             self.result.outcome = "stopped by the check" if self.result.stopped_at is not None else "pruned"
         hold_lib.release_zeros(self.model)
-        self._restore_learning_rate()
+        self.learning_rate_policy.restore(self.model)
         self._conclude()
 
     def _final_holds(self) -> bool:
@@ -616,64 +587,23 @@ class ShrinkPhase(keras.callbacks.Callback):
         if self.verbose:
             print(self.result)
 
-    # -- the learning rate ------------------------------------------------
-    def _optimizer(self):
-        optimizer = self.model.optimizer
-        return getattr(optimizer, "inner_optimizer", optimizer)
-
-    def _set_learning_rate(self) -> float | None:
-        """Sets the shrink's learning rate; returns the one to put back."""
-        if self.learning_rate is None:
-            return None
-        optimizer = self._optimizer()
-        current = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-        try:
-            optimizer.learning_rate = self._shrink_learning_rate(current)
-        except TypeError:  # a LearningRateSchedule: not settable
-            if self.learning_rate == "auto":
-                return None
-            raise ValueError(
-                f"ShrinkPhase(learning_rate={self.learning_rate}) cannot set the rate of an optimizer "
-                "that follows a LearningRateSchedule: pass learning_rate=None to keep the schedule."
-            ) from None
-        return current
-
-    def _shrink_learning_rate(self, current: float) -> float:
-        if self.learning_rate != "auto":
-            return self.learning_rate
-        # A higher rate recovers from cuts far better (the benchmark's
-        # largest lever), but it moves the model by itself too, which the
-        # tolerance mode's checks would count against the cuts. A fresh
-        # optimizer (compiled, never stepped) takes first steps as large as
-        # its rate on every weight: at 3x that wrecked a trained transformer
-        # (benchmarks/bench_transformer_shrink.py), so it keeps the rate.
-        trained = int(keras.ops.convert_to_numpy(self._optimizer().iterations)) > 0
-        return 3.0 * current if self.mode_name == "sparsity" and trained else current
-
-    def _restore_learning_rate(self) -> None:
-        if getattr(self, "_user_learning_rate", None) is not None:
-            self._optimizer().learning_rate = self._user_learning_rate
-            self._user_learning_rate = None
-
     def _say(self, message):
         if self.verbose:
             print(message)
 
     # -- resuming with BackupAndRestore ------------------------------------
     def _save_state(self, epochs_done: int) -> None:
-        numbers = {"phase": self._phase, "wait": self._wait, "best_value": self._best_value,
-                   "shapes": [list(v.shape) for v in self.model.weights]}
-        snapshots = {}
-        if self._phase == "waiting" and self._best_weights is not None:
-            snapshots["best"] = self._best_weights
+        numbers, snapshots = self.trigger.state()
+        numbers.update(phase=self._phase, shapes=[list(v.shape) for v in self.model.weights])
+        if self._phase != "waiting":
+            snapshots.pop("best", None)
         if self._phase in _ACTIVE:
             numbers.update(step=self._step, total_steps=self._total_steps, good_step=self._good.step,
                            pending=self._pending, level=self._level,
                            ramp_clock=self._ramp_clock, level_began=getattr(self, "_level_began", 0),
                            best_drift=getattr(self, "_best_drift", None), stale=getattr(self, "_stale", 0),
                            good_sparsity=self._good.sparsity,
-                           user_learning_rate=self._user_learning_rate,
-                           shrink_learning_rate=float(keras.ops.convert_to_numpy(self._optimizer().learning_rate)),
+                           **self.learning_rate_policy.state(self.model),
                            check_baseline=self.check.baseline, monitor=self.result.monitor,
                            result={name: getattr(self.result, name) for name in _RESULT_FIELDS})
             snapshots.update(start=self._start_weights, current=self.model.get_weights(),
@@ -702,8 +632,7 @@ class ShrinkPhase(keras.callbacks.Callback):
                 "so that both save the same epoch.",
                 stacklevel=2,
             )
-        self._wait, self._best_value = state["wait"], state["best_value"]
-        self._best_weights = snapshots.get("best")
+        self.trigger.restore(state, snapshots)
         if state["phase"] in _ACTIVE:
             self.model.set_weights(snapshots["start"])
             self._begin(state["result"]["started_at_epoch"])
@@ -714,9 +643,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             self._epoch_steps = 0
             self._pending, self._level, self._level_began = state["pending"], state["level"], state["level_began"]
             self._ramp_clock, self._best_drift, self._stale = state["ramp_clock"], state["best_drift"], state["stale"]
-            self._user_learning_rate = state["user_learning_rate"]
-            if self._user_learning_rate is not None:
-                self._optimizer().learning_rate = state["shrink_learning_rate"]
+            self.learning_rate_policy.resume(self.model, state)
             self._good = Snapshot(snapshots["good"], snapshots["good_slots"], state["good_step"],
                                    state["good_sparsity"])
             if self.validation_data is not None:
