@@ -56,9 +56,10 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from quality_protocol import LOADERS, SEED, VALIDATION_FRACTION, accuracy, compile_model  # noqa: E402
+from quality_protocol import LOADERS, SEED, VALIDATION_FRACTION, accuracy, compile_model, datasets  # noqa: E402
 
 from keras_regkit.demo import deployable_copy  # noqa: E402
+from measure import interleaved_seconds, saved_size  # noqa: E402
 
 SHRINK_EPOCHS = 30
 THROUGHPUT_BATCH = 4096
@@ -70,11 +71,7 @@ CNN_FILTERS = 128
 
 
 def build_mlp(keras, shape, units=MLP_UNITS):
-    return keras.Sequential([
-        keras.Input(shape),
-        *(keras.layers.Dense(n, activation="relu") for n in units),
-        keras.layers.Dense(10),
-    ], name="mlp")
+    return datasets.mlp(keras, shape[0], units, name="mlp")
 
 
 def build_cnn(keras, shape, filters=CNN_FILTERS):
@@ -102,29 +99,12 @@ RECIPES = {
 }
 
 
-def file_size(model, folder, name):
-    """Bytes of the saved `.keras` file of an uncompiled copy: the optimizer's
-    slots would otherwise triple the trained models' files."""
-    path = os.path.join(folder, f"{name}.keras")
-    deployable_copy(model).save(path)
-    return os.path.getsize(path)
-
-
 def latencies(tf, models, batch, repeats, calls):
-    """Median seconds per call of each model's traced forward pass on a batch,
-    measured interleaved so that machine noise hits all alike."""
+    """Median seconds per call of each model's traced forward pass on a batch."""
     x = tf.random.normal((batch,) + tuple(models[0].input_shape[1:]), seed=SEED)
     functions = [tf.function(lambda v, m=m: m(v, training=False)) for m in models]
-    for f in functions:
-        f(x)  # trace and warm up
-    samples = [[] for _ in models]
-    for _ in range(repeats):
-        for f, out in zip(functions, samples):
-            start = time.perf_counter()
-            for _ in range(calls):
-                f(x)
-            out.append((time.perf_counter() - start) / calls)
-    return [statistics.median(s) for s in samples]
+    rounds = interleaved_seconds([lambda f=f: f(x) for f in functions], repeats, calls)
+    return [statistics.median(r) for r in rounds]
 
 
 def recipe(name, args):
@@ -168,7 +148,7 @@ def run_case(name, args, keras, tf, rk, seed=SEED):
 
     models = {"baseline": baseline, "shrunk": model, "compacted": small}
     with tempfile.TemporaryDirectory() as folder:
-        sizes = {k: file_size(m, folder, k) for k, m in models.items()}
+        sizes = {k: saved_size(m, folder, k) for k, m in models.items()}
     # The fixed cost of a call, with next to no arithmetic: no model of this
     # input can be faster at batch 1 than this.
     floor = keras.Sequential([keras.Input(x.shape[1:]), keras.layers.Dense(1)], name="call_floor")

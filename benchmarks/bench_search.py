@@ -44,7 +44,7 @@ import keras_tuner  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_regkit as rk  # noqa: E402
-from keras_regkit import demo, search  # noqa: E402
+from keras_regkit import datasets, search  # noqa: E402
 
 PENALTIES = {
     "elasticnet": lambda s: rk.regularizers.ElasticNet(l1=s, l2=s),
@@ -55,8 +55,7 @@ PENALTIES = {
 
 def build_model(units):
     def build():
-        model = keras.Sequential([keras.Input((64,)), *(keras.layers.Dense(u, activation="relu") for u in units),
-                                  keras.layers.Dense(10)])
+        model = datasets.mlp(keras, 64, units)
         model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
         return model
@@ -71,7 +70,7 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "search_results.json"))
     args = parser.parse_args(argv)
     quick = args.quick
-    (x, y), (x_val, y_val), (x_test, y_test) = demo.load_dataset("digits")
+    (x, y), (x_val, y_val), (x_test, y_test) = datasets.load("digits")
     units = (32,) if quick else (300, 100)
     epochs, low, high, fine, grid_points = (2, 1e-3, 1e-2, 2, 3) if quick else (30, 1e-6, 1e-1, 5, 30)
     build = build_model(units)

@@ -52,7 +52,7 @@ HERE = os.path.join(_ROOT, "benchmarks")
 sys.path.insert(0, HERE)
 
 from quality_protocol import (  # noqa: E402
-    BATCH_SIZE, LOADERS, SHRINK_EPOCHS, accuracy, kernel_sparsity, plain_fit_seconds, resetter, train_baseline)
+    BATCH_SIZE, LOADERS, SHRINK_EPOCHS, accuracy, plain_fit_seconds, resetter, train_baseline)
 
 LEVELS = [0.80, 0.90, 0.95, 0.97, 0.98, 0.99, 0.995]  # the frontier's levels
 TOLERANCES = [0.01, 0.02]
@@ -103,7 +103,7 @@ def run_dataset(name, seed, args, keras, rk, old):
         result = rk.shrink(model, x, y, validation_data=(x_val, y_val), epochs=epochs,
                            batch_size=BATCH_SIZE, **kwargs)
         seconds = time.perf_counter() - start
-        zeros, _ = kernel_sparsity(keras, model)
+        zeros = rk.sparsity_report(model).total.sparsity
         test_acc = accuracy(model, x_test, y_test)
         row = {
             "dataset": name, "seed": seed, "mode": mode, "value": value, "factor": factor,

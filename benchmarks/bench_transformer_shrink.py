@@ -57,6 +57,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_regkit.demo import deployable_copy  # noqa: E402
+from measure import interleaved_seconds, saved_size  # noqa: E402
 
 VOCAB, SEQ_LEN, CLS = 200, 32, 1
 SET_A, SET_B = range(5, 25), range(25, 45)
@@ -95,32 +96,15 @@ def logits(model, x):
     return np.asarray(model.predict(x, batch_size=500, verbose=0))
 
 
-def file_size(model, folder, name):
-    path = os.path.join(folder, f"{name}.keras")
-    deployable_copy(model).save(path)
-    return os.path.getsize(path)
-
-
 def throughputs(tf, models, x, repeats, calls, jit_compile=False):
     """Samples/s of each model's traced (`jit_compile`: XLA-compiled)
-    forward pass on batch `x`, timed
-    interleaved (every round times each model once) so machine noise hits all
-    alike. Returns the per-round samples/s, one list per model."""
+    forward pass on batch `x`, one value per interleaved round."""
     batch = len(x["token_ids"])
     x = {k: tf.constant(v) for k, v in x.items()}
     functions = [tf.function(lambda v, m=m: m(v, training=False), autograph=False, jit_compile=jit_compile)
                  for m in models]
-    for f in functions:
-        for _ in range(3):
-            f(x)  # trace and warm up
-    rounds = [[] for _ in models]
-    for _ in range(repeats):
-        for f, out in zip(functions, rounds):
-            start = time.perf_counter()
-            for _ in range(calls):
-                f(x)[0].numpy()
-            out.append(batch * calls / (time.perf_counter() - start))
-    return rounds
+    rounds = interleaved_seconds([lambda f=f: f(x)[0].numpy() for f in functions], repeats, calls, warmup=3)
+    return [[batch / seconds for seconds in r] for r in rounds]
 
 
 def run_seed(args, keras, keras_hub, tf, rk, seed):
@@ -170,9 +154,9 @@ def run_seed(args, keras, keras_hub, tf, rk, seed):
 
     ok = [r for r in runs if "error" not in r]
     with tempfile.TemporaryDirectory() as folder:
-        base_bytes = file_size(base, folder, "base")
+        base_bytes = saved_size(base, folder, "base")
         for r, m in zip(ok, compacted):
-            r["file_bytes"] = file_size(m, folder, f"s{r['sparsity']}")
+            r["file_bytes"] = saved_size(m, folder, f"s{r['sparsity']}")
     batch = {k: v[:args.batch] for k, v in x_test.items()}
     rounds = throughputs(tf, [base] + compacted, batch, args.repeats, args.calls, args.jit_compile)
     base_tp = statistics.median(rounds[0])

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 import keras_regkit as rk
+from keras_regkit import datasets
 
 
 class DemoError(Exception):
@@ -20,34 +21,12 @@ class DemoError(Exception):
 
 
 def load_dataset(name: str):
-    """`(x_train, y_train), (x_val, y_val), (x_test, y_test)`, float32/int32."""
-    if name == "digits":
-        try:
-            from sklearn.datasets import load_digits
-        except ImportError:
-            raise DemoError("needs scikit-learn for its data: pip install 'keras_regkit[demo]'") from None
-        digits = load_digits()
-        x, y = (digits.data / 16.0).astype("float32"), digits.target.astype("int32")
-        order = np.random.default_rng(0).permutation(len(x))
-        x, y = x[order], y[order]
-        n_test = len(x) // 5
-        (x_test, y_test), (x, y) = (x[:n_test], y[:n_test]), (x[n_test:], y[n_test:])
-    elif name == "mnist1d":
-        try:
-            from mnist1d.data import get_dataset_args, make_dataset
-        except ImportError:
-            raise DemoError("--dataset mnist1d needs the mnist1d package: pip install 'keras_regkit[demo]'") from None
-        data = make_dataset(get_dataset_args())  # generated locally, no download
-        x, y = data["x"].astype("float32"), data["y"].astype("int32")
-        x_test, y_test = data["x_test"].astype("float32"), data["y_test"].astype("int32")
-        order = np.random.default_rng(0).permutation(len(x))
-        x, y = x[order], y[order]
-        mean, std = x.mean(), x.std()
-        x, x_test = (x - mean) / std, (x_test - mean) / std
-    else:
-        raise DemoError(f"unknown dataset {name!r}; choose 'digits' or 'mnist1d'")
-    n_val = len(x) // 10
-    return (x[n_val:], y[n_val:]), (x[:n_val], y[:n_val]), (x_test, y_test)
+    """`(x_train, y_train), (x_val, y_val), (x_test, y_test)` (see
+    `keras_regkit.datasets`), with what the user can fix as a `DemoError`."""
+    try:
+        return datasets.load(name)
+    except (ImportError, ValueError) as error:
+        raise DemoError(str(error)) from None
 
 
 def methods(steps_per_epoch: int, epochs: int) -> dict:
@@ -131,12 +110,7 @@ def run(dataset="digits", epochs=30, shrink_epochs=10, verbose=1, workdir=None):
     results = []
     for name, regularizer in chosen.items():
         keras.utils.set_random_seed(0)
-        model = keras.Sequential([
-            keras.Input(x.shape[1:]),
-            keras.layers.Dense(300, activation="relu"),
-            keras.layers.Dense(100, activation="relu"),
-            keras.layers.Dense(10),
-        ])
+        model = datasets.mlp(keras, x.shape[1])
         if regularizer is not None:
             rk.apply_regularizers(model, {"*": regularizer})
         model.compile(

@@ -131,7 +131,6 @@ from quality_protocol import (  # noqa: E402  (the shared data/model protocol)
     SEED,
     SHRINK_EPOCHS,
     accuracy,
-    kernel_sparsity,
     train_baseline,
 )
 
@@ -184,6 +183,20 @@ def prune_once(keras, tfmot, base, base_weights, data, target, lr, seed,
         "val_acc": accuracy(final, x_val, y_val),
         "seconds": seconds, "schedule": sched,
     }
+
+
+def kernel_sparsity(keras, model):
+    """Exact zeros in the Dense kernels, overall and per layer (TF-MOT's side
+    cannot import keras_regkit's `sparsity_report`: it runs on tf_keras)."""
+    per_layer, zeros, total = {}, 0, 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dense):
+            k = np.asarray(layer.kernel.numpy())
+            z = int(np.count_nonzero(k == 0))
+            per_layer[layer.name] = z / k.size
+            zeros += z
+            total += k.size
+    return zeros / total, per_layer
 
 
 def run_dataset(name, args, keras, tfmot):

@@ -144,7 +144,7 @@ class RegularizationScheduler(keras.callbacks.Callback):
                 f"RegularizationScheduler has nothing to schedule in model '{self.model.name}': it looks "
                 "for keras_regkit regularizers (L1, L2, ElasticNet, ExpAbs, GroupLasso, also inside "
                 "Combined) on trainable weights whose strength is a "
-                "keras.optimizers.schedules.LearningRateSchedule (those a ShrinkPhase drives are its own). "
+                "keras.optimizers.schedules.LearningRateSchedule. "
                 "Give a penalty a schedule, e.g. rk.regularizers.L1(keras.optimizers.schedules."
                 "PolynomialDecay(0.0, 1000, 1e-4)); one attached later is picked up at the next epoch.",
                 stacklevel=2,

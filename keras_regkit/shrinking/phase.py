@@ -1,10 +1,12 @@
 """`ShrinkPhase`: the callback that composes the shrink's parts.
 
-A sparsity schedule (`schedules`) says how sparse to be at each point of the
-budget; a score (`scores`) says what to cut first; the cut (`masks`) makes
-exact zeros to one global threshold and holds them; in the tolerance mode a
-guard (`guards`) stops the ramp at the last state that still agrees with the
-starting model; `state` keeps what BackupAndRestore needs to resume.
+A trigger (`trigger`) says when to start; a learning-rate policy
+(`learning_rate`) sets the rate and puts it back; a ramp (`ramps`) says how
+sparse to be at each point of the budget; the pruning core says what to cut
+first (`pruning.scores`), cuts to one global threshold (`pruning.cut`) and
+holds the zeros (`pruning.hold`); in the tolerance mode a check (`guards`)
+decides each level on the validation data; `snapshots` keep the state to go
+back to, `state` what BackupAndRestore needs to resume.
 """
 
 from __future__ import annotations
@@ -97,9 +99,10 @@ class ShrinkPhase(keras.callbacks.Callback):
        the sparsity `schedule(progress)` asks for (by default a cubic ramp
        from a one-shot first cut to the target, reached at 80 % of the
        budget), with one global threshold over every covered weight: the
-       lowest `score`s go, where the score is `w² · sqrt(v)` with `v` the
-       optimizer's running second moment of the gradient (Adam, AdamW,
-       Nadam, RMSprop keep one; others fall back to `|w|`, with a warning).
+       lowest `score`s go, where the score is `|w| · v^(1/4)`, the square
+       root of the saliency `w² · sqrt(v)`, with `v` the optimizer's running
+       second moment of the gradient (Adam, AdamW, Nadam, RMSprop keep one;
+       others fall back to `|w|`, with a warning).
        Zeros are held by Keras constraints after every optimizer step, so
        they are exact, and the training between the cuts recovers.
     3. **Ends** (`on_train_end`): in the sparsity mode a last cut makes the
@@ -134,28 +137,54 @@ class ShrinkPhase(keras.callbacks.Callback):
     it was and ends as the uninterrupted run would have. The state is
     deleted when `fit` ends normally.
 
-    Args:
+    Args (by what they decide):
+
+    When it starts:
         start_epoch: Epoch at which the shrink begins. Give this or
             `patience`.
         patience: Start once `monitor` (`"val_loss"` if None) has not
             improved for this many epochs.
+        monitor: The validation metric the phase watches, by its log name
+            (`"val_mae"`): in the tolerance mode, the one that may get
+            worse by at most `tolerance` (default: top-1 accuracy); with
+            `patience`, the one whose plateau starts the shrink (default:
+            `"val_loss"`).
+        mode: `"min"`, `"max"` or `"auto"` (max for accuracy-like names),
+            for `monitor`.
+
+    How far it goes (give one of `sparsity` and `tolerance`):
         sparsity: Target fraction of exact zeros (sparsity mode), in [0, 1].
         tolerance: Largest drop of top-1 accuracy (tolerance mode), in
             [0, 1]. Defaults to 0.01 when `sparsity` is not given.
+        validation_data: `(x, y)` or `(x, y, sample_weight)` arrays, a
+            dataset, or a `keras.utils.PyDataset`, giving the same samples
+            in the same order at each reading: the tolerance mode's checks
+            (required there), and `result.baseline`/`final`. Not an
+            iterator that can be read only once.
+        validation_steps: How many batches of `validation_data` to read, as
+            for `fit`; needed for a dataset that repeats forever.
+
+    What it cuts:
+        granularity: `"weight"` (entries) or `"unit"` (whole units and
+            filters). Defaults to `"weight"`.
+        weights: Weight kinds to shrink. Defaults to `"kernel"`.
+        layers: Layer selector, as in `apply_regularizers`. Defaults to all.
+
+    Resuming and output:
+        backup_dir: Optional directory for the phase's state (see above).
+        verbose: 1 prints each decision and the result.
+
+    Expert settings (the defaults are the benchmark's best):
         max_sparsity: The ramp's ceiling in the tolerance mode. Defaults to
             0.995 (0.95 of units).
         levels: The tolerance mode's candidate sparsities, tested in rising
             order (`max_sparsity` is added as the last). Defaults to 0.5,
             0.8, 0.9, 0.95, 0.97, 0.98, 0.99 (0.25 to 0.9 of units).
-        granularity: `"weight"` (entries) or `"unit"` (whole units and
-            filters). Defaults to `"weight"`.
         schedule: A `SparsitySchedule`. Defaults to
             `CubicRamp(target, initial=0.5)` (`initial=0` for units), where
             the target is `max_sparsity` in the tolerance mode.
-        score: `"curvature"` (`w² · sqrt(v)`, default), `"magnitude"` (`|w|`)
-            or a `keras_regkit.pruning.Score`.
-        guard: Optional `AgreementGuard`: in the tolerance mode, a level must
-            also hold it (label-free agreement on `reference_inputs`).
+        score: `"curvature"` (`|w| · v^(1/4)`, default), `"magnitude"`
+            (`|w|`) or a `keras_regkit.pruning.Score`.
         cut_every: Training steps between cuts (and after a level is
             reached, before its check). Defaults to 10.
         learning_rate: The optimizer's learning rate during the shrink: a
@@ -166,26 +195,10 @@ class ShrinkPhase(keras.callbacks.Callback):
             tolerance mode (a higher rate moves the model by itself, which
             its checks would count against the cuts); an optimizer that
             follows a schedule is left alone. Defaults to `"auto"`.
+        guard: Optional `AgreementGuard`: in the tolerance mode, a level must
+            also hold it (label-free agreement on `reference_inputs`).
         reference_inputs: Inputs for `guard` (the training inputs;
             `shrink()` passes `x`). Needed only with a guard.
-        validation_data: `(x, y)` or `(x, y, sample_weight)` arrays, a
-            dataset, or a `keras.utils.PyDataset`, giving the same samples
-            in the same order at each reading: the tolerance mode's checks
-            (required there), and `result.baseline`/`final`. Not an
-            iterator that can be read only once.
-        validation_steps: How many batches of `validation_data` to read, as
-            for `fit`; needed for a dataset that repeats forever.
-        weights: Weight kinds to shrink. Defaults to `"kernel"`.
-        layers: Layer selector, as in `apply_regularizers`. Defaults to all.
-        monitor: The validation metric the phase watches, by its log name
-            (`"val_mae"`): in the tolerance mode, the one that may get
-            worse by at most `tolerance` (default: top-1 accuracy); with
-            `patience`, the one whose plateau starts the shrink (default:
-            `"val_loss"`).
-        mode: `"min"`, `"max"` or `"auto"` (max for accuracy-like names),
-            for `monitor`.
-        backup_dir: Optional directory for the phase's state (see above).
-        verbose: 1 prints each decision and the result.
 
     Raises:
         ValueError, TypeError: For bad arguments, at construction.

@@ -32,8 +32,8 @@ class ShrinkResult:
             check that failed, a non-finite loss).
         stopped_at: Fraction of the budget at which a level failed its check
             (None if none did).
-        threshold: The highest score cut (entries: `w²` or `w²·sqrt(v)`;
-            units: their mean score relative to their layer's mean).
+        threshold: The highest score cut (entries: `|w|` or `|w|·v^(1/4)`;
+            units: their mean squared score relative to their layer's mean).
         sparsity: Fraction of exact zeros over the covered weights (of units
             with `granularity="unit"`: `unit_sparsity`).
         unit_sparsity: Fraction of dead units over the covered layers.
