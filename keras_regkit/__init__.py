@@ -8,6 +8,7 @@ run `import keras_regkit` before loading a model saved with it (or pass
 # First: as the command line, answer --help before Keras loads, then load it quietly.
 from keras_regkit import _startup  # noqa: F401
 from keras_regkit import callbacks, regularizers, schedules
+from keras_regkit.proximal import bind_proximal
 from keras_regkit.attach import apply_regularizers, reapply_regularizers, remove_regularizers
 from keras_regkit.pruning import prune, release_zeros
 from keras_regkit.pruning.units import dead_units
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 # the shrink's parts (`shrinking`), the pruning core (`pruning`).
 __all__ = [
     "apply_regularizers",
+    "bind_proximal",
     "callbacks",
     "compact",
     "custom_objects",

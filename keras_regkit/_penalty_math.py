@@ -297,3 +297,46 @@ def group_lasso(x, factor, axis):
 
         return _with_gradient(forward, x)
     return factor * ops.sum(_group_norms(x, axis))
+
+
+# -- proximal steps ---------------------------------------------------------
+# A proximal penalty is not differentiated: after each optimizer step the
+# weight is mapped to the nearest point that pays the penalty of one step,
+# which sets small entries (or whole groups) to exactly 0. `step_size` is the
+# optimizer's own step on this weight: the learning rate for SGD, a tensor of
+# the weight's shape for adaptive optimizers (ProxGen).
+
+
+def soft_threshold(x, threshold):
+    """`sign(x) * max(|x| - threshold, 0)`, computed in float32 and rounded
+    once to the dtype of `x`. `threshold` is a scalar or a tensor of the
+    shape of `x`. 0 stays 0; NaN stays NaN (it is never hidden as a zero)."""
+    w = ops.cast(x, "float32")
+    return ops.cast(ops.sign(w) * ops.maximum(ops.absolute(w) - threshold, 0.0), x.dtype)
+
+
+def group_step_size(step_size, shape, axis):
+    """One step size per group (entries sharing an index on `axis`).
+
+    A scalar stays a scalar. A per-entry step size (an adaptive optimizer's)
+    has no closed-form group proximal map; the group takes the step of the
+    scalar metric nearest the optimizer's diagonal one: the harmonic mean of
+    its entries' steps (the mean of their preconditioners). Exact when they
+    are equal."""
+    if len(getattr(step_size, "shape", ())) == 0:
+        return step_size
+    others = [i for i in range(len(shape)) if i != axis]
+    return 1.0 / ops.mean(1.0 / ops.cast(step_size, "float32"), axis=others)
+
+
+def group_soft_threshold(x, threshold, axis):
+    """`x_g * max(1 - threshold_g / ||x_g||, 0)` for each group `g` (entries
+    sharing an index on `axis`); `threshold` is a scalar or one per group. A
+    group whose norm is at most its threshold becomes exactly 0; a group
+    holding NaN stays NaN."""
+    w = ops.cast(x, "float32")
+    norms = _group_norms(x, axis)  # NaN for a group holding NaN, 0 for a dead one
+    positive = norms > 0
+    keep = ops.where(positive, ops.maximum(1.0 - threshold / ops.where(positive, norms, 1.0), 0.0), norms)
+    shape = [-1 if i == axis else 1 for i in range(len(w.shape))]
+    return ops.cast(w * ops.reshape(keep, shape), x.dtype)

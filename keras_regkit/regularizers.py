@@ -48,6 +48,14 @@ def _read(x):
     return x
 
 
+def _in_symbolic_build() -> bool:
+    try:  # private, and only for a warning: without it, warn always
+        from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+    except ImportError:
+        return False
+    return in_symbolic_scope()
+
+
 def _check_strength(name: str, value) -> Strength:
     if isinstance(value, LearningRateSchedule):
         _check_schedule_serializable(name, value)
@@ -84,15 +92,24 @@ class _Penalty(keras.regularizers.Regularizer):
 
     Subclasses name their strengths in `_strength_names`, put any other
     constructor arguments in `_extra_config()`, and implement `_penalty`.
+    Those that can act as a proximal step name the strengths it applies in
+    `_proximal_strengths` and implement `_proximal` (and, if part of the
+    penalty stays a gradient term, `_penalty` handles `self.proximal`).
     """
 
     _strength_names: tuple[str, ...] = ()
+    _proximal_strengths: tuple[str, ...] = ()
 
-    def __init__(self, step: int = 0, **strengths):
+    def __init__(self, step: int = 0, proximal: bool = False, **strengths):
         self._strengths = {
             name: _check_strength(name, strengths[name])
             for name in self._strength_names
         }
+        self.proximal = _validate.boolean("proximal", proximal)
+        self._warned_unbound = False
+        # Set by `keras_regkit.proximal.bind_proximal`: until then a proximal
+        # penalty acts nowhere (see `__call__`).
+        self._proximal_bound = False
         step = _validate.integer("step", step, maximum=_max_step())
         # Unbound, the step is `_own_step`. Bound to a counter (the
         # optimizer's iterations), it is `counter + _own_step`: the offset
@@ -185,8 +202,51 @@ class _Penalty(keras.regularizers.Regularizer):
 
     # -- the penalty ------------------------------------------------------
     def __call__(self, x):
+        if self.proximal:
+            self._warn_if_unbound()
+            if set(self._proximal_strengths) == set(self._strength_names):
+                # The proximal step replaces the whole gradient term.
+                return ops.zeros((), "float32")
         strengths = {n: self._strength_tensor(n) for n in self._strength_names}
         return self._penalty(_read(x), **strengths)
+
+    def _warn_if_unbound(self) -> None:
+        # Not while Keras builds the model's state symbolically (JAX and
+        # PyTorch do so in `fit` before any callback has bound the penalty).
+        if self._proximal_bound or self._warned_unbound or _in_symbolic_build():
+            return
+        self._warned_unbound = True
+        warnings.warn(
+            f"{self!r} adds nothing to the loss: it acts by a proximal step after each optimizer "
+            "step, and it is not bound to an optimizer yet, so it does nothing. Pass "
+            "`keras_regkit.callbacks.ProximalUpdate()` to `fit`, or call "
+            "`keras_regkit.bind_proximal(model, optimizer)` before a custom training loop.",
+            stacklevel=3,
+        )
+
+    def proximal_step(self, x, step_size):
+        """`x` after the proximal step of this penalty's proximal part, at
+        the current strengths: the point nearest `x` in the metric of the
+        optimizer's step, less the penalty that step pays.
+
+        Args:
+            x: The weight right after the optimizer's step.
+            step_size: The step the optimizer just took on it: a scalar (its
+                learning rate, for SGD) or a tensor of the shape of `x` (its
+                per-entry step, for adaptive optimizers).
+
+        Returns:
+            A tensor of the shape and dtype of `x`, with exact zeros where
+            the penalty sets them.
+        """
+        if not self._proximal_strengths:
+            raise ValueError(f"{type(self).__name__} has no proximal step (L1, ElasticNet and GroupLasso have).")
+        step_size = ops.cast(step_size, "float32")
+        strengths = {n: self._strength_tensor(n) for n in self._proximal_strengths}
+        return self._proximal(_read(x), step_size, **strengths)
+
+    def _proximal(self, x, step_size, **strengths):
+        raise NotImplementedError
 
     def _penalty(self, x, **strengths):
         """The penalty of `x`, a tensor of the variable's dtype, computed in
@@ -207,6 +267,8 @@ class _Penalty(keras.regularizers.Regularizer):
                 value = keras.saving.serialize_keras_object(value)
             config[name] = value
         config.update(self._extra_config())
+        if self._proximal_strengths:
+            config["proximal"] = self.proximal
         if self.is_scheduled:
             # The schedule position travels with the model file.
             config["step"] = self.step
@@ -225,6 +287,8 @@ class _Penalty(keras.regularizers.Regularizer):
         args = ", ".join(
             f"{k}={_describe(v)}" for k, v in {**self._strengths, **self._extra_config()}.items()
         )
+        if self.proximal:
+            args += ", proximal=True"
         return f"{type(self).__name__}({args})"
 
 
@@ -242,13 +306,26 @@ class L1(_Penalty):
 
     With a float strength it equals `keras.regularizers.L1(alpha)`.
 
+    With `proximal=True` the penalty adds nothing to the loss; instead,
+    after each optimizer step, every entry is soft-thresholded by
+    `alpha` times the step the optimizer just took on it:
+    `w <- sign(w) * max(|w| - alpha * step, 0)`, which leaves exact zeros
+    (a gradient-term L1 only makes weights small). See
+    `keras_regkit.bind_proximal` for what the step is per optimizer.
+
     Args:
         alpha: Strength, a float >= 0 or a
             `keras.optimizers.schedules.LearningRateSchedule`. Defaults to 0.01.
+        proximal: Apply the penalty as a proximal step after each optimizer
+            step instead of a term of the loss. Needs
+            `keras_regkit.callbacks.ProximalUpdate()` in `fit` (or
+            `keras_regkit.bind_proximal` before a custom loop). Defaults
+            to False.
         step: Position of the schedule (saved with the model). Defaults to 0.
 
     Raises:
-        TypeError: If `alpha` is neither a number nor a serializable schedule.
+        TypeError: If `alpha` is neither a number nor a serializable
+            schedule, or `proximal` is not True or False.
         ValueError: If `alpha` is negative, NaN, or beyond float32's range.
 
     Example:
@@ -256,12 +333,21 @@ class L1(_Penalty):
     >>> reg = rk.regularizers.L1(0.1)
     >>> round(float(reg(keras.ops.ones((2, 2)))), 6)
     0.4
+    >>> prox = rk.regularizers.L1(0.1, proximal=True)
+    >>> keras.ops.convert_to_numpy(prox.proximal_step(keras.ops.convert_to_tensor([0.5, -0.05, -2.0]), 1.0)).tolist()
+    [0.4000000059604645, -0.0, -1.899999976158142]
+
+    References:
+        Tibshirani, "Regression shrinkage and selection via the lasso",
+        JRSS-B 1996; Yun, Lozano & Yang, "Adaptive proximal gradient
+        methods for structured neural networks" (ProxGen), NeurIPS 2021.
     """
 
     _strength_names = ("alpha",)
+    _proximal_strengths = ("alpha",)
 
-    def __init__(self, alpha: Strength = 0.01, *, step: int = 0):
-        super().__init__(step=step, alpha=alpha)
+    def __init__(self, alpha: Strength = 0.01, *, proximal: bool = False, step: int = 0):
+        super().__init__(step=step, proximal=proximal, alpha=alpha)
 
     @property
     def alpha(self) -> Strength:
@@ -269,6 +355,9 @@ class L1(_Penalty):
 
     def _penalty(self, x, alpha):
         return penalty_math.l1_l2(x, l1=alpha)
+
+    def _proximal(self, x, step_size, alpha):
+        return penalty_math.soft_threshold(x, alpha * step_size)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -313,14 +402,20 @@ class ElasticNet(_Penalty):
     Each strength is a float or its own schedule. With floats it equals
     `keras.regularizers.L1L2(l1, l2)`.
 
+    With `proximal=True` the L1 part is a proximal step after each
+    optimizer step (soft-thresholding, as `L1(l1, proximal=True)`) and only
+    the L2 part stays in the loss.
+
     Args:
         l1: L1 strength, a float >= 0 or a schedule. Defaults to 0.01.
         l2: L2 strength, a float >= 0 or a schedule. Defaults to 0.01.
+        proximal: Apply the L1 part as a proximal step (see `L1`).
+            Defaults to False.
         step: Position of the schedules (saved with the model). Defaults to 0.
 
     Raises:
         TypeError: If a strength is neither a number nor a serializable
-            schedule.
+            schedule, or `proximal` is not True or False.
         ValueError: If a strength is negative, NaN, or beyond float32's range.
 
     Example:
@@ -335,9 +430,10 @@ class ElasticNet(_Penalty):
     """
 
     _strength_names = ("l1", "l2")
+    _proximal_strengths = ("l1",)
 
-    def __init__(self, l1: Strength = 0.01, l2: Strength = 0.01, *, step: int = 0):
-        super().__init__(step=step, l1=l1, l2=l2)
+    def __init__(self, l1: Strength = 0.01, l2: Strength = 0.01, *, proximal: bool = False, step: int = 0):
+        super().__init__(step=step, proximal=proximal, l1=l1, l2=l2)
 
     @property
     def l1(self) -> Strength:
@@ -348,7 +444,12 @@ class ElasticNet(_Penalty):
         return self._strengths["l2"]
 
     def _penalty(self, x, l1, l2):
+        if self.proximal:
+            return penalty_math.l1_l2(x, l2=l2)
         return penalty_math.l1_l2(x, l1=l1, l2=l2)
+
+    def _proximal(self, x, step_size, l1):
+        return penalty_math.soft_threshold(x, l1 * step_size)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -463,15 +564,29 @@ class GroupLasso(_Penalty):
     The gradient at a group that is exactly zero is taken as zero (the
     subgradient that keeps it there), never NaN, so pruned groups stay put.
 
+    `axis=0` on a `Dense` kernel makes each input a group: the penalty
+    then drops whole input features (`keras_regkit.sparsity_report` lists
+    them as `dropped_inputs`).
+
+    With `proximal=True` the penalty adds nothing to the loss; after each
+    optimizer step every group is shrunk towards 0 by its threshold,
+    `w_g <- w_g * max(1 - alpha * sqrt(n_g) * step / ||w_g||, 0)`, so
+    groups end at exactly 0 during training. For adaptive optimizers the
+    group's step is the harmonic mean of its entries' steps (their
+    per-entry proximal map has no closed form).
+
     Args:
         alpha: Strength, a float >= 0 or a schedule. Defaults to 0.01.
         axis: The axis that indexes the groups. Defaults to -1 (output units
             and filters).
+        proximal: Apply the penalty as a proximal step after each optimizer
+            step (see `L1`). Defaults to False.
         step: Position of the schedule (saved with the model). Defaults to 0.
 
     Raises:
         TypeError: If `alpha` is neither a number nor a serializable
-            schedule, or `axis` is not an integer.
+            schedule, `axis` is not an integer, or `proximal` is not True
+            or False.
         ValueError: If `alpha` is negative, NaN, or beyond float32's range, or `axis` is out
             of range for the weight it is applied to (at the first call).
 
@@ -489,21 +604,23 @@ class GroupLasso(_Penalty):
     """
 
     _strength_names = ("alpha",)
+    _proximal_strengths = ("alpha",)
 
-    def __init__(self, alpha: Strength = 0.01, axis: int = -1, *, step: int = 0):
+    def __init__(self, alpha: Strength = 0.01, axis: int = -1, *, proximal: bool = False, step: int = 0):
         if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
             raise TypeError(
                 "Invalid value for argument `axis`: expected an int. "
                 f"Received: axis={axis!r} of type {type(axis).__name__}"
             )
         self.axis = int(axis)
-        super().__init__(step=step, alpha=alpha)
+        super().__init__(step=step, proximal=proximal, alpha=alpha)
 
     @property
     def alpha(self) -> Strength:
         return self._strengths["alpha"]
 
-    def _penalty(self, x, alpha):
+    def _groups(self, x) -> tuple[int, float]:
+        """The group axis for `x` (non-negative) and `sqrt(n_g)`."""
         rank = len(x.shape)
         if not -rank <= self.axis < rank:
             raise ValueError(
@@ -512,8 +629,16 @@ class GroupLasso(_Penalty):
             )
         axis = self.axis % rank
         group_size = math.prod(d for i, d in enumerate(x.shape) if i != axis)
-        factor = alpha * math.sqrt(group_size)
-        return penalty_math.group_lasso(x, factor, axis)
+        return axis, math.sqrt(group_size)
+
+    def _penalty(self, x, alpha):
+        axis, size_factor = self._groups(x)
+        return penalty_math.group_lasso(x, alpha * size_factor, axis)
+
+    def _proximal(self, x, step_size, alpha):
+        axis, size_factor = self._groups(x)
+        group_step = penalty_math.group_step_size(step_size, x.shape, axis)
+        return penalty_math.group_soft_threshold(x, alpha * size_factor * group_step, axis)
 
     def _extra_config(self) -> dict:
         return {"axis": self.axis}

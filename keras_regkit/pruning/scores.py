@@ -17,6 +17,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_regkit import _optimizer_slots as optimizer_slots
 from keras_regkit.pruning import units as units_lib
 from keras_regkit.weights import WeightRef
 
@@ -77,7 +78,7 @@ class Curvature(Score):
         if missing or not any(v.any() for v in moments):
             if not self._warned:
                 self._warned = True
-                name = type(_inner(optimizer)).__name__ if optimizer is not None else None
+                name = type(optimizer_slots.inner(optimizer)).__name__ if optimizer is not None else None
                 why = (f"optimizer {name} keeps no second moment of the gradients of {missing} "
                        "(Adam, AdamW, Nadam and RMSprop do)" if missing
                        else f"optimizer {name} has not taken a step yet (its second moments are 0)")
@@ -105,26 +106,10 @@ def get(score) -> Score:
     )
 
 
-def _inner(optimizer):
-    # A LossScaleOptimizer (mixed precision) keeps the moments in its inner one.
-    return getattr(optimizer, "inner_optimizer", optimizer)
-
-
 def second_moment(optimizer, variable) -> keras.Variable | None:
-    """The optimizer's running second moment of `variable`'s gradient, or None.
-
-    Found by name among the public `optimizer.variables`: Keras names each
-    slot `<optimizer>/<weight path, '/' as '_'>_velocity` (Adam, AdamW, Nadam,
-    RMSprop). A test fails if a Keras release renames them.
-    """
-    optimizer = _inner(optimizer)
-    if optimizer is None or not hasattr(variable, "path"):
-        return None
-    wanted = f"{variable.path.replace('/', '_')}_velocity"
-    for slot in optimizer.variables:
-        if slot.name == wanted and tuple(slot.shape) == tuple(variable.shape):
-            return slot
-    return None
+    """The optimizer's running second moment of `variable`'s gradient (its
+    `velocity` slot: Adam, AdamW, Nadam, RMSprop), or None."""
+    return optimizer_slots.slot(optimizer, variable, "velocity")
 
 
 def unit_scores(entry_scores: np.ndarray, axes: int = 1) -> np.ndarray:

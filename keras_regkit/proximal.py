@@ -1,0 +1,258 @@
+"""Proximal penalties: exact zeros during training.
+
+A gradient-term L1 makes weights small, never zero: each step moves a weight
+by `lr * alpha * sign(w)`, which overshoots zero and comes back. A proximal
+step instead maps the weight, after the optimizer's step, to the nearest
+point that pays the penalty of one step: `sign(w) * max(|w| - lr * alpha, 0)`
+for L1, which is exactly 0 wherever `|w| <= lr * alpha`.
+
+Here the proximal step is a Keras constraint (`ProximalConstraint`), which
+the optimizer applies to the weight right after its update, inside the
+compiled train step, on every backend. Constraints are the one hook that
+every Keras optimizer calls after every step, under `fit` and in a custom
+loop that calls `optimizer.apply`, and they compose: a weight's earlier
+constraint (`HoldZeros`, `NonNeg`, ...) is kept as `inner` and applied after
+the proximal step. The constraint needs the optimizer (its learning rate and
+per-weight state at that step), which a regularizer does not know: binding
+gives it (`bind_proximal`, or the `ProximalUpdate` callback during `fit`).
+
+The step size is the step the optimizer just took on each entry, per unit of
+(its estimate of the) gradient:
+
+- SGD (any momentum, Nesterov): the learning rate.
+- Adam, AdamW: `lr * sqrt(1 - beta_2^t) / (sqrt(v) + epsilon)`, Keras'
+  own per-entry step on the bias-corrected momentum: the ProxGen
+  preconditioner `lr / (sqrt(v_hat) + epsilon_hat)`, with Keras' epsilon
+  outside the bias correction (`epsilon_hat = epsilon / sqrt(1 - beta_2^t)`);
+  with `amsgrad=True`, `v` is its running maximum.
+- RMSprop: `lr / sqrt(v + epsilon)` (`v - mean_grad^2 + epsilon` when
+  `centered=True`), as Keras' RMSprop divides.
+- Adagrad: `lr / sqrt(accumulator + epsilon)`.
+
+References:
+    Parikh & Boyd, "Proximal algorithms", Foundations and Trends in
+    Optimization 2014; Yun, Lozano & Yang, "Adaptive proximal gradient
+    methods for structured neural networks" (ProxGen), NeurIPS 2021.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from keras_regkit import _optimizer_slots as optimizer_slots
+from keras_regkit import weights as weights_lib
+from keras_regkit._step_functions import rebuild_step_functions
+from keras_regkit.attach import _parts
+from keras_regkit.regularizers import GroupLasso, _Penalty
+
+SUPPORTED_OPTIMIZERS = (
+    keras.optimizers.SGD,
+    keras.optimizers.Adam,  # AdamW is an Adam
+    keras.optimizers.RMSprop,
+    keras.optimizers.Adagrad,
+)
+
+
+def proximal_parts(regularizer) -> list[_Penalty]:
+    """The penalties of `regularizer` (parts of a `Combined` too) that act by
+    a proximal step, in the order they are applied."""
+    if regularizer is None:
+        return []
+    return [part for part in _parts(regularizer) if isinstance(part, _Penalty) and part.proximal]
+
+
+def check_optimizer(optimizer) -> None:
+    """Refuses, naming it, an optimizer whose step the proximal step cannot
+    follow."""
+    inner = optimizer_slots.inner(optimizer)
+    if not isinstance(inner, SUPPORTED_OPTIMIZERS):
+        raise ValueError(
+            "Invalid value for argument `optimizer`: proximal penalties need the optimizer's "
+            "per-weight step size, known here for "
+            f"{', '.join(c.__name__ for c in SUPPORTED_OPTIMIZERS)} and AdamW (also inside "
+            f"a LossScaleOptimizer). Received: optimizer={type(inner).__name__}. Use one of "
+            "those, or the same penalty as a gradient term (proximal=False)."
+        )
+    if getattr(inner, "gradient_accumulation_steps", None):
+        # Keras applies constraints after every call of `apply`, also on the
+        # steps that only accumulate: the threshold would act on them too.
+        raise ValueError(
+            "Invalid value for argument `optimizer`: proximal penalties do not support "
+            "gradient accumulation (Keras applies constraints on the accumulating steps too). "
+            f"Received: gradient_accumulation_steps={inner.gradient_accumulation_steps}"
+        )
+
+
+def step_size(optimizer, variable, slots: dict | None = None):
+    """The step `optimizer` has just taken on `variable` (called after its
+    update, before its iteration count moves): a float32 scalar for SGD, a
+    float32 tensor of the variable's shape for adaptive optimizers (see the
+    module docstring). `slots` caches the slot lookups between calls."""
+    inner = optimizer_slots.inner(optimizer)
+    slots = {} if slots is None else slots
+
+    def read(name):
+        if name not in slots:
+            found = optimizer_slots.slot(inner, variable, name)
+            if found is None:
+                raise RuntimeError(
+                    f"{type(inner).__name__} keeps no `{name}` slot for '{variable.path}' among "
+                    "`optimizer.variables`: this Keras release names its optimizer state "
+                    "differently, or the optimizer does not train this weight."
+                )
+            slots[name] = found
+        return ops.cast(slots[name], "float32")
+
+    lr = ops.cast(inner.learning_rate, "float32")
+    if isinstance(inner, keras.optimizers.SGD):
+        return lr
+    if isinstance(inner, keras.optimizers.Adam):
+        t = ops.cast(inner.iterations + 1, "float32")
+        v = read("velocity_hat" if inner.amsgrad else "velocity")
+        return lr * ops.sqrt(1.0 - ops.power(inner.beta_2, t)) / (ops.sqrt(v) + inner.epsilon)
+    if isinstance(inner, keras.optimizers.RMSprop):
+        v = read("velocity")
+        if inner.centered:
+            v = v - ops.square(read("average_gradient"))
+        return lr / ops.sqrt(v + inner.epsilon)
+    if isinstance(inner, keras.optimizers.Adagrad):
+        return lr / ops.sqrt(read("accumulator") + inner.epsilon)
+    check_optimizer(inner)  # raises
+    raise AssertionError("unreachable")
+
+
+class ProximalConstraint(keras.constraints.Constraint):
+    """Applies the proximal step of the weight's proximal penalties after
+    each optimizer step, then the constraint the weight had before.
+
+    It reads the penalties from the weight's regularizer when the train
+    step is traced (so attaching or removing one takes effect when the step
+    is rebuilt, as for gradient terms) and the step size from the optimizer
+    (see `keras_regkit.proximal`). Like `HoldZeros` it lives only on the
+    variable, never in the layer's config: the saved model keeps the
+    penalty (with `proximal=True`), and binding again puts this back.
+    Made by `bind_proximal`; not meant to be set by hand.
+
+    Args:
+        variable: The weight.
+        optimizer: The optimizer that trains it.
+        inner: The constraint the variable had before, applied after.
+    """
+
+    def __init__(self, variable: keras.Variable, optimizer, inner=None):
+        self.variable = variable
+        self.inner = inner
+        self.set_optimizer(optimizer)
+
+    def set_optimizer(self, optimizer) -> None:
+        check_optimizer(optimizer)
+        self.optimizer = optimizer
+        self._slots = {}  # the optimizer's state variables for this weight, found once
+
+    def __call__(self, w):
+        parts = proximal_parts(getattr(self.variable, "regularizer", None))
+        if parts:
+            size = step_size(self.optimizer, self.variable, self._slots)
+            for penalty in parts:
+                w = penalty.proximal_step(w, size)
+        return self.inner(w) if self.inner is not None else w
+
+
+def _chain(variable):
+    """The variable's constraints, outermost first, following `inner`."""
+    constraint = getattr(variable, "constraint", None)
+    while constraint is not None:
+        yield constraint
+        constraint = getattr(constraint, "inner", None)
+
+
+def _unlink(variable, target) -> None:
+    """Takes `target` out of the variable's constraint chain."""
+    previous = None
+    for constraint in _chain(variable):
+        if constraint is target:
+            if previous is None:
+                variable.constraint = target.inner
+            else:
+                previous.inner = target.inner
+            return
+        previous = constraint
+
+
+def bind_proximal(model: keras.Model, optimizer=None) -> int:
+    """Makes `optimizer` apply the proximal penalties of `model` after each
+    of its steps.
+
+    Every trainable weight whose regularizer has a proximal part
+    (`L1(..., proximal=True)`, `ElasticNet`'s L1 part, `GroupLasso`, also
+    inside `Combined`) gets a `ProximalConstraint` in front of the
+    constraint it had; a weight whose proximal penalty was removed loses
+    it. The train function is rebuilt if anything changed. Call it again
+    after attaching penalties or changing the optimizer; it is cheap when
+    nothing changed. During `fit`, `keras_regkit.callbacks.ProximalUpdate`
+    calls it for you.
+
+    In a custom training loop, bind once before the loop; the proximal
+    step then runs inside `optimizer.apply(grads, model.trainable_variables)`
+    (Keras applies constraints there). Scheduled strengths are evaluated at
+    the regularizer's step, as for gradient terms: bind them to the
+    optimizer's counter with `regularizer.bind_step(optimizer.iterations)`
+    (or move them with `set_step`).
+
+    Args:
+        model: A built model.
+        optimizer: The optimizer that trains it. Defaults to
+            `model.optimizer` (set by `compile`).
+
+    Returns:
+        The number of weights with a proximal penalty.
+
+    Raises:
+        ValueError: If there is no optimizer (the model is not compiled and
+            none is given), the optimizer is not one whose step size is
+            known (SGD, Adam, AdamW, RMSprop, Adagrad), it accumulates
+            gradients, or a `GroupLasso`'s axis does not fit its weight.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)),
+    ...     keras.layers.Dense(2, kernel_regularizer=rk.regularizers.L1(0.1, proximal=True))])
+    >>> optimizer = keras.optimizers.SGD(0.1)
+    >>> rk.bind_proximal(model, optimizer)
+    1
+    """
+    weights_lib.check_model(model)
+    if optimizer is None:
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is None:
+            raise ValueError(
+                "Invalid value for argument `optimizer`: the model is not compiled, so it has no "
+                "optimizer to bind proximal penalties to. Compile it first, or pass the optimizer "
+                "of your training loop. Received: optimizer=None"
+            )
+    check_optimizer(optimizer)
+    bound, changed = 0, False
+    for variable in model.trainable_weights:
+        parts = proximal_parts(getattr(variable, "regularizer", None))
+        existing = next((c for c in _chain(variable) if isinstance(c, ProximalConstraint)), None)
+        if not parts:
+            if existing is not None:
+                _unlink(variable, existing)
+                changed = True
+            continue
+        for penalty in parts:
+            if isinstance(penalty, GroupLasso):
+                penalty._groups(variable)  # its axis must fit this weight: raise now, not in the trace
+            penalty._proximal_bound = True
+        bound += 1
+        if existing is None:
+            variable.constraint = ProximalConstraint(variable, optimizer, variable.constraint)
+            changed = True
+        elif existing.optimizer is not optimizer:
+            existing.set_optimizer(optimizer)
+            changed = True
+    if changed:
+        # The optimizer step traced the old constraints.
+        rebuild_step_functions(model, losses_changed=False)
+    return bound
