@@ -40,6 +40,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_regkit import _constraints as constraints
 from keras_regkit import _optimizer_slots as optimizer_slots
 from keras_regkit import weights as weights_lib
 from keras_regkit._step_functions import rebuild_step_functions
@@ -159,27 +160,6 @@ class ProximalConstraint(keras.constraints.Constraint):
         return self.inner(w) if self.inner is not None else w
 
 
-def _chain(variable):
-    """The variable's constraints, outermost first, following `inner`."""
-    constraint = getattr(variable, "constraint", None)
-    while constraint is not None:
-        yield constraint
-        constraint = getattr(constraint, "inner", None)
-
-
-def _unlink(variable, target) -> None:
-    """Takes `target` out of the variable's constraint chain."""
-    previous = None
-    for constraint in _chain(variable):
-        if constraint is target:
-            if previous is None:
-                variable.constraint = target.inner
-            else:
-                previous.inner = target.inner
-            return
-        previous = constraint
-
-
 def bind_proximal(model: keras.Model, optimizer=None) -> int:
     """Makes `optimizer` apply the proximal penalties of `model` after each
     of its steps.
@@ -235,10 +215,10 @@ def bind_proximal(model: keras.Model, optimizer=None) -> int:
     bound, changed = 0, False
     for variable in model.trainable_weights:
         parts = proximal_parts(getattr(variable, "regularizer", None))
-        existing = next((c for c in _chain(variable) if isinstance(c, ProximalConstraint)), None)
+        existing = constraints.find(variable, ProximalConstraint)
         if not parts:
             if existing is not None:
-                _unlink(variable, existing)
+                constraints.unlink(variable, existing)
                 changed = True
             continue
         for penalty in parts:

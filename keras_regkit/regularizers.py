@@ -217,8 +217,8 @@ class _Penalty(keras.regularizers.Regularizer):
             return
         self._warned_unbound = True
         warnings.warn(
-            f"{self!r} adds nothing to the loss: it acts by a proximal step after each optimizer "
-            "step, and it is not bound to an optimizer yet, so it does nothing. Pass "
+            f"{self!r} is not bound to an optimizer, so its proximal part does nothing: it is "
+            "not in the loss, and acts by a step after each optimizer step once bound. Pass "
             "`keras_regkit.callbacks.ProximalUpdate()` to `fit`, or call "
             "`keras_regkit.bind_proximal(model, optimizer)` before a custom training loop.",
             stacklevel=3,

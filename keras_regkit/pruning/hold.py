@@ -9,6 +9,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_regkit import _constraints as constraints
 from keras_regkit import weights as weights_lib
 from keras_regkit._step_functions import rebuild_step_functions, step_functions_read_variables_live
 
@@ -72,12 +73,11 @@ def hold_zeros(model: keras.Model, variables) -> None:
 def _hold(variable) -> bool:
     """Holds the variable's current zeros; True if the optimizer step must be
     retraced (a new constraint was set, or under JAX a new mask)."""
-    if isinstance(variable.constraint, HoldZeros):
+    held = constraints.find(variable, HoldZeros)
+    if held is not None:
         # Same constraint, new mask: TensorFlow's and PyTorch's steps read it
         # live; JAX's holds it as a constant and must be retraced.
-        variable.constraint.mask.assign(
-            ops.cast(ops.not_equal(variable.value, 0), variable.constraint.mask.dtype)
-        )
+        held.mask.assign(ops.cast(ops.not_equal(variable.value, 0), held.mask.dtype))
         return not step_functions_read_variables_live()
     variable.constraint = HoldZeros(variable, variable.constraint)
     return True
@@ -97,8 +97,10 @@ def release_zeros(model: keras.Model) -> int:
     weights_lib.check_model(model)
     released = 0
     for variable in model.weights:
-        if isinstance(getattr(variable, "constraint", None), HoldZeros):
-            variable.constraint = variable.constraint.inner
+        # Anywhere in the chain: a proximal step may wrap the hold.
+        held = constraints.find(variable, HoldZeros)
+        if held is not None:
+            constraints.unlink(variable, held)
             released += 1
     if released:
         rebuild_step_functions(model, losses_changed=False)

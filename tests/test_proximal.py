@@ -1,0 +1,345 @@
+"""Proximal penalties: the step against NumPy references, exact zeros after
+`fit`, schedules, saving, composition with held zeros, bad input."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import keras_regkit as rk
+from keras_regkit import _optimizer_slots as optimizer_slots
+from keras_regkit import proximal
+from keras_regkit import regularizers as R
+
+from conftest import assert_round_trip
+
+BACKEND = keras.backend.backend()
+RNG = np.random.default_rng(0)
+# Entries well inside and well outside every threshold used below, so that
+# which become zero does not hang on rounding.
+W0 = np.array([[0.8, -0.002, 0.3], [-0.5, 0.004, -0.0015], [0.0, 1.2, -0.9]], "float32")
+# One small row and one small column, for group lasso along either axis.
+W_GROUPS = np.array([[0.8, 0.5, 0.03], [0.05, -0.04, 0.02], [-0.6, 1.2, -0.01]], "float32")
+G = np.array([[0.1, 0.001, -0.2], [0.3, -0.001, 0.002], [0.0, -0.4, 0.05]], "float32")
+
+
+def single_kernel_model(regularizer, kernel=W0):
+    layer = keras.layers.Dense(kernel.shape[1], use_bias=False, kernel_regularizer=regularizer)
+    model = keras.Sequential([keras.Input((kernel.shape[0],)), layer])
+    layer.kernel.assign(kernel)
+    return model, layer.kernel
+
+
+def one_step(regularizer, optimizer, kernel=W0, gradient=G, prepare=None):
+    """The kernel after one `optimizer.apply` with a bound proximal penalty,
+    and the kernel after the same step without it."""
+    plain = keras.Variable(kernel, name="plain")
+    twin = optimizer.from_config(optimizer.get_config())
+    model, variable = single_kernel_model(regularizer, kernel)
+    assert rk.bind_proximal(model, optimizer) == 1
+    optimizer.build([variable])
+    twin.build([plain])
+    if prepare is not None:
+        prepare(optimizer, variable)
+        prepare(twin, plain)
+    optimizer.apply([keras.ops.convert_to_tensor(gradient)], [variable])
+    twin.apply([keras.ops.convert_to_tensor(gradient)], [plain])
+    return keras.ops.convert_to_numpy(variable), keras.ops.convert_to_numpy(plain)
+
+
+def soft_threshold(w, threshold):
+    return np.sign(w) * np.maximum(np.abs(w) - threshold, np.float32(0))
+
+
+def test_one_sgd_step_soft_thresholds_exactly_as_numpy():
+    lr, alpha = 0.1, 0.05  # threshold 0.005
+    after, plain = one_step(R.L1(alpha, proximal=True), keras.optimizers.SGD(lr, momentum=0.9))
+    expected = soft_threshold(plain, np.float32(lr) * np.float32(alpha))
+    np.testing.assert_array_equal(after, expected)
+    assert (after == 0).sum() == 4 and (plain == 0).sum() == 1
+
+
+def test_elastic_net_thresholds_its_l1_part_and_keeps_l2_in_the_loss():
+    lr = 0.1
+    regularizer = R.ElasticNet(l1=0.02, l2=0.5, proximal=True)
+    np.testing.assert_allclose(float(regularizer(W0)), 0.5 * np.square(W0).sum(), rtol=1e-6)
+    after, plain = one_step(regularizer, keras.optimizers.SGD(lr))
+    np.testing.assert_array_equal(after, soft_threshold(plain, np.float32(lr) * np.float32(0.02)))
+
+
+@pytest.mark.parametrize("axis", [0, -1])
+def test_one_sgd_step_of_group_lasso_shrinks_each_group_norm_as_numpy(axis):
+    lr, alpha = 0.5, 0.2
+    after, plain = one_step(R.GroupLasso(alpha, axis=axis, proximal=True), keras.optimizers.SGD(lr), W_GROUPS)
+    groups = np.moveaxis(plain.astype("float64"), axis, 0)  # one row per group
+    norms = np.linalg.norm(groups, axis=1, keepdims=True)
+    threshold = lr * alpha * np.sqrt(groups.shape[1])
+    expected = np.moveaxis(groups * np.maximum(1 - threshold / np.where(norms > 0, norms, 1), 0), 0, axis)
+    np.testing.assert_allclose(after, expected, rtol=1e-6, atol=1e-7)
+    dead = np.all(np.moveaxis(after, axis, 0) == 0, axis=1)
+    assert dead.tolist() == (norms[:, 0] <= threshold).tolist() and dead.any() and not dead.all()
+
+
+def _known_moments(slots):
+    """Sets each named slot to a known positive array and the step count to 4."""
+
+    def prepare(optimizer, variable):
+        optimizer.iterations.assign(4)
+        for name, value in slots.items():
+            optimizer_slots.slot(optimizer, variable, name).assign(value)
+
+    return prepare
+
+
+M = RNG.normal(scale=0.1, size=W0.shape).astype("float32")
+V = RNG.uniform(1e-4, 4e-2, size=W0.shape).astype("float32")
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_one_adam_step_with_known_moments_matches_the_numpy_proxgen_step(amsgrad):
+    lr, alpha, b1, b2, eps = 0.01, 0.5, 0.9, 0.999, 1e-7
+    optimizer = keras.optimizers.Adam(lr, beta_1=b1, beta_2=b2, epsilon=eps, amsgrad=amsgrad)
+    slots = {"momentum": M, "velocity": V} | ({"velocity_hat": 2 * V} if amsgrad else {})
+    after, plain = one_step(R.L1(alpha, proximal=True), optimizer, prepare=_known_moments(slots))
+    # NumPy reference, in float64: Keras' Adam step at t = 5, then the
+    # soft-threshold by alpha times its per-entry step (ProxGen).
+    w, g, t = W0.astype("float64"), G.astype("float64"), 5
+    m = M + (g - M) * (1 - b1)
+    v = V + (g * g - V) * (1 - b2)
+    if amsgrad:
+        v = np.maximum(2 * V, v)
+    step = lr * np.sqrt(1 - b2**t) / (np.sqrt(v) + eps)
+    w_adam = w - m / (1 - b1**t) * step
+    np.testing.assert_allclose(plain, w_adam, rtol=1e-5, atol=1e-7)
+    expected = soft_threshold(w_adam, alpha * step)
+    np.testing.assert_allclose(after, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(after == 0, expected == 0)
+    assert (after == 0).sum() >= 2
+
+
+@pytest.mark.parametrize("name", ["rmsprop", "rmsprop_centered", "adagrad"])
+def test_one_step_of_rmsprop_and_adagrad_divides_the_threshold_as_they_divide_the_step(name):
+    lr, alpha, eps, rho = 0.01, 0.05, 1e-7, 0.9
+    w, g = W0.astype("float64"), G.astype("float64")
+    if name == "adagrad":
+        optimizer = keras.optimizers.Adagrad(lr, epsilon=eps)
+        slots = {"accumulator": V}
+        denominator = V + g * g + eps
+    else:
+        centered = name == "rmsprop_centered"
+        optimizer = keras.optimizers.RMSprop(lr, rho=rho, epsilon=eps, centered=centered)
+        slots = {"velocity": V} | ({"average_gradient": M / 10} if centered else {})
+        v = rho * V + (1 - rho) * g * g
+        denominator = v + eps - (np.square(rho * M / 10 + (1 - rho) * g) if centered else 0)
+    after, plain = one_step(R.L1(alpha, proximal=True), optimizer, prepare=_known_moments(slots))
+    step = lr / np.sqrt(denominator)
+    np.testing.assert_allclose(plain, w - g * step, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(after, soft_threshold(w - g * step, alpha * step), rtol=1e-5, atol=1e-7)
+
+
+def test_a_scheduled_strength_sets_the_threshold_of_each_step():
+    # Strength 0 at step 0, 0.05 from step 1, bound to the optimizer's count.
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([0], [0.0, 0.05])
+    regularizer = R.L1(schedule, proximal=True)
+    lr = 0.1
+    optimizer, twin = keras.optimizers.SGD(lr), keras.optimizers.SGD(lr)
+    model, variable = single_kernel_model(regularizer)
+    plain = keras.Variable(W0)
+    rk.bind_proximal(model, optimizer)
+    optimizer.build([variable])
+    regularizer.bind_step(optimizer.iterations)
+    gradient = keras.ops.convert_to_tensor(G)
+    optimizer.apply([gradient], [variable])
+    twin.apply([gradient], [plain])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), keras.ops.convert_to_numpy(plain))
+    plain.assign(variable)
+    optimizer.apply([gradient], [variable])
+    twin.apply([gradient], [plain])
+    expected = soft_threshold(keras.ops.convert_to_numpy(plain), np.float32(lr) * np.float32(0.05))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), expected)
+
+
+def _data(n=256, features=12, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).astype("float32")
+    y = (x[:, 0] + x[:, 1] - x[:, 2] > 0).astype("int32")
+    return x, y
+
+
+def _classifier(regularizer, features=12):
+    return keras.Sequential([
+        keras.Input((features,)),
+        keras.layers.Dense(32, activation="relu", kernel_regularizer=regularizer, name="hidden"),
+        keras.layers.Dense(2, kernel_regularizer=regularizer, name="out"),
+    ])
+
+
+def _fit(model, optimizer, callbacks, epochs=8):
+    x, y = _data()
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, callbacks=callbacks)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_fit_leaves_many_exact_zeros_where_the_gradient_term_leaves_none(optimizer):
+    alpha = 0.03 if optimizer == "sgd" else 0.01
+
+    def kernels(proximal):
+        keras.utils.set_random_seed(1)
+        model = _classifier(R.L1(alpha, proximal=proximal))
+        lr = 0.1 if optimizer == "sgd" else 0.01
+        opt = keras.optimizers.SGD(lr) if optimizer == "sgd" else keras.optimizers.Adam(lr)
+        history = _fit(model, opt, [rk.callbacks.ProximalUpdate()] if proximal else [])
+        return [keras.ops.convert_to_numpy(layer.kernel) for layer in model.layers], history
+
+    gradient_term, _ = kernels(False)
+    prox, history = kernels(True)
+    zeros = sum((k == 0).sum() for k in prox) / sum(k.size for k in prox)
+    assert sum((k == 0).sum() for k in gradient_term) == 0
+    assert zeros > 0.3, zeros
+    assert history.history["accuracy"][-1] > 0.85
+    # The proximal penalty adds nothing to the loss.
+    unbound = _classifier(R.L1(alpha, proximal=True))
+    with pytest.warns(UserWarning, match="not bound"):
+        assert [float(loss) for loss in unbound.losses] == [0.0, 0.0]
+
+
+def test_fit_under_every_backend_and_a_loss_scale_optimizer():
+    keras.utils.set_random_seed(1)
+    model = _classifier(R.GroupLasso(0.02, axis=0, proximal=True))
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(0.01))
+    _fit(model, optimizer, [rk.callbacks.ProximalUpdate()])
+    hidden = keras.ops.convert_to_numpy(model.get_layer("hidden").kernel)
+    dropped = np.all(hidden == 0, axis=1)
+    # Inputs 0-2 carry the label; most of the nine noise inputs are dropped.
+    assert not dropped[:3].any() and dropped[3:].sum() >= 5, dropped
+
+
+def test_epoch_schedules_move_the_threshold_on_every_backend():
+    # Strength 0 in epoch 0, then strong: no zeros after epoch 0, many after.
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([0], [0.0, 0.1])
+    keras.utils.set_random_seed(1)
+    model = _classifier(R.L1(schedule, proximal=True))
+    zeros = []
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: zeros.append(
+        int((keras.ops.convert_to_numpy(model.get_layer("hidden").kernel) == 0).sum())))
+    _fit(model, keras.optimizers.SGD(0.1), [rk.callbacks.RegularizationScheduler(update_freq="epoch"),
+                                           rk.callbacks.ProximalUpdate(), record], epochs=2)
+    assert zeros[0] == 0 and zeros[1] > 30, zeros
+
+
+@pytest.mark.parametrize("regularizer", [
+    R.L1(1e-3, proximal=True),
+    R.ElasticNet(1e-3, 1e-4, proximal=True),
+    R.GroupLasso(1e-3, axis=0, proximal=True),
+    R.L1(keras.optimizers.schedules.ExponentialDecay(1e-3, 10, 0.5), proximal=True),
+], ids=repr)
+def test_config_round_trips_with_proximal(regularizer):
+    restored = assert_round_trip(regularizer)
+    assert restored.proximal is True
+    assert regularizer.get_config()["proximal"] is True
+    assert "proximal=True" in repr(regularizer)
+
+
+def test_a_config_without_proximal_loads_as_a_gradient_term():
+    assert R.L1.from_config({"alpha": 0.1}).proximal is False
+
+
+def test_saved_model_reloads_proximal_and_keeps_thresholding(tmp_path):
+    keras.utils.set_random_seed(1)
+    model = _classifier(R.L1(0.05, proximal=True))
+    _fit(model, keras.optimizers.SGD(0.1), [rk.callbacks.ProximalUpdate()], epochs=2)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    assert reloaded.get_layer("hidden").kernel.regularizer.proximal is True
+    before = keras.ops.convert_to_numpy(reloaded.get_layer("hidden").kernel)
+    np.testing.assert_array_equal(before, keras.ops.convert_to_numpy(model.get_layer("hidden").kernel))
+    _fit(reloaded, keras.optimizers.SGD(0.1), [rk.callbacks.ProximalUpdate()], epochs=3)
+    after = keras.ops.convert_to_numpy(reloaded.get_layer("hidden").kernel)
+    assert (after == 0).sum() > (before == 0).sum() > 0
+
+
+def test_composes_with_held_zeros_in_either_order():
+    for bind_first in (True, False):
+        keras.utils.set_random_seed(1)
+        model = _classifier(R.L1(0.2, proximal=True))
+        model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        if bind_first:
+            rk.bind_proximal(model)
+        rk.prune(model, sparsity=0.5, hold=True)
+        held = keras.ops.convert_to_numpy(model.get_layer("hidden").kernel) == 0
+        x, y = _data()
+        model.fit(x, y, epochs=3, verbose=0, callbacks=[rk.callbacks.ProximalUpdate()])
+        kernel = keras.ops.convert_to_numpy(model.get_layer("hidden").kernel)
+        assert (kernel[held] == 0).all()
+        assert (kernel == 0).sum() > held.sum()  # the proximal step adds zeros of its own
+        assert rk.release_zeros(model) == 2
+        variable = model.get_layer("hidden").kernel
+        assert isinstance(variable.constraint, proximal.ProximalConstraint) and variable.constraint.inner is None
+
+
+def test_rebinding_is_idempotent_and_removing_the_penalty_removes_the_step():
+    model = _classifier(R.L1(1e-3, proximal=True))
+    model.compile("sgd", "mse")
+    assert rk.bind_proximal(model) == rk.bind_proximal(model) == 2
+    kernel = model.get_layer("hidden").kernel
+    assert isinstance(kernel.constraint, proximal.ProximalConstraint) and kernel.constraint.inner is None
+    rk.remove_regularizers(model, "hidden")
+    assert rk.bind_proximal(model) == 1
+    assert kernel.constraint is None
+
+
+def test_an_unbound_proximal_penalty_warns_that_it_does_nothing():
+    keras.utils.set_random_seed(1)
+    model = _classifier(R.L1(3e-3, proximal=True))
+    with pytest.warns(UserWarning, match=r"proximal=True\) is not bound to an optimizer.*ProximalUpdate\(\)"):
+        _fit(model, keras.optimizers.SGD(0.1), [], epochs=1)
+    assert (keras.ops.convert_to_numpy(model.get_layer("hidden").kernel) == 0).sum() == 0
+
+
+def test_the_callback_does_not_warn_when_bound_and_warns_when_there_is_nothing_to_do():
+    keras.utils.set_random_seed(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _fit(_classifier(R.L1(3e-3, proximal=True)), "sgd", [rk.callbacks.ProximalUpdate()], epochs=1)
+    with pytest.warns(UserWarning, match="ProximalUpdate has nothing to do"):
+        _fit(_classifier(R.L1(3e-3)), "sgd", [rk.callbacks.ProximalUpdate()], epochs=1)
+    assert_round_trip(rk.callbacks.ProximalUpdate())
+
+
+def test_bad_input_is_refused_with_the_argument_named():
+    with pytest.raises(TypeError, match=r"argument `proximal`.*Received: proximal='yes'"):
+        R.L1(0.1, proximal="yes")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'proximal'"):
+        R.L2(0.1, proximal=True)
+    with pytest.raises(ValueError, match="L2 has no proximal step"):
+        R.L2(0.1).proximal_step(keras.ops.ones((2,)), 0.1)
+    model = _classifier(R.L1(1e-3, proximal=True))
+    with pytest.raises(ValueError, match=r"`optimizer`: the model is not compiled.*optimizer=None"):
+        rk.bind_proximal(model)
+    with pytest.raises(ValueError, match=r"`optimizer`.*SGD, Adam, RMSprop, Adagrad.*optimizer=Nadam"):
+        rk.bind_proximal(model, keras.optimizers.Nadam())
+    with pytest.raises(ValueError, match=r"gradient accumulation.*gradient_accumulation_steps=4"):
+        rk.bind_proximal(model, keras.optimizers.SGD(gradient_accumulation_steps=4))
+    wrong_axis = _classifier(R.GroupLasso(1e-3, axis=3, proximal=True))
+    with pytest.raises(ValueError, match=r"GroupLasso\(axis=3\) does not fit a weight of shape \(12, 32\)"):
+        rk.bind_proximal(wrong_axis, keras.optimizers.SGD())
+
+
+def test_the_optimizer_slots_read_are_where_this_keras_names_them():
+    # If a Keras release renames the slots, the proximal step cannot follow
+    # the optimizer: fail here, loudly.
+    variable = keras.Variable(np.ones((2, 3), "float32"), name="kernel")
+    for optimizer, names in [
+        (keras.optimizers.Adam(amsgrad=True), ["momentum", "velocity", "velocity_hat"]),
+        (keras.optimizers.RMSprop(centered=True), ["velocity", "average_gradient"]),
+        (keras.optimizers.Adagrad(), ["accumulator"]),
+    ]:
+        optimizer.build([variable])
+        for name in names:
+            assert optimizer_slots.slot(optimizer, variable, name) is not None, (optimizer, name)
+    with pytest.raises(RuntimeError, match="keeps no `velocity` slot"):
+        proximal.step_size(keras.optimizers.Adam(), variable)
