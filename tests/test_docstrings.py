@@ -11,9 +11,9 @@ import keras_regkit as rk
 from keras_regkit import attach, callbacks, regularizers, schedules, stats, weights
 
 MODULES = [
-    regularizers, schedules, weights, attach, stats, callbacks.scheduler, callbacks.sparsity,
+    regularizers, schedules, weights, attach, stats, callbacks.scheduler, callbacks.sparsity, callbacks.proximal,
     *(importlib.import_module(f"keras_regkit.{name}") for name in (
-        "pruning.hold", "pruning.one_shot", "pruning.units", "compacting.rebuild", "search", "saving",
+        "proximal", "pruning.hold", "pruning.one_shot", "pruning.units", "compacting.rebuild", "search", "saving",
         "shrinking", "shrinking.result", "shrinking.ramps", "shrinking.guards")),
 ]
 
