@@ -21,6 +21,7 @@ from keras import ops
 
 from keras_regkit import _validate
 from keras_regkit import weights as weights_lib
+from keras_regkit.pruning import units as units_lib
 
 # Counts are summed as int32 and shipped in float32, which is exact only below
 # 2**24; splitting each count into (count // 2**20, count % 2**20) keeps it exact.
@@ -288,6 +289,12 @@ class SparsityReport:
         total: The whole-model `LayerStats`.
         threshold: The near-zero threshold used.
         relative: Whether the threshold was relative to each weight's RMS.
+        dropped_inputs: Feature selection: for each model input read only by
+            `Dense` layers, `(dropped, features)`: the indices (last axis) of
+            the input features whose every outgoing weight is exactly 0, and
+            how many features it has (see
+            `keras_regkit.pruning.units.dropped_inputs`). None where the
+            model has no functional graph.
 
     Example:
 
@@ -304,10 +311,11 @@ class SparsityReport:
     total: LayerStats
     threshold: float
     relative: bool
+    dropped_inputs: dict[str, tuple[list[int], int]] | None = None
 
     @classmethod
-    def from_layers(cls, layers: Sequence[LayerStats], threshold: float, relative: bool):
-        return cls(list(layers), total(layers), float(threshold), bool(relative))
+    def from_layers(cls, layers: Sequence[LayerStats], threshold: float, relative: bool, dropped_inputs=None):
+        return cls(list(layers), total(layers), float(threshold), bool(relative), dropped_inputs)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (used by `keras-regkit inspect --json`)."""
@@ -320,6 +328,10 @@ class SparsityReport:
             "relative": self.relative,
             "layers": [row(s) for s in self.layers],
             "total": row(self.total),
+            "dropped_inputs": None if self.dropped_inputs is None else {
+                name: {"dropped": list(dropped), "features": features}
+                for name, (dropped, features) in self.dropped_inputs.items()
+            },
         }
 
     def __str__(self) -> str:
@@ -342,6 +354,11 @@ class SparsityReport:
         lines = ["  ".join(c.ljust(w) if i in (0, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in [header, *rows]]
         lines.insert(1, "-" * len(lines[0]))
         lines.insert(len(lines) - 1, "-" * len(lines[0]))
+        for name, (dropped, features) in (self.dropped_inputs or {}).items():
+            if not dropped:
+                continue
+            shown = ", ".join(map(str, dropped[:20])) + (", ..." if len(dropped) > 20 else "")
+            lines.append(f"input '{name}': {len(dropped)} of {features} features dropped (no weight reads them): [{shown}]")
         return "\n".join(lines)
 
 
@@ -362,8 +379,9 @@ def sparsity_report(
             Defaults to False (absolute).
 
     Returns:
-        A `SparsityReport`; `print(report)` shows a table, `report.to_dict()`
-        gives plain data.
+        A `SparsityReport`; `print(report)` shows a table (and, per model
+        input read by `Dense` layers, the input features no weight reads, if any),
+        `report.to_dict()` gives plain data.
 
     Raises:
         TypeError, ValueError: For an unknown weight kind, a bad threshold
@@ -380,4 +398,4 @@ def sparsity_report(
     1.0
     """
     layers = WeightStats(model, weights, threshold, relative).compute()
-    return SparsityReport.from_layers(layers, threshold, relative)
+    return SparsityReport.from_layers(layers, threshold, relative, units_lib.dropped_inputs(model))

@@ -125,3 +125,21 @@ def test_inspect_prints_no_tensorflow_start_up_lines(saved_model):
     assert result.returncode == 0 and result.stdout.startswith("sequential")
     # TensorFlow's C++ log lines ("I0000 00:00:...", "E0000 ...") and absl's.
     assert not re.search(r"^[IWEF]\d{4} |absl|cuInit|cuda", result.stderr, re.MULTILINE), result.stderr
+
+
+def test_inspect_lists_the_dropped_input_features(tmp_path, capsys):
+    import json
+
+    import keras
+    import numpy as np
+
+    model = keras.Sequential([keras.Input((5,), name="x"), keras.layers.Dense(3), keras.layers.Dense(2)])
+    kernel = np.ones((5, 3), "float32")
+    kernel[[0, 2]] = 0.0
+    model.layers[0].kernel.assign(kernel)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    assert cli.main(["inspect", path]) == 0
+    assert "input 'x': 2 of 5 features dropped (no weight reads them): [0, 2]" in capsys.readouterr().out
+    assert cli.main(["inspect", path, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dropped_inputs"] == {"x": {"dropped": [0, 2], "features": 5}}

@@ -108,3 +108,45 @@ def test_host_and_device_paths_agree(relative, dtype):
         assert (h.name, h.params, h.zeros, h.near_zero, h.nonfinite) == (d.name, d.params, d.zeros, d.near_zero, d.nonfinite)
         assert h.l1 == pytest.approx(d.l1, rel=1e-5) and h.l2 == pytest.approx(d.l2, rel=1e-5)
     assert host[0].zeros == 300 and host[0].nonfinite == 3
+
+
+def _feature_model(first=keras.layers.Dense):
+    inputs = keras.Input((6,), name="features")
+    x = keras.layers.Normalization()(inputs)
+    x = keras.layers.Dropout(0.1)(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(first(4, name="first")(x)))
+    return model
+
+
+def test_report_names_the_input_features_no_weight_reads():
+    model = _feature_model()
+    kernel = np.ones((6, 4), "float32")
+    kernel[[1, 4]] = 0.0
+    kernel[2, 0] = 0.0  # one zero is not a dropped feature
+    model.get_layer("first").kernel.assign(kernel)
+    report = rk.sparsity_report(model)
+    assert report.dropped_inputs == {"features": ([1, 4], 6)}
+    assert report.to_dict()["dropped_inputs"] == {"features": {"dropped": [1, 4], "features": 6}}
+    assert "input 'features': 2 of 6 features dropped (no weight reads them): [1, 4]" in str(report)
+
+
+def test_an_input_read_by_a_layer_other_than_dense_is_left_out_of_the_feature_report():
+    inputs = keras.Input((6,), name="features")
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.LayerNormalization()(inputs)))
+    model.layers[-1].kernel.assign(np.zeros((6, 2), "float32"))
+    assert rk.sparsity_report(model).dropped_inputs == {}
+    assert "dropped" not in str(rk.sparsity_report(model))
+
+
+def test_a_subclassed_model_has_no_feature_report():
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Sub()
+    model(np.ones((1, 3), "float32"))
+    assert rk.sparsity_report(model).dropped_inputs is None

@@ -164,3 +164,75 @@ def output_layers(model: keras.Model) -> list[keras.layers.Layer] | None:
         return all(visit_tensor(t) for t in (outputs if index is None else [outputs[index]]))
 
     return found if visit_model_output(model, None) else None
+
+
+# Layers that act on each input feature alone: a feature whose every
+# outgoing weight after them is zero is unused before them too. (Not
+# LayerNormalization: it mixes a feature into the others' normalisation.)
+_PER_FEATURE_LAYERS = (
+    keras.layers.Activation,
+    keras.layers.BatchNormalization,
+    keras.layers.Dropout,
+    keras.layers.GaussianDropout,
+    keras.layers.GaussianNoise,
+    keras.layers.Normalization,
+    keras.layers.Rescaling,
+)
+
+
+def _graph(model):
+    """The functional graph of `model` (a Sequential's inner one), or None."""
+    if isinstance(model, keras.Sequential):
+        model = getattr(model, "_functional", None)
+    if model is None or not getattr(model, "inputs", None) or not hasattr(model, "layers"):
+        return None
+    return model
+
+
+def _input_readers(graph, tensor):
+    """The `Dense` layers reading the features (last axis) of `tensor`,
+    through per-feature layers; None if any other layer reads them."""
+    readers = []
+    for layer in graph.layers:
+        for node in layer._inbound_nodes:
+            inputs = keras.tree.flatten(node.input_tensors)
+            if not any(t is tensor for t in inputs):
+                continue
+            if isinstance(layer, keras.layers.Dense) and len(inputs) == 1:
+                readers.append(layer)
+            elif isinstance(layer, _PER_FEATURE_LAYERS) and len(inputs) == 1:
+                further = _input_readers(graph, keras.tree.flatten(node.output_tensors)[0])
+                if further is None:
+                    return None
+                readers.extend(further)
+            else:
+                return None
+    return readers
+
+
+def dropped_inputs(model: keras.Model) -> dict[str, tuple[list[int], int]] | None:
+    """The input features no weight reads: for each model input read only by
+    `Dense` layers (directly, or through per-feature layers such as
+    `Normalization`, `BatchNormalization`, `Dropout`), the features (indices
+    on the last axis) whose every outgoing weight in those layers is exactly
+    zero, with the number of features.
+
+    Inputs read by any other layer (a convolution, a concatenation, ...) are
+    left out; a model without a functional graph (subclassed) gives None.
+    """
+    graph = _graph(model)
+    if graph is None:
+        return None
+    found = {}
+    for tensor in graph.inputs:
+        readers = _input_readers(graph, tensor)
+        if not readers:
+            continue
+        rows = [
+            np.all(ops.convert_to_numpy(layer.kernel) == 0, axis=tuple(range(1, len(layer.kernel.shape))))
+            for layer in readers
+        ]
+        unused = np.logical_and.reduce(rows)
+        name = tensor._keras_history.operation.name
+        found[name] = ([int(i) for i in np.flatnonzero(unused)], int(unused.size))
+    return found
