@@ -312,7 +312,10 @@ def soft_threshold(x, threshold):
     once to the dtype of `x`. `threshold` is a scalar or a tensor of the
     shape of `x`. 0 stays 0; NaN stays NaN (it is never hidden as a zero)."""
     w = ops.cast(x, "float32")
-    return ops.cast(ops.sign(w) * ops.maximum(ops.absolute(w) - threshold, 0.0), x.dtype)
+    # `w - clip(w, -t, t)` is `sign(w) * max(|w| - t, 0)`, rounded alike
+    # (`w - t` and `-(|w| - t)` are one IEEE subtraction each), in three
+    # passes over the weight instead of five: off XLA, every op is one.
+    return ops.cast(w - ops.clip(w, -threshold, threshold), x.dtype)
 
 
 def group_step_size(step_size, shape, axis):

@@ -18,11 +18,13 @@ def test_quick_demo_trains_every_method_shrinks_and_prints_the_table(capsys, tmp
     lines = out[out.index("test acc"):].splitlines()
     rows = [line for line in lines[2:] if line and not line.startswith(("(", "wrote"))]
     names = [row[:20].strip() for row in rows]
-    assert names == ["none", "L2", "L1", "ExpAbs (scheduled)"]
-    for row in rows:
-        accuracy, shrunk, zeros, size, before = row[20:].split()
+    assert names == ["none", "L2", "L1 (proximal)", "ExpAbs (scheduled)"]
+    for name, row in zip(names, rows):
+        accuracy, trained_zeros, shrunk, zeros, size, before = row[20:].split()
         assert float(accuracy) > 0.5 and float(shrunk) > 0.5  # far above chance (0.1)
         assert float(zeros.rstrip("%")) > 10
+        # Only the proximal penalty leaves exact zeros from training alone.
+        assert (float(trained_zeros.rstrip("%")) > 5) == (name == "L1 (proximal)"), row
         # Exact zeros make the saved file compress better.
         assert int(size.rstrip("KB")) < int(before.rstrip("KB"))
     assert "checked identical" in out
