@@ -335,7 +335,7 @@ class L1(_Penalty):
     0.4
     >>> prox = rk.regularizers.L1(0.1, proximal=True)
     >>> w = keras.ops.convert_to_tensor([0.5, -0.05, -2.0])
-    >>> np.round(keras.ops.convert_to_numpy(prox.proximal_step(w, 1.0)), 6).tolist()  # step size 1
+    >>> [round(float(v), 6) for v in keras.ops.convert_to_numpy(prox.proximal_step(w, 1.0))]  # step size 1
     [0.4, 0.0, -1.9]
 
     References:
