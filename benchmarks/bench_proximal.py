@@ -9,6 +9,10 @@ the protocol's epochs with every kernel penalised by
 - `L1(strength)`, a gradient term in the loss,
 - `L1(strength, proximal=True)` with `ProximalUpdate` (a soft-threshold
   after each optimizer step, preconditioned for Adam),
+- with `--then-hold`, also "proximal+hold": the proximal penalty for all
+  but the last quarter of the epochs, then the penalty removed and its
+  zeros held (`prune(threshold=0, hold=True)`) while the rest recovers
+  (the lasso's debiasing, still training alone: no shrink, no new cuts),
 
 and records the exact-zero fraction of the kernels at the end of training and
 the test accuracy. No shrink: every zero comes from training.
@@ -49,7 +53,7 @@ import keras_regkit as rk  # noqa: E402
 import measure  # noqa: E402
 import quality_protocol as protocol  # noqa: E402
 
-STRENGTHS = {"adam": (1e-5, 1e-4, 1e-3), "sgd": (1e-3, 1e-2)}
+STRENGTHS = {"adam": (1e-5, 1e-4, 3e-4, 1e-3), "sgd": (1e-3, 3e-3, 1e-2)}
 
 
 def make_optimizer(kind):
@@ -68,13 +72,21 @@ def train(data, optimizer_kind, method, strength, seed, epochs):
     keras.utils.set_random_seed(seed)
     model = protocol.build_mlp(keras, x.shape[1])
     callbacks = []
+    proximal = method.startswith("proximal")
     if method != "none":
-        rk.apply_regularizers(model, {"*": rk.regularizers.L1(strength, proximal=method == "proximal")})
-        if method == "proximal":
+        rk.apply_regularizers(model, {"*": rk.regularizers.L1(strength, proximal=proximal)})
+        if proximal:
             callbacks.append(rk.callbacks.ProximalUpdate())
     model.compile(make_optimizer(optimizer_kind), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     start = time.perf_counter()
-    model.fit(x, y, batch_size=protocol.BATCH_SIZE, epochs=epochs, shuffle=True, verbose=0, callbacks=callbacks)
+    penalised = epochs - epochs // 4 if method == "proximal+hold" else epochs
+    fit = dict(batch_size=protocol.BATCH_SIZE, shuffle=True, verbose=0)
+    model.fit(x, y, epochs=penalised, callbacks=callbacks, **fit)
+    if method == "proximal+hold":
+        rk.remove_regularizers(model)
+        rk.bind_proximal(model)  # takes the proximal step off
+        rk.prune(model, threshold=0.0, hold=True)
+        model.fit(x, y, epochs=epochs, initial_epoch=penalised, **fit)
     return {
         "optimizer": optimizer_kind, "method": method, "strength": strength, "seed": seed,
         "zeros": kernels_zero_fraction(model), "test_acc": protocol.accuracy(model, x_test, y_test),
@@ -82,14 +94,15 @@ def train(data, optimizer_kind, method, strength, seed, epochs):
     }
 
 
-def quality(names, seeds, quick, out):
+def quality(names, seeds, quick, out, then_hold=False, optimizers=("adam", "sgd")):
     rows = []
     for name in names:
         data = protocol.LOADERS[name]()
         epochs = 3 if quick else protocol.BASELINE_EPOCHS[name]
         for seed in seeds:
-            for kind in ("adam", "sgd"):
-                runs = [("none", 0.0)] + [(m, s) for s in STRENGTHS[kind] for m in ("gradient", "proximal")]
+            for kind in optimizers:
+                methods = ("gradient", "proximal") + (("proximal+hold",) if then_hold else ())
+                runs = [("none", 0.0)] + [(m, s) for s in STRENGTHS[kind] for m in methods]
                 for method, strength in runs:
                     row = {"dataset": name, **train(data, kind, method, strength, seed, epochs)}
                     rows.append(row)
@@ -104,14 +117,14 @@ def summary(rows):
     groups = {}
     for row in rows:
         groups.setdefault((row["dataset"], row["optimizer"], row["method"], row["strength"]), []).append(row)
-    lines = ["dataset  optimizer  method     strength  seeds  exact zeros (median, min)  test acc (median, min)  vs none"]
+    lines = ["dataset  optimizer  method        strength  seeds  exact zeros (median, min)  test acc (median, min)  vs none"]
     for (name, kind, method, strength), group in groups.items():
         reference = groups.get((name, kind, "none", 0.0))
         reference_acc = statistics.median(r["test_acc"] for r in reference) if reference else float("nan")
         zeros = [r["zeros"] for r in group]
         accs = [r["test_acc"] for r in group]
         lines.append(
-            f"{name:8} {kind:9} {method:10} {strength:8.0e}  {len(group):5}  "
+            f"{name:8} {kind:9} {method:13} {strength:8.0e}  {len(group):5}  "
             f"{statistics.median(zeros):10.1%} {min(zeros):8.1%}      "
             f"{statistics.median(accs):8.3f} {min(accs):7.3f}      {statistics.median(accs) - reference_acc:+.3f}"
         )
@@ -158,6 +171,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-quality", action="store_true")
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--then-hold", action="store_true", help="also proximal, then its zeros held")
+    parser.add_argument("--optimizers", nargs="+", default=["adam", "sgd"])
     parser.add_argument("--steps", type=int, default=30, help="train steps per timed fit")
     parser.add_argument("--repeats", type=int, default=9, help="timed rounds")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -165,7 +180,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     results = {}
     if not args.no_quality:
-        results["quality"] = quality(args.datasets, args.seeds, args.quick, args.out)
+        results["quality"] = quality(args.datasets, args.seeds, args.quick, args.out, args.then_hold, args.optimizers)
         print(summary(results["quality"]))
     if not args.no_timing:
         results["timing"] = timing(args.quick, args.steps, args.repeats)
