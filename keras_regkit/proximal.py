@@ -212,9 +212,14 @@ def bind_proximal(model: keras.Model, optimizer=None) -> int:
                 "of your training loop. Received: optimizer=None"
             )
     check_optimizer(optimizer)
-    bound, changed = 0, False
-    for variable in model.trainable_weights:
-        parts = proximal_parts(getattr(variable, "regularizer", None))
+    found = [(v, proximal_parts(getattr(v, "regularizer", None))) for v in model.trainable_weights]
+    # Every check before any change: a refusal leaves the model as it was.
+    for variable, parts in found:
+        for penalty in parts:
+            if isinstance(penalty, GroupLasso):
+                penalty._groups(variable)  # its axis must fit this weight: raise now, not in the trace
+    changed = False
+    for variable, parts in found:
         existing = constraints.find(variable, ProximalConstraint)
         if not parts:
             if existing is not None:
@@ -222,10 +227,7 @@ def bind_proximal(model: keras.Model, optimizer=None) -> int:
                 changed = True
             continue
         for penalty in parts:
-            if isinstance(penalty, GroupLasso):
-                penalty._groups(variable)  # its axis must fit this weight: raise now, not in the trace
             penalty._proximal_bound = True
-        bound += 1
         if existing is None:
             variable.constraint = ProximalConstraint(variable, optimizer, variable.constraint)
             changed = True
@@ -235,4 +237,4 @@ def bind_proximal(model: keras.Model, optimizer=None) -> int:
     if changed:
         # The optimizer step traced the old constraints.
         rebuild_step_functions(model, losses_changed=False)
-    return bound
+    return sum(1 for _, parts in found if parts)
