@@ -189,8 +189,9 @@ def bind_proximal(model: keras.Model, optimizer=None) -> int:
         The number of weights with a proximal penalty.
 
     Raises:
-        ValueError: If there is no optimizer (the model is not compiled and
-            none is given), the optimizer is not one whose step size is
+        ValueError: Where the model has a proximal penalty: if there is no
+            optimizer (the model is not compiled and none is given), the
+            optimizer is not one whose step size is
             known (SGD, Adam, AdamW, RMSprop, Adagrad), it accumulates
             gradients, or a `GroupLasso`'s axis does not fit its weight.
 
@@ -203,6 +204,16 @@ def bind_proximal(model: keras.Model, optimizer=None) -> int:
     1
     """
     weights_lib.check_model(model)
+    found = [(v, proximal_parts(getattr(v, "regularizer", None))) for v in model.trainable_weights]
+    if not any(parts for _, parts in found):
+        # Nothing to bind (so no optimizer to check); take off stale steps.
+        stale = [(v, constraints.find(v, ProximalConstraint)) for v, _ in found]
+        for variable, existing in stale:
+            if existing is not None:
+                constraints.unlink(variable, existing)
+        if any(existing is not None for _, existing in stale):
+            rebuild_step_functions(model, losses_changed=False)
+        return 0
     if optimizer is None:
         optimizer = getattr(model, "optimizer", None)
         if optimizer is None:
@@ -212,7 +223,6 @@ def bind_proximal(model: keras.Model, optimizer=None) -> int:
                 "of your training loop. Received: optimizer=None"
             )
     check_optimizer(optimizer)
-    found = [(v, proximal_parts(getattr(v, "regularizer", None))) for v in model.trainable_weights]
     # Every check before any change: a refusal leaves the model as it was.
     for variable, parts in found:
         for penalty in parts:

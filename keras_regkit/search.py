@@ -18,6 +18,7 @@ import numpy as np
 
 from keras_regkit import _validate
 from keras_regkit.attach import apply_regularizers, total_penalty
+from keras_regkit.proximal import bind_proximal
 from keras_regkit.regularizers import ElasticNet
 from keras_regkit.shrinking import shrink
 from keras_regkit.shrinking.data import is_infinite
@@ -220,7 +221,9 @@ def search_strength(
         penalty: A factory `strength -> regularizer`, e.g.
             `rk.regularizers.L1`, `lambda s: rk.regularizers.ElasticNet(s, s / 10)`
             or `rk.regularizers.GroupLasso`. Defaults to ElasticNet with equal
-            L1 and L2 strengths: L1 and L2 together.
+            L1 and L2 strengths: L1 and L2 together. A proximal penalty
+            (`lambda s: rk.regularizers.L1(s, proximal=True)`) is bound to
+            each trial's optimizer, so the path shows its exact zeros.
         layers: Layer selector, as in `apply_regularizers`. Defaults to all.
         weights: Weight kinds that get the penalty. Defaults to `"kernel"`
             (biases spared).
@@ -566,7 +569,11 @@ class _Trainer:
             # A trial's model is never saved: whether its penalty's class
             # would reload does not matter here.
             warnings.filterwarnings("ignore", message=r"apply_regularizers: .* is not registered with Keras")
-            return apply_regularizers(model, {self.layers: self._penalty(strength)}, self.weights)
+            attached = apply_regularizers(model, {self.layers: self._penalty(strength)}, self.weights)
+        # A proximal penalty acts only once bound to the optimizer: every
+        # trial binds it, so the path shows its exact zeros.
+        bind_proximal(model)
+        return attached
 
     def check(self, strength: float) -> set[str]:
         """Everything a trial would trip on, with one model and one batch;

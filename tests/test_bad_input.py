@@ -112,12 +112,14 @@ ERRORS = [
     # Proximal penalties (#29): refused at the call, before any constraint is set.
     row("l1-proximal-str", lambda m: L1(0.1, proximal="yes"), TypeError, "proximal"),
     row("grouplasso-proximal-none", lambda m: GroupLasso(0.1, proximal=None), TypeError, "proximal"),
-    row("bind-proximal-uncompiled", lambda m: rk.bind_proximal(m), ValueError, "optimizer=None"),
+    row("bind-proximal-uncompiled", lambda m: rk.bind_proximal(m), ValueError, "optimizer=None",
+        prepare=lambda m: rk.apply_regularizers(m, {"out": L1(0.1, proximal=True)})),
     row("bind-proximal-nadam", lambda m: rk.bind_proximal(m, keras.optimizers.Nadam()), ValueError,
-        "optimizer=Nadam"),
+        "optimizer=Nadam", prepare=lambda m: rk.apply_regularizers(m, {"out": L1(0.1, proximal=True)})),
     row("bind-proximal-accumulation",
         lambda m: rk.bind_proximal(m, keras.optimizers.SGD(gradient_accumulation_steps=2)), ValueError,
-        "gradient_accumulation_steps=2"),
+        "gradient_accumulation_steps=2",
+        prepare=lambda m: rk.apply_regularizers(m, {"out": L1(0.1, proximal=True)})),
     # The second layer's axis is wrong: the first gets no constraint either.
     row("bind-proximal-grouplasso-axis", lambda m: rk.bind_proximal(m, keras.optimizers.SGD()), ValueError,
         "axis=5", prepare=lambda m: rk.apply_regularizers(m, {"hidden0": L1(0.1, proximal=True),

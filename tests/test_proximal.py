@@ -338,3 +338,19 @@ def test_the_optimizer_slots_read_are_where_this_keras_names_them():
             assert optimizer_slots.slot(optimizer, variable, name) is not None, (optimizer, name)
     with pytest.raises(RuntimeError, match="keeps no `velocity` slot"):
         proximal.step_size(keras.optimizers.Adam(), variable)
+
+
+def test_search_strength_binds_a_proximal_penalty_so_its_zeros_rise_with_the_strength(tmp_path):
+    pytest.importorskip("keras_tuner")
+    x, y = _data()
+
+    def build_model():
+        model = _classifier(None)
+        model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model
+
+    result = rk.search_strength(build_model, x, y, validation_data=(x, y),
+                                penalty=lambda s: R.L1(s, proximal=True), low=1e-3, high=1e-1, fine=1,
+                                epochs=3, patience=None, directory=str(tmp_path))
+    zeros = {row["strength"]: row["zeros"] for row in result.rows}
+    assert zeros[0.0] == 0 and 0 < zeros[1e-2] < zeros[1e-1], zeros
