@@ -37,15 +37,18 @@ References:
 
 from __future__ import annotations
 
+import functools
+
 import keras
 from keras import ops
 
 from keras_regkit import _constraints as constraints
 from keras_regkit import _optimizer_slots as optimizer_slots
+from keras_regkit import _penalty_math as penalty_math
 from keras_regkit import weights as weights_lib
 from keras_regkit._step_functions import rebuild_step_functions
 from keras_regkit.attach import _parts
-from keras_regkit.regularizers import GroupLasso, _Penalty
+from keras_regkit.regularizers import GroupLasso, _Penalty, _read
 
 SUPPORTED_OPTIMIZERS = (
     keras.optimizers.SGD,
@@ -154,10 +157,20 @@ class ProximalConstraint(keras.constraints.Constraint):
     def __call__(self, w):
         parts = proximal_parts(getattr(self.variable, "regularizer", None))
         if parts:
-            size = step_size(self.optimizer, self.variable, self._slots)
-            for penalty in parts:
-                w = penalty.proximal_step(w, size)
+            steps = functools.partial(self._proximal_steps, parts)
+            if penalty_math._fuses(self.variable):
+                # TensorFlow off XLA runs each op of the step size and the
+                # threshold as a pass over the weight: for a large weight, one
+                # XLA kernel does all of it in one (as for the penalties).
+                steps = penalty_math._one_kernel(steps)
+            w = steps(_read(w))
         return self.inner(w) if self.inner is not None else w
+
+    def _proximal_steps(self, parts, w):
+        size = step_size(self.optimizer, self.variable, self._slots)
+        for penalty in parts:
+            w = penalty.proximal_step(w, size)
+        return w
 
 
 def bind_proximal(model: keras.Model, optimizer=None) -> int:

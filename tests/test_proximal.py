@@ -354,3 +354,27 @@ def test_search_strength_binds_a_proximal_penalty_so_its_zeros_rise_with_the_str
                                 epochs=3, patience=None, directory=str(tmp_path))
     zeros = {row["strength"]: row["zeros"] for row in result.rows}
     assert zeros[0.0] == 0 and 0 < zeros[1e-2] < zeros[1e-1], zeros
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the fused kernel is TensorFlow's")
+@pytest.mark.parametrize("regularizer", [R.L1(2.0, proximal=True), R.GroupLasso(10.0, axis=0, proximal=True)],
+                         ids=repr)
+def test_the_fused_tensorflow_step_matches_the_plain_one(regularizer, monkeypatch):
+    import tensorflow as tf
+
+    from keras_regkit import _penalty_math as penalty_math
+
+    def traced_step(fused_from):
+        monkeypatch.setattr(penalty_math, "FUSED_FROM", fused_from)
+        optimizer = keras.optimizers.Adam(0.01)
+        model, variable = single_kernel_model(regularizer, W_GROUPS)
+        rk.bind_proximal(model, optimizer)
+        optimizer.build([variable])
+        _known_moments({"momentum": M, "velocity": V})(optimizer, variable)
+        tf.function(lambda: optimizer.apply([tf.constant(G)], [variable]))()
+        return keras.ops.convert_to_numpy(variable)
+
+    fused, plain = traced_step(0), traced_step(10**9)
+    np.testing.assert_allclose(fused, plain, rtol=1e-6, atol=1e-8)
+    np.testing.assert_array_equal(fused == 0, plain == 0)
+    assert (fused == 0).any()
