@@ -173,6 +173,20 @@ class ProximalConstraint(keras.constraints.Constraint):
         return w
 
 
+def _resolve_optimizer(model, optimizer):
+    """`optimizer`, or the model's own; checked."""
+    if optimizer is None:
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is None:
+            raise ValueError(
+                "Invalid value for argument `optimizer`: the model is not compiled, so it has no "
+                "optimizer to bind proximal penalties to. Compile it first, or pass the optimizer "
+                "of your training loop. Received: optimizer=None"
+            )
+    check_optimizer(optimizer)
+    return optimizer
+
+
 def bind_proximal(model: keras.Model, optimizer=None) -> int:
     """Makes `optimizer` apply the proximal penalties of `model` after each
     of its steps.
@@ -218,29 +232,14 @@ def bind_proximal(model: keras.Model, optimizer=None) -> int:
     """
     weights_lib.check_model(model)
     found = [(v, proximal_parts(getattr(v, "regularizer", None))) for v in model.trainable_weights]
-    if not any(parts for _, parts in found):
-        # Nothing to bind (so no optimizer to check); take off stale steps.
-        stale = [(v, constraints.find(v, ProximalConstraint)) for v, _ in found]
-        for variable, existing in stale:
-            if existing is not None:
-                constraints.unlink(variable, existing)
-        if any(existing is not None for _, existing in stale):
-            rebuild_step_functions(model, losses_changed=False)
-        return 0
-    if optimizer is None:
-        optimizer = getattr(model, "optimizer", None)
-        if optimizer is None:
-            raise ValueError(
-                "Invalid value for argument `optimizer`: the model is not compiled, so it has no "
-                "optimizer to bind proximal penalties to. Compile it first, or pass the optimizer "
-                "of your training loop. Received: optimizer=None"
-            )
-    check_optimizer(optimizer)
-    # Every check before any change: a refusal leaves the model as it was.
-    for variable, parts in found:
-        for penalty in parts:
-            if isinstance(penalty, GroupLasso):
-                penalty._groups(variable)  # its axis must fit this weight: raise now, not in the trace
+    if any(parts for _, parts in found):
+        # Every check before any change: a refusal leaves the model as it
+        # was. (With nothing to bind there is no optimizer to check.)
+        optimizer = _resolve_optimizer(model, optimizer)
+        for variable, parts in found:
+            for penalty in parts:
+                if isinstance(penalty, GroupLasso):
+                    penalty._groups(variable)  # its axis must fit this weight: raise now, not in the trace
     changed = False
     for variable, parts in found:
         existing = constraints.find(variable, ProximalConstraint)
