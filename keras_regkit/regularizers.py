@@ -226,8 +226,8 @@ class _Penalty(keras.regularizers.Regularizer):
 
     def proximal_step(self, x, step_size):
         """`x` after the proximal step of this penalty's proximal part, at
-        the current strengths: the point nearest `x` in the metric of the
-        optimizer's step, less the penalty that step pays.
+        the current strengths: the `z` that minimises
+        `penalty(z) + sum((z - x) ** 2 / (2 * step_size))`.
 
         Args:
             x: The weight right after the optimizer's step.
@@ -310,8 +310,8 @@ class L1(_Penalty):
     after each optimizer step, every entry is soft-thresholded by
     `alpha` times the step the optimizer just took on it:
     `w <- sign(w) * max(|w| - alpha * step, 0)`, which leaves exact zeros
-    (a gradient-term L1 only makes weights small). See
-    `keras_regkit.bind_proximal` for what the step is per optimizer.
+    (a gradient-term L1 only makes weights small). The module
+    `keras_regkit.proximal` says what the step is per optimizer.
 
     Args:
         alpha: Strength, a float >= 0 or a
