@@ -118,10 +118,12 @@ class ShrinkPhase(keras.callbacks.Callback):
     so it is rebuilt after each cut (raise `cut_every` to cut less often).
 
     **Structured shrink.** With `granularity="unit"` the cuts take whole
-    output units of `Dense` layers and filters of convolutions (scored by
-    their mean score relative to their layer's), never those of the layers
-    that produce the model's outputs; `keras_regkit.compact(model)` then
-    removes them.
+    units (see `keras_regkit.pruning.units`: output units of `Dense`,
+    filters of convolutions, output channels of depthwise convolutions),
+    scored by their entries' mean squared score relative to their layer's
+    average unit, as `prune(granularity="unit")` ranks them; never those of
+    the layers that produce the model's outputs.
+    `keras_regkit.compact(model)` then removes them.
 
     **Resuming.** Give `backup_dir` (BackupAndRestore's own is fine: the
     phase writes in a `keras_regkit_shrink` folder there) and the phase
