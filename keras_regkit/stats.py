@@ -21,6 +21,8 @@ from keras import ops
 
 from keras_regkit import _validate
 from keras_regkit import weights as weights_lib
+from keras_regkit.pruning import cut as cut_lib
+from keras_regkit.pruning import units as units_lib
 
 # Counts are summed as int32 and shipped in float32, which is exact only below
 # 2**24; splitting each count into (count // 2**20, count % 2**20) keeps it exact.
@@ -41,6 +43,9 @@ class LayerStats:
         l2: `sqrt(sum(w ** 2))` over finite entries.
         nonfinite: NaN and inf entries.
         regularizer: The attached regularizer's repr, or `None`.
+        pattern_ok: With a `pattern` asked for (e.g. `"2:4"`), whether the
+            weight has at most N non-zeros in every group of M inputs; None
+            when not asked for, or for a weight without an input axis.
 
     Example:
 
@@ -58,6 +63,7 @@ class LayerStats:
     l2: float
     nonfinite: int
     regularizer: str | None = None
+    pattern_ok: bool | None = None
 
     @property
     def sparsity(self) -> float:
@@ -80,6 +86,8 @@ class WeightStats:
         relative: If False (default), near-zero means `|w| <= threshold`. If
             True, `|w| <= threshold * rms(w)` with the RMS of that weight, so
             layers of different scales compare fairly.
+        pattern: Optional `"N:M"` (e.g. `"2:4"`) whose layout each kernel's
+            `pattern_ok` reports.
 
     Raises:
         TypeError, ValueError: For an unknown weight kind, a bad threshold
@@ -93,9 +101,14 @@ class WeightStats:
         weights: Union[str, Sequence[str]] = "kernel",
         threshold: float = 1e-3,
         relative: bool = False,
+        pattern: str | None = None,
     ):
         self.threshold = _validate.real("threshold", threshold)
         self.relative = _validate.boolean("relative", relative)
+        if pattern is not None and cut_lib.pattern(pattern) is None:
+            raise ValueError(f"Invalid value for argument `pattern`: expected 'N:M' (e.g. '2:4'). "
+                             f"Received: pattern={pattern!r}")
+        self.pattern = pattern
         self.refs = list(weights_lib.iter_weights(model, weights))
         if not self.refs:
             weights_lib.check_built(model)
@@ -133,6 +146,12 @@ class WeightStats:
         rows = [_host_row(w, self.threshold, self.relative) for w in _host_arrays(values)]
         return self._layer_stats(rows)
 
+    def _pattern_ok(self, ref) -> bool | None:
+        axis = None if self.pattern is None else units_lib.input_axis(ref.layer, ref.variable)
+        if axis is None:
+            return None
+        return cut_lib.satisfies(np.asarray(ops.convert_to_numpy(ref.variable.value)), axis, self.pattern)
+
     def _layer_stats(self, rows) -> list[LayerStats]:
         out = []
         for ref, (zeros, near_zero, l1, l2sq, nonfinite) in zip(self.refs, rows):
@@ -147,13 +166,16 @@ class WeightStats:
                     l2=math.sqrt(l2sq),
                     nonfinite=nonfinite,
                     regularizer=None if regularizer is None else repr(regularizer),
+                    pattern_ok=self._pattern_ok(ref),
                 )
             )
         return out
 
 
 def total(layers: Sequence[LayerStats]) -> LayerStats:
-    """The whole-model row: counts and L1 add up, L2 combines in quadrature."""
+    """The whole-model row: counts and L1 add up, L2 combines in quadrature,
+    the pattern holds if it holds for every weight it applies to."""
+    patterns = [s.pattern_ok for s in layers if s.pattern_ok is not None]
     return LayerStats(
         name="total",
         params=sum(s.params for s in layers),
@@ -162,6 +184,7 @@ def total(layers: Sequence[LayerStats]) -> LayerStats:
         l1=sum(s.l1 for s in layers),
         l2=math.sqrt(sum(s.l2**2 for s in layers)),
         nonfinite=sum(s.nonfinite for s in layers),
+        pattern_ok=all(patterns) if patterns else None,
     )
 
 
@@ -350,6 +373,7 @@ def sparsity_report(
     weights: Union[str, Sequence[str]] = "kernel",
     threshold: float = 1e-3,
     relative: bool = False,
+    pattern: str | None = None,
 ) -> SparsityReport:
     """Per-layer parameters, zeros, near-zeros, norms and regularizers.
 
@@ -360,6 +384,9 @@ def sparsity_report(
         threshold: Near-zero threshold. Defaults to 1e-3.
         relative: Whether `threshold` is relative to each weight's RMS.
             Defaults to False (absolute).
+        pattern: Optional `"N:M"` (e.g. `"2:4"`): each kernel's
+            `pattern_ok` says whether it has at most N non-zeros in every
+            group of M inputs (see `prune(granularity=...)`).
 
     Returns:
         A `SparsityReport`; `print(report)` shows a table, `report.to_dict()`
@@ -379,5 +406,5 @@ def sparsity_report(
     >>> rk.sparsity_report(model).total.sparsity
     1.0
     """
-    layers = WeightStats(model, weights, threshold, relative).compute()
+    layers = WeightStats(model, weights, threshold, relative, pattern).compute()
     return SparsityReport.from_layers(layers, threshold, relative)

@@ -12,6 +12,7 @@ from keras import ops
 from keras_regkit import _validate
 from keras_regkit import stats as stats_lib
 from keras_regkit import weights as weights_lib
+from keras_regkit.pruning import cut as cut_lib
 
 
 @keras.saving.register_keras_serializable(package="keras_regkit")
@@ -26,7 +27,9 @@ class SparsityMonitor(keras.callbacks.Callback):
       (absolute by default; `relative=True` makes it `threshold * rms(w)` of
       each weight, so layers of different scales compare fairly);
     - `l1_norm`, `l2_norm` and their per-layer keys;
-    - `nonfinite`, `nonfinite/<layer path>`: count of NaN/inf entries.
+    - `nonfinite`, `nonfinite/<layer path>`: count of NaN/inf entries;
+    - with `pattern="2:4"`, `pattern_2:4`: the fraction of kernels that have
+      at most N non-zeros in every group of M inputs (1.0: all of them).
 
     Kernels go by their layer path (`encoder/dense`), other weights by
     `path/kind` (`encoder/dense/bias`). Where the weights live on an
@@ -89,6 +92,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         print_every: int = 1,
         histogram_freq: int = 0,
         log_dir: str | None = None,
+        pattern: str | None = None,
     ):
         super().__init__()
         if update_freq != "epoch":
@@ -120,6 +124,10 @@ class SparsityMonitor(keras.callbacks.Callback):
             )
         if histogram_freq:
             _require_tensorboard()
+        if pattern is not None and cut_lib.pattern(pattern) is None:
+            raise ValueError(f"Invalid value for argument `pattern`: expected 'N:M' (e.g. '2:4'). "
+                             f"Received: pattern={pattern!r}")
+        self.pattern = pattern
         self.weights_spec = weights
         self.threshold = threshold
         self.relative = relative
@@ -158,7 +166,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         # Built here, not in __init__: the callback may be created before the
         # model, and the weights to watch are fixed for the whole fit.
         self._stats = stats_lib.WeightStats(
-            self.model, self.weights_spec, self.threshold, self.relative
+            self.model, self.weights_spec, self.threshold, self.relative, self.pattern
         )
         self._warn_of_intervals_past_the_end()
 
@@ -222,6 +230,9 @@ class SparsityMonitor(keras.callbacks.Callback):
             logs[f"l1_norm{suffix}"] = s.l1
             logs[f"l2_norm{suffix}"] = s.l2
             logs[f"nonfinite{suffix}"] = s.nonfinite
+        if self.pattern is not None:
+            applicable = [s.pattern_ok for s in self.last_stats if s.pattern_ok is not None]
+            logs[f"pattern_{self.pattern}"] = sum(applicable) / len(applicable) if applicable else float("nan")
 
     def _write_histograms(self, epoch):
         import tensorflow as tf

@@ -10,6 +10,7 @@ import numpy as np
 from keras import ops
 
 from keras_regkit import _validate
+from keras_regkit.pruning import calibration
 from keras_regkit.pruning import cut as cut_lib
 from keras_regkit.pruning import scores as scores_lib
 from keras_regkit.pruning.hold import hold_zeros
@@ -54,6 +55,8 @@ def prune(
     layers: LayerSelector = "*",
     hold: bool = False,
     granularity: str = "weight",
+    score: str = "magnitude",
+    calibration_data=None,
 ) -> PruneResult:
     """Sets the smallest-magnitude weights (or whole units) to exact zeros,
     without training.
@@ -88,8 +91,24 @@ def prune(
         layers: Layer selector, as in `apply_regularizers`. Defaults to all.
         hold: If True, keep the zeros at zero during further training (with
             `HoldZeros` constraints) until `release_zeros(model)`.
-        granularity: `"weight"` (entries) or `"unit"` (whole output units and
-            filters). Defaults to `"weight"`.
+        granularity: `"weight"` (entries), `"unit"` (whole output units and
+            filters) or `"N:M"` (e.g. `"2:4"`: at most N non-zeros in every
+            group of M consecutive inputs of a kernel, along its input axis:
+            a Dense kernel's rows, a convolution's input channels; M must
+            divide that axis). With `"N:M"` and neither `threshold` nor
+            `sparsity`, the full pattern (`1 - N/M` zeros) is cut; a lower
+            `sparsity` cuts part of the way, never past the pattern.
+            Defaults to `"weight"`.
+        score: `"magnitude"` (`|w|`, ranked over all selected weights
+            together) or `"wanda"` (`|w| · ||x||₂`, the weight times the
+            norm of the input channel it reads over `calibration_data`,
+            ranked within each output unit; Sun et al., 2023). Defaults to
+            `"magnitude"`.
+        calibration_data: Unlabeled inputs (arrays as `model(x)` takes
+            them, or a dataset of them; a few hundred samples), needed by
+            and only by `score="wanda"`. Dense, Conv and DepthwiseConv
+            kernels, including those inside composite layers (KerasHub's
+            transformer blocks).
 
     Returns:
         A `PruneResult` with the threshold used and the zeros made.
@@ -115,21 +134,40 @@ def prune(
     >>> rk.dead_units(model)  # the output layer is left whole
     {'hidden': (4, 8), 'out': (0, 2)}
     """
+    # Every argument is checked before any weight changes.
+    full_pattern = cut_lib.pattern_sparsity(granularity)
+    if full_pattern is not None and threshold is None and sparsity is None:
+        sparsity = full_pattern
     if (threshold is None) == (sparsity is None):
         raise ValueError(
             "Give exactly one of `threshold` or `sparsity`. Received: "
             f"threshold={threshold!r}, sparsity={sparsity!r}"
         )
-    # Every argument is checked before any weight changes.
     if threshold is not None:
         threshold = _validate.real("threshold", threshold)
     else:
-        sparsity = _validate.real("sparsity", sparsity, maximum=1.0)
+        sparsity = _validate.real("sparsity", sparsity, maximum=1.0 if full_pattern is None else full_pattern)
     hold = _validate.boolean("hold", hold)
+    if score not in ("magnitude", "wanda"):
+        raise ValueError(
+            f"Invalid value for argument `score`: expected 'magnitude' or 'wanda'. Received: score={score!r}")
+    if (score == "wanda") != (calibration_data is not None):
+        raise ValueError(
+            "score='wanda' needs `calibration_data` (a few hundred unlabeled inputs), and only it reads "
+            f"them. Received: score={score!r}, calibration_data="
+            f"{'None' if calibration_data is None else type(calibration_data).__name__}")
+    if score == "wanda" and granularity == "unit":
+        raise ValueError(
+            "score='wanda' ranks the entries within each output unit; granularity='unit' removes whole "
+            "units. Use granularity='weight' or 'N:M' with it, or score='magnitude'.")
     refs = cut_lib.select(model, layers, weights, granularity)
     cut_lib.check_finite(refs)
-    scores = scores_lib.Magnitude().scores(refs)
-    made = cut_lib.cut(refs, scores, granularity, sparsity=sparsity, threshold=threshold)
+    if score == "wanda":
+        scores = scores_lib.Wanda(calibration.input_norms(model, refs, calibration_data)).scores(refs)
+    else:
+        scores = scores_lib.Magnitude().scores(refs)
+    made = cut_lib.cut(refs, scores, granularity, sparsity=sparsity, threshold=threshold,
+                       per_output=score == "wanda" and granularity == "weight")
     if hold:
         hold_zeros(model, [ref.variable for ref in refs])
     zeros = int(ops.convert_to_numpy(ops.sum(ops.stack(

@@ -160,8 +160,12 @@ class ShrinkPhase(keras.callbacks.Callback):
             for `fit`; needed for a dataset that repeats forever.
 
     What it cuts:
-        granularity: `"weight"` (entries) or `"unit"` (whole units and
-            filters). Defaults to `"weight"`.
+        granularity: `"weight"` (entries), `"unit"` (whole units and
+            filters) or `"N:M"` (e.g. `"2:4"`: at most N non-zeros in every
+            group of M inputs of each kernel, as in `prune`; the ramp goes
+            from 0 to the pattern's `1 - N/M` through cuts that keep every
+            group's N best, and the tolerance mode checks the pattern as its
+            one level). Defaults to `"weight"`.
         weights: Weight kinds to shrink. Defaults to `"kernel"`.
         layers: Layer selector, as in `apply_regularizers`. Defaults to all.
 
@@ -235,24 +239,25 @@ class ShrinkPhase(keras.callbacks.Callback):
                 "Give one of `sparsity` (a target) and `tolerance` (an accuracy limit), not "
                 f"both. Received: sparsity={sparsity!r}, tolerance={tolerance!r}"
             )
-        if granularity not in cut_lib.GRANULARITIES:
-            raise ValueError(
-                "Invalid value for argument `granularity`: expected one of "
-                f"{list(cut_lib.GRANULARITIES)}. Received: granularity={granularity!r}"
-            )
+        # An N:M pattern is a ceiling: its `1 - N/M` zeros, reached from 0
+        # through cuts that keep every group's N best.
+        pattern_sparsity = cut_lib.pattern_sparsity(granularity)  # validates it too
         self.granularity = granularity
+        kind = "weight" if pattern_sparsity is not None else granularity
+        ceiling = pattern_sparsity if pattern_sparsity is not None else 1.0
         self.mode_name = "sparsity" if sparsity is not None else "tolerance"
         if sparsity is not None:
-            self.sparsity = _validate.real("sparsity", sparsity, maximum=1.0)
+            self.sparsity = _validate.real("sparsity", sparsity, maximum=ceiling)
             self.tolerance = None
         else:
             self.sparsity = None
             self.tolerance = _validate.real("tolerance", 0.01 if tolerance is None else tolerance, maximum=1.0)
+        default_ceiling = _CEILING[kind] if pattern_sparsity is None else pattern_sparsity
         self.max_sparsity = _validate.real(
-            "max_sparsity", _CEILING[granularity] if max_sparsity is None else max_sparsity, maximum=1.0)
+            "max_sparsity", default_ceiling if max_sparsity is None else max_sparsity, maximum=ceiling)
         target = self.sparsity if self.sparsity is not None else self.max_sparsity
         if schedule is None:
-            schedule = CubicRamp(target, initial=_INITIAL[granularity])
+            schedule = CubicRamp(target, initial=_INITIAL[kind] if pattern_sparsity is None else 0.0)
         if not isinstance(schedule, SparsitySchedule):
             raise TypeError(
                 "Invalid value for argument `schedule`: expected a "
@@ -407,7 +412,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         """The tolerance mode's candidate levels, rising, ending at
         `max_sparsity`."""
         if levels is None:
-            levels = _LEVELS[self.granularity]
+            levels = _LEVELS["unit" if self.granularity == "unit" else "weight"]
         elif isinstance(levels, (str, bytes)) or not hasattr(levels, "__iter__"):
             raise TypeError(
                 "Invalid value for argument `levels`: expected a list of sparsities in (0, 1]. "
