@@ -311,6 +311,7 @@ class SparsityReport:
         total: The whole-model `LayerStats`.
         threshold: The near-zero threshold used.
         relative: Whether the threshold was relative to each weight's RMS.
+        pattern: The `"N:M"` checked (a column of the table), or None.
 
     Example:
 
@@ -327,10 +328,11 @@ class SparsityReport:
     total: LayerStats
     threshold: float
     relative: bool
+    pattern: str | None = None
 
     @classmethod
-    def from_layers(cls, layers: Sequence[LayerStats], threshold: float, relative: bool):
-        return cls(list(layers), total(layers), float(threshold), bool(relative))
+    def from_layers(cls, layers: Sequence[LayerStats], threshold: float, relative: bool, pattern=None):
+        return cls(list(layers), total(layers), float(threshold), bool(relative), pattern)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (used by `keras-regkit inspect --json`)."""
@@ -341,6 +343,7 @@ class SparsityReport:
         return {
             "threshold": self.threshold,
             "relative": self.relative,
+            "pattern": self.pattern,
             "layers": [row(s) for s in self.layers],
             "total": row(self.total),
         }
@@ -361,8 +364,13 @@ class SparsityReport:
             )
             for s in [*self.layers, self.total]
         ]
+        if self.pattern is not None:  # one more column: does each weight satisfy it?
+            header = header + (self.pattern,)
+            marks = {True: "yes", False: "no", None: "-"}
+            rows = [row + (marks[s.pattern_ok],) for row, s in zip(rows, [*self.layers, self.total])]
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) if i in (0, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in [header, *rows]]
+        lines = ["  ".join(c.ljust(w) if i in (0, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+                 for r in [header, *rows]]
         lines.insert(1, "-" * len(lines[0]))
         lines.insert(len(lines) - 1, "-" * len(lines[0]))
         return "\n".join(lines)
@@ -407,4 +415,4 @@ def sparsity_report(
     1.0
     """
     layers = WeightStats(model, weights, threshold, relative, pattern).compute()
-    return SparsityReport.from_layers(layers, threshold, relative)
+    return SparsityReport.from_layers(layers, threshold, relative, pattern)

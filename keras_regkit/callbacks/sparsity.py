@@ -28,8 +28,9 @@ class SparsityMonitor(keras.callbacks.Callback):
       each weight, so layers of different scales compare fairly);
     - `l1_norm`, `l2_norm` and their per-layer keys;
     - `nonfinite`, `nonfinite/<layer path>`: count of NaN/inf entries;
-    - with `pattern="2:4"`, `pattern_2:4`: the fraction of kernels that have
-      at most N non-zeros in every group of M inputs (1.0: all of them).
+    - with `pattern="2:4"` (any `"N:M"`), `pattern_ok`: the fraction of
+      kernels that have at most N non-zeros in every group of M inputs
+      (1.0: all of them).
 
     Kernels go by their layer path (`encoder/dense`), other weights by
     `path/kind` (`encoder/dense/bias`). Where the weights live on an
@@ -57,6 +58,8 @@ class SparsityMonitor(keras.callbacks.Callback):
             needed; under JAX and PyTorch each histogram copies its weight
             to the host, as Keras' own TensorBoard callback does).
         log_dir: Where to write histograms. Required with `histogram_freq`.
+        pattern: Optional `"N:M"` (e.g. `"2:4"`) to check each kernel
+            against (logged as `pattern_ok`).
 
     Raises:
         TypeError, ValueError: For a bad argument (named in the message):
@@ -204,7 +207,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         logs = {} if logs is None else logs
         self._update(logs)
         if self.verbose and (epoch + 1) % self.print_every == 0:
-            report = stats_lib.SparsityReport.from_layers(self.last_stats, self.threshold, self.relative)
+            report = stats_lib.SparsityReport.from_layers(self.last_stats, self.threshold, self.relative, self.pattern)
             print(f"\nEpoch {epoch + 1}: weight sparsity\n{report}")
         if self.histogram_freq and (epoch + 1) % self.histogram_freq == 0:
             self._write_histograms(epoch)
@@ -232,7 +235,7 @@ class SparsityMonitor(keras.callbacks.Callback):
             logs[f"nonfinite{suffix}"] = s.nonfinite
         if self.pattern is not None:
             applicable = [s.pattern_ok for s in self.last_stats if s.pattern_ok is not None]
-            logs[f"pattern_{self.pattern}"] = sum(applicable) / len(applicable) if applicable else float("nan")
+            logs["pattern_ok"] = sum(applicable) / len(applicable) if applicable else float("nan")
 
     def _write_histograms(self, epoch):
         import tensorflow as tf
