@@ -1,10 +1,13 @@
 """The one cut: what is pruned, and how many.
 
+Three granularities: `"weight"` (entries), `"unit"` (whole units, see
+`units`) and `"N:M"` (at most N non-zeros in every group of M inputs).
 Every covered weight (or unit) is ranked together by its score, so layers
 with many unimportant weights give up more of them than layers with few
 (the shrink benchmark found that 8 points better at 98 % than equal
-per-layer sparsity). What is already dead ranks first, so a cut never
-regrows a zero and each cut of the shrink builds on the last.
+per-layer sparsity); Wanda compares within each output unit instead
+(`per_output`). What is already dead ranks first, so a cut never regrows a
+zero and each cut of the shrink builds on the last.
 """
 
 from __future__ import annotations
@@ -20,9 +23,6 @@ from keras_regkit import weights as weights_lib
 from keras_regkit.pruning import scores as scores_lib
 from keras_regkit.pruning import units as units_lib
 from keras_regkit.weights import LayerSelector, WeightRef
-
-GRANULARITIES = ("weight", "unit", "N:M")
-
 
 def pattern(granularity: str) -> tuple[int, int] | None:
     """`(n, m)` for an `"N:M"` granularity (at most N non-zeros in every
