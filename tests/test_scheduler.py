@@ -8,7 +8,7 @@ import keras_regkit as rk
 from keras_regkit.regularizers import ElasticNet, ExpAbs, L1
 from keras_regkit.schedules import DelayedRamp
 
-from conftest import assert_round_trip, tiny_data, tiny_mlp
+from conftest import assert_refused_and_unchanged, assert_round_trip, row, tiny_data, tiny_mlp
 
 RAMP = keras.optimizers.schedules.PolynomialDecay(0.0, 4, 0.2)
 
@@ -245,3 +245,23 @@ def test_epoch_mode_rebuilds_the_train_function_only_under_jax_and_only_when_a_s
 def test_jax_refuses_batch_mode():
     with pytest.raises(ValueError, match=r"update_freq='batch'.*'jax' backend.*update_freq='epoch'"):
         rk.callbacks.RegularizationScheduler()
+
+
+# -- bad and unusual input: the tables' helpers are in conftest -----------------
+
+BAD_INPUT = [
+    # Booleans: a string is truthy, so "no" and "False" would mean True.
+    row("scheduler-log_strengths-str", lambda m: rk.callbacks.RegularizationScheduler("epoch", log_strengths="no"),
+     TypeError, "log_strengths"),
+    row("scheduler-log_reg_loss-str", lambda m: rk.callbacks.RegularizationScheduler("epoch", log_reg_loss="False"),
+     TypeError, "log_reg_loss"),
+    # Update frequency.
+    row("scheduler-update_freq-typo", lambda m: rk.callbacks.RegularizationScheduler("epochs"), ValueError,
+     "update_freq"),
+]
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("call, error, fragment, prepare", BAD_INPUT)
+def test_bad_input_raises_and_leaves_the_model_unchanged(call, error, fragment, prepare):
+    assert_refused_and_unchanged(call, error, fragment, prepare)
