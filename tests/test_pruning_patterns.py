@@ -100,6 +100,8 @@ def test_the_shrink_ends_at_the_pattern():
     (lambda m: rk.prune(m, sparsity=0.5, calibration_data=np.zeros((4, 8), "float32")), "needs `calibration_data`"),
     (lambda m: rk.prune(m, sparsity=0.5, score="wanda", calibration_data=np.zeros((4, 3), "float32")),
      "calibration_data`: the model cannot be called on it"),
+    (lambda m: rk.prune(m, sparsity=0.5, ranking="per_layer"), "argument `ranking`"),
+    (lambda m: rk.prune(m, granularity="2:4", ranking="per_output"), "needs granularity='weight'"),
     (lambda m: rk.prune(m, sparsity=0.5, granularity="unit", score="wanda",
                         calibration_data=np.zeros((4, 8), "float32")), "granularity='unit' removes whole"),
     (lambda m: rk.shrink(m, np.zeros((4, 8), "float32"), np.zeros(4), granularity="2:4", sparsity=0.75),
@@ -123,7 +125,7 @@ def test_wanda_scores_weights_by_their_inputs_norms_within_each_output():
     x[:, 1] = 0.0  # one silent input: its large weights do not
     kernel = model.get_layer("k").kernel
     before = numpy(kernel)
-    rk.prune(model, sparsity=0.5, layers="k", score="wanda", calibration_data=x)
+    rk.prune(model, sparsity=0.5, layers="k", score="wanda", calibration_data=x, ranking="per_output")
     after = numpy(kernel)
     # The NumPy score from the same activations, and its per-output cut.
     score = np.abs(before) * np.sqrt((x.astype("float64") ** 2).sum(axis=0))[:, None]
@@ -131,6 +133,10 @@ def test_wanda_scores_weights_by_their_inputs_norms_within_each_output():
     np.put_along_axis(expected, np.argsort(score, axis=0, kind="stable")[:4], True, axis=0)
     np.testing.assert_array_equal(after == 0, expected)
     assert (after[1] == 0).all() and (after[0] != 0).all()
+    # Ranked globally: the lowest half of the same scores, wherever they are.
+    kernel.assign(before)
+    rk.prune(model, sparsity=0.5, layers="k", score="wanda", calibration_data=x)
+    np.testing.assert_array_equal(numpy(kernel) == 0, score <= np.sort(score, axis=None)[23])
 
 
 def test_wanda_reads_the_layers_inside_a_kerashub_encoder():

@@ -57,6 +57,7 @@ def prune(
     granularity: str = "weight",
     score: str = "magnitude",
     calibration_data=None,
+    ranking: str = "global",
 ) -> PruneResult:
     """Sets the smallest-magnitude weights (or whole units) to exact zeros,
     without training.
@@ -99,16 +100,21 @@ def prune(
             `sparsity`, the full pattern (`1 - N/M` zeros) is cut; a lower
             `sparsity` cuts part of the way, never past the pattern.
             Defaults to `"weight"`.
-        score: `"magnitude"` (`|w|`, ranked over all selected weights
-            together) or `"wanda"` (`|w| · ||x||₂`, the weight times the
-            norm of the input channel it reads over `calibration_data`,
-            ranked within each output unit; Sun et al., 2023). Defaults to
+        score: `"magnitude"` (`|w|`) or `"wanda"` (`|w| · ||x||₂`, the
+            weight times the norm of the input channel it reads over
+            `calibration_data`; Sun et al., 2023). Defaults to
             `"magnitude"`.
         calibration_data: Unlabeled inputs (arrays as `model(x)` takes
             them, or a dataset of them; a few hundred samples), needed by
             and only by `score="wanda"`. Dense, Conv and DepthwiseConv
             kernels, including those inside composite layers (KerasHub's
             transformer blocks).
+        ranking: `"global"` (one threshold over all selected weights:
+            layers with many unimportant weights give up more) or
+            `"per_output"` (every output unit loses the same share, as the
+            Wanda paper compares, for models whose layers are alike).
+            Entries only. Defaults to `"global"`, which did better for both
+            scores on the MNIST-1D CNN (benchmarks/bench_patterns.py).
 
     Returns:
         A `PruneResult` with the threshold used and the zeros made.
@@ -156,10 +162,17 @@ def prune(
             "score='wanda' needs `calibration_data` (a few hundred unlabeled inputs), and only it reads "
             f"them. Received: score={score!r}, calibration_data="
             f"{'None' if calibration_data is None else type(calibration_data).__name__}")
+    if ranking not in ("global", "per_output"):
+        raise ValueError(
+            f"Invalid value for argument `ranking`: expected 'global' or 'per_output'. Received: ranking={ranking!r}")
     if score == "wanda" and granularity == "unit":
         raise ValueError(
-            "score='wanda' ranks the entries within each output unit; granularity='unit' removes whole "
+            "score='wanda' scores entries by the input each reads; granularity='unit' removes whole "
             "units. Use granularity='weight' or 'N:M' with it, or score='magnitude'.")
+    if ranking == "per_output" and granularity != "weight":
+        raise ValueError(
+            "ranking='per_output' shares a sparsity out over each unit's entries: it needs "
+            f"granularity='weight' (an N:M pattern is per group already). Received: granularity={granularity!r}")
     refs = cut_lib.select(model, layers, weights, granularity)
     cut_lib.check_finite(refs)
     if score == "wanda":
@@ -167,7 +180,7 @@ def prune(
     else:
         scores = scores_lib.Magnitude().scores(refs)
     made = cut_lib.cut(refs, scores, granularity, sparsity=sparsity, threshold=threshold,
-                       per_output=score == "wanda" and granularity == "weight")
+                       per_output=ranking == "per_output")
     if hold:
         hold_zeros(model, [ref.variable for ref in refs])
     zeros = int(ops.convert_to_numpy(ops.sum(ops.stack(

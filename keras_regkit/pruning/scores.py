@@ -93,8 +93,10 @@ class Curvature(Score):
 class Wanda(Score):
     """`|W_ij| · ||X_j||₂`: a weight times the norm of the input it reads,
     over calibration data (Sun et al., "A Simple and Effective Pruning
-    Approach for Large Language Models", 2023). Compared within each output
-    unit. Built by `prune(..., score="wanda", calibration_data=x)`.
+    Approach for Large Language Models", 2023). Built by
+    `prune(..., score="wanda", calibration_data=x)`, which ranks it over all
+    weights together or, as the paper does, within each output unit
+    (`ranking="per_output"`).
 
     Args:
         norms: Per layer (by `id(layer)`), the input channels' norms, as
