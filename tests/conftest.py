@@ -218,3 +218,40 @@ def nan_inf_kernel_model():
 
 
 SERIALIZABLE_SCHEDULE = keras.optimizers.schedules.PolynomialDecay(0.1, 10, 0.0)
+
+
+# -- interrupted fits, for the resume tests of the scheduler and the shrink -------
+# Each interruption is an exception raised from a callback, as Keras' own
+# BackupAndRestore tests do.
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Raises at a chosen point of a chosen epoch (mid-epoch by default)."""
+
+    def __init__(self, epoch, where="batch"):
+        super().__init__()
+        self.epoch, self.where, self.current = epoch, where, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.where == "batch" and self.current == self.epoch and batch == 1:
+            raise RuntimeError(f"interrupted in epoch {self.epoch}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.where == "epoch_end" and epoch == self.epoch:
+            raise RuntimeError(f"interrupted at the end of epoch {epoch}")
+
+    def on_train_end(self, logs=None):
+        if self.where == "train_end":
+            raise RuntimeError("interrupted while finishing")
+
+
+def resumed(run, interruptions):
+    """`run(extra_callbacks)` interrupted at each of `interruptions` (a list of
+    Interrupt), then run to the end; returns the last run's output."""
+    for interrupt in interruptions:
+        with pytest.raises(RuntimeError, match="interrupted"):
+            run([interrupt])
+    return run([])
