@@ -58,6 +58,19 @@ def test_change(model, x_test, y_test, base_acc):
     return 100.0 * (accuracy(model, x_test, y_test) - base_acc)
 
 
+def probabilities(model, x):
+    logits = np.asarray(model.predict(x, batch_size=500, verbose=0), dtype="float64")
+    logits -= logits.max(axis=-1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def divergence(p, q):
+    """Mean KL(p || q) over the test samples: how far the pruned model's
+    predictions moved, where accuracy is saturated and cannot tell."""
+    return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=-1)))
+
+
 def trained_cnn(keras, seed, quick):
     from bench_compact import build_cnn
 
@@ -97,6 +110,7 @@ def one_shot(keras, rk, case, model, data, seed, selection):
     (x, _), _, (x_test, y_test) = data
     calibration = keras.tree.map_structure(lambda a: a[:CALIBRATION_SAMPLES], x)
     base_acc = accuracy(model, x_test, y_test)
+    base_p = probabilities(model, x_test)
     weights = model.get_weights()
     rows = []
     # 70 % unstructured too: where 50 % costs nothing, the scores can only differ beyond it.
@@ -110,8 +124,10 @@ def one_shot(keras, rk, case, model, data, seed, selection):
                      calibration_data=calibration if score == "wanda" else None, ranking=ranking)
             name = score if ranking == "global" else f"{score} per output"
             rows.append({"case": case, "seed": seed, "variant": f"{label} {name}",
-                         "change": test_change(model, x_test, y_test, base_acc)})
-            print(f"  {case} seed {seed} one-shot {label} {name}: {rows[-1]['change']:+.2f} pp", flush=True)
+                         "change": test_change(model, x_test, y_test, base_acc),
+                         "kl": divergence(base_p, probabilities(model, x_test))})
+            print(f"  {case} seed {seed} one-shot {label} {name}: {rows[-1]['change']:+.2f} pp, "
+                  f"KL {rows[-1]['kl']:.4f}", flush=True)
     model.set_weights(weights)
     return rows
 
@@ -133,9 +149,15 @@ def trained_encoder(keras, seed, quick):
 def summarize(rows):
     out = {}
     for row in rows:
-        out.setdefault((row["case"], row["variant"]), []).append(row["change"])
-    return {f"{case} | {variant}": {"median": statistics.median(v), "worst": min(v), "seeds": len(v)}
-            for (case, variant), v in out.items()}
+        out.setdefault((row["case"], row["variant"]), []).append(row)
+    summary = {}
+    for (case, variant), group in out.items():
+        changes = [row["change"] for row in group]
+        summary[f"{case} | {variant}"] = {"median": statistics.median(changes), "worst": min(changes),
+                                           "seeds": len(group)}
+        if "kl" in group[0]:
+            summary[f"{case} | {variant}"]["kl_median"] = statistics.median(row["kl"] for row in group)
+    return summary
 
 
 def main(argv=None):
@@ -165,7 +187,8 @@ def main(argv=None):
     for table, figures in summary.items():
         print(f"\n{table}: test change vs the unpruned model, pp")
         for key, f in figures.items():
-            print(f"  {key:<28} median {f['median']:+6.2f}  worst {f['worst']:+6.2f}  ({f['seeds']} seeds)")
+            kl = f"  KL {f['kl_median']:.4f}" if "kl_median" in f else ""
+            print(f"  {key:<32} median {f['median']:+6.2f}  worst {f['worst']:+6.2f}{kl}  ({f['seeds']} seeds)")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"summary": summary, "rows": rows + shots, "quick": args.quick}, f, indent=1)
