@@ -12,6 +12,7 @@ from keras_regkit.attach import Attachment, apply_regularizers, reapply_regulari
 from keras_regkit import shrinking
 from keras_regkit.shrinking import ShrinkResult, shrink
 from keras_regkit.compact import CompactResult, compact, dead_units
+from keras_regkit.deploy import ExportCheckError, ExportResult, Runtime, export
 from keras_regkit.pruning import HoldZeros, PruneResult, prune, release_zeros
 from keras_regkit.saving import custom_objects
 from keras_regkit.search import StrengthSearchResult, search_strength
@@ -23,9 +24,12 @@ __version__ = "0.1.0"
 __all__ = [
     "Attachment",
     "CompactResult",
+    "ExportCheckError",
+    "ExportResult",
     "HoldZeros",
     "LayerStats",
     "PruneResult",
+    "Runtime",
     "ShrinkResult",
     "SparsityReport",
     "StrengthSearchResult",
@@ -36,6 +40,7 @@ __all__ = [
     "compact",
     "custom_objects",
     "dead_units",
+    "export",
     "iter_weights",
     "prune",
     "reapply_regularizers",
