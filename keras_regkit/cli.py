@@ -3,6 +3,7 @@
     keras-regkit demo [--dataset digits|mnist1d] [--quick] [--epochs N] [--plot FILE.png]
     keras-regkit inspect PATH.keras [--json] [--plot FILE.png] [--all-weights]
     keras-regkit search [--dataset digits|mnist1d] [--penalty l1|...] [--quick] [--directory DIR] [--plot FILE.png]
+    keras-regkit export PATH.keras OUT.tflite|OUT.onnx [--int8] [--sparse] [--check X.npy] [--representative X.npy]
 """
 
 from __future__ import annotations
@@ -122,6 +123,35 @@ def search(args) -> int:
     return 0
 
 
+def export_file(args) -> int:
+    """`keras_regkit.export` from the shell: inputs as .npy (one array) or
+    .npz (arrays named by the model's inputs)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    import numpy as np
+
+    import keras_regkit as rk
+
+    try:
+        model = keras.saving.load_model(args.path, compile=False)
+    except Exception as error:  # any failure to load is the user's file's
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return _fail(f"export: cannot load {args.path!r} as a Keras model: {message}")
+    try:
+        inputs = {}
+        for name in ("check", "representative"):
+            path = getattr(args, name)
+            if path is not None:
+                loaded = np.load(path)
+                inputs[name] = dict(loaded) if isinstance(loaded, np.lib.npyio.NpzFile) else loaded
+        result = rk.export(model, args.out, int8=args.int8, sparse=args.sparse, check=inputs.get("check"),
+                           representative_data=inputs.get("representative"))
+    except (ImportError, OSError, TypeError, ValueError) as error:  # ExportCheckError is a ValueError
+        return _fail(f"export: {error}")
+    print(result)
+    return 0
+
+
 def _plot_histograms(model, weights, path):
     try:
         import matplotlib
@@ -201,6 +231,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     search_parser.add_argument("--json", action="store_true", help="machine-readable output")
     search_parser.add_argument("--quick", action="store_true", help="a tiny search, for a smoke test")
     search_parser.add_argument("--no-progress", action="store_true", help="no per-trial output")
+    export_parser = commands.add_parser("export", help="a LiteRT or ONNX file, checked in its runtime")
+    export_parser.add_argument("path", help="a .keras file")
+    export_parser.add_argument("out", help="the file to write: .tflite (LiteRT) or .onnx (ONNX Runtime)")
+    export_parser.add_argument("--int8", action="store_true", help="int8 weights and activations (needs inputs)")
+    export_parser.add_argument("--sparse", action="store_true", help="store mostly-zero weights sparse")
+    export_parser.add_argument("--check", metavar="X.npy", help="compare the runtime's outputs with Keras' on these")
+    export_parser.add_argument("--representative", metavar="X.npy",
+                               help="int8 calibration inputs (default: --check's)")
     return parser.parse_args(argv)
 
 
@@ -210,7 +248,7 @@ def main(argv=None) -> int:
     if plot and not os.path.isdir(os.path.dirname(os.path.abspath(plot))):
         # Before the work: a demo or search would otherwise train for minutes first.
         return _fail(f"{args.command}: cannot write plot {plot!r}: its directory does not exist")
-    return {"demo": demo, "inspect": inspect, "search": search}[args.command](args)
+    return {"demo": demo, "inspect": inspect, "search": search, "export": export_file}[args.command](args)
 
 
 def _positive_int(text):

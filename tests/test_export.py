@@ -263,3 +263,35 @@ def test_bad_arguments_are_refused_at_the_call(shrunk, tmp_path, kwargs, error, 
 def test_refuses_an_unbuilt_model(tmp_path):
     with pytest.raises(ValueError, match="not built yet"):
         rk.export(keras.Sequential([keras.layers.Dense(2)]), tmp_path / "m.onnx")
+
+
+# ---------------------------------------------------------------- command line
+def test_cli_exports_checks_and_prints_the_figures(compacted, data, tmp_path, capsys):
+    from keras_regkit import cli
+
+    (x, _), (x_test, _) = data
+    compacted.save(tmp_path / "small.keras")
+    np.save(tmp_path / "x_test.npy", x_test)
+    np.save(tmp_path / "x_train.npy", x[:200])
+    out = tmp_path / "small.tflite"
+    code = cli.main(["export", str(tmp_path / "small.keras"), str(out), "--int8",
+                     "--check", str(tmp_path / "x_test.npy"), "--representative", str(tmp_path / "x_train.npy")])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "litert (int8)" in printed and "top-1 agreement" in printed
+    assert out.stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv_tail, message", [
+    (["model.h5"], "ending in .tflite or .onnx"),
+    (["model.tflite", "--int8"], "needs `representative_data=`"),
+])
+def test_cli_bad_export_is_one_line_error(shrunk, tmp_path, capsys, argv_tail, message):
+    from keras_regkit import cli
+
+    shrunk.save(tmp_path / "m.keras")
+    out, *flags = argv_tail
+    assert cli.main(["export", str(tmp_path / "m.keras"), str(tmp_path / out), *flags]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("keras-regkit export: ") and message in error
+    assert error.count("\n") == 1
