@@ -13,9 +13,10 @@ builders, data and training; optionally the KerasHub BERT classifier of
    (`granularity="unit"`), then `rk.compact` (`compact`).
 
 Each model is written with `keras_regkit.export` as LiteRT (`.tflite`) and
-ONNX (`.onnx`), float and int8 (post-training, calibrated on 200 training
-samples), the sparse models also with `sparse=True` (zeros stored sparse;
-LiteRT refuses sparse int8, see `deploy.py`). Every file is checked in its
+ONNX (`.onnx`): float, int8 (post-training, calibrated on 200 training
+samples) and dynamic int8 (int8 weights, activations quantized per call),
+the sparse models also with `sparse=True` (zeros stored sparse; LiteRT
+refuses sparse int8, see `deploy.py`). Every file is checked in its
 runtime against the Keras model on the whole test set (`check=`: float files
 to 1e-4 of the logits' scale, int8 files by top-1 agreement >= 0.95) and its
 test accuracy there is reported as the change from the Keras dense model, in
@@ -137,11 +138,12 @@ def export_all(models, x, test, folder, rk):
     for key, model in models.items():
         keras_acc = float(np.mean(_logits(model, x_test).argmax(1) == y_test))
         for fmt in (".tflite", ".onnx"):
-            for int8 in (False, True):
+            for int8 in (False, True, "dynamic"):
                 for sparse in ((False, True) if key in UNSTRUCTURED else (False,)):
-                    if fmt == ".tflite" and int8 and sparse:
-                        continue  # refused: LiteRT's default delegate cannot run it
-                    path = os.path.join(folder, f"{key}{'_int8' if int8 else ''}{'_sparse' if sparse else ''}{fmt}")
+                    if (fmt == ".tflite" and int8 and sparse) or (int8 == "dynamic" and sparse):
+                        continue  # refused (LiteRT's default delegate cannot run it), or one too many rows
+                    tag = {False: "", True: "_int8", "dynamic": "_dyn"}[int8]
+                    path = os.path.join(folder, f"{key}{tag}{'_sparse' if sparse else ''}{fmt}")
                     result = rk.export(model, path, int8=int8, sparse=sparse,
                                        representative_data=calibration if int8 else None, check=x_test)
                     runtime_logits = rk.Runtime(path)(x_test)
@@ -175,7 +177,7 @@ def time_files(rows, x_test, batch, repeats, calls, rk):
 
 
 def label(row):
-    kind = ("int8" if row["int8"] else "float") + (" sparse" if row["sparse"] else "")
+    kind = {False: "float", True: "int8", "dynamic": "int8 dyn"}[row["int8"]] + (" sparse" if row["sparse"] else "")
     return f"{row['model']:<9} {row['format']:<7} {kind:<12}"
 
 
@@ -194,7 +196,7 @@ def report(name, rows):
         print(f"  {label(row)} {row['file_bytes'] / 1024:>8.1f} {row['size_ratio_vs_dense_float']:>6.1f}x "
               f"{row['b1_ms']:>7.4f} [{b1[0]:.4f}-{b1[1]:.4f}] {row['b64_ms']:>7.3f} [{b64[0]:.3f}-{b64[1]:.3f}] "
               f"{row['test_acc']:>7.4f} {row['acc_delta_pt_vs_keras_dense']:>+6.2f} {row['top1_agreement']:>6.3f}")
-    target = next(r for r in rows if r["model"] == "compact" and r["format"] == "litert" and r["int8"])
+    target = next(r for r in rows if r["model"] == "compact" and r["format"] == "litert" and r["int8"] is True)
     met = (target["size_ratio_vs_dense_float"] >= TARGET_SMALLER
            and target["speedup_b1_vs_dense_float"] >= TARGET_FASTER_B1
            and target["acc_delta_pt_vs_keras_dense"] >= -TARGET_POINTS)

@@ -3,7 +3,8 @@
     keras-regkit demo [--dataset digits|mnist1d] [--quick] [--epochs N] [--plot FILE.png]
     keras-regkit inspect PATH.keras [--json] [--plot FILE.png] [--all-weights]
     keras-regkit search [--dataset digits|mnist1d] [--penalty l1|...] [--quick] [--directory DIR] [--plot FILE.png]
-    keras-regkit export PATH.keras OUT.tflite|OUT.onnx [--int8] [--sparse] [--check X.npy] [--representative X.npy]
+    keras-regkit export PATH.keras OUT.tflite|OUT.onnx [--int8 [dynamic]] [--sparse] [--check X.npy]
+                        [--representative X.npy]
 """
 
 from __future__ import annotations
@@ -234,7 +235,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     export_parser = commands.add_parser("export", help="a LiteRT or ONNX file, checked in its runtime")
     export_parser.add_argument("path", help="a .keras file")
     export_parser.add_argument("out", help="the file to write: .tflite (LiteRT) or .onnx (ONNX Runtime)")
-    export_parser.add_argument("--int8", action="store_true", help="int8 weights and activations (needs inputs)")
+    export_parser.add_argument("--int8", nargs="?", const=True, default=False, choices=["dynamic"],
+                               help="int8 weights and activations (calibrated on inputs); "
+                                    "--int8 dynamic: int8 weights, no calibration")
     export_parser.add_argument("--sparse", action="store_true", help="store mostly-zero weights sparse")
     export_parser.add_argument("--check", metavar="X.npy", help="compare the runtime's outputs with Keras' on these")
     export_parser.add_argument("--representative", metavar="X.npy",

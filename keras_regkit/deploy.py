@@ -15,6 +15,12 @@ Keras 3 has the pieces (`model.export(path, format="litert" | "onnx")`,
   exports to ONNX too, but in Keras 3.15 it quantizes only `Dense`-like
   layers (a CNN's convolutions stay float) and its graph, which quantizes
   activations on every call, ran slower in ONNX Runtime than the QDQ one.
+- **Dynamic int8** (`int8="dynamic"`): int8 weights, activations quantized
+  on the fly in each layer (LiteRT's dynamic-range quantization, ONNX
+  Runtime's `quantize_dynamic`); no calibration data. On a small BERT in
+  LiteRT it was faster than float where full int8 was 2.4x slower (full
+  int8 leaves layer norms, softmax and GELU in float, so the graph goes in
+  and out of int8 between many delegate partitions).
 - **Zeros stored sparse** (`sparse=True`). No converter stores unstructured
   zeros compactly by default: a 95 % sparse model's file is as large as the
   dense one. LiteRT: the converter's `EXPERIMENTAL_SPARSITY` optimization
@@ -70,7 +76,7 @@ class ExportResult:
     Attributes:
         path: The file written.
         format: `"litert"` or `"onnx"`.
-        int8: Whether the file holds int8 weights.
+        int8: `False`, `True` (int8 weights and activations) or `"dynamic"`.
         sparse: Whether zeros were stored sparse where that is smaller.
         file_bytes: Size of the file.
         max_abs_diff: With `check`: the largest absolute difference between
@@ -83,7 +89,7 @@ class ExportResult:
 
     path: str
     format: str
-    int8: bool
+    int8: bool | str
     sparse: bool
     file_bytes: int
     max_abs_diff: float | None = None
@@ -91,7 +97,8 @@ class ExportResult:
     latency_ms: float | None = None
 
     def __str__(self) -> str:
-        kind = ("int8" if self.int8 else "float") + (", sparse" if self.sparse else "")
+        kind = {False: "float", True: "int8", "dynamic": "int8 dynamic"}[self.int8]
+        kind += ", sparse" if self.sparse else ""
         text = f"{self.path}: {self.format} ({kind}), {self.file_bytes / 1024:.1f} KiB"
         if self.max_abs_diff is not None:
             text += (f"; vs Keras: max |diff| {self.max_abs_diff:.3g}, top-1 agreement "
@@ -102,7 +109,7 @@ class ExportResult:
 def export(
     model: keras.Model,
     path: str | os.PathLike,
-    int8: bool = False,
+    int8: bool | str = False,
     sparse: bool = False,
     representative_data: Any = None,
     check: Any = None,
@@ -120,16 +127,19 @@ def export(
             `compact(...).model`). Not one already quantized with
             `model.quantize`: pass the float model and `int8=True`.
         path: The file to write, ending in `.tflite` or `.onnx`.
-        int8: Store int8 weights. LiteRT: the converter's post-training
-            quantization (int8 activations too), calibrated on
+        int8: `True`: int8 weights and activations. LiteRT: the converter's
+            post-training quantization, calibrated on
             `representative_data`. ONNX: ONNX Runtime's static quantization,
-            calibrated on `representative_data` too.
+            calibrated on `representative_data` too. `"dynamic"`: int8
+            weights, activations quantized in each call, no calibration
+            (faster than `True` for transformers in LiteRT, see above).
         sparse: Store weights that are mostly exact zeros in a sparse format
             where that makes the file smaller (see the module docstring).
-            LiteRT refuses `int8=True` with `sparse=True` (its default CPU
-            delegate cannot prepare the file).
+            LiteRT refuses it with `int8` (its default CPU delegate cannot
+            prepare the file).
         representative_data: Inputs like the model's (an array, or a dict or
-            list of arrays), from which `int8` sets the activations' ranges (its first `CALIBRATION_SAMPLES` samples).
+            list of arrays), from which `int8=True` sets the activations'
+            ranges (its first `CALIBRATION_SAMPLES` samples).
             Defaults to `check` when that is given.
         check: Inputs to compare the runtime's outputs with the Keras model's
             on. A float file must match within `atol` times the largest
@@ -171,7 +181,10 @@ def export(
     if fmt is None:
         raise ValueError(f"Invalid value for argument `path`: expected a file name ending in "
                          f"{' or '.join(FORMATS)} (the format follows it). Received: path={path!r}")
-    int8 = _validate.boolean("int8", int8)
+    if not (isinstance(int8, (bool, np.bool_)) or int8 == "dynamic"):
+        raise TypeError(f"Invalid value for argument `int8`: expected True, False or \"dynamic\". "
+                        f"Received: int8={int8!r} of type {type(int8).__name__}")
+    int8 = int8 if int8 == "dynamic" else bool(int8)
     sparse = _validate.boolean("sparse", sparse)
     atol = _validate.real("atol", atol)
     min_agreement = _validate.real("min_agreement", min_agreement, 0.0, 1.0)
@@ -198,16 +211,16 @@ def export(
 def _export_litert(model, path, int8, sparse, representative_data):
     if keras.backend.backend() != "tensorflow" and (int8 or sparse):
         raise ValueError(
-            f"`int8=True` and `sparse=True` for LiteRT are options of TensorFlow's converter: they need "
+            f"`int8` and `sparse=True` for LiteRT are options of TensorFlow's converter: they need "
             f"the TensorFlow backend (KERAS_BACKEND=tensorflow). Received: backend "
-            f"{keras.backend.backend()!r}, int8={int8}, sparse={sparse}")
+            f"{keras.backend.backend()!r}, int8={int8!r}, sparse={sparse}")
     if int8 and sparse:
         # Measured with ai-edge-litert 2.3: the interpreter's default XNNPACK
         # delegate fails to prepare a sparse int8 FULLY_CONNECTED, and without
         # the delegate the file runs 8x slower than the dense int8 one.
         raise ValueError(
             "A LiteRT file cannot be int8 and sparse: LiteRT's default CPU path (the XNNPACK delegate) "
-            "fails to prepare sparse int8 layers ('failed to delegate FULLY_CONNECTED'). Use int8=True "
+            "fails to prepare sparse int8 layers ('failed to delegate FULLY_CONNECTED'). Use int8 "
             "(about 4x smaller than float) or sparse=True (float, smaller at high sparsity).")
     options = {}
     if int8 or sparse:
@@ -217,8 +230,10 @@ def _export_litert(model, path, int8, sparse, representative_data):
         if sparse:
             options["optimizations"].append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
         if int8:
-            _require_representative(representative_data)
+            # DEFAULT without a representative dataset is dynamic-range quantization.
             options["optimizations"].append(tf.lite.Optimize.DEFAULT)
+        if int8 is True:
+            _require_representative(representative_data)
             options["representative_dataset"] = _calibration(representative_data)
     model.export(path, format="litert", verbose=False, **options)
 
@@ -253,25 +268,31 @@ def _batch_size(data) -> int:
 
 def _export_onnx(model, path, int8, sparse, representative_data):
     _require("onnx", "tf2onnx") if keras.backend.backend() == "tensorflow" else _require("onnx")
-    if int8:
+    if int8 is True:
         _require_representative(representative_data)
     if not getattr(model, "_called", True):
         # Keras' ONNX export refuses a model that has never been called.
         model(_zeros_like_inputs(model), training=False)
     model.export(path, format="onnx", verbose=False)
     if int8:
-        _quantize_onnx(path, representative_data)
+        _quantize_onnx(path, representative_data if int8 is True else None)
     if sparse:
         store_zeros_sparse(path)
 
 
 def _quantize_onnx(path, representative_data):
-    """ONNX Runtime's static int8 quantization of the float file, in place."""
+    """ONNX Runtime's int8 quantization of the float file, in place: static
+    (calibrated) with `representative_data`, dynamic without."""
     import tempfile
 
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if representative_data is None:
+        quantize_dynamic(path, path, weight_type=QuantType.QInt8)
+        return
 
     names = [i.name for i in onnx.load(path, load_external_data=False).graph.input]
     batches = _calibration(representative_data)

@@ -119,18 +119,19 @@ def test_float_file_gives_the_keras_outputs_in_its_runtime(request, data, tmp_pa
     np.testing.assert_allclose(got, np.asarray(model(x_test)), atol=FLOAT_ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("which", ["shrunk", "compacted"])
+@pytest.mark.parametrize("which, int8", [("shrunk", True), ("compacted", True), ("compacted", "dynamic")])
 @pytest.mark.parametrize("suffix", [".tflite", ".onnx"])
-def test_int8_file_is_smaller_and_agrees_on_top1(request, data, tmp_path, which, suffix):
+def test_int8_file_is_smaller_and_agrees_on_top1(request, data, tmp_path, which, int8, suffix):
     model = request.getfixturevalue(which)
     (x, _), (x_test, y_test) = data
     float_result = rk.export(model, tmp_path / f"float{suffix}")
     path = tmp_path / f"int8{suffix}"
-    result = rk.export(model, path, int8=True, representative_data=x)
+    # Dynamic int8 needs no calibration inputs: none given.
+    result = rk.export(model, path, int8=int8, representative_data=x if int8 is True else None)
     got = RUNTIMES[suffix](path, x_test)
     expected = np.asarray(model(x_test))
     agreement = float(np.mean(got.argmax(1) == expected.argmax(1)))
-    print(f"{which} {suffix} int8: top-1 agreement {agreement:.4f}, "
+    print(f"{which} {suffix} int8={int8}: top-1 agreement {agreement:.4f}, "
           f"{result.file_bytes} vs {float_result.file_bytes} bytes float")
     assert agreement >= INT8_MIN_AGREEMENT
     # Not a copy of the float file: the outputs moved, and each weight takes
@@ -247,7 +248,7 @@ def test_refuses_sparse_int8_litert_because_its_default_delegate_cannot_run_it(s
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"path": "model.h5"}, ValueError, r"ending in \.tflite or \.onnx.*path='model.h5'"),
     ({"path": 3}, TypeError, "expected a str or os.PathLike"),
-    ({"int8": "yes"}, TypeError, "`int8`: expected True or False"),
+    ({"int8": "yes"}, TypeError, "`int8`: expected True, False or \"dynamic\". Received: int8='yes'"),
     ({"sparse": None}, TypeError, "`sparse`: expected True or False"),
     ({"atol": -1.0}, ValueError, "`atol`"),
     ({"min_agreement": 1.5}, ValueError, "`min_agreement`"),
@@ -280,6 +281,8 @@ def test_cli_exports_checks_and_prints_the_figures(compacted, data, tmp_path, ca
     assert code == 0
     assert "litert (int8)" in printed and "top-1 agreement" in printed
     assert out.stat().st_size > 0
+    assert cli.main(["export", str(tmp_path / "small.keras"), str(tmp_path / "d.onnx"), "--int8", "dynamic"]) == 0
+    assert "onnx (int8 dynamic)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv_tail, message", [
