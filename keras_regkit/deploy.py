@@ -132,7 +132,8 @@ def export(
             `representative_data`. ONNX: ONNX Runtime's static quantization,
             calibrated on `representative_data` too. `"dynamic"`: int8
             weights, activations quantized in each call, no calibration
-            (faster than `True` for transformers in LiteRT, see above).
+            (faster than `True` for transformers in LiteRT: see the module
+            docstring).
         sparse: Store weights that are mostly exact zeros in a sparse format
             where that makes the file smaller (see the module docstring).
             LiteRT refuses it with `int8` (its default CPU delegate cannot
@@ -164,7 +165,7 @@ def export(
 
     ```python
     small = rk.compact(model).model
-    rk.export(small, "model.tflite", int8=True, check=x_test[:256])
+    rk.export(small, "model.tflite", int8=True, representative_data=x_train[:200], check=x_test)
     ```
     """
     if not isinstance(model, keras.Model):
@@ -181,10 +182,11 @@ def export(
     if fmt is None:
         raise ValueError(f"Invalid value for argument `path`: expected a file name ending in "
                          f"{' or '.join(FORMATS)} (the format follows it). Received: path={path!r}")
-    if not (isinstance(int8, (bool, np.bool_)) or int8 == "dynamic"):
+    dynamic = isinstance(int8, str) and int8 == "dynamic"
+    if not (isinstance(int8, (bool, np.bool_)) or dynamic):
         raise TypeError(f"Invalid value for argument `int8`: expected True, False or \"dynamic\". "
                         f"Received: int8={int8!r} of type {type(int8).__name__}")
-    int8 = int8 if int8 == "dynamic" else bool(int8)
+    int8 = "dynamic" if dynamic else bool(int8)
     sparse = _validate.boolean("sparse", sparse)
     atol = _validate.real("atol", atol)
     min_agreement = _validate.real("min_agreement", min_agreement, 0.0, 1.0)
@@ -194,7 +196,7 @@ def export(
         raise ValueError(
             f"Model {model.name!r} is already quantized ({', '.join(quantized)}, by `model.quantize`). "
             "Keras' quantized graph does not convert to LiteRT (its int8 BatchMatMul is refused by the "
-            "converter), and `export` quantizes a copy itself: pass the float model and `int8=True`.")
+            "converter), and `export` quantizes the file itself: pass the float model and `int8=True`.")
     if representative_data is None:
         representative_data = check
 
