@@ -308,3 +308,24 @@ def test_cli_bad_export_is_one_line_error(shrunk, tmp_path, capsys, argv_tail, m
     error = capsys.readouterr().err
     assert error.startswith("keras-regkit export: ") and message in error
     assert error.count("\n") == 1
+
+
+def test_compacted_keras_hub_encoder_exports_and_runs_by_input_name(tmp_path):
+    """KerasHub's `TransformerEncoder`, rebuilt by `compact` with a smaller
+    `intermediate_dim`: both files run in their runtimes, fed by input name."""
+    keras_hub = pytest.importorskip("keras_hub", reason="KerasHub is in the test extra")
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32, max_sequence_length=8,
+        dropout=0.0)
+    model = keras.Model(backbone.input, keras.layers.Dense(3)(backbone.output["pooled_output"]))
+    rk.prune(model, sparsity=0.5, granularity="unit", layers="*feedforward_intermediate_dense")
+    small = rk.compact(model).model
+    assert small.count_params() < model.count_params()
+    rng = np.random.default_rng(0)
+    tokens = {"token_ids": rng.integers(1, 50, size=(64, 8)).astype("int32"),
+              "segment_ids": np.zeros((64, 8), "int32"), "padding_mask": np.ones((64, 8), "int32")}
+    for suffix in (".tflite", ".onnx"):
+        result = rk.export(small, tmp_path / f"bert{suffix}", check=tokens)
+        assert result.max_abs_diff <= FLOAT_ATOL
+        assert sorted(deploy.Runtime(result.path).input_names) == sorted(tokens)
