@@ -36,15 +36,11 @@ def inspect(args) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import json
 
-    import keras
+    import keras_regkit as rk  # registers its classes before the load
 
-    import keras_regkit as rk
-
-    try:
-        model = keras.saving.load_model(args.path, compile=False)
-    except Exception as error:  # any failure to load is the user's file's
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return _fail(f"inspect: cannot load {args.path!r} as a Keras model: {message}")
+    model = _load_model(args.path, "inspect")
+    if model is None:
+        return 1
     weights = "all" if args.all_weights else "kernel"
     try:  # a model saved before it was built has no weights: said, not a traceback
         if not args.all_weights and not any(True for _ in rk.iter_weights(model, "kernel")):
@@ -128,16 +124,13 @@ def export_file(args) -> int:
     """`keras_regkit.export` from the shell: inputs as .npy (one array) or
     .npz (arrays named by the model's inputs)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
     import numpy as np
 
-    import keras_regkit as rk
+    import keras_regkit as rk  # registers its classes before the load
 
-    try:
-        model = keras.saving.load_model(args.path, compile=False)
-    except Exception as error:  # any failure to load is the user's file's
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return _fail(f"export: cannot load {args.path!r} as a Keras model: {message}")
+    model = _load_model(args.path, "export")
+    if model is None:
+        return 1
     try:
         inputs = {}
         for name in ("check", "representative"):
@@ -190,6 +183,18 @@ def _plot_histograms(model, weights, path):
     except OSError as error:
         raise SystemExit(f"keras-regkit inspect: cannot write plot {path!r}: {error}") from None
     print(f"wrote {path}")
+
+
+def _load_model(path, command):
+    """The model saved at `path`, or None after a one-line error."""
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # any failure to load is the user's file's
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        _fail(f"{command}: cannot load {path!r} as a Keras model: {message}")
+        return None
 
 
 def _fail(message) -> int:
