@@ -199,6 +199,10 @@ def export(
             "converter), and `export` quantizes the file itself: pass the float model and `int8=True`.")
     if representative_data is None:
         representative_data = check
+    if check is not None:
+        # Before the conversion, which can take a while.
+        _batch_size(check, "check")
+        _require("ai_edge_litert" if fmt == "litert" else "onnxruntime")
 
     if fmt == "litert":
         _export_litert(model, path, int8, sparse, representative_data)
@@ -251,25 +255,32 @@ def _require_representative(data):
 def _calibration(data):
     """The converter's representative dataset: one sample a call, inputs in
     the model's structure (a list, or a dict keyed by input name)."""
-    count = min(CALIBRATION_SAMPLES, _batch_size(data))
+    count = min(CALIBRATION_SAMPLES, _batch_size(data, "representative_data"))
+    # float64 (NumPy's default) would not match the models' float32 inputs.
+    data = keras.tree.map_structure(
+        lambda a: np.asarray(a, "float32") if np.asarray(a).dtype == np.float64 else np.asarray(a), data)
 
     def samples():
         for i in range(count):
-            sample = keras.tree.map_structure(lambda a: np.asarray(a)[i:i + 1], data)
+            sample = keras.tree.map_structure(lambda a: a[i:i + 1], data)
             yield sample if isinstance(sample, dict) else list(keras.tree.flatten(sample))
 
     return samples
 
 
-def _batch_size(data) -> int:
-    sizes = {len(np.asarray(a)) for a in keras.tree.flatten(data)}
+def _batch_size(data, name: str) -> int:
+    sizes = {len(a) for a in keras.tree.flatten(data)}
     if len(sizes) != 1:
-        raise ValueError(f"Inputs must all have the same number of samples. Received sizes {sorted(sizes)}")
+        raise ValueError(f"Invalid value for argument `{name}`: its arrays must all have the same number of "
+                         f"samples. Received sizes {sorted(sizes)}")
     return sizes.pop()
 
 
 def _export_onnx(model, path, int8, sparse, representative_data):
-    _require("onnx", "tf2onnx") if keras.backend.backend() == "tensorflow" else _require("onnx")
+    # Keras' ONNX export goes through tf2onnx under TensorFlow.
+    _require("onnx", *(["tf2onnx"] if keras.backend.backend() == "tensorflow" else []))
+    if int8:
+        _require("onnxruntime")  # its quantization tools
     if int8 is True:
         _require_representative(representative_data)
     if not getattr(model, "_called", True):
@@ -481,7 +492,6 @@ def median_call_ms(runtime, x, calls: int = 50) -> float:
 
 
 def _check(model, result, check, atol, min_agreement):
-    _batch_size(check)
     expected = model(check, training=False)
     if isinstance(expected, (list, tuple, dict)):
         raise ValueError(f"`check` compares single-output models; model {model.name!r} has "

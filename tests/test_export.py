@@ -170,7 +170,9 @@ def test_without_sparse_storage_the_zeros_take_as_much_room_as_weights(shrunk, t
 
 def test_check_reports_the_runtime_figures(compacted, data, tmp_path):
     (x, _), (x_test, _) = data
-    result = rk.export(compacted, tmp_path / "m.tflite", int8=True, representative_data=x, check=x_test)
+    # float64, NumPy's default: cast for the converter's float32 input.
+    result = rk.export(compacted, tmp_path / "m.tflite", int8=True, representative_data=x.astype("float64"),
+                       check=x_test)
     assert result.format == "litert" and result.int8
     assert INT8_MIN_AGREEMENT <= result.top1_agreement <= 1.0
     logits = np.asarray(compacted(x_test))
@@ -264,6 +266,8 @@ def test_refuses_sparse_int8_litert_because_its_default_delegate_cannot_run_it(s
     ({"min_agreement": 1.5}, ValueError, "`min_agreement`"),
     ({"int8": True}, ValueError, "needs `representative_data=`"),
     ({"int8": True, "path": "m.onnx"}, ValueError, "needs `representative_data=`"),
+    ({"check": [np.zeros((3, FEATURES)), np.zeros((4, FEATURES))]}, ValueError,
+     r"`check`: its arrays must all have the same number of samples. Received sizes \[3, 4\]"),
 ])
 def test_bad_arguments_are_refused_at_the_call(shrunk, tmp_path, kwargs, error, match):
     kwargs = {"path": tmp_path / "m.tflite", **kwargs}
