@@ -59,26 +59,25 @@ def prune(
     calibration_data=None,
     ranking: str = "global",
 ) -> PruneResult:
-    """Sets the smallest-magnitude weights (or whole units) to exact zeros,
-    without training.
+    """Sets the lowest-scoring weights (or whole units, or all but N of
+    every M inputs) to exact zeros at once, without training.
 
-    Give exactly one of `threshold` (entries, or units, with magnitude
-    `<= threshold` become 0) or `sparsity` (the fraction of the selected
+    Give exactly one of `threshold` (entries, or units, scored `<=
+    threshold` become 0) or `sparsity` (the fraction of the selected
     entries, or units, taken together, to zero: one global threshold, so
-    layers with many small weights lose more of them).
+    layers with many small weights lose more of them); with an `"N:M"`
+    granularity, neither cuts the full pattern.
 
     With `granularity="unit"`, a unit is an output unit of a `Dense` layer,
     a filter of a convolution, an output channel of a depthwise convolution
     (see `keras_regkit.pruning.units`): the slice of the kernel that
-    computes it.
-    Its magnitude is the mean square of that slice relative to its layer:
-    divided by the mean over the layer's units (dead ones included). Layers
-    of different fan-in and scale then compare fairly, and `threshold=0.5`
-    means "units below half their layer's average". The shrink ranks units
-    the same way. The layers that
-    produce the model's outputs are left whole (their units are the
-    outputs). Dead units can then be removed with
-    `keras_regkit.compact`.
+    computes it. Its score is the mean square of that slice relative to its
+    layer: divided by the mean over the layer's units (dead ones included).
+    Layers of different fan-in and scale then compare fairly, and
+    `threshold=0.5` means "units below half their layer's average"; the
+    shrink ranks units the same way. The layers that produce the model's
+    outputs are left whole (their units are the outputs). Dead units can
+    then be removed with `keras_regkit.compact`.
 
     Args:
         model: The model to change, in place.
