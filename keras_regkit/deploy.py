@@ -26,9 +26,10 @@ Keras 3 has the pieces (`model.export(path, format="litert" | "onnx")`,
   dense one. LiteRT: the converter's `EXPERIMENTAL_SPARSITY` optimization
   (passed through `model.export`'s converter arguments) stores such weights
   sparse and adds a `DENSIFY` op; ONNX: weights for which it is smaller are
-  moved to the graph's `sparse_initializer` (COO, int64 indices). Both
-  runtimes expand them to dense when the file is loaded: the file is
-  smaller, the memory and the arithmetic are not.
+  moved to the graph's `sparse_initializer` (COO, int64 indices). ONNX
+  Runtime expands them to dense when the session is created, and LiteRT
+  all but the weights its sparse `FULLY_CONNECTED` kernel reads in 1x4
+  blocks: the file is smaller, the memory and the arithmetic mostly not.
 - **The check** (`check=x`): the file is loaded in the deployment runtime
   (`ai_edge_litert`'s interpreter, `onnxruntime`) and its outputs compared
   with the Keras model's.
