@@ -14,6 +14,7 @@ from keras_regkit.pruning import prune, release_zeros
 from keras_regkit.pruning.units import dead_units
 from keras_regkit.shrinking import shrink
 from keras_regkit.compacting.rebuild import compact
+from keras_regkit.deploy import export
 from keras_regkit.saving import custom_objects
 from keras_regkit.search import search_strength
 from keras_regkit.stats import sparsity_report
@@ -31,6 +32,7 @@ __all__ = [
     "compact",
     "custom_objects",
     "dead_units",
+    "export",
     "iter_weights",
     "prune",
     "reapply_regularizers",

@@ -3,6 +3,8 @@
     keras-regkit demo [--dataset digits|mnist1d] [--quick] [--epochs N] [--plot FILE.png]
     keras-regkit inspect PATH.keras [--json] [--plot FILE.png] [--all-weights]
     keras-regkit search [--dataset digits|mnist1d] [--penalty l1|...] [--quick] [--directory DIR] [--plot FILE.png]
+    keras-regkit export PATH.keras OUT.tflite|OUT.onnx [--int8 [dynamic]] [--sparse] [--check X.npy]
+                        [--representative X.npy]
 """
 
 from __future__ import annotations
@@ -34,15 +36,11 @@ def inspect(args) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import json
 
-    import keras
+    import keras_regkit as rk  # registers its classes before the load
 
-    import keras_regkit as rk
-
-    try:
-        model = keras.saving.load_model(args.path, compile=False)
-    except Exception as error:  # any failure to load is the user's file's
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return _fail(f"inspect: cannot load {args.path!r} as a Keras model: {message}")
+    model = _load_model(args.path, "inspect")
+    if model is None:
+        return 1
     weights = "all" if args.all_weights else "kernel"
     try:  # a model saved before it was built has no weights: said, not a traceback
         if not args.all_weights and not any(True for _ in rk.iter_weights(model, "kernel")):
@@ -122,6 +120,32 @@ def search(args) -> int:
     return 0
 
 
+def export_file(args) -> int:
+    """`keras_regkit.export` from the shell: inputs as .npy (one array) or
+    .npz (arrays named by the model's inputs)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import numpy as np
+
+    import keras_regkit as rk  # registers its classes before the load
+
+    model = _load_model(args.path, "export")
+    if model is None:
+        return 1
+    try:
+        inputs = {}
+        for name in ("check", "representative"):
+            path = getattr(args, name)
+            if path is not None:
+                loaded = np.load(path)
+                inputs[name] = dict(loaded) if isinstance(loaded, np.lib.npyio.NpzFile) else loaded
+        result = rk.export(model, args.out, int8=args.int8, sparse=args.sparse, check=inputs.get("check"),
+                           representative_data=inputs.get("representative"))
+    except (ImportError, OSError, TypeError, ValueError) as error:  # ExportCheckError is a ValueError
+        return _fail(f"export: {error}")
+    print(result)
+    return 0
+
+
 def _plot_histograms(model, weights, path):
     try:
         import matplotlib
@@ -158,6 +182,18 @@ def _plot_histograms(model, weights, path):
     except OSError as error:
         raise SystemExit(f"keras-regkit inspect: cannot write plot {path!r}: {error}") from None
     print(f"wrote {path}")
+
+
+def _load_model(path, command):
+    """The model saved at `path`, or None after a one-line error."""
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # any failure to load is the user's file's
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        _fail(f"{command}: cannot load {path!r} as a Keras model: {message}")
+        return None
 
 
 def _fail(message) -> int:
@@ -200,6 +236,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     search_parser.add_argument("--json", action="store_true", help="machine-readable output")
     search_parser.add_argument("--quick", action="store_true", help="a tiny search, for a smoke test")
     search_parser.add_argument("--no-progress", action="store_true", help="no per-trial output")
+    export_parser = commands.add_parser("export", help="a LiteRT or ONNX file, checked in its runtime")
+    export_parser.add_argument("path", help="a .keras file")
+    export_parser.add_argument("out", help="the file to write: .tflite (LiteRT) or .onnx (ONNX Runtime)")
+    export_parser.add_argument("--int8", nargs="?", const=True, default=False, choices=["dynamic"],
+                               help="int8 weights and activations (calibrated on inputs); "
+                                    "--int8 dynamic: int8 weights, no calibration")
+    export_parser.add_argument("--sparse", action="store_true", help="store mostly-zero weights sparse")
+    export_parser.add_argument("--check", metavar="X.npy", help="compare the runtime's outputs with Keras' on these")
+    export_parser.add_argument("--representative", metavar="X.npy",
+                               help="int8 calibration inputs (default: --check's)")
     return parser.parse_args(argv)
 
 
@@ -209,7 +255,7 @@ def main(argv=None) -> int:
     if plot and not os.path.isdir(os.path.dirname(os.path.abspath(plot))):
         # Before the work: a demo or search would otherwise train for minutes first.
         return _fail(f"{args.command}: cannot write plot {plot!r}: its directory does not exist")
-    return {"demo": demo, "inspect": inspect, "search": search}[args.command](args)
+    return {"demo": demo, "inspect": inspect, "search": search, "export": export_file}[args.command](args)
 
 
 def _positive_int(text):

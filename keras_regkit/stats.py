@@ -21,6 +21,7 @@ from keras import ops
 
 from keras_regkit import _validate
 from keras_regkit import weights as weights_lib
+from keras_regkit.pruning import cut as cut_lib
 from keras_regkit.pruning import units as units_lib
 
 # Counts are summed as int32 and shipped in float32, which is exact only below
@@ -42,6 +43,9 @@ class LayerStats:
         l2: `sqrt(sum(w ** 2))` over finite entries.
         nonfinite: NaN and inf entries.
         regularizer: The attached regularizer's repr, or `None`.
+        pattern_ok: With a `pattern` asked for (e.g. `"2:4"`), whether the
+            weight has at most N non-zeros in every group of M inputs; None
+            when not asked for, or for a weight without an input axis.
 
     Example:
 
@@ -59,6 +63,7 @@ class LayerStats:
     l2: float
     nonfinite: int
     regularizer: str | None = None
+    pattern_ok: bool | None = None
 
     @property
     def sparsity(self) -> float:
@@ -81,6 +86,8 @@ class WeightStats:
         relative: If False (default), near-zero means `|w| <= threshold`. If
             True, `|w| <= threshold * rms(w)` with the RMS of that weight, so
             layers of different scales compare fairly.
+        pattern: Optional `"N:M"` (e.g. `"2:4"`) whose layout each kernel's
+            `pattern_ok` reports.
 
     Raises:
         TypeError, ValueError: For an unknown weight kind, a bad threshold
@@ -94,9 +101,14 @@ class WeightStats:
         weights: Union[str, Sequence[str]] = "kernel",
         threshold: float = 1e-3,
         relative: bool = False,
+        pattern: str | None = None,
     ):
         self.threshold = _validate.real("threshold", threshold)
         self.relative = _validate.boolean("relative", relative)
+        if pattern is not None and cut_lib.pattern(pattern) is None:
+            raise ValueError(f"Invalid value for argument `pattern`: expected 'N:M' (e.g. '2:4'). "
+                             f"Received: pattern={pattern!r}")
+        self.pattern = pattern
         self.refs = list(weights_lib.iter_weights(model, weights))
         if not self.refs:
             weights_lib.check_built(model)
@@ -134,6 +146,12 @@ class WeightStats:
         rows = [_host_row(w, self.threshold, self.relative) for w in _host_arrays(values)]
         return self._layer_stats(rows)
 
+    def _pattern_ok(self, ref) -> bool | None:
+        axis = None if self.pattern is None else units_lib.input_axis(ref.layer, ref.variable)
+        if axis is None:
+            return None
+        return cut_lib.satisfies(np.asarray(ops.convert_to_numpy(ref.variable.value)), axis, self.pattern)
+
     def _layer_stats(self, rows) -> list[LayerStats]:
         out = []
         for ref, (zeros, near_zero, l1, l2sq, nonfinite) in zip(self.refs, rows):
@@ -148,13 +166,16 @@ class WeightStats:
                     l2=math.sqrt(l2sq),
                     nonfinite=nonfinite,
                     regularizer=None if regularizer is None else repr(regularizer),
+                    pattern_ok=self._pattern_ok(ref),
                 )
             )
         return out
 
 
 def total(layers: Sequence[LayerStats]) -> LayerStats:
-    """The whole-model row: counts and L1 add up, L2 combines in quadrature."""
+    """The whole-model row: counts and L1 add up, L2 combines in quadrature,
+    the pattern holds if it holds for every weight it applies to."""
+    patterns = [s.pattern_ok for s in layers if s.pattern_ok is not None]
     return LayerStats(
         name="total",
         params=sum(s.params for s in layers),
@@ -163,6 +184,7 @@ def total(layers: Sequence[LayerStats]) -> LayerStats:
         l1=sum(s.l1 for s in layers),
         l2=math.sqrt(sum(s.l2**2 for s in layers)),
         nonfinite=sum(s.nonfinite for s in layers),
+        pattern_ok=all(patterns) if patterns else None,
     )
 
 
@@ -289,6 +311,7 @@ class SparsityReport:
         total: The whole-model `LayerStats`.
         threshold: The near-zero threshold used.
         relative: Whether the threshold was relative to each weight's RMS.
+        pattern: The `"N:M"` checked (a column of the table), or None.
         dropped_inputs: Feature selection: for each model input read only by
             `Dense` layers, `(dropped, features)`: the indices (last axis) of
             the input features whose every outgoing weight is exactly 0, and
@@ -311,11 +334,13 @@ class SparsityReport:
     total: LayerStats
     threshold: float
     relative: bool
+    pattern: str | None = None
     dropped_inputs: dict[str, tuple[list[int], int]] | None = None
 
     @classmethod
-    def from_layers(cls, layers: Sequence[LayerStats], threshold: float, relative: bool, dropped_inputs=None):
-        return cls(list(layers), total(layers), float(threshold), bool(relative), dropped_inputs)
+    def from_layers(cls, layers: Sequence[LayerStats], threshold: float, relative: bool, pattern=None,
+                    dropped_inputs=None):
+        return cls(list(layers), total(layers), float(threshold), bool(relative), pattern, dropped_inputs)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (used by `keras-regkit inspect --json`)."""
@@ -326,6 +351,7 @@ class SparsityReport:
         return {
             "threshold": self.threshold,
             "relative": self.relative,
+            "pattern": self.pattern,
             "layers": [row(s) for s in self.layers],
             "total": row(self.total),
             "dropped_inputs": None if self.dropped_inputs is None else {
@@ -350,8 +376,13 @@ class SparsityReport:
             )
             for s in [*self.layers, self.total]
         ]
+        if self.pattern is not None:  # one more column: does each weight satisfy it?
+            header = header + (self.pattern,)
+            marks = {True: "yes", False: "no", None: "-"}
+            rows = [row + (marks[s.pattern_ok],) for row, s in zip(rows, [*self.layers, self.total])]
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) if i in (0, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in [header, *rows]]
+        lines = ["  ".join(c.ljust(w) if i in (0, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+                 for r in [header, *rows]]
         lines.insert(1, "-" * len(lines[0]))
         lines.insert(len(lines) - 1, "-" * len(lines[0]))
         for name, (dropped, features) in (self.dropped_inputs or {}).items():
@@ -367,6 +398,7 @@ def sparsity_report(
     weights: Union[str, Sequence[str]] = "kernel",
     threshold: float = 1e-3,
     relative: bool = False,
+    pattern: str | None = None,
 ) -> SparsityReport:
     """Per-layer parameters, zeros, near-zeros, norms and regularizers.
 
@@ -377,6 +409,9 @@ def sparsity_report(
         threshold: Near-zero threshold. Defaults to 1e-3.
         relative: Whether `threshold` is relative to each weight's RMS.
             Defaults to False (absolute).
+        pattern: Optional `"N:M"` (e.g. `"2:4"`): each kernel's
+            `pattern_ok` says whether it has at most N non-zeros in every
+            group of M inputs (see `prune(granularity=...)`).
 
     Returns:
         A `SparsityReport`; `print(report)` shows a table (and, per model
@@ -397,5 +432,5 @@ def sparsity_report(
     >>> rk.sparsity_report(model).total.sparsity
     1.0
     """
-    layers = WeightStats(model, weights, threshold, relative).compute()
-    return SparsityReport.from_layers(layers, threshold, relative, units_lib.dropped_inputs(model))
+    layers = WeightStats(model, weights, threshold, relative, pattern).compute()
+    return SparsityReport.from_layers(layers, threshold, relative, pattern, units_lib.dropped_inputs(model))

@@ -7,7 +7,16 @@ import pytest
 import keras_regkit as rk
 from keras_regkit.regularizers import L1, L2
 
-from conftest import tiny_data, tiny_mlp
+from conftest import (
+    assert_refused_and_unchanged,
+    model_under_test,
+    right_checks,
+    row,
+    run_with_fixtures,
+    tiny_data,
+    tiny_mlp,
+    unbuilt,
+)
 
 
 def nested_model():
@@ -340,3 +349,80 @@ def test_another_penalty_on_part_of_an_attention_layer_is_not_overridden_by_its_
     rk.reapply_regularizers(reloaded, attached.to_json())
     kinds = {ref.path: type(ref.regularizer).__name__ for ref in rk.iter_weights(reloaded, "kernel")}
     assert kinds == {"mha/query": "L1", "mha/key": "L2", "mha/value": "L2", "mha/attention_output": "L2"}
+
+
+# -- bad and unusual input: the tables' helpers are in conftest -----------------
+
+BAD_INPUT = [
+    # A model that is not built has no weights: say so, don't blame the selector.
+    row("apply-unbuilt", lambda m: rk.apply_regularizers(unbuilt(), {"*": L1(0.1)}), ValueError, "build the model first"),
+    row("remove-unbuilt", lambda m: rk.remove_regularizers(unbuilt()), ValueError, "build the model first"),
+    row("reapply-unbuilt", lambda m: rk.reapply_regularizers(
+        unbuilt(), rk.apply_regularizers(tiny_mlp(), {"*": L1(0.1)}).to_json()), ValueError, "build the model first"),
+    # Callable selectors must answer True or False.
+    row("selector-returns-array", lambda m: rk.apply_regularizers(m, {lambda layer: np.array([True, False]): L1(0.1)}),
+     TypeError, "must return True or False"),
+    row("selector-returns-none", lambda m: rk.remove_regularizers(m, layers=lambda layer: None),
+     TypeError, "must return True or False"),
+    row("selector-none-key", lambda m: rk.apply_regularizers(m, {None: L1(0.1)}), TypeError, "selector"),
+    row("selector-not-callable", lambda m: rk.apply_regularizers(m, {3: L1(0.1)}), TypeError, "selector"),
+    row("selector-matches-nothing", lambda m: rk.apply_regularizers(m, {"nomatch*": L1(0.1)}), ValueError, "hidden0"),
+    # Weight kinds.
+    row("apply-weights-int", lambda m: rk.apply_regularizers(m, {"*": L1(0.1)}, weights=5), ValueError, "weights"),
+    # Not a model.
+    row("apply-model-none", lambda m: rk.apply_regularizers(None, {"*": L1(0.1)}), TypeError, "model"),
+    # apply_regularizers: all or nothing.
+    row("apply-not-dict", lambda m: rk.apply_regularizers(m, L1(0.1)), TypeError, "regularizers"),
+    row("apply-str-regularizer", lambda m: rk.apply_regularizers(m, {"*": "l1"}), TypeError, "'*'"),
+    row("apply-second-entry-bad", lambda m: rk.apply_regularizers(m, {"out": L1(0.1), "hidden0": "l1"}),
+     TypeError, "hidden0"),
+    row("apply-allow_unsaved-str", lambda m: rk.apply_regularizers(m, {"*": L1(0.1)}, allow_unsaved="no"),
+        TypeError, "allow_unsaved"),
+    row("remove-allow_unsaved-str", lambda m: rk.remove_regularizers(m, allow_unsaved="yes"), TypeError,
+        "allow_unsaved"),
+    row("reapply-not-json", lambda m: rk.reapply_regularizers(m, "not json"), ValueError, "attachment_json"),
+    row("reapply-other-model", lambda m: rk.reapply_regularizers(
+        keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="x")]),
+        rk.apply_regularizers(tiny_mlp(), {"*": L1(0.1)}).to_json()), ValueError, "has no weights"),
+]
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("call, error, fragment, prepare", BAD_INPUT)
+def test_bad_input_raises_and_leaves_the_model_unchanged(call, error, fragment, prepare):
+    assert_refused_and_unchanged(call, error, fragment, prepare)
+
+
+def right_selector_returning_numpy_bool_selects():
+    model = model_under_test()
+    attached = rk.apply_regularizers(model, {lambda layer: np.bool_(layer.name == "out"): L1(0.1)})
+    assert [ref.path for ref in attached.refs] == ["out"]
+
+
+def right_built_after_the_message_works():
+    model = unbuilt()
+    model(np.ones((1, 3), "float32"))  # what the message says to do
+    assert [ref.path for ref in rk.apply_regularizers(model, {"d": L1(0.1)}).refs] == ["d"]
+    assert rk.dead_units(model) == {"d": (0, 4), model.layers[1].name: (0, 2)}
+
+
+def right_frozen_layer_penalty_warns():
+    # Keras adds no penalty for a frozen layer: attaching one must say so.
+    model = model_under_test()
+    model.get_layer("out").trainable = False
+    with pytest.warns(UserWarning, match="frozen"):
+        attached = rk.apply_regularizers(model, {"out": L1(0.1)})
+    assert [ref.path for ref in attached.refs] == ["out"]
+
+
+RIGHT = right_checks(
+    right_selector_returning_numpy_bool_selects,
+    right_built_after_the_message_works,
+    right_frozen_layer_penalty_warns,
+)
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("check", RIGHT)
+def test_unusual_input_gives_the_right_result(check, request):
+    run_with_fixtures(check, request)

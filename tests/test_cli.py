@@ -1,11 +1,15 @@
+import json
 import re
 import subprocess
 import sys
 import tempfile
+import warnings
 
 import pytest
 
 from keras_regkit import cli
+
+from conftest import nan_inf_kernel_model, right_checks, run_with_fixtures, unbuilt
 
 
 @pytest.mark.slow  # trains every method of the demo
@@ -145,3 +149,40 @@ def test_inspect_lists_the_dropped_input_features(tmp_path, capsys):
     assert "input 'x': 2 of 5 features dropped (no weight reads them): [0, 2]" in capsys.readouterr().out
     assert cli.main(["inspect", path, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["dropped_inputs"] == {"x": {"dropped": [0, 2], "features": 5}}
+
+
+# -- bad and unusual input: the tables' helpers are in conftest -----------------
+
+def right_cli_inspect_counts_nan_as_nonfinite(tmp_path, capsys):
+    path = str(tmp_path / "m.keras")
+    nan_inf_kernel_model().save(path)
+    assert cli.main(["inspect", path, "--json"]) == 0
+    total = json.loads(capsys.readouterr().out)["total"]
+    assert (total["zeros"], total["nonfinite"], total["sparsity"]) == (0, 2, 0.0)
+
+
+def right_cli_refuses_a_plot_it_cannot_write_before_any_work(capsys):
+    assert cli.main(["demo", "--quick", "--plot", "/no/such/dir/p.png"]) == 1
+    assert "cannot write plot '/no/such/dir/p.png'" in capsys.readouterr().err
+
+
+def right_cli_inspect_of_an_unbuilt_model_says_build_it(tmp_path, capsys):
+    path = str(tmp_path / "unbuilt.keras")
+    with warnings.catch_warnings():  # Keras' own "not yet been built": the point here
+        warnings.simplefilter("ignore")
+        unbuilt().save(path)
+    assert cli.main(["inspect", path]) == 1
+    assert "build the model first" in capsys.readouterr().err
+
+
+RIGHT = right_checks(
+    right_cli_inspect_counts_nan_as_nonfinite,
+    right_cli_refuses_a_plot_it_cannot_write_before_any_work,
+    right_cli_inspect_of_an_unbuilt_model_says_build_it,
+)
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("check", RIGHT)
+def test_unusual_input_gives_the_right_result(check, request):
+    run_with_fixtures(check, request)

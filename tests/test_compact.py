@@ -10,6 +10,8 @@ import pytest
 
 import keras_regkit as rk
 
+from conftest import SubclassedModel, assert_refused_and_unchanged, row, unbuilt
+
 L = keras.layers
 
 
@@ -411,22 +413,13 @@ def test_compacted_model_saves_and_reloads_without_keras_regkit(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-5)
 
 
-class _Subclassed(keras.Model):
-    def __init__(self):
-        super().__init__()
-        self.dense = L.Dense(2)
-
-    def call(self, x):
-        return self.dense(x)
-
-
 @pytest.mark.parametrize(
     "model, error, match",
     [
         ("model.keras", TypeError, r"argument `model`.*Received: model='model.keras' of type str"),
         (L.Dense(2), TypeError, r"expected a built keras.Model.*of type Dense"),
         (lambda: keras.Sequential([L.Dense(2)]), ValueError, r"no known input shape"),
-        (lambda: _Subclassed(), ValueError, r"subclassed models"),
+        (lambda: SubclassedModel(), ValueError, r"subclassed models"),
     ],
     ids=["string", "layer", "unbuilt_sequential", "subclassed"],
 )
@@ -440,3 +433,21 @@ def test_dead_units_of_a_non_layer_is_a_type_error():
     with pytest.raises(TypeError, match=r"argument `model`.*Received: model=3 of type int"):
         rk.dead_units(3)
 
+
+
+# -- bad and unusual input: the tables' helpers are in conftest -----------------
+
+BAD_INPUT = [
+    # A model that is not built has no weights: say so, don't blame the selector.
+    row("compact-unbuilt", lambda m: rk.compact(unbuilt()), ValueError, "keras.Input"),
+    # Not a model.
+    row("compact-model-str", lambda m: rk.compact("m"), TypeError, "model"),
+    row("compact-custom_objects-list", lambda m: rk.compact(m, custom_objects=[rk.regularizers.L1]), TypeError, "custom_objects"),
+    row("compact-subclassed", lambda m: rk.compact(SubclassedModel()), ValueError, "model"),
+]
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("call, error, fragment, prepare", BAD_INPUT)
+def test_bad_input_raises_and_leaves_the_model_unchanged(call, error, fragment, prepare):
+    assert_refused_and_unchanged(call, error, fragment, prepare)

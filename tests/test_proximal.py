@@ -12,7 +12,7 @@ from keras_regkit import _optimizer_slots as optimizer_slots
 from keras_regkit import proximal
 from keras_regkit import regularizers as R
 
-from conftest import assert_round_trip
+from conftest import assert_refused_and_unchanged, assert_round_trip, row
 
 BACKEND = keras.backend.backend()
 RNG = np.random.default_rng(0)
@@ -314,7 +314,7 @@ def test_the_callback_does_not_warn_when_bound_and_warns_when_there_is_nothing_t
 
 def test_penalties_without_a_proximal_step_refuse_one():
     # The other bad input (proximal="yes", an unsupported optimizer, ...) is
-    # in test_bad_input.py's table, with the model checked unchanged.
+    # in BAD_INPUT below, with the model checked unchanged.
     with pytest.raises(TypeError, match="unexpected keyword argument 'proximal'"):
         R.L2(0.1, proximal=True)
     with pytest.raises(ValueError, match="L2 has no proximal step"):
@@ -378,3 +378,29 @@ def test_the_fused_tensorflow_step_matches_the_plain_one(regularizer, monkeypatc
     np.testing.assert_allclose(fused, plain, rtol=1e-6, atol=1e-8)
     np.testing.assert_array_equal(fused == 0, plain == 0)
     assert (fused == 0).any()
+
+
+# -- bad input: refused at the call, before any constraint is set -----------
+
+BAD_INPUT = [
+    row("l1-proximal-str", lambda m: R.L1(0.1, proximal="yes"), TypeError, "proximal"),
+    row("grouplasso-proximal-none", lambda m: R.GroupLasso(0.1, proximal=None), TypeError, "proximal"),
+    row("bind-proximal-uncompiled", lambda m: rk.bind_proximal(m), ValueError, "optimizer=None",
+        prepare=lambda m: rk.apply_regularizers(m, {"out": R.L1(0.1, proximal=True)})),
+    row("bind-proximal-nadam", lambda m: rk.bind_proximal(m, keras.optimizers.Nadam()), ValueError,
+        "optimizer=Nadam", prepare=lambda m: rk.apply_regularizers(m, {"out": R.L1(0.1, proximal=True)})),
+    row("bind-proximal-accumulation",
+        lambda m: rk.bind_proximal(m, keras.optimizers.SGD(gradient_accumulation_steps=2)), ValueError,
+        "gradient_accumulation_steps=2",
+        prepare=lambda m: rk.apply_regularizers(m, {"out": R.L1(0.1, proximal=True)})),
+    # The second layer's axis is wrong: the first gets no constraint either.
+    row("bind-proximal-grouplasso-axis", lambda m: rk.bind_proximal(m, keras.optimizers.SGD()), ValueError,
+        "axis=5", prepare=lambda m: rk.apply_regularizers(m, {"hidden0": R.L1(0.1, proximal=True),
+                                                             "out": R.GroupLasso(0.1, axis=5, proximal=True)})),
+]
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("call, error, fragment, prepare", BAD_INPUT)
+def test_bad_input_raises_and_leaves_the_model_unchanged(call, error, fragment, prepare):
+    assert_refused_and_unchanged(call, error, fragment, prepare)

@@ -9,7 +9,7 @@ from keras_regkit.pruning import scores as scores_lib
 from keras_regkit.pruning.scores import Curvature, Magnitude
 from keras_regkit.pruning.units import output_layers
 
-from conftest import tiny_data, tiny_mlp
+from conftest import assert_refused_and_unchanged, right_checks, row, run_with_fixtures, tiny_data, tiny_mlp, unbuilt
 
 
 def kernels(model):
@@ -175,7 +175,7 @@ def test_unit_granularity_rejects_what_it_cannot_do():
         rk.prune(model, sparsity=0.5, weights="bias", granularity="unit")
     with pytest.raises(ValueError, match=r"all produce model outputs \(\['out'\]\)"):
         rk.prune(model, sparsity=0.5, layers="out", granularity="unit")
-    with pytest.raises(ValueError, match=r"argument `granularity`.*\['weight', 'unit'\].*'filter'"):
+    with pytest.raises(ValueError, match=r"argument `granularity`.*'weight', 'unit' or 'N:M'.*'filter'"):
         rk.prune(model, sparsity=0.5, granularity="filter")
 
     class Subclassed(keras.Model):
@@ -362,3 +362,66 @@ def test_held_zeros_stay_zero_through_training_and_a_new_hold_replaces_the_mask(
     hold_lib.hold_zeros(model, [kernel])
     model.fit(x, y, epochs=1, verbose=0)
     assert ((keras.ops.convert_to_numpy(kernel) == 0) == first).all()
+
+
+# -- bad and unusual input: the tables' helpers are in conftest -----------------
+
+def with_nonfinite(model):
+    kernel = keras.ops.convert_to_numpy(model.get_layer("hidden0").kernel).copy()
+    kernel[0, :2] = [np.nan, np.inf]
+    model.get_layer("hidden0").kernel.assign(kernel)
+    return model
+
+
+BAD_INPUT = [
+    # Booleans: a string is truthy, so "no" and "False" would mean True.
+    row("prune-hold-str", lambda m: rk.prune(m, sparsity=0.5, hold="no"), TypeError, "hold"),
+    row("prune-hold-none", lambda m: rk.prune(m, threshold=0.1, hold=None), TypeError, "hold"),
+    # A model that is not built has no weights: say so, don't blame the selector.
+    row("prune-unbuilt", lambda m: rk.prune(unbuilt(), sparsity=0.5), ValueError, "build the model first"),
+    row("dead_units-unbuilt", lambda m: rk.dead_units(unbuilt()), ValueError, "build the model first"),
+    # Callable selectors must answer True or False.
+    row("selector-returns-str", lambda m: rk.prune(m, sparsity=0.5, layers=lambda layer: layer.name),
+     TypeError, "must return True or False"),
+    row("selector-list", lambda m: rk.prune(m, sparsity=0.5, layers=["hidden0"]), TypeError, "selector"),
+    # Weight kinds.
+    row("prune-weights-mixed", lambda m: rk.prune(m, sparsity=0.5, weights=["kernel", 3]), ValueError, "weights"),
+    # Not a model.
+    row("prune-model-list", lambda m: rk.prune(m.layers, sparsity=0.5), TypeError, "model"),
+    row("release-model-none", lambda m: rk.release_zeros(None), TypeError, "model"),
+    row("dead_units-model-str", lambda m: rk.dead_units("m"), TypeError, "model"),
+    # Threshold, sparsity and granularity.
+    row("prune-neither", lambda m: rk.prune(m), ValueError, "threshold"),
+    row("prune-both", lambda m: rk.prune(m, threshold=0.1, sparsity=0.5), ValueError, "sparsity"),
+    row("prune-sparsity-above-1", lambda m: rk.prune(m, sparsity=1.5), ValueError, "sparsity"),
+    row("prune-threshold-nan", lambda m: rk.prune(m, threshold=float("nan")), ValueError, "threshold"),
+    row("prune-threshold-str", lambda m: rk.prune(m, threshold="0.1"), TypeError, "threshold"),
+    row("prune-granularity-typo", lambda m: rk.prune(m, sparsity=0.5, granularity="units"), ValueError, "granularity"),
+    row("prune-nonfinite-sparsity", lambda m: rk.prune(m, sparsity=0.5), ValueError, "NaN or inf",
+        prepare=with_nonfinite),
+    row("prune-nonfinite-threshold", lambda m: rk.prune(m, threshold=0.1), ValueError, "hidden0",
+        prepare=with_nonfinite),
+    # HoldZeros.
+    row("holdzeros-variable-array", lambda m: rk.pruning.HoldZeros(np.zeros(3)), TypeError, "variable"),
+    row("holdzeros-inner-str", lambda m: rk.pruning.HoldZeros(m.get_layer("out").kernel, inner="non_neg"), TypeError,
+        "inner"),
+]
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("call, error, fragment, prepare", BAD_INPUT)
+def test_bad_input_raises_and_leaves_the_model_unchanged(call, error, fragment, prepare):
+    assert_refused_and_unchanged(call, error, fragment, prepare)
+
+
+def right_release_zeros_on_unbuilt_model_releases_nothing():
+    assert rk.release_zeros(unbuilt()) == 0
+
+
+RIGHT = right_checks(right_release_zeros_on_unbuilt_model_releases_nothing)
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("check", RIGHT)
+def test_unusual_input_gives_the_right_result(check, request):
+    run_with_fixtures(check, request)

@@ -10,7 +10,15 @@ from keras_regkit import _penalty_math as penalty_math
 from keras_regkit import regularizers as R
 from keras_regkit.schedules import DelayedRamp
 
-from conftest import assert_round_trip, value_and_grad
+from conftest import (
+    SERIALIZABLE_SCHEDULE,
+    assert_refused_and_unchanged,
+    assert_round_trip,
+    right_checks,
+    row,
+    run_with_fixtures,
+    value_and_grad,
+)
 
 RNG = np.random.default_rng(0)
 DEFAULT_FUSED_FROM = penalty_math.FUSED_FROM
@@ -522,3 +530,74 @@ def test_a_schedule_that_goes_negative_switches_the_penalty_off(cls):
     reg.set_step(20)
     assert reg.current_strengths()["alpha"] == pytest.approx(0.06)
     assert float(value_and_grad(reg, W)[0]) > 0
+
+
+# -- bad and unusual input: the tables' helpers are in conftest -----------------
+
+def unregistered_fn(x):
+    return 0.0 * keras.ops.sum(x)
+
+
+@keras.saving.register_keras_serializable(package="test_regularizers")
+def registered_fn(x):
+    return 0.0 * keras.ops.sum(x)
+
+
+BAD_INPUT = [
+    # Combined: every part must survive save and reload.
+    row("combined-lambda", lambda m: R.Combined([R.L1(0.1), lambda x: 0.0 * keras.ops.sum(x)]), TypeError, "regularizers"),
+    row("combined-unregistered-fn", lambda m: R.Combined([R.L1(0.1), unregistered_fn]), TypeError, "item 1"),
+    row("combined-config-missing-key", lambda m: R.Combined.from_config({}), ValueError, "regularizers"),
+    row("combined-empty", lambda m: R.Combined([]), TypeError, "regularizers"),
+    row("combined-not-list", lambda m: R.Combined(R.L1(0.1)), TypeError, "regularizers"),
+    row("combined-not-callable", lambda m: R.Combined([R.L1(0.1), 0.5]), TypeError, "regularizers"),
+    # Strengths and schedules.
+    row("l1-negative", lambda m: R.L1(-0.1), ValueError, "alpha"),
+    row("l1-nan", lambda m: R.L1(float("nan")), ValueError, "alpha"),
+    row("l1-str", lambda m: R.L1("0.1"), TypeError, "alpha"),
+    row("l1-bool", lambda m: R.L1(True), TypeError, "alpha"),
+    row("l1-step-negative", lambda m: R.L1(SERIALIZABLE_SCHEDULE, step=-1), ValueError, "step"),
+    row("l1-step-float", lambda m: R.L1(SERIALIZABLE_SCHEDULE, step=1.5), TypeError, "step"),
+    row("elasticnet-l2-negative", lambda m: R.ElasticNet(0.1, -1.0), ValueError, "l2"),
+    row("expabs-scale-zero", lambda m: R.ExpAbs(0.1, scale=0.0), ValueError, "scale"),
+    row("expabs-scale-tiny", lambda m: R.ExpAbs(0.1, scale=1e-39), ValueError, "scale"),  # was a NaN penalty
+    row("expabs-scale-huge", lambda m: R.ExpAbs(0.1, scale=1e300), ValueError, "scale"),  # was no penalty
+    row("expabs-scale-str", lambda m: R.ExpAbs(0.1, scale="1"), TypeError, "scale"),
+    row("grouplasso-axis-float", lambda m: R.GroupLasso(0.1, axis=1.0), TypeError, "axis"),
+]
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("call, error, fragment, prepare", BAD_INPUT)
+def test_bad_input_raises_and_leaves_the_model_unchanged(call, error, fragment, prepare):
+    assert_refused_and_unchanged(call, error, fragment, prepare)
+
+
+def right_negative_schedule_switches_the_penalty_off():
+    # PolynomialDecay(0.1, 100, -0.1) crosses 0 at step 50: clipped there, never a reward.
+    schedule = keras.optimizers.schedules.PolynomialDecay(0.1, 100, -0.1)
+    ones = keras.ops.ones((2, 2))
+    assert float(R.L1(schedule, step=25)(ones)) == pytest.approx(0.2)
+    for step in (50, 75, 100, 1000):
+        regularizer = R.L1(schedule, step=step)
+        assert regularizer.current_strengths() == {"alpha": 0.0}
+        assert float(regularizer(ones)) == 0.0
+
+
+def right_combined_of_serializable_parts_round_trips():
+    combined = R.Combined([R.L1(SERIALIZABLE_SCHEDULE), keras.regularizers.L2(0.1), registered_fn])
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(combined))
+    w = keras.ops.ones((2, 2))
+    assert float(again(w)) == pytest.approx(float(combined(w)))
+
+
+RIGHT = right_checks(
+    right_negative_schedule_switches_the_penalty_off,
+    right_combined_of_serializable_parts_round_trips,
+)
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("check", RIGHT)
+def test_unusual_input_gives_the_right_result(check, request):
+    run_with_fixtures(check, request)

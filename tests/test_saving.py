@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import keras_regkit as rk
-from keras_regkit.regularizers import L1, L2, ElasticNet, ExpAbs
+from keras_regkit.regularizers import L1, L2, Combined, ElasticNet, ExpAbs
 from keras_regkit.schedules import DelayedRamp
 
-from conftest import tiny_data
+from conftest import SERIALIZABLE_SCHEDULE, right_checks, run_with_fixtures, tiny_data, tiny_mlp
 
 BACKEND = keras.backend.backend()
 # JAX moves schedules per epoch only; the fits below pass `initial_epoch` so
@@ -130,3 +130,32 @@ def test_export_to_saved_model_serves_the_same_predictions(tmp_path):
     served = tf.saved_model.load(str(tmp_path / "exported"))
     x = np.ones((3, 6), "float32")
     np.testing.assert_allclose(served.serve(x).numpy(), model.predict(x, verbose=0), rtol=1e-6)
+
+
+# -- bad and unusual input: the tables' helpers are in conftest -----------------
+
+def right_custom_objects_loads_every_class_of_ours(tmp_path):
+    objects = rk.custom_objects()
+    ours = {name for name in keras.saving.get_custom_objects() if name.startswith("keras_regkit>")}
+    assert set(objects) == ours and "keras_regkit>L1" in ours and "keras_regkit>Combined" in ours
+    model = tiny_mlp(kernel_regularizer=Combined([L1(SERIALIZABLE_SCHEDULE), ExpAbs(0.1)]))
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path, custom_objects=objects)
+    assert repr(reloaded.get_layer("out").kernel_regularizer) == repr(model.get_layer("out").kernel_regularizer)
+
+
+RIGHT = right_checks(right_custom_objects_loads_every_class_of_ours)
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("check", RIGHT)
+def test_unusual_input_gives_the_right_result(check, request):
+    run_with_fixtures(check, request)
+
+
+def test_readme_says_import_keras_regkit_before_load_model():
+    import pathlib
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    assert "import keras_regkit" in readme and "custom_objects()" in readme

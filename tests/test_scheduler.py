@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 
 import keras_regkit as rk
+from keras_regkit.callbacks import RegularizationScheduler
 from keras_regkit.regularizers import ElasticNet, ExpAbs, L1
 from keras_regkit.schedules import DelayedRamp
 
-from conftest import assert_round_trip, tiny_data, tiny_mlp
+from conftest import Interrupt, assert_refused_and_unchanged, assert_round_trip, resumed, row, tiny_data, tiny_mlp
 
 RAMP = keras.optimizers.schedules.PolynomialDecay(0.0, 4, 0.2)
 
@@ -245,3 +246,67 @@ def test_epoch_mode_rebuilds_the_train_function_only_under_jax_and_only_when_a_s
 def test_jax_refuses_batch_mode():
     with pytest.raises(ValueError, match=r"update_freq='batch'.*'jax' backend.*update_freq='epoch'"):
         rk.callbacks.RegularizationScheduler()
+
+
+# -- resumed with BackupAndRestore: as if never interrupted ----------------------
+
+RESUMED_RAMP = keras.optimizers.schedules.PolynomialDecay(0.0, 20, 0.2)
+
+
+def scheduled_fit(backup, update_freq, backup_first, extra):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((6,)), keras.layers.Dense(8, activation="relu", name="hidden"),
+        keras.layers.Dense(4, name="out", kernel_regularizer=rk.regularizers.L1(RESUMED_RAMP)),
+    ])
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    pair = [keras.callbacks.BackupAndRestore(backup), RegularizationScheduler(update_freq)]
+    x, y = tiny_data()
+    history = model.fit(x, y, batch_size=8, epochs=6, verbose=0, shuffle=False,
+                        callbacks=(pair if backup_first else pair[::-1]) + extra)
+    return history.history, model.get_layer("out").kernel_regularizer.step, model.get_weights()
+
+
+_UNINTERRUPTED = {}
+
+
+@pytest.mark.parametrize("backup_first", [True, False], ids=["backup_first", "scheduler_first"])
+@pytest.mark.parametrize("update_freq", [
+    pytest.param("batch", marks=pytest.mark.skipif(MODE != "batch", reason="update_freq='batch' is refused under JAX")),
+    "epoch",
+])
+def test_schedule_resumes_where_the_backup_left_off(tmp_path, update_freq, backup_first):
+    if update_freq not in _UNINTERRUPTED:  # the same whichever callback is first
+        _UNINTERRUPTED[update_freq] = scheduled_fit(str(tmp_path / "a"), update_freq, backup_first, [])
+    expected, expected_step, expected_weights = _UNINTERRUPTED[update_freq]
+
+    def run(extra):
+        return scheduled_fit(str(tmp_path / "b"), update_freq, backup_first, extra)
+
+    history, step, weights = resumed(run, [Interrupt(3)])
+    # Epochs 3-5 were run again after the resume, at the same strengths.
+    for key in ("loss", "reg_loss", "strength/out/kernel"):
+        np.testing.assert_allclose(history[key], expected[key][3:], rtol=1e-6, err_msg=key)
+    assert step == expected_step
+    for a, b in zip(weights, expected_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+# -- bad and unusual input: the tables' helpers are in conftest -----------------
+
+BAD_INPUT = [
+    # Booleans: a string is truthy, so "no" and "False" would mean True.
+    row("scheduler-log_strengths-str", lambda m: rk.callbacks.RegularizationScheduler("epoch", log_strengths="no"),
+     TypeError, "log_strengths"),
+    row("scheduler-log_reg_loss-str", lambda m: rk.callbacks.RegularizationScheduler("epoch", log_reg_loss="False"),
+     TypeError, "log_reg_loss"),
+    # Update frequency.
+    row("scheduler-update_freq-typo", lambda m: rk.callbacks.RegularizationScheduler("epochs"), ValueError,
+     "update_freq"),
+]
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("call, error, fragment, prepare", BAD_INPUT)
+def test_bad_input_raises_and_leaves_the_model_unchanged(call, error, fragment, prepare):
+    assert_refused_and_unchanged(call, error, fragment, prepare)

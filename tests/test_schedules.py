@@ -4,7 +4,7 @@ import pytest
 from keras_regkit.regularizers import L1
 from keras_regkit.schedules import DelayedRamp
 
-from conftest import assert_round_trip
+from conftest import assert_refused_and_unchanged, assert_round_trip, right_checks, row, run_with_fixtures
 
 
 def reference(step, target, delay, ramp, initial):
@@ -61,3 +61,35 @@ def test_steps_past_float32_integers_are_exact(ramp):
     values = [float(schedule(np.int64(s))) for s in (delay - 1, delay, delay + 1)]
     assert values == ([0.0, 1.0, 1.0] if ramp == 0 else [0.0, 0.0, 0.25])
     assert L1(schedule, step=delay + 1).current_strengths()["alpha"] == values[2]
+
+
+# -- bad and unusual input: the tables' helpers are in conftest -----------------
+
+BAD_INPUT = [
+    # Negative targets and steps, fractional steps.
+    row("ramp-target-negative", lambda m: DelayedRamp(-1.0, 10, 10), ValueError, "target"),
+    row("ramp-delay-float", lambda m: DelayedRamp(0.1, 1.5, 10), TypeError, "delay_steps"),
+    row("ramp-ramp-negative", lambda m: DelayedRamp(0.1, 10, -1), ValueError, "ramp_steps"),
+]
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("call, error, fragment, prepare", BAD_INPUT)
+def test_bad_input_raises_and_leaves_the_model_unchanged(call, error, fragment, prepare):
+    assert_refused_and_unchanged(call, error, fragment, prepare)
+
+
+def right_delayed_ramp_is_exact_past_2_24_steps():
+    # float32 holds 2**24 + 1 as 2**24: the ramp would switch on a step early.
+    ramp = DelayedRamp(1.0, delay_steps=2**24 + 1, ramp_steps=0)
+    assert float(ramp(2**24)) == 0.0 and float(ramp(2**24 + 1)) == 1.0
+    assert L1(ramp, step=2**24).current_strengths() == {"alpha": 0.0}
+
+
+RIGHT = right_checks(right_delayed_ramp_is_exact_past_2_24_steps)
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("check", RIGHT)
+def test_unusual_input_gives_the_right_result(check, request):
+    run_with_fixtures(check, request)

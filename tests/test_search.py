@@ -10,6 +10,8 @@ import pytest
 
 import keras_regkit as rk
 
+from conftest import assert_refused_and_unchanged, compiled, infinite_dataset, row, tiny_data, tiny_mlp
+
 pytest.importorskip("keras_tuner")
 
 
@@ -205,3 +207,38 @@ def test_cli_quick_search_prints_the_table_writes_the_plot_and_resumes(tmp_path,
     out = capsys.readouterr().out
     data = json.loads(out[out.index("{"):])
     assert [f"{r['val_accuracy']:.4g}" for r in data["rows"]] == [row[3] for row in rows]
+
+
+# -- bad and unusual input: the tables' helpers are in conftest -----------------
+
+def tiny_search(model, **kwargs):
+    x, y = tiny_data()
+    kwargs.setdefault("validation_data", (x, y))
+    return rk.search_strength(lambda: compiled(tiny_mlp()), x, y, **kwargs)
+
+
+BAD_INPUT = [
+    # Booleans: a string is truthy, so "no" and "False" would mean True.
+    row("search-overwrite-str", lambda m: tiny_search(m, overwrite="no"), TypeError, "overwrite"),
+    row("search-verbose-str", lambda m: tiny_search(m, verbose="1"), TypeError, "verbose"),
+    row("search-build_model-int", lambda m: rk.search_strength(5, *tiny_data(), validation_data=tiny_data()),
+        TypeError, "build_model"),
+    row("search-penalty-int", lambda m: tiny_search(m, penalty=5), TypeError, "penalty"),
+    row("search-callbacks-none", lambda m: tiny_search(m, callbacks=None), TypeError, "callbacks"),
+    row("search-callbacks-int", lambda m: tiny_search(m, callbacks=[5]), TypeError, "callbacks"),
+    row("search-batch_size-zero", lambda m: tiny_search(m, batch_size=0), ValueError, "batch_size"),
+    row("search-batch_size-str", lambda m: tiny_search(m, batch_size="8"), TypeError, "batch_size"),
+    # Hangs: trials read their data to the end.
+    row("search-infinite-x", lambda m: rk.search_strength(lambda: compiled(tiny_mlp()), infinite_dataset(),
+                                                          validation_data=tiny_data()), ValueError, "`x`"),
+    row("search-infinite-validation", lambda m: tiny_search(m, validation_data=infinite_dataset()), ValueError,
+        "validation_data"),
+    row("search-directory-int", lambda m: tiny_search(m, directory=5), TypeError, "directory"),
+    row("search-project_name-int", lambda m: tiny_search(m, project_name=5), TypeError, "project_name"),
+]
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("call, error, fragment, prepare", BAD_INPUT)
+def test_bad_input_raises_and_leaves_the_model_unchanged(call, error, fragment, prepare):
+    assert_refused_and_unchanged(call, error, fragment, prepare)

@@ -10,7 +10,16 @@ import keras_regkit as rk
 from keras_regkit.callbacks import SparsityMonitor
 from keras_regkit.regularizers import L1
 
-from conftest import assert_round_trip, tiny_data, tiny_mlp
+from conftest import (
+    assert_refused_and_unchanged,
+    assert_round_trip,
+    nan_inf_kernel_model,
+    right_checks,
+    row,
+    run_with_fixtures,
+    tiny_data,
+    tiny_mlp,
+)
 
 
 class ZeroOneColumnPerEpoch(keras.callbacks.Callback):
@@ -179,3 +188,54 @@ def test_no_interval_warning_where_the_interval_fits_or_prints_nothing_anyway(kw
         warnings.simplefilter("error", UserWarning)
         model.fit(*tiny_data(), epochs=3, batch_size=8, verbose=0, callbacks=[SparsityMonitor(**kwargs)])
     assert ("weight sparsity" in capsys.readouterr().out) == bool(kwargs.get("verbose"))
+
+
+# -- bad and unusual input: the tables' helpers are in conftest -----------------
+
+BAD_INPUT = [
+    # Booleans: a string is truthy, so "no" and "False" would mean True.
+    row("monitor-per_layer-str", lambda m: rk.callbacks.SparsityMonitor(per_layer="no"), TypeError, "per_layer"),
+    row("monitor-relative-str", lambda m: rk.callbacks.SparsityMonitor(relative="False"), TypeError, "relative"),
+    row("monitor-verbose-str", lambda m: rk.callbacks.SparsityMonitor(verbose="1"), TypeError, "verbose"),
+    # Weight kinds.
+    row("monitor-weights-typo", lambda m: rk.callbacks.SparsityMonitor(weights="kernels"), ValueError, "weights"),
+    # Thresholds and intervals.
+    row("monitor-threshold-negative", lambda m: rk.callbacks.SparsityMonitor(threshold=-1.0), ValueError, "threshold"),
+    row("monitor-target-above-1", lambda m: rk.callbacks.SparsityMonitor(target_sparsity=1.5), ValueError,
+     "target_sparsity"),
+    row("monitor-update_freq-str", lambda m: rk.callbacks.SparsityMonitor(update_freq="batch"), ValueError,
+     "update_freq"),
+    row("monitor-update_freq-zero", lambda m: rk.callbacks.SparsityMonitor(update_freq=0), ValueError, "update_freq"),
+    row("monitor-histogram-no-log_dir", lambda m: rk.callbacks.SparsityMonitor(histogram_freq=1), ValueError,
+     "log_dir"),
+    row("monitor-log_dir-int", lambda m: rk.callbacks.SparsityMonitor(histogram_freq=1, log_dir=5), TypeError,
+        "log_dir"),
+    row("monitor-print_every-zero", lambda m: rk.callbacks.SparsityMonitor(print_every=0), ValueError, "print_every"),
+]
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("call, error, fragment, prepare", BAD_INPUT)
+def test_bad_input_raises_and_leaves_the_model_unchanged(call, error, fragment, prepare):
+    assert_refused_and_unchanged(call, error, fragment, prepare)
+
+
+def right_nan_does_not_stop_training_at_target_sparsity():
+    model = nan_inf_kernel_model()
+    model.stop_training = False  # as fit sets it
+    monitor = rk.callbacks.SparsityMonitor(target_sparsity=0.5)
+    monitor.set_model(model)
+    monitor.on_train_begin()
+    logs = {}
+    monitor.on_epoch_end(0, logs)
+    assert logs["sparsity"] == 0.0 and logs["nonfinite"] == 2
+    assert not model.stop_training
+
+
+RIGHT = right_checks(right_nan_does_not_stop_training_at_target_sparsity)
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("check", RIGHT)
+def test_unusual_input_gives_the_right_result(check, request):
+    run_with_fixtures(check, request)

@@ -1,4 +1,5 @@
 import json
+import math
 
 import keras
 import numpy as np
@@ -8,7 +9,17 @@ import keras_regkit as rk
 from keras_regkit.regularizers import L1
 from keras_regkit.stats import WeightStats
 
-from conftest import tiny_mlp
+from conftest import (
+    SubclassedModel,
+    assert_refused_and_unchanged,
+    model_under_test,
+    nan_inf_kernel_model,
+    right_checks,
+    row,
+    run_with_fixtures,
+    tiny_mlp,
+    unbuilt,
+)
 
 
 def model_with_known_weights():
@@ -150,3 +161,66 @@ def test_a_subclassed_model_has_no_feature_report():
     model = Sub()
     model(np.ones((1, 3), "float32"))
     assert rk.sparsity_report(model).dropped_inputs is None
+
+
+# -- bad and unusual input: the tables' helpers are in conftest -----------------
+
+BAD_INPUT = [
+    # Booleans: a string is truthy, so "no" and "False" would mean True.
+    row("report-relative-str", lambda m: rk.sparsity_report(m, relative="False"), TypeError, "relative"),
+    row("report-relative-none", lambda m: rk.sparsity_report(m, relative=None), TypeError, "relative"),
+    row("report-relative-int", lambda m: rk.sparsity_report(m, relative=1), TypeError, "relative"),
+    # A model that is not built has no weights: say so, don't blame the selector.
+    row("report-unbuilt", lambda m: rk.sparsity_report(unbuilt()), ValueError, "build the model first"),
+    row("report-unbuilt-subclassed", lambda m: rk.sparsity_report(SubclassedModel()), ValueError, "build the model first"),
+    # Weight kinds.
+    row("report-weights-none", lambda m: rk.sparsity_report(m, weights=None), ValueError, "weights"),
+    # Not a model.
+    row("report-model-path", lambda m: rk.sparsity_report("model.keras"), TypeError, "model"),
+    # Thresholds.
+    row("report-threshold-str", lambda m: rk.sparsity_report(m, threshold="0.1"), TypeError, "threshold"),
+    row("report-threshold-inf", lambda m: rk.sparsity_report(m, threshold=math.inf), ValueError, "threshold"),
+]
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("call, error, fragment, prepare", BAD_INPUT)
+def test_bad_input_raises_and_leaves_the_model_unchanged(call, error, fragment, prepare):
+    assert_refused_and_unchanged(call, error, fragment, prepare)
+
+
+def right_nan_is_not_a_zero():
+    report = rk.sparsity_report(nan_inf_kernel_model())
+    assert (report.total.zeros, report.total.nonfinite, report.total.sparsity) == (0, 2, 0.0)
+
+
+def right_real_booleans_are_taken():
+    model = model_under_test()
+    assert rk.sparsity_report(model, relative=np.bool_(True)).relative is True
+    assert rk.sparsity_report(model, relative=False).relative is False
+    monitor = rk.callbacks.SparsityMonitor(per_layer=np.bool_(False))
+    monitor.set_model(model)
+    monitor.on_train_begin()
+    logs = {}
+    monitor.on_epoch_end(0, logs)
+    assert not any("/" in key for key in logs)  # per_layer=False: totals only
+
+
+def right_a_kind_named_twice_counts_once():
+    model = model_under_test()
+    once = rk.sparsity_report(model, weights="kernel").total.params
+    assert rk.sparsity_report(model, weights=["kernel", "kernel"]).total.params == once
+    assert rk.prune(model, threshold=0.0, weights=("kernel", "kernel")).params == once
+
+
+RIGHT = right_checks(
+    right_nan_is_not_a_zero,
+    right_real_booleans_are_taken,
+    right_a_kind_named_twice_counts_once,
+)
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("check", RIGHT)
+def test_unusual_input_gives_the_right_result(check, request):
+    run_with_fixtures(check, request)

@@ -7,6 +7,8 @@ import pytest
 
 import keras_regkit as rk
 
+from conftest import assert_refused_and_unchanged, row, unbuilt
+
 
 @keras.saving.register_keras_serializable(package="test_weights")
 class Scale(keras.layers.Layer):
@@ -76,3 +78,19 @@ def test_a_bad_declaration_is_refused_naming_the_layer():
 def test_the_kind_table_is_read_only():
     with pytest.raises(TypeError):
         rk.weights.WEIGHT_KINDS["w"] = (("w", "w_regularizer"),)
+
+
+# -- bad and unusual input: the tables' helpers are in conftest -----------------
+
+BAD_INPUT = [
+    # A model that is not built has no weights: say so, don't blame the selector.
+    row("iter_weights-unbuilt", lambda m: list(rk.iter_weights(unbuilt())), ValueError, "build the model first"),
+    # Weight kinds.
+    row("iter-weights-typo", lambda m: list(rk.iter_weights(m, "kernels")), ValueError, "weights"),
+]
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("call, error, fragment, prepare", BAD_INPUT)
+def test_bad_input_raises_and_leaves_the_model_unchanged(call, error, fragment, prepare):
+    assert_refused_and_unchanged(call, error, fragment, prepare)

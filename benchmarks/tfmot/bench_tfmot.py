@@ -144,7 +144,7 @@ def schedule_steps(steps, epochs):
 
 
 def prune_once(keras, tfmot, base, base_weights, data, target, lr, seed,
-               epochs, steps):
+               epochs, steps, m_by_n=None):
     from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
         PruneLowMagnitude,
     )
@@ -154,11 +154,18 @@ def prune_once(keras, tfmot, base, base_weights, data, target, lr, seed,
     keras.utils.set_random_seed(seed)
     model = keras.models.clone_model(base)
     model.set_weights(base_weights)
-    schedule = tfmot.sparsity.keras.PolynomialDecay(
-        initial_sparsity=0.0, final_sparsity=float(target),
-        begin_step=0, end_step=end_step, frequency=freq,
-    )
-    pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
+    if m_by_n is None:
+        schedule = tfmot.sparsity.keras.PolynomialDecay(
+            initial_sparsity=0.0, final_sparsity=float(target),
+            begin_step=0, end_step=end_step, frequency=freq,
+        )
+        extra = {}
+    else:
+        # TF-MOT's own recipe for M-by-N: the pattern from the first step,
+        # its masks refreshed every `freq` steps.
+        schedule = tfmot.sparsity.keras.ConstantSparsity(float(target), begin_step=0, frequency=freq)
+        extra = {"sparsity_m_by_n": tuple(m_by_n)}
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule, **extra)
     wrapped = [layer for layer in pruned.layers if isinstance(layer, PruneLowMagnitude)]
     n_dense = sum(isinstance(layer, keras.layers.Dense) for layer in model.layers)
     assert len(wrapped) == n_dense == 3, (len(wrapped), n_dense)
@@ -226,7 +233,7 @@ def run_dataset(name, args, keras, tfmot):
         for lr in args.learning_rates:
             for target in args.targets:
                 r = prune_once(keras, tfmot, base, base_weights, data, target, lr,
-                               seed, epochs, steps)
+                               seed, epochs, steps, args.m_by_n)
                 row = {"dataset": name, "seed": seed, "lr": float(lr),
                        "target": float(target),
                        "kernel_zero_frac": r["kernel_zero_frac"],
@@ -341,6 +348,8 @@ def main(argv=None):
                    help="constant Adam learning rates for the pruning fine-tune")
     p.add_argument("--threads", type=int, default=0,
                    help="TF inter- and intra-op threads (0: TF's default)")
+    p.add_argument("--m-by-n", nargs=2, type=int, default=None, metavar=("N", "M"),
+                   help="prune to TF-MOT's sparsity_m_by_n pattern, e.g. 2 4 (then --targets 0.5)")
     p.add_argument("--out", default="benchmarks/tfmot/tfmot_results.json")
     args = p.parse_args(argv)
     if args.seeds < 1:

@@ -12,6 +12,7 @@ from keras import ops
 from keras_regkit import _validate
 from keras_regkit import stats as stats_lib
 from keras_regkit import weights as weights_lib
+from keras_regkit.pruning import cut as cut_lib
 
 
 @keras.saving.register_keras_serializable(package="keras_regkit")
@@ -26,7 +27,10 @@ class SparsityMonitor(keras.callbacks.Callback):
       (absolute by default; `relative=True` makes it `threshold * rms(w)` of
       each weight, so layers of different scales compare fairly);
     - `l1_norm`, `l2_norm` and their per-layer keys;
-    - `nonfinite`, `nonfinite/<layer path>`: count of NaN/inf entries.
+    - `nonfinite`, `nonfinite/<layer path>`: count of NaN/inf entries;
+    - with `pattern="2:4"` (any `"N:M"`), `pattern_ok`: the fraction of
+      kernels that have at most N non-zeros in every group of M inputs
+      (1.0: all of them).
 
     Kernels go by their layer path (`encoder/dense`), other weights by
     `path/kind` (`encoder/dense/bias`). Where the weights live on an
@@ -54,6 +58,8 @@ class SparsityMonitor(keras.callbacks.Callback):
             needed; under JAX and PyTorch each histogram copies its weight
             to the host, as Keras' own TensorBoard callback does).
         log_dir: Where to write histograms. Required with `histogram_freq`.
+        pattern: Optional `"N:M"` (e.g. `"2:4"`) to check each kernel
+            against (logged as `pattern_ok`).
 
     Raises:
         TypeError, ValueError: For a bad argument (named in the message):
@@ -89,6 +95,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         print_every: int = 1,
         histogram_freq: int = 0,
         log_dir: str | None = None,
+        pattern: str | None = None,
     ):
         super().__init__()
         if update_freq != "epoch":
@@ -120,6 +127,10 @@ class SparsityMonitor(keras.callbacks.Callback):
             )
         if histogram_freq:
             _require_tensorboard()
+        if pattern is not None and cut_lib.pattern(pattern) is None:
+            raise ValueError(f"Invalid value for argument `pattern`: expected 'N:M' (e.g. '2:4'). "
+                             f"Received: pattern={pattern!r}")
+        self.pattern = pattern
         self.weights_spec = weights
         self.threshold = threshold
         self.relative = relative
@@ -158,7 +169,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         # Built here, not in __init__: the callback may be created before the
         # model, and the weights to watch are fixed for the whole fit.
         self._stats = stats_lib.WeightStats(
-            self.model, self.weights_spec, self.threshold, self.relative
+            self.model, self.weights_spec, self.threshold, self.relative, self.pattern
         )
         self._warn_of_intervals_past_the_end()
 
@@ -196,7 +207,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         logs = {} if logs is None else logs
         self._update(logs)
         if self.verbose and (epoch + 1) % self.print_every == 0:
-            report = stats_lib.SparsityReport.from_layers(self.last_stats, self.threshold, self.relative)
+            report = stats_lib.SparsityReport.from_layers(self.last_stats, self.threshold, self.relative, self.pattern)
             print(f"\nEpoch {epoch + 1}: weight sparsity\n{report}")
         if self.histogram_freq and (epoch + 1) % self.histogram_freq == 0:
             self._write_histograms(epoch)
@@ -222,6 +233,9 @@ class SparsityMonitor(keras.callbacks.Callback):
             logs[f"l1_norm{suffix}"] = s.l1
             logs[f"l2_norm{suffix}"] = s.l2
             logs[f"nonfinite{suffix}"] = s.nonfinite
+        if self.pattern is not None:
+            applicable = [s.pattern_ok for s in self.last_stats if s.pattern_ok is not None]
+            logs["pattern_ok"] = sum(applicable) / len(applicable) if applicable else float("nan")
 
     def _write_histograms(self, epoch):
         import tensorflow as tf

@@ -1,10 +1,13 @@
 """The one cut: what is pruned, and how many.
 
+Three granularities: `"weight"` (entries), `"unit"` (whole units, see
+`units`) and `"N:M"` (at most N non-zeros in every group of M inputs).
 Every covered weight (or unit) is ranked together by its score, so layers
 with many unimportant weights give up more of them than layers with few
 (the shrink benchmark found that 8 points better at 98 % than equal
-per-layer sparsity). What is already dead ranks first, so a cut never
-regrows a zero and each cut of the shrink builds on the last.
+per-layer sparsity); Wanda compares within each output unit instead
+(`per_output`). What is already dead ranks first, so a cut never regrows a
+zero and each cut of the shrink builds on the last.
 """
 
 from __future__ import annotations
@@ -21,7 +24,52 @@ from keras_regkit.pruning import scores as scores_lib
 from keras_regkit.pruning import units as units_lib
 from keras_regkit.weights import LayerSelector, WeightRef
 
-GRANULARITIES = ("weight", "unit")
+def pattern(granularity: str) -> tuple[int, int] | None:
+    """`(n, m)` for an `"N:M"` granularity (at most N non-zeros in every
+    group of M consecutive inputs), None for `"weight"` and `"unit"`;
+    raises `ValueError` for anything else."""
+    if granularity in ("weight", "unit"):
+        return None
+    parts = granularity.split(":") if isinstance(granularity, str) else []
+    if len(parts) == 2 and all(p.isdigit() for p in parts):
+        n, m = int(parts[0]), int(parts[1])
+        if 1 <= n < m:
+            return n, m
+        raise ValueError(
+            f"Invalid value for argument `granularity`: in 'N:M', N must be at least 1 and below M "
+            f"(keep N of every M). Received: granularity={granularity!r}"
+        )
+    raise ValueError(
+        "Invalid value for argument `granularity`: expected 'weight', 'unit' or 'N:M' (e.g. '2:4'). "
+        f"Received: granularity={granularity!r}"
+    )
+
+
+def pattern_sparsity(granularity: str) -> float | None:
+    """The sparsity an `"N:M"` pattern makes, `1 - N/M` (None otherwise)."""
+    nm = pattern(granularity)
+    return None if nm is None else 1.0 - nm[0] / nm[1]
+
+
+def _groups(values: np.ndarray, axis: int, m: int) -> np.ndarray:
+    """`values` with the input axis last, split into groups of `m`:
+    shape (..., groups, m)."""
+    moved = np.moveaxis(values, axis, -1)
+    return moved.reshape(moved.shape[:-1] + (moved.shape[-1] // m, m))
+
+
+def _ungroup(grouped: np.ndarray, axis: int) -> np.ndarray:
+    merged = grouped.reshape(grouped.shape[:-2] + (-1,))
+    return np.moveaxis(merged, -1, axis)
+
+
+def satisfies(values: np.ndarray, axis: int, granularity: str) -> bool:
+    """Whether `values` has at most N non-zeros in every group of M along
+    `axis`."""
+    n, m = pattern(granularity)
+    if values.shape[axis] % m:
+        return False
+    return bool((np.count_nonzero(_groups(values, axis, m), axis=-1) <= n).all())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,13 +94,25 @@ def select(
 ) -> list[WeightRef]:
     """The weights a cut acts on: the selection, and for unit granularity
     only unit kernels, never those of the layers that produce the outputs."""
-    if granularity not in GRANULARITIES:
-        raise ValueError(
-            f"Invalid value for argument `granularity`: expected one of "
-            f"{list(GRANULARITIES)}. Received: granularity={granularity!r}"
-        )
+    nm = pattern(granularity)
     refs = weights_lib.select_weights(model, layers, weights)
     if granularity == "weight":
+        return refs
+    if nm is not None:
+        for ref in refs:
+            axis = units_lib.input_axis(ref.layer, ref.variable)
+            if axis is None:
+                raise ValueError(
+                    f"granularity={granularity!r} groups the inputs of a unit kernel (a Dense or Conv "
+                    f"'kernel', a DepthwiseConv 'depthwise_kernel', a SeparableConv 'pointwise_kernel'); "
+                    f"{ref.name!r} ({type(ref.layer).__name__} {ref.kind}) is not one. Select other layers or weights."
+                )
+            if ref.variable.shape[axis] % nm[1]:
+                raise ValueError(
+                    f"granularity={granularity!r} needs the input axis of every kernel to split into groups "
+                    f"of {nm[1]}: {ref.name!r} has {ref.variable.shape[axis]} inputs (axis {axis} of shape "
+                    f"{tuple(ref.variable.shape)}). Leave it out with `layers=`, or choose an M that divides it."
+                )
         return refs
     without_units = sorted({ref.name for ref in refs if not units_lib.is_unit_kernel(ref.layer, ref.variable)})
     if without_units:
@@ -103,12 +163,27 @@ def _axes(ref: WeightRef, granularity: str) -> int:
     return units_lib.unit_axes(ref.layer) if granularity == "unit" else 1
 
 
+def _level(granularity: str) -> str:
+    """What the cut removes one by one: entries, except for `"unit"`."""
+    return "unit" if granularity == "unit" else "weight"
+
+
 def _ranked(ref: WeightRef, score: np.ndarray, granularity: str) -> np.ndarray:
-    """The flat scores the cut ranks, with what is already dead first."""
+    """The scores the cut ranks (the kernel's shape, or one per unit), with
+    what is already dead first and, for an N:M pattern, the N best of every
+    group out of reach (so no group ever keeps fewer than N)."""
+    level = _level(granularity)
     axes = _axes(ref, granularity)
-    score = score if granularity == "weight" else scores_lib.unit_scores(score, axes)
-    dead = units_lib.dead(_values(ref), granularity, axes)
-    return np.where(dead, -1.0, score).reshape(-1)
+    score = score if level == "weight" else scores_lib.unit_scores(score, axes)
+    ranked = np.where(units_lib.dead(_values(ref), level, axes), -1.0, score).astype("float64")
+    nm = pattern(granularity)
+    if nm is not None:
+        axis = units_lib.input_axis(ref.layer, ref.variable)
+        grouped = _groups(ranked, axis, nm[1])
+        best = np.argsort(-grouped, axis=-1, kind="stable")[..., :nm[0]]
+        np.put_along_axis(grouped, best, np.inf, axis=-1)
+        ranked = _ungroup(grouped, axis)
+    return ranked
 
 
 def cut(
@@ -118,36 +193,36 @@ def cut(
     *,
     sparsity: float | None = None,
     threshold: float | None = None,
+    per_output: bool = False,
 ) -> Cut:
-    """Zeroes the lowest-scoring entries (or units) of `refs` taken together:
-    exactly `round(sparsity * total)` of them (ties broken by position, so
-    the sparsity asked for is the sparsity reached), or every one scored at
-    or below `threshold`. What was zero stays zero. Give one of the two.
-    `scores` are entry scores, one array of each weight's shape."""
+    """Zeroes the lowest-scoring entries (or units) of `refs`: exactly
+    `round(sparsity * total)` of them (ties broken by position, so the
+    sparsity asked for is the sparsity reached), or every one scored at or
+    below `threshold`. Give one of the two. What was zero stays zero.
+
+    The ranking is global over every weight in `refs`; with `per_output`
+    (entries only) each output unit loses its own share instead, as Wanda
+    compares. An `"N:M"` granularity keeps the N best of every group of M
+    inputs whatever the sparsity, so a cut to `1 - N/M` is the pattern
+    exactly, and lower cuts are steps towards it. `scores` are entry
+    scores, one array of each weight's shape."""
     ranked = [_ranked(ref, score, granularity) for ref, score in zip(refs, scores)]
-    flat = np.concatenate(ranked)
-    total = flat.size
-    if threshold is not None:
-        chosen = flat <= threshold
+    if per_output:
+        chosen = [_chosen_per_output(r, ref, sparsity, threshold) for r, ref in zip(ranked, refs)]
     else:
-        count = max(min(total, int(round(sparsity * total))), int(np.count_nonzero(flat < 0)))
-        chosen = np.zeros(total, dtype=bool)
-        if count:
-            chosen[np.argpartition(flat, count - 1)[:count]] = True
-    count = int(chosen.sum())
+        chosen = _chosen_globally(ranked, sparsity, threshold)
+    count = sum(int(c.sum()) for c in chosen)
+    total = sum(r.size for r in ranked)
     if count == 0:
         return Cut(0, total, None)
-    highest = float(flat[chosen].max())
-    offset = 0
-    for ref, entries in zip(refs, ranked):
-        removed = chosen[offset:offset + entries.size]
-        offset += entries.size
+    highest = max(float(r[c].max()) for r, c in zip(ranked, chosen) if c.any())
+    for ref, removed in zip(refs, chosen):
         if not removed.any():
             continue
         value = ref.variable.value
         shape = tuple(value.shape)
-        if granularity == "weight":
-            kept = ~removed.reshape(shape)
+        if _level(granularity) == "weight":
+            kept = ~removed
         else:
             kept = np.broadcast_to(~removed, (int(np.prod(shape[:-_axes(ref, granularity)])), removed.size))
             kept = kept.reshape(shape)
@@ -155,7 +230,36 @@ def cut(
     return Cut(count, total, max(highest, 0.0))
 
 
+def _chosen_globally(ranked: list[np.ndarray], sparsity, threshold) -> list[np.ndarray]:
+    flat = np.concatenate([r.reshape(-1) for r in ranked])
+    if threshold is not None:
+        chosen = flat <= threshold
+    else:
+        count = max(int(round(sparsity * flat.size)), int(np.count_nonzero(flat < 0)))
+        count = min(count, int(np.count_nonzero(np.isfinite(flat))))  # never a pattern's N best
+        chosen = np.zeros(flat.size, dtype=bool)
+        if count:
+            chosen[np.argpartition(flat, count - 1)[:count]] = True
+    pieces = np.split(chosen, np.cumsum([r.size for r in ranked])[:-1])
+    return [piece.reshape(r.shape) for piece, r in zip(pieces, ranked)]
+
+
+def _chosen_per_output(ranked: np.ndarray, ref: WeightRef, sparsity, threshold) -> np.ndarray:
+    """Each output unit's own lowest entries: its share of `sparsity`."""
+    columns = units_lib.per_unit(ranked, units_lib.unit_axes(ref.layer))
+    if threshold is not None:
+        chosen = columns <= threshold
+    else:
+        count = np.maximum(int(round(sparsity * columns.shape[0])), np.count_nonzero(columns < 0, axis=0))
+        count = np.minimum(count, np.count_nonzero(np.isfinite(columns), axis=0))
+        order = np.argsort(columns, axis=0, kind="stable")
+        chosen = np.zeros(columns.shape, dtype=bool)
+        np.put_along_axis(chosen, order, np.arange(columns.shape[0])[:, None] < count[None, :], axis=0)
+    return chosen.reshape(ranked.shape)
+
+
 def count_dead(refs: list[WeightRef], granularity: str = "weight") -> tuple[int, int]:
     """Dead entries (or units) of `refs`, and how many there are."""
-    dead = [units_lib.dead(_values(ref), granularity, _axes(ref, granularity)) for ref in refs]
+    level = _level(granularity)
+    dead = [units_lib.dead(_values(ref), level, _axes(ref, granularity)) for ref in refs]
     return sum(int(d.sum()) for d in dead), sum(d.size for d in dead)

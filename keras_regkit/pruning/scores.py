@@ -91,6 +91,34 @@ class Curvature(Score):
         return [np.abs(w) * np.sqrt(np.sqrt(v)) for w, v in zip(weights, moments)]
 
 
+class Wanda(Score):
+    """`|W_ij| · ||X_j||₂`: a weight times the norm of the input it reads,
+    over calibration data (Sun et al., "A Simple and Effective Pruning
+    Approach for Large Language Models", 2023). Built by
+    `prune(..., score="wanda", calibration_data=x)`, which ranks it over all
+    weights together or, as the paper does, within each output unit
+    (`ranking="per_output"`).
+
+    Args:
+        norms: Per layer (by `id(layer)`), the input channels' norms, as
+            `calibration.input_norms` returns them.
+    """
+
+    name = "wanda"
+
+    def __init__(self, norms: dict):
+        self.norms = norms
+
+    def scores(self, refs, optimizer=None):
+        out = []
+        for ref in refs:
+            w = np.abs(_numpy(ref.variable.value))
+            norm = self.norms[id(ref.layer)]
+            # Broadcast along the kernel's input axis, the last but one.
+            out.append(w * norm.reshape((-1, 1)))
+        return out
+
+
 SCORES = {"curvature": Curvature, "magnitude": Magnitude}
 
 

@@ -54,6 +54,21 @@ def unit_axes(layer) -> int:
     return entry[1]
 
 
+def input_axis(layer, variable) -> int | None:
+    """The axis of a unit kernel that indexes the channels it reads (the
+    last but one: a Dense kernel's rows, a convolution's input channels), or
+    None for any other weight (an `EinsumDense` kernel's layout depends on
+    its equation)."""
+    return len(variable.shape) - 2 if is_unit_kernel(layer, variable) else None
+
+
+def reads_layer_inputs(layer) -> bool:
+    """Whether the channels `input_axis` indexes are the layer's own inputs
+    (not for a separable convolution: its pointwise kernel reads the
+    depthwise convolution's output)."""
+    return not isinstance(layer, _UNIT_KERNELS[0][0])
+
+
 def is_unit_kernel(layer, variable) -> bool:
     return unit_kernel(layer) is variable
 

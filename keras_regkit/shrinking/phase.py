@@ -25,6 +25,7 @@ from keras_regkit.pruning import hold as hold_lib
 from keras_regkit.pruning import scores as scores_lib
 from keras_regkit.pruning import units as units_lib
 from keras_regkit.shrinking import data as data_lib
+from keras_regkit.shrinking.climb import Climb
 from keras_regkit.shrinking import guards as guards_lib
 from keras_regkit.shrinking.result import ShrinkResult
 from keras_regkit.shrinking.learning_rate import LearningRatePolicy
@@ -46,14 +47,6 @@ _LEVELS = {"weight": (0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995),
 # Whole units start from 0.
 _INITIAL = {"weight": 0.5, "unit": 0.0}
 _ACTIVE = ("ramping", "holding")
-# The tolerance mode's climb, in fractions of the budget: the cutting time
-# of the ramp to `max_sparsity` (the sparsity mode's pace: slower ramps
-# leave better models), the longest wait at a level for it to recover, and
-# the end of the budget kept for fine-tuning the chosen level; and the
-# checks without progress that end a wait. Chosen on seeds 5-9 of
-# benchmarks/bench_shrink_quality.py (digits, MNIST-1D).
-_RAMP, _HOLD, _RESERVE = 0.6, 0.2, 0.15
-_PLATEAU = 3
 # What a resumed phase takes back from its saved state.
 _RESULT_FIELDS = ("baseline", "started_at_epoch", "cuts", "rollbacks", "stopped_at", "threshold", "levels")
 
@@ -125,10 +118,12 @@ class ShrinkPhase(keras.callbacks.Callback):
     so it is rebuilt after each cut (raise `cut_every` to cut less often).
 
     **Structured shrink.** With `granularity="unit"` the cuts take whole
-    output units of `Dense` layers and filters of convolutions (scored by
-    their mean score relative to their layer's), never those of the layers
-    that produce the model's outputs; `keras_regkit.compact(model)` then
-    removes them.
+    units (see `keras_regkit.pruning.units`: output units of `Dense`,
+    filters of convolutions, output channels of depthwise convolutions),
+    scored by their entries' mean squared score relative to their layer's
+    average unit, as `prune(granularity="unit")` ranks them; never those of
+    the layers that produce the model's outputs.
+    `keras_regkit.compact(model)` then removes them.
 
     **Resuming.** Give `backup_dir` (BackupAndRestore's own is fine: the
     phase writes in a `keras_regkit_shrink` folder there) and the phase
@@ -165,8 +160,12 @@ class ShrinkPhase(keras.callbacks.Callback):
             for `fit`; needed for a dataset that repeats forever.
 
     What it cuts:
-        granularity: `"weight"` (entries) or `"unit"` (whole units and
-            filters). Defaults to `"weight"`.
+        granularity: `"weight"` (entries), `"unit"` (whole units and
+            filters) or `"N:M"` (e.g. `"2:4"`: at most N non-zeros in every
+            group of M inputs of each kernel, as in `prune`; the ramp goes
+            from 0 to the pattern's `1 - N/M` through cuts that keep every
+            group's N best, and the tolerance mode checks the pattern as its
+            one level). Defaults to `"weight"`.
         weights: Weight kinds to shrink. Defaults to `"kernel"`.
         layers: Layer selector, as in `apply_regularizers`. Defaults to all.
 
@@ -240,24 +239,25 @@ class ShrinkPhase(keras.callbacks.Callback):
                 "Give one of `sparsity` (a target) and `tolerance` (an accuracy limit), not "
                 f"both. Received: sparsity={sparsity!r}, tolerance={tolerance!r}"
             )
-        if granularity not in cut_lib.GRANULARITIES:
-            raise ValueError(
-                "Invalid value for argument `granularity`: expected one of "
-                f"{list(cut_lib.GRANULARITIES)}. Received: granularity={granularity!r}"
-            )
+        # An N:M pattern is a ceiling: its `1 - N/M` zeros, reached from 0
+        # through cuts that keep every group's N best.
+        pattern_sparsity = cut_lib.pattern_sparsity(granularity)  # validates it too
         self.granularity = granularity
+        kind = "weight" if pattern_sparsity is not None else granularity
+        ceiling = pattern_sparsity if pattern_sparsity is not None else 1.0
         self.mode_name = "sparsity" if sparsity is not None else "tolerance"
         if sparsity is not None:
-            self.sparsity = _validate.real("sparsity", sparsity, maximum=1.0)
+            self.sparsity = _validate.real("sparsity", sparsity, maximum=ceiling)
             self.tolerance = None
         else:
             self.sparsity = None
             self.tolerance = _validate.real("tolerance", 0.01 if tolerance is None else tolerance, maximum=1.0)
+        default_ceiling = _CEILING[kind] if pattern_sparsity is None else pattern_sparsity
         self.max_sparsity = _validate.real(
-            "max_sparsity", _CEILING[granularity] if max_sparsity is None else max_sparsity, maximum=1.0)
+            "max_sparsity", default_ceiling if max_sparsity is None else max_sparsity, maximum=ceiling)
         target = self.sparsity if self.sparsity is not None else self.max_sparsity
         if schedule is None:
-            schedule = CubicRamp(target, initial=_INITIAL[granularity])
+            schedule = CubicRamp(target, initial=_INITIAL[kind] if pattern_sparsity is None else 0.0)
         if not isinstance(schedule, SparsitySchedule):
             raise TypeError(
                 "Invalid value for argument `schedule`: expected a "
@@ -412,7 +412,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         """The tolerance mode's candidate levels, rising, ending at
         `max_sparsity`."""
         if levels is None:
-            levels = _LEVELS[self.granularity]
+            levels = _LEVELS["unit" if self.granularity == "unit" else "weight"]
         elif isinstance(levels, (str, bytes)) or not hasattr(levels, "__iter__"):
             raise TypeError(
                 "Invalid value for argument `levels`: expected a list of sparsities in (0, 1]. "
@@ -428,6 +428,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         steps, epochs = self.params.get("steps"), self.params.get("epochs", epoch + 1)
         self._total_steps = steps * max(epochs - epoch, 1) if steps else None
         self._start_weights = self.model.get_weights()
+        self._climb = Climb(self.levels)
         if self.guard is not None:
             self.guard.start(self.model, self.reference_inputs)
         self.result.started_at_epoch = epoch
@@ -440,9 +441,6 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._begin(epoch)
         self.learning_rate_policy.apply(self.model)
         self._step = self._epoch_steps = 0
-        self._pending = None  # the level being ramped to, awaiting its check
-        self._level = 0.0  # the last level that held
-        self._ramp_clock = 0  # steps spent cutting (the ramp's own time)
         self._phase = "ramping"
         self._good = self._snapshot()  # the state to go back to
         self._say(f"Epoch {epoch + 1}: shrink starts ({self.mode_name} mode).")
@@ -464,45 +462,33 @@ class ShrinkPhase(keras.callbacks.Callback):
                 self._phase = "holding"  # the rest trains with these zeros
             self._cut_to(sparsity)
             return
-        self._climb()
+        self._climb_step()
 
-    def _climb(self) -> None:
-        """The tolerance mode: the sparsity mode's gradual ramp towards
-        `max_sparsity`, on a clock that runs only while it cuts. At each
-        level the ramp stops and the model trains there until it stops
-        recovering (its drift from the start, read without labels, has not
-        fallen for `_PLATEAU` checks, or `_HOLD` of the budget has passed);
-        then one look at the labels decides: on to the next level, or back
-        to the last that held, fine-tuned for the rest of the budget. The
-        last `_RESERVE` of the budget always fine-tunes."""
-        if self._pending is not None:
-            drift = self.check.drift(self.model)
-            if drift < self._best_drift - 1e-9:
-                self._best_drift, self._stale = drift, 0
-            else:
-                self._stale += 1
-            total = self._total_steps or max(self._step, 1)  # unknown in a first epoch of unknown length
-            waited = (self._step - self._level_began) / total
-            if self._stale < _PLATEAU and waited < _HOLD and self._progress() <= 1.0 - _RESERVE:
-                return  # still recovering
+    def _climb_step(self) -> None:
+        """The tolerance mode (see `climb`): at a pending level, wait while
+        the model recovers, then one look at the labels decides: on to the
+        next level, or back to the last that held, fine-tuned for the rest
+        of the budget. Between levels, ramp on."""
+        climb = self._climb
+        total = self._total_steps or max(self._step, 1)  # unknown in a first epoch of unknown length
+        if climb.pending is not None:
+            if climb.recovering(self.check.drift(self.model), self._step, total, self._progress()):
+                return
             if not self._level_holds():
                 self._end_ramp(f"Step {self._step}: {self.result.levels[-1][0]:.2%} fails its check")
                 return
-        upcoming = [level for level in self.levels if level > self._level]
-        if not upcoming or self._progress() > 1.0 - _RESERVE:
+        if not climb.budget_left(self._progress()):
             if self._sparsity() > self._good.sparsity:
                 # Cut on the way to a level that was never checked.
                 self.result.stopped_at = self._progress()
-                self._rollback(f"Step {self._step}: out of budget before {upcoming[0]:.2%}")
+                self._rollback(f"Step {self._step}: out of budget before {climb.upcoming()[0]:.2%}")
             self._phase = "holding"  # the rest fine-tunes the last level that held
             return
-        if self._step:
-            self._ramp_clock += self.cut_every
-        ramp = self._ramp_clock / max((self._total_steps or max(self._step, 1)) * _RAMP, 1)
+        ramp = climb.ramp_position(self._step, total, self.cut_every)
         sparsity = self.schedule(min(ramp * self.schedule.ramp_fraction, 1.0))
-        if sparsity >= upcoming[0]:
-            sparsity = self._pending = upcoming[0]
-            self._level_began, self._best_drift, self._stale = self._step, float("inf"), 0
+        if sparsity >= climb.upcoming()[0]:
+            sparsity = climb.upcoming()[0]
+            climb.reach(sparsity, self._step)
         self._cut_to(sparsity)
 
     def _level_holds(self) -> bool:
@@ -510,18 +496,18 @@ class ShrinkPhase(keras.callbacks.Callback):
         back to."""
         value, worse = self.check.measure(self.model)
         held = worse <= self.tolerance and (self.guard is None or self.guard.holds(self.model))
-        self.result.levels.append((self._pending, value, bool(held)))
-        self._say(f"Step {self._step}: {self._pending:.2%} zeros, {self.check.name} {value:.4g} "
+        self.result.levels.append((self._climb.pending, value, bool(held)))
+        self._say(f"Step {self._step}: {self._climb.pending:.2%} zeros, {self.check.name} {value:.4g} "
                   f"({'holds' if held else 'fails'})")
         if held:
             self._good = self._snapshot()
-            self._level, self._pending = self._pending, None
+            self._climb.held()
         return held
 
     def _end_ramp(self, why: str) -> None:
         """A level failed: back to the last that held, fine-tuned from
         here with its zeros fixed; if none did, back to the start and stop."""
-        self._pending = None
+        self._climb.pending = None
         self.result.stopped_at = self._progress()
         self._rollback(why)
         self._phase = "holding"
@@ -553,13 +539,13 @@ class ShrinkPhase(keras.callbacks.Callback):
         """Back to the last good state: its weights, zeros and optimizer
         slots."""
         self._good.restore(self.model, [ref.variable for ref in self._refs])
-        self._pending = None
+        self._climb.pending = None
         self.result.rollbacks += 1
         self._say(f"{why}: back to step {self._good.step}.")
 
     def _finish(self) -> None:
         if self.mode_name == "tolerance":
-            if self._pending is not None and not self._level_holds():
+            if self._climb.pending is not None and not self._level_holds():
                 self._end_ramp("End of the budget: the last level fails the check")
             elif self._good.sparsity > 0 and not self._final_holds():
                 # Back to the last level as it passed its check.
@@ -612,9 +598,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             snapshots.pop("best", None)
         if self._phase in _ACTIVE:
             numbers.update(step=self._step, total_steps=self._total_steps, good_step=self._good.step,
-                           pending=self._pending, level=self._level,
-                           ramp_clock=self._ramp_clock, level_began=getattr(self, "_level_began", 0),
-                           best_drift=getattr(self, "_best_drift", None), stale=getattr(self, "_stale", 0),
+                           climb=self._climb.state(),
                            good_sparsity=self._good.sparsity,
                            **self.learning_rate_policy.state(self.model),
                            check_baseline=self.check.baseline, monitor=self.result.monitor,
@@ -654,8 +638,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             self.result.levels = [tuple(check) for check in self.result.levels]
             self._step, self._total_steps = state["step"], state["total_steps"]
             self._epoch_steps = 0
-            self._pending, self._level, self._level_began = state["pending"], state["level"], state["level_began"]
-            self._ramp_clock, self._best_drift, self._stale = state["ramp_clock"], state["best_drift"], state["stale"]
+            self._climb.restore(state["climb"])
             self.learning_rate_policy.resume(self.model, state)
             self._good = Snapshot(snapshots["good"], snapshots["good_slots"], state["good_step"],
                                    state["good_sparsity"])

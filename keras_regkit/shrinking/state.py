@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 
 FOLDER = "keras_regkit_shrink"  # inside `backup_dir`
-FORMAT = 4
+FORMAT = 5
 
 
 class PhaseState:

@@ -1,7 +1,7 @@
 """The shrink takes every data shape `fit` takes, with the meaning `fit` gives
 it: lists and dicts of inputs and targets, multi-output models, weighted
 validation tuples, datasets, generators, `PyDataset`s and data that repeats
-forever."""
+forever (`shrinking/data.py`, which also samples the guards' inputs)."""
 
 import keras
 import numpy as np
@@ -9,7 +9,7 @@ import pytest
 
 import keras_regkit as rk
 from keras_regkit.callbacks import ShrinkPhase
-from keras_regkit.shrinking import AgreementGuard
+from keras_regkit.shrinking import AgreementGuard, data
 
 tf = pytest.importorskip("tensorflow", reason="tf.data is how most users feed fit; installed with the package")
 
@@ -221,3 +221,12 @@ def test_monitor_and_scheduler_under_fit_with_a_dict_of_inputs():
         rk.callbacks.RegularizationScheduler(update_freq="epoch"), rk.callbacks.SparsityMonitor()])
     assert "sparsity" in history.history
     assert history.history["reg_loss"][0] > 0
+
+
+def test_sample_inputs_keeps_the_structure_of_list_and_dict_inputs():
+    x = {"a": np.arange(10.0)[:, None], "b": np.arange(10.0)[:, None] * 2}
+    taken = data.sample_inputs(x, 4)
+    assert set(taken) == {"a", "b"} and taken["a"].shape == (4, 1)
+    np.testing.assert_array_equal(taken["b"], taken["a"] * 2)  # rows stay paired
+    listed = data.sample_inputs([np.arange(10.0), np.arange(10.0)], 20)
+    assert len(listed) == 2 and listed[0].shape == (10,)

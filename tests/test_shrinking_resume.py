@@ -1,5 +1,6 @@
 """A `fit` interrupted and resumed with `keras.callbacks.BackupAndRestore`
-ends as if it had never been interrupted: schedules and the shrink phase.
+ends as if it had never been interrupted: the shrink phase and its state
+(`shrinking/state.py`). The schedules' resume is in test_scheduler.py.
 
 Each interruption is an exception raised from a callback (as Keras' own
 BackupAndRestore tests do), or once a process killed outright; each resume
@@ -19,89 +20,12 @@ import pytest
 import keras_regkit as rk
 from keras_regkit.callbacks import RegularizationScheduler, ShrinkPhase
 
-from conftest import tiny_data
+from conftest import Interrupt, resumed
 
 # JAX refuses update_freq="batch" (its compiled step can't see the optimizer's
 # counter); the shrink runs use the mode every backend has.
 MODE = "epoch" if keras.backend.backend() == "jax" else "batch"
 
-class Interrupt(keras.callbacks.Callback):
-    """Raises at a chosen point of a chosen epoch (mid-epoch by default)."""
-
-    def __init__(self, epoch, where="batch"):
-        super().__init__()
-        self.epoch, self.where, self.current = epoch, where, None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.current = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.where == "batch" and self.current == self.epoch and batch == 1:
-            raise RuntimeError(f"interrupted in epoch {self.epoch}")
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.where == "epoch_end" and epoch == self.epoch:
-            raise RuntimeError(f"interrupted at the end of epoch {epoch}")
-
-    def on_train_end(self, logs=None):
-        if self.where == "train_end":
-            raise RuntimeError("interrupted while finishing")
-
-
-def resumed(run, interruptions):
-    """`run(extra_callbacks)` interrupted at each of `interruptions` (a list of
-    Interrupt), then run to the end; returns the last run's output."""
-    for interrupt in interruptions:
-        with pytest.raises(RuntimeError, match="interrupted"):
-            run([interrupt])
-    return run([])
-
-
-# -- schedules ---------------------------------------------------------------
-
-RAMP = keras.optimizers.schedules.PolynomialDecay(0.0, 20, 0.2)
-
-
-def scheduled_fit(backup, update_freq, backup_first, extra):
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((6,)), keras.layers.Dense(8, activation="relu", name="hidden"),
-        keras.layers.Dense(4, name="out", kernel_regularizer=rk.regularizers.L1(RAMP)),
-    ])
-    model.compile(keras.optimizers.SGD(0.05), "mse")
-    pair = [keras.callbacks.BackupAndRestore(backup), RegularizationScheduler(update_freq)]
-    x, y = tiny_data()
-    history = model.fit(x, y, batch_size=8, epochs=6, verbose=0, shuffle=False,
-                        callbacks=(pair if backup_first else pair[::-1]) + extra)
-    return history.history, model.get_layer("out").kernel_regularizer.step, model.get_weights()
-
-
-_UNINTERRUPTED = {}
-
-
-@pytest.mark.parametrize("backup_first", [True, False], ids=["backup_first", "scheduler_first"])
-@pytest.mark.parametrize("update_freq", [
-    pytest.param("batch", marks=pytest.mark.skipif(MODE != "batch", reason="update_freq='batch' is refused under JAX")),
-    "epoch",
-])
-def test_schedule_resumes_where_the_backup_left_off(tmp_path, update_freq, backup_first):
-    if update_freq not in _UNINTERRUPTED:  # the same whichever callback is first
-        _UNINTERRUPTED[update_freq] = scheduled_fit(str(tmp_path / "a"), update_freq, backup_first, [])
-    expected, expected_step, expected_weights = _UNINTERRUPTED[update_freq]
-
-    def run(extra):
-        return scheduled_fit(str(tmp_path / "b"), update_freq, backup_first, extra)
-
-    history, step, weights = resumed(run, [Interrupt(3)])
-    # Epochs 3-5 were run again after the resume, at the same strengths.
-    for key in ("loss", "reg_loss", "strength/out/kernel"):
-        np.testing.assert_allclose(history[key], expected[key][3:], rtol=1e-6, err_msg=key)
-    assert step == expected_step
-    for a, b in zip(weights, expected_weights):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-
-
-# -- the shrink phase --------------------------------------------------------
 
 def classification_data(n, seed):
     rng = np.random.default_rng(seed)
@@ -294,7 +218,7 @@ def test_resumes_after_a_process_is_killed(tmp_path):
         import json, os, sys
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         import keras
-        from test_resume import shrink_fit  # the code of the in-process runs
+        from test_shrinking_resume import shrink_fit  # the code of the in-process runs
 
         class Kill(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):

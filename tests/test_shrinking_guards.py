@@ -1,40 +1,12 @@
-"""Each part of the shrink on its own: the sparsity schedule, the scores, the
-cut and its held zeros, the agreement guard, the final check."""
+"""The shrink's guards on their own (`shrinking/guards.py`): the agreement
+guard, and the validation check of the tolerance mode."""
 
 import keras
 import numpy as np
 import pytest
 
-from keras_regkit.shrinking import AgreementGuard, CubicRamp, data, guards
+from keras_regkit.shrinking import AgreementGuard, guards
 
-
-# -- schedules ----------------------------------------------------------------
-
-def test_cubic_ramp_starts_at_the_first_cut_rises_ever_slower_and_holds_the_target():
-    ramp = CubicRamp(0.98, initial=0.8, ramp_fraction=0.8)
-    progress = np.linspace(0, 1, 101)
-    values = np.array([ramp(p) for p in progress])
-    assert values[0] == pytest.approx(0.8)
-    assert (np.diff(values) >= -1e-12).all()
-    steps = np.diff(values[:81])
-    assert (np.diff(steps) <= 1e-12).all()  # concave: big cuts first
-    assert values[80:] == pytest.approx([0.98] * 21)
-    # Zhu & Gupta's equation at a point.
-    assert ramp(0.4) == pytest.approx(0.98 + (0.8 - 0.98) * (1 - 0.4 / 0.8) ** 3)
-    # A first cut above the target is the target: one cut, then hold.
-    assert CubicRamp(0.5, initial=0.8)(0.0) == 0.5
-
-
-def test_cubic_ramp_round_trips_and_validates():
-    ramp = CubicRamp(0.9, initial=0.3, ramp_fraction=0.5)
-    assert CubicRamp.from_config(ramp.get_config()).get_config() == ramp.get_config()
-    with pytest.raises(ValueError, match=r"argument `target`.*target=1.2"):
-        CubicRamp(1.2)
-    with pytest.raises(ValueError, match="argument `ramp_fraction`"):
-        CubicRamp(0.9, ramp_fraction=0.0)
-
-
-# -- guards -------------------------------------------------------------------
 
 def test_agreement_guard_counts_changed_top1_predictions():
     keras.utils.set_random_seed(0)
@@ -57,15 +29,6 @@ def test_guard_refuses_a_model_without_classes():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="class axis of 2 or more"):
         AgreementGuard(0.1).start(model, np.zeros((4, 3), "float32"))
-
-
-def test_sample_inputs_keeps_the_structure_of_list_and_dict_inputs():
-    x = {"a": np.arange(10.0)[:, None], "b": np.arange(10.0)[:, None] * 2}
-    taken = data.sample_inputs(x, 4)
-    assert set(taken) == {"a", "b"} and taken["a"].shape == (4, 1)
-    np.testing.assert_array_equal(taken["b"], taken["a"] * 2)  # rows stay paired
-    listed = data.sample_inputs([np.arange(10.0), np.arange(10.0)], 20)
-    assert len(listed) == 2 and listed[0].shape == (10,)
 
 
 def test_validation_check_compares_each_class_output_with_its_start_sample_by_sample():

@@ -1,5 +1,6 @@
 """The shrink as a whole (`ShrinkPhase`, `shrink`): each promise is checked on
-the weights themselves, not only on the reported outcome."""
+the weights themselves, not only on the reported outcome; and the input each
+refuses."""
 
 import keras
 import numpy as np
@@ -8,6 +9,19 @@ import pytest
 import keras_regkit as rk
 from keras_regkit.callbacks import ShrinkPhase
 from keras_regkit.shrinking import AgreementGuard, CubicRamp, ValidationCheck
+
+from conftest import (
+    assert_model_unchanged,
+    assert_refused_and_unchanged,
+    compiled,
+    infinite_dataset,
+    model_state,
+    model_under_test,
+    right_checks,
+    row,
+    run_with_fixtures,
+    tiny_data,
+)
 
 
 def classification_data(n=256, seed=0):
@@ -453,3 +467,178 @@ def test_the_ramp_follows_its_schedule_over_the_budget_left_when_the_phase_start
         expected = round(ramp(min(step / 32, 1.0)) * total) / total
         assert fraction == pytest.approx(expected, abs=1.5 / total), step
     assert shrink_steps[-1] == pytest.approx(0.9, abs=0.5 / total)
+
+
+# -- a refused shrink changes nothing: every check on the data comes before the
+# learning rate, the weights, the optimizer's slots or the constraints are
+# touched (issue #30, families 1-3) ----------------------------------------------
+
+N = 64
+
+
+def data(n=N, features=6, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).astype("float32")
+    return x, (x[:, 0] > 0).astype("int32")
+
+
+def trained(outputs=1):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(16, activation="relu", name="hidden")(inputs)
+    if outputs == 1:
+        model = keras.Model(inputs, keras.layers.Dense(2, name="out")(hidden))
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    else:
+        model = keras.Model(inputs, {"a": keras.layers.Dense(2, name="a")(hidden),
+                                     "b": keras.layers.Dense(2, name="b")(hidden)})
+        loss = {"a": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                "b": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
+    model.compile(keras.optimizers.Adam(1e-2), loss)
+    x, y = data()
+    model.fit(x, y if outputs == 1 else {"a": y, "b": y}, epochs=2, batch_size=16, verbose=0)
+    return model
+
+
+def state(model):
+    """Everything a failed shrink must leave as it was."""
+    return {
+        "weights": model.get_weights(),
+        "optimizer": [np.array(keras.ops.convert_to_numpy(v)) for v in model.optimizer.variables],
+        "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
+        "constraints": [getattr(v, "constraint", None) for v in model.weights],
+    }
+
+
+def assert_unchanged(before, after):
+    assert after["learning_rate"] == before["learning_rate"]
+    assert after["constraints"] == before["constraints"]
+    for key in ("weights", "optimizer"):
+        assert len(after[key]) == len(before[key])
+        for a, b in zip(after[key], before[key]):
+            np.testing.assert_array_equal(a, b)
+
+
+xv, yv = data(32, seed=1)
+nan_x = xv.copy()
+nan_x[3, 2] = np.nan
+
+CASES = [
+    # (outputs, validation_data, extra kwargs, error, what the message names)
+    (1, (data(32, features=5)[0], yv), {}, ValueError, "validation_data"),           # wrong feature count
+    (1, (xv, [yv, yv]), {}, ValueError, "validation_data.*2 targets"),                # a list for one output
+    (1, (xv, yv[:20]), {}, ValueError, "validation_data.*same number of samples"),     # y shorter than x
+    (1, (xv, yv, np.ones(5)), {}, ValueError, "validation_data.*same number of samples"),  # weights
+    (2, (xv, {"a": yv}), {}, ValueError, "validation_data.*missing"),                 # a dict missing an output
+    (2, (xv, {"a": yv, "b": yv, "c": yv}), {}, ValueError, "validation_data.*unknown"),
+    (1, (nan_x, yv), {}, ValueError, "validation_data.*not all finite"),              # NaN inputs
+    (1, (xv, yv), {"monitor": "val_auc"}, ValueError, "argument `monitor`.*val_auc"),  # not compiled
+    (1, (xv, yv), {"patience": 2}, ValueError, "`patience` has no meaning"),
+    (1, (xv, yv), {"start_epoch": 1}, ValueError, "`start_epoch` has no meaning"),
+    (1, (xv, yv), {"batch_size": 0}, ValueError, "argument `batch_size`"),
+    (1, (xv, yv), {"mode": "up"}, ValueError, "argument `mode`"),
+]
+
+
+@pytest.mark.parametrize("mode", ["tolerance", "sparsity"])
+@pytest.mark.parametrize("outputs, validation, kwargs, error, match", CASES)
+def test_a_refused_shrink_leaves_model_and_optimizer_as_they_were(mode, outputs, validation, kwargs, error, match):
+    model = trained(outputs)
+    x, y = data()
+    before = state(model)
+    target = {"tolerance": 0.05} if mode == "tolerance" else {"sparsity": 0.5}
+    with pytest.raises(error, match=match):
+        rk.shrink(model, x, y if outputs == 1 else {"a": y, "b": y}, validation_data=validation, epochs=2,
+                  **target, **kwargs)
+    assert_unchanged(before, state(model))
+
+
+def test_sparsity_mode_reports_a_regression_models_validation_loss():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+    x, _ = data()
+    y = x[:, :1] * 2.0
+    model.fit(x, y, epochs=2, verbose=0)
+    validation = (xv, xv[:, :1] * 2.0)
+    start = model.evaluate(*validation, verbose=0)
+    result = rk.shrink(model, x, y, sparsity=0.5, validation_data=validation, epochs=1)
+    assert result.monitor == "val_loss" and result.baseline == pytest.approx(start, rel=1e-4)
+    assert result.final == pytest.approx(model.evaluate(*validation, verbose=0), rel=1e-4)
+
+
+# -- bad and unusual input: the tables' helpers are in conftest -----------------
+
+def frozen_optimizer(model):
+    # Learning rate 0: `fit` itself changes no weight, so any change is the callback's.
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    return model
+
+
+BAD_INPUT = [
+    # The old `penalty=`, `relative=`, `fine_tune_epochs=` are gone: named as unknown.
+    row("phase-penalty-gone", lambda m: rk.callbacks.ShrinkPhase(start_epoch=0, penalty=keras.regularizers.L1),
+     TypeError, "penalty"),
+    row("phase-relative-gone", lambda m: rk.callbacks.ShrinkPhase(start_epoch=0, relative="False"), TypeError,
+     "relative"),
+    row("phase-fine_tune_epochs-gone", lambda m: rk.callbacks.ShrinkPhase(start_epoch=0, fine_tune_epochs=3),
+     TypeError, "fine_tune_epochs"),
+    row("phase-no-start", lambda m: rk.callbacks.ShrinkPhase(sparsity=0.5), ValueError, "start_epoch"),
+    row("phase-start-negative", lambda m: rk.callbacks.ShrinkPhase(start_epoch=-1, sparsity=0.5), ValueError,
+     "start_epoch"),
+    row("phase-sparsity-above-1", lambda m: rk.callbacks.ShrinkPhase(start_epoch=0, sparsity=1.5), ValueError,
+     "sparsity"),
+    row("phase-granularity-typo", lambda m: rk.callbacks.ShrinkPhase(start_epoch=0, sparsity=0.5, granularity="unit "),
+     ValueError, "granularity"),
+    row("shrink-not-compiled", lambda m: rk.shrink(m, *tiny_data(), sparsity=0.5), ValueError, "compile"),
+    row("shrink-epochs-zero", lambda m: rk.shrink(m, *tiny_data(), sparsity=0.5, epochs=0), ValueError,
+     "epochs", prepare=compiled),
+    row("shrink-tolerance-no-validation", lambda m: rk.shrink(m, *tiny_data()), ValueError,
+     "validation_data", prepare=compiled),
+    # fit ended by the phase's error (its monitored metric is missing): nothing of the phase stays.
+    row("phase-monitor-missing-in-fit", lambda m: m.fit(
+        *tiny_data(), epochs=2, verbose=0, callbacks=[rk.callbacks.ShrinkPhase(patience=1, sparsity=0.5)]),
+        ValueError, "val_loss", prepare=frozen_optimizer),
+    # The hang: a dataset that repeats forever, without steps_per_epoch.
+    row("shrink-infinite-dataset", lambda m: rk.shrink(m, infinite_dataset(), sparsity=0.5), ValueError,
+     "steps_per_epoch", prepare=compiled),
+]
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("call, error, fragment, prepare", BAD_INPUT)
+def test_bad_input_raises_and_leaves_the_model_unchanged(call, error, fragment, prepare):
+    assert_refused_and_unchanged(call, error, fragment, prepare)
+
+
+def right_start_epoch_after_the_last_epoch_is_said():
+    model = frozen_optimizer(model_under_test())
+    before = model_state(model)
+    with pytest.warns(UserWarning, match=r"start_epoch=5\) will not start"):
+        phase = rk.callbacks.ShrinkPhase(start_epoch=5, sparsity=0.5)
+        model.fit(*tiny_data(), epochs=2, verbose=0, callbacks=[phase])
+    assert_model_unchanged(before, model_state(model))  # nothing happened, and that was said
+
+
+RIGHT = right_checks(right_start_epoch_after_the_last_epoch_is_said)
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("check", RIGHT)
+def test_unusual_input_gives_the_right_result(check, request):
+    run_with_fixtures(check, request)
+
+
+@pytest.mark.clear_session_per_module
+def test_lead_rows_shrink_callbacks_none_verbose_and_an_empty_mapping():
+    # Siblings found late: each gets a clear answer at the call.
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(TypeError, match="verbose"):
+        rk.callbacks.ShrinkPhase(start_epoch=0, sparsity=0.5, verbose="1")
+    with pytest.raises(ValueError, match="regularizers.*empty"):
+        rk.apply_regularizers(model, {})
+    assert model.losses == []
+    model.compile("adam", "mse")
+    x = np.zeros((8, 4), "float32")
+    result = rk.shrink(model, x, np.zeros((8, 2), "float32"), sparsity=0.5, epochs=1, callbacks=None)
+    assert result.sparsity == pytest.approx(0.5)
