@@ -160,6 +160,19 @@ class FailsAbove(ValidationCheck):
         return 0.0  # no progress: each level is checked after `_PLATEAU` waits
 
 
+class SparsityPerStep(keras.callbacks.Callback):
+    """The covered kernels' zero fraction and the learning rate after every
+    training step."""
+
+    def __init__(self):
+        super().__init__()
+        self.values, self.rates = [], []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.values.append(zero_fraction(self.model))
+        self.rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+
 def shrink_with_check(check, epochs=10, levels=(0.5, 0.8, 0.9, 0.95), callbacks=()):
     model = trained_classifier()
     x, y = classification_data()
@@ -174,11 +187,12 @@ def shrink_with_check(check, epochs=10, levels=(0.5, 0.8, 0.9, 0.95), callbacks=
 @pytest.mark.parametrize("limit", [0.5, 0.9])
 def test_tolerance_mode_ends_at_the_sparsest_level_that_passed(limit):
     check = FailsAbove(limit)
-    model, result = shrink_with_check(check)
+    candidates = (0.5, 0.9, 0.95)  # three rises fit in the budget
+    model, result = shrink_with_check(check, levels=candidates)
     # Levels tried in rising order; the one above the limit failed, and
     # none above it was tried.
     levels = [level for level, _, _ in result.levels]
-    assert levels == sorted(levels) and max(levels) == min(lv for lv in (0.5, 0.8, 0.9, 0.95, 0.98) if lv > limit)
+    assert levels == sorted(levels) and max(levels) == min(lv for lv in candidates if lv > limit)
     assert all(held == (level <= limit) for level, _, held in result.levels)
     assert result.outcome == "stopped by the check" and result.rollbacks == 1
     # It ends at exactly that level, fine-tuned: the zeros are the level's,
@@ -203,8 +217,45 @@ def test_a_first_level_that_never_passes_ends_at_exactly_the_starting_weights_an
         model.fit(x, y, epochs=10, batch_size=32, verbose=0, callbacks=[phase, epochs])
     assert phase.result.outcome == "baseline" and phase.result.sparsity == 0.0
     assert_same_weights(model.get_weights(), start)
+    # The first level was looked at twice: at the raised learning rate,
+    # then climbing again at the model's own. No other level was tried.
+    first = phase.levels[0]
+    assert [(level, held) for level, _, held in phase.result.levels] == [(first, False), (first, False)]
     assert len(epochs.weights) < 10  # fit stopped: nothing to fine-tune
     assert held(model) == []
+
+
+class FailsFirstLook(FailsAbove):
+    """Fails the first look, passes the rest (a model that the raised
+    learning rate shook)."""
+
+    def measure(self, model):
+        super().measure(model)
+        return (0.0, 1.0) if len(self.looks) == 1 else (1.0, 0.0)
+
+
+def test_a_first_level_that_fails_at_the_raised_rate_climbs_again_at_the_models_own():
+    model = trained_classifier()
+    rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    x, y = classification_data()
+    steps = SparsityPerStep()
+    phase = ShrinkPhase(start_epoch=0, tolerance=0.01, validation_data=classification_data(seed=1),
+                        levels=(0.8, 0.9), max_sparsity=0.95, cut_every=2)
+    phase.check = FailsFirstLook(limit=1.0)
+    with phase:
+        model.fit(x, y, epochs=10, batch_size=32, verbose=0, callbacks=[phase, steps])
+    looks = [(level, held) for level, _, held in phase.result.levels]
+    assert looks[:3] == [(0.8, False), (0.8, True), (0.9, True)]
+    # Back at the start after the first look (the one step whose sparsity
+    # falls, to none), and from there on at the model's own rate.
+    sparsity = np.array(steps.values)
+    fall = np.flatnonzero(sparsity[1:] < sparsity[:-1])
+    assert len(fall) == 1 and sparsity[fall[0] + 1] == 0.0
+    rates = np.array(steps.rates)
+    np.testing.assert_allclose(rates[:fall[0] + 1], 3 * rate, rtol=1e-6)
+    np.testing.assert_allclose(rates[fall[0] + 1:], rate, rtol=1e-6)
+    assert phase.result.sparsity >= 0.9 - 1 / 256
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(rate)
 
 
 def test_a_final_model_that_fails_the_check_goes_back_to_the_level_as_it_passed():

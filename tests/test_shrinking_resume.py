@@ -60,7 +60,7 @@ RESULT_FIELDS = ("baseline", "final", "started_at_epoch", "steps", "cuts", "roll
 def shrink_fit(backup, extra=(), backup_first=False, between=(), before=(), made=None):
     """Trains from scratch for 6 epochs with a scheduled penalty of the
     user's; the shrink (tolerance mode, cutting every 4 steps) starts at
-    epoch 2, and a level fails its check on the way to 99 %.
+    epoch 2, and the last level, 99 %, fails its check.
     `extra` callbacks go after ShrinkPhase and BackupAndRestore, `between`
     between them, `before` before them; `made` (a list) receives
     `(model, phase)` before `fit` starts. Returns a plain record of the run."""
@@ -183,16 +183,17 @@ def test_interruption_between_the_two_saves_loses_nothing(tmp_path):
 
 
 def test_a_level_waiting_for_its_check_resumes_waiting(tmp_path):
-    # After epoch 3 of the reference the 90 % level is cut and waits for
-    # the model to recover before its check: interrupted in epoch 4, the
-    # resume must go on waiting (and checking against the start's
-    # validation results), not climb on or forget the start.
+    # At the end of epoch 3 of the reference the 90 % level is reached and
+    # waits for the model to recover before its check (at step 20, in epoch
+    # 4): interrupted in epoch 4, the resume must go on waiting (and
+    # checking against the start's validation results), not climb on or
+    # forget the start.
     backup = str(tmp_path / "backup")
     made = []
     got = resumed(lambda extra: shrink_fit(backup, extra, made=made), [Interrupt(4)])
     assert sorted(got["seen"]) == [4, 5]
     assert_same_run(got, reference())
-    assert [level for level, _, _ in got["result"]["levels"]] == [0.5, 0.9]
+    assert [(level, held) for level, _, held in got["result"]["levels"]] == [(0.5, True), (0.9, True), (0.99, False)]
 
 
 def test_interrupted_while_finishing_resumes_the_ending(tmp_path):

@@ -1,47 +1,58 @@
-"""The tolerance mode's climb: where it is among its levels, and when a
-level has waited long enough for its check.
+"""The tolerance mode's climb: where it is among its levels, how it rises to
+the next one, and when a level has waited long enough for its check.
 
-The ramp is the sparsity mode's, headed for `max_sparsity`, on a clock that
-runs only while it cuts. It stops at each level; the model trains there
-until it stops recovering (its label-free drift from the start has not
-fallen for `PLATEAU` checks, or `HOLD` of the budget has passed), and then
-the phase reads the labels once. The last `RESERVE` of the budget always
-fine-tunes.
+After the first, one-shot, cut, the sparsity rises to each level along a
+cubic that slows to a stop there: the sparsity mode's shape, aimed at that
+level, so that its last cuts are the smallest and the model arrives
+recovered. Each rise takes `SEGMENT` of the budget, on a clock that runs
+only while it cuts. At a level the model trains until it stops recovering
+(its label-free drift from the start has not fallen for `PLATEAU` checks,
+or `HOLD` of the budget has passed), and then the phase reads the labels
+once. The last `RESERVE` of the budget always fine-tunes.
+
+If the first level fails at a raised learning rate (the rate the shrink
+sets, 3x the user's: best for most models, too much for some), the climb
+goes back to the start and climbs again at the user's rate.
 """
 
 from __future__ import annotations
 
 import math
 
-# In fractions of the budget: the cutting time of the ramp to
-# `max_sparsity` (the sparsity mode's pace: slower ramps leave better
-# models), the longest wait at a level for it to recover, and the end of the
-# budget kept for fine-tuning the chosen level; and the checks without
-# progress that end a wait. Chosen on seeds 5-9 of
-# benchmarks/bench_shrink_quality.py (digits, MNIST-1D).
-RAMP, HOLD, RESERVE = 0.6, 0.2, 0.15
+# In fractions of the budget: the rise from one level to the next, the
+# longest wait at a level for it to recover, and the end of the budget kept
+# for fine-tuning the chosen level; and the checks without progress that
+# end a wait. Chosen on seeds 5-9 of
+# benchmarks/bench_shrink_quality.py (digits, MNIST-1D); reported on 0-4.
+SEGMENT, HOLD, RESERVE = 0.2, 0.05, 0.15
 PLATEAU = 3
 
 
 class Climb:
     """The climb's position. `pending` is the level reached and awaiting
-    its check (None while ramping), `level` the last that held."""
+    its check (None while rising), `level` the last that held."""
 
-    def __init__(self, levels: tuple[float, ...]):
+    def __init__(self, levels: tuple[float, ...], initial: float = 0.0):
         self.levels = levels
+        self.initial = initial  # the first cut's sparsity
         self.pending: float | None = None
         self.level = 0.0
         self.level_began = 0  # the step at which `pending` was reached
-        self.ramp_clock = 0  # steps spent cutting: the ramp's own time
-        self.best_drift = math.inf
-        self.stale = 0  # checks since the drift last fell
+        self.ramp_clock = 0  # steps spent rising: the rises' own time
+        self.rise_from = initial  # the sparsity the current rise starts at
+        self.rise_began = 0  # the ramp clock when it began
+        self.retried = False  # climbing again from the start
 
     def upcoming(self) -> list[float]:
         return [level for level in self.levels if level > self.level]
 
     def budget_left(self, progress: float) -> bool:
-        """Whether there is a level to go on to, before the reserve."""
-        return bool(self.upcoming()) and progress <= 1.0 - RESERVE
+        """Whether there is a level to go on to, and time to reach it before
+        the reserve (a rise that would be cut short is not begun: the level
+        that held fine-tunes instead)."""
+        rising = self.ramp_clock > self.rise_began
+        needed = 0.0 if rising else SEGMENT
+        return bool(self.upcoming()) and progress + needed <= 1.0 - RESERVE
 
     def recovering(self, drift: float, step: int, total_steps: int, progress: float) -> bool:
         """Whether the model at the pending level is still getting closer to
@@ -53,21 +64,34 @@ class Climb:
         waited = (step - self.level_began) / total_steps
         return self.stale < PLATEAU and waited < HOLD and progress <= 1.0 - RESERVE
 
-    def ramp_position(self, step: int, total_steps: int, cut_every: int) -> float:
-        """The ramp's own progress (1 at the end of its cutting time) after
-        this step's cut time."""
+    def rise(self, step: int, total_steps: int, cut_every: int) -> tuple[float, bool]:
+        """The sparsity to cut to now on the way to the next level, and
+        whether the rise is over (the level is reached)."""
         if step:
             self.ramp_clock += cut_every
-        return self.ramp_clock / max(total_steps * RAMP, 1)
+        target = self.upcoming()[0]
+        start = min(self.rise_from, target)
+        done = min((self.ramp_clock - self.rise_began) / max(total_steps * SEGMENT, 1), 1.0)
+        return target - (target - start) * (1.0 - done) ** 3, done >= 1.0
 
     def reach(self, level: float, step: int) -> None:
         self.pending, self.level_began, self.best_drift, self.stale = level, step, math.inf, 0
 
     def held(self) -> None:
         self.level, self.pending = self.pending, None
+        self.rise_from, self.rise_began = self.level, self.ramp_clock
+
+    def restart(self) -> None:
+        """Climbs again from the start (and its first cut), once."""
+        self.pending, self.retried = None, True
+        self.rise_from, self.rise_began = self.initial, self.ramp_clock
 
     # -- resuming ----------------------------------------------------------
-    _SAVED = ("pending", "level", "level_began", "ramp_clock", "best_drift", "stale")
+    _SAVED = ("pending", "level", "level_began", "ramp_clock", "rise_from", "rise_began", "retried",
+              "best_drift", "stale")
+
+    best_drift = math.inf
+    stale = 0  # checks since the drift last fell
 
     def state(self) -> dict:
         return {name: getattr(self, name) for name in self._SAVED}

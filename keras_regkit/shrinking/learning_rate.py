@@ -17,8 +17,8 @@ class LearningRatePolicy:
 
     Args:
         learning_rate: A float, `"auto"` or None (leave it). `"auto"` is 3x
-            the current rate in the sparsity mode if the optimizer has
-            trained, the current rate otherwise (see `ShrinkPhase`).
+            the current rate if the optimizer has trained, the current rate
+            otherwise (see `ShrinkPhase`).
         mode_name: `"sparsity"` or `"tolerance"`.
     """
 
@@ -53,13 +53,20 @@ class LearningRatePolicy:
         if self.learning_rate != "auto":
             return self.learning_rate
         # A higher rate recovers from cuts far better (the benchmark's
-        # largest lever), but it moves the model by itself too, which the
-        # tolerance mode's checks would count against the cuts. A fresh
-        # optimizer (compiled, never stepped) takes first steps as large as
-        # its rate on every weight: at 3x that wrecked a trained transformer
+        # largest lever, in both modes). A fresh optimizer (compiled, never
+        # stepped) takes first steps as large as its rate on every weight:
+        # at 3x that wrecked a trained transformer
         # (benchmarks/bench_transformer_shrink.py), so it keeps the rate.
         trained = int(keras.ops.convert_to_numpy(optimizer.iterations)) > 0
-        return 3.0 * current if self.mode_name == "sparsity" and trained else current
+        return 3.0 * current if trained else current
+
+    def lower(self, model) -> bool:
+        """Back to the user's rate for the rest of the shrink, if the shrink
+        had raised it; whether it did."""
+        if self.user_rate is None or self.current(model) <= self.user_rate:
+            return False
+        _inner(model.optimizer).learning_rate = self.user_rate
+        return True
 
     def restore(self, model) -> None:
         """Puts the user's rate back (once)."""

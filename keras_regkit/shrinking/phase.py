@@ -36,11 +36,12 @@ from keras_regkit.shrinking.trigger import StartTrigger
 
 # The tolerance mode ramps towards this; its checks stop it lower.
 _CEILING = {"weight": 0.995, "unit": 0.95}
-# The tolerance mode's candidate levels: the ramp pauses at each, the
-# validation check tests it, and the first that fails ends the ramp at the
-# one before. Few, fixed looks: the labels pick among 8 states, not
-# hundreds (which would keep the ones that held there by chance).
-_LEVELS = {"weight": (0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995),
+# The tolerance mode's candidate levels: the climb stops at each, the
+# validation check tests it, and the first that fails ends the climb at the
+# one before. Few, fixed looks: the labels pick among 7 states, not
+# hundreds (which would keep the ones that held there by chance). Entries
+# start above the first cut (half of them), which is not checked alone.
+_LEVELS = {"weight": (0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995),
            "unit": (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)}
 # The first cut, made before any training step: half the entries did best
 # on the benchmark's MLPs (0.8 and 0 were 0.5-2 points worse at 95 %).
@@ -428,7 +429,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         steps, epochs = self.params.get("steps"), self.params.get("epochs", epoch + 1)
         self._total_steps = steps * max(epochs - epoch, 1) if steps else None
         self._start_weights = self.model.get_weights()
-        self._climb = Climb(self.levels)
+        self._climb = Climb(self.levels, initial=self.schedule(0.0))
         if self.guard is not None:
             self.guard.start(self.model, self.reference_inputs)
         self.result.started_at_epoch = epoch
@@ -468,14 +469,22 @@ class ShrinkPhase(keras.callbacks.Callback):
         """The tolerance mode (see `climb`): at a pending level, wait while
         the model recovers, then one look at the labels decides: on to the
         next level, or back to the last that held, fine-tuned for the rest
-        of the budget. Between levels, ramp on."""
+        of the budget. Between levels, rise to the next."""
         climb = self._climb
         total = self._total_steps or max(self._step, 1)  # unknown in a first epoch of unknown length
         if climb.pending is not None:
             if climb.recovering(self.check.drift(self.model), self._step, total, self._progress()):
                 return
             if not self._level_holds():
-                self._end_ramp(f"Step {self._step}: {self.result.levels[-1][0]:.2%} fails its check")
+                failed = self.result.levels[-1][0]
+                if climb.level == 0 and not climb.retried and self.learning_rate_policy.lower(self.model):
+                    # The first level, at the raised rate: the rate is the
+                    # suspect. The start is the only state to go back to.
+                    self._rollback(f"Step {self._step}: {failed:.2%} fails its check")
+                    climb.restart()
+                    self._say(f"Step {self._step}: climbing again at the learning rate the model had.")
+                    return
+                self._end_ramp(f"Step {self._step}: {failed:.2%} fails its check")
                 return
         if not climb.budget_left(self._progress()):
             if self._sparsity() > self._good.sparsity:
@@ -484,9 +493,8 @@ class ShrinkPhase(keras.callbacks.Callback):
                 self._rollback(f"Step {self._step}: out of budget before {climb.upcoming()[0]:.2%}")
             self._phase = "holding"  # the rest fine-tunes the last level that held
             return
-        ramp = climb.ramp_position(self._step, total, self.cut_every)
-        sparsity = self.schedule(min(ramp * self.schedule.ramp_fraction, 1.0))
-        if sparsity >= climb.upcoming()[0]:
+        sparsity, arrived = climb.rise(self._step, total, self.cut_every)
+        if arrived:
             sparsity = climb.upcoming()[0]
             climb.reach(sparsity, self._step)
         self._cut_to(sparsity)
