@@ -23,6 +23,9 @@ Usage (repository root, project venv with mnist1d):
 
     python benchmarks/bench_tolerance_models.py --seeds 5 --out benchmarks/tolerance_models_results.json
     python benchmarks/bench_tolerance_models.py --quick
+    # the tolerance rows again, the sparsity rows (the frontier) kept:
+    python benchmarks/bench_tolerance_models.py --seeds 5 --levels \
+        --sparsity-rows-from benchmarks/tolerance_models_results.json --out new.json
 """
 
 from __future__ import annotations
@@ -65,9 +68,9 @@ def text_data(n, rng, length=40, vocab=64, sets=4):
 def load(kind):
     """(train, validation, test) splits."""
     if kind == "cnn":
-        from quality_protocol import load_mnist1d_split
+        from quality_protocol import LOADERS
 
-        return load_mnist1d_split()
+        return LOADERS["mnist1d"]()
     rng = np.random.default_rng(0)
     if kind == "text":
         return text_data(3000, rng), text_data(500, rng), text_data(1000, rng)
@@ -128,7 +131,7 @@ def run(kind, seed, args, keras, rk):
     reset = resetter(keras, model)
     epochs = 2 if args.quick else SHRINK_EPOCHS
     fit_seconds = plain_fit_seconds(model, reset, x, y, (xv, yv), epochs)
-    runs = [("sparsity", level, dict(sparsity=level)) for level in LEVELS]
+    runs = [("sparsity", level, dict(sparsity=level)) for level in args.levels]
     runs += [("tolerance", t, dict(tolerance=t, **({"monitor": "val_mae"} if kind == "regression" else {})))
              for t in TOLERANCES[kind]]
     rows = []
@@ -201,6 +204,11 @@ def main(argv=None):
                    help="seeds first-seed .. first-seed + seeds - 1 (the climb's constants were chosen on 5-9)")
     p.add_argument("--kinds", nargs="+", default=list(TOLERANCES), choices=list(TOLERANCES))
     p.add_argument("--cnn-filters", type=int, default=32)
+    p.add_argument("--levels", nargs="*", type=float, default=LEVELS, help="the sparsity mode's levels (none: "
+                   "tolerance rows only, with --sparsity-rows-from)")
+    p.add_argument("--sparsity-rows-from", default=None,
+                   help="a results JSON of the same seeds whose sparsity-mode rows to keep (the baselines are "
+                        "deterministic: op determinism is on)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--table", default=None, help="print the table of a results JSON")
     p.add_argument("--out", default=None)
@@ -219,6 +227,10 @@ def main(argv=None):
     for kind in args.kinds:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             rows += run(kind, seed, args, keras, rk)
+    if args.sparsity_rows_from:
+        with open(args.sparsity_rows_from) as f:
+            kept = [r for r in json.load(f)["results"] if r["mode"] == "sparsity" and r["kind"] in args.kinds]
+        rows = kept + [r for r in rows if r["mode"] != "sparsity"]
     print(table(rows))
     if args.out:
         with open(args.out, "w") as f:
