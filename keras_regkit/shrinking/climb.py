@@ -38,9 +38,9 @@ class Climb:
         self.pending: float | None = None
         self.level = 0.0
         self.level_began = 0  # the step at which `pending` was reached
-        self.ramp_clock = 0  # steps spent rising: the rises' own time
+        self.rise_clock = 0  # steps spent rising: the rises' own time
         self.rise_from = initial  # the sparsity the current rise starts at
-        self.rise_began = 0  # the ramp clock when it began
+        self.rise_began = 0  # the rise clock when it began
         self.retried = False  # climbing again from the start
 
     def upcoming(self) -> list[float]:
@@ -50,7 +50,7 @@ class Climb:
         """Whether there is a level to go on to, and time to reach it before
         the reserve (a rise that would be cut short is not begun: the level
         that held fine-tunes instead)."""
-        rising = self.ramp_clock > self.rise_began
+        rising = self.rise_clock > self.rise_began
         needed = 0.0 if rising else SEGMENT
         return bool(self.upcoming()) and progress + needed <= 1.0 - RESERVE
 
@@ -68,10 +68,10 @@ class Climb:
         """The sparsity to cut to now on the way to the next level, and
         whether the rise is over (the level is reached)."""
         if step:
-            self.ramp_clock += cut_every
+            self.rise_clock += cut_every
         target = self.upcoming()[0]
         start = min(self.rise_from, target)
-        done = min((self.ramp_clock - self.rise_began) / max(total_steps * SEGMENT, 1), 1.0)
+        done = min((self.rise_clock - self.rise_began) / max(total_steps * SEGMENT, 1), 1.0)
         return target - (target - start) * (1.0 - done) ** 3, done >= 1.0
 
     def reach(self, level: float, step: int) -> None:
@@ -79,15 +79,15 @@ class Climb:
 
     def held(self) -> None:
         self.level, self.pending = self.pending, None
-        self.rise_from, self.rise_began = self.level, self.ramp_clock
+        self.rise_from, self.rise_began = self.level, self.rise_clock
 
     def restart(self) -> None:
         """Climbs again from the start (and its first cut), once."""
         self.pending, self.retried = None, True
-        self.rise_from, self.rise_began = self.initial, self.ramp_clock
+        self.rise_from, self.rise_began = self.initial, self.rise_clock
 
     # -- resuming ----------------------------------------------------------
-    _SAVED = ("pending", "level", "level_began", "ramp_clock", "rise_from", "rise_began", "retried",
+    _SAVED = ("pending", "level", "level_began", "rise_clock", "rise_from", "rise_began", "retried",
               "best_drift", "stale")
 
     best_drift = math.inf

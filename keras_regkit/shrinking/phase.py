@@ -34,13 +34,14 @@ from keras_regkit.shrinking.snapshots import Snapshot
 from keras_regkit.shrinking.state import PhaseState
 from keras_regkit.shrinking.trigger import StartTrigger
 
-# The tolerance mode ramps towards this; its checks stop it lower.
+# The tolerance mode's last level; its checks stop it lower.
 _CEILING = {"weight": 0.995, "unit": 0.95}
 # The tolerance mode's candidate levels: the climb stops at each, the
 # validation check tests it, and the first that fails ends the climb at the
 # one before. Few, fixed looks: the labels pick among 7 states, not
-# hundreds (which would keep the ones that held there by chance). Entries
-# start above the first cut (half of them), which is not checked alone.
+# hundreds (which would keep the ones that held there by chance). The
+# weights' levels start above the first cut (half the entries), which is
+# not checked on its own.
 _LEVELS = {"weight": (0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995),
            "unit": (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)}
 # The first cut, made before any training step: half the entries did best
@@ -179,7 +180,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         verbose: 1 prints each decision and the result.
 
     Expert settings (the defaults are the benchmark's best):
-        max_sparsity: The ramp's ceiling in the tolerance mode. Defaults to
+        max_sparsity: The tolerance mode's last level. Defaults to
             0.995 (0.95 of units).
         levels: The tolerance mode's candidate sparsities, tested in rising
             order (`max_sparsity` is added as the last). Defaults to 0.8,

@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 
 FOLDER = "keras_regkit_shrink"  # inside `backup_dir`
-FORMAT = 5
+FORMAT = 6  # 6: the climb rises level by level (shrinking.climb)
 
 
 class PhaseState:
