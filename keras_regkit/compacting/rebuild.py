@@ -716,8 +716,10 @@ def compact(model: keras.Model, custom_objects: dict | None = None) -> CompactRe
     units, dead, kept = _report(analysis)
     return CompactResult(
         model=new_model,
-        units={**block_units, **units},
-        dead={**block_dead, **dead},
+        # Flattening's figures first: an attention layer rebuilt there has no
+        # dead heads left for the analysis to see.
+        units={**block_units, **{k: v for k, v in units.items() if k not in block_units}},
+        dead={**block_dead, **{k: v for k, v in dead.items() if k not in block_dead}},
         kept=kept,
         skipped=dict(analysis.skipped),
         params_before=int(original.count_params()),
