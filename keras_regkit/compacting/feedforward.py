@@ -23,7 +23,7 @@ import keras
 import numpy as np
 
 from keras_regkit.compacting import attention
-from keras_regkit.pruning.units import HEAD_LAYERS, dead_mask
+from keras_regkit.pruning.units import dead_mask
 
 INNER, OUTER = "feedforward_intermediate_dense", "feedforward_output_dense"
 
@@ -114,7 +114,7 @@ def flatten(model: keras.Model):
         old = old_by_new.get(id(new))
         if old is None:
             continue
-        if isinstance(old, HEAD_LAYERS):
+        if attention.has_dead_heads(old):
             attention.copy_heads(old, new)
         elif block(old) is not None:
             _transplant(old, {s.name: s for s in new._flatten_layers(include_self=False, recursive=False)})
@@ -135,7 +135,7 @@ def _transplant(old, new_by_name) -> None:
         new = new_by_name[sub.name]
         if sub is inner:
             _copy_feedforward(old.name, inner, outer, new, new_by_name[outer.name])
-        elif isinstance(sub, HEAD_LAYERS):
+        elif attention.has_dead_heads(sub):
             attention.copy_heads(sub, new)
         elif sub is not outer:
             new.set_weights(sub.get_weights())
