@@ -266,6 +266,27 @@ def summarize(results):
     return summary
 
 
+def markdown(path):
+    """The README's table from a results file: median (worst) over seeds."""
+    with open(path) as f:
+        saved = json.load(f)
+    n_heads = saved["settings"]["layers"] * saved["settings"]["heads"]
+    n_units = saved["settings"]["layers"] * saved["settings"]["intermediate"]
+    lines = ["| setting | level | heads left | FFN units left | params | .keras file | throughput, traced "
+             "| throughput, XLA | test accuracy change |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for key, row in saved["summary"].items():
+        setting, level = key.split()
+        m = {k: v["median"] for k, v in row.items() if isinstance(v, dict)}
+        w = {k: v["worst"] for k, v in row.items() if isinstance(v, dict)}
+        lines.append(
+            f"| {setting} | {float(level):.0%} | {m['heads_left']:.0f}/{n_heads} | {m['units_left']:.0f}/{n_units} "
+            f"| {m['param_ratio']:.2f}x | {m['file_ratio']:.2f}x "
+            f"| {m['throughput_ratio_traced']:.2f}x ({w['throughput_ratio_traced']:.2f}) "
+            f"| {m['throughput_ratio_xla']:.2f}x ({w['throughput_ratio_xla']:.2f}) "
+            f"| {m['acc_delta_pp']:+.2f} ({w['acc_delta_pp']:+.2f}) pp |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -292,7 +313,11 @@ def main(argv=None):
     parser.add_argument("--baseline-only", action="store_true", help="train and test the baselines only")
     parser.add_argument("--quick", action="store_true", help="tiny model and data, few epochs and repeats")
     parser.add_argument("--json", help="write the figures as JSON here")
+    parser.add_argument("--table", metavar="JSON", help="print the README's table from a results file, and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown(args.table))
+        return None
     if args.quick:
         args.layers, args.hidden, args.heads, args.intermediate = 2, 32, 4, 64
         args.train, args.val, args.test, args.train_epochs, args.epochs, args.repeats = 400, 100, 200, 1, 1, 2
