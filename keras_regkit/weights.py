@@ -54,6 +54,9 @@ class WeightRef:
         owner: None, or the composite layer (e.g. `MultiHeadAttention`) that
             contains `layer` and rebuilds it from its own config on reload,
             so a regularizer set on `layer` would not be saved.
+        parent: None, or the layer that holds `layer` directly (for the
+            query projection of a `MultiHeadAttention`, the attention layer:
+            what a head is made of is read from there).
 
     Example:
 
@@ -69,6 +72,7 @@ class WeightRef:
     variable: keras.Variable
     config_attr: str
     owner: keras.layers.Layer | None = None
+    parent: keras.layers.Layer | None = None
 
     @property
     def name(self) -> str:
@@ -276,7 +280,8 @@ def iter_weights(
         for kind in kinds:
             found = _weight_of(layer, kind)
             if found is not None:
-                yield WeightRef(path, layer, kind, found[0], found[1], _composite_owner(ancestors))
+                yield WeightRef(path, layer, kind, found[0], found[1], _composite_owner(ancestors),
+                                ancestors[-1] if ancestors else None)
 
 
 def _ancestor_paths(path: str, n_ancestors: int) -> list[str]:

@@ -175,7 +175,7 @@ def test_unit_granularity_rejects_what_it_cannot_do():
         rk.prune(model, sparsity=0.5, weights="bias", granularity="unit")
     with pytest.raises(ValueError, match=r"all produce model outputs \(\['out'\]\)"):
         rk.prune(model, sparsity=0.5, layers="out", granularity="unit")
-    with pytest.raises(ValueError, match=r"argument `granularity`.*'weight', 'unit' or 'N:M'.*'filter'"):
+    with pytest.raises(ValueError, match=r"argument `granularity`.*'weight', 'unit', 'head' or 'N:M'.*'filter'"):
         rk.prune(model, sparsity=0.5, granularity="filter")
 
     class Subclassed(keras.Model):
@@ -373,6 +373,12 @@ def with_nonfinite(model):
     return model
 
 
+def attention_model():
+    inputs = keras.Input((4, 8))
+    outputs = keras.layers.MultiHeadAttention(2, 4, name="mha")(inputs, inputs)
+    return keras.Model(inputs, keras.layers.Dense(3, name="head")(outputs))
+
+
 BAD_INPUT = [
     # Booleans: a string is truthy, so "no" and "False" would mean True.
     row("prune-hold-str", lambda m: rk.prune(m, sparsity=0.5, hold="no"), TypeError, "hold"),
@@ -397,6 +403,13 @@ BAD_INPUT = [
     row("prune-threshold-nan", lambda m: rk.prune(m, threshold=float("nan")), ValueError, "threshold"),
     row("prune-threshold-str", lambda m: rk.prune(m, threshold="0.1"), TypeError, "threshold"),
     row("prune-granularity-typo", lambda m: rk.prune(m, sparsity=0.5, granularity="units"), ValueError, "granularity"),
+    # Heads (issue #27): a model without attention; part of an attention layer; Wanda, which scores entries.
+    row("prune-head-without-attention", lambda m: rk.prune(m, sparsity=0.5, granularity="head"), ValueError,
+        "granularity='head' removes whole attention heads, and the selection has no attention layer"),
+    row("prune-head-query-only", lambda m: rk.prune(attention_model(), sparsity=0.5, granularity="head",
+                                                    layers="mha/query"), ValueError, "output projection"),
+    row("prune-head-wanda", lambda m: rk.prune(m, sparsity=0.5, granularity="head", score="wanda",
+                                               calibration_data=np.zeros((4, 6), "float32")), ValueError, "wanda"),
     row("prune-nonfinite-sparsity", lambda m: rk.prune(m, sparsity=0.5), ValueError, "NaN or inf",
         prepare=with_nonfinite),
     row("prune-nonfinite-threshold", lambda m: rk.prune(m, threshold=0.1), ValueError, "hidden0",

@@ -642,6 +642,8 @@ BAD_INPUT = [
     row("phase-granularity-typo", lambda m: rk.callbacks.ShrinkPhase(start_epoch=0, sparsity=0.5, granularity="unit "),
      ValueError, "granularity"),
     row("shrink-not-compiled", lambda m: rk.shrink(m, *tiny_data(), sparsity=0.5), ValueError, "compile"),
+    row("shrink-head-without-attention", lambda m: rk.shrink(m, *tiny_data(), sparsity=0.5, granularity="head"),
+     ValueError, "granularity='head' removes whole attention heads", prepare=compiled),
     row("shrink-epochs-zero", lambda m: rk.shrink(m, *tiny_data(), sparsity=0.5, epochs=0), ValueError,
      "epochs", prepare=compiled),
     row("shrink-tolerance-no-validation", lambda m: rk.shrink(m, *tiny_data()), ValueError,

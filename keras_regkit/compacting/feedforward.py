@@ -13,7 +13,8 @@ Such layers sit inside subclassed functional models (KerasHub backbones),
 which `compact` cannot rebuild from their config: `flatten` re-traces the
 whole graph as a plain Functional model (`keras.models.clone_model(...,
 recursive=True)`) with the smaller layers in place, and `compact` goes on
-from there.
+from there. Attention layers with dead heads are rebuilt in the same pass
+(see `attention`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from keras_regkit.compacting import attention
 from keras_regkit.pruning.units import dead_mask
 
 INNER, OUTER = "feedforward_intermediate_dense", "feedforward_output_dense"
@@ -54,11 +56,14 @@ def _config(layer) -> dict:
 
 def needs_flattening(model: keras.Model) -> bool:
     """Whether `model` has a transformer layer with dead feed-forward units,
-    or is or holds a subclassed functional model (a KerasHub backbone) that only
-    a re-traced graph lets `compact` edit."""
+    an attention layer with dead heads, or is or holds a subclassed
+    functional model (a KerasHub backbone) that only a re-traced graph lets
+    `compact` edit."""
     for layer in model._flatten_layers(include_self=True, recursive=True):
         pair = block(layer)
         if pair is not None and dead_mask(pair[0]).any():
+            return True
+        if attention.has_dead_heads(layer):
             return True
         if (isinstance(layer, keras.Model) and _Functional is not None
                 and isinstance(layer, _Functional) and type(layer) is not _Functional):
@@ -69,43 +74,76 @@ def needs_flattening(model: keras.Model) -> bool:
 def flatten(model: keras.Model):
     """A plain Functional copy of `model`, with the same weights, in which
     every transformer layer with dead feed-forward units is rebuilt without
-    them. Returns the copy and, per such block (by its path), `(units
-    before, units after)` and the dead units before."""
-    old_by_new, units, dead = {}, {}, {}
+    them and every attention layer with dead heads with fewer heads (a
+    KerasHub transformer layer with dead heads is written out as its
+    sublayers: see `attention.unroll`). Returns the copy and, per block or
+    attention layer (by its path), `(units before, units after)` and the
+    dead units before."""
+    old_by_new, units, dead, unrolled = {}, {}, {}, []
+
+    def count(name, mask):
+        units[name], dead[name] = (int(mask.size), max(int((~mask).sum()), 1)), int(mask.sum())
 
     def rebuild(layer):
         config = layer.get_config()
         pair = block(layer)
         if pair is not None:
             mask = dead_mask(pair[0])
-            name = f"{layer.name}/{INNER}"
-            units[name], dead[name] = (int(mask.size), int((~mask).sum())), int(mask.sum())
+            count(f"{layer.name}/{INNER}", mask)
             config = {**config, "intermediate_dim": max(int((~mask).sum()), 1)}
+            for sub in attention.attention_sublayers(layer).values():
+                if attention.has_dead_heads(sub):
+                    count(f"{layer.name}/{sub.name}", dead_mask(sub))
+        elif attention.has_dead_heads(layer):
+            count(layer.name, dead_mask(layer))
+            config = attention.smaller_config(layer)
         new = type(layer).from_config(config)
         old_by_new[id(new)] = layer
         return new
 
-    flat = keras.models.clone_model(model, clone_function=rebuild, recursive=True)
+    def call(new, *args, **kwargs):
+        old = old_by_new.get(id(new))
+        if old is None or not attention.needs_unrolling(old):
+            return new(*args, **kwargs)
+        outputs, new_by_name = attention.unroll(old, new.get_config(), args, kwargs)
+        unrolled.append((old, new_by_name))
+        return outputs
+
+    flat = keras.models.clone_model(model, clone_function=rebuild, call_function=call, recursive=True)
     for new in flat._flatten_layers(include_self=False, recursive=True):
         old = old_by_new.get(id(new))
         if old is None:
             continue
-        pair = block(old)
-        if pair is None or not dead_mask(pair[0]).any():
-            new.set_weights(old.get_weights())
+        if attention.has_dead_heads(old):
+            attention.copy_heads(old, new)
+        elif block(old) is not None:
+            _transplant(old, {s.name: s for s in new._flatten_layers(include_self=False, recursive=False)})
         else:
-            _copy_block(old, new, pair)
+            new.set_weights(old.get_weights())
+    for old, new_by_name in unrolled:
+        _transplant(old, new_by_name)
     return flat, units, dead
 
 
-def _copy_block(old, new, pair) -> None:
-    """`old`'s weights into the smaller `new`: every sublayer as it is but
-    the feed-forward pair, whose dead intermediate units go, their constant
-    output folded into the output layer's bias."""
-    inner, outer = pair
+def _transplant(old, new_by_name) -> None:
+    """`old`'s weights into its rebuilt sublayers (`new_by_name`: by the
+    names of `old`'s): the feed-forward pair without its dead intermediate
+    units, their constant output folded into the output layer's bias; the
+    attention without its dead heads; every other sublayer as it is."""
+    inner, outer = block(old)
+    for sub in old._flatten_layers(include_self=False, recursive=False):
+        new = new_by_name[sub.name]
+        if sub is inner:
+            _copy_feedforward(old.name, inner, outer, new, new_by_name[outer.name])
+        elif attention.has_dead_heads(sub):
+            attention.copy_heads(sub, new)
+        elif sub is not outer:
+            new.set_weights(sub.get_weights())
+
+
+def _copy_feedforward(name, inner, outer, new_inner, new_outer) -> None:
     mask = dead_mask(inner)
     keep = ~mask if (~mask).any() else np.arange(mask.size) == np.argmin(mask)  # keep one unit
-    new_inner, new_outer = block(new)
     w1 = keras.ops.convert_to_numpy(inner.kernel)
     b1 = keras.ops.convert_to_numpy(inner.bias) if inner.use_bias else np.zeros(mask.size, w1.dtype)
     w2 = keras.ops.convert_to_numpy(outer.kernel)
@@ -114,12 +152,7 @@ def _copy_block(old, new, pair) -> None:
     # constant: add its share to that layer's bias.
     constant = keras.ops.convert_to_numpy(inner.activation(keras.ops.convert_to_tensor(b1)))
     folded = b2 + (constant * ~keep) @ w2
-    for sub in old._flatten_layers(include_self=False, recursive=False):
-        if sub is inner or sub is outer:
-            continue
-        target = [s for s in new._flatten_layers(include_self=False, recursive=False) if s.name == sub.name]
-        target[0].set_weights(sub.get_weights())
     new_inner.set_weights([w1[..., keep]] + ([b1[keep]] if inner.use_bias else []))
     if not outer.use_bias and (folded != 0).any():
-        raise ValueError(f"compact: '{old.name}/{OUTER}' has no bias to fold the dead units' constant into.")
+        raise ValueError(f"compact: '{name}/{OUTER}' has no bias to fold the dead units' constant into.")
     new_outer.set_weights([w2[keep]] + ([folded] if outer.use_bias else []))

@@ -121,7 +121,8 @@ class CompactResult:
     Attributes:
         model: The new, smaller model (uncompiled; the original is unchanged).
         units: Layer name -> `(units before, units after)`, for every layer
-            with units (Dense, Conv, SeparableConv, DepthwiseConv).
+            with units (Dense, Conv, SeparableConv, DepthwiseConv), and
+            `(heads before, heads after)` for attention layers.
         dead: Layer name -> dead units before compaction, same layers.
         kept: Layer name -> why some of its dead units were kept, for the
             layers where any were.
@@ -633,6 +634,16 @@ def compact(model: keras.Model, custom_objects: dict | None = None) -> CompactRe
     model of the same layers. A feed-forward block written with plain
     `Dense` layers is compacted like any other.
 
+    Attention layers lose their dead heads (a head is dead when its slice of
+    the output projection is all zero; see `dead_units`): a
+    `MultiHeadAttention` is rebuilt from its config with a smaller
+    `num_heads` and the kept heads' slices of its query, key, value and
+    output projections. KerasHub's `TransformerEncoder`/`TransformerDecoder`
+    derive their heads' width from `num_heads`, so one with dead heads is
+    written out as its own sublayers (plain Keras layers and ops, named
+    `<layer>_<sublayer>`; see `keras_regkit.compacting.attention`). Every
+    attention layer keeps at least one head.
+
     What stays: the model's output units; channels that reach a layer compact
     cannot reason about (listed in `skipped`: unknown or subclassed layers,
     nested models, shared layers, channels_first, grouped convolutions);
@@ -716,8 +727,10 @@ def compact(model: keras.Model, custom_objects: dict | None = None) -> CompactRe
     units, dead, kept = _report(analysis)
     return CompactResult(
         model=new_model,
-        units={**block_units, **units},
-        dead={**block_dead, **dead},
+        # Flattening's figures first: an attention layer rebuilt there has no
+        # dead heads left for the analysis to see.
+        units={**block_units, **{k: v for k, v in units.items() if k not in block_units}},
+        dead={**block_dead, **{k: v for k, v in dead.items() if k not in block_dead}},
         kept=kept,
         skipped=dict(analysis.skipped),
         params_before=int(original.count_params()),

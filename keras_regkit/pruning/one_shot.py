@@ -79,6 +79,14 @@ def prune(
     outputs are left whole (their units are the outputs). Dead units can
     then be removed with `keras_regkit.compact`.
 
+    Where the selection meets a `MultiHeadAttention` (KerasHub's
+    `TransformerEncoder`/`TransformerDecoder` hold one), its units are its
+    heads: a head's score runs over its slices of the query, key, value and
+    output kernels together, relative to the layer's average head; a cut
+    zeroes all of them, and every attention layer keeps its best head.
+    `granularity="head"` cuts heads only. `compact` then rebuilds each
+    attention layer with fewer heads.
+
     Args:
         model: The model to change, in place.
         threshold: Magnitude threshold, a float >= 0 (for units, relative
@@ -92,7 +100,8 @@ def prune(
         hold: If True, keep the zeros at zero during further training (with
             `HoldZeros` constraints) until `release_zeros(model)`.
         granularity: `"weight"` (entries), `"unit"` (whole output units and
-            filters) or `"N:M"` (e.g. `"2:4"`: at most N non-zeros in every
+            filters, and attention heads), `"head"` (attention heads only)
+            or `"N:M"` (e.g. `"2:4"`: at most N non-zeros in every
             group of M consecutive inputs of a kernel, along its input axis:
             a Dense kernel's rows, a convolution's input channels; M must
             divide that axis). With `"N:M"` and neither `threshold` nor
@@ -164,9 +173,9 @@ def prune(
     if ranking not in ("global", "per_output"):
         raise ValueError(
             f"Invalid value for argument `ranking`: expected 'global' or 'per_output'. Received: ranking={ranking!r}")
-    if score == "wanda" and granularity == "unit":
+    if score == "wanda" and granularity in ("unit", "head"):
         raise ValueError(
-            "score='wanda' scores entries by the input each reads; granularity='unit' removes whole "
+            f"score='wanda' scores entries by the input each reads; granularity={granularity!r} removes whole "
             "units. Use granularity='weight' or 'N:M' with it, or score='magnitude'.")
     if ranking == "per_output" and granularity != "weight":
         raise ValueError(

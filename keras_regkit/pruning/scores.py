@@ -140,12 +140,21 @@ def second_moment(optimizer, variable) -> keras.Variable | None:
     return optimizer_slots.slot(optimizer, variable, "velocity")
 
 
-def unit_scores(entry_scores: np.ndarray, axes: int = 1) -> np.ndarray:
+def unit_scores(entry_scores, axes: int = 1) -> np.ndarray:
     """One score per unit (the trailing `axes`): the mean of its entries'
     squared scores, relative to the mean over the layer's units, so that
     layers of different fan-in and scale compare fairly (1.0 is the layer's
     average unit; dead units count in the mean: the fewer a layer keeps, the
-    higher its survivors score)."""
-    saliency = units_lib.per_unit(np.square(entry_scores), axes).mean(axis=0)
+    higher its survivors score).
+
+    `entry_scores` is a kernel's scores, or a list of 2-D arrays (entries x
+    units, see `units.per_head`) when a unit spans several weights: an
+    attention head's mean runs over its entries in the query, key, value and
+    output projections together."""
+    if isinstance(entry_scores, (list, tuple)):
+        columns = np.concatenate([np.square(part) for part in entry_scores], axis=0)
+    else:
+        columns = units_lib.per_unit(np.square(entry_scores), axes)
+    saliency = columns.mean(axis=0)
     layer_mean = saliency.mean()
     return saliency / layer_mean if layer_mean > 0 else np.zeros_like(saliency)

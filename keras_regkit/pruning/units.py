@@ -8,6 +8,15 @@ on the kernel's trailing unit axes. A unit is dead when its whole slice is
 exactly zero: its output is then the constant `activation(bias)`, which
 `compact` folds into the next layer. Pruning, the shrink, `dead_units` and
 `compact` all read units from here.
+
+A head of a `MultiHeadAttention` (and of the attention inside KerasHub's
+`TransformerEncoder`/`TransformerDecoder`, which is one) is a unit too: its
+slices of the query, key and value projections (kernels `(in, heads,
+head_dim)`, biases `(heads, head_dim)`) and of the output projection (kernel
+`(heads, head_dim, out)`). A head is dead when its output-projection slice is
+all zero: whatever it attends to is then multiplied by zero, so the layer
+computes exactly the same without it, whatever its query, key and value
+slices hold (the cut zeroes those too, and `compact` drops them).
 """
 
 from __future__ import annotations
@@ -30,6 +39,46 @@ _UNIT_KERNELS = (
 
 UNIT_LAYERS: tuple[type, ...] = sum((classes for classes, _, _ in _UNIT_KERNELS), ())
 
+# Layers whose units are attention heads (KerasHub's CachedMultiHeadAttention
+# is a subclass).
+HEAD_LAYERS = (keras.layers.MultiHeadAttention,)
+# Keras' private names for the projections (keras 3.15); `head_sublayers`
+# fails loudly if a release renames them.
+_PROJECTIONS, _OUTPUT_PROJECTION = ("_query_dense", "_key_dense", "_value_dense"), "_output_dense"
+
+
+def head_sublayers(layer) -> tuple[tuple, keras.layers.Layer]:
+    """The query, key and value projections and the output projection of a
+    built attention layer (`EinsumDense` sublayers)."""
+    found = [getattr(layer, name, None) for name in _PROJECTIONS + (_OUTPUT_PROJECTION,)]
+    if any(sub is None or getattr(sub, "kernel", None) is None for sub in found):
+        raise ValueError(
+            f"Attention layer '{layer.name}' ({type(layer).__name__}) is not built, or this Keras "
+            f"({keras.__version__}) no longer names its projections {_PROJECTIONS + (_OUTPUT_PROJECTION,)}: "
+            "its heads cannot be read. Build the model first (call it once).")
+    return tuple(found[:3]), found[3]
+
+
+def head_axis(layer, variable, parent) -> int | None:
+    """The axis of `variable` (a weight of `layer`, held by `parent`) that
+    indexes the heads of `parent`, or None when it is not a part of
+    `parent`'s heads: axis 0 of the output kernel, the heads axis (last but
+    one) of the query, key and value kernels and biases."""
+    if not isinstance(parent, HEAD_LAYERS) or not parent.built:
+        return None
+    projections, output = head_sublayers(parent)
+    if layer is output:
+        return 0 if variable is output.kernel else None
+    if any(layer is p for p in projections) and (variable is layer.kernel or variable is getattr(layer, "bias", None)):
+        return len(variable.shape) - 2
+    return None
+
+
+def head_kernel(layer) -> keras.Variable:
+    """The output-projection kernel of an attention layer: its slices decide
+    which heads are dead."""
+    return head_sublayers(layer)[1].kernel
+
 
 def _entry(layer):
     for classes, attribute, axes in _UNIT_KERNELS:
@@ -40,7 +89,8 @@ def _entry(layer):
 
 def unit_kernel(layer) -> keras.Variable | None:
     """The kernel whose trailing axes index `layer`'s units, or None for a
-    layer without units (or not built yet). For `Dense` with LoRA this is the
+    layer without such units (or not built yet; an attention layer's heads
+    are read through `head_kernel`). For `Dense` with LoRA this is the
     effective kernel, as `call` uses."""
     entry = _entry(layer)
     return None if entry is None else getattr(layer, entry[0], None)
@@ -78,15 +128,19 @@ def per_unit(values: np.ndarray, axes: int = 1) -> np.ndarray:
     return values.reshape(int(np.prod(values.shape[:-axes], dtype=np.int64)), -1)
 
 
-def dead(values: np.ndarray, granularity: str, axes: int = 1) -> np.ndarray:
-    """Exact zeros of a kernel's `values`: per entry (`"weight"`, the
-    kernel's shape) or per unit (`"unit"`, one bool per unit)."""
-    zero = values == 0
-    return zero if granularity == "weight" else per_unit(zero, axes).all(axis=0)
+def per_head(values: np.ndarray, axis: int) -> np.ndarray:
+    """`values` (a head part's shape) as a 2-D array, one column per head
+    (the heads on `axis`)."""
+    return per_unit(np.moveaxis(values, axis, -1))
 
 
 def dead_mask(layer) -> np.ndarray | None:
-    """Which units of `layer` are dead, or None if it has none."""
+    """Which units (or attention heads) of `layer` are dead, or None if it
+    has none."""
+    if isinstance(layer, HEAD_LAYERS) and layer.built:
+        kernel = head_kernel(layer)
+        dead_mask = ops.all(ops.equal(kernel, 0), axis=tuple(range(1, len(kernel.shape))))
+        return np.asarray(ops.convert_to_numpy(dead_mask), dtype=bool)
     kernel = unit_kernel(layer)
     if kernel is None:
         return None
@@ -104,14 +158,18 @@ def dead_units(model: keras.layers.Layer) -> dict[str, tuple[int, int]]:
     an output filter of `SeparableConv1D`/`SeparableConv2D` through its
     pointwise kernel, an output channel of `DepthwiseConv1D`/`DepthwiseConv2D`)
     is dead when every kernel weight that feeds it is exactly zero: its output
-    is then a constant, `activation(bias)`. `compact` removes such units.
+    is then a constant, `activation(bias)`. An attention head (of
+    `MultiHeadAttention`, KerasHub's encoders and decoders included) is dead
+    when its slice of the output projection is all zero. `compact` removes
+    such units and heads.
 
     Args:
         model: A Keras model or layer. Nested models are entered.
 
     Returns:
         A dict from layer path (as in `iter_weights`, e.g. `"encoder/dense"`)
-        to `(dead, total)` units, in model order.
+        to `(dead, total)` units (heads, for an attention layer), in model
+        order.
 
     Raises:
         TypeError: If `model` is not a Keras model or layer.

@@ -35,7 +35,7 @@ from keras_regkit.shrinking.state import PhaseState
 from keras_regkit.shrinking.trigger import StartTrigger
 
 # The tolerance mode's last level; its checks stop it lower.
-_CEILING = {"weight": 0.995, "unit": 0.95}
+_CEILING = {"weight": 0.995, "unit": 0.95, "head": 0.95}
 # The tolerance mode's candidate levels: the climb stops at each, the
 # validation check tests it, and the first that fails ends the climb at the
 # one before. Few, fixed looks: the labels pick among 7 states, not
@@ -43,11 +43,11 @@ _CEILING = {"weight": 0.995, "unit": 0.95}
 # weights' levels start above the first cut (half the entries), which is
 # not checked on its own.
 _LEVELS = {"weight": (0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995),
-           "unit": (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)}
+           "unit": (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95), "head": (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)}
 # The first cut, made before any training step: half the entries did best
 # on the benchmark's MLPs (0.8 and 0 were 0.5-2 points worse at 95 %).
 # Whole units start from 0.
-_INITIAL = {"weight": 0.5, "unit": 0.0}
+_INITIAL = {"weight": 0.5, "unit": 0.0, "head": 0.0}
 _ACTIVE = ("ramping", "holding")
 # What a resumed phase takes back from its saved state.
 _RESULT_FIELDS = ("baseline", "started_at_epoch", "cuts", "rollbacks", "stopped_at", "threshold", "levels")
@@ -167,11 +167,13 @@ class ShrinkPhase(keras.callbacks.Callback):
 
     What it cuts:
         granularity: `"weight"` (entries), `"unit"` (whole units and
-            filters) or `"N:M"` (e.g. `"2:4"`: at most N non-zeros in every
-            group of M inputs of each kernel, as in `prune`; the ramp goes
-            from 0 to the pattern's `1 - N/M` through cuts that keep every
-            group's N best, and the tolerance mode checks the pattern as its
-            one level). Defaults to `"weight"`.
+            filters, and the heads of any attention layer selected),
+            `"head"` (attention heads only) or `"N:M"` (e.g. `"2:4"`: at
+            most N non-zeros in every group of M inputs of each kernel, as
+            in `prune`; the ramp goes from 0 to the pattern's `1 - N/M`
+            through cuts that keep every group's N best, and the tolerance
+            mode checks the pattern as its one level). Defaults to
+            `"weight"`.
         weights: Weight kinds to shrink. Defaults to `"kernel"`.
         layers: Layer selector, as in `apply_regularizers`. Defaults to all.
 
@@ -419,7 +421,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         """The tolerance mode's candidate levels, rising, ending at
         `max_sparsity`."""
         if levels is None:
-            levels = _LEVELS["unit" if self.granularity == "unit" else "weight"]
+            levels = _LEVELS.get(self.granularity, _LEVELS["weight"])
         elif isinstance(levels, (str, bytes)) or not hasattr(levels, "__iter__"):
             raise TypeError(
                 "Invalid value for argument `levels`: expected a list of sparsities in (0, 1]. "
@@ -592,8 +594,8 @@ class ShrinkPhase(keras.callbacks.Callback):
         zeros, total = cut_lib.count_dead(self._refs, "weight")
         self.result.sparsity = zeros / total if total else 0.0
         self.result.dead_units = units_lib.dead_units(self.model)
-        if self.granularity == "unit":
-            dead, units = cut_lib.count_dead(self._refs, "unit")
+        if self.granularity in ("unit", "head"):
+            dead, units = cut_lib.count_dead(self._refs, self.granularity)
             self.result.unit_sparsity = dead / units if units else 0.0
             self.result.sparsity = self.result.unit_sparsity
         self._phase = "done"

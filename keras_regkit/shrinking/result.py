@@ -40,7 +40,7 @@ class ShrinkResult:
         layers: Per-weight `LayerStats` at the end.
         dead_units: Layer path -> `(dead, total)` units at the end;
             `keras_regkit.compact` removes the dead.
-        granularity: `"weight"` or `"unit"`.
+        granularity: `"weight"`, `"unit"`, `"head"` or `"N:M"`.
         score: The score's name.
         outcome: `"pruned"`, `"stopped by the check"` (a level failed, the
             model ends at the last one that held), `"baseline"` (not even
@@ -78,7 +78,7 @@ class ShrinkResult:
     outcome: str = "not started"
 
     def __str__(self) -> str:
-        what = "dead units" if self.granularity == "unit" else "exact zeros"
+        what = {"unit": "dead units", "head": "dead heads"}.get(self.granularity, "exact zeros")
         head = f"shrink ({self.mode} mode): {self.outcome}; {what} {self.sparsity:.1%}"
         if self.mode == "sparsity" and self.target is not None:
             head += f" (target {self.target:.1%})"

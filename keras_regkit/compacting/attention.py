@@ -1,0 +1,144 @@
+"""Dead attention heads: attention layers rebuilt with fewer heads.
+
+A `MultiHeadAttention` has one `num_heads`, and its config names `key_dim`
+and `value_dim` apart from it: a layer that keeps 5 of its 8 heads is rebuilt
+from its config with `num_heads=5`, given the kept heads' slices of the
+query, key and value kernels and biases (heads on the last but one axis) and
+of the output kernel (heads first). A dead head's output-projection slice is
+zero, so the layer computes exactly what it did.
+
+KerasHub's `TransformerEncoder` and `TransformerDecoder` derive their heads'
+width from theirs, `hidden_dim // num_heads`: their config cannot say "5
+heads of 32". So `compact` writes such a layer out as its own sublayers
+(`unroll`): a fresh copy of it is called on the graph's tensors with its
+attention replaced by the smaller one, and its `call` leaves in the graph the
+plain layers and `keras.ops` it is made of (attention, dropout, residual
+sums, normalization, the feed-forward pair), named after the layer
+(`transformer_layer_0_feedforward_intermediate_dense`). The model then saves
+and loads as plain Keras and KerasHub layers, without keras_regkit.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_regkit.pruning import units as units_lib
+
+_ATTENTION_ATTRIBUTES = ("_self_attention_layer", "_cross_attention_layer")
+
+
+def kept_heads(layer) -> np.ndarray:
+    """Which heads of attention layer `layer` stay: the live ones, or the
+    first head if every one is dead (a layer keeps one head)."""
+    dead = units_lib.dead_mask(layer)
+    return ~dead if (~dead).any() else np.arange(dead.size) == 0
+
+
+def has_dead_heads(layer) -> bool:
+    return isinstance(layer, units_lib.HEAD_LAYERS) and layer.built and bool(units_lib.dead_mask(layer).any())
+
+
+def smaller_config(layer) -> dict:
+    """`layer`'s config with only its kept heads."""
+    return {**layer.get_config(), "num_heads": int(kept_heads(layer).sum())}
+
+
+def copy_heads(old, new) -> None:
+    """`old`'s weights into `new`, an attention layer built with only
+    `old`'s kept heads: each head part sliced on its heads axis, the other
+    weights (the output bias) as they are."""
+    projections, output = units_lib.head_sublayers(old)
+    parts = projections + (output,)
+    others = [v.path for v in old.weights if all(v is not w for sub in parts for w in sub.weights)]
+    if others:  # e.g. a gated attention's gate, which this would not slice
+        raise ValueError(
+            f"compact: attention layer '{old.name}' has weights besides its query, key, value and "
+            f"output projections ({others}); removing its heads would not slice them.")
+    keep = kept_heads(old)
+    new_projections, new_output = units_lib.head_sublayers(new)
+    for sub, new_sub in zip(parts, new_projections + (new_output,)):
+        values = []
+        for variable in sub.weights:
+            value = np.asarray(ops.convert_to_numpy(variable))
+            axis = units_lib.head_axis(sub, variable, old)
+            values.append(value if axis is None else np.compress(keep, value, axis=axis))
+        new_sub.set_weights(values)
+
+
+def kerashub_layers() -> tuple[type, ...]:
+    """KerasHub's TransformerEncoder and TransformerDecoder, if installed."""
+    try:
+        from keras_hub.layers import TransformerDecoder, TransformerEncoder
+    except ImportError:  # pragma: no cover - KerasHub is optional
+        return ()
+    return (TransformerEncoder, TransformerDecoder)
+
+
+def attention_sublayers(layer) -> dict[str, keras.layers.Layer]:
+    """A KerasHub transformer layer's attention layers, by attribute."""
+    found = {name: getattr(layer, name, None) for name in _ATTENTION_ATTRIBUTES}
+    return {name: sub for name, sub in found.items() if isinstance(sub, units_lib.HEAD_LAYERS)}
+
+
+def needs_unrolling(layer) -> bool:
+    """Whether `layer` is a KerasHub transformer layer with dead heads."""
+    return isinstance(layer, kerashub_layers()) and any(
+        has_dead_heads(sub) for sub in attention_sublayers(layer).values())
+
+
+def unroll(old, config: dict, args, kwargs):
+    """Calls KerasHub layer `old`, rebuilt from `config`, on the symbolic
+    `args`/`kwargs` as its own sublayers, each attention with dead heads
+    replaced by a smaller one. Returns its outputs and its new sublayers by
+    the names of `old`'s."""
+    fresh = type(old).from_config(config)
+    fresh(*args, **kwargs)  # builds it; this call's node is not on the way to the outputs
+    new_by_name = {sub.name: sub for sub in fresh._flatten_layers(include_self=False, recursive=False)}
+    for attribute, old_attention in attention_sublayers(old).items():
+        # Plain Keras attention, every one: KerasHub's cached kind cannot be
+        # called on symbolic tensors with its `cache` arguments.
+        config = smaller_config(old_attention) if has_dead_heads(old_attention) else old_attention.get_config()
+        plain = keras.layers.MultiHeadAttention.from_config(config)
+        # `fresh` only lends its `call`: the new attention replaces the
+        # built one without being tracked by it.
+        object.__setattr__(fresh, attribute, _WithoutCache(plain))
+        new_by_name[old_attention.name] = plain
+    if hasattr(fresh, "_compute_self_attention_mask"):
+        object.__setattr__(fresh, "_compute_self_attention_mask", _traceable_self_attention_mask)
+    for sub in new_by_name.values():
+        sub.name = f"{old.name}_{sub.name}"  # unique in the model, and says where it came from
+    return fresh.call(*args, **kwargs), new_by_name
+
+
+class _WithoutCache:
+    """Calls an attention layer as KerasHub's decoder calls its cached one,
+    with `cache` and `cache_update_index`, which must be None here."""
+
+    def __init__(self, attention):
+        self.attention = attention
+
+    def __call__(self, *args, cache=None, cache_update_index=None, **kwargs):
+        if cache is not None or cache_update_index is not None:
+            raise ValueError("compact: a transformer layer unrolled for fewer heads is called without a cache.")
+        return self.attention(*args, **kwargs)
+
+
+def _traceable_self_attention_mask(decoder_sequence, decoder_padding_mask, decoder_attention_mask,
+                                   use_causal_mask, self_attention_cache, self_attention_cache_update_index):
+    """TransformerDecoder's self-attention mask, from ops that a graph with
+    an unknown batch size can hold (KerasHub's broadcasts to the batch size,
+    which a symbolic tensor does not know). Without a cache: `compact`'s
+    models see whole sequences."""
+    from keras_hub.src.layers.modeling.transformer_layer_utils import merge_padding_and_attention_mask
+
+    if self_attention_cache is not None:
+        raise ValueError("compact: a decoder unrolled for fewer heads is called without a cache.")
+    mask = merge_padding_and_attention_mask(decoder_sequence, decoder_padding_mask, decoder_attention_mask)
+    if not use_causal_mask:
+        return mask
+    # Position i (from 1) of every sequence, (batch, length, 1): query i sees key j <= i.
+    position = ops.cumsum(ops.ones_like(ops.sum(decoder_sequence, axis=-1, keepdims=True), dtype="int32"), axis=1)
+    causal = ops.cast(ops.greater_equal(position, ops.transpose(position, (0, 2, 1))), "int32")
+    return causal if mask is None else ops.minimum(ops.cast(mask, "int32"), causal)
