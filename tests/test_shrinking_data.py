@@ -127,21 +127,24 @@ def test_tolerance_mode_with_a_multi_output_model_holds_every_class_output():
     model = two_output_model()
     x, y = two_output_data()
     xv, yv = two_output_data(seed=1)
-    def accuracies():
+    def hits():
         outputs = model(xv)
-        return {name: np.mean(np.argmax(keras.ops.convert_to_numpy(outputs[name]), -1) == yv[name])
+        return {name: (np.argmax(keras.ops.convert_to_numpy(outputs[name]), -1) == yv[name]).astype(float)
                 for name in outputs if name != "size"}
 
-    start = accuracies()
+    start = hits()
     result = rk.shrink(model, x, y, tolerance=0.05, validation_data=(xv, yv), epochs=4, batch_size=32,
                        cut_every=2)
     assert result.sparsity > 0.2
-    # Each class output keeps its accuracy within the tolerance; the
-    # reported figure is their mean.
-    end = accuracies()
+    # Each class output keeps its accuracy within the tolerance, beyond one
+    # standard error of its paired change (the check's slack); the reported
+    # figure is their mean.
+    end = hits()
     for name in start:
-        assert end[name] >= start[name] - 0.05 - 1e-9, name
-    assert result.final == pytest.approx(np.mean(list(end.values())))
+        change = start[name] - end[name]
+        noise = np.sqrt(np.sum(change**2)) / len(change)
+        assert change.mean() - noise <= 0.05 + 1e-9, name
+    assert result.final == pytest.approx(np.mean([h.mean() for h in end.values()]))
 
 
 class Batches(keras.utils.PyDataset):
