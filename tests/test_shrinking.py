@@ -206,6 +206,20 @@ def test_tolerance_mode_ends_at_the_sparsest_level_that_passed(limit):
     assert held(model) == []
 
 
+def test_a_climb_that_never_fails_stops_where_no_rise_fits_before_the_reserve_and_keeps_that_level():
+    check = FailsAbove(1.0)  # every level holds
+    candidates = (0.5, 0.8, 0.9, 0.95)
+    model, result = shrink_with_check(check, levels=candidates)
+    levels = [level for level, _, _ in result.levels]
+    # Not every level: a rise that could not end before the last 15 % of
+    # the budget is not begun, so nothing is cut past the last check and
+    # nothing is rolled back; the level fine-tunes instead.
+    assert levels == list(candidates[:len(levels)]) and levels[-1] < 0.98
+    assert all(held for _, _, held in result.levels)
+    assert result.rollbacks == 0 and result.outcome == "pruned"
+    assert zero_fraction(model) == pytest.approx(levels[-1], abs=1 / 256)
+
+
 def test_a_first_level_that_never_passes_ends_at_exactly_the_starting_weights_and_stops_fit():
     model = trained_classifier()
     start = model.get_weights()

@@ -42,6 +42,8 @@ class Climb:
         self.rise_from = initial  # the sparsity the current rise starts at
         self.rise_began = 0  # the rise clock when it began
         self.retried = False  # climbing again from the start
+        self.best_drift = math.inf
+        self.stale = 0  # checks since the drift last fell
 
     def upcoming(self) -> list[float]:
         return [level for level in self.levels if level > self.level]
@@ -89,9 +91,6 @@ class Climb:
     # -- resuming ----------------------------------------------------------
     _SAVED = ("pending", "level", "level_began", "rise_clock", "rise_from", "rise_began", "retried",
               "best_drift", "stale")
-
-    best_drift = math.inf
-    stale = 0  # checks since the drift last fell
 
     def state(self) -> dict:
         return {name: getattr(self, name) for name in self._SAVED}
