@@ -32,6 +32,9 @@ Usage (repository root, project venv with mnist1d):
         --out benchmarks/shrink_quality_before_v2.json
     python benchmarks/bench_shrink_quality.py --table   # the README table from the JSON files
     python benchmarks/bench_shrink_quality.py --quick   # smoke run
+    # the tolerance rows again, the sparsity rows kept:
+    python benchmarks/bench_shrink_quality.py --seeds 5 --levels \
+        --sparsity-rows-from benchmarks/shrink_quality_results.json --out new.json
 """
 
 from __future__ import annotations
@@ -112,7 +115,8 @@ def run_dataset(name, seed, args, keras, rk, old):
             "seconds": seconds, "wall_ratio": seconds / fit_seconds,
         }
         if not old:
-            row.update(disagreement=result.disagreement, stopped_at=result.stopped_at, cuts=result.cuts)
+            row.update(disagreement=result.disagreement, stopped_at=result.stopped_at, cuts=result.cuts,
+                       checks=[[float(level), float(value), bool(held)] for level, value, held in result.levels])
         rows.append(row)
         print(f"{name} seed {seed} {mode} {value} {factor or ''}: zeros {zeros:.4f}, test {row['delta_pp']:+.2f} pp, "
               f"{result.outcome}, {seconds:.1f}s ({row['wall_ratio']:.2f}x fit)", flush=True)
@@ -218,6 +222,9 @@ def main(argv=None):
                    help="calibration: the guard's disagreement limit per unit of tolerance")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 baseline epochs, 2-epoch shrinks")
     p.add_argument("--table", action="store_true", help="print the README table from the JSON files")
+    p.add_argument("--sparsity-rows-from", default=None,
+                   help="a results JSON of the same seeds whose sparsity-mode rows to keep, with --levels and no "
+                        "level (the baselines are deterministic: op determinism is on)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.table:
@@ -241,6 +248,10 @@ def main(argv=None):
     for name in args.datasets:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             rows += run_dataset(name, seed, args, keras, rk, old)
+    if args.sparsity_rows_from:
+        with open(args.sparsity_rows_from) as f:
+            kept = [r for r in json.load(f)["results"] if r["mode"] == "sparsity" and r["dataset"] in args.datasets]
+        rows = kept + [r for r in rows if r["mode"] != "sparsity"]
     for (name, mode, value, factor), s in sorted(summarize(rows).items(), key=str):
         print(f"{name:8} {mode:9} {value:<5} {factor or '':<4} zeros {s['median_zeros']:.4f} (min {s['min_zeros']:.4f}) "
               f"change median {s['median_pp']:+.2f} worst {s['worst_pp']:+.2f} pp, wall {s['wall_ratio']:.2f}x")

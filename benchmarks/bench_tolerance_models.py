@@ -144,7 +144,8 @@ def run(kind, seed, args, keras, rk):
         row = {"kind": kind, "seed": seed, "mode": mode, "value": value, "zeros": result.layers and
                sum(s.zeros for s in result.layers) / sum(s.params for s in result.layers),
                "change": change(kind, score(keras, model, kind, xt, yt), base), "baseline": base,
-               "outcome": result.outcome, "wall_ratio": seconds / fit_seconds}
+               "outcome": result.outcome, "wall_ratio": seconds / fit_seconds,
+               "checks": [[float(level), float(v), bool(held)] for level, v, held in result.levels]}
         rows.append(row)
         print(f"{kind} seed {seed} {mode} {value}: zeros {row['zeros']:.4f}, change {row['change']:+.3f}, "
               f"{result.outcome}, {row['wall_ratio']:.2f}x fit", flush=True)

@@ -194,6 +194,7 @@ def test_tolerance_mode_ends_at_the_sparsest_level_that_passed(limit):
     levels = [level for level, _, _ in result.levels]
     assert levels == sorted(levels) and max(levels) == min(lv for lv in candidates if lv > limit)
     assert all(held == (level <= limit) for level, _, held in result.levels)
+    assert levels.count(max(levels)) == 2  # the failed level's second check failed too
     assert result.outcome == "stopped by the check" and result.rollbacks == 1
     # It ends at exactly that level, fine-tuned: the zeros are the level's,
     # the other weights moved on after its check.
@@ -218,6 +219,60 @@ def test_a_climb_that_never_fails_stops_where_no_rise_fits_before_the_reserve_an
     assert all(held for _, _, held in result.levels)
     assert result.rollbacks == 0 and result.outcome == "pruned"
     assert zero_fraction(model) == pytest.approx(levels[-1], abs=1 / 256)
+
+
+class FailsFirstLookAt(FailsAbove):
+    """Every look holds but the first at `level` (a level checked before
+    it recovered); records the optimizer's step of each look."""
+
+    def __init__(self, level):
+        super().__init__(limit=1.0)
+        self.level, self.steps = level, []
+
+    def measure(self, model):
+        super().measure(model)
+        self.steps.append(int(keras.ops.convert_to_numpy(model.optimizer.iterations)))
+        at_level = [abs(sparsity - self.level) < 1 / 256 for sparsity, _ in self.looks]
+        return (0.0, 1.0) if at_level[-1] and sum(at_level) == 1 else (1.0, 0.0)
+
+
+def test_a_level_that_fails_its_first_check_trains_on_and_its_second_check_decides():
+    check = FailsFirstLookAt(0.8)
+    model, result = shrink_with_check(check, levels=(0.5, 0.8, 0.9))
+    assert [(level, held) for level, _, held in result.levels] == [(0.5, True), (0.8, False), (0.8, True)]
+    assert result.rollbacks == 0 and result.outcome == "pruned"
+    assert zero_fraction(model) == pytest.approx(0.8, abs=1 / 256)
+    # Between its looks the level trained on, its zeros held.
+    first, second = check.looks[1][1][0], check.looks[2][1][0]
+    assert not np.array_equal(first, second) and ((first == 0) == (second == 0)).all()
+    # The second look: half of the budget left after the first (to the
+    # cadence of the checks, every 2 steps).
+    start = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) - result.steps
+    done = check.steps[1] - start
+    assert abs((check.steps[2] - start) - (done + 0.5 * (result.steps - done))) <= 2
+
+
+class AheadAt(FailsAbove):
+    """Every level holds; at `level` the model is better than at the start
+    by `gain` beyond noise."""
+
+    def __init__(self, level, gain):
+        super().__init__(limit=1.0)
+        self.level, self.ahead_by = level, gain
+
+    def measure(self, model):
+        value, worse = super().measure(model)
+        self.gain = self.ahead_by if abs(self.looks[-1][0] - self.level) < 1 / 256 else 0.0
+        return value, worse
+
+
+@pytest.mark.parametrize("gain, second", [(0.01, 0.9), (0.009, 0.8)])
+def test_a_level_that_holds_ahead_of_the_start_by_the_tolerance_skips_the_next(gain, second):
+    # The tolerance is 0.01: a model that much better than at the start has
+    # room for two levels' losses, and the next rise goes two levels up.
+    model, result = shrink_with_check(AheadAt(0.5, gain), levels=(0.5, 0.8, 0.9, 0.95))
+    assert [level for level, _, _ in result.levels][:2] == [0.5, second]
+    assert zero_fraction(model) == pytest.approx(result.levels[-1][0], abs=1 / 256)
 
 
 def test_a_first_level_that_never_passes_ends_at_exactly_the_starting_weights_and_stops_fit():

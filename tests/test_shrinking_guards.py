@@ -54,6 +54,27 @@ def test_validation_check_compares_each_class_output_with_its_start_sample_by_sa
     assert not check.holds(model)  # NaN predictions are never right
 
 
+def test_validation_check_measures_a_gain_beyond_noise_as_well():
+    # What lets the climb skip a level: how much better than the start the
+    # model is, less the same standard error a loss is forgiven.
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(200, 3)).astype("float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
+    kernel = model.layers[0].kernel
+    start = keras.ops.convert_to_numpy(kernel)
+    better = start + np.random.default_rng(1).normal(size=(3, 4)).astype("float32") * 0.3
+    kernel.assign(better)
+    y = np.argmax(keras.ops.convert_to_numpy(model(x)), -1)  # the changed model is right everywhere
+    kernel.assign(start)
+    check = guards.ValidationCheck(tolerance=0.02)
+    gained = 1.0 - check.start(model, (x, y))
+    assert 0 < gained < 1
+    kernel.assign(better)
+    noise = np.sqrt(round(gained * 200)) / 200
+    assert check.measure(model)[1] == pytest.approx(-gained - noise)
+    assert check.gain == pytest.approx(gained - noise)
+
+
 def test_validation_check_of_an_error_metric_is_relative_to_its_start():
     x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
@@ -66,6 +87,7 @@ def test_validation_check_of_an_error_metric_is_relative_to_its_start():
     kernel = model.layers[0].kernel
     kernel.assign(keras.ops.convert_to_numpy(kernel) * 1.05)  # MAE 5 % worse: holds
     assert check.measure(model)[1] == pytest.approx(0.05, abs=1e-4) and check.holds(model)
+    assert check.gain == pytest.approx(-0.05, abs=1e-4)
     kernel.assign(keras.ops.convert_to_numpy(kernel) * 1.1)  # 15.5 % worse: fails
     assert not check.holds(model)
     with pytest.raises(ValueError, match="val_mse"):

@@ -10,6 +10,13 @@ only while it cuts. At a level the model trains until it stops recovering
 or `HOLD` of the budget has passed), and then the phase reads the labels
 once. The last `RESERVE` of the budget always fine-tunes.
 
+A level above one that held gets a second check if it fails its first: it
+trains on for `PROBATION` of the budget left, and then its second check
+decides (checked before its fine-tune, a level looks worse than it ends).
+A level that holds with the model better than at the start by more than
+the tolerance (beyond noise) has room for two levels' losses: the next rise
+skips a level.
+
 If the first level fails at a raised learning rate (the rate the shrink
 sets, 3x the user's: best for most models, too much for some), the climb
 goes back to the start and climbs again at the user's rate.
@@ -26,6 +33,9 @@ import math
 # benchmarks/bench_shrink_quality.py (digits, MNIST-1D); reported on 0-4.
 SEGMENT, HOLD, RESERVE = 0.2, 0.05, 0.15
 PLATEAU = 3
+# A level failing its first check: the part of the budget left that it
+# trains on before its second, last, check. Chosen on the same seeds.
+PROBATION = 0.5
 
 
 class Climb:
@@ -42,11 +52,18 @@ class Climb:
         self.rise_from = initial  # the sparsity the current rise starts at
         self.rise_began = 0  # the rise clock when it began
         self.retried = False  # climbing again from the start
+        self.stride = 1  # 2: the next level is skipped
+        self.probation_until: float | None = None  # progress of the pending level's second check
         self.best_drift = math.inf
         self.stale = 0  # checks since the drift last fell
 
     def upcoming(self) -> list[float]:
         return [level for level in self.levels if level > self.level]
+
+    def target(self) -> float:
+        """The level the climb is rising to."""
+        upcoming = self.upcoming()
+        return upcoming[min(self.stride, len(upcoming)) - 1]
 
     def budget_left(self, progress: float) -> bool:
         """Whether there is a level to go on to, and time to reach it before
@@ -71,26 +88,38 @@ class Climb:
         whether the rise is over (the level is reached)."""
         if step:
             self.rise_clock += cut_every
-        target = self.upcoming()[0]
+        target = self.target()
         start = min(self.rise_from, target)
         done = min((self.rise_clock - self.rise_began) / max(total_steps * SEGMENT, 1), 1.0)
         return target - (target - start) * (1.0 - done) ** 3, done >= 1.0
 
     def reach(self, level: float, step: int) -> None:
         self.pending, self.level_began, self.best_drift, self.stale = level, step, math.inf, 0
+        self.probation_until = None
 
-    def held(self) -> None:
-        self.level, self.pending = self.pending, None
+    def probation(self, progress: float) -> bool:
+        """Gives the pending level, which failed its first check, a second
+        one later (once, and only above a level that held)."""
+        if self.probation_until is not None or self.level == 0 or PROBATION <= 0:
+            return False
+        self.probation_until = progress + PROBATION * (1.0 - progress)
+        return True
+
+    def held(self, ahead: bool = False) -> None:
+        """The pending level held; `ahead`: better than at the start by
+        more than the tolerance, so the next rise skips a level."""
+        self.level, self.pending, self.probation_until = self.pending, None, None
+        self.stride = 2 if ahead else 1
         self.rise_from, self.rise_began = self.level, self.rise_clock
 
     def restart(self) -> None:
         """Climbs again from the start (and its first cut), once."""
-        self.pending, self.retried = None, True
+        self.pending, self.retried, self.probation_until = None, True, None
         self.rise_from, self.rise_began = self.initial, self.rise_clock
 
     # -- resuming ----------------------------------------------------------
     _SAVED = ("pending", "level", "level_began", "rise_clock", "rise_from", "rise_began", "retried",
-              "best_drift", "stale")
+              "best_drift", "stale", "probation_until", "stride")
 
     def state(self) -> dict:
         return {name: getattr(self, name) for name in self._SAVED}

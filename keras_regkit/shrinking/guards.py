@@ -255,6 +255,9 @@ class ValidationCheck:
         self.baseline = None  # the metric at the start
         self.start_hits = None  # top-1: per sample, at the start
         self.start_classes = None
+        # How much better than at the start the last `measure` found the
+        # model, beyond noise (the worst class output for top-1).
+        self.gain = 0.0
 
     @property
     def name(self) -> str:
@@ -325,11 +328,15 @@ class ValidationCheck:
             # verdict changed carry evidence (McNemar's view). `slack` of
             # them are noise, not a loss.
             noise = self.slack * np.sqrt(squares) / total
+            self.gain = float(np.min(-lost / total - noise))
             return float(np.mean(right / total)), float(np.max(lost / total - noise))
         value = compiled_metric(model, self.data, self.steps, self.monitor)
         if maximizes(self.monitor, self.mode):
-            return value, self.baseline - value
-        return value, (value - self.baseline) / max(abs(self.baseline), 1e-12)
+            worse = self.baseline - value
+        else:
+            worse = (value - self.baseline) / max(abs(self.baseline), 1e-12)
+        self.gain = -worse
+        return value, worse
 
     def holds(self, model: keras.Model) -> bool:
         # NaN compares False: a model gone non-finite fails.

@@ -75,16 +75,21 @@ class ShrinkPhase(keras.callbacks.Callback):
       start), until that stops falling; then the validation labels are
       read once (sample by sample against the start, counts summed over
       every process): the level holds, and the climb goes on if a rise
-      still fits before the last 15 % of the budget, or it fails, and
-      weights, zeros and optimizer state go back to the last level that
-      held, fine-tuned with its zeros fixed for the rest of the budget. At
+      still fits before the last 15 % of the budget (skipping a level if
+      the model is better than at the start by more than `tolerance`,
+      beyond noise), or it fails. A level that fails its first check
+      trains on for half the budget left, and a second check decides
+      (checked before its fine-tune, a level looks worse than it ends).
+      If that fails too, weights, zeros and optimizer state go back to the
+      last level that held, fine-tuned with its zeros fixed for the rest
+      of the budget. At
       the end the check runs once more; if the fine-tuned model fails it,
       the level as it passed comes back. If the first level fails at the
       raised learning rate, the climb starts again from the starting
       weights at the model's own rate; if it fails there too, the starting
       weights come back and `fit` stops (outcome `"baseline"`). The labels
-      are read about once per level, in a fixed order, so the choice is
-      not selected on hundreds of looks. On the README's benchmark it
+      are read once or twice per level, in a fixed order, so the choice
+      is not selected on hundreds of looks. On the README's benchmark it
       reaches the sparsity mode's frontier on the median seed in some
       settings and stays a level below it in others (the README's table).
 
@@ -481,9 +486,17 @@ class ShrinkPhase(keras.callbacks.Callback):
         climb = self._climb
         total = self._total_steps or max(self._step, 1)  # unknown in a first epoch of unknown length
         if climb.pending is not None:
-            if climb.recovering(self.check.drift(self.model), self._step, total, self._progress()):
+            if climb.probation_until is not None:
+                if self._progress() < climb.probation_until:
+                    return
+            elif climb.recovering(self.check.drift(self.model), self._step, total, self._progress()):
                 return
             if not self._level_holds():
+                if climb.probation(self._progress()):
+                    # Checked before its fine-tune, a level looks worse than
+                    # it ends: it trains on, and its second check decides.
+                    self._say(f"Step {self._step}: {climb.pending:.2%} trains on to a second check.")
+                    return
                 failed = self.result.levels[-1][0]
                 if climb.level == 0 and not climb.retried and self.learning_rate_policy.lower(self.model):
                     # The first level, at the raised rate: the rate is the
@@ -498,12 +511,12 @@ class ShrinkPhase(keras.callbacks.Callback):
             if self._sparsity() > self._good.sparsity:
                 # Cut on the way to a level that was never checked.
                 self.result.stopped_at = self._progress()
-                self._rollback(f"Step {self._step}: out of budget before {climb.upcoming()[0]:.2%}")
+                self._rollback(f"Step {self._step}: out of budget before {climb.target():.2%}")
             self._phase = "holding"  # the rest fine-tunes the last level that held
             return
         sparsity, arrived = climb.rise(self._step, total, self.cut_every)
         if arrived:
-            sparsity = climb.upcoming()[0]
+            sparsity = climb.target()
             climb.reach(sparsity, self._step)
         self._cut_to(sparsity)
 
@@ -517,7 +530,7 @@ class ShrinkPhase(keras.callbacks.Callback):
                   f"({'holds' if held else 'fails'})")
         if held:
             self._good = self._snapshot()
-            self._climb.held()
+            self._climb.held(ahead=self.check.gain >= self.tolerance)
         return held
 
     def _end_ramp(self, why: str) -> None:

@@ -21,7 +21,8 @@ class ShrinkResult:
             by default, the `monitor=` asked for, or `"val_loss"` for a
             model without a class output in the sparsity mode.
         levels: The tolerance mode's checks, in order:
-            `(sparsity, metric, held)` for each level it reached.
+            `(sparsity, metric, held)` for each check (a level that failed
+            its first check appears twice).
         disagreement: Fraction of the guard's reference inputs whose top-1
             class differs from the starting model's at the end (tolerance
             mode), else None.

@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 
 FOLDER = "keras_regkit_shrink"  # inside `backup_dir`
-FORMAT = 6  # 6: the climb rises level by level (shrinking.climb)
+FORMAT = 7  # 7: a level's second check, skipped levels (shrinking.climb)
 
 
 class PhaseState:
