@@ -77,14 +77,14 @@ class ShrinkPhase(keras.callbacks.Callback):
       every process): the level holds, and the climb goes on if a rise
       still fits before the last 15 % of the budget (skipping a level if
       the model is better than at the start by more than `tolerance`,
-      beyond noise), or it fails. A level that fails its first check
-      trains on for half the budget left, and a second check decides
-      (checked before its fine-tune, a level looks worse than it ends).
-      If that fails too, weights, zeros and optimizer state go back to the
-      last level that held, fine-tuned with its zeros fixed for the rest
-      of the budget. At
-      the end the check runs once more; if the fine-tuned model fails it,
-      the level as it passed comes back. If the first level fails at the
+      beyond noise), or it fails. A level above one that held that fails
+      its first check trains on for half the budget left, and a second
+      check decides (checked before its fine-tune, a level looks worse
+      than it ends). If that fails too, weights, zeros and optimizer
+      state go back to the last level that held, fine-tuned with its
+      zeros fixed for the rest of the budget. At the end the check runs
+      once more; if the fine-tuned model fails it, the level as it passed
+      comes back. If the first level fails at the
       raised learning rate, the climb starts again from the starting
       weights at the model's own rate; if it fails there too, the starting
       weights come back and `fit` stops (outcome `"baseline"`). The labels
