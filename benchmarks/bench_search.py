@@ -25,6 +25,7 @@ Usage (from the repository root, in the project venv with the `tune` and
 
     python benchmarks/bench_search.py          # ~10 min on 2 busy cores
     python benchmarks/bench_search.py --quick  # smoke run
+    python benchmarks/bench_search.py --finals-only  # only the final models' rows again
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ def main(argv=None):
     parser.add_argument("--penalty", choices=sorted(PENALTIES), default="elasticnet")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "search_results.json"))
+    parser.add_argument("--finals-only", action="store_true",
+                        help="only the three final models again, at the strength --out holds (the search is "
+                             "left as it was): for a changed shrink")
     args = parser.parse_args(argv)
     quick = args.quick
     (x, y), (x_val, y_val), (x_test, y_test) = datasets.load("digits")
@@ -75,6 +79,16 @@ def main(argv=None):
     epochs, low, high, fine, grid_points = (2, 1e-3, 1e-2, 2, 3) if quick else (30, 1e-6, 1e-1, 5, 30)
     build = build_model(units)
     penalty = PENALTIES[args.penalty]
+    if args.finals_only:
+        with open(args.out) as f:
+            figures = json.load(f)
+        figures["models"] = final_models(build, (x, y), (x_val, y_val), (x_test, y_test), penalty, figures["penalty"],
+                                         figures["two_stage"]["best_strength"], epochs, quick)
+        print_models(figures["models"])
+        with open(args.out, "w") as f:
+            json.dump(figures, f, indent=1)
+        print(f"wrote {args.out}")
+        return 0
     common = dict(epochs=epochs, batch_size=64, patience=5)
     workdir = tempfile.mkdtemp(prefix="bench_search_")
 
@@ -98,8 +112,32 @@ def main(argv=None):
     grid_rows = search._rows(tuner, "grid")
     grid_best = search._best([r for r in grid_rows if r["strength"] > 0], trainer.objective)
 
+    models = final_models(build, (x, y), (x_val, y_val), (x_test, y_test), penalty, args.penalty,
+                          result.best_strength, epochs, quick)
+    print(f"\ntwo-stage search: {len(result.rows)} trials, {two_stage_s:.0f} s, best {result.best_strength:.3g}")
+    print(f"plain grid:       {len(grid_rows)} trials, {grid_s:.0f} s, best {grid_best['strength']:.3g} "
+          f"(val_loss {grid_best['val_loss']:.4f} vs {result.best['val_loss']:.4f})")
+    print_models(models)
+    figures = {
+        "backend": keras.backend.backend(), "penalty": args.penalty, "quick": quick,
+        "two_stage": {"trials": len(result.rows), "seconds": two_stage_s, **result.to_dict()},
+        "grid": {"trials": len(grid_rows), "seconds": grid_s, "best_strength": grid_best["strength"],
+                 "best_val_loss": grid_best["val_loss"], "rows": sorted(grid_rows, key=lambda r: r["strength"])},
+        "models": models,
+    }
+    if not quick:
+        with open(args.out, "w") as f:
+            json.dump(figures, f, indent=1)
+        result.plot(os.path.join(os.path.dirname(__file__), "..", "docs", "search_path.png"))
+        print(f"wrote {args.out}")
+
+
+def final_models(build, train, validation, test, penalty, penalty_name, strength, epochs, quick):
+    """The three final models, trained as a trial is, each then shrunk in
+    the tolerance mode: name -> accuracies and zeros."""
+    (x, y), (x_val, y_val), (x_test, y_test) = train, validation, test
     finals = {"no penalty": None, "keras L2(0.01)": keras.regularizers.L2(0.01),
-              f"found {args.penalty}({result.best_strength:.3g})": penalty(result.best_strength)}
+              f"found {penalty_name}({strength:.3g})": penalty(strength)}
     models = {}
     for name, regularizer in finals.items():
         keras.utils.set_random_seed(0)
@@ -116,28 +154,16 @@ def main(argv=None):
         row.update(zeros_after_shrink=rk.sparsity_report(model).total.sparsity,
                    test_accuracy_after_shrink=_accuracy(model, x_test, y_test))
         models[name] = row
+    return models
 
-    print(f"\ntwo-stage search: {len(result.rows)} trials, {two_stage_s:.0f} s, best {result.best_strength:.3g}")
-    print(f"plain grid:       {len(grid_rows)} trials, {grid_s:.0f} s, best {grid_best['strength']:.3g} "
-          f"(val_loss {grid_best['val_loss']:.4f} vs {result.best['val_loss']:.4f})")
+
+def print_models(models):
     print(f"\n{'model':<28} {'val acc':>8} {'test acc':>9} {'|w|<=1e-3':>10} {'zeros after shrink':>19} "
           f"{'test acc after':>15}")
     for name, row in models.items():
         print(f"{name:<28} {row['val_accuracy']:8.3f} {row['test_accuracy']:9.3f} "
               f"{row['near_zero_before_shrink']:10.1%} {row['zeros_after_shrink']:19.1%} "
               f"{row['test_accuracy_after_shrink']:15.3f}")
-    figures = {
-        "backend": keras.backend.backend(), "penalty": args.penalty, "quick": quick,
-        "two_stage": {"trials": len(result.rows), "seconds": two_stage_s, **result.to_dict()},
-        "grid": {"trials": len(grid_rows), "seconds": grid_s, "best_strength": grid_best["strength"],
-                 "best_val_loss": grid_best["val_loss"], "rows": sorted(grid_rows, key=lambda r: r["strength"])},
-        "models": models,
-    }
-    if not quick:
-        with open(args.out, "w") as f:
-            json.dump(figures, f, indent=1)
-        result.plot(os.path.join(os.path.dirname(__file__), "..", "docs", "search_path.png"))
-        print(f"wrote {args.out}")
 
 
 def _accuracy(model, x, y) -> float:
