@@ -184,6 +184,23 @@ def run_with_fixtures(check, request):
     check(**{name: request.getfixturevalue(name) for name in inspect.signature(check).parameters})
 
 
+def to_numpy(variable):
+    return keras.ops.convert_to_numpy(variable).copy()
+
+
+def kill(layer, units, biases=None):
+    """Makes `units` of `layer` dead (every kernel weight feeding them 0),
+    with the given biases, so that their constants are not simply 0."""
+    attr = "pointwise_kernel" if hasattr(layer, "pointwise_kernel") else "kernel"
+    kernel = to_numpy(getattr(layer, attr))
+    kernel[..., units] = 0.0
+    getattr(layer, attr).assign(kernel)
+    if biases is not None:
+        bias = to_numpy(layer.bias)
+        bias[units] = biases
+        layer.bias.assign(bias)
+
+
 def unbuilt():
     return keras.Sequential([keras.layers.Dense(4, name="d"), keras.layers.Dense(2)])
 

@@ -10,26 +10,9 @@ import pytest
 
 import keras_regkit as rk
 
-from conftest import SubclassedModel, assert_refused_and_unchanged, row, unbuilt
+from conftest import SubclassedModel, assert_refused_and_unchanged, kill, row, to_numpy, unbuilt
 
 L = keras.layers
-
-
-def to_numpy(variable):
-    return keras.ops.convert_to_numpy(variable).copy()
-
-
-def kill(layer, units, biases=None):
-    """Makes `units` of `layer` dead (every kernel weight feeding them 0),
-    with the given biases, so that their constants are not simply 0."""
-    attr = "pointwise_kernel" if hasattr(layer, "pointwise_kernel") else "kernel"
-    kernel = to_numpy(getattr(layer, attr))
-    kernel[..., units] = 0.0
-    getattr(layer, attr).assign(kernel)
-    if biases is not None:
-        bias = to_numpy(layer.bias)
-        bias[units] = biases
-        layer.bias.assign(bias)
 
 
 def randomize_batch_norm(layer, seed=0):
@@ -54,36 +37,6 @@ def data(*shape, seed=1):
 class ScaledDense(keras.layers.Dense):
     def call(self, inputs):
         return 2.0 * super().call(inputs)
-
-
-def test_dead_units_counts_units_whose_kernel_weights_are_all_zero():
-    inner = keras.Sequential([keras.Input((4,)), L.Dense(3, name="d")], name="inner")
-    inp = keras.Input((6, 6, 2))
-    x = L.Conv2D(4, 3, name="conv")(inp)
-    x = L.DepthwiseConv2D(2, depth_multiplier=2, name="dw")(x)
-    x = L.SeparableConv2D(5, 2, name="sep")(x)
-    x = L.GlobalAveragePooling2D()(x)
-    x = L.Dense(4, name="dense")(x)
-    model = keras.Model(inp, inner(x))
-    kill(model.get_layer("conv"), [0, 2], biases=[1.0, 2.0])  # biases don't matter
-    kill(model.get_layer("sep"), [4])  # through its pointwise kernel
-    dw = model.get_layer("dw")
-    kernel = to_numpy(dw.kernel)
-    kernel[..., 1, 0] = 0.0  # feeds output channel 1 * 2 + 0 alone
-    dw.kernel.assign(kernel)
-    kill(inner.get_layer("d"), [0, 1, 2])
-    dense = model.get_layer("dense")
-    kernel = to_numpy(dense.kernel)
-    kernel[1:, 3] = 0.0  # one weight left: not dead
-    dense.kernel.assign(kernel)
-
-    assert rk.dead_units(model) == {
-        "conv": (2, 4),
-        "dw": (1, 8),
-        "sep": (1, 5),
-        "dense": (0, 4),
-        "inner/d": (3, 3),
-    }
 
 
 def test_sequential_mlp_loses_dead_units_and_keeps_its_outputs():
@@ -427,12 +380,6 @@ def test_bad_model_is_an_error_naming_the_argument(model, error, match):
     model = model() if callable(model) and not isinstance(model, keras.layers.Layer) else model
     with pytest.raises(error, match=match):
         rk.compact(model)
-
-
-def test_dead_units_of_a_non_layer_is_a_type_error():
-    with pytest.raises(TypeError, match=r"argument `model`.*Received: model=3 of type int"):
-        rk.dead_units(3)
-
 
 
 # -- bad and unusual input: the tables' helpers are in conftest -----------------

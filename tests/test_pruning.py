@@ -9,11 +9,50 @@ from keras_regkit.pruning import scores as scores_lib
 from keras_regkit.pruning.scores import Curvature, Magnitude
 from keras_regkit.pruning.units import output_layers
 
-from conftest import assert_refused_and_unchanged, right_checks, row, run_with_fixtures, tiny_data, tiny_mlp, unbuilt
+from conftest import (assert_refused_and_unchanged, kill, right_checks, row, run_with_fixtures, tiny_data, tiny_mlp,
+                      to_numpy, unbuilt)
+
+
+L = keras.layers
 
 
 def kernels(model):
     return [keras.ops.convert_to_numpy(ref.variable) for ref in rk.iter_weights(model)]
+
+
+def test_dead_units_counts_units_whose_kernel_weights_are_all_zero():
+    inner = keras.Sequential([keras.Input((4,)), L.Dense(3, name="d")], name="inner")
+    inp = keras.Input((6, 6, 2))
+    x = L.Conv2D(4, 3, name="conv")(inp)
+    x = L.DepthwiseConv2D(2, depth_multiplier=2, name="dw")(x)
+    x = L.SeparableConv2D(5, 2, name="sep")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    x = L.Dense(4, name="dense")(x)
+    model = keras.Model(inp, inner(x))
+    kill(model.get_layer("conv"), [0, 2], biases=[1.0, 2.0])  # biases don't matter
+    kill(model.get_layer("sep"), [4])  # through its pointwise kernel
+    dw = model.get_layer("dw")
+    kernel = to_numpy(dw.kernel)
+    kernel[..., 1, 0] = 0.0  # feeds output channel 1 * 2 + 0 alone
+    dw.kernel.assign(kernel)
+    kill(inner.get_layer("d"), [0, 1, 2])
+    dense = model.get_layer("dense")
+    kernel = to_numpy(dense.kernel)
+    kernel[1:, 3] = 0.0  # one weight left: not dead
+    dense.kernel.assign(kernel)
+
+    assert rk.dead_units(model) == {
+        "conv": (2, 4),
+        "dw": (1, 8),
+        "sep": (1, 5),
+        "dense": (0, 4),
+        "inner/d": (3, 3),
+    }
+
+
+def test_dead_units_of_a_non_layer_is_a_type_error():
+    with pytest.raises(TypeError, match=r"argument `model`.*Received: model=3 of type int"):
+        rk.dead_units(3)
 
 
 def test_threshold_zeroes_exactly_the_small_entries():
