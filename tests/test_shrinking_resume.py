@@ -8,6 +8,7 @@ builds the model, optimizer and callbacks afresh from the same code, as a new
 process would.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 
 import keras_regkit as rk
 from keras_regkit.callbacks import RegularizationScheduler, ShrinkPhase
+from keras_regkit.shrinking.climb import Climb
 
 from conftest import Interrupt, resumed
 
@@ -197,6 +199,23 @@ def test_a_level_waiting_for_its_check_resumes_waiting(tmp_path, epoch):
     assert sorted(got["seen"]) == list(range(epoch, 6))
     assert_same_run(got, reference())
     assert [(level, held) for level, _, held in got["result"]["levels"]] == [(0.5, True), (0.99, False), (0.99, False)]
+
+
+def test_a_climb_resumed_mid_rise_keeps_its_target_and_second_check():
+    # What the climb saves is all it needs: a rise that skips a level, and
+    # a level on its way to its second check, come back as they were.
+    climb = Climb((0.5, 0.8, 0.9, 0.95), initial=0.5)
+    climb.reach(0.5, step=10)
+    climb.held(ahead=True)
+    climb.rise(step=20, total_steps=100, cut_every=10)
+    resumed_climb = Climb((0.5, 0.8, 0.9, 0.95), initial=0.5)
+    resumed_climb.restore(json.loads(json.dumps(climb.state())))
+    assert resumed_climb.target() == climb.target() == 0.9
+    assert resumed_climb.rise(30, 100, 10) == climb.rise(30, 100, 10)
+    climb.reach(0.9, step=40)
+    assert climb.probation(0.6)
+    resumed_climb.restore(json.loads(json.dumps(climb.state())))
+    assert resumed_climb.probation_until == pytest.approx(0.8) and not resumed_climb.probation(0.7)
 
 
 def test_interrupted_while_finishing_resumes_the_ending(tmp_path):
