@@ -62,7 +62,7 @@ RESULT_FIELDS = ("baseline", "final", "started_at_epoch", "steps", "cuts", "roll
 def shrink_fit(backup, extra=(), backup_first=False, between=(), before=(), made=None):
     """Trains from scratch for 6 epochs with a scheduled penalty of the
     user's; the shrink (tolerance mode, cutting every 4 steps) starts at
-    epoch 2, and the last level, 99 %, fails its check.
+    epoch 2, and the last level, 99.9 % (no weight left), fails its checks.
     `extra` callbacks go after ShrinkPhase and BackupAndRestore, `between`
     between them, `before` before them; `made` (a list) receives
     `(model, phase)` before `fit` starts. Returns a plain record of the run."""
@@ -77,7 +77,7 @@ def shrink_fit(backup, extra=(), backup_first=False, between=(), before=(), made
                   metrics=["accuracy"])
     x, y = classification_data(256, 0)
     xv, yv = classification_data(128, 1)
-    phase = ShrinkPhase(start_epoch=2, tolerance=0.02, cut_every=4, max_sparsity=0.99, levels=(0.5, 0.9), backup_dir=backup,
+    phase = ShrinkPhase(start_epoch=2, tolerance=0.02, cut_every=4, max_sparsity=0.999, levels=(0.5, 0.9), backup_dir=backup,
                         validation_data=(xv, yv))
     first, second = phase, keras.callbacks.BackupAndRestore(backup)
     if backup_first:
@@ -189,7 +189,7 @@ def test_a_level_waiting_for_its_check_resumes_waiting(tmp_path, epoch):
     # The reference's climb at the end of each epoch before the interrupted
     # one (the state a resume starts from): epoch 2, the 50 % level waits
     # for its check (at step 12); epoch 3, it held ahead of the start, so the
-    # climb skipped 90 % and 99 % waits for its check (step 20); epoch 4, 99 %
+    # climb skipped 90 % and 99.9 % waits for its check (step 20); epoch 4, 99.9 %
     # failed it and trains on to its second check (step 26). The resume must
     # go on waiting (checking against the start's validation results), not
     # climb on, check early or forget the start.
@@ -198,7 +198,7 @@ def test_a_level_waiting_for_its_check_resumes_waiting(tmp_path, epoch):
     got = resumed(lambda extra: shrink_fit(backup, extra, made=made), [Interrupt(epoch)])
     assert sorted(got["seen"]) == list(range(epoch, 6))
     assert_same_run(got, reference())
-    assert [(level, held) for level, _, held in got["result"]["levels"]] == [(0.5, True), (0.99, False), (0.99, False)]
+    assert [(level, held) for level, _, held in got["result"]["levels"]] == [(0.5, True), (0.999, False), (0.999, False)]
 
 
 def test_a_climb_resumed_mid_rise_keeps_its_target_and_second_check():
