@@ -1,0 +1,43 @@
+"""The fence: every read of a private name of Keras, KerasHub or KerasTuner.
+
+Nothing else in keras_regkit touches another library's private attributes
+or `*.src` modules; it asks the functions of this package instead. Each
+access is written for the versions in `WRITTEN_FOR`, and each has a test
+(`tests/test_keras_fence.py`) that names that version and fails with
+`moved()`'s message when an upgrade moves what it reads, so an upgrade
+breaks one named test, not a user's `compact` call.
+
+- `graph`: the one walk of a functional model (nodes, inbound tensors,
+  the history of a symbolic tensor, a Sequential's inner graph);
+- `layers`: sublayers of a layer, a layer's saved config hook, Keras'
+  symbolic scope;
+- `hub`: KerasHub's transformer layers' attention sublayers and masks;
+- `tuner`: KerasTuner's objective parsing.
+"""
+
+from __future__ import annotations
+
+# The releases each access below was written for and tested with.
+WRITTEN_FOR = {"keras": "3.15", "keras_hub": "0.32", "keras_tuner": "1.4"}
+
+
+class FenceError(RuntimeError):
+    """A private name keras_regkit reads is not where it was: the installed
+    library moved it."""
+
+
+def moved(library: str, what: str, error: BaseException | None = None) -> FenceError:
+    """The error to raise when `what` (a private name of `library`) is not
+    where keras_regkit reads it."""
+    import importlib
+
+    try:
+        installed = importlib.import_module(library).__version__
+    except Exception:  # noqa: BLE001 - the version is for the message only
+        installed = "unknown"
+    return FenceError(
+        f"keras_regkit reads {what}, a private part of {library} written for {library} "
+        f"{WRITTEN_FOR.get(library, '?')}, and the installed {library} {installed} has moved it"
+        f"{f' ({type(error).__name__}: {error})' if error else ''}. Install {library} "
+        f"{WRITTEN_FOR.get(library, '')}.x, or a keras_regkit release made for {installed}."
+    )
