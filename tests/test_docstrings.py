@@ -13,7 +13,8 @@ from keras_regkit import attach, callbacks, regularizers, schedules, stats, weig
 MODULES = [
     regularizers, schedules, weights, attach, stats, callbacks.scheduler, callbacks.sparsity, callbacks.proximal,
     *(importlib.import_module(f"keras_regkit.{name}") for name in (
-        "proximal", "pruning.hold", "pruning.one_shot", "pruning.units", "compacting.rebuild", "search", "saving",
+        "proximal", "pruning.hold", "pruning.one_shot", "pruning.units", "compacting.rebuild", "search.strength",
+        "search.result", "saving",
         "shrinking", "shrinking.result", "shrinking.ramps", "shrinking.guards")),
 ]
 
