@@ -2,11 +2,11 @@
 
 Importing the package registers every class for `keras.saving.load_model`:
 run `import keras_regkit` before loading a model saved with it (or pass
-`custom_objects=keras_regkit.custom_objects()`).
+`custom_objects=keras_regkit.custom_objects()`). Importing it leaves
+`sys.argv` and file descriptors alone: the `keras-regkit` command's quiet
+start-up is `keras_regkit_cli`'s.
 """
 
-# First: as the command line, answer --help before Keras loads, then load it quietly.
-from keras_regkit import _startup  # noqa: F401
 from keras_regkit import callbacks, regularizers, schedules
 from keras_regkit.proximal import bind_proximal
 from keras_regkit.attach import apply_regularizers, reapply_regularizers, remove_regularizers

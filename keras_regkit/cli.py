@@ -1,10 +1,9 @@
-"""`keras-regkit` command line.
+"""The commands of `keras-regkit`: demo, inspect, search, export.
 
-    keras-regkit demo [--dataset digits|mnist1d] [--quick] [--epochs N] [--plot FILE.png]
-    keras-regkit inspect PATH.keras [--json] [--plot FILE.png] [--all-weights]
-    keras-regkit search [--dataset digits|mnist1d] [--penalty l1|...] [--quick] [--directory DIR] [--plot FILE.png]
-    keras-regkit export PATH.keras OUT.tflite|OUT.onnx [--int8 [dynamic]] [--sparse] [--check X.npy]
-                        [--representative X.npy]
+The console script's entry point is `keras_regkit_cli.main`, a module
+outside this package that parses the arguments and loads Keras quietly
+before it imports this one; `main` here parses and runs in one call (for
+`python -m keras_regkit` and for tests).
 """
 
 from __future__ import annotations
@@ -12,6 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+from keras_regkit_cli import parse_args
 
 
 def demo(args) -> int:
@@ -201,56 +202,12 @@ def _fail(message) -> int:
     return 1
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """The parsed command line; exits for --help and bad arguments. Imports
-    nothing heavy: `keras_regkit._startup` calls it before Keras loads."""
-    parser = argparse.ArgumentParser(prog="keras-regkit", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo_parser = commands.add_parser("demo", help="compare penalties and the shrink phase on real data")
-    demo_parser.add_argument("--dataset", choices=["digits", "mnist1d"], default="digits")
-    demo_parser.add_argument("--epochs", type=_positive_int, default=30, help="training epochs per method")
-    demo_parser.add_argument("--shrink-epochs", type=_positive_int, default=10, help="shrink budget per method")
-    demo_parser.add_argument("--quick", action="store_true", help="a few epochs, for a smoke test")
-    demo_parser.add_argument("--plot", metavar="FILE.png", help="accuracy/sparsity curves and weight histograms")
-    demo_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    inspect_parser = commands.add_parser("inspect", help="per-layer sparsity table of a saved model")
-    inspect_parser.add_argument("path", help="a .keras file")
-    inspect_parser.add_argument("--json", action="store_true", help="machine-readable output")
-    inspect_parser.add_argument("--plot", metavar="FILE.png", help="write weight-magnitude histograms")
-    inspect_parser.add_argument("--all-weights", action="store_true", help="biases and every other weight too")
-    inspect_parser.add_argument("--threshold", type=float, default=1e-3, help="near-zero threshold (default 1e-3)")
-    inspect_parser.add_argument("--relative", action="store_true", help="threshold relative to each weight's RMS")
-    search_parser = commands.add_parser("search", help="search the penalty strength: decades, then a fine grid")
-    search_parser.add_argument("--dataset", choices=["digits", "mnist1d"], default="digits")
-    search_parser.add_argument("--penalty", choices=["elasticnet", "l1", "l2", "expabs", "grouplasso"],
-                               default="elasticnet", help="elasticnet: equal L1 and L2 strengths (default)")
-    search_parser.add_argument("--low", type=_positive_float, default=1e-6, help="lowest decade (default 1e-6)")
-    search_parser.add_argument("--high", type=_positive_float, default=1e-1, help="highest decade (default 1e-1)")
-    search_parser.add_argument("--fine", type=_positive_int, default=5, help="fine-grid points in the best decade")
-    search_parser.add_argument("--epochs", type=_positive_int, default=30, help="most epochs per trial")
-    search_parser.add_argument("--patience", type=_positive_int, default=5, help="early-stopping patience")
-    search_parser.add_argument("--objective", default="val_loss", help="val_loss (default), val_accuracy, ...")
-    search_parser.add_argument("--shrink", type=float, metavar="SPARSITY", help="shrink every trial to this sparsity")
-    search_parser.add_argument("--directory", help="keep KerasTuner's state here: a rerun resumes")
-    search_parser.add_argument("--plot", metavar="FILE.png", help="write the regularization path")
-    search_parser.add_argument("--json", action="store_true", help="machine-readable output")
-    search_parser.add_argument("--quick", action="store_true", help="a tiny search, for a smoke test")
-    search_parser.add_argument("--no-progress", action="store_true", help="no per-trial output")
-    export_parser = commands.add_parser("export", help="a LiteRT or ONNX file, checked in its runtime")
-    export_parser.add_argument("path", help="a .keras file")
-    export_parser.add_argument("out", help="the file to write: .tflite (LiteRT) or .onnx (ONNX Runtime)")
-    export_parser.add_argument("--int8", nargs="?", const=True, default=False, choices=["dynamic"],
-                               help="int8 weights and activations (calibrated on inputs); "
-                                    "--int8 dynamic: int8 weights, no calibration")
-    export_parser.add_argument("--sparse", action="store_true", help="store mostly-zero weights sparse")
-    export_parser.add_argument("--check", metavar="X.npy", help="compare the runtime's outputs with Keras' on these")
-    export_parser.add_argument("--representative", metavar="X.npy",
-                               help="int8 calibration inputs (default: --check's)")
-    return parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Runs the command `args` (from `keras_regkit_cli.parse_args`) names.
 
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
+    Returns:
+        The exit status: 0 on success, 1 after a one-line error.
+    """
     plot = getattr(args, "plot", None)
     if plot and not os.path.isdir(os.path.dirname(os.path.abspath(plot))):
         # Before the work: a demo or search would otherwise train for minutes first.
@@ -258,24 +215,14 @@ def main(argv=None) -> int:
     return {"demo": demo, "inspect": inspect, "search": search, "export": export_file}[args.command](args)
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
-    return value
+def main(argv=None) -> int:
+    """Parses `argv` (default: the process's arguments) and runs the command.
 
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite float > 0, got {text!r}")
-    return value
+    Returns:
+        The exit status: 0 on success, 1 after a one-line error; exits with
+        2 for bad arguments.
+    """
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":

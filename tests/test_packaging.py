@@ -1,5 +1,5 @@
-"""The built wheel carries what the package promises: the license text and
-PEP 561's `py.typed`."""
+"""The built wheel carries what the package promises: the license text,
+PEP 561's `py.typed`, and the command's entry point."""
 
 import pathlib
 import shutil
@@ -17,7 +17,7 @@ def wheel(tmp_path_factory):
     # Built from a copy: a build in the working tree writes build/ and
     # *.egg-info there. No build isolation: no network needed.
     source = tmp_path_factory.mktemp("source")
-    for name in ("pyproject.toml", "setup.cfg", "README.md", "LICENSE"):
+    for name in ("pyproject.toml", "setup.cfg", "README.md", "LICENSE", "keras_regkit_cli.py"):
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(ROOT / "keras_regkit", source / "keras_regkit",
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -42,3 +42,11 @@ def test_the_wheel_carries_the_apache_license_text(wheel):
 
 def test_the_wheel_carries_py_typed_so_type_checkers_read_the_hints(wheel):
     assert "keras_regkit/py.typed" in wheel.namelist()
+
+
+def test_the_wheel_carries_the_command_and_its_entry_point_outside_the_package(wheel):
+    # Outside `keras_regkit`, whose import loads Keras: see keras_regkit_cli.py.
+    assert "keras_regkit_cli.py" in wheel.namelist()
+    entry_points = wheel.read(next(n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt")))
+    assert "keras-regkit = keras_regkit_cli:main" in entry_points.decode()
+    assert not [n for n in wheel.namelist() if n.startswith(("tests/", "benchmarks/"))]
