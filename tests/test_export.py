@@ -10,6 +10,7 @@ import pytest
 
 import keras_regkit as rk
 from keras_regkit import deploy
+from keras_regkit.deploy.calibration import calibration
 
 if keras.backend.backend() != "tensorflow":
     pytest.skip(
@@ -251,7 +252,7 @@ def test_refuses_sparse_int8_litert_because_its_default_delegate_cannot_run_it(s
     # The reason, with Keras' and the converter's own calls. If a LiteRT
     # release runs such files, this fails: then let them through.
     path = str(tmp_path / "keras.tflite")
-    shrunk.export(path, format="litert", verbose=False, representative_dataset=deploy._calibration(x),
+    shrunk.export(path, format="litert", verbose=False, representative_dataset=calibration(x),
                   optimizations=[tf.lite.Optimize.DEFAULT, tf.lite.Optimize.EXPERIMENTAL_SPARSITY])
     with pytest.raises(RuntimeError, match="failed to delegate"):
         litert.Interpreter(model_path=path).allocate_tensors()

@@ -1,0 +1,116 @@
+"""A Keras model to an ONNX file: Keras' export, then ONNX Runtime's int8
+quantization and the zeros moved to sparse initializers."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+
+from keras_regkit._keras.export import was_called
+from keras_regkit.deploy.calibration import calibration, require_representative
+from keras_regkit.deploy.runtime import require
+
+
+def export_onnx(model, path, int8, sparse, representative_data):
+    """Writes `model` to the ONNX file `path` (`int8` and `sparse` as in
+    `export`)."""
+    # Keras' ONNX export goes through tf2onnx under TensorFlow.
+    require("onnx", *(["tf2onnx"] if keras.backend.backend() == "tensorflow" else []))
+    if int8:
+        require("onnxruntime")  # its quantization tools
+    if int8 is True:
+        require_representative(representative_data)
+    if not was_called(model):
+        # Keras' ONNX export refuses a model that has never been called.
+        model(zeros_like_inputs(model), training=False)
+    model.export(path, format="onnx", verbose=False)
+    if int8:
+        quantize_onnx(path, representative_data if int8 is True else None)
+    if sparse:
+        store_zeros_sparse(path)
+
+
+def quantize_onnx(path, representative_data):
+    """ONNX Runtime's int8 quantization of the float file, in place: static
+    (calibrated) with `representative_data`, dynamic without."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if representative_data is None:
+        quantize_dynamic(path, path, weight_type=QuantType.QInt8)
+        return
+
+    names = [i.name for i in onnx.load(path, load_external_data=False).graph.input]
+    batches = calibration(representative_data)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._samples = batches()
+
+        def get_next(self):
+            sample = next(self._samples, None)
+            if sample is None or isinstance(sample, dict):
+                return sample
+            return dict(zip(names, sample))
+
+    with tempfile.TemporaryDirectory() as folder:
+        # The pre-processing (shape inference, constant folding) ONNX Runtime
+        # asks for before quantizing; its symbolic part needs sympy: skipped.
+        prepared = os.path.join(folder, "prepared.onnx")
+        quant_pre_process(path, prepared, skip_symbolic_shape=True)
+        quantize_static(prepared, path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def zeros_like_inputs(model):
+    """One sample of zeros in the structure of `model`'s inputs."""
+    try:
+        spec = model.input
+    except (AttributeError, ValueError):  # a Sequential never called has only `inputs`
+        spec = getattr(model, "inputs", None)
+        spec = spec[0] if spec and len(spec) == 1 else spec
+    if spec is None or (isinstance(spec, (list, tuple, dict)) and not spec):
+        raise ValueError(f"Model {model.name!r} has no known inputs (a subclassed model): call it once on "
+                         "data before exporting it to ONNX.")
+    return keras.tree.map_structure(
+        lambda t: np.zeros([1 if d is None else d for d in t.shape], t.dtype), spec)
+
+
+def store_zeros_sparse(path: str | os.PathLike) -> int:
+    """Moves the weights of an ONNX file that are smaller stored sparse (COO:
+    the non-zero values and their int64 flat indices) to the graph's
+    `sparse_initializer`, in place. ONNX Runtime expands them to dense when it
+    loads the file. Returns how many weights were moved.
+
+    A weight moves when `nnz * (itemsize + 8) < size * itemsize`: at float32
+    above 67 % zeros, at int8 above 89 %.
+    """
+    require("onnx")
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph_model = onnx.load(os.fspath(path))
+    graph = graph_model.graph
+    kept, moved = [], []
+    for initializer in graph.initializer:
+        array = numpy_helper.to_array(initializer)
+        nonzero = np.flatnonzero(array)
+        if array.ndim >= 2 and nonzero.size * (array.itemsize + 8) < array.size * array.itemsize:
+            values = numpy_helper.from_array(array.reshape(-1)[nonzero], initializer.name)
+            indices = numpy_helper.from_array(nonzero.astype(np.int64), initializer.name + "_indices")
+            moved.append(helper.make_sparse_tensor(values, indices, list(array.shape)))
+        else:
+            kept.append(initializer)
+    if moved:
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        graph.sparse_initializer.extend(moved)
+        onnx.save(graph_model, os.fspath(path))
+    return len(moved)
+
