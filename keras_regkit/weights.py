@@ -9,30 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import types
 from typing import Callable, Iterator, Sequence, Union
 
 import keras
 import numpy as np
 
-# kind -> the (variable attribute, config attribute) pairs that hold it. A layer
-# has a kind when it has both attributes. Keras saves a regularizer from the
-# config attribute, so both must be set or a reload silently drops it.
-# Read-only: a layer of your own declares its weights with `regkit_weights`
-# (see `iter_weights`) instead.
-WEIGHT_KINDS = types.MappingProxyType({
-    "kernel": (("kernel", "kernel_regularizer"),),
-    "bias": (("bias", "bias_regularizer"),),
-    "recurrent_kernel": (("recurrent_kernel", "recurrent_regularizer"),),
-    "depthwise_kernel": (
-        ("depthwise_kernel", "depthwise_regularizer"),  # SeparableConv
-        ("kernel", "depthwise_regularizer"),  # DepthwiseConv
-    ),
-    "pointwise_kernel": (("pointwise_kernel", "pointwise_regularizer"),),
-    "embeddings": (("embeddings", "embeddings_regularizer"),),
-    "gamma": (("gamma", "gamma_regularizer"),),
-    "beta": (("beta", "beta_regularizer"),),
-})
+from keras_regkit import layers as layers_lib
+from keras_regkit._keras.layers import sublayers
+from keras_regkit.layers.kinds import check_weight_pairs
+
+# kind -> the (variable attribute, regularizer attribute) pairs that may
+# hold it: the weights of a layer whose registered kind declares none (see
+# `keras_regkit.layers`). Read-only: a layer of your own declares its
+# weights in its `LayerKind` or with `regkit_weights` (see `iter_weights`).
+WEIGHT_KINDS = layers_lib.WEIGHT_KINDS
 
 # The method a layer of your own defines to take part (see `iter_weights`).
 DECLARATION = "regkit_weights"
@@ -124,7 +114,7 @@ def iter_layers(model: keras.layers.Layer) -> Iterator[tuple[str, keras.layers.L
     seen = set()
 
     def walk(parent, prefix, ancestors):
-        for layer in parent._flatten_layers(include_self=False, recursive=False):
+        for layer in sublayers(parent, recursive=False):
             if id(layer) in seen or isinstance(layer, keras.layers.InputLayer):
                 continue
             seen.add(id(layer))
@@ -169,15 +159,8 @@ def _declared(layer) -> dict | None:
     if not callable(declare):
         return None
     declared = declare()
-    if not isinstance(declared, dict) or not all(
-        kind in WEIGHT_KINDS and isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(a, str) for a in pair)
-        for kind, pair in declared.items()
-    ):
-        raise TypeError(
-            f"Layer '{layer.name}' ({type(layer).__name__}): `{DECLARATION}()` must return a dict from a weight "
-            f"kind (one of {sorted(WEIGHT_KINDS)}) to a pair (variable attribute, regularizer attribute), e.g. "
-            f"{{'kernel': ('w', 'w_regularizer')}}. It returned {declared!r}"
-        )
+    check_weight_pairs(
+        declared, f"Layer '{layer.name}' ({type(layer).__name__}): what `{DECLARATION}()` returns")
     for kind, (variable_attr, config_attr) in declared.items():
         if not isinstance(getattr(layer, variable_attr, None), keras.Variable) or not hasattr(layer, config_attr):
             raise TypeError(
@@ -192,12 +175,26 @@ def _declared(layer) -> dict | None:
 def _weight_of(layer, kind):
     declared = _declared(layer)
     if declared is not None:
-        # The layer's own word replaces the built-in table for it.
+        # The layer's own word replaces its kind's for it.
         if kind not in declared:
             return None
         variable_attr, config_attr = declared[kind]
         return getattr(layer, variable_attr), config_attr
-    for variable_attr, config_attr in WEIGHT_KINDS[kind]:
+    registered = layers_lib.kind_of(layer).weights
+    if registered is None:
+        candidates = WEIGHT_KINDS[kind]
+    elif kind in registered:
+        candidates = (registered[kind],)
+        variable_attr, config_attr = registered[kind]
+        if getattr(layer, variable_attr, None) is not None and not hasattr(layer, config_attr):
+            raise TypeError(
+                f"Layer '{layer.name}' ({type(layer).__name__}) declares its {kind!r} as ({variable_attr!r}, "
+                f"{config_attr!r}) in its LayerKind, but `layer.{config_attr}` does not exist. The regularizer "
+                "attribute must exist (None when unset) and be saved by the layer's get_config, or a reload "
+                "drops the penalty.")
+    else:
+        return None
+    for variable_attr, config_attr in candidates:
         variable = getattr(layer, variable_attr, None)
         if isinstance(variable, keras.Variable) and hasattr(layer, config_attr):
             return variable, config_attr
@@ -239,11 +236,14 @@ def iter_weights(
 ) -> Iterator[WeightRef]:
     """Yields a `WeightRef` for every weight of the given kinds.
 
-    Built-in layers' weights are found by attribute (`WEIGHT_KINDS`). A
-    layer of your own takes part (in penalties, statistics, pruning and the
-    shrink) by defining `regkit_weights(self)`, which returns a dict from a
-    kind to the pair (variable attribute, regularizer attribute), e.g.
-    `{"kernel": ("w", "w_regularizer")}`: the regularizer attribute must
+    A layer's weights are those its registered kind declares (see
+    `keras_regkit.layers.LayerKind`), or else those of `WEIGHT_KINDS` it
+    holds. A layer of your own takes part (in penalties, statistics,
+    pruning and the shrink) by registering a `LayerKind` with `weights`
+    (which also lets it declare its units for `compact`), or by defining
+    `regkit_weights(self)`, which returns the same: a dict from a kind to
+    the pair (variable attribute, regularizer attribute), e.g.
+    `{"kernel": ("w", "w_regularizer")}`. The regularizer attribute must
     exist (None when unset) and be saved by the layer's `get_config`.
 
     Args:

@@ -15,3 +15,17 @@ def sublayers(layer, recursive: bool = True, include_self: bool = False) -> list
     except AttributeError as error:
         raise moved("keras", "Layer._flatten_layers", error) from None
     return list(walk(include_self=include_self, recursive=recursive))
+
+
+# Where Keras' MultiHeadAttention keeps its projections (EinsumDense layers).
+QUERY_KEY_VALUE, OUTPUT = ("_query_dense", "_key_dense", "_value_dense"), "_output_dense"
+
+
+def attention_projections(layer) -> tuple[tuple, object]:
+    """The query, key and value projections and the output projection of a
+    built `keras.layers.MultiHeadAttention` (or a subclass)."""
+    found = [getattr(layer, name, None) for name in QUERY_KEY_VALUE + (OUTPUT,)]
+    if any(sub is None or getattr(sub, "kernel", None) is None for sub in found):
+        missing = [n for n, sub in zip(QUERY_KEY_VALUE + (OUTPUT,), found) if sub is None]
+        raise moved("keras", f"MultiHeadAttention.{'/'.join(missing) or 'projection kernels'}")
+    return tuple(found[:3]), found[3]

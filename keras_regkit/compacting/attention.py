@@ -24,9 +24,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_regkit import layers as layers_lib
+from keras_regkit._keras import hub as hub_fence
+from keras_regkit._keras.layers import sublayers
 from keras_regkit.pruning import units as units_lib
-
-_ATTENTION_ATTRIBUTES = ("_self_attention_layer", "_cross_attention_layer")
 
 
 def kept_heads(layer) -> np.ndarray:
@@ -37,7 +38,7 @@ def kept_heads(layer) -> np.ndarray:
 
 
 def has_dead_heads(layer) -> bool:
-    return isinstance(layer, units_lib.HEAD_LAYERS) and layer.built and bool(units_lib.dead_mask(layer).any())
+    return units_lib.is_head_layer(layer) and layer.built and bool(units_lib.dead_mask(layer).any())
 
 
 def smaller_config(layer) -> dict:
@@ -67,25 +68,21 @@ def copy_heads(old, new) -> None:
         new_sub.set_weights(values)
 
 
-def kerashub_layers() -> tuple[type, ...]:
-    """KerasHub's TransformerEncoder and TransformerDecoder, if installed."""
-    try:
-        from keras_hub.layers import TransformerDecoder, TransformerEncoder
-    except ImportError:  # pragma: no cover - KerasHub is optional
-        return ()
-    return (TransformerEncoder, TransformerDecoder)
-
-
 def attention_sublayers(layer) -> dict[str, keras.layers.Layer]:
-    """A KerasHub transformer layer's attention layers, by attribute."""
-    found = {name: getattr(layer, name, None) for name in _ATTENTION_ATTRIBUTES}
-    return {name: sub for name, sub in found.items() if isinstance(sub, units_lib.HEAD_LAYERS)}
+    """The attention layers a layer holds and `compact` unrolls it to
+    shrink (KerasHub's transformer layers'), by attribute; `{}` for a
+    layer whose registered kind names none."""
+    found = layers_lib.kind_of(layer).attention
+    if found is None:
+        return {}
+    return {name: sub for name, sub in found(layer).items() if units_lib.is_head_layer(sub)}
 
 
 def needs_unrolling(layer) -> bool:
-    """Whether `layer` is a KerasHub transformer layer with dead heads."""
-    return isinstance(layer, kerashub_layers()) and any(
-        has_dead_heads(sub) for sub in attention_sublayers(layer).values())
+    """Whether `layer` holds attention layers with dead heads (a KerasHub
+    transformer layer, whose config cannot say fewer heads of the same
+    width)."""
+    return any(has_dead_heads(sub) for sub in attention_sublayers(layer).values())
 
 
 def unroll(old, config: dict, args, kwargs):
@@ -95,7 +92,7 @@ def unroll(old, config: dict, args, kwargs):
     the names of `old`'s."""
     fresh = type(old).from_config(config)
     fresh(*args, **kwargs)  # builds it; this call's node is not on the way to the outputs
-    new_by_name = {sub.name: sub for sub in fresh._flatten_layers(include_self=False, recursive=False)}
+    new_by_name = {sub.name: sub for sub in sublayers(fresh, recursive=False)}
     for attribute, old_attention in attention_sublayers(old).items():
         # Plain Keras attention, every one: KerasHub's cached kind cannot be
         # called on symbolic tensors with its `cache` arguments.
@@ -103,10 +100,9 @@ def unroll(old, config: dict, args, kwargs):
         plain = keras.layers.MultiHeadAttention.from_config(config)
         # `fresh` only lends its `call`: the new attention replaces the
         # built one without being tracked by it.
-        object.__setattr__(fresh, attribute, _WithoutCache(plain))
+        hub_fence.replace_attention(fresh, attribute, _WithoutCache(plain))
         new_by_name[old_attention.name] = plain
-    if hasattr(fresh, "_compute_self_attention_mask"):
-        object.__setattr__(fresh, "_compute_self_attention_mask", _traceable_self_attention_mask)
+    hub_fence.use_traceable_self_attention_mask(fresh)
     for sub in new_by_name.values():
         sub.name = f"{old.name}_{sub.name}"  # unique in the model, and says where it came from
     return fresh.call(*args, **kwargs), new_by_name
@@ -123,22 +119,3 @@ class _WithoutCache:
         if cache is not None or cache_update_index is not None:
             raise ValueError("compact: a transformer layer unrolled for fewer heads is called without a cache.")
         return self.attention(*args, **kwargs)
-
-
-def _traceable_self_attention_mask(decoder_sequence, decoder_padding_mask, decoder_attention_mask,
-                                   use_causal_mask, self_attention_cache, self_attention_cache_update_index):
-    """TransformerDecoder's self-attention mask, from ops that a graph with
-    an unknown batch size can hold (KerasHub's broadcasts to the batch size,
-    which a symbolic tensor does not know). Without a cache: `compact`'s
-    models see whole sequences."""
-    from keras_hub.src.layers.modeling.transformer_layer_utils import merge_padding_and_attention_mask
-
-    if self_attention_cache is not None:
-        raise ValueError("compact: a decoder unrolled for fewer heads is called without a cache.")
-    mask = merge_padding_and_attention_mask(decoder_sequence, decoder_padding_mask, decoder_attention_mask)
-    if not use_causal_mask:
-        return mask
-    # Position i (from 1) of every sequence, (batch, length, 1): query i sees key j <= i.
-    position = ops.cumsum(ops.ones_like(ops.sum(decoder_sequence, axis=-1, keepdims=True), dtype="int32"), axis=1)
-    causal = ops.cast(ops.greater_equal(position, ops.transpose(position, (0, 2, 1))), "int32")
-    return causal if mask is None else ops.minimum(ops.cast(mask, "int32"), causal)

@@ -4,7 +4,8 @@ KerasHub's `TransformerEncoder` and `TransformerDecoder` hold their
 feed-forward block as two Dense sublayers, `feedforward_intermediate_dense`
 (hidden -> `intermediate_dim`, with the activation) and
 `feedforward_output_dense` (back to hidden), built from the layer's own
-`intermediate_dim` argument. An intermediate unit whose kernel column is all
+`intermediate_dim` argument (the `FeedForward` of their registered kind,
+see `keras_regkit.layers`). An intermediate unit whose kernel column is all
 zeros outputs the constant `activation(bias)`, so it can go: the layer is
 rebuilt with a smaller `intermediate_dim`, the first kernel's columns and the
 second's rows sliced, and each constant folded into the second's bias.
@@ -22,28 +23,26 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from keras_regkit import layers as layers_lib
+from keras_regkit._keras import graph as graph_fence
+from keras_regkit._keras.layers import sublayers
 from keras_regkit.compacting import attention
 from keras_regkit.pruning.units import dead_mask
 
-INNER, OUTER = "feedforward_intermediate_dense", "feedforward_output_dense"
-
-try:  # Keras 3 builds `keras.Model(inputs, outputs)` as this class.
-    from keras.src.models.functional import Functional as _Functional
-except ImportError:  # pragma: no cover - a Keras that moved it
-    _Functional = None
-
 
 def _sublayer(layer, name):
-    found = [s for s in layer._flatten_layers(include_self=False, recursive=False) if s.name == name]
+    found = [s for s in sublayers(layer, recursive=False) if s.name == name]
     return found[0] if len(found) == 1 and isinstance(found[0], keras.layers.Dense) else None
 
 
 def block(layer) -> tuple[keras.layers.Dense, keras.layers.Dense] | None:
-    """The (intermediate, output) Dense pair of a transformer layer whose
-    config sets `intermediate_dim`, or None for any other layer."""
-    if isinstance(layer, (keras.Model, keras.layers.Dense)) or "intermediate_dim" not in _config(layer):
+    """The (intermediate, output) Dense pair of a layer whose registered
+    kind has a feed-forward block (KerasHub's transformer layers) and whose
+    config sets its width, or None for any other layer."""
+    spec = layers_lib.kind_of(layer).feedforward
+    if spec is None or isinstance(layer, keras.Model) or spec.argument not in _config(layer):
         return None
-    inner, outer = _sublayer(layer, INNER), _sublayer(layer, OUTER)
+    inner, outer = _sublayer(layer, spec.inner), _sublayer(layer, spec.outer)
     return (inner, outer) if inner is not None and outer is not None else None
 
 
@@ -59,14 +58,13 @@ def needs_flattening(model: keras.Model) -> bool:
     an attention layer with dead heads, or is or holds a subclassed
     functional model (a KerasHub backbone) that only a re-traced graph lets
     `compact` edit."""
-    for layer in model._flatten_layers(include_self=True, recursive=True):
+    for layer in sublayers(model, recursive=True, include_self=True):
         pair = block(layer)
         if pair is not None and dead_mask(pair[0]).any():
             return True
         if attention.has_dead_heads(layer):
             return True
-        if (isinstance(layer, keras.Model) and _Functional is not None
-                and isinstance(layer, _Functional) and type(layer) is not _Functional):
+        if graph_fence.is_functional(layer) and not graph_fence.is_plain_functional(layer):
             return True
     return False
 
@@ -89,8 +87,9 @@ def flatten(model: keras.Model):
         pair = block(layer)
         if pair is not None:
             mask = dead_mask(pair[0])
-            count(f"{layer.name}/{INNER}", mask)
-            config = {**config, "intermediate_dim": max(int((~mask).sum()), 1)}
+            spec = layers_lib.kind_of(layer).feedforward
+            count(f"{layer.name}/{spec.inner}", mask)
+            config = {**config, spec.argument: max(int((~mask).sum()), 1)}
             for sub in attention.attention_sublayers(layer).values():
                 if attention.has_dead_heads(sub):
                     count(f"{layer.name}/{sub.name}", dead_mask(sub))
@@ -110,14 +109,14 @@ def flatten(model: keras.Model):
         return outputs
 
     flat = keras.models.clone_model(model, clone_function=rebuild, call_function=call, recursive=True)
-    for new in flat._flatten_layers(include_self=False, recursive=True):
+    for new in sublayers(flat, recursive=True):
         old = old_by_new.get(id(new))
         if old is None:
             continue
         if attention.has_dead_heads(old):
             attention.copy_heads(old, new)
         elif block(old) is not None:
-            _transplant(old, {s.name: s for s in new._flatten_layers(include_self=False, recursive=False)})
+            _transplant(old, {s.name: s for s in sublayers(new, recursive=False)})
         else:
             new.set_weights(old.get_weights())
     for old, new_by_name in unrolled:
@@ -131,7 +130,7 @@ def _transplant(old, new_by_name) -> None:
     units, their constant output folded into the output layer's bias; the
     attention without its dead heads; every other sublayer as it is."""
     inner, outer = block(old)
-    for sub in old._flatten_layers(include_self=False, recursive=False):
+    for sub in sublayers(old, recursive=False):
         new = new_by_name[sub.name]
         if sub is inner:
             _copy_feedforward(old.name, inner, outer, new, new_by_name[outer.name])
@@ -154,5 +153,5 @@ def _copy_feedforward(name, inner, outer, new_inner, new_outer) -> None:
     folded = b2 + (constant * ~keep) @ w2
     new_inner.set_weights([w1[..., keep]] + ([b1[keep]] if inner.use_bias else []))
     if not outer.use_bias and (folded != 0).any():
-        raise ValueError(f"compact: '{name}/{OUTER}' has no bias to fold the dead units' constant into.")
+        raise ValueError(f"compact: '{name}/{outer.name}' has no bias to fold the dead units' constant into.")
     new_outer.set_weights([w2[keep]] + ([folded] if outer.use_bias else []))

@@ -25,38 +25,30 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_regkit import layers as layers_lib
 from keras_regkit import weights as weights_lib
+from keras_regkit.layers.graph import Graph, made_by
 
-# (layer classes, the attribute of their unit kernel, how many trailing axes
-# of it index units). Separable before the plain convolutions it resembles.
-_UNIT_KERNELS = (
-    ((keras.layers.SeparableConv1D, keras.layers.SeparableConv2D), "pointwise_kernel", 1),
-    # (*window, channels, multiplier): output channel c * multiplier + m is
-    # fed by kernel[..., c, m] alone.
-    ((keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D), "kernel", 2),
-    ((keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D), "kernel", 1),
-)
+# Classes whose layers have units, and whose units are attention heads
+# (for messages; the registry decides).
+UNIT_LAYERS: tuple[type, ...] = layers_lib.classes_with("unit_kernel")
+HEAD_LAYERS: tuple[type, ...] = layers_lib.classes_with("heads")
 
-UNIT_LAYERS: tuple[type, ...] = sum((classes for classes, _, _ in _UNIT_KERNELS), ())
 
-# Layers whose units are attention heads (KerasHub's CachedMultiHeadAttention
-# is a subclass).
-HEAD_LAYERS = (keras.layers.MultiHeadAttention,)
-# Keras' private names for the projections (keras 3.15); `head_sublayers`
-# fails loudly if a release renames them.
-_PROJECTIONS, _OUTPUT_PROJECTION = ("_query_dense", "_key_dense", "_value_dense"), "_output_dense"
+def is_head_layer(layer) -> bool:
+    """Whether `layer`'s units are attention heads."""
+    return layers_lib.kind_of(layer).heads is not None
 
 
 def head_sublayers(layer) -> tuple[tuple, keras.layers.Layer]:
     """The query, key and value projections and the output projection of a
     built attention layer (`EinsumDense` sublayers)."""
-    found = [getattr(layer, name, None) for name in _PROJECTIONS + (_OUTPUT_PROJECTION,)]
-    if any(sub is None or getattr(sub, "kernel", None) is None for sub in found):
+    heads = layers_lib.kind_of(layer).heads
+    if heads is None or not layer.built:
         raise ValueError(
-            f"Attention layer '{layer.name}' ({type(layer).__name__}) is not built, or this Keras "
-            f"({keras.__version__}) no longer names its projections {_PROJECTIONS + (_OUTPUT_PROJECTION,)}: "
-            "its heads cannot be read. Build the model first (call it once).")
-    return tuple(found[:3]), found[3]
+            f"Attention layer '{layer.name}' ({type(layer).__name__}) is not built, or is not an attention layer "
+            "of the layer registry: its heads cannot be read. Build the model first (call it once).")
+    return heads(layer)
 
 
 def head_axis(layer, variable, parent) -> int | None:
@@ -64,7 +56,7 @@ def head_axis(layer, variable, parent) -> int | None:
     indexes the heads of `parent`, or None when it is not a part of
     `parent`'s heads: axis 0 of the output kernel, the heads axis (last but
     one) of the query, key and value kernels and biases."""
-    if not isinstance(parent, HEAD_LAYERS) or not parent.built:
+    if parent is None or not is_head_layer(parent) or not parent.built:
         return None
     projections, output = head_sublayers(parent)
     if layer is output:
@@ -80,28 +72,21 @@ def head_kernel(layer) -> keras.Variable:
     return head_sublayers(layer)[1].kernel
 
 
-def _entry(layer):
-    for classes, attribute, axes in _UNIT_KERNELS:
-        if isinstance(layer, classes):
-            return attribute, axes
-    return None
-
-
 def unit_kernel(layer) -> keras.Variable | None:
     """The kernel whose trailing axes index `layer`'s units, or None for a
     layer without such units (or not built yet; an attention layer's heads
     are read through `head_kernel`). For `Dense` with LoRA this is the
     effective kernel, as `call` uses."""
-    entry = _entry(layer)
-    return None if entry is None else getattr(layer, entry[0], None)
+    attribute = layers_lib.kind_of(layer).unit_kernel
+    return None if attribute is None else getattr(layer, attribute, None)
 
 
 def unit_axes(layer) -> int:
     """How many trailing axes of `layer`'s unit kernel index its units."""
-    entry = _entry(layer)
-    if entry is None:
+    kind = layers_lib.kind_of(layer)
+    if kind.unit_kernel is None:
         raise ValueError(f"Layer '{layer.name}' ({type(layer).__name__}) has no units.")
-    return entry[1]
+    return kind.unit_axes
 
 
 def input_axis(layer, variable) -> int | None:
@@ -109,14 +94,16 @@ def input_axis(layer, variable) -> int | None:
     last but one: a Dense kernel's rows, a convolution's input channels), or
     None for any other weight (an `EinsumDense` kernel's layout depends on
     its equation)."""
-    return len(variable.shape) - 2 if is_unit_kernel(layer, variable) else None
+    if not is_unit_kernel(layer, variable):
+        return None
+    return len(variable.shape) + layers_lib.kind_of(layer).input_axis
 
 
 def reads_layer_inputs(layer) -> bool:
     """Whether the channels `input_axis` indexes are the layer's own inputs
     (not for a separable convolution: its pointwise kernel reads the
     depthwise convolution's output)."""
-    return not isinstance(layer, _UNIT_KERNELS[0][0])
+    return layers_lib.kind_of(layer).reads_inputs
 
 
 def is_unit_kernel(layer, variable) -> bool:
@@ -137,7 +124,7 @@ def per_head(values: np.ndarray, axis: int) -> np.ndarray:
 def dead_mask(layer) -> np.ndarray | None:
     """Which units (or attention heads) of `layer` are dead, or None if it
     has none."""
-    if isinstance(layer, HEAD_LAYERS) and layer.built:
+    if is_head_layer(layer) and layer.built:
         kernel = head_kernel(layer)
         dead_mask = ops.all(ops.equal(kernel, 0), axis=tuple(range(1, len(kernel.shape))))
         return np.asarray(ops.convert_to_numpy(dead_mask), dtype=bool)
@@ -212,74 +199,52 @@ def output_layers(model: keras.Model) -> list[keras.layers.Layer] | None:
     found: list[keras.layers.Layer] = []
 
     def visit_tensor(tensor) -> bool:
-        history = getattr(tensor, "_keras_history", None)
-        if history is None:
+        maker = made_by(tensor)
+        if maker is None:
             return True  # a model input: nothing to protect
-        layer = history.operation
+        layer = maker.layer
         if isinstance(layer, keras.Model):
-            return visit_model_output(layer, history.tensor_index)
+            return visit_model_output(layer, maker.output_index)
         # Any kernel stops the walk, units or not: past it, channels are no
         # longer the outputs'.
-        if hasattr(layer, "kernel") or hasattr(layer, "pointwise_kernel"):
+        if hasattr(layer, "kernel") or hasattr(layer, "pointwise_kernel") or unit_kernel(layer) is not None:
             if all(layer is not seen for seen in found):
                 found.append(layer)
             return True
-        inputs = keras.tree.flatten(layer._inbound_nodes[history.node_index].input_tensors)
-        return all(visit_tensor(t) for t in inputs)
+        return all(visit_tensor(t) for t in maker.inputs)
 
     def visit_model_output(model, index) -> bool:
-        if isinstance(model, keras.Sequential):
-            model = model._functional if getattr(model, "_functional", None) else None
-        outputs = getattr(model, "outputs", None)
-        if not outputs:
+        graph = Graph.of(model)
+        if graph is None or not graph.outputs:
             return False
-        outputs = keras.tree.flatten(outputs)
-        return all(visit_tensor(t) for t in (outputs if index is None else [outputs[index]]))
+        return all(visit_tensor(t) for t in (graph.outputs if index is None else [graph.outputs[index]]))
 
     return found if visit_model_output(model, None) else None
 
 
-# Layers that act on each input feature alone: a feature whose every
-# outgoing weight after them is zero is unused before them too. (Not
-# LayerNormalization: it mixes a feature into the others' normalisation.)
-_PER_FEATURE_LAYERS = (
-    keras.layers.Activation,
-    keras.layers.BatchNormalization,
-    keras.layers.Dropout,
-    keras.layers.GaussianDropout,
-    keras.layers.GaussianNoise,
-    keras.layers.Normalization,
-    keras.layers.Rescaling,
-)
-
-
-def _graph(model):
-    """The functional graph of `model` (a Sequential's inner one), or None."""
-    if isinstance(model, keras.Sequential):
-        model = getattr(model, "_functional", None)
-    if model is None or not getattr(model, "inputs", None) or not hasattr(model, "layers"):
-        return None
-    return model
+def _reads_features(layer) -> bool:
+    """Whether `layer` reads its input's features (last axis) through the
+    rows of a 2-D unit kernel (a `Dense`)."""
+    kernel = unit_kernel(layer)
+    return kernel is not None and reads_layer_inputs(layer) and len(kernel.shape) == 2
 
 
 def _input_readers(graph, tensor):
-    """The `Dense` layers reading the features (last axis) of `tensor`,
-    through per-feature layers; None if any other layer reads them."""
+    """The layers reading the features (last axis) of `tensor` through the
+    rows of their kernel, through per-feature layers; None if any other
+    layer reads them."""
     readers = []
-    for layer in graph.layers:
-        for node in layer._inbound_nodes:
-            inputs = keras.tree.flatten(node.input_tensors)
-            if not any(t is tensor for t in inputs):
-                continue
-            if isinstance(layer, keras.layers.Dense) and len(inputs) == 1:
-                readers.append(layer)
-            elif isinstance(layer, _PER_FEATURE_LAYERS) and len(inputs) == 1:
-                further = _input_readers(graph, keras.tree.flatten(node.output_tensors)[0])
-                if further is None:
-                    return None
-                readers.extend(further)
-            else:
+    for call in graph.readers(tensor):
+        single = len(call.inputs) == 1
+        if single and _reads_features(call.layer):
+            readers.append(call.layer)
+        elif single and layers_lib.kind_of(call.layer).per_feature:
+            further = _input_readers(graph, call.outputs[0])
+            if further is None:
                 return None
+            readers.extend(further)
+        else:
+            return None
     return readers
 
 
@@ -293,7 +258,7 @@ def dropped_inputs(model: keras.Model) -> dict[str, tuple[list[int], int]] | Non
     Inputs read by any other layer (a convolution, a concatenation, ...) are
     left out; a model without a functional graph (subclassed) gives None.
     """
-    graph = _graph(model)
+    graph = Graph.of(model)
     if graph is None:
         return None
     found = {}
@@ -301,11 +266,7 @@ def dropped_inputs(model: keras.Model) -> dict[str, tuple[list[int], int]] | Non
         readers = _input_readers(graph, tensor)
         if not readers:
             continue
-        rows = [
-            np.all(ops.convert_to_numpy(layer.kernel) == 0, axis=tuple(range(1, len(layer.kernel.shape))))
-            for layer in readers
-        ]
+        rows = [np.all(ops.convert_to_numpy(unit_kernel(layer)) == 0, axis=1) for layer in readers]
         unused = np.logical_and.reduce(rows)
-        name = tensor._keras_history.operation.name
-        found[name] = ([int(i) for i in np.flatnonzero(unused)], int(unused.size))
+        found[made_by(tensor).layer.name] = ([int(i) for i in np.flatnonzero(unused)], int(unused.size))
     return found
