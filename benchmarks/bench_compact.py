@@ -36,54 +36,29 @@ final check.
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
+import platform
+import statistics
+import tempfile
+import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import numpy as np
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for path in (_ROOT, os.path.join(_ROOT, "benchmarks")):
-    if path not in sys.path:
-        sys.path.insert(0, path)
+from common.measure import interleaved_seconds, saved_size
+from common.models import CNN_FILTERS, MLP_UNITS, build_cnn, compile_model
+from common.protocol import LOADERS, SEED, VALIDATION_FRACTION, accuracy, datasets
+from common.reporting import write_json
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from quality_protocol import LOADERS, SEED, VALIDATION_FRACTION, accuracy, compile_model, datasets  # noqa: E402
-
-from keras_regkit.demo import deployable_copy  # noqa: E402
-from measure import interleaved_seconds, saved_size  # noqa: E402
+from keras_regkit.demo import deployable_copy
 
 SHRINK_EPOCHS = 30
 THROUGHPUT_BATCH = 4096
 BATCH_SIZE = 64
 
 
-MLP_UNITS = (512, 256)
-CNN_FILTERS = 128
-
-
 def build_mlp(keras, shape, units=MLP_UNITS):
     return datasets.mlp(keras, shape[0], units, name="mlp")
-
-
-def build_cnn(keras, shape, filters=CNN_FILTERS):
-    inputs = keras.Input(shape)
-    x = keras.layers.Reshape(shape + (1,))(inputs)
-    x = keras.layers.Conv1D(filters, 5, activation="relu")(x)
-    x = keras.layers.Conv1D(filters, 3, activation="relu")(x)
-    x = keras.layers.MaxPooling1D(2)(x)
-    x = keras.layers.Conv1D(filters, 3, activation="relu")(x)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(2 * filters, activation="relu")(x)
-    return keras.Model(inputs, keras.layers.Dense(10)(x), name="cnn")
 
 
 CASES = {
@@ -240,8 +215,7 @@ def main(argv=None):
         summarize(results)
     if args.out:
         settings = {k: v for k, v in vars(args).items() if k not in ("out", "cases", "seeds")}
-        with open(args.out, "w") as f:
-            json.dump([dict(r, settings=settings) for r in results], f, indent=1)
+        write_json(args.out, [dict(r, settings=settings) for r in results])
     return results
 
 

@@ -31,33 +31,24 @@ machine the figures are noisy: compare ratios within one run.
 
 Usage (repository root, project venv with the `[export]` and `[demo]` extras):
 
-    python benchmarks/bench_deploy.py --cases mlp cnn bert --out benchmarks/deploy_results.json
+    python benchmarks/bench_deploy.py --cases mlp cnn bert --out benchmarks/results/deploy_results.json
     python benchmarks/bench_deploy.py --quick                                 # smoke run
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
+import platform
+import statistics
+import tempfile
+import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import numpy as np
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for path in (_ROOT, os.path.join(_ROOT, "benchmarks")):
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from quality_protocol import BATCH_SIZE, LOADERS, SEED, SHRINK_EPOCHS, compile_model, resetter  # noqa: E402
+from common.models import compile_model
+from common.protocol import BATCH_SIZE, LOADERS, SEED, SHRINK_EPOCHS, resetter
+from common.reporting import write_json
 
 CALIBRATION = 200  # training samples the int8 files are calibrated on
 UNSTRUCTURED = {"sparse95": 0.95, "sparse98": 0.98}
@@ -87,7 +78,7 @@ def load_case(name, args, keras):
         (x, y), (x_val, y_val), (x_test, y_test) = (transformer.make_data(n[k], rng) for k in ("train", "val", "test"))
         keras.utils.set_random_seed(SEED)
         model = transformer.build(keras, keras_hub, 2, 32 if args.quick else 64)
-        transformer.compile_model(keras, model)
+        compile_model(keras, model)
         model.fit(x, y, epochs=2 if args.quick else 6, batch_size=BATCH_SIZE, verbose=0)
         # Units of the feed-forward blocks only, as bench_transformer_shrink does.
         unit = {"sparsity": 0.9, "epochs": 3, "layers": "*feedforward_intermediate_dense"}
@@ -243,9 +234,8 @@ def main(argv=None):
         results[name] = {"rows": rows, "target": report(name, rows)}
     print(f"load {os.getloadavg()[0]:.1f}")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"versions": versions, "cpus": os.cpu_count(), "settings": vars(args), "cases": results},
-                      f, indent=1)
+        write_json(args.out, {"versions": versions, "cpus": os.cpu_count(), "settings": vars(args),
+                              "cases": results})
     return results
 
 

@@ -23,7 +23,7 @@ import os
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import common  # noqa: F401  (before Keras: this checkout's keras_regkit, TensorFlow quiet)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -6,7 +6,7 @@ pruning, median and worst over seeds:
 1. **Fine-tuned patterns**: `rk.shrink(sparsity=0.5)` with
    `granularity="2:4"` versus 50 % unstructured (`granularity="weight"`),
    the same 10-epoch budget from the same trained state, on the digits and
-   MNIST-1D MLPs (300-100, benchmarks/quality_protocol.py) and the MNIST-1D
+   MNIST-1D MLPs (300-100, benchmarks/common/protocol.py) and the MNIST-1D
    CNN of bench_compact.py (32 filters). TF-MOT's `sparsity_m_by_n=(2, 4)`
    on the same MLPs comes from its own environment:
    `benchmarks/tfmot/bench_tfmot.py --m-by-n 2 4 --targets 0.5 --seeds 5`.
@@ -25,24 +25,14 @@ Run (about 15 min on two shared cores):
 
 from __future__ import annotations
 
-import os
-import sys
+import argparse
+import statistics
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import numpy as np
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for path in (_ROOT, os.path.join(_ROOT, "benchmarks")):
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from quality_protocol import BATCH_SIZE, LOADERS, SHRINK_EPOCHS, accuracy, compile_model, resetter, train_baseline  # noqa: E402
+from common.models import build_cnn, compile_model
+from common.protocol import BATCH_SIZE, LOADERS, SHRINK_EPOCHS, accuracy, resetter, train_baseline
+from common.reporting import group, spread, write_json
 
 CALIBRATION_SAMPLES = 256
 
@@ -72,8 +62,6 @@ def divergence(p, q):
 
 
 def trained_cnn(keras, seed, quick):
-    from bench_compact import build_cnn
-
     (x, y), (x_val, y_val), (x_test, y_test) = LOADERS["mnist1d"]()
     keras.utils.set_random_seed(seed)
     model = build_cnn(keras, x.shape[1:], filters=32)
@@ -134,29 +122,26 @@ def one_shot(keras, rk, case, model, data, seed, selection):
 
 def trained_encoder(keras, seed, quick):
     import keras_hub
-    from bench_transformer_shrink import SPLITS, build, compile_model as compile_encoder, make_data
+    from bench_transformer_shrink import SPLITS, build, make_data
 
     rng = np.random.default_rng(seed)
     data = [make_data(SPLITS[k] // (4 if quick else 1), rng) for k in SPLITS]
     keras.utils.set_random_seed(seed)
     model = build(keras, keras_hub, 2, 64)
-    compile_encoder(keras, model)
+    compile_model(keras, model)
     (x, y), validation, _ = data
     model.fit(x, y, validation_data=validation, epochs=2 if quick else 6, batch_size=64, verbose=0)
     return model, data
 
 
 def summarize(rows):
-    out = {}
-    for row in rows:
-        out.setdefault((row["case"], row["variant"]), []).append(row)
+    """"case | variant" -> median and worst change over seeds (and the
+    median divergence of the one-shot rows)."""
     summary = {}
-    for (case, variant), group in out.items():
-        changes = [row["change"] for row in group]
-        summary[f"{case} | {variant}"] = {"median": statistics.median(changes), "worst": min(changes),
-                                           "seeds": len(group)}
-        if "kl" in group[0]:
-            summary[f"{case} | {variant}"]["kl_median"] = statistics.median(row["kl"] for row in group)
+    for (case, variant), runs in group(rows, lambda row: (row["case"], row["variant"])).items():
+        summary[f"{case} | {variant}"] = {**spread(row["change"] for row in runs), "seeds": len(runs)}
+        if "kl" in runs[0]:
+            summary[f"{case} | {variant}"]["kl_median"] = statistics.median(row["kl"] for row in runs)
     return summary
 
 
@@ -190,8 +175,7 @@ def main(argv=None):
             kl = f"  KL {f['kl_median']:.4f}" if "kl_median" in f else ""
             print(f"  {key:<32} median {f['median']:+6.2f}  worst {f['worst']:+6.2f}{kl}  ({f['seeds']} seeds)")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"summary": summary, "rows": rows + shots, "quick": args.quick}, f, indent=1)
+        write_json(args.out, {"summary": summary, "rows": rows + shots, "quick": args.quick})
 
 
 if __name__ == "__main__":

@@ -48,13 +48,7 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-# Run from a checkout without installing the package.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+import common  # noqa: F401  (before TensorFlow: this checkout's keras_regkit, TensorFlow quiet)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -1,7 +1,7 @@
 """Proximal L1 against L1 as a gradient term: exact zeros from training alone.
 
 For each data set (digits, MNIST-1D; the demo's 300-100 MLP and the shared
-protocol of benchmarks/quality_protocol.py), each optimizer (Adam 1e-3 as in
+protocol of benchmarks/common/protocol.py), each optimizer (Adam 1e-3 as in
 the protocol; SGD 0.05 with momentum 0.9) and each seed, trains the MLP for
 the protocol's epochs with every kernel penalised by
 
@@ -25,7 +25,7 @@ the fraction of noise inputs dropped (`sparsity_report(...).dropped_inputs`)
 and of informative ones kept, and the test accuracy.
 
 Then it times the train step (`fit` over a fixed number of steps, rounds
-interleaved; benchmarks/measure.py) of the proximal penalty against the same
+interleaved; benchmarks/common/measure.py) of the proximal penalty against the same
 penalty as a gradient term, on the same MLP and on a wider one
 (784-1024-512-10), for Adam and SGD. Timings on a shared 2-core machine are
 indicative only. Nothing here asserts.
@@ -41,24 +41,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import common  # before Keras: this checkout's keras_regkit, TensorFlow quiet
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import keras
+import numpy as np
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-import keras_regkit as rk  # noqa: E402
-import measure  # noqa: E402
-import quality_protocol as protocol  # noqa: E402
+import keras_regkit as rk
+from common import measure, protocol
+from common.reporting import write_json
 
 STRENGTHS = {"adam": (1e-5, 1e-4, 3e-4, 1e-3), "sgd": (1e-3, 3e-3, 1e-2)}
 
@@ -215,22 +209,19 @@ def main(argv=None):
     parser.add_argument("--optimizers", nargs="+", default=["adam", "sgd"])
     parser.add_argument("--steps", type=int, default=30, help="train steps per timed fit")
     parser.add_argument("--repeats", type=int, default=9, help="timed rounds")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                      "proximal_results.json"))
+    parser.add_argument("--out", default=common.result_path("proximal_results.json"))
     args = parser.parse_args(argv)
     results = {}
     if args.features:
         results["features"] = feature_selection(args.seeds, args.quick)
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+        write_json(args.out, results)
         return 0
     if not args.no_quality:
         results["quality"] = quality(args.datasets, args.seeds, args.quick, args.out, args.then_hold, args.optimizers)
         print(summary(results["quality"]))
     if not args.no_timing:
         results["timing"] = timing(args.quick, args.steps, args.repeats)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=1)
+    write_json(args.out, results)
     return 0
 
 

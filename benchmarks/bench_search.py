@@ -17,7 +17,7 @@ with equal L1 and L2 strengths by default: "use L1 and L2 together"):
 Prints the number of trials and the wall time of both searches, their best
 strengths, and for the three models the validation and test accuracy, and
 the exact zeros of the kernels after the shrink (with the test accuracy
-there). Writes the figures to `benchmarks/search_results.json` and the
+there). Writes the figures to `benchmarks/results/search_results.json` and the
 regularization path to `docs/search_path.png`.
 
 Usage (from the repository root, in the project venv with the `tune` and
@@ -31,21 +31,23 @@ Usage (from the repository root, in the project venv with the `tune` and
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import common  # before Keras: this checkout's keras_regkit, TensorFlow quiet
 
-import keras  # noqa: E402
-import keras_tuner  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import keras_tuner
+import numpy as np
 
-import keras_regkit as rk  # noqa: E402
-from keras_regkit import datasets, search  # noqa: E402
+import keras_regkit as rk
+from common.models import build_mlp, compile_model
+from common.protocol import accuracy
+from common.reporting import read_json, write_json
+from keras_regkit import datasets
+from keras_regkit.search.stages import best_row, completed_rows, grid_tuner
+from keras_regkit.search.trial import Trainer
 
 PENALTIES = {
     "elasticnet": lambda s: rk.regularizers.ElasticNet(l1=s, l2=s),
@@ -56,9 +58,8 @@ PENALTIES = {
 
 def build_model(units):
     def build():
-        model = datasets.mlp(keras, 64, units)
-        model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"])
+        model = build_mlp(keras, 64, units)
+        compile_model(keras, model)
         return model
 
     return build
@@ -68,7 +69,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--penalty", choices=sorted(PENALTIES), default="elasticnet")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "search_results.json"))
+    parser.add_argument("--out", default=common.result_path("search_results.json"))
     parser.add_argument("--finals-only", action="store_true",
                         help="only the three final models again, at the strength --out holds (the search is "
                              "left as it was): for a changed shrink")
@@ -80,37 +81,34 @@ def main(argv=None):
     build = build_model(units)
     penalty = PENALTIES[args.penalty]
     if args.finals_only:
-        with open(args.out) as f:
-            figures = json.load(f)
+        figures = read_json(args.out)
         figures["models"] = final_models(build, (x, y), (x_val, y_val), (x_test, y_test), penalty, figures["penalty"],
                                          figures["two_stage"]["best_strength"], epochs, quick)
         print_models(figures["models"])
-        with open(args.out, "w") as f:
-            json.dump(figures, f, indent=1)
-        print(f"wrote {args.out}")
+        write_json(args.out, figures)
         return 0
-    common = dict(epochs=epochs, batch_size=64, patience=5)
+    settings = dict(epochs=epochs, batch_size=64, patience=5)
     workdir = tempfile.mkdtemp(prefix="bench_search_")
 
     start = time.perf_counter()
     result = rk.search_strength(build, x, y, validation_data=(x_val, y_val), penalty=penalty, low=low,
-                                high=high, fine=fine, directory=os.path.join(workdir, "two_stage"), **common)
+                                high=high, fine=fine, directory=os.path.join(workdir, "two_stage"), **settings)
     two_stage_s = time.perf_counter() - start
     print(result)
 
     # The plain grid: the same trial, the same KerasTuner grid search, 30 points.
-    trainer = search._Trainer(build, x, y, (x_val, y_val), penalty, "*", "kernel", common["epochs"],
-                              common["batch_size"], common["patience"], [], None, 1e-3, 0)
+    trainer = Trainer(build, x, y, (x_val, y_val), penalty, "*", "kernel", settings["epochs"],
+                      settings["batch_size"], settings["patience"], [], None, 1e-3, 0)
     trainer.check(low)
     trainer.objective = keras_tuner.Objective("val_loss", "min")
     strengths = [0.0, *(float(f"{s:.4g}") for s in np.geomspace(low, high, grid_points))]
     start = time.perf_counter()
-    tuner = search._tuner(keras_tuner, trainer, trainer.objective, strengths, os.path.join(workdir, "grid"),
-                          "grid", True)
+    tuner = grid_tuner(keras_tuner, trainer, trainer.objective, strengths, os.path.join(workdir, "grid"), "grid",
+                       True)
     tuner.search(verbose=0)
     grid_s = time.perf_counter() - start
-    grid_rows = search._rows(tuner, "grid")
-    grid_best = search._best([r for r in grid_rows if r["strength"] > 0], trainer.objective)
+    grid_rows = completed_rows(tuner, "grid")
+    grid_best = best_row([r for r in grid_rows if r["strength"] > 0], trainer.objective)
 
     models = final_models(build, (x, y), (x_val, y_val), (x_test, y_test), penalty, args.penalty,
                           result.best_strength, epochs, quick)
@@ -126,10 +124,8 @@ def main(argv=None):
         "models": models,
     }
     if not quick:
-        with open(args.out, "w") as f:
-            json.dump(figures, f, indent=1)
-        result.plot(os.path.join(os.path.dirname(__file__), "..", "docs", "search_path.png"))
-        print(f"wrote {args.out}")
+        write_json(args.out, figures)
+        result.plot(os.path.join(common.ROOT, "docs", "search_path.png"))
 
 
 def final_models(build, train, validation, test, penalty, penalty_name, strength, epochs, quick):
@@ -147,12 +143,12 @@ def final_models(build, train, validation, test, penalty, penalty_name, strength
                   callbacks=[keras.callbacks.EarlyStopping("val_loss", patience=5, restore_best_weights=True)])
         if attached is not None:
             attached.undo()  # the shrink works on the data loss, as for every model here
-        row = {"val_accuracy": _accuracy(model, x_val, y_val), "test_accuracy": _accuracy(model, x_test, y_test),
+        row = {"val_accuracy": accuracy(model, x_val, y_val), "test_accuracy": accuracy(model, x_test, y_test),
                "near_zero_before_shrink": rk.sparsity_report(model).total.near_zero_fraction}
         rk.shrink(model, x, y, tolerance=0.01, validation_data=(x_val, y_val), epochs=2 if quick else 10,
                   batch_size=64)
         row.update(zeros_after_shrink=rk.sparsity_report(model).total.sparsity,
-                   test_accuracy_after_shrink=_accuracy(model, x_test, y_test))
+                   test_accuracy_after_shrink=accuracy(model, x_test, y_test))
         models[name] = row
     return models
 
@@ -166,7 +162,7 @@ def print_models(models):
               f"{row['test_accuracy_after_shrink']:15.3f}")
 
 
-def _accuracy(model, x, y) -> float:
+def accuracy(model, x, y) -> float:
     return float(np.mean(np.argmax(keras.ops.convert_to_numpy(model(x, training=False)), axis=-1) == y))
 
 

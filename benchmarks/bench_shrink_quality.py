@@ -2,7 +2,7 @@
 TF-MOT's pruning and to the shrink as it was before v2.
 
 Same MLP, data and splits as `benchmarks/tfmot/bench_tfmot.py` (the shared
-`quality_protocol.py`): a 300-100 MLP on sklearn digits and MNIST-1D, Adam
+`common/protocol.py`): a 300-100 MLP on sklearn digits and MNIST-1D, Adam
 1e-3, batch 64, trained from scratch per seed (40 / 60 epochs), then from a
 copy of those weights *and optimizer state* (as a user's `shrink` after
 `fit` has) a 10-epoch shrink:
@@ -15,7 +15,7 @@ Reported per run: exact zeros over the Dense kernels (biases excluded), test
 accuracy change in percentage points against the seed's own baseline, wall
 time of the shrink divided by 10 plain epochs of `fit` from the same state,
 with the same validation data (timed in the same process). Summaries: median and worst (lowest) change
-over seeds. TF-MOT's rows come from `benchmarks/tfmot/tfmot_results.json`
+over seeds. TF-MOT's rows come from `benchmarks/results/tfmot_results.json`
 (its own venv; its best learning rate per dataset).
 
 `--old-package DIR` runs the same protocol with the keras_regkit found in
@@ -26,42 +26,35 @@ the tolerances.
 
 Usage (repository root, project venv with mnist1d):
 
-    python benchmarks/bench_shrink_quality.py --seeds 5 --out benchmarks/shrink_quality_results.json
+    python benchmarks/bench_shrink_quality.py --seeds 5 --out benchmarks/results/shrink_quality_results.json
     git worktree add /tmp/regkit_old 9d1c316
     python benchmarks/bench_shrink_quality.py --seeds 5 --old-package /tmp/regkit_old \\
-        --out benchmarks/shrink_quality_before_v2.json
+        --out benchmarks/results/shrink_quality_before_v2.json
     python benchmarks/bench_shrink_quality.py --table   # the README table from the JSON files
     python benchmarks/bench_shrink_quality.py --quick   # smoke run
     # the tolerance rows again, the sparsity rows kept:
     python benchmarks/bench_shrink_quality.py --seeds 5 --levels \
-        --sparsity-rows-from benchmarks/shrink_quality_results.json --out new.json
+        --sparsity-rows-from benchmarks/results/shrink_quality_results.json --out new.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HERE = os.path.join(_ROOT, "benchmarks")
-sys.path.insert(0, HERE)
-
-from quality_protocol import (  # noqa: E402
-    BATCH_SIZE, LOADERS, SHRINK_EPOCHS, accuracy, plain_fit_seconds, resetter, train_baseline)
+from common import result_path
+from common.protocol import BATCH_SIZE, LOADERS, SHRINK_EPOCHS, accuracy, plain_fit_seconds, resetter, train_baseline
+from common.reporting import group, read_json, write_json
 
 LEVELS = [0.80, 0.90, 0.95, 0.97, 0.98, 0.99, 0.995]  # the frontier's levels
 TOLERANCES = [0.01, 0.02]
-NEW_JSON = os.path.join(HERE, "shrink_quality_results.json")
-OLD_JSON = os.path.join(HERE, "shrink_quality_before_v2.json")
-TFMOT_JSON = os.path.join(HERE, "tfmot", "tfmot_results.json")
+NEW_JSON = result_path("shrink_quality_results.json")
+OLD_JSON = result_path("shrink_quality_before_v2.json")
+TFMOT_JSON = result_path("tfmot_results.json")
 OLD_STRENGTH = {"digits": 1e-4, "mnist1d": 1e-3}
 
 
@@ -125,38 +118,24 @@ def run_dataset(name, seed, args, keras, rk, old):
 
 def summarize(rows):
     """(dataset, mode, value) -> median and worst of the change and zeros."""
-    groups = {}
-    for r in rows:
-        groups.setdefault((r["dataset"], r["mode"], r["value"], r.get("factor")), []).append(r)
     out = {}
-    for key, group in groups.items():
-        deltas = [r["delta_pp"] for r in group]
-        zeros = [r["kernel_zero_frac"] for r in group]
+    for key, runs in group(rows, lambda r: (r["dataset"], r["mode"], r["value"], r.get("factor"))).items():
+        deltas = [r["delta_pp"] for r in runs]
+        zeros = [r["kernel_zero_frac"] for r in runs]
         out[key] = {"median_pp": statistics.median(deltas), "worst_pp": min(deltas),
                     "median_zeros": statistics.median(zeros), "min_zeros": min(zeros),
-                    "wall_ratio": statistics.median(r["wall_ratio"] for r in group), "seeds": len(group)}
+                    "wall_ratio": statistics.median(r["wall_ratio"] for r in runs), "seeds": len(runs)}
     return out
-
-
-def _load(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
 
 
 def tfmot_summary():
     """(dataset, target) -> median/worst change at TF-MOT's best learning rate."""
-    data = _load(TFMOT_JSON)
+    data = read_json(TFMOT_JSON)
     if data is None:
         return {}, {}
     best = {name: cell["lr"] for name, cell in data["summary"]["best_lr"].items()}
-    groups = {}
-    for r in data["runs"]:
-        if r.get("target") is None or r.get("lr") != best.get(r["dataset"]):
-            continue
-        groups.setdefault((r["dataset"], r["target"]), []).append(r)
+    runs = [r for r in data["runs"] if r.get("target") is not None and r.get("lr") == best.get(r["dataset"])]
+    groups = group(runs, lambda r: (r["dataset"], r["target"]))
     return {key: {"median_pp": statistics.median(r["delta_pp"] for r in g), "worst_pp": min(r["delta_pp"] for r in g),
                   "median_zeros": statistics.median(r["kernel_zero_frac"] for r in g)}
             for key, g in groups.items()}, best
@@ -172,7 +151,7 @@ def frontier(summary, name, tolerance):
 
 
 def table():
-    new, old = _load(NEW_JSON), _load(OLD_JSON)
+    new, old = read_json(NEW_JSON), read_json(OLD_JSON)
     tfmot, best = tfmot_summary()
     new_s = summarize(new["results"]) if new else {}
     old_s = summarize(old["results"]) if old else {}
@@ -232,8 +211,6 @@ def main(argv=None):
         return 0
     if args.old_package:
         sys.path.insert(0, os.path.abspath(args.old_package))
-    else:
-        sys.path.insert(0, _ROOT)
     import keras
     import numpy as np
     import tensorflow as tf
@@ -249,22 +226,20 @@ def main(argv=None):
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             rows += run_dataset(name, seed, args, keras, rk, old)
     if args.sparsity_rows_from:
-        with open(args.sparsity_rows_from) as f:
-            kept = [r for r in json.load(f)["results"] if r["mode"] == "sparsity" and r["dataset"] in args.datasets]
+        kept = [r for r in read_json(args.sparsity_rows_from)["results"]
+                if r["mode"] == "sparsity" and r["dataset"] in args.datasets]
         rows = kept + [r for r in rows if r["mode"] != "sparsity"]
     for (name, mode, value, factor), s in sorted(summarize(rows).items(), key=str):
         print(f"{name:8} {mode:9} {value:<5} {factor or '':<4} zeros {s['median_zeros']:.4f} (min {s['min_zeros']:.4f}) "
               f"change median {s['median_pp']:+.2f} worst {s['worst_pp']:+.2f} pp, wall {s['wall_ratio']:.2f}x")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({
-                "benchmark": "keras_regkit.shrink quality", "implementation": "before v2" if old else "v2",
-                "quick": args.quick, "seeds": args.seeds, "total_seconds": time.perf_counter() - start,
-                "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
-                             "keras": keras.__version__, "numpy": np.__version__},
-                "results": rows,
-            }, f, indent=1)
-        print(f"wrote {args.out}")
+        write_json(args.out, {
+            "benchmark": "keras_regkit.shrink quality", "implementation": "before v2" if old else "v2",
+            "quick": args.quick, "seeds": args.seeds, "total_seconds": time.perf_counter() - start,
+            "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                         "keras": keras.__version__, "numpy": np.__version__},
+            "results": rows,
+        })
     return 0
 
 

@@ -17,18 +17,11 @@ Usage (repository root, project venv with mnist1d):
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(_ROOT, "benchmarks"))
-sys.path.insert(0, _ROOT)
-
-from measure import interleaved_seconds  # noqa: E402
-from quality_protocol import BATCH_SIZE, LOADERS, SHRINK_EPOCHS, resetter, train_baseline  # noqa: E402
+from common.measure import interleaved_seconds
+from common.protocol import BATCH_SIZE, LOADERS, SHRINK_EPOCHS, resetter, train_baseline
 
 
 def main(argv=None):

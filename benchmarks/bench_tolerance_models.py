@@ -1,5 +1,5 @@
 """The tolerance mode next to the frontier on more model kinds: the MNIST-1D
-CNN of `bench_compact.py` (narrower: `--cnn-filters`), a GRU text
+CNN of `bench_compact.py` (`common/models.py`, narrower: `--cnn-filters`), a GRU text
 classifier, and a regression MLP watched by `monitor="val_mae"`.
 
 Per model kind and seed: a baseline trained from scratch, then from a copy
@@ -21,33 +21,29 @@ regression set (442 samples; standardised target).
 
 Usage (repository root, project venv with mnist1d):
 
-    python benchmarks/bench_tolerance_models.py --seeds 5 --out benchmarks/tolerance_models_results.json
+    python benchmarks/bench_tolerance_models.py --seeds 5 --out benchmarks/results/tolerance_models_results.json
     python benchmarks/bench_tolerance_models.py --quick
     # the tolerance rows again, the sparsity rows (the frontier) kept:
     python benchmarks/bench_tolerance_models.py --seeds 5 --levels \
-        --sparsity-rows-from benchmarks/tolerance_models_results.json --out new.json
+        --sparsity-rows-from benchmarks/results/tolerance_models_results.json --out new.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(_ROOT, "benchmarks"))
-sys.path.insert(0, _ROOT)
+import numpy as np
+
+from common.models import build_cnn, compile_model
+from common.protocol import BATCH_SIZE, LOADERS, SHRINK_EPOCHS, plain_fit_seconds, resetter
+from common.reporting import group, read_json, spread, write_json
 
 LEVELS = [0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995]
 TOLERANCES = {"cnn": [0.01, 0.02], "text": [0.01, 0.02], "regression": [0.05, 0.1]}
 BASELINE_EPOCHS = {"cnn": 30, "text": 30, "regression": 200}
-BATCH_SIZE = 64
-SHRINK_EPOCHS = 10
 
 
 def text_data(n, rng, length=40, vocab=64, sets=4):
@@ -68,8 +64,6 @@ def text_data(n, rng, length=40, vocab=64, sets=4):
 def load(kind):
     """(train, validation, test) splits."""
     if kind == "cnn":
-        from quality_protocol import LOADERS
-
         return LOADERS["mnist1d"]()
     rng = np.random.default_rng(0)
     if kind == "text":
@@ -86,8 +80,6 @@ def load(kind):
 
 def build(keras, kind, shape, filters):
     if kind == "cnn":
-        from bench_compact import build_cnn
-
         return build_cnn(keras, shape, filters)
     if kind == "text":
         return keras.Sequential([keras.Input(shape, dtype="int32"), keras.layers.Embedding(64, 32),
@@ -95,14 +87,6 @@ def build(keras, kind, shape, filters):
                                  keras.layers.Dense(4)])
     return keras.Sequential([keras.Input(shape), keras.layers.Dense(128, activation="relu"),
                              keras.layers.Dense(64, activation="relu"), keras.layers.Dense(1)])
-
-
-def compile_model(keras, model, kind):
-    if kind == "regression":
-        model.compile(keras.optimizers.Adam(1e-3), "mse", metrics=["mae"])
-    else:
-        model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"])
 
 
 def score(keras, model, kind, x, y):
@@ -119,12 +103,10 @@ def change(kind, value, base):
 
 
 def run(kind, seed, args, keras, rk):
-    from quality_protocol import plain_fit_seconds, resetter
-
     (x, y), (xv, yv), (xt, yt) = load(kind)
     keras.utils.set_random_seed(seed)
     model = build(keras, kind, x.shape[1:], args.cnn_filters)
-    compile_model(keras, model, kind)
+    compile_model(keras, model, regression=kind == "regression")
     model.fit(x, y, batch_size=BATCH_SIZE, epochs=3 if args.quick else BASELINE_EPOCHS[kind],
               validation_data=(xv, yv), verbose=0)
     base = score(keras, model, kind, xt, yt)
@@ -153,16 +135,13 @@ def run(kind, seed, args, keras, rk):
 
 
 def summarize(rows):
-    groups = {}
-    for r in rows:
-        groups.setdefault((r["kind"], r["mode"], r["value"]), []).append(r)
+    """(kind, mode, value) -> median and worst change (the MAE's growth is
+    worst at its highest), median and lowest zeros, median wall ratio."""
     out = {}
-    for key, group in groups.items():
-        changes = [r["change"] for r in group]
-        worst = max(changes) if key[0] == "regression" else min(changes)
-        out[key] = {"median": statistics.median(changes), "worst": worst,
-                    "zeros": statistics.median(r["zeros"] for r in group), "min_zeros": min(r["zeros"] for r in group),
-                    "wall_ratio": statistics.median(r["wall_ratio"] for r in group)}
+    for key, runs in group(rows, lambda r: (r["kind"], r["mode"], r["value"])).items():
+        out[key] = {**spread((r["change"] for r in runs), max if key[0] == "regression" else min),
+                    "zeros": statistics.median(r["zeros"] for r in runs), "min_zeros": min(r["zeros"] for r in runs),
+                    "wall_ratio": statistics.median(r["wall_ratio"] for r in runs)}
     return out
 
 
@@ -215,8 +194,7 @@ def main(argv=None):
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.table:
-        with open(args.table) as f:
-            print(table(json.load(f)["results"]))
+        print(table(read_json(args.table)["results"]))
         return 0
     import keras
     import tensorflow as tf
@@ -229,21 +207,17 @@ def main(argv=None):
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             rows += run(kind, seed, args, keras, rk)
     if args.sparsity_rows_from:
-        with open(args.sparsity_rows_from) as f:
-            kept = [r for r in json.load(f)["results"] if r["mode"] == "sparsity" and r["kind"] in args.kinds]
+        kept = [r for r in read_json(args.sparsity_rows_from)["results"]
+                if r["mode"] == "sparsity" and r["kind"] in args.kinds]
         rows = kept + [r for r in rows if r["mode"] != "sparsity"]
     print(table(rows))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"benchmark": "tolerance mode on more model kinds", "seeds": args.seeds, "quick": args.quick,
-                       "cnn_filters": args.cnn_filters, "versions": {"tensorflow": tf.__version__,
-                                                                     "keras": keras.__version__},
-                       "results": rows}, f, indent=1)
-        print(f"wrote {args.out}")
+        write_json(args.out, {"benchmark": "tolerance mode on more model kinds", "seeds": args.seeds,
+                              "quick": args.quick, "cnn_filters": args.cnn_filters,
+                              "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+                              "results": rows})
     return 0
 
-
-import numpy as np  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

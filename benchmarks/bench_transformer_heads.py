@@ -43,33 +43,26 @@ shrunk one it came from (outputs to float precision).
 
 Usage (repository root, project venv):
 
-    python benchmarks/bench_transformer_heads.py --seeds 3 --json benchmarks/transformer_heads_results.json
+    python benchmarks/bench_transformer_heads.py --seeds 3 --json benchmarks/results/transformer_heads_results.json
     python benchmarks/bench_transformer_heads.py --quick   # smoke run
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
+import platform
+import statistics
+import tempfile
+import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import numpy as np
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+from common.measure import interleaved_seconds, saved_size
+from common.models import compile_model
+from common.reporting import group, read_json, spread, write_json
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from keras_regkit.demo import deployable_copy  # noqa: E402
-from measure import interleaved_seconds, saved_size  # noqa: E402
+from keras_regkit.demo import deployable_copy
 
 VOCAB, CLS = 200, 1
 SET_A, SET_B = range(5, 25), range(25, 45)
@@ -100,11 +93,6 @@ def build(keras, keras_hub, args):
         intermediate_dim=args.intermediate, max_sequence_length=args.seq_len, dropout=0.0)
     outputs = keras.layers.Dense(2, name="head")(backbone.output["pooled_output"])
     return keras.Model(backbone.input, outputs, name="bert_classifier")
-
-
-def compile_model(keras, model, lr):
-    model.compile(keras.optimizers.Adam(lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
 
 
 def settings(keras):
@@ -242,15 +230,11 @@ _COLUMNS = ("param_ratio", "file_ratio", "throughput_ratio_traced", "throughput_
 def summarize(results):
     """Median and worst over seeds, per setting and level."""
     summary = {}
-    keys = dict.fromkeys((r["setting"], r["sparsity"]) for res in results for r in res["runs"])
     print(f"\nover {len(results)} seeds: median (worst)")
-    for setting, sparsity in keys:
-        runs = [r for res in results for r in res["runs"] if (r["setting"], r["sparsity"]) == (setting, sparsity)]
-        row = {}
-        for key in _COLUMNS:
-            values = [r[key] for r in runs]
-            worst = max if key in ("heads_left", "units_left") else min
-            row[key] = {"median": statistics.median(values), "worst": worst(values)}
+    every_run = [r for res in results for r in res["runs"]]
+    for (setting, sparsity), runs in group(every_run, lambda r: (r["setting"], r["sparsity"])).items():
+        row = {key: spread((r[key] for r in runs), max if key in ("heads_left", "units_left") else min)
+               for key in _COLUMNS}
         row["target_met_median"] = (row["throughput_ratio_traced"]["median"] >= TARGET[0]
                                     and row["acc_delta_pp"]["median"] >= TARGET[1])
         row["target_met_every_seed"] = all(r["throughput_ratio_traced"] >= TARGET[0] and r["acc_delta_pp"] >= TARGET[1]
@@ -268,8 +252,7 @@ def summarize(results):
 
 def markdown(path):
     """The README's table from a results file: median (worst) over seeds."""
-    with open(path) as f:
-        saved = json.load(f)
+    saved = read_json(path)
     n_heads = saved["settings"]["layers"] * saved["settings"]["heads"]
     n_units = saved["settings"]["layers"] * saved["settings"]["intermediate"]
     lines = ["| setting | level | heads left | FFN units left | params | .keras file | throughput, traced "
@@ -337,11 +320,10 @@ def main(argv=None):
     summary = summarize(results) if args.levels else {}
     print(f"total {time.perf_counter() - t0:.0f}s, load {os.getloadavg()[0]:.1f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"settings": {k: v for k, v in vars(args).items()},
-                       "versions": {"keras": keras.__version__, "tensorflow": tf.__version__,
-                                    "keras_hub": keras_hub.__version__},
-                       "cpus": os.cpu_count(), "summary": summary, "seeds": results}, f, indent=1)
+        write_json(args.json, {"settings": {k: v for k, v in vars(args).items()},
+                               "versions": {"keras": keras.__version__, "tensorflow": tf.__version__,
+                                            "keras_hub": keras_hub.__version__},
+                               "cpus": os.cpu_count(), "summary": summary, "seeds": results})
     return results
 
 

@@ -31,33 +31,26 @@ agree to float precision (compact is exact).
 
 Usage (repository root, project venv):
 
-    python benchmarks/bench_transformer_shrink.py --seeds 3 --json benchmarks/transformer_shrink_results.json
+    python benchmarks/bench_transformer_shrink.py --seeds 3 --json benchmarks/results/transformer_shrink_results.json
     python benchmarks/bench_transformer_shrink.py --quick   # smoke run
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
+import platform
+import statistics
+import tempfile
+import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import numpy as np
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+from common.measure import interleaved_seconds, saved_size
+from common.models import compile_model
+from common.reporting import spread, write_json
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from keras_regkit.demo import deployable_copy  # noqa: E402
-from measure import interleaved_seconds, saved_size  # noqa: E402
+from keras_regkit.demo import deployable_copy
 
 VOCAB, SEQ_LEN, CLS = 200, 32, 1
 SET_A, SET_B = range(5, 25), range(25, 45)
@@ -85,11 +78,6 @@ def build(keras, keras_hub, layers, hidden):
         intermediate_dim=4 * hidden, max_sequence_length=SEQ_LEN, dropout=0.0)
     outputs = keras.layers.Dense(2, name="head")(backbone.output["pooled_output"])
     return keras.Model(backbone.input, outputs, name="bert_classifier")
-
-
-def compile_model(keras, model, lr=1e-3):
-    model.compile(keras.optimizers.Adam(lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
 
 
 def logits(model, x):
@@ -189,11 +177,8 @@ def summarize(results, sparsities):
         runs = [r for res in results for r in res["runs"] if r["sparsity"] == s and "error" not in r]
         if not runs:
             continue
-        row = {}
-        for key, worst in (("param_ratio", min), ("file_ratio", min), ("throughput_ratio", min),
-                           ("throughput_ratio_best", min), ("acc_delta_pp", min)):
-            values = [r[key] for r in runs]
-            row[key] = {"median": statistics.median(values), "worst": worst(values)}
+        row = {key: spread(r[key] for r in runs)
+               for key in ("param_ratio", "file_ratio", "throughput_ratio", "throughput_ratio_best", "acc_delta_pp")}
         row["target_met_median"] = row["throughput_ratio"]["median"] >= 1.5 and row["acc_delta_pp"]["median"] >= -1
         row["target_met_all_seeds"] = all(r["throughput_ratio"] >= 1.5 and r["acc_delta_pp"] >= -1 for r in runs)
         summary[str(s)] = row
@@ -239,10 +224,10 @@ def main(argv=None):
     summary = summarize(results, args.sparsities)
     print(f"total {time.perf_counter() - t0:.0f}s, load {os.getloadavg()[0]:.1f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"settings": vars(args), "versions": {"keras": keras.__version__, "tensorflow": tf.__version__,
-                                                            "keras_hub": keras_hub.__version__},
-                       "cpus": os.cpu_count(), "summary": summary, "seeds": results}, f, indent=1)
+        write_json(args.json, {"settings": vars(args),
+                               "versions": {"keras": keras.__version__, "tensorflow": tf.__version__,
+                                            "keras_hub": keras_hub.__version__},
+                               "cpus": os.cpu_count(), "summary": summary, "seeds": results})
     return results
 
 

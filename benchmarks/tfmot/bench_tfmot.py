@@ -23,7 +23,7 @@ Run (from the repository root):
 
     TF_USE_LEGACY_KERAS=1 /work/venv-tfmot/bin/python benchmarks/tfmot/bench_tfmot.py
     TF_USE_LEGACY_KERAS=1 /work/venv-tfmot/bin/python benchmarks/tfmot/bench_tfmot.py --quick
-    # the committed tfmot_results.json (5 seeds, both datasets, all defaults):
+    # the committed results/tfmot_results.json (5 seeds, both datasets, all defaults):
     nice -n 10 /work/venv-tfmot/bin/python benchmarks/tfmot/bench_tfmot.py \\
         --seeds 5 --threads 1
 
@@ -31,7 +31,7 @@ Flags:
 
 - --seeds N: seeds 0..N-1 (default 1). The seed sets the baseline's init and
   shuffling and the pruning fine-tune's shuffling; the data split is fixed
-  (quality_protocol.SEED = 0) for every seed.
+  (common.protocol.SEED = 0) for every seed.
 - --targets: final sparsities (default 0.90 0.95 0.97 0.98).
 - --learning-rates: the fine-tune Adam's constant learning rate (default
   5e-4 1e-3 3e-3 1e-2 3e-2 1e-1). tfmot is reported at its best one (see
@@ -39,7 +39,7 @@ Flags:
   datasets, at its edge; 1e-2 then did clearly better (5 seeds), so the
   grid was widened until the best lies inside it.
 - --datasets (digits mnist1d), --quick (3 baseline epochs, 2 pruning epochs;
-  a smoke run), --out (default benchmarks/tfmot/tfmot_results.json),
+  a smoke run), --out (default benchmarks/results/tfmot_results.json),
   --threads N (TF inter/intra-op threads; 0 = TF's default).
 
 Runtime (measured, 2 CPU cores shared with other work, nice -n 10,
@@ -74,14 +74,14 @@ epoch, `tf_keras.utils.set_random_seed(seed)` and op determinism.
 For each dataset and seed:
 
 - Baseline: trained once from scratch with Adam(1e-3) (digits 40 epochs,
-  mnist1d 60 epochs), `quality_protocol.train_baseline(..., seed=seed)`.
+  mnist1d 60 epochs), `common.protocol.train_baseline(..., seed=seed)`.
 - Pruning, for each learning rate and each target: reseed, clone the
   baseline model and copy its weights, wrap every Dense layer with
   `prune_low_magnitude` (kernels only; tfmot never prunes biases) with
   `PolynomialDecay(initial_sparsity=0.0, final_sparsity=target, begin_step=0,
   end_step=E, frequency=F)` where S = steps per epoch = ceil(n_train / 64),
   F = max(1, S // 2), and E = round(0.7 * 10 * S / F) * F, i.e. the ramp
-  takes 70 % of the 10-epoch budget (quality_protocol.SHRINK_EPOCHS),
+  takes 70 % of the 10-epoch budget (common.protocol.SHRINK_EPOCHS),
   rounded to a multiple of F (tfmot only updates masks on steps where
   (step - begin_step) % F == 0, so an end_step off that grid would never
   reach the final sparsity); the sparsity then holds. Fine-tune with a
@@ -123,8 +123,10 @@ LEARNING_RATES = [5e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 RAMP_FRACTION = 0.7  # of the pruning budget; the schedule holds after it
 
 
+# benchmarks/, for the protocol shared with the Keras 3 benchmarks.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from quality_protocol import (  # noqa: E402  (the shared data/model protocol)
+from common import result_path  # noqa: E402
+from common.protocol import (  # noqa: E402
     BASELINE_EPOCHS,
     BATCH_SIZE,
     LOADERS,
@@ -350,7 +352,7 @@ def main(argv=None):
                    help="TF inter- and intra-op threads (0: TF's default)")
     p.add_argument("--m-by-n", nargs=2, type=int, default=None, metavar=("N", "M"),
                    help="prune to TF-MOT's sparsity_m_by_n pattern, e.g. 2 4 (then --targets 0.5)")
-    p.add_argument("--out", default="benchmarks/tfmot/tfmot_results.json")
+    p.add_argument("--out", default=result_path("tfmot_results.json"))
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error("--seeds must be >= 1")

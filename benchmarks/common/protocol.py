@@ -1,11 +1,15 @@
-"""The data and model protocol shared by bench_shrink_quality.py (Keras 3)
-and tfmot/bench_tfmot.py (tf_keras, its own venv), so both measure the
-same thing. The data and the MLP are the demo's (`keras_regkit/datasets.py`);
-each script passes in its own `keras`."""
+"""The quality protocol shared by the shrink-quality benchmarks (Keras 3) and
+`tfmot/bench_tfmot.py` (tf_keras, its own venv), so that all measure the
+same thing: the demo's data and MLP, Adam 1e-3, batch 64, a baseline
+trained from scratch per seed, then every shrink from a copy of its weights
+and optimizer state. Each function takes the `keras` module to use."""
 
 import time
 
 import numpy as np
+
+from common.data import LOADERS, VALIDATION_FRACTION, datasets  # noqa: F401  (the protocol's data)
+from common.models import build_mlp, compile_model
 
 SEED = 0
 BATCH_SIZE = 64
@@ -13,44 +17,14 @@ BASELINE_EPOCHS = {"digits": 40, "mnist1d": 60}
 SHRINK_EPOCHS = 10
 
 
-def _datasets_module():
-    """`keras_regkit/datasets.py`, loaded by its path: NumPy only, so the
-    TF-MOT baseline's tf_keras environment reads it without the package."""
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "keras_regkit", "datasets.py")
-    spec = importlib.util.spec_from_file_location("keras_regkit_datasets", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-datasets = _datasets_module()
-VALIDATION_FRACTION = datasets.VALIDATION_FRACTION  # of the training split, held out for the checks
-LOADERS = {name: (lambda fraction=VALIDATION_FRACTION, name=name: datasets.load(name, fraction))
-           for name in datasets.NAMES}
-
-
-def build_mlp(keras, n_features):
-    return datasets.mlp(keras, n_features)
-
-
-def compile_model(keras, model):
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-
-
 def accuracy(model, x, y):
+    """Top-1 accuracy of the logits `model` gives for `x`."""
     logits = np.asarray(model(x, training=False))
     return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
 def train_baseline(keras, name, x, y, x_val, y_val, quick=False, seed=SEED):
-    """The baseline both benchmarks start from; returns (model, seconds).
+    """The baseline every benchmark starts from; returns (model, seconds).
     `seed` sets init and shuffling only; the data split stays at SEED."""
     keras.utils.set_random_seed(seed)
     model = build_mlp(keras, x.shape[1])
