@@ -382,6 +382,13 @@ def test_bad_model_is_an_error_naming_the_argument(model, error, match):
         rk.compact(model)
 
 
+def test_a_moved_functional_class_is_named_not_taken_for_a_subclassed_model(monkeypatch):
+    model = keras.Model(*(lambda x: (x, L.Dense(2)(x)))(keras.Input((3,))))
+    monkeypatch.setitem(sys.modules, "keras.src.models.functional", None)
+    with pytest.raises(rk._keras.FenceError, match=r"keras\.src\.models\.functional\.Functional.*has moved it"):
+        rk.compact(model)
+
+
 # -- bad and unusual input: the tables' helpers are in conftest -----------------
 
 BAD_INPUT = [
