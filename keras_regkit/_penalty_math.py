@@ -7,7 +7,7 @@ that keep a runaway weight from turning a penalty into inf or NaN.
 Under TensorFlow, inside the train step and for large weights, each penalty
 runs as two XLA-compiled kernels (value, gradient) instead of the dozens of
 passes over the weight that op-by-op execution and autodiff would take
-(`_fuses`, `_one_kernel`). JAX compiles the whole step and fuses them
+(`fuses`, `one_kernel`). JAX compiles the whole step and fuses them
 itself; PyTorch runs the same `keras.ops` code op by op.
 """
 
@@ -92,7 +92,7 @@ def _exp_abs_slope(w, u, exp_of_exponential, factor):
 
 
 # Under TensorFlow the forward and the backward pass each run one
-# XLA-compiled kernel (`_one_kernel`) that reads the weight once, in its own
+# XLA-compiled kernel (`one_kernel`) that reads the weight once, in its own
 # dtype, and writes nothing but the row sums or the gradient: without XLA,
 # TensorFlow runs every op as its own pass over the weight, and autodiff of
 # the penalty takes about twenty. The backward kernel computes the `exp`
@@ -141,17 +141,20 @@ def _exp_abs_sums_and_slope(x, factor, inv_scale, end):
     step fuses them as it likes (the two kernels of TensorFlow's path, or
     one sum, take JAX about twice as long), for PyTorch, which runs op by
     op, and under TensorFlow for eager calls and small weights (see
-    `_fuses`)."""
+    `fuses`)."""
     w, u, clipped, exponential = _exp_abs_parts(x, inv_scale, end)
     expm1_of_exponential = ops.expm1(exponential)
     sums = ops.sum(expm1_of_exponential, axis=_rows(x)), ops.sum(clipped - exponential, axis=_rows(x))
     return sums, _exp_abs_slope(w, u, expm1_of_exponential + 1.0, factor)
 
 
-def _one_kernel(fn):
-    # TensorFlow without XLA (the default train step on CPU) runs each op as
-    # its own pass over memory; XLA fuses `fn` into one. JAX compiles the
-    # whole train step anyway, and PyTorch runs `fn` as it is.
+def one_kernel(fn):
+    """`fn` as one XLA-compiled kernel under TensorFlow; `fn` itself elsewhere.
+
+    TensorFlow without XLA (the default train step on CPU) runs each op as
+    its own pass over memory; XLA fuses `fn` into one. JAX compiles the
+    whole train step anyway, and PyTorch runs `fn` as it is.
+    """
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
@@ -159,8 +162,8 @@ def _one_kernel(fn):
     return fn
 
 
-_exp_abs_sums_kernel = _one_kernel(_exp_abs_sums)
-_exp_abs_gradient_kernel = _one_kernel(_exp_abs_gradient)
+_exp_abs_sums_kernel = one_kernel(_exp_abs_sums)
+_exp_abs_gradient_kernel = one_kernel(_exp_abs_gradient)
 
 
 def _with_gradient(forward, x):
@@ -206,15 +209,15 @@ def _l1_l2_gradient(x, l1, l2, with_l1, with_l2):
     return ops.cast(grad, x.dtype)
 
 
-_l1_l2_sums_kernel = _one_kernel(_l1_l2_sums)
-_l1_l2_gradient_kernel = _one_kernel(_l1_l2_gradient)
-_group_norms_kernel = _one_kernel(_group_norms)
-_group_lasso_gradient_kernel = _one_kernel(_group_lasso_gradient)
+_l1_l2_sums_kernel = one_kernel(_l1_l2_sums)
+_l1_l2_gradient_kernel = one_kernel(_l1_l2_gradient)
+_group_norms_kernel = one_kernel(_group_norms)
+_group_lasso_gradient_kernel = one_kernel(_group_lasso_gradient)
 
 
-def _fuses(x) -> bool:
+def fuses(x) -> bool:
     """Whether the penalty of `x` runs as fused kernels of its own
-    (`_one_kernel`): under TensorFlow, inside a traced function (the train
+    (`one_kernel`): under TensorFlow, inside a traced function (the train
     step), where a step without XLA would make every op of the penalty and
     of its gradient a pass over the weight, and for a weight of at least
     `FUSED_FROM` entries. JAX fuses its whole train step anyway.
@@ -239,7 +242,7 @@ FUSED_FROM = 256 * 256
 def l1_l2(x, l1=None, l2=None):
     """`l1 * sum(|x|) + l2 * sum(x ** 2)` in float32, of `x` as stored; a
     term whose strength is None is left out."""
-    if _fuses(x):
+    if fuses(x):
         used = [s is not None for s in (l1, l2)]
         l1, l2 = (ops.convert_to_tensor(0.0 if s is None else s, "float32") for s in (l1, l2))
 
@@ -268,7 +271,7 @@ def exp_abs(x, alpha, inv_scale, end):
     """`alpha * sum(exp(|x| * inv_scale) - 1)`, exponential up to
     `|x| * inv_scale = end` and linear beyond (see `LINEAR_FROM`)."""
     factor = alpha * inv_scale
-    if _fuses(x):
+    if fuses(x):
 
         def forward(x):
             value = alpha * ops.sum(_exp_abs_sums_kernel(x, inv_scale, end))
@@ -286,7 +289,7 @@ def exp_abs(x, alpha, inv_scale, end):
 
 def group_lasso(x, factor, axis):
     """`factor * sum_g ||x_g||` over the groups sharing an index on `axis`."""
-    if _fuses(x):
+    if fuses(x):
         factor = ops.convert_to_tensor(factor, "float32")
 
         def forward(x):

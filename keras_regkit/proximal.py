@@ -47,8 +47,9 @@ from keras_regkit import _optimizer_slots as optimizer_slots
 from keras_regkit import _penalty_math as penalty_math
 from keras_regkit import weights as weights_lib
 from keras_regkit._step_functions import rebuild_step_functions
-from keras_regkit.attach import _parts
-from keras_regkit.regularizers import GroupLasso, _Penalty, _read
+from keras_regkit.regularizers import combined
+from keras_regkit.regularizers.base import Penalty, read_value
+from keras_regkit.regularizers.group_lasso import GroupLasso
 
 SUPPORTED_OPTIMIZERS = (
     keras.optimizers.SGD,
@@ -58,12 +59,12 @@ SUPPORTED_OPTIMIZERS = (
 )
 
 
-def proximal_parts(regularizer) -> list[_Penalty]:
+def proximal_parts(regularizer) -> list[Penalty]:
     """The penalties of `regularizer` (parts of a `Combined` too) that act by
     a proximal step, in the order they are applied."""
     if regularizer is None:
         return []
-    return [part for part in _parts(regularizer) if isinstance(part, _Penalty) and part.proximal]
+    return [part for part in combined.parts(regularizer) if isinstance(part, Penalty) and part.proximal]
 
 
 def check_optimizer(optimizer) -> None:
@@ -158,12 +159,12 @@ class ProximalConstraint(keras.constraints.Constraint):
         parts = proximal_parts(getattr(self.variable, "regularizer", None))
         if parts:
             steps = functools.partial(self._proximal_steps, parts)
-            if penalty_math._fuses(self.variable):
+            if penalty_math.fuses(self.variable):
                 # TensorFlow off XLA runs each op of the step size and the
                 # threshold as a pass over the weight: for a large weight, one
                 # XLA kernel does all of it in one (as for the penalties).
-                steps = penalty_math._one_kernel(steps)
-            w = steps(_read(w))
+                steps = penalty_math.one_kernel(steps)
+            w = steps(read_value(w))
         return self.inner(w) if self.inner is not None else w
 
     def _proximal_steps(self, parts, w):
@@ -239,7 +240,7 @@ def bind_proximal(model: keras.Model, optimizer=None) -> int:
         for variable, parts in found:
             for penalty in parts:
                 if isinstance(penalty, GroupLasso):
-                    penalty._groups(variable)  # its axis must fit this weight: raise now, not in the trace
+                    penalty.groups(variable)  # its axis must fit this weight: raise now, not in the trace
     changed = False
     for variable, parts in found:
         existing = constraints.find(variable, ProximalConstraint)
@@ -249,7 +250,7 @@ def bind_proximal(model: keras.Model, optimizer=None) -> int:
                 changed = True
             continue
         for penalty in parts:
-            penalty._proximal_bound = True
+            penalty.proximal_bound = True
         if existing is None:
             variable.constraint = ProximalConstraint(variable, optimizer, variable.constraint)
             changed = True

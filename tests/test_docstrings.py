@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 import keras_regkit as rk
-from keras_regkit import attach, callbacks, regularizers, schedules, stats, weights
+from keras_regkit import callbacks, schedules, stats, weights
 
 MODULES = [
-    regularizers, schedules, weights, attach, stats, callbacks.scheduler, callbacks.sparsity, callbacks.proximal,
+    schedules, weights, stats, callbacks.scheduler, callbacks.sparsity, callbacks.proximal,
     *(importlib.import_module(f"keras_regkit.{name}") for name in (
-        "proximal", "pruning.hold", "pruning.one_shot", "pruning.units", "compacting.rebuild", "search.strength",
+        "regularizers.elementwise", "regularizers.group_lasso", "regularizers.combined", "attach.apply",
+        "attach.attachment", "proximal", "pruning.hold", "pruning.one_shot", "pruning.units", "compacting.rebuild", "search.strength",
         "search.result", "saving",
         "shrinking", "shrinking.result", "shrinking.ramps", "shrinking.guards")),
 ]

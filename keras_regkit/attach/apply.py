@@ -2,86 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import warnings
 from typing import Mapping, Sequence, Union
 
 import keras
 
 from keras_regkit import _validate
-from keras_regkit._step_functions import rebuild_step_functions
 from keras_regkit import weights as weights_lib
-from keras_regkit.regularizers import Combined, _Penalty
-from keras_regkit.weights import LayerSelector, WeightRef
-
-
-@dataclasses.dataclass(eq=False)
-class Attachment:
-    """What `apply_regularizers` or `remove_regularizers` changed.
-
-    Attributes:
-        changes: `(WeightRef, previous_regularizer)` pairs, in the order applied.
-        owner_changes: `(composite_layer, attribute, previous)` for the
-            composite layers (e.g. `MultiHeadAttention`) whose own
-            `kernel_regularizer`-style argument now carries the penalty, so
-            that it is saved.
-        unsaved: The `WeightRef`s whose penalty a saved model will not carry
-            (inside composite layers that rebuild their sublayers from their
-            own arguments; set with `allow_unsaved=True`). `to_json()` and
-            `reapply_regularizers` put them back after loading.
-
-    Example:
-
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    >>> attached = rk.apply_regularizers(model, {"*": rk.regularizers.L1(0.1)})
-    >>> len(model.losses)
-    1
-    >>> attached.undo()
-    >>> model.losses
-    []
-    """
-
-    model: keras.Model
-    changes: list[tuple[WeightRef, object]]
-    owner_changes: list[tuple[keras.layers.Layer, str, object]] = dataclasses.field(default_factory=list)
-    unsaved: list[WeightRef] = dataclasses.field(default_factory=list)
-
-    @property
-    def refs(self) -> list[WeightRef]:
-        return [ref for ref, _ in self.changes]
-
-    def undo(self) -> None:
-        """Puts every changed weight's previous regularizer back."""
-        for ref, previous in reversed(self.changes):
-            ref.set_regularizer(previous)
-        for owner, attribute, previous in reversed(self.owner_changes):
-            setattr(owner, attribute, previous)
-        _SaveWarning.unhook(self)
-        rebuild_step_functions(self.model)
-
-    def to_json(self) -> str:
-        """The penalties this attachment set (and those of its `unsaved`
-        weights), as JSON: pass it to `reapply_regularizers` after loading
-        the model to set them again (needed for `unsaved` ones; harmless for
-        the others). Regularizers shared by several weights stay shared."""
-        configs, index, entries = [], {}, []
-        # The weights kept penalized inside a composite whose own argument
-        # had to be cleared (a penalty removed from part of it) too: a
-        # reloaded model has lost theirs.
-        changed = {id(ref.variable) for ref, _ in self.changes}
-        refs = [ref for ref, _ in self.changes] + [r for r in self.unsaved if id(r.variable) not in changed]
-        for ref in refs:
-            regularizer = ref.regularizer
-            if regularizer is not None and id(regularizer) not in index:
-                index[id(regularizer)] = len(configs)
-                configs.append(keras.saving.serialize_keras_object(regularizer))
-            entries.append({"path": ref.path, "kind": ref.kind,
-                            "regularizer": None if regularizer is None else index[id(regularizer)]})
-        return json.dumps({"keras_regkit_attachment": 1, "regularizers": configs, "weights": entries})
-
-    def __len__(self) -> int:
-        return len(self.changes)
+from keras_regkit._step_functions import rebuild_step_functions
+from keras_regkit.attach.attachment import Attachment, SaveWarning, read_attachment
+from keras_regkit.weights import LayerSelector
 
 
 def apply_regularizers(
@@ -216,71 +146,7 @@ def reapply_regularizers(model: keras.Model, attachment_json: str) -> Attachment
     >>> len(rk.reapply_regularizers(copy, text)), len(copy.losses)
     (1, 1)
     """
-    return set_regularizers(model, _read_attachment(model, attachment_json), allow_unsaved=True)
-
-
-def _read_attachment(model: keras.Model, attachment_json) -> list:
-    """The `(WeightRef, regularizer)` pairs an `Attachment.to_json()` text
-    names on `model`. Every entry is checked before the caller changes
-    anything, so an edited or another model's text leaves the model as it
-    was."""
-
-    def invalid(what: str) -> ValueError:
-        return ValueError(f"Invalid value for argument `attachment_json`: {what}")
-
-    try:
-        record = json.loads(attachment_json)
-    except (TypeError, ValueError):
-        record = None
-    if (
-        not isinstance(record, dict)
-        or record.get("keras_regkit_attachment") != 1
-        or not isinstance(record.get("regularizers"), list)
-        or not isinstance(record.get("weights"), list)
-    ):
-        raise invalid(
-            "expected the text of `Attachment.to_json()` (a JSON object with `keras_regkit_attachment`: 1, "
-            f"`regularizers` and `weights` lists). Received: {str(attachment_json)[:80]!r}"
-        )
-    regularizers = []
-    for index, config in enumerate(record["regularizers"]):
-        try:
-            regularizer = keras.saving.deserialize_keras_object(config)
-        except Exception as error:  # whatever Keras raises for a config it cannot read
-            raise invalid(
-                f"regularizers[{index}] cannot be deserialized ({type(error).__name__}: {str(error)[:200]}). "
-                f"Received: {str(config)[:200]}"
-            ) from None
-        if not isinstance(regularizer, keras.regularizers.Regularizer):
-            raise invalid(
-                f"regularizers[{index}] is a {type(regularizer).__name__}, not a "
-                f"keras.regularizers.Regularizer. Received: {str(config)[:200]}"
-            )
-        regularizers.append(regularizer)
-    by_key = {(ref.path, ref.kind): ref for ref in weights_lib.iter_weights(model, "all")}
-    assignments = []
-    for index, entry in enumerate(record["weights"]):
-        where = f"entry weights[{index}] = {entry!r}"
-        if not isinstance(entry, dict) or set(entry) != {"path", "kind", "regularizer"}:
-            raise invalid(f"{where}: expected a dict with exactly the keys 'path', 'kind' and 'regularizer'.")
-        path, kind, position = entry["path"], entry["kind"], entry["regularizer"]
-        if not isinstance(path, str) or not isinstance(kind, str):
-            raise invalid(f"{where}: expected 'path' and 'kind' as strings.")
-        if position is not None and (
-            isinstance(position, bool) or not isinstance(position, int) or not 0 <= position < len(regularizers)
-        ):
-            raise invalid(
-                f"{where}: expected 'regularizer' to be null or an index into `regularizers`, an int "
-                f"in [0, {len(regularizers) - 1}]."
-            )
-        if (path, kind) not in by_key:
-            raise invalid(
-                f"{where}: model '{model.name}' has no weights {path}:{kind} that the attachment names; "
-                "pass the model it was taken from (or a reloaded copy). Its weights: "
-                f"{[f'{p}:{k}' for p, k in by_key][:8]}"
-            )
-        assignments.append((by_key[(path, kind)], None if position is None else regularizers[position]))
-    return assignments
+    return set_regularizers(model, read_attachment(model, attachment_json), allow_unsaved=True)
 
 
 def set_regularizers(model: keras.Model, assignments, allow_unsaved: bool = False) -> Attachment:
@@ -313,7 +179,7 @@ def set_regularizers(model: keras.Model, assignments, allow_unsaved: bool = Fals
         applied.append((owner, attribute, getattr(owner, attribute)))
         setattr(owner, attribute, regularizer)
     attachment = Attachment(model, changes, applied, unsaved)
-    _SaveWarning.hook(attachment)
+    SaveWarning.hook(attachment)
     rebuild_step_functions(model)
     return attachment
 
@@ -348,64 +214,6 @@ def _through_owners(model, assignments):
             owner_changes.append((ref.owner, attribute, None))
             unsaved.extend(r for r, regularizer in after if regularizer is not None)
     return owner_changes, unsaved
-
-
-class _SaveWarning:
-    """Warns once, when the model or a composite layer holding unsaved
-    penalties writes its config (`model.save`, `get_config`,
-    `clone_model`), which penalties the file will not carry: an
-    instance-level `get_config` that warns and calls the one before it."""
-
-    def __init__(self, attachment: Attachment):
-        self.attachment = attachment
-        self.warned = False
-
-    @classmethod
-    def hook(cls, attachment: Attachment) -> None:
-        if not attachment.unsaved:
-            return
-        hook = cls(attachment)
-        for layer in cls._hooked_layers(attachment):
-            object.__setattr__(layer, "get_config", hook._wrap(layer.get_config))
-
-    @staticmethod
-    def _hooked_layers(attachment: Attachment) -> list:
-        """The composite layers, and the model itself: a KerasHub backbone
-        saves its own arguments, never its layers' configs."""
-        layers = {id(ref.owner): ref.owner for ref in attachment.unsaved}
-        layers[id(attachment.model)] = attachment.model
-        return list(layers.values())
-
-    def _wrap(self, original):
-        def get_config():
-            if not self.warned and any(r.regularizer is not None for r in self.attachment.unsaved):
-                self.warned = True
-                warnings.warn(
-                    "The model's saved config will not carry the penalties of "
-                    f"{[r.path + ':' + r.kind for r in self.attachment.unsaved]} (attached with "
-                    "allow_unsaved=True inside layers that rebuild their sublayers). Keep "
-                    "`attachment.to_json()` and call `keras_regkit.reapply_regularizers(model, "
-                    "text)` after loading.",
-                    stacklevel=3,
-                )
-            return original()
-
-        get_config._keras_regkit_original = original
-        return get_config
-
-    @staticmethod
-    def unhook(attachment: Attachment) -> None:
-        if not attachment.unsaved:
-            return
-        for owner in _SaveWarning._hooked_layers(attachment):
-            hooked = owner.__dict__.get("get_config")
-            original = getattr(hooked, "_keras_regkit_original", None)
-            if original is None:
-                continue
-            if getattr(original, "__func__", None) is type(owner).get_config:
-                object.__delattr__(owner, "get_config")  # back to the class's own
-            else:
-                object.__setattr__(owner, "get_config", original)  # an earlier hook
 
 
 def _warn_if_not_reloadable(selector, regularizer) -> None:
@@ -472,46 +280,3 @@ def remove_regularizers(
     _validate.boolean("allow_unsaved", allow_unsaved)
     refs = weights_lib.select_weights(model, layers, weights)
     return set_regularizers(model, [(ref, None) for ref in refs if ref.regularizer is not None], allow_unsaved)
-
-
-def regularized_variables(model: keras.Model) -> list[keras.Variable]:
-    """Every trainable variable of `model` with a regularizer, ours or not
-    (Keras adds penalties of trainable weights only)."""
-    return [v for v in model.trainable_weights if getattr(v, "regularizer", None) is not None]
-
-
-def scheduled_regularizers(model: keras.Model) -> dict[str, _Penalty]:
-    """Our regularizers with a schedule, keyed by the path of their first
-    variable within `model` (e.g. `"dense/kernel"`). A regularizer shared by
-    several weights appears once; parts of a `Combined` are found too."""
-    found, seen = {}, set()
-    prefix = f"{model.name}/"
-    for variable in regularized_variables(model):
-        path = variable.path
-        path = path[len(prefix):] if path.startswith(prefix) else path
-        for regularizer in _parts(variable.regularizer):
-            if (
-                isinstance(regularizer, _Penalty)
-                and regularizer.is_scheduled
-                and id(regularizer) not in seen
-            ):
-                seen.add(id(regularizer))
-                found[path] = regularizer
-    return found
-
-
-def _parts(regularizer):
-    if isinstance(regularizer, Combined):
-        for part in regularizer.regularizers:
-            yield from _parts(part)
-    else:
-        yield regularizer
-
-
-def total_penalty(model: keras.Model):
-    """The sum of all weight penalties of `model` at its current weights, as a
-    float32 scalar tensor (computed on the device)."""
-    terms = [
-        keras.ops.cast(v.regularizer(v), "float32") for v in regularized_variables(model)
-    ]
-    return keras.ops.sum(keras.ops.stack(terms)) if terms else keras.ops.zeros(())

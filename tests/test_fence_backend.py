@@ -1,0 +1,36 @@
+"""The fence's read of Keras' backend (`keras_regkit._keras.backend`): it
+runs on the installed Keras and, if an upgrade moved what it reads, fails
+with the message that names the version it was written for."""
+
+import sys
+
+import pytest
+
+from keras_regkit._keras import WRITTEN_FOR, FenceError
+from keras_regkit._keras import backend as fence
+
+MODULE = "keras.src.backend.common.symbolic_scope"
+
+
+def call(read, *args):
+    """`read(*args)`, a moved access failing the test with the fence's message."""
+    try:
+        return read(*args)
+    except FenceError as error:
+        pytest.fail(f"written for keras {WRITTEN_FOR['keras']}: {error}")
+
+
+def test_in_symbolic_scope_is_false_outside_and_true_inside_keras_symbolic_scope():
+    assert call(fence.in_symbolic_scope) is False
+    scope = getattr(sys.modules.get(MODULE), "SymbolicScope", None)
+    if scope is None:
+        pytest.fail(f"written for keras {WRITTEN_FOR['keras']}: {MODULE}.SymbolicScope has moved")
+    with scope():
+        assert call(fence.in_symbolic_scope) is True
+
+
+def test_a_moved_read_names_keras_and_the_version_it_was_written_for(monkeypatch):
+    monkeypatch.setitem(sys.modules, MODULE, None)  # as if an upgrade had moved the module
+    with pytest.raises(FenceError, match=rf"symbolic_scope\.in_symbolic_scope.*written for keras "
+                                         rf"{WRITTEN_FOR['keras']}.*has moved it"):
+        fence.in_symbolic_scope()
