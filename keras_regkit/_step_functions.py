@@ -38,6 +38,6 @@ def step_functions_read_variables_live() -> bool:
     (eager; `torch.compile` takes tensors as inputs). False under JAX: its
     trainer passes only the model's, the optimizer's and the metrics' own
     variables into the jitted step, so any other variable is a constant
-    captured when the step is traced (DESIGN.md trap 2).
+    captured when the step is traced.
     """
     return keras.backend.backend() != "jax"

@@ -99,7 +99,8 @@ class RegularizationScheduler(keras.callbacks.Callback):
             )
         if update_freq == "batch" and not _step_functions.step_functions_read_variables_live():
             # JAX threads only the model's own state through its jitted step,
-            # so `optimizer.iterations` is invisible there (DESIGN.md trap 2).
+            # so `optimizer.iterations` is invisible there (see
+            # `step_functions_read_variables_live`).
             raise ValueError(
                 "RegularizationScheduler(update_freq='batch') does not work under "
                 f"the {keras.backend.backend()!r} backend: its compiled train step "
