@@ -170,12 +170,12 @@ class SaveWarning:
         for layer in cls._hooked_layers(attachment):
             keras_serialization.wrap_get_config(layer, hook._warn)
 
-    @staticmethod
-    def unhook(attachment: Attachment) -> None:
+    @classmethod
+    def unhook(cls, attachment: Attachment) -> None:
         """Takes off what `hook(attachment)` set."""
         if not attachment.unsaved:
             return
-        for layer in SaveWarning._hooked_layers(attachment):
+        for layer in cls._hooked_layers(attachment):
             keras_serialization.unwrap_get_config(layer)
 
     @staticmethod
