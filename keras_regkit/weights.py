@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from keras_regkit import layers as layers_lib
-from keras_regkit._keras.layers import sublayers
+from keras_regkit._keras.layers import argument_attribute, sublayers
 from keras_regkit.layers.kinds import check_weight_pairs
 
 # kind -> the (variable attribute, regularizer attribute) pairs that may
@@ -147,10 +147,7 @@ def owner_config_attr(owner: keras.layers.Layer, config_attr: str) -> str | None
             return None
     except NotImplementedError:
         return None
-    for attr in (config_attr, f"_{config_attr}"):
-        if hasattr(owner, attr):
-            return attr
-    return None
+    return argument_attribute(owner, config_attr)
 
 
 def _declared(layer) -> dict | None:

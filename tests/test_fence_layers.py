@@ -47,3 +47,14 @@ def test_a_moved_read_names_keras_and_the_version_it_was_written_for():
         fence.sublayers(Moved())
     with pytest.raises(FenceError, match=rf"MultiHeadAttention\._query_dense.*{written}"):
         fence.attention_projections(Moved())
+
+
+def test_argument_attribute_finds_what_multi_head_attention_keeps_private():
+    mha = L.MultiHeadAttention(num_heads=2, key_dim=3, kernel_regularizer="l2")
+    assert call(fence.argument_attribute, mha, "kernel_regularizer") == "_kernel_regularizer"
+    assert call(fence.argument_attribute, L.Dense(2), "kernel_regularizer") == "kernel_regularizer"
+
+
+def test_a_moved_argument_attribute_names_keras_and_the_version_it_was_written_for():
+    with pytest.raises(FenceError, match=rf"Dense\._no_such_argument.*written for keras {WRITTEN_FOR['keras']}"):
+        fence.argument_attribute(L.Dense(2), "no_such_argument")

@@ -29,3 +29,16 @@ def attention_projections(layer) -> tuple[tuple, object]:
         missing = [n for n, sub in zip(QUERY_KEY_VALUE + (OUTPUT,), found) if sub is None]
         raise moved("keras", f"MultiHeadAttention.{'/'.join(missing) or 'projection kernels'}")
     return tuple(found[:3]), found[3]
+
+
+def argument_attribute(layer, argument: str) -> str | None:
+    """The attribute `layer` keeps its constructor `argument` in: the
+    argument's own name, or for Keras' layers that keep it private (e.g.
+    `MultiHeadAttention._kernel_regularizer`) that name; None if it has
+    neither (a layer of another library that keeps it elsewhere)."""
+    for attribute in (argument, f"_{argument}"):
+        if hasattr(layer, attribute):
+            return attribute
+    if type(layer).__module__.startswith("keras."):
+        raise moved("keras", f"{type(layer).__name__}._{argument}")
+    return None

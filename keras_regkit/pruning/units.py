@@ -7,7 +7,9 @@ depthwise convolution. The slice is every kernel entry at that unit's index
 on the kernel's trailing unit axes. A unit is dead when its whole slice is
 exactly zero: its output is then the constant `activation(bias)`, which
 `compact` folds into the next layer. Pruning, the shrink, `dead_units` and
-`compact` all read units from here.
+`compact` all read units from here; which kernel holds a layer's units is
+its registered kind's (`keras_regkit.layers.LayerKind.unit_kernel`), so a
+layer of your own has units once registered.
 
 A head of a `MultiHeadAttention` (and of the attention inside KerasHub's
 `TransformerEncoder`/`TransformerDecoder`, which is one) is a unit too: its
