@@ -256,7 +256,6 @@ def _directory(directory) -> str:
     return directory
 
 
-
 def _import_keras_tuner():
     try:
         import keras_tuner
@@ -280,5 +279,3 @@ def _warn_if_unstandardised(x, limit: float = 100.0) -> None:
             UserWarning,
             stacklevel=3,
         )
-
-

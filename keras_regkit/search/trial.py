@@ -19,7 +19,22 @@ _GIVEN_TO_SHRINK = ("model", "x", "y", "validation_data")
 
 
 class Trainer:
-    """One trial: build, attach, fit with early stopping, measure."""
+    """One trial: build, attach, fit with early stopping, measure.
+
+    The arguments are `search_strength`'s, already checked (`callbacks` a
+    list, `shrink` a dict or None). Set `objective` (a `keras_tuner.Objective`)
+    before `run`: early stopping watches it.
+
+    Example:
+
+    ```python
+    trainer = Trainer(build, x, y, (x_val, y_val), rk.regularizers.L1, "*", "kernel", epochs=20,
+                      batch_size=64, patience=3, callbacks=[], shrink=None, threshold=1e-3, seed=0)
+    recorded = trainer.check(1e-4)  # the names a trial records
+    trainer.objective = keras_tuner.Objective("val_loss", "min")
+    row = trainer.run(1e-4)
+    ```
+    """
 
     def __init__(self, build_model, x, y, validation_data, penalty, layers, weights, epochs, batch_size,
                  patience, callbacks, shrink, threshold, seed):
