@@ -21,7 +21,7 @@ from keras import ops
 
 from keras_regkit import _validate
 from keras_regkit import weights as weights_lib
-from keras_regkit.pruning import cut as cut_lib
+from keras_regkit.pruning import granularity as granularity_lib
 from keras_regkit.pruning import units as units_lib
 
 # Counts are summed as int32 and shipped in float32, which is exact only below
@@ -105,9 +105,8 @@ class WeightStats:
     ):
         self.threshold = _validate.real("threshold", threshold)
         self.relative = _validate.boolean("relative", relative)
-        if pattern is not None and cut_lib.pattern(pattern) is None:
-            raise ValueError(f"Invalid value for argument `pattern`: expected 'N:M' (e.g. '2:4'). "
-                             f"Received: pattern={pattern!r}")
+        if pattern is not None:
+            granularity_lib.pattern(pattern)  # validates it
         self.pattern = pattern
         self.refs = list(weights_lib.iter_weights(model, weights))
         if not self.refs:
@@ -150,7 +149,7 @@ class WeightStats:
         axis = None if self.pattern is None else units_lib.input_axis(ref.layer, ref.variable)
         if axis is None:
             return None
-        return cut_lib.satisfies(np.asarray(ops.convert_to_numpy(ref.variable.value)), axis, self.pattern)
+        return granularity_lib.get(self.pattern).satisfied_by(np.asarray(ops.convert_to_numpy(ref.variable.value)), axis)
 
     def _layer_stats(self, rows) -> list[LayerStats]:
         out = []

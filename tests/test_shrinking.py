@@ -8,7 +8,8 @@ import pytest
 
 import keras_regkit as rk
 from keras_regkit.callbacks import ShrinkPhase
-from keras_regkit.shrinking import AgreementGuard, CubicRamp, ValidationCheck
+from keras_regkit.shrinking import (
+    AgreementGuard, CubicRamp, Plateau, SparsityTarget, ToleranceClimb, ValidationCheck)
 
 from conftest import (
     assert_model_unchanged,
@@ -176,9 +177,9 @@ class SparsityPerStep(keras.callbacks.Callback):
 def shrink_with_check(check, epochs=10, levels=(0.5, 0.8, 0.9, 0.95), callbacks=()):
     model = trained_classifier()
     x, y = classification_data()
-    phase = ShrinkPhase(start_epoch=0, tolerance=0.01, validation_data=classification_data(seed=1),
-                        levels=levels, max_sparsity=0.98, cut_every=2)
-    phase.check = check
+    phase = ShrinkPhase(start_epoch=0, validation_data=classification_data(seed=1),
+                        policy=ToleranceClimb(0.01, levels=levels, max_sparsity=0.98, cut_every=2))
+    phase.check = phase.policy.check = check
     with phase:
         model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, callbacks=[phase, *callbacks])
     return model, phase.result
@@ -279,8 +280,9 @@ def test_a_first_level_that_never_passes_ends_at_exactly_the_starting_weights_an
     model = trained_classifier()
     start = model.get_weights()
     x, y = classification_data()
-    phase = ShrinkPhase(start_epoch=0, tolerance=0.01, validation_data=classification_data(seed=1), cut_every=2)
-    phase.check = FailsAbove(0.0)
+    phase = ShrinkPhase(start_epoch=0, validation_data=classification_data(seed=1),
+                        policy=ToleranceClimb(0.01, cut_every=2))
+    phase.check = phase.policy.check = FailsAbove(0.0)
     epochs = EpochEnds()
     with phase:
         model.fit(x, y, epochs=10, batch_size=32, verbose=0, callbacks=[phase, epochs])
@@ -288,7 +290,7 @@ def test_a_first_level_that_never_passes_ends_at_exactly_the_starting_weights_an
     assert_same_weights(model.get_weights(), start)
     # The first level was looked at twice: at the raised learning rate,
     # then climbing again at the model's own. No other level was tried.
-    first = phase.levels[0]
+    first = phase.policy.levels[0]
     assert [(level, held) for level, _, held in phase.result.levels] == [(first, False), (first, False)]
     assert len(epochs.weights) < 10  # fit stopped: nothing to fine-tune
     assert held(model) == []
@@ -308,9 +310,9 @@ def test_a_first_level_that_fails_at_the_raised_rate_climbs_again_at_the_models_
     rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
     x, y = classification_data()
     steps = SparsityPerStep()
-    phase = ShrinkPhase(start_epoch=0, tolerance=0.01, validation_data=classification_data(seed=1),
-                        levels=(0.8, 0.9), max_sparsity=0.95, cut_every=2)
-    phase.check = FailsFirstLook(limit=1.0)
+    phase = ShrinkPhase(start_epoch=0, validation_data=classification_data(seed=1),
+                        policy=ToleranceClimb(0.01, levels=(0.8, 0.9), max_sparsity=0.95, cut_every=2))
+    phase.check = phase.policy.check = FailsFirstLook(limit=1.0)
     with phase:
         model.fit(x, y, epochs=10, batch_size=32, verbose=0, callbacks=[phase, steps])
     looks = [(level, held) for level, _, held in phase.result.levels]
@@ -337,9 +339,9 @@ def test_a_final_model_that_fails_the_check_goes_back_to_the_level_as_it_passed(
     # Listed before the phase, so the mark is set before the phase ends.
     model = trained_classifier()
     x, y = classification_data()
-    phase = ShrinkPhase(start_epoch=0, tolerance=0.01, validation_data=classification_data(seed=1),
-                        levels=(0.5, 0.8, 0.9), max_sparsity=0.98, cut_every=2)
-    phase.check = check
+    phase = ShrinkPhase(start_epoch=0, validation_data=classification_data(seed=1),
+                        policy=ToleranceClimb(0.01, levels=(0.5, 0.8, 0.9), max_sparsity=0.98, cut_every=2))
+    phase.check = phase.policy.check = check
     with phase:
         model.fit(x, y, epochs=10, batch_size=32, verbose=0, callbacks=[MarkEnding(), phase])
     first_failure = next(i for i, (sparsity, _) in enumerate(check.looks) if sparsity > 0.8 + 1e-6)
@@ -441,7 +443,7 @@ def test_patience_starts_the_phase_at_a_plateau_from_the_best_weights():
     xv, yv = classification_data(seed=1)
     # Learning rate 0: val_loss is flat from the first epoch, a plateau.
     model.compile(keras.optimizers.SGD(0.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    phase = ShrinkPhase(patience=2, sparsity=0.5, learning_rate=None, score="magnitude")
+    phase = ShrinkPhase(start_epoch=Plateau(patience=2), policy=SparsityTarget(0.5, learning_rate=None, score="magnitude"))
     model.fit(x, y, epochs=5, batch_size=32, validation_data=(xv, yv), verbose=0, callbacks=[phase])
     assert phase.result.started_at_epoch == 3  # best at epoch 0, no gain in 1 and 2
     assert phase.result.sparsity == pytest.approx(0.5, abs=1 / 320)
@@ -508,30 +510,52 @@ def gen():
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
-    ({}, ValueError, "start_epoch` or `patience"),
-    ({"start_epoch": 1, "sparsity": 0.5, "tolerance": 0.01}, ValueError, "not both"),
+    ({}, ValueError, "needs `start_epoch`"),
+    ({"start_epoch": 1, "sparsity": 0.5, "tolerance": 0.01}, ValueError, "not several"),
+    ({"start_epoch": 1, "sparsity": 0.5, "policy": SparsityTarget(0.5)}, ValueError, "not several"),
+    ({"start_epoch": 1, "policy": 0.5}, TypeError, "argument `policy`"),
     ({"start_epoch": 1, "sparsity": 1.5}, ValueError, "argument `sparsity`"),
-    ({"start_epoch": 1, "tolerance": -1.0, "reference_inputs": np.zeros((2, 8))}, ValueError, "argument `tolerance`"),
+    ({"start_epoch": 1, "tolerance": -1.0}, ValueError, "argument `tolerance`"),
     ({"start_epoch": 1}, ValueError, "validation_data="),
     ({"start_epoch": 1, "sparsity": 0.5, "monitor": 3}, TypeError, "argument `monitor`"),
-    ({"start_epoch": 1, "sparsity": 0.5, "levels": 0.5}, TypeError, "argument `levels`"),
-    ({"start_epoch": 1, "tolerance": 0.1, "validation_data": (np.zeros((2, 8)), np.zeros(2)),
-      "guard": AgreementGuard(0.1)}, ValueError, "reference_inputs="),
+    ({"start_epoch": 1, "policy": ToleranceClimb(monitor="val_mae"), "monitor": "val_mse"}, ValueError,
+     "Give `monitor` to the policy"),
     ({"start_epoch": 1, "sparsity": 0.5, "granularity": "rows"}, ValueError, r"argument `granularity`.*'rows'"),
-    ({"start_epoch": 1, "sparsity": 0.5, "score": "gradient"}, ValueError, "argument `score`"),
-    ({"start_epoch": 1, "sparsity": 0.5, "schedule": 0.5}, TypeError, "argument `schedule`"),
-    ({"start_epoch": 1, "sparsity": 0.5, "guard": 0.1}, TypeError, "argument `guard`"),
-    ({"start_epoch": 1, "sparsity": 0.5, "cut_every": 0}, ValueError, "argument `cut_every`"),
-    ({"start_epoch": 1, "sparsity": 0.5, "learning_rate": -1.0}, ValueError, "argument `learning_rate`"),
-    ({"start_epoch": 1, "sparsity": 0.5, "max_sparsity": 2.0}, ValueError, "argument `max_sparsity`"),
-    ({"start_epoch": 1, "sparsity": 0.5, "mode": "up"}, ValueError, "argument `mode`"),
-    ({"start_epoch": 1, "sparsity": 0.5, "weights": "kernels"}, ValueError, "argument `weights`"),
+    ({"start_epoch": 1, "sparsity": 0.75, "granularity": "2:4"}, ValueError, r"argument `sparsity`.*0\.5"),
+    ({"start_epoch": 1, "policy": ToleranceClimb(max_sparsity=0.9), "granularity": "2:4",
+      "validation_data": (np.zeros((2, 8)), np.zeros(2))}, ValueError, r"argument `max_sparsity`.*0\.5"),
     ({"start_epoch": 1, "sparsity": 0.5, "validation_data": gen()}, ValueError, "read only once"),
-    ({"patience": 0, "sparsity": 0.5}, ValueError, "argument `patience`"),
+    ({"start_epoch": 1, "sparsity": 0.5, "backup_dir": ""}, TypeError, "argument `backup_dir`"),
+    ({"start_epoch": 1, "sparsity": 0.5, "layers": 3}, TypeError, "layer selector"),
 ])
 def test_rejects_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         ShrinkPhase(**kwargs)
+
+
+@pytest.mark.parametrize("make,error,match", [
+    (lambda: ToleranceClimb(tolerance=-1.0), ValueError, "argument `tolerance`"),
+    (lambda: ToleranceClimb(levels=0.5), TypeError, "argument `levels`"),
+    (lambda: ToleranceClimb(levels=[0.5, 2.0]), ValueError, "argument `levels`"),
+    (lambda: ToleranceClimb(guard=AgreementGuard(0.1)), ValueError, "inputs=x"),
+    (lambda: ToleranceClimb(guard=AgreementGuard(0.1, inputs=iter([np.zeros((2, 8))]))), ValueError,
+     "iterator"),
+    (lambda: ToleranceClimb(guard=0.1), TypeError, "argument `guard`"),
+    (lambda: ToleranceClimb(max_sparsity=2.0), ValueError, "argument `max_sparsity`"),
+    (lambda: ToleranceClimb(mode="up"), ValueError, "argument `mode`"),
+    (lambda: SparsityTarget(0.5, schedule=0.5), TypeError, "argument `schedule`"),
+    (lambda: SparsityTarget(0.5, score="gradient"), ValueError, "argument `score`"),
+    (lambda: SparsityTarget(0.5, cut_every=0), ValueError, "argument `cut_every`"),
+    (lambda: SparsityTarget(0.5, learning_rate=-1.0), ValueError, "argument `learning_rate`"),
+    (lambda: SparsityTarget(0.5, learning_rate="fast"), TypeError, "argument `learning_rate`"),
+    (lambda: Plateau(patience=0), ValueError, "argument `patience`"),
+    (lambda: Plateau(patience=2, mode="up"), ValueError, "argument `mode`"),
+    (lambda: Plateau(patience=2, monitor=None), TypeError, "argument `monitor`"),
+    (lambda: rk.pruning.Weights("kernels"), ValueError, "argument `weights`"),
+])
+def test_the_policies_and_the_trigger_reject_bad_arguments_at_construction(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
 
 
 def test_shrink_in_tolerance_mode_needs_validation_data():
@@ -576,7 +600,7 @@ def test_the_ramp_follows_its_schedule_over_the_budget_left_when_the_phase_start
     model = trained_classifier()
     x, y = classification_data()
     ramp = CubicRamp(0.9, initial=0.5)
-    phase = ShrinkPhase(start_epoch=2, sparsity=0.9, cut_every=1, schedule=ramp)
+    phase = ShrinkPhase(start_epoch=2, policy=SparsityTarget(0.9, cut_every=1, schedule=ramp))
     spy = ZerosPerStep()
     with phase:  # 6 epochs of 8 steps, the shrink in the last 4: a budget of 32 steps
         model.fit(x, y, epochs=6, batch_size=32, verbose=0, callbacks=[phase, spy])
@@ -656,7 +680,7 @@ CASES = [
     (1, (xv, yv), {"patience": 2}, ValueError, "`patience` has no meaning"),
     (1, (xv, yv), {"start_epoch": 1}, ValueError, "`start_epoch` has no meaning"),
     (1, (xv, yv), {"batch_size": 0}, ValueError, "argument `batch_size`"),
-    (1, (xv, yv), {"mode": "up"}, ValueError, "argument `mode`"),
+    (1, (xv, yv), {"mode": "up"}, ValueError, "argument `mode`|configure the tolerance mode"),
 ]
 
 
@@ -719,7 +743,7 @@ BAD_INPUT = [
      "validation_data", prepare=compiled),
     # fit ended by the phase's error (its monitored metric is missing): nothing of the phase stays.
     row("phase-monitor-missing-in-fit", lambda m: m.fit(
-        *tiny_data(), epochs=2, verbose=0, callbacks=[rk.callbacks.ShrinkPhase(patience=1, sparsity=0.5)]),
+        *tiny_data(), epochs=2, verbose=0, callbacks=[rk.callbacks.ShrinkPhase(Plateau(patience=1), sparsity=0.5)]),
         ValueError, "val_loss", prepare=frozen_optimizer),
     # The hang: a dataset that repeats forever, without steps_per_epoch.
     row("shrink-infinite-dataset", lambda m: rk.shrink(m, infinite_dataset(), sparsity=0.5), ValueError,

@@ -12,7 +12,7 @@ from keras import ops
 from keras_regkit import _validate
 from keras_regkit import stats as stats_lib
 from keras_regkit import weights as weights_lib
-from keras_regkit.pruning import cut as cut_lib
+from keras_regkit.pruning import granularity as granularity_lib
 
 
 @keras.saving.register_keras_serializable(package="keras_regkit")
@@ -127,9 +127,8 @@ class SparsityMonitor(keras.callbacks.Callback):
             )
         if histogram_freq:
             _require_tensorboard()
-        if pattern is not None and cut_lib.pattern(pattern) is None:
-            raise ValueError(f"Invalid value for argument `pattern`: expected 'N:M' (e.g. '2:4'). "
-                             f"Received: pattern={pattern!r}")
+        if pattern is not None:
+            granularity_lib.pattern(pattern)  # validates it
         self.pattern = pattern
         self.weights_spec = weights
         self.threshold = threshold

@@ -12,6 +12,7 @@ from keras import ops
 from keras_regkit import _validate
 from keras_regkit.pruning import calibration
 from keras_regkit.pruning import cut as cut_lib
+from keras_regkit.pruning import granularity as granularity_lib
 from keras_regkit.pruning import scores as scores_lib
 from keras_regkit.pruning.hold import hold_zeros
 from keras_regkit.weights import LayerSelector, WeightRef
@@ -149,7 +150,8 @@ def prune(
     {'hidden': (4, 8), 'out': (0, 2)}
     """
     # Every argument is checked before any weight changes.
-    full_pattern = cut_lib.pattern_sparsity(granularity)
+    granularity = granularity_lib.get(granularity, weights)
+    full_pattern = granularity.ceiling if isinstance(granularity, granularity_lib.NM) else None
     if full_pattern is not None and threshold is None and sparsity is None:
         sparsity = full_pattern
     if (threshold is None) == (sparsity is None):
@@ -173,15 +175,15 @@ def prune(
     if ranking not in ("global", "per_output"):
         raise ValueError(
             f"Invalid value for argument `ranking`: expected 'global' or 'per_output'. Received: ranking={ranking!r}")
-    if score == "wanda" and granularity in ("unit", "head"):
+    if score == "wanda" and isinstance(granularity, granularity_lib.Units):
         raise ValueError(
-            f"score='wanda' scores entries by the input each reads; granularity={granularity!r} removes whole "
+            f"score='wanda' scores entries by the input each reads; granularity={str(granularity)!r} removes whole "
             "units. Use granularity='weight' or 'N:M' with it, or score='magnitude'.")
-    if ranking == "per_output" and granularity != "weight":
+    if ranking == "per_output" and not isinstance(granularity, granularity_lib.Weights):
         raise ValueError(
             "ranking='per_output' shares a sparsity out over each unit's entries: it needs "
-            f"granularity='weight' (an N:M pattern is per group already). Received: granularity={granularity!r}")
-    refs = cut_lib.select(model, layers, weights, granularity)
+            f"granularity='weight' (an N:M pattern is per group already). Received: granularity={str(granularity)!r}")
+    refs = granularity.select(model, layers)
     cut_lib.check_finite(refs)
     if score == "wanda":
         scores = scores_lib.Wanda(calibration.input_norms(model, refs, calibration_data)).scores(refs)

@@ -1,16 +1,21 @@
 """The shrink: gradual pruning of a trained model to exact zeros, as parts.
 
-- `ramps`: how sparse to be at each point of the budget (`CubicRamp`);
-- what to cut first, the cut and holding the zeros are the pruning core's
-  (`keras_regkit.pruning`: `scores`, `cut`, `hold`);
-- `data`: reading what `fit` accepts, as `fit` reads it;
-- `guards`: when to stop: the tolerance mode's `ValidationCheck` (and an
-  optional label-free `AgreementGuard`);
-- `snapshots`: the last good weights and optimizer state, to go back to;
-- `state`: what BackupAndRestore needs to resume;
-- `result`: `ShrinkResult`, what the shrink did;
-- `phase`: `ShrinkPhase`, the callback that composes them; `shrink()` below
-  is `fit` plus that callback.
+- `callback`: `ShrinkPhase`, the callback: the fit hooks, the cuts and the
+  held zeros, snapshots and rollbacks, resuming; it asks a policy where to go.
+  `shrink()` below is `fit` plus that callback.
+- `policies`: where to go: `SparsityTarget` (a sparsity you choose, along a
+  ramp from `ramps`) and `ToleranceClimb` (levels while a check holds; its
+  rules in `climb`, a state machine over the plain data of `decisions`), or
+  your own `ShrinkPolicy`;
+- `guards`: the verdict of a check (`ValidationCheck`, with an optional
+  `AgreementGuard`); `evaluation`: predictions, hits and metrics on the
+  validation data; `data`: reading what `fit` accepts, as `fit` reads it;
+- `trigger`: when to start (an epoch, or a `Plateau`); `learning_rate`: the
+  rate during the shrink; `snapshots`, `state`: the last good state, and
+  what BackupAndRestore needs to resume; `result`: `ShrinkResult`.
+
+What to cut first, the cut and holding the zeros are the pruning core's
+(`keras_regkit.pruning`).
 """
 
 from __future__ import annotations
@@ -18,15 +23,26 @@ from __future__ import annotations
 import keras
 
 from keras_regkit import _validate
+from keras_regkit.pruning import granularity as granularity_lib
 from keras_regkit.shrinking import data
+from keras_regkit.shrinking.callback import ShrinkPhase
+from keras_regkit.shrinking.decisions import Action, Observation, Verdict
 from keras_regkit.shrinking.guards import AgreementGuard, ValidationCheck
-from keras_regkit.shrinking.phase import ShrinkPhase
+from keras_regkit.shrinking.policies import ShrinkPolicy, SparsityTarget, ToleranceClimb
 from keras_regkit.shrinking.ramps import CubicRamp, SparsitySchedule
 from keras_regkit.shrinking.result import ShrinkResult
+from keras_regkit.shrinking.trigger import Plateau
 
 __all__ = [
-    "AgreementGuard", "CubicRamp", "ShrinkResult", "SparsitySchedule", "ValidationCheck",
+    "Action", "AgreementGuard", "CubicRamp", "Observation", "Plateau", "ShrinkPolicy", "ShrinkResult",
+    "SparsitySchedule", "SparsityTarget", "ToleranceClimb", "ValidationCheck", "Verdict",
 ]
+
+# `shrink()`'s keywords that configure the policy, by the policy that takes them.
+_POLICY_ARGS = {"cut_every", "learning_rate", "score"}
+_TOLERANCE_ARGS = {"mode", "guard", "levels", "max_sparsity"}
+_SPARSITY_ARGS = {"schedule"}
+_PHASE_ARGS = {"policy", "monitor", "granularity", "layers", "weights", "backup_dir"}
 
 
 def shrink(
@@ -71,10 +87,13 @@ def shrink(
             (`steps_per_epoch` and `validation_steps` are needed for
             datasets that repeat forever; the guard reads as many
             validation batches as `fit`).
-        **phase_kwargs: Any other `ShrinkPhase` argument (`monitor`,
-            `mode`, `granularity`, `score`, `learning_rate`, `schedule`,
-            `max_sparsity`, `levels`, ...), except `start_epoch` and
-            `patience`: `shrink()` starts at once.
+        **phase_kwargs: `ShrinkPhase`'s `policy`, `monitor`,
+            `granularity`, `layers` and `backup_dir`; `weights` (the weight
+            kinds covered, as in `prune`); and the policy's settings, which
+            build it: `cut_every`, `learning_rate`, `score` (both modes),
+            `schedule` (`SparsityTarget`), `mode`, `guard`, `levels`,
+            `max_sparsity` (`ToleranceClimb`). Not `start_epoch`:
+            `shrink()` starts at once.
 
     Returns:
         The `ShrinkResult`.
@@ -106,8 +125,13 @@ def shrink(
         if name in phase_kwargs:
             raise ValueError(
                 f"shrink() starts the shrink at once, so `{name}` has no meaning here; use "
-                f"`ShrinkPhase({name}=...)` in your own `fit` to start it later. "
-                f"Received: {name}={phase_kwargs[name]!r}")
+                "`ShrinkPhase(start_epoch=...)` (an epoch, or a `Plateau(patience=...)`) in your own "
+                f"`fit` to start it later. Received: {name}={phase_kwargs[name]!r}")
+    unknown = sorted(set(phase_kwargs) - _PHASE_ARGS - _POLICY_ARGS - _TOLERANCE_ARGS - _SPARSITY_ARGS)
+    if unknown:
+        raise TypeError(
+            f"shrink() got unexpected keyword arguments {unknown}. Valid: "
+            f"{sorted(_PHASE_ARGS | _POLICY_ARGS | _TOLERANCE_ARGS | _SPARSITY_ARGS)}")
     if sparsity is None and validation_data is None:
         raise ValueError(
             "shrink() in the tolerance mode needs `validation_data=(x_val, y_val)` (or a dataset) "
@@ -119,18 +143,21 @@ def shrink(
             "shrink() was given training data that repeats forever: pass `steps_per_epoch=` "
             "(training steps per epoch), as to `fit`; the shrink's budget is `epochs` of them."
         )
-    if phase_kwargs.get("guard") is not None and "reference_inputs" not in phase_kwargs:
+    guard = phase_kwargs.get("guard")
+    if guard is not None and getattr(guard, "inputs", None) is None:
         if data.read_once(x):
             raise ValueError(
                 "shrink() with a `guard` samples its reference inputs from `x`, "
                 "and `x` is an iterator that can be read only once (fit would then miss those "
-                "batches). Pass `reference_inputs=` (some training inputs as arrays), or `x` as "
+                "batches). Give the guard its own (`AgreementGuard(..., inputs=some_x)`), or pass `x` as "
                 f"arrays, a tf.data.Dataset or a keras.utils.PyDataset. Received: x={x!r}"
             )
-        phase_kwargs["reference_inputs"] = x
+        guard.inputs = x
+    if validation_steps is not None:
+        _validate.integer("validation_steps", validation_steps, minimum=1)
     phase = ShrinkPhase(
-        start_epoch=0, sparsity=sparsity, tolerance=tolerance, validation_data=validation_data,
-        validation_steps=validation_steps, verbose=verbose, **phase_kwargs)
+        start_epoch=0, verbose=verbose, validation_data=data.limit(validation_data, validation_steps),
+        **_phase_arguments(sparsity, tolerance, phase_kwargs))
     with phase:
         # The validation data go to `fit` too, for the logs (History,
         # TensorBoard).
@@ -141,3 +168,37 @@ def shrink(
             callbacks=[phase, *(callbacks or ())], verbose=verbose,
         )
     return phase.result
+
+
+def _phase_arguments(sparsity, tolerance, kwargs: dict) -> dict:
+    """`ShrinkPhase`'s arguments from `shrink()`'s: the policy's settings
+    build the policy, `weights` the granularity."""
+    phase = {name: kwargs[name] for name in _PHASE_ARGS - {"weights"} if name in kwargs}
+    if "weights" in kwargs:
+        phase["granularity"] = granularity_lib.get(phase.get("granularity", "weight"), kwargs["weights"])
+    settings = {name: kwargs[name] for name in _POLICY_ARGS if name in kwargs}
+    tolerance_settings = {name: kwargs[name] for name in _TOLERANCE_ARGS if name in kwargs}
+    sparsity_settings = {name: kwargs[name] for name in _SPARSITY_ARGS if name in kwargs}
+    if "policy" in phase:
+        given = sorted({*settings, *tolerance_settings, *sparsity_settings})
+        if given or sparsity is not None or tolerance is not None:
+            raise ValueError(
+                f"Give the policy's settings to the policy itself, not next to `policy=`. Received: "
+                f"{given + [n for n, v in (('sparsity', sparsity), ('tolerance', tolerance)) if v is not None]}")
+        return phase
+    if sparsity is not None:
+        if tolerance is not None:
+            raise ValueError(
+                "Give one of `sparsity` (a target) and `tolerance` (an accuracy limit), not both. "
+                f"Received: sparsity={sparsity!r}, tolerance={tolerance!r}")
+        if tolerance_settings:
+            raise ValueError(
+                f"{sorted(tolerance_settings)} configure the tolerance mode; the sparsity mode "
+                f"(sparsity={sparsity!r}) cuts to its target regardless.")
+        phase["policy"] = SparsityTarget(sparsity, **sparsity_settings, **settings)
+        return phase
+    if sparsity_settings:
+        raise ValueError(f"{sorted(sparsity_settings)} configure the sparsity mode: give `sparsity=` too.")
+    phase["policy"] = ToleranceClimb(0.01 if tolerance is None else tolerance, monitor=phase.pop("monitor", None),
+                                     **tolerance_settings, **settings)
+    return phase

@@ -39,7 +39,8 @@ def _is_arrays(data) -> bool:
 
 
 def is_infinite(data) -> bool:
-    """A tf.data dataset that repeats forever (its cardinality says so)."""
+    """A tf.data dataset that repeats forever (its cardinality says so),
+    read without a limit."""
     cardinality = getattr(data, "cardinality", None)
     if cardinality is None:
         return False
@@ -51,11 +52,31 @@ def is_infinite(data) -> bool:
         return False
 
 
+class Limited:
+    """The first `steps` batches of `data`: what `fit` reads of its
+    validation data with `validation_steps=`."""
+
+    def __init__(self, data, steps: int):
+        self.data, self.steps = data, steps
+
+    def __repr__(self) -> str:
+        return f"limit({self.data!r}, steps={self.steps})"
+
+
+def limit(data, steps: int | None):
+    """`data` read as `fit` reads it with `validation_steps=steps` (all of it
+    for None)."""
+    return data if steps is None or data is None else Limited(data, steps)
+
+
 def batches(data, steps: int | None = None):
     """The `(x, y, sample_weight)` NumPy batches of `data`, read as `fit`
     reads it: an `(x, y[, sample_weight])` tuple of arrays (one batch), or a
-    dataset, generator or `keras.utils.PyDataset` of such batches; at most
-    `steps` of them."""
+    dataset, generator or `keras.utils.PyDataset` of such batches (a
+    `Limited` one: its first `steps`); at most `steps` of them."""
+    if isinstance(data, Limited):
+        steps = data.steps if steps is None else min(steps, data.steps)
+        data = data.data
     if isinstance(data, (tuple, list)) and data and _is_arrays(data[0]):
         batch = _numpy(_split(tuple(data)))
         _check_lengths(batch)
@@ -105,6 +126,8 @@ def sample_inputs(x, samples: int, seed: int = 0):
 
 def read_once(data) -> bool:
     """An iterator or generator: reading it uses it up."""
+    if isinstance(data, Limited):
+        return read_once(data.data)
     if data is None or isinstance(data, (tuple, list, dict, keras.utils.PyDataset)):
         return False
     try:

@@ -5,11 +5,7 @@ from __future__ import annotations
 import keras
 
 from keras_regkit import _validate
-
-
-def _inner(optimizer):
-    # A LossScaleOptimizer (mixed precision) steps with its inner one's rate.
-    return getattr(optimizer, "inner_optimizer", optimizer)
+from keras_regkit._optimizer_slots import inner  # a LossScaleOptimizer steps with its inner one's rate
 
 
 class LearningRatePolicy:
@@ -19,24 +15,20 @@ class LearningRatePolicy:
         learning_rate: A float, `"auto"` or None (leave it). `"auto"` is 3x
             the current rate if the optimizer has trained, the current rate
             otherwise (see `ShrinkPhase`).
-        mode_name: `"sparsity"` or `"tolerance"`.
     """
 
-    def __init__(self, learning_rate, mode_name: str):
-        if not (learning_rate is None or learning_rate == "auto"):
-            learning_rate = _validate.real("learning_rate", learning_rate)
-        self.learning_rate = learning_rate
-        self.mode_name = mode_name
+    def __init__(self, learning_rate="auto"):
+        self.learning_rate = validated(learning_rate)
         self.user_rate = None  # the rate to put back, once set
 
     def current(self, model) -> float:
-        return float(keras.ops.convert_to_numpy(_inner(model.optimizer).learning_rate))
+        return float(keras.ops.convert_to_numpy(inner(model.optimizer).learning_rate))
 
     def apply(self, model) -> None:
         """Sets the shrink's rate, remembering the user's."""
         if self.learning_rate is None:
             return
-        optimizer = _inner(model.optimizer)
+        optimizer = inner(model.optimizer)
         current = self.current(model)
         try:
             optimizer.learning_rate = self._shrink_rate(optimizer, current)
@@ -60,25 +52,33 @@ class LearningRatePolicy:
         trained = int(keras.ops.convert_to_numpy(optimizer.iterations)) > 0
         return 3.0 * current if trained else current
 
-    def lower(self, model) -> bool:
-        """Back to the user's rate for the rest of the shrink, if the shrink
-        had raised it; whether it did."""
-        if self.user_rate is None or self.current(model) <= self.user_rate:
-            return False
-        _inner(model.optimizer).learning_rate = self.user_rate
-        return True
+    def raised(self, model) -> bool:
+        """Whether the shrink runs above the user's rate."""
+        return self.user_rate is not None and self.current(model) > self.user_rate
+
+    def lower(self, model) -> None:
+        """Back to the user's rate for the rest of the shrink."""
+        if self.raised(model):
+            inner(model.optimizer).learning_rate = self.user_rate
 
     def restore(self, model) -> None:
         """Puts the user's rate back (once)."""
         if self.user_rate is not None:
-            _inner(model.optimizer).learning_rate = self.user_rate
+            inner(model.optimizer).learning_rate = self.user_rate
             self.user_rate = None
 
     # -- resuming ----------------------------------------------------------
-    def state(self, model) -> dict:
+    def get_state(self, model) -> dict:
         return {"user_learning_rate": self.user_rate, "shrink_learning_rate": self.current(model)}
 
-    def resume(self, model, numbers: dict) -> None:
-        self.user_rate = numbers["user_learning_rate"]
+    def set_state(self, model, state: dict) -> None:
+        self.user_rate = state["user_learning_rate"]
         if self.user_rate is not None:
-            _inner(model.optimizer).learning_rate = numbers["shrink_learning_rate"]
+            inner(model.optimizer).learning_rate = state["shrink_learning_rate"]
+
+
+def validated(learning_rate):
+    """`learning_rate` as the shrink takes it: a float, `"auto"` or None."""
+    if learning_rate is None or (isinstance(learning_rate, str) and learning_rate == "auto"):
+        return learning_rate
+    return _validate.real("learning_rate", learning_rate)

@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 
 FOLDER = "keras_regkit_shrink"  # inside `backup_dir`
-FORMAT = 7  # 7: a level's second check, skipped levels (shrinking.climb)
+FORMAT = 8  # 8: one state per part (the callback, its trigger, policy, rate, check, result)
 
 
 class PhaseState:
@@ -40,17 +40,24 @@ class PhaseState:
         names = (re.fullmatch(r"state-(\d+)\.json", name) for name in os.listdir(self.directory))
         return sorted((int(m.group(1)) for m in names if m), reverse=True)
 
-    def save(self, epochs_done: int, numbers: dict, snapshots: dict[str, list]) -> None:
-        """Writes the state after `epochs_done` epochs: `numbers` (JSON-ready)
-        and `snapshots` (name -> list of arrays; a list given under two names
-        is stored once)."""
-        arrays, stored = {}, {}
-        for name, values in snapshots.items():
-            same = next((s for s, v in snapshots.items() if v is values and s in stored), None)
-            stored[name] = [same or name, len(values)]
-            if same is None:
-                arrays.update({f"{name}_{i}": np.asarray(v) for i, v in enumerate(values)})
-        state = {"format": FORMAT, "epochs_done": epochs_done, "snapshots": stored, **numbers}
+    def save(self, epochs_done: int, parts: dict[str, dict]) -> None:
+        """Writes the state after `epochs_done` epochs: each part's state (a
+        dict of JSON-ready values, NumPy arrays and lists of them; a list
+        found twice is stored once)."""
+        numbers, arrays, stored = {}, {}, {}
+        for part, state in parts.items():
+            numbers[part] = {}
+            for key, value in state.items():
+                if not _is_arrays(value):
+                    numbers[part][key] = value
+                    continue
+                name, values = f"{part}.{key}", value if isinstance(value, list) else [value]
+                same = next((n for n, v in stored.items() if v[2] is value), None)
+                stored[name] = (same or name, len(values), value, not isinstance(value, list))
+                if same is None:
+                    arrays.update({f"{name}_{i}": np.asarray(v) for i, v in enumerate(values)})
+        snapshots = {name: [source, count, single] for name, (source, count, _, single) in stored.items()}
+        state = {"format": FORMAT, "epochs_done": epochs_done, "snapshots": snapshots, "parts": numbers}
         os.makedirs(self.directory, exist_ok=True)
         stem = os.path.join(self.directory, f"state-{epochs_done}")
         _write_atomically(stem + ".npz", lambda f: np.savez(f, **arrays))
@@ -63,7 +70,7 @@ class PhaseState:
 
     def load(self, epoch: int):
         """The newest readable state saved at or before `epoch` (the epoch fit
-        goes on from), as `(numbers, snapshots, path)`, or None."""
+        goes on from), as `(epochs_done, parts, path)`, or None."""
         for done in self.saved():
             if done > epoch:
                 continue  # written after the backup fit resumed from
@@ -75,19 +82,27 @@ class PhaseState:
                     raise ValueError(f"unknown format {state.get('format')!r}")
                 with np.load(stem + ".npz", allow_pickle=False) as f:
                     arrays = dict(f)
-                snapshots = {
-                    name: [arrays[f"{source}_{i}"] for i in range(count)]
-                    for name, (source, count) in state["snapshots"].items()
-                }
+                parts = state["parts"]
+                for name, (source, count, single) in state["snapshots"].items():
+                    part, key = name.split(".", 1)
+                    values = [arrays[f"{source}_{i}"] for i in range(count)]
+                    parts[part][key] = values[0] if single else values
             except (OSError, ValueError, KeyError) as error:
                 warnings.warn(f"ShrinkPhase skips its unreadable state {stem}: {error}", stacklevel=3)
                 continue
-            return state, snapshots, stem + ".json"
+            return state["epochs_done"], parts, stem + ".json"
         return None
 
     def clear(self) -> None:
         """Training ended normally: as BackupAndRestore deletes its backup."""
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _is_arrays(value) -> bool:
+    """An array, or a non-empty list of them (a model's weights)."""
+    if isinstance(value, np.ndarray):
+        return True
+    return isinstance(value, list) and bool(value) and all(isinstance(v, np.ndarray) for v in value)
 
 
 def _write_atomically(path: str, write) -> None:

@@ -9,30 +9,24 @@ epochs without improvement. At the start the best weights come back, as
 from __future__ import annotations
 
 from keras_regkit import _validate
-from keras_regkit.shrinking import guards as guards_lib
+from keras_regkit.shrinking.evaluation import maximizes
 
 
 class StartTrigger:
-    """Decides, at each epoch's end, whether the shrink starts now.
+    """Decides, at each epoch's end, whether the shrink starts now: at
+    `start_epoch`, with the weights of the best `val_loss` so far when fit
+    logs one. `Plateau` starts it on a metric's plateau instead.
 
     Args:
-        start_epoch: Start at this epoch at the latest, or None.
-        patience: Start once `monitor` has not improved for this many
-            epochs, or None.
-        monitor: The log name to watch (`"val_loss"` if None).
-        mode: `"min"`, `"max"` or `"auto"`, as in `EarlyStopping`.
+        start_epoch: Start at this epoch (at the latest, with a plateau).
     """
 
-    def __init__(self, start_epoch: int | None, patience: int | None, monitor: str | None, mode: str = "auto"):
-        if start_epoch is None and patience is None:
-            raise ValueError(
-                "ShrinkPhase needs `start_epoch` or `patience` to know when to "
-                "begin. Received: start_epoch=None, patience=None"
-            )
+    patience: int | None = None
+    monitor = "val_loss"
+    mode = "auto"
+
+    def __init__(self, start_epoch: int | None):
         self.start_epoch = None if start_epoch is None else _validate.integer("start_epoch", start_epoch)
-        self.patience = None if patience is None else _validate.integer("patience", patience, minimum=1)
-        self.monitor = monitor or "val_loss"
-        self.mode = mode
         self.reset()
 
     def reset(self) -> None:
@@ -41,7 +35,7 @@ class StartTrigger:
     def _improved(self, value: float) -> bool:
         if self.best is None:
             return True
-        return value > self.best if guards_lib.maximizes(self.monitor, self.mode) else value < self.best
+        return value > self.best if maximizes(self.monitor, self.mode) else value < self.best
 
     def starts_after(self, model, epoch: int, logs: dict) -> bool:
         """Whether the shrink starts after `epoch`; if it does on a watched
@@ -66,10 +60,35 @@ class StartTrigger:
         return False
 
     # -- resuming ----------------------------------------------------------
-    def state(self) -> tuple[dict, dict]:
-        """Numbers and weight snapshots to save."""
-        return {"wait": self.wait, "best_value": self.best}, ({} if self.best_weights is None else {"best": self.best_weights})
+    def get_state(self) -> dict:
+        return {"wait": self.wait, "best_value": self.best, "best_weights": self.best_weights}
 
-    def restore(self, numbers: dict, snapshots: dict) -> None:
-        self.wait, self.best = numbers["wait"], numbers["best_value"]
-        self.best_weights = snapshots.get("best")
+    def set_state(self, state: dict) -> None:
+        self.wait, self.best, self.best_weights = state["wait"], state["best_value"], state["best_weights"]
+
+
+class Plateau(StartTrigger):
+    """Starts the shrink once `monitor` has not improved for `patience`
+    epochs, with the best weights restored (as
+    `EarlyStopping(restore_best_weights=True)` would), or at `start_epoch`
+    at the latest: `ShrinkPhase(start_epoch=Plateau(patience=3))`.
+
+    Args:
+        patience: Epochs without improvement before the shrink starts.
+        monitor: The log name to watch. Defaults to `"val_loss"`.
+        mode: `"min"`, `"max"` or `"auto"`, as in `EarlyStopping`.
+        start_epoch: Start at this epoch at the latest. Defaults to None.
+    """
+
+    def __init__(self, patience: int, monitor: str = "val_loss", mode: str = "auto", start_epoch: int | None = None):
+        super().__init__(start_epoch)
+        self.patience = _validate.integer("patience", patience, minimum=1)
+        if not isinstance(monitor, str):
+            raise TypeError(f"Invalid value for argument `monitor`: expected a log name (str). Received: monitor={monitor!r}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"Invalid value for argument `mode`: expected 'auto', 'min' or 'max'. Received: mode={mode!r}")
+        self.monitor, self.mode = monitor, mode
+
+    def __repr__(self) -> str:
+        return (f"Plateau(patience={self.patience}, monitor={self.monitor!r}, mode={self.mode!r}, "
+                f"start_epoch={self.start_epoch})")

@@ -1,0 +1,343 @@
+"""What a cut removes one by one: the granularities, as objects.
+
+`get("weight" | "unit" | "head" | "N:M")` parses the string once, at the
+call that received it; the object then answers every question the cut and
+the shrink ask of it: which weights it covers (`select`), how it ranks them
+(`rank`), what it zeroes (`zero`), what is already dead (`dead`), how far
+it can go (`ceiling`), and the shrink's first cut and tolerance levels.
+
+- `Weights`: entries, ranked globally over every covered weight;
+- `Units`: whole output units and filters (see `units`), and the heads of
+  any attention layer the selection meets;
+- `Heads`: attention heads only;
+- `NM(n, m)`: at most `n` non-zeros in every group of `m` inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence, Union
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_regkit import weights as weights_lib
+from keras_regkit.pruning import scores as scores_lib
+from keras_regkit.pruning import units as units_lib
+
+# The tolerance mode's candidate levels: the climb stops at each, the
+# validation check tests it, and the first that fails ends the climb at the
+# one before. Few, fixed looks: the labels pick among 7 states, not
+# hundreds (which would keep the ones that held there by chance). The
+# entries' levels start above their first cut (half the entries), which is
+# not checked on its own.
+ENTRY_LEVELS = (0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
+UNIT_LEVELS = (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+def values(ref: weights_lib.WeightRef) -> np.ndarray:
+    return np.asarray(ops.convert_to_numpy(ref.variable.value))
+
+
+def zero(ref: weights_lib.WeightRef, kept: np.ndarray) -> None:
+    """Zeroes the entries of `ref` where `kept` is False."""
+    value = ref.variable.value
+    ref.variable.assign(ops.where(kept, value, ops.zeros_like(value)))
+
+
+class Granularity:
+    """What a cut removes one by one.
+
+    Attributes:
+        name: As a string (`"weight"`, `"unit"`, `"head"`, `"2:4"`).
+        weights: The weight kinds it covers (`"kernel"` by default).
+        ceiling: The highest sparsity it can reach.
+        first_cut: The shrink's one-shot first cut.
+        levels: The tolerance mode's candidate levels.
+        top_level: The tolerance mode's default last level.
+    """
+
+    name: str
+    ceiling = 1.0
+    first_cut = 0.0
+    levels = ENTRY_LEVELS
+    top_level = 0.995
+
+    def __init__(self, weights: Union[str, Sequence[str]] = "kernel"):
+        self.weights = weights_lib.normalize_kinds(weights)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(weights={list(self.weights)!r})"
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and str(other) == str(self) and other.weights == self.weights
+
+    def __hash__(self) -> int:
+        return hash((type(self), str(self), self.weights))
+
+    def select(self, model: keras.Model, layers) -> list[weights_lib.WeightRef]:
+        """The weights a cut acts on."""
+        return weights_lib.select_weights(model, layers, self.weights)
+
+    def rank(self, refs: list, scores: list[np.ndarray]) -> list[np.ndarray]:
+        """One array of scores per cut item (entries of each weight, or
+        units of each group), what is already dead first (-1), what must
+        stay out of reach (+inf)."""
+        return [np.where(values(ref) == 0, -1.0, score).astype("float64") for ref, score in zip(refs, scores)]
+
+    def zero(self, refs: list, chosen: list[np.ndarray]) -> None:
+        """Zeroes what `chosen` (shaped as `rank`'s arrays) marks."""
+        for ref, removed in zip(refs, chosen):
+            if removed.any():
+                zero(ref, ~removed)
+
+    def dead(self, refs: list) -> list[np.ndarray]:
+        """Per cut item, whether it is dead (shaped as `rank`'s arrays)."""
+        return [values(ref) == 0 for ref in refs]
+
+    def count_dead(self, refs: list) -> tuple[int, int]:
+        """Dead items of `refs`, and how many there are."""
+        dead = self.dead(refs)
+        return sum(int(d.sum()) for d in dead), sum(d.size for d in dead)
+
+
+class Weights(Granularity):
+    """Entries, ranked together over every covered weight."""
+
+    name = "weight"
+    first_cut = 0.5  # half the entries did best on the benchmark's MLPs (0.8 and 0: 0.5-2 points worse)
+
+
+class NM(Granularity):
+    """At most `n` non-zeros in every group of `m` consecutive inputs of
+    each kernel: `1 - n/m` is its ceiling, reached from 0 through cuts that
+    keep every group's `n` best."""
+
+    def __init__(self, n: int, m: int, weights: Union[str, Sequence[str]] = "kernel"):
+        if not 1 <= n < m:
+            raise ValueError(
+                f"Invalid value for argument `granularity`: in 'N:M', N must be at least 1 and below M "
+                f"(keep N of every M). Received: granularity='{n}:{m}'")
+        super().__init__(weights)
+        self.n, self.m = n, m
+        self.name = f"{n}:{m}"
+        self.ceiling = self.top_level = 1.0 - n / m
+
+    def __repr__(self) -> str:
+        return f"NM({self.n}, {self.m}, weights={list(self.weights)!r})"
+
+    def select(self, model, layers):
+        refs = super().select(model, layers)
+        for ref in refs:
+            axis = units_lib.input_axis(ref.layer, ref.variable)
+            if axis is None:
+                raise ValueError(
+                    f"granularity={self.name!r} groups the inputs of a unit kernel (a Dense or Conv "
+                    f"'kernel', a DepthwiseConv 'depthwise_kernel', a SeparableConv 'pointwise_kernel'); "
+                    f"{ref.name!r} ({type(ref.layer).__name__} {ref.kind}) is not one. Select other layers or weights.")
+            if ref.variable.shape[axis] % self.m:
+                raise ValueError(
+                    f"granularity={self.name!r} needs the input axis of every kernel to split into groups "
+                    f"of {self.m}: {ref.name!r} has {ref.variable.shape[axis]} inputs (axis {axis} of shape "
+                    f"{tuple(ref.variable.shape)}). Leave it out with `layers=`, or choose an M that divides it.")
+        return refs
+
+    def groups(self, array: np.ndarray, axis: int) -> np.ndarray:
+        """`array` with the input axis last, split into groups of `m`:
+        shape (..., groups, m)."""
+        moved = np.moveaxis(array, axis, -1)
+        return moved.reshape(moved.shape[:-1] + (moved.shape[-1] // self.m, self.m))
+
+    def rank(self, refs, scores):
+        # The N best of every group out of reach: no group keeps fewer than N.
+        ranked = []
+        for ref, entries in zip(refs, super().rank(refs, scores)):
+            axis = units_lib.input_axis(ref.layer, ref.variable)
+            grouped = self.groups(entries, axis)
+            best = np.argsort(-grouped, axis=-1, kind="stable")[..., :self.n]
+            np.put_along_axis(grouped, best, np.inf, axis=-1)
+            ranked.append(np.moveaxis(grouped.reshape(grouped.shape[:-2] + (-1,)), -1, axis))
+        return ranked
+
+    def satisfied_by(self, array: np.ndarray, axis: int) -> bool:
+        """Whether `array` has at most N non-zeros in every group of M along
+        `axis`."""
+        if array.shape[axis] % self.m:
+            return False
+        return bool((np.count_nonzero(self.groups(array, axis), axis=-1) <= self.n).all())
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitGroup:
+    """The units of one layer, as the cut sees them: `parts` are `(index
+    into refs, axis)` of every selected weight with one slice per unit (a
+    unit kernel alone, units on its trailing axes: `axis` None; or an
+    attention layer's head parts, heads on `axis`); `deciding` is the index
+    of the weight whose zero slices make a unit dead."""
+
+    parts: tuple
+    deciding: int
+    heads: bool
+
+
+class Units(Granularity):
+    """Whole output units and filters, and the heads of every attention
+    layer the selection meets; never those of the layers that produce the
+    model's outputs."""
+
+    name = "unit"
+    levels = UNIT_LEVELS
+    top_level = 0.95
+
+    def select(self, model, layers):
+        refs = super().select(model, layers)
+        is_head_part = [units_lib.head_axis(ref.layer, ref.variable, ref.parent) is not None for ref in refs]
+        refs, is_head_part = self._heads_only(model, layers, refs, is_head_part)
+        without_units = sorted({ref.name for ref, part in zip(refs, is_head_part)
+                                if not part and not units_lib.is_unit_kernel(ref.layer, ref.variable)})
+        if without_units:
+            raise ValueError(
+                "granularity='unit' removes whole units, which only the unit kernels of "
+                f"{[cls.__name__ for cls in units_lib.UNIT_LAYERS]} have (a Dense or Conv "
+                "'kernel', a SeparableConv 'pointwise_kernel', a DepthwiseConv "
+                "'depthwise_kernel'), and whole attention heads (the query, key, value and output "
+                "kernels of a MultiHeadAttention, and the query, key and value biases). "
+                f"Received: weights={list(self.weights)!r}, which selects {without_units}")
+        # The output projection decides whether a head is dead: a selection
+        # that cuts the query of a head but leaves its output would kill nothing.
+        attention = {id(ref.parent): ref.parent for ref, part in zip(refs, is_head_part) if part}
+        selected = {id(ref.variable) for ref in refs}
+        partial = sorted(layer.name for layer in attention.values()
+                         if id(units_lib.head_kernel(layer)) not in selected)
+        if partial:
+            raise ValueError(
+                f"Cutting whole heads of attention layers {partial} needs their output projection's kernel "
+                "selected too (a head is dead when its slice of it is zero). Select the attention layer "
+                f"as a whole (its name or class) with weights='kernel'. Received: layers={layers!r}")
+        if all(is_head_part):
+            return refs  # heads never change a layer's output width
+        outputs = units_lib.output_layers(model)
+        if outputs is None:
+            raise ValueError(
+                f"granularity='unit' must leave the layers that produce the outputs whole, and "
+                f"subclassed model '{model.name}' does not say which they are. Use a Functional or "
+                "Sequential model.")
+        refs = [ref for ref in refs if all(ref.layer is not out for out in outputs)]
+        if not refs:
+            raise ValueError(
+                f"granularity='unit': the selected layers all produce model outputs "
+                f"({[layer.name for layer in outputs]}), whose units cannot be removed. Select hidden layers.")
+        return refs
+
+    def _heads_only(self, model, layers, refs, is_head_part):
+        return refs, is_head_part
+
+    def unit_groups(self, refs: list) -> list[UnitGroup]:
+        groups, by_attention = [], {}
+        for i, ref in enumerate(refs):
+            axis = units_lib.head_axis(ref.layer, ref.variable, ref.parent)
+            if axis is None:
+                groups.append(UnitGroup(((i, None),), i, False))
+                continue
+            parts, deciding = by_attention.setdefault(id(ref.parent), ([], []))
+            parts.append((i, axis))
+            if ref.variable is units_lib.head_kernel(ref.parent):
+                deciding.append(i)
+        for parts, deciding in by_attention.values():
+            groups.append(UnitGroup(tuple(parts), deciding[0], True))
+        return groups
+
+    @staticmethod
+    def _columns(array: np.ndarray, ref, axis) -> np.ndarray:
+        """`array` (a part's shape) with one column per unit."""
+        if axis is None:
+            return units_lib.per_unit(array, units_lib.unit_axes(ref.layer))
+        return units_lib.per_head(array, axis)
+
+    def _dead_units(self, group: UnitGroup, refs) -> np.ndarray:
+        i = group.deciding
+        return (self._columns(values(refs[i]), refs[i], dict(group.parts)[i]) == 0).all(axis=0)
+
+    def rank(self, refs, scores):
+        """One score per unit (see `scores.unit_scores`), what is already
+        dead first and, for heads, the layer's best head out of reach: no
+        attention layer is cut to zero heads (compact could not bypass it
+        exactly: its output bias and the residual around it stay)."""
+        ranked = []
+        for group in self.unit_groups(refs):
+            score = scores_lib.unit_scores([self._columns(scores[i], refs[i], axis) for i, axis in group.parts])
+            units = np.where(self._dead_units(group, refs), -1.0, score).astype("float64")
+            if group.heads:
+                units[np.argmax(units)] = np.inf
+            ranked.append(units)
+        return ranked
+
+    def zero(self, refs, chosen):
+        for group, removed in zip(self.unit_groups(refs), chosen):
+            if not removed.any():
+                continue
+            for i, axis in group.parts:
+                shape = tuple(refs[i].variable.shape)
+                if axis is None:
+                    rows = int(np.prod(shape[:-units_lib.unit_axes(refs[i].layer)]))
+                    zero(refs[i], np.broadcast_to(~removed, (rows, removed.size)).reshape(shape))
+                else:
+                    along = [1] * len(shape)
+                    along[axis] = removed.size
+                    zero(refs[i], np.broadcast_to((~removed).reshape(along), shape))
+
+    def dead(self, refs):
+        return [self._dead_units(group, refs) for group in self.unit_groups(refs)]
+
+
+class Heads(Units):
+    """Attention heads only (see `Units`)."""
+
+    name = "head"
+
+    def _heads_only(self, model, layers, refs, is_head_part):
+        refs = [ref for ref, part in zip(refs, is_head_part) if part]
+        if not refs:
+            raise ValueError(
+                "granularity='head' removes whole attention heads, and the selection has no attention "
+                f"layer ({[cls.__name__ for cls in units_lib.HEAD_LAYERS]}, as inside KerasHub's "
+                "TransformerEncoder/TransformerDecoder) with a query, key, value or output kernel. Received: "
+                f"layers={layers!r}, weights={list(self.weights)!r} on model '{model.name}'. Use "
+                "granularity='unit' for Dense and Conv units.")
+        return refs, [True] * len(refs)
+
+
+_NAMED = {"weight": Weights, "unit": Units, "head": Heads}
+
+
+def get(granularity, weights: Union[str, Sequence[str]] = "kernel") -> Granularity:
+    """A `Granularity` from its string (`"weight"`, `"unit"`, `"head"` or
+    `"N:M"`, e.g. `"2:4"`) covering the weight kinds `weights`, or the
+    object itself."""
+    if isinstance(granularity, Granularity):
+        return granularity
+    if isinstance(granularity, str) and granularity in _NAMED:
+        return _NAMED[granularity](weights)
+    parts = granularity.split(":") if isinstance(granularity, str) else []
+    if len(parts) == 2 and all(p.isdigit() for p in parts):
+        return NM(int(parts[0]), int(parts[1]), weights)
+    raise ValueError(
+        "Invalid value for argument `granularity`: expected 'weight', 'unit', 'head' or 'N:M' (e.g. '2:4'), "
+        f"or a keras_regkit.pruning.Granularity. Received: granularity={granularity!r}")
+
+
+def pattern(spec) -> NM:
+    """The N:M pattern `spec` names (`"2:4"`), as the `pattern=` argument of
+    the sparsity report and monitor takes it."""
+    parsed = None
+    try:
+        parsed = get(spec)
+    except ValueError:
+        pass
+    if not isinstance(parsed, NM):
+        raise ValueError(f"Invalid value for argument `pattern`: expected 'N:M' (e.g. '2:4'). Received: pattern={spec!r}")
+    return parsed

@@ -1,0 +1,439 @@
+"""`ShrinkPhase`: the callback that runs a shrink policy inside `fit`."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import keras
+import numpy as np
+
+from keras_regkit import _validate, stats
+from keras_regkit import weights as weights_lib
+from keras_regkit.pruning import cut as cut_lib
+from keras_regkit.pruning import granularity as granularity_lib
+from keras_regkit.pruning import hold as hold_lib
+from keras_regkit.pruning import units as units_lib
+from keras_regkit.shrinking import data as data_lib
+from keras_regkit.shrinking import decisions
+from keras_regkit.shrinking.guards import ValidationCheck
+from keras_regkit.shrinking.learning_rate import LearningRatePolicy
+from keras_regkit.shrinking.policies import ShrinkPolicy, SparsityTarget, ToleranceClimb
+from keras_regkit.shrinking.result import ShrinkResult
+from keras_regkit.shrinking.snapshots import Snapshot
+from keras_regkit.shrinking.state import PhaseState
+from keras_regkit.shrinking.trigger import StartTrigger
+
+_ACTIVE = ("ramping", "holding")
+_RESULT_FIELDS = ("baseline", "monitor", "started_at_epoch", "cuts", "rollbacks", "stopped_at", "threshold", "levels")
+
+
+class ShrinkPhase(keras.callbacks.Callback):
+    """Makes a trained model sparse inside `fit`: gradual pruning to exact
+    zeros, to a sparsity you choose or as far as an accuracy tolerance allows.
+
+    At `start_epoch` (or on a `Plateau` of a metric, with the best weights
+    restored) the shrink sets its learning rate, makes a first cut and then
+    asks its `policy` every `cut_every` training steps where to go: cut
+    further, wait, check the model on `validation_data`, hold, or go back to
+    the last good state. Cuts rank every covered weight together by `score`
+    (`|w| · v^(1/4)`, with `v` the optimizer's second moment) and zero the
+    lowest; Keras constraints hold the zeros after every optimizer step.
+    At the end the zeros are released (the saved model carries no
+    constraint of ours) and the learning rate is put back.
+
+    - **`sparsity=0.98`** (`SparsityTarget`): ends with exactly that
+      fraction of exact zeros, along a cubic ramp reached at 80 % of the
+      budget.
+    - **`tolerance=0.01`** (`ToleranceClimb`, the default): climbs fixed
+      levels (80 ... 99.5 % of entries) while the validation metric stays
+      within `tolerance` of the start (top-1 accuracy, or `monitor`), and
+      ends at the last level that held (see `keras_regkit.shrinking.climb`).
+    - **`policy=`**: either of those with expert settings
+      (`ToleranceClimb(0.01, levels=..., guard=...)`), or your own
+      `ShrinkPolicy`.
+
+    The shrink never leaves the model worse than where it can go back to: a
+    non-finite loss rolls back to the last good state, and `fit` ended by an
+    exception ends at the last good weights when the phase is used as a
+    context manager (as `keras_regkit.shrink` does):
+
+    ```python
+    with ShrinkPhase(start_epoch=20, sparsity=0.95) as phase:
+        model.fit(x, y, epochs=30, callbacks=[phase])
+    print(phase.result)
+    ```
+
+    Under JAX the compiled train step holds the zeros' masks as constants,
+    so it is rebuilt after each cut (raise `cut_every` to cut less often).
+    With `backup_dir` (BackupAndRestore's own is fine) the phase saves its
+    state every epoch, and a `fit` interrupted and run again with
+    `keras.callbacks.BackupAndRestore(backup_dir)` ends as if never stopped.
+
+    Args:
+        start_epoch: The epoch the shrink starts at, or a `Plateau`.
+        sparsity: Target fraction of exact zeros: `SparsityTarget(sparsity)`.
+        tolerance: How much worse the checked metric may get:
+            `ToleranceClimb(tolerance, monitor=monitor)`. 0.01 when neither
+            this, `sparsity` nor `policy` is given.
+        policy: A `ShrinkPolicy`, instead of `sparsity` or `tolerance`.
+        validation_data: `(x, y)` or `(x, y, sample_weight)` arrays, a
+            dataset or a `keras.utils.PyDataset`, the same samples in the
+            same order at each reading (not an iterator; a dataset that
+            repeats forever `.take(n)`): the checks (required by the
+            tolerance mode), and `result.baseline` and `result.final`.
+        monitor: The checked metric, by its validation log name
+            (`"val_mae"`); top-1 accuracy when None.
+        granularity: `"weight"`, `"unit"` (whole units and filters, and the
+            heads of any attention layer selected), `"head"`, `"N:M"` (e.g.
+            `"2:4"`), or a `keras_regkit.pruning.Granularity` (which also
+            says the weight kinds covered: `Weights(["kernel", "bias"])`).
+        layers: Layer selector, as in `apply_regularizers`. Defaults to all.
+        backup_dir: Optional directory for the phase's state (see above).
+        verbose: 1 prints each decision and the result.
+
+    Raises:
+        ValueError, TypeError: For bad arguments, at construction.
+
+    References:
+        Zhu & Gupta, "To prune, or not to prune", 2017 (gradual pruning);
+        LeCun et al., "Optimal Brain Damage", NeurIPS 1989 (the score).
+    """
+
+    def __init__(self, start_epoch=None, sparsity: float | None = None, tolerance: float | None = None,
+                 policy: ShrinkPolicy | None = None, validation_data=None, monitor: str | None = None,
+                 granularity="weight", layers="*", backup_dir=None, verbose: int = 0):
+        super().__init__()
+        if start_epoch is None:
+            raise ValueError("ShrinkPhase needs `start_epoch`: an epoch, or a `Plateau` to start on a "
+                             "metric's plateau. Received: start_epoch=None")
+        self.trigger = start_epoch if isinstance(start_epoch, StartTrigger) else StartTrigger(start_epoch)
+        self.start_epoch = self.trigger.start_epoch
+        self.granularity = granularity_lib.get(granularity)
+        self.policy = _policy(sparsity, tolerance, policy, monitor)
+        self.policy.bind(self.granularity)
+        # The checks' verdicts, or what `result.baseline` and `final` report.
+        self.check = self.policy.check or ValidationCheck(0.0, monitor)
+        self.validation_data = _check_rereadable(validation_data, "validation_data")
+        if data_lib.is_infinite(validation_data):
+            raise ValueError(
+                "Invalid value for argument `validation_data`: this dataset repeats forever, and the "
+                "shrink reads its validation data to the end. Pass `validation_data.take(n)` (or "
+                "`validation_steps=` to `keras_regkit.shrink`).")
+        if self.policy.check is not None and validation_data is None:
+            raise ValueError(
+                "The tolerance mode needs `validation_data=` (arrays or a dataset with targets): each level "
+                "it reaches is checked there against the starting model. Or give `sparsity=` instead.")
+        weights_lib.check_selector(layers)
+        self.layers = layers
+        if backup_dir is not None and (not isinstance(backup_dir, (str, os.PathLike)) or not os.fspath(backup_dir)):
+            raise TypeError(
+                "Invalid value for argument `backup_dir`: expected a non-empty directory path (str or "
+                "os.PathLike), e.g. the `backup_dir` of your `keras.callbacks.BackupAndRestore`. "
+                f"Received: backup_dir={backup_dir!r}")
+        self.backup_dir = backup_dir
+        self._state = None if backup_dir is None else PhaseState(backup_dir)
+        self.verbose = _validate.integer("verbose", verbose)
+        self.rate = LearningRatePolicy(self.policy.learning_rate)
+        self._phase = "waiting"
+        self.result = self._new_result()
+
+    def _new_result(self) -> ShrinkResult:
+        return ShrinkResult(self.policy.name, target=self.policy.target, tolerance=getattr(self.policy, "tolerance", None),
+                            granularity=str(self.granularity), score=self.policy.score.name)
+
+    # -- fit hooks --------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        if self._phase in _ACTIVE:
+            self.abort()  # the last fit ended by an exception outside `with`
+        self.result, self._phase = self._new_result(), "waiting"
+        self.trigger.reset()
+        # Restored at the first epoch, once BackupAndRestore (wherever it is
+        # in the list) has loaded its backup and set the epoch to go on from.
+        self._pending_resume = bool(self._state and self._state.saved())
+        epochs = self.params.get("epochs")
+        if self.start_epoch is not None and epochs is not None and self.start_epoch >= epochs:
+            warnings.warn(f"ShrinkPhase(start_epoch={self.start_epoch}) will not start: this fit runs epochs "
+                          f"0-{epochs - 1}. Give fit more epochs, or a smaller start_epoch.", stacklevel=2)
+        if self.start_epoch == 0 and not self._pending_resume:
+            self._start(0)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._pending_resume:
+            self._pending_resume = False
+            if not self._resume(epoch) and self.start_epoch == 0:
+                self._start(0)
+        self._epoch_steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._phase not in _ACTIVE:
+            return
+        self._step += 1
+        self._epoch_steps += 1
+        if self._phase == "ramping" and self._step % self.policy.cut_every == 0:
+            self.model  # noqa: B018 - under JAX, reading it syncs the weights mid-epoch
+            self._decide()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self._phase == "waiting":
+            if self.trigger.starts_after(self.model, epoch, logs):
+                self._start(epoch + 1)
+        elif self._phase in _ACTIVE:
+            if self._total_steps is None:  # fit did not know the epoch's length
+                epochs_left = self.params.get("epochs", epoch + 1) - self.result.started_at_epoch
+                self._total_steps = self._epoch_steps * epochs_left
+            # The snapshot, when taken, is a good state, and its host copy of
+            # the weights serves the finiteness check too.
+            current = self._snapshot() if self.policy.trusts_epoch_ends else None
+            weights = current.weights if current else self.model.get_weights()
+            loss = logs.get("loss")
+            if (loss is not None and not math.isfinite(float(loss))) or not all(np.isfinite(w).all() for w in weights):
+                self._rollback(f"Epoch {epoch + 1}: non-finite loss or weights")
+            elif current:
+                self._good = current
+        if self._state is not None:
+            self._save_state(epoch + 1)
+
+    def on_train_end(self, logs=None):
+        if self._pending_resume:  # resumed after its last epoch: interrupted while finishing
+            self._pending_resume = False
+            self._resume(self.params.get("epochs", 0))
+        if self._phase in _ACTIVE:
+            self._finish()
+        if self._state is not None:
+            self._state.clear()
+
+    # -- context manager: end at good weights on any exception -------------
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is not None and self._phase in _ACTIVE:
+            self.abort()
+        return False
+
+    def abort(self) -> None:
+        """Ends the phase now at its last good weights: the held zeros are
+        released and the learning rate restored."""
+        self.model.set_weights(self._good.weights)
+        hold_lib.release_zeros(self.model)
+        self.rate.restore(self.model)
+        self.result.outcome = "interrupted"
+        self._conclude()
+        self._say("shrink interrupted: back at its last good weights.")
+
+    # -- the shrink ---------------------------------------------------------
+    def _begin(self, epoch: int) -> None:
+        """What starting and resuming share: what is covered, the budget,
+        the guard's reference (from the current, starting, weights)."""
+        self._refs = self.granularity.select(self.model, self.layers)
+        steps, epochs = self.params.get("steps"), self.params.get("epochs", epoch + 1)
+        self._total_steps = steps * max(epochs - epoch, 1) if steps else None
+        self._start_weights = self.model.get_weights()
+        self.policy.begin()
+        if self.check.guard is not None:
+            self.check.guard.start(self.model)
+        self.result.started_at_epoch = epoch
+
+    def _start(self, epoch: int) -> None:
+        # Everything that reads the user's data comes first: an error there
+        # leaves the model and its optimizer as they were.
+        if self.validation_data is not None:
+            self.result.baseline = self.check.start(self.model, self.validation_data,
+                                                    report_only=self.policy.check is None)
+            self.result.monitor = self.check.name
+        self._begin(epoch)
+        self.rate.apply(self.model)
+        self._step = self._epoch_steps = 0
+        self._phase = "ramping"
+        self._good = self._snapshot()  # the state to go back to
+        self._say(f"Epoch {epoch + 1}: shrink starts ({self.policy.name} mode).")
+        self._decide()
+
+    def _observe(self, final: bool = False) -> decisions.Observation:
+        self._counts = self.granularity.count_dead(self._refs)
+        zeros, total = self._counts
+        return decisions.Observation(
+            step=self._step, total_steps=self._total_steps or max(self._step, 1),  # unknown in a first epoch
+            progress=min(self._step / self._total_steps, 1.0) if self._total_steps else 0.0,
+            sparsity=zeros / total if total else 0.0, good_sparsity=self._good.sparsity,
+            rate_raised=self.rate.raised(self.model), final=final,
+            drift=self.check.drift(self.model) if self.policy.needs_drift() and not final else None)
+
+    def _decide(self, final: bool = False) -> None:
+        """Asks the policy, runs the checks it asks for, and acts."""
+        seen = self._observe(final)
+        action = self.policy.decide(seen)
+        while action.kind == decisions.CHECK:
+            verdict = self.check.verdict(self.model)
+            level = action.sparsity
+            if level is not None:  # a level's check; else the model as it is, at the end
+                self.result.levels.append((level, verdict.value, verdict.held))
+                if verdict.held:
+                    self._good = self._snapshot()
+            self._say(f"Step {self._step}: {'' if level is None else f'{level:.2%} zeros, '}{self.check.name} "
+                      f"{verdict.value:.4g} ({'holds' if verdict.held else 'fails'})")
+            seen = self._observe(final)
+            action = self.policy.checked(seen, verdict)
+        self._act(action, seen)
+
+    def _act(self, action: decisions.Action, seen: decisions.Observation) -> None:
+        if action.kind == decisions.RISE:
+            self._cut_to(action.sparsity)
+            if action.last:
+                self._phase = "holding"  # the rest trains with these zeros
+        elif action.kind == decisions.HOLD:
+            self._phase = "holding"  # the rest fine-tunes these zeros
+        elif action.kind == decisions.WAIT:
+            if action.reason:
+                self._say(f"Step {self._step}: {action.reason}.")
+        else:  # back to the last good state
+            if action.stopped:
+                self.result.stopped_at = seen.progress
+            self._rollback(f"Step {self._step}: {action.reason}")
+            if action.kind == decisions.RESTART:
+                self.rate.lower(self.model)
+                self._say(f"Step {self._step}: climbing again at the learning rate the model had.")
+            else:
+                self._phase = "holding"
+            if action.kind == decisions.STOP:
+                self.model.stop_training = True  # nothing to fine-tune: fit ends here
+
+    def _cut_to(self, sparsity: float) -> None:
+        zeros, total = self._counts  # as observed: no cut since
+        if zeros >= min(total, int(round(sparsity * total))):
+            return
+        scores = self.policy.score.scores(self._refs, self.model.optimizer)
+        cut = cut_lib.cut(self._refs, scores, self.granularity, sparsity=sparsity)
+        hold_lib.hold_zeros(self.model, [ref.variable for ref in self._refs])
+        self.result.cuts += 1
+        if cut.threshold is not None:
+            self.result.threshold = max(cut.threshold, self.result.threshold or 0.0)
+
+    def _snapshot(self) -> Snapshot:
+        zeros, total = self.granularity.count_dead(self._refs)
+        return Snapshot.take(self.model, self._step, zeros / total if total else 0.0)
+
+    def _rollback(self, why: str) -> None:
+        """Back to the last good state: its weights, zeros and optimizer slots."""
+        self._good.restore(self.model, [ref.variable for ref in self._refs])
+        self.policy.rolled_back()
+        self.result.rollbacks += 1
+        self._say(f"{why}: back to step {self._good.step}.")
+
+    def _finish(self) -> None:
+        self._decide(final=True)
+        checked = self.policy.check is not None
+        if checked and self._good.sparsity == 0:
+            self.model.set_weights(self._start_weights)
+            self.result.outcome, self.result.threshold = "baseline", None
+        else:
+            self.result.outcome = "stopped by the check" if self.result.stopped_at is not None else "pruned"
+        hold_lib.release_zeros(self.model)
+        self.rate.restore(self.model)
+        self._conclude()
+
+    def _conclude(self) -> None:
+        result = self.result
+        result.steps = self._step
+        if self.validation_data is not None and self.check.data is not None:
+            result.final = self.check.measure(self.model)[0]
+        if self.check.guard is not None:
+            result.disagreement = self.check.guard.disagreement(self.model)
+        result.layers = stats.WeightStats(self.model, self.granularity.weights).compute()
+        zeros, total = granularity_lib.Weights().count_dead(self._refs)
+        result.sparsity = zeros / total if total else 0.0
+        result.dead_units = units_lib.dead_units(self.model)
+        if isinstance(self.granularity, granularity_lib.Units):
+            dead, units = self.granularity.count_dead(self._refs)
+            result.unit_sparsity = result.sparsity = dead / units if units else 0.0
+        self._phase = "done"
+        if self.verbose:
+            print(result)
+
+    def _say(self, message):
+        if self.verbose:
+            print(message)
+
+    # -- resuming with BackupAndRestore ------------------------------------
+    def _save_state(self, epochs_done: int) -> None:
+        parts = {"phase": {"phase": self._phase, "shapes": [list(v.shape) for v in self.model.weights]},
+                 "trigger": self.trigger.get_state() if self._phase == "waiting" else {}}
+        if self._phase in _ACTIVE:
+            parts["phase"].update(step=self._step, total_steps=self._total_steps, good_step=self._good.step,
+                                  good_sparsity=self._good.sparsity, start=self._start_weights,
+                                  current=self.model.get_weights(), good=self._good.weights,
+                                  good_slots=self._good.slots)
+            parts.update(policy=self.policy.get_state(), rate=self.rate.get_state(self.model),
+                         check=self.check.get_state(),
+                         result={name: getattr(self.result, name) for name in _RESULT_FIELDS})
+        self._state.save(epochs_done, parts)
+
+    def _resume(self, epoch: int) -> bool:
+        loaded = self._state.load(epoch)
+        if loaded is None:
+            return False
+        epochs_done, parts, path = loaded
+        saved, shapes = parts["phase"], [list(v.shape) for v in self.model.weights]
+        if saved["shapes"] != shapes:
+            raise ValueError(
+                f"ShrinkPhase cannot resume from {path}: it was written for a model with weights of "
+                f"shapes {saved['shapes']}, and this model's are {shapes}. Delete the backup, or pass "
+                "the `backup_dir` of this model's own training.")
+        if epochs_done < epoch:
+            warnings.warn(
+                f"ShrinkPhase resumes at epoch {epoch + 1} from its state after epoch {epochs_done}: list "
+                "ShrinkPhase before BackupAndRestore in `callbacks` so that both save the same epoch.",
+                stacklevel=2)
+        if parts["trigger"]:
+            self.trigger.set_state(parts["trigger"])
+        if saved["phase"] in _ACTIVE:
+            self.model.set_weights(saved["start"])
+            self._begin(parts["result"]["started_at_epoch"])
+            for name in _RESULT_FIELDS:
+                setattr(self.result, name, parts["result"][name])
+            self.result.levels = [tuple(check) for check in self.result.levels]
+            self._step, self._total_steps, self._epoch_steps = saved["step"], saved["total_steps"], 0
+            self.policy.set_state(parts["policy"])
+            self.rate.set_state(self.model, parts["rate"])
+            self._good = Snapshot(saved["good"], saved["good_slots"], saved["good_step"], saved["good_sparsity"])
+            self.check.set_state(parts["check"], self.validation_data)
+            self.model.set_weights(saved["current"])
+            hold_lib.hold_zeros(self.model, [ref.variable for ref in self._refs])
+        self._phase = saved["phase"]
+        self._say(f"ShrinkPhase resumed from {path} ({saved['phase']}).")
+        return True
+
+
+def _policy(sparsity, tolerance, policy, monitor) -> ShrinkPolicy:
+    """The policy that `sparsity`, `tolerance` or `policy` asks for."""
+    given = {name: value for name, value in
+             (("sparsity", sparsity), ("tolerance", tolerance), ("policy", policy)) if value is not None}
+    if len(given) > 1:
+        raise ValueError(
+            "Give one of `sparsity` (a target), `tolerance` (an accuracy limit) and `policy`, not "
+            f"several. Received: {', '.join(f'{k}={v!r}' for k, v in given.items())}")
+    if policy is None:
+        return SparsityTarget(sparsity) if sparsity is not None else ToleranceClimb(
+            0.01 if tolerance is None else tolerance, monitor=monitor)
+    if not isinstance(policy, ShrinkPolicy):
+        raise TypeError("Invalid value for argument `policy`: expected a keras_regkit.shrinking.ShrinkPolicy "
+                        f"(SparsityTarget, ToleranceClimb or your own). Received: policy={policy!r}")
+    if monitor is not None and policy.check is not None and policy.check.monitor != monitor:
+        raise ValueError(
+            f"Give `monitor` to the policy that checks it: {type(policy).__name__}(..., monitor={monitor!r}). "
+            f"Received: monitor={monitor!r} and a policy checking {policy.check.name!r}")
+    return policy
+
+
+def _check_rereadable(data, name: str):
+    """Refuses data that one reading would use up (the shrink reads its
+    validation data at the start and at the end)."""
+    if data_lib.read_once(data):
+        raise ValueError(
+            f"Invalid value for argument `{name}`: an iterator or generator can be read only once, and "
+            "the shrink would use it up (it reads its validation data at the start and at the end). "
+            f"Pass arrays, a tf.data.Dataset or a keras.utils.PyDataset. Received: {name}={data!r}")
+    return data
