@@ -93,7 +93,7 @@ def train_for_comparison(strategy):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 6)).astype("float32")
     y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype("int32")
-    phase = rk.callbacks.ShrinkPhase(start_epoch=1, sparsity=0.75, score="magnitude", cut_every=2,
+    phase = rk.callbacks.ShrinkPhase(start_epoch=1, policy=rk.shrinking.SparsityTarget(0.75, score="magnitude", cut_every=2),
                                      validation_data=(x, y))
     history = model.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False, validation_data=(x, y), callbacks=[
         rk.callbacks.RegularizationScheduler(), PruneOnce(), rk.callbacks.SparsityMonitor(per_layer=False), phase])

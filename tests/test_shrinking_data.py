@@ -9,7 +9,7 @@ import pytest
 
 import keras_regkit as rk
 from keras_regkit.callbacks import ShrinkPhase
-from keras_regkit.shrinking import AgreementGuard, data
+from keras_regkit.shrinking import AgreementGuard, Plateau, SparsityTarget, data
 
 tf = pytest.importorskip("tensorflow", reason="tf.data is how most users feed fit; installed with the package")
 
@@ -116,8 +116,8 @@ def test_patience_waits_on_a_multi_output_metric_by_its_fit_name():
     x, y = two_output_data()
     xv, yv = two_output_data(seed=1)
     model.compile(keras.optimizers.SGD(0.0), model.loss, metrics={"kind": ["accuracy"]})
-    phase = ShrinkPhase(patience=2, monitor="val_kind_accuracy", sparsity=0.5, learning_rate=None,
-                        score="magnitude")
+    phase = ShrinkPhase(start_epoch=Plateau(patience=2, monitor="val_kind_accuracy"),
+                        policy=SparsityTarget(0.5, learning_rate=None, score="magnitude"))
     model.fit(x, y, validation_data=(xv, yv), epochs=5, batch_size=64, verbose=0, callbacks=[phase])
     # A learning rate of 0: no gain after the first epoch, so it starts after the third.
     assert phase.result.started_at_epoch == 3
@@ -207,7 +207,7 @@ def test_data_that_can_be_read_only_once_is_refused_not_used_up():
     with pytest.raises(ValueError, match="validation_data.*read only once"):
         rk.shrink(model, [a, b], y, sparsity=0.5, validation_data=batches())
     validation = batches()
-    with pytest.raises(ValueError, match="reference_inputs"):
+    with pytest.raises(ValueError, match="reference inputs from `x`.*read only once"):
         rk.shrink(model, batches(), validation_data=validation, tolerance=0.01, guard=rk.shrinking.AgreementGuard(0.1))
     assert next(validation)[1].shape == (32,)  # untouched by the refused call
     # The sparsity mode reads the training data only through fit.

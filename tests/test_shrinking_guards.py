@@ -48,7 +48,7 @@ def test_validation_check_compares_each_class_output_with_its_start_sample_by_sa
     assert check.measure(model) == pytest.approx((accuracy, worse))
     assert check.holds(model) == (worse <= 0.02)
     strict = guards.ValidationCheck(tolerance=0.02, slack=0.0)
-    strict.start_hits, strict.data, strict.steps = check.start_hits, check.data, None
+    strict.start_hits, strict.data = check.start_hits, check.data
     assert strict.measure(model)[1] == pytest.approx(1.0 - accuracy)
     kernel.assign(keras.ops.full((3, 4), float("nan")))
     assert not check.holds(model)  # NaN predictions are never right

@@ -20,7 +20,7 @@ import pytest
 
 import keras_regkit as rk
 from keras_regkit.callbacks import RegularizationScheduler, ShrinkPhase
-from keras_regkit.shrinking.climb import Climb
+from keras_regkit.shrinking import SparsityTarget, ToleranceClimb
 
 from conftest import Interrupt, resumed
 
@@ -77,8 +77,8 @@ def shrink_fit(backup, extra=(), backup_first=False, between=(), before=(), made
                   metrics=["accuracy"])
     x, y = classification_data(256, 0)
     xv, yv = classification_data(128, 1)
-    phase = ShrinkPhase(start_epoch=2, tolerance=0.02, cut_every=4, max_sparsity=0.999, levels=(0.5, 0.9), backup_dir=backup,
-                        validation_data=(xv, yv))
+    phase = ShrinkPhase(start_epoch=2, policy=ToleranceClimb(0.02, cut_every=4, max_sparsity=0.999, levels=(0.5, 0.9)),
+                        backup_dir=backup, validation_data=(xv, yv))
     first, second = phase, keras.callbacks.BackupAndRestore(backup)
     if backup_first:
         first, second = second, first
@@ -201,23 +201,6 @@ def test_a_level_waiting_for_its_check_resumes_waiting(tmp_path, epoch):
     assert [(level, held) for level, _, held in got["result"]["levels"]] == [(0.5, True), (0.999, False), (0.999, False)]
 
 
-def test_a_climb_resumed_mid_rise_keeps_its_target_and_second_check():
-    # What the climb saves is all it needs: a rise that skips a level, and
-    # a level on its way to its second check, come back as they were.
-    climb = Climb((0.5, 0.8, 0.9, 0.95), initial=0.5)
-    climb.reach(0.5, step=10)
-    climb.held(ahead=True)
-    climb.rise(step=20, total_steps=100, cut_every=10)
-    resumed_climb = Climb((0.5, 0.8, 0.9, 0.95), initial=0.5)
-    resumed_climb.restore(json.loads(json.dumps(climb.state())))
-    assert resumed_climb.target() == climb.target() == 0.9
-    assert resumed_climb.rise(30, 100, 10) == climb.rise(30, 100, 10)
-    climb.reach(0.9, step=40)
-    assert climb.probation(0.6)
-    resumed_climb.restore(json.loads(json.dumps(climb.state())))
-    assert resumed_climb.probation_until == pytest.approx(0.8) and not resumed_climb.probation(0.7)
-
-
 def test_interrupted_while_finishing_resumes_the_ending(tmp_path):
     backup = str(tmp_path / "backup")
     with pytest.raises(RuntimeError, match="interrupted"):
@@ -270,7 +253,7 @@ def small_fit(backup, extra=(), initial_epoch=0, units=4):
     model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     x, y = classification_data(64, 0)
-    phase = ShrinkPhase(start_epoch=1, sparsity=0.5, score="magnitude", backup_dir=backup)
+    phase = ShrinkPhase(start_epoch=1, policy=SparsityTarget(0.5, score="magnitude"), backup_dir=backup)
     with phase:
         model.fit(x, y, epochs=4, initial_epoch=initial_epoch, batch_size=16, verbose=0, callbacks=[phase, *extra])
     return phase

@@ -1,20 +1,41 @@
-"""`ShrinkPhase`: the callback that runs a shrink policy inside `fit`."""
+"""`ShrinkPhase`: the callback that runs a shrink policy inside `fit`.
+
+At `start_epoch` (or on a `Plateau` of a metric, with the best weights
+restored) the shrink sets its learning rate, makes a first cut and then
+asks its policy every `cut_every` training steps where to go: cut further,
+wait, check the model on the validation data, hold, or go back to the last
+good state (see `decisions`). Cuts rank every covered weight together by
+the policy's score (`|w| · v^(1/4)`, with `v` the optimizer's second moment)
+and zero the lowest (`keras_regkit.pruning.cut`); Keras constraints hold the
+zeros after every optimizer step, so they are exact, and the training
+between cuts recovers. At the end the zeros are released (the saved model
+carries no constraint of ours) and the learning rate is put back.
+
+The shrink never leaves the model worse than where it can go back to: a
+non-finite loss rolls back to the last good state (the last epoch's end for
+a policy that trusts them, else the last level a check passed), and `fit`
+ended by an exception ends at the last good weights when the phase is used
+as a context manager (as `keras_regkit.shrink` does).
+
+Under JAX the compiled train step holds the zeros' masks as constants, so
+it is rebuilt after each cut (raise `cut_every` to cut less often). With
+`backup_dir` (BackupAndRestore's own is fine) the phase saves its state
+every epoch (`state`), and is deleted when `fit` ends normally.
+"""
 
 from __future__ import annotations
 
 import math
-import os
 import warnings
 
 import keras
 import numpy as np
 
-from keras_regkit import _validate, stats
+from keras_regkit import _validate
 from keras_regkit import weights as weights_lib
 from keras_regkit.pruning import cut as cut_lib
 from keras_regkit.pruning import granularity as granularity_lib
 from keras_regkit.pruning import hold as hold_lib
-from keras_regkit.pruning import units as units_lib
 from keras_regkit.shrinking import data as data_lib
 from keras_regkit.shrinking import decisions
 from keras_regkit.shrinking.guards import ValidationCheck
@@ -26,38 +47,21 @@ from keras_regkit.shrinking.state import PhaseState
 from keras_regkit.shrinking.trigger import StartTrigger
 
 _ACTIVE = ("ramping", "holding")
-_RESULT_FIELDS = ("baseline", "monitor", "started_at_epoch", "cuts", "rollbacks", "stopped_at", "threshold", "levels")
 
 
 class ShrinkPhase(keras.callbacks.Callback):
     """Makes a trained model sparse inside `fit`: gradual pruning to exact
     zeros, to a sparsity you choose or as far as an accuracy tolerance allows.
 
-    At `start_epoch` (or on a `Plateau` of a metric, with the best weights
-    restored) the shrink sets its learning rate, makes a first cut and then
-    asks its `policy` every `cut_every` training steps where to go: cut
-    further, wait, check the model on `validation_data`, hold, or go back to
-    the last good state. Cuts rank every covered weight together by `score`
-    (`|w| · v^(1/4)`, with `v` the optimizer's second moment) and zero the
-    lowest; Keras constraints hold the zeros after every optimizer step.
-    At the end the zeros are released (the saved model carries no
-    constraint of ours) and the learning rate is put back.
-
     - **`sparsity=0.98`** (`SparsityTarget`): ends with exactly that
-      fraction of exact zeros, along a cubic ramp reached at 80 % of the
-      budget.
+      fraction of exact zeros, along a cubic ramp.
     - **`tolerance=0.01`** (`ToleranceClimb`, the default): climbs fixed
-      levels (80 ... 99.5 % of entries) while the validation metric stays
-      within `tolerance` of the start (top-1 accuracy, or `monitor`), and
-      ends at the last level that held (see `keras_regkit.shrinking.climb`).
-    - **`policy=`**: either of those with expert settings
-      (`ToleranceClimb(0.01, levels=..., guard=...)`), or your own
-      `ShrinkPolicy`.
+      levels (80 ... 99.5 % of entries) while the checked metric stays
+      within `tolerance` of the start, and ends at the last that held.
+    - **`policy=`**: either with expert settings, or your own `ShrinkPolicy`.
 
-    The shrink never leaves the model worse than where it can go back to: a
-    non-finite loss rolls back to the last good state, and `fit` ended by an
-    exception ends at the last good weights when the phase is used as a
-    context manager (as `keras_regkit.shrink` does):
+    How a shrink runs: see the module's docstring. Used as a context
+    manager, an exception that ends `fit` leaves the last good weights:
 
     ```python
     with ShrinkPhase(start_epoch=20, sparsity=0.95) as phase:
@@ -65,32 +69,24 @@ class ShrinkPhase(keras.callbacks.Callback):
     print(phase.result)
     ```
 
-    Under JAX the compiled train step holds the zeros' masks as constants,
-    so it is rebuilt after each cut (raise `cut_every` to cut less often).
-    With `backup_dir` (BackupAndRestore's own is fine) the phase saves its
-    state every epoch, and a `fit` interrupted and run again with
-    `keras.callbacks.BackupAndRestore(backup_dir)` ends as if never stopped.
-
     Args:
         start_epoch: The epoch the shrink starts at, or a `Plateau`.
         sparsity: Target fraction of exact zeros: `SparsityTarget(sparsity)`.
         tolerance: How much worse the checked metric may get:
-            `ToleranceClimb(tolerance, monitor=monitor)`. 0.01 when neither
-            this, `sparsity` nor `policy` is given.
+            `ToleranceClimb(tolerance, monitor=monitor)`; 0.01 by default.
         policy: A `ShrinkPolicy`, instead of `sparsity` or `tolerance`.
-        validation_data: `(x, y)` or `(x, y, sample_weight)` arrays, a
-            dataset or a `keras.utils.PyDataset`, the same samples in the
-            same order at each reading (not an iterator; a dataset that
-            repeats forever `.take(n)`): the checks (required by the
-            tolerance mode), and `result.baseline` and `result.final`.
-        monitor: The checked metric, by its validation log name
-            (`"val_mae"`); top-1 accuracy when None.
-        granularity: `"weight"`, `"unit"` (whole units and filters, and the
-            heads of any attention layer selected), `"head"`, `"N:M"` (e.g.
-            `"2:4"`), or a `keras_regkit.pruning.Granularity` (which also
-            says the weight kinds covered: `Weights(["kernel", "bias"])`).
+        validation_data: `(x, y[, sample_weight])` arrays, a dataset or a
+            `keras.utils.PyDataset` (the same samples at each reading; not
+            an iterator): the checks, `result.baseline` and `result.final`.
+        monitor: The checked metric's validation log name (`"val_mae"`);
+            top-1 accuracy when None.
+        granularity: `"weight"`, `"unit"` (units, filters, and the heads of
+            attention layers), `"head"`, `"N:M"` (e.g. `"2:4"`), or a
+            `keras_regkit.pruning.Granularity` (which names the weight kinds
+            it covers: `Weights(["kernel", "bias"])`).
         layers: Layer selector, as in `apply_regularizers`. Defaults to all.
-        backup_dir: Optional directory for the phase's state (see above).
+        backup_dir: Where to save the phase's state, so that a `fit` run
+            again with `keras.callbacks.BackupAndRestore` goes on.
         verbose: 1 prints each decision and the result.
 
     Raises:
@@ -115,24 +111,9 @@ class ShrinkPhase(keras.callbacks.Callback):
         self.policy.bind(self.granularity)
         # The checks' verdicts, or what `result.baseline` and `final` report.
         self.check = self.policy.check or ValidationCheck(0.0, monitor)
-        self.validation_data = _check_rereadable(validation_data, "validation_data")
-        if data_lib.is_infinite(validation_data):
-            raise ValueError(
-                "Invalid value for argument `validation_data`: this dataset repeats forever, and the "
-                "shrink reads its validation data to the end. Pass `validation_data.take(n)` (or "
-                "`validation_steps=` to `keras_regkit.shrink`).")
-        if self.policy.check is not None and validation_data is None:
-            raise ValueError(
-                "The tolerance mode needs `validation_data=` (arrays or a dataset with targets): each level "
-                "it reaches is checked there against the starting model. Or give `sparsity=` instead.")
+        self.validation_data = _validation_data(validation_data, self.policy)
         weights_lib.check_selector(layers)
-        self.layers = layers
-        if backup_dir is not None and (not isinstance(backup_dir, (str, os.PathLike)) or not os.fspath(backup_dir)):
-            raise TypeError(
-                "Invalid value for argument `backup_dir`: expected a non-empty directory path (str or "
-                "os.PathLike), e.g. the `backup_dir` of your `keras.callbacks.BackupAndRestore`. "
-                f"Received: backup_dir={backup_dir!r}")
-        self.backup_dir = backup_dir
+        self.layers, self.backup_dir = layers, backup_dir
         self._state = None if backup_dir is None else PhaseState(backup_dir)
         self.verbose = _validate.integer("verbose", verbose)
         self.rate = LearningRatePolicy(self.policy.learning_rate)
@@ -140,7 +121,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         self.result = self._new_result()
 
     def _new_result(self) -> ShrinkResult:
-        return ShrinkResult(self.policy.name, target=self.policy.target, tolerance=getattr(self.policy, "tolerance", None),
+        return ShrinkResult(self.policy.name, self.policy.target, getattr(self.policy, "tolerance", None),
                             granularity=str(self.granularity), score=self.policy.score.name)
 
     # -- fit hooks --------------------------------------------------------
@@ -149,8 +130,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             self.abort()  # the last fit ended by an exception outside `with`
         self.result, self._phase = self._new_result(), "waiting"
         self.trigger.reset()
-        # Restored at the first epoch, once BackupAndRestore (wherever it is
-        # in the list) has loaded its backup and set the epoch to go on from.
+        # Resumed at the first epoch, once BackupAndRestore has loaded its backup.
         self._pending_resume = bool(self._state and self._state.saved())
         epochs = self.params.get("epochs")
         if self.start_epoch is not None and epochs is not None and self.start_epoch >= epochs:
@@ -181,15 +161,12 @@ class ShrinkPhase(keras.callbacks.Callback):
             if self.trigger.starts_after(self.model, epoch, logs):
                 self._start(epoch + 1)
         elif self._phase in _ACTIVE:
-            if self._total_steps is None:  # fit did not know the epoch's length
-                epochs_left = self.params.get("epochs", epoch + 1) - self.result.started_at_epoch
-                self._total_steps = self._epoch_steps * epochs_left
-            # The snapshot, when taken, is a good state, and its host copy of
-            # the weights serves the finiteness check too.
+            if self._total_steps is None:  # fit did not know the epoch's length: now it does
+                self._total_steps = self._epoch_steps * (self.params.get("epochs", epoch + 1) - self.result.started_at_epoch)
+            # A snapshot taken is a good state; its weights serve the check too.
             current = self._snapshot() if self.policy.trusts_epoch_ends else None
             weights = current.weights if current else self.model.get_weights()
-            loss = logs.get("loss")
-            if (loss is not None and not math.isfinite(float(loss))) or not all(np.isfinite(w).all() for w in weights):
+            if not _finite(logs.get("loss"), weights):
                 self._rollback(f"Epoch {epoch + 1}: non-finite loss or weights")
             elif current:
                 self._good = current
@@ -212,11 +189,9 @@ class ShrinkPhase(keras.callbacks.Callback):
     def __exit__(self, exc_type, exc, traceback):
         if exc_type is not None and self._phase in _ACTIVE:
             self.abort()
-        return False
 
     def abort(self) -> None:
-        """Ends the phase now at its last good weights: the held zeros are
-        released and the learning rate restored."""
+        """Ends the phase now at its last good weights, zeros released, rate restored."""
         self.model.set_weights(self._good.weights)
         hold_lib.release_zeros(self.model)
         self.rate.restore(self.model)
@@ -226,20 +201,17 @@ class ShrinkPhase(keras.callbacks.Callback):
 
     # -- the shrink ---------------------------------------------------------
     def _begin(self, epoch: int) -> None:
-        """What starting and resuming share: what is covered, the budget,
-        the guard's reference (from the current, starting, weights)."""
+        """What starting and resuming share: the coverage, the budget, the guard."""
         self._refs = self.granularity.select(self.model, self.layers)
         steps, epochs = self.params.get("steps"), self.params.get("epochs", epoch + 1)
         self._total_steps = steps * max(epochs - epoch, 1) if steps else None
         self._start_weights = self.model.get_weights()
         self.policy.begin()
-        if self.check.guard is not None:
-            self.check.guard.start(self.model)
+        self.check.start_guard(self.model)
         self.result.started_at_epoch = epoch
 
     def _start(self, epoch: int) -> None:
-        # Everything that reads the user's data comes first: an error there
-        # leaves the model and its optimizer as they were.
+        # Reading the user's data first: an error there changes nothing.
         if self.validation_data is not None:
             self.result.baseline = self.check.start(self.model, self.validation_data,
                                                     report_only=self.policy.check is None)
@@ -287,8 +259,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         elif action.kind == decisions.HOLD:
             self._phase = "holding"  # the rest fine-tunes these zeros
         elif action.kind == decisions.WAIT:
-            if action.reason:
-                self._say(f"Step {self._step}: {action.reason}.")
+            self._say(f"Step {self._step}: {action.reason}." if action.reason else "")
         else:  # back to the last good state
             if action.stopped:
                 self.result.stopped_at = seen.progress
@@ -325,8 +296,7 @@ class ShrinkPhase(keras.callbacks.Callback):
 
     def _finish(self) -> None:
         self._decide(final=True)
-        checked = self.policy.check is not None
-        if checked and self._good.sparsity == 0:
+        if self.policy.check is not None and self._good.sparsity == 0:  # no level held
             self.model.set_weights(self._start_weights)
             self.result.outcome, self.result.threshold = "baseline", None
         else:
@@ -336,25 +306,13 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._conclude()
 
     def _conclude(self) -> None:
-        result = self.result
-        result.steps = self._step
-        if self.validation_data is not None and self.check.data is not None:
-            result.final = self.check.measure(self.model)[0]
-        if self.check.guard is not None:
-            result.disagreement = self.check.guard.disagreement(self.model)
-        result.layers = stats.WeightStats(self.model, self.granularity.weights).compute()
-        zeros, total = granularity_lib.Weights().count_dead(self._refs)
-        result.sparsity = zeros / total if total else 0.0
-        result.dead_units = units_lib.dead_units(self.model)
-        if isinstance(self.granularity, granularity_lib.Units):
-            dead, units = self.granularity.count_dead(self._refs)
-            result.unit_sparsity = result.sparsity = dead / units if units else 0.0
+        self.result.measure_end(self.model, self._refs, self.granularity, self.check, self._step)
         self._phase = "done"
         if self.verbose:
-            print(result)
+            print(self.result)
 
     def _say(self, message):
-        if self.verbose:
+        if self.verbose and message:
             print(message)
 
     # -- resuming with BackupAndRestore ------------------------------------
@@ -362,43 +320,28 @@ class ShrinkPhase(keras.callbacks.Callback):
         parts = {"phase": {"phase": self._phase, "shapes": [list(v.shape) for v in self.model.weights]},
                  "trigger": self.trigger.get_state() if self._phase == "waiting" else {}}
         if self._phase in _ACTIVE:
-            parts["phase"].update(step=self._step, total_steps=self._total_steps, good_step=self._good.step,
-                                  good_sparsity=self._good.sparsity, start=self._start_weights,
-                                  current=self.model.get_weights(), good=self._good.weights,
-                                  good_slots=self._good.slots)
-            parts.update(policy=self.policy.get_state(), rate=self.rate.get_state(self.model),
-                         check=self.check.get_state(),
-                         result={name: getattr(self.result, name) for name in _RESULT_FIELDS})
+            parts["phase"].update(step=self._step, total_steps=self._total_steps, start=self._start_weights,
+                                  current=self.model.get_weights())
+            parts.update(good=self._good.get_state(), policy=self.policy.get_state(), rate=self.rate.get_state(self.model),
+                         check=self.check.get_state(), result=self.result.get_state())
         self._state.save(epochs_done, parts)
 
     def _resume(self, epoch: int) -> bool:
-        loaded = self._state.load(epoch)
+        loaded = self._state.load(epoch, [list(v.shape) for v in self.model.weights])
         if loaded is None:
             return False
-        epochs_done, parts, path = loaded
-        saved, shapes = parts["phase"], [list(v.shape) for v in self.model.weights]
-        if saved["shapes"] != shapes:
-            raise ValueError(
-                f"ShrinkPhase cannot resume from {path}: it was written for a model with weights of "
-                f"shapes {saved['shapes']}, and this model's are {shapes}. Delete the backup, or pass "
-                "the `backup_dir` of this model's own training.")
-        if epochs_done < epoch:
-            warnings.warn(
-                f"ShrinkPhase resumes at epoch {epoch + 1} from its state after epoch {epochs_done}: list "
-                "ShrinkPhase before BackupAndRestore in `callbacks` so that both save the same epoch.",
-                stacklevel=2)
+        parts, path = loaded
+        saved = parts["phase"]
         if parts["trigger"]:
             self.trigger.set_state(parts["trigger"])
         if saved["phase"] in _ACTIVE:
             self.model.set_weights(saved["start"])
             self._begin(parts["result"]["started_at_epoch"])
-            for name in _RESULT_FIELDS:
-                setattr(self.result, name, parts["result"][name])
-            self.result.levels = [tuple(check) for check in self.result.levels]
+            self.result.set_state(parts["result"])
             self._step, self._total_steps, self._epoch_steps = saved["step"], saved["total_steps"], 0
             self.policy.set_state(parts["policy"])
             self.rate.set_state(self.model, parts["rate"])
-            self._good = Snapshot(saved["good"], saved["good_slots"], saved["good_step"], saved["good_sparsity"])
+            self._good = Snapshot.from_state(parts["good"])
             self.check.set_state(parts["check"], self.validation_data)
             self.model.set_weights(saved["current"])
             hold_lib.hold_zeros(self.model, [ref.variable for ref in self._refs])
@@ -428,12 +371,25 @@ def _policy(sparsity, tolerance, policy, monitor) -> ShrinkPolicy:
     return policy
 
 
-def _check_rereadable(data, name: str):
-    """Refuses data that one reading would use up (the shrink reads its
-    validation data at the start and at the end)."""
+def _validation_data(data, policy: ShrinkPolicy):
+    """Refuses validation data the shrink could not read twice or to the
+    end, or none for a policy that checks."""
     if data_lib.read_once(data):
         raise ValueError(
-            f"Invalid value for argument `{name}`: an iterator or generator can be read only once, and "
-            "the shrink would use it up (it reads its validation data at the start and at the end). "
-            f"Pass arrays, a tf.data.Dataset or a keras.utils.PyDataset. Received: {name}={data!r}")
+            "Invalid value for argument `validation_data`: an iterator or generator can be read only once, "
+            "and the shrink would use it up (it reads its validation data at the start and at the end). "
+            f"Pass arrays, a tf.data.Dataset or a keras.utils.PyDataset. Received: validation_data={data!r}")
+    if data_lib.is_infinite(data):
+        raise ValueError(
+            "Invalid value for argument `validation_data`: this dataset repeats forever, and the shrink "
+            "reads its validation data to the end. Pass `validation_data.take(n)` (or `validation_steps=` "
+            "to `keras_regkit.shrink`).")
+    if policy.check is not None and data is None:
+        raise ValueError(
+            "The tolerance mode needs `validation_data=` (arrays or a dataset with targets): each level it "
+            "reaches is checked there against the starting model. Or give `sparsity=` instead.")
     return data
+
+
+def _finite(loss, weights: list) -> bool:
+    return (loss is None or math.isfinite(float(loss))) and all(np.isfinite(w).all() for w in weights)

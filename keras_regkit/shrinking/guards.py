@@ -225,6 +225,11 @@ class ValidationCheck:
         self.gain = -worse
         return value, worse
 
+    def start_guard(self, model: keras.Model) -> None:
+        """Takes the guard's reference from the starting model, if there is a guard."""
+        if self.guard is not None:
+            self.guard.start(model)
+
     def verdict(self, model: keras.Model) -> Verdict:
         """The check's one verdict: within the tolerance (beyond the
         noise `measure` allows for) and held by the guard, if any; ahead of

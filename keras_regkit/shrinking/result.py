@@ -78,6 +78,37 @@ class ShrinkResult:
     score: str = "curvature"
     outcome: str = "not started"
 
+    # What a resumed shrink takes back.
+    RESUMED = ("baseline", "monitor", "started_at_epoch", "cuts", "rollbacks", "stopped_at", "threshold", "levels")
+
+    def get_state(self) -> dict:
+        return {name: getattr(self, name) for name in self.RESUMED}
+
+    def set_state(self, state: dict) -> None:
+        for name in self.RESUMED:
+            setattr(self, name, state[name])
+        self.levels = [tuple(check) for check in self.levels]
+
+    def measure_end(self, model, refs: list, granularity, check, steps: int) -> None:
+        """Fills in what the model is at the end: its zeros, dead units,
+        per-layer statistics, and `check`'s metric and guard (if measured)."""
+        from keras_regkit import stats
+        from keras_regkit.pruning import granularity as granularity_lib
+        from keras_regkit.pruning import units as units_lib
+
+        self.steps = steps
+        if check.data is not None:
+            self.final = check.measure(model)[0]
+        if check.guard is not None:
+            self.disagreement = check.guard.disagreement(model)
+        self.layers = stats.WeightStats(model, granularity.weights).compute()
+        zeros, total = granularity_lib.Weights().count_dead(refs)
+        self.sparsity = zeros / total if total else 0.0
+        self.dead_units = units_lib.dead_units(model)
+        if isinstance(granularity, granularity_lib.Units):
+            dead, units = granularity.count_dead(refs)
+            self.unit_sparsity = self.sparsity = dead / units if units else 0.0
+
     def __str__(self) -> str:
         what = {"unit": "dead units", "head": "dead heads"}.get(self.granularity, "exact zeros")
         head = f"shrink ({self.mode} mode): {self.outcome}; {what} {self.sparsity:.1%}"

@@ -34,6 +34,13 @@ class Snapshot:
         slots = [keras.ops.convert_to_numpy(v) for v in optimizer_slots(model.optimizer)]
         return cls(model.get_weights(), slots, step, sparsity)
 
+    def get_state(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict) -> Snapshot:
+        return cls(**state)
+
     def restore(self, model: keras.Model, held: list) -> None:
         """Puts the weights and optimizer state back, and holds the zeros of
         the `held` variables (their mask is the snapshot's)."""

@@ -31,6 +31,11 @@ class PhaseState:
     """
 
     def __init__(self, backup_dir):
+        if not isinstance(backup_dir, (str, os.PathLike)) or not os.fspath(backup_dir):
+            raise TypeError(
+                "Invalid value for argument `backup_dir`: expected a non-empty directory path (str or "
+                "os.PathLike), e.g. the `backup_dir` of your `keras.callbacks.BackupAndRestore`. "
+                f"Received: backup_dir={backup_dir!r}")
         self.directory = os.path.join(os.fspath(backup_dir), FOLDER)
 
     def saved(self) -> list[int]:
@@ -68,9 +73,27 @@ class PhaseState:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(self.directory, f"state-{old}{suffix}"))
 
-    def load(self, epoch: int):
+    def load(self, epoch: int, shapes: list):
         """The newest readable state saved at or before `epoch` (the epoch fit
-        goes on from), as `(epochs_done, parts, path)`, or None."""
+        goes on from), as `(parts, path)`, or None; refuses a state written
+        for weights of other `shapes` than these."""
+        loaded = self._load(epoch)
+        if loaded is None:
+            return None
+        epochs_done, parts, path = loaded
+        if parts["phase"]["shapes"] != shapes:
+            raise ValueError(
+                f"ShrinkPhase cannot resume from {path}: it was written for a model with weights of "
+                f"shapes {parts['phase']['shapes']}, and this model's are {shapes}. Delete the backup, or "
+                "pass the `backup_dir` of this model's own training.")
+        if epochs_done < epoch:
+            warnings.warn(
+                f"ShrinkPhase resumes at epoch {epoch + 1} from its state after epoch {epochs_done}: list "
+                "ShrinkPhase before BackupAndRestore in `callbacks` so that both save the same epoch.",
+                stacklevel=4)
+        return parts, path
+
+    def _load(self, epoch: int):
         for done in self.saved():
             if done > epoch:
                 continue  # written after the backup fit resumed from
