@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 
+import keras_regkit as rk
 from keras_regkit.shrinking import AgreementGuard, guards
 
 
@@ -92,3 +93,82 @@ def test_validation_check_of_an_error_metric_is_relative_to_its_start():
     assert not check.holds(model)
     with pytest.raises(ValueError, match="val_mse"):
         guards.ValidationCheck(0.1, monitor="val_mse").start(model, (x, y))
+
+
+def two_output_model():
+    inputs = keras.Input((3,))
+    return keras.Model(inputs, [keras.layers.Dense(4, name="a")(inputs), keras.layers.Dense(4, name="b")(inputs)])
+
+
+def test_a_gain_counts_only_as_far_as_the_class_output_that_gained_least():
+    # The climb skips a level only when every class output is ahead: the
+    # gain is the worst output's, as the loss is.
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(200, 3)).astype("float32")
+    model = two_output_model()
+    a, b = model.get_layer("a").kernel, model.get_layer("b").kernel
+    start_a = keras.ops.convert_to_numpy(a)
+    better_a = start_a + np.random.default_rng(1).normal(size=(3, 4)).astype("float32") * 0.3
+    a.assign(better_a)
+    ya = np.argmax(keras.ops.convert_to_numpy(model(x)[0]), -1)
+    yb = np.argmax(keras.ops.convert_to_numpy(model(x)[1]), -1)  # output b is right everywhere, from the start
+    a.assign(start_a)
+    check = guards.ValidationCheck(tolerance=0.02)
+    check.start(model, (x, [ya, yb]))
+    a.assign(better_a)  # a gains, b stays as it was
+    check.measure(model)
+    assert check.gain == pytest.approx(0.0)
+    assert not check.verdict(model).ahead
+
+
+class Refusing(AgreementGuard):
+    """A guard that refuses whatever it is shown."""
+
+    def __init__(self):
+        super().__init__(0.0, inputs=np.zeros((2, 3), "float32"))
+        self.asked = 0
+
+    def holds(self, model):
+        self.asked += 1
+        return False
+
+
+def test_every_verdict_applies_the_guard_even_within_the_tolerance():
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    y = np.argmax(keras.ops.convert_to_numpy(model(x)), -1)
+    guard = Refusing()
+    check = guards.ValidationCheck(tolerance=0.5, guard=guard)
+    check.start(model, (x, y))
+    verdict = check.verdict(model)
+    assert verdict.worse <= 0 and not verdict.held and guard.asked == 1
+
+
+def test_the_final_check_of_a_held_level_applies_the_guard_too():
+    # The end-of-budget check once ignored the guard its levels had to hold.
+    # Levels pass (the guard holds while climbing), the final check is
+    # refused by the guard alone: the level comes back as it passed.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 3)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=5, verbose=0)
+
+    class RefusesAtTheEnd(AgreementGuard):
+        ending = False
+
+        def holds(self, model):
+            return not self.ending
+
+    class Ends(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            guard.ending = True
+
+    guard = RefusesAtTheEnd(1.0, inputs=x)
+    policy = rk.shrinking.ToleranceClimb(1.0, guard=guard, levels=(0.5,), max_sparsity=0.5, cut_every=2)
+    phase = rk.callbacks.ShrinkPhase(start_epoch=0, policy=policy, validation_data=(x, y))
+    with phase:
+        model.fit(x, y, epochs=6, batch_size=32, verbose=0, callbacks=[Ends(), phase])
+    assert [held for _, _, held in phase.result.levels] == [True]
+    assert phase.result.rollbacks == 1  # back to the level as it passed
