@@ -272,3 +272,15 @@ def resumed(run, interruptions):
         with pytest.raises(RuntimeError, match="interrupted"):
             run([interrupt])
     return run([])
+
+
+def fenced(read, *args, library="keras", **kwargs):
+    """`read(*args, **kwargs)`: a private read of `library` behind the fence
+    (`keras_regkit._keras`). A read that an upgrade moved fails the test with
+    the fence's message, which names the version it was written for."""
+    from keras_regkit._keras import WRITTEN_FOR, FenceError
+
+    try:
+        return read(*args, **kwargs)
+    except FenceError as error:
+        pytest.fail(f"written for {library} {WRITTEN_FOR[library]}: {error}")

@@ -9,15 +9,12 @@ import pytest
 from keras_regkit._keras import WRITTEN_FOR, FenceError
 from keras_regkit._keras import backend as fence
 
+from conftest import fenced
+
 MODULE = "keras.src.backend.common.symbolic_scope"
 
 
-def call(read, *args):
-    """`read(*args)`, a moved access failing the test with the fence's message."""
-    try:
-        return read(*args)
-    except FenceError as error:
-        pytest.fail(f"written for keras {WRITTEN_FOR['keras']}: {error}")
+call = fenced
 
 
 def test_in_symbolic_scope_is_false_outside_and_true_inside_keras_symbolic_scope():

@@ -9,13 +9,10 @@ import pytest
 from keras_regkit._keras import WRITTEN_FOR, FenceError
 from keras_regkit._keras import export as fence
 
+from conftest import fenced
 
-def call(read, *args):
-    """`read(*args)`, a moved access failing the test with the fence's message."""
-    try:
-        return read(*args)
-    except FenceError as error:
-        pytest.fail(f"written for keras {WRITTEN_FOR['keras']}: {error}")
+
+call = fenced
 
 
 def test_was_called_turns_true_at_the_first_call():

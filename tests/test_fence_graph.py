@@ -10,15 +10,12 @@ import pytest
 from keras_regkit._keras import WRITTEN_FOR, FenceError
 from keras_regkit._keras import graph as fence
 
+from conftest import fenced
+
 L = keras.layers
 
 
-def call(read, *args):
-    """`read(*args)`, a moved access failing the test with the fence's message."""
-    try:
-        return read(*args)
-    except FenceError as error:
-        pytest.fail(f"written for keras {WRITTEN_FOR['keras']}: {error}")
+call = fenced
 
 
 def functional():

@@ -2,6 +2,8 @@
 the installed KerasHub and, if an upgrade moved what it reads, fails with
 the message that names the version it was written for."""
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -9,17 +11,14 @@ import pytest
 from keras_regkit._keras import WRITTEN_FOR, FenceError
 from keras_regkit._keras import hub as fence
 
+from conftest import fenced
+
 keras_hub = pytest.importorskip("keras_hub")
 
 HIDDEN, SEQ = 8, 5
 
 
-def call(read, *args):
-    """`read(*args)`, a moved access failing the test with the fence's message."""
-    try:
-        return read(*args)
-    except FenceError as error:
-        pytest.fail(f"written for keras_hub {WRITTEN_FOR['keras_hub']}: {error}")
+call = functools.partial(fenced, library="keras_hub")
 
 
 def built(layer, *args):

@@ -8,15 +8,12 @@ import pytest
 from keras_regkit._keras import WRITTEN_FOR, FenceError
 from keras_regkit._keras import layers as fence
 
+from conftest import fenced
+
 L = keras.layers
 
 
-def call(read, *args, **kwargs):
-    """`read(...)`, a moved access failing the test with the fence's message."""
-    try:
-        return read(*args, **kwargs)
-    except FenceError as error:
-        pytest.fail(f"written for keras {WRITTEN_FOR['keras']}: {error}")
+call = fenced
 
 
 def test_sublayers_walks_what_a_layer_tracks():

@@ -9,15 +9,12 @@ import pytest
 from keras_regkit._keras import WRITTEN_FOR, FenceError
 from keras_regkit._keras import serialization as fence
 
+from conftest import fenced
+
 WRITTEN = f"written for keras {WRITTEN_FOR['keras']}"
 
 
-def call(access, *args):
-    """`access(*args)`, a moved access failing the test with the fence's message."""
-    try:
-        return access(*args)
-    except FenceError as error:
-        pytest.fail(f"{WRITTEN}: {error}")
+call = fenced
 
 
 def nested_model():

@@ -2,6 +2,7 @@
 the installed KerasTuner and, if an upgrade moved what it reads, fails with
 the message that names the version it was written for."""
 
+import functools
 import sys
 
 import pytest
@@ -9,15 +10,12 @@ import pytest
 from keras_regkit._keras import WRITTEN_FOR, FenceError
 from keras_regkit._keras import tuner as fence
 
+from conftest import fenced
+
 kt = pytest.importorskip("keras_tuner")
 
 
-def call(read, *args):
-    """`read(*args)`, a moved access failing the test with the fence's message."""
-    try:
-        return read(*args)
-    except FenceError as error:
-        pytest.fail(f"written for keras_tuner {WRITTEN_FOR['keras_tuner']}: {error}")
+call = functools.partial(fenced, library="keras_tuner")
 
 
 def test_create_objective_infers_directions_as_the_tuners_do():
