@@ -16,7 +16,8 @@ MODULES = [
         "regularizers.elementwise", "regularizers.group_lasso", "regularizers.combined", "attach.apply",
         "attach.attachment", "proximal", "pruning.hold", "pruning.one_shot", "pruning.units", "compacting.rebuild", "search.strength",
         "search.result", "saving",
-        "shrinking", "shrinking.result", "shrinking.ramps", "shrinking.guards")),
+        "shrinking", "shrinking.result", "shrinking.ramps", "shrinking.guards", "shrinking.climb",
+        "shrinking.policies", "compacting.result", "layers.kinds")),
 ]
 
 

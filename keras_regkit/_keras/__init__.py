@@ -3,15 +3,18 @@
 Nothing else in keras_regkit touches another library's private attributes
 or `*.src` modules; it asks the functions of this package instead. Each
 access is written for the versions in `WRITTEN_FOR`, and each has a test
-(`tests/test_keras_fence.py`) that names that version and fails with
-`moved()`'s message when an upgrade moves what it reads, so an upgrade
-breaks one named test, not a user's `compact` call.
+(`tests/test_fence_<module>.py`) that runs it on the installed library,
+names that version and fails with `moved()`'s message when an upgrade moves
+what it reads: an upgrade breaks one named test, not a user's `compact`.
 
-- `graph`: the one walk of a functional model (nodes, inbound tensors,
-  the history of a symbolic tensor, a Sequential's inner graph);
-- `layers`: sublayers of a layer, a layer's saved config hook, Keras'
-  symbolic scope;
-- `hub`: KerasHub's transformer layers' attention sublayers and masks;
+- `graph`: Keras' functional graph (nodes, inbound tensors, the history of
+  a symbolic tensor, a Sequential's inner graph, the Functional class);
+- `layers`: the sublayers a layer tracks, attention's projections, a
+  layer's private copy of a constructor argument;
+- `serialization`: a layer instance's own `get_config` (the save warning);
+- `backend`: whether Keras traces symbolically;
+- `export`: whether a layer was called (Keras' ONNX export asks);
+- `hub`: KerasHub's attention sublayers and a decoder's mask;
 - `tuner`: KerasTuner's objective parsing.
 """
 

@@ -69,9 +69,16 @@ class Climb:
 
     Example:
 
+    >>> from keras_regkit.shrinking.climb import Climb
     >>> climb = Climb((0.8, 0.9), initial=0.5, cut_every=10)
-    >>> climb.decide(Observation(step=0, total_steps=100, progress=0.0))
+    >>> seen = lambda step, **more: rk.shrinking.Observation(step, 1000, step / 1000, **more)
+    >>> climb.decide(seen(0))  # the first cut
     Action(kind='rise', sparsity=0.5, last=False, stopped=False, reason='')
+    >>> cuts = [climb.decide(seen(step)).sparsity for step in range(10, 201, 10)]  # every 10 steps
+    >>> [round(cut, 3) for cut in cuts[4::5]], climb.state.pending  # a cubic to 80 %, which awaits its check
+    ([0.673, 0.763, 0.795, 0.8], 0.8)
+    >>> climb.decide(seen(210, drift=0.1)).kind  # while the model recovers, it waits
+    'wait'
     """
 
     def __init__(self, levels: tuple[float, ...], initial: float = 0.0, cut_every: int = 10):

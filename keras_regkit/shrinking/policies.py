@@ -104,7 +104,7 @@ class SparsityTarget(ShrinkPolicy):
 
     >>> policy = rk.shrinking.SparsityTarget(0.9)
     >>> policy.bind(rk.pruning.Weights())
-    >>> [policy.decide(Observation(step, 100, step / 100)).sparsity for step in (0, 80)]
+    >>> [policy.decide(rk.shrinking.Observation(step, 100, step / 100)).sparsity for step in (0, 80)]
     [0.5, 0.9]
     """
 
