@@ -64,8 +64,13 @@ def quantize_onnx(path, representative_data):
         # asks for before quantizing; its symbolic part needs sympy: skipped.
         prepared = os.path.join(folder, "prepared.onnx")
         quant_pre_process(path, prepared, skip_symbolic_shape=True)
+        # Weights on 7 bits (`reduce_range`): x86 CPUs without VNNI multiply
+        # uint8 activations by int8 weights in pairs summed into int16, which
+        # saturates with full-range per-channel weights (ONNX Runtime's own
+        # advice). Measured on such a CPU (AVX2): a compacted CNN's top-1 agreement
+        # with Keras went from 0.91 to 0.99 (tests/test_export.py).
         quantize_static(prepared, path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
 def zeros_like_inputs(model):
