@@ -7,7 +7,7 @@ run `import keras_regkit` before loading a model saved with it (or pass
 start-up is `keras_regkit_cli`'s.
 """
 
-from keras_regkit import callbacks, regularizers, schedules
+from keras_regkit import callbacks, layers, regularizers, schedules
 from keras_regkit.proximal import bind_proximal
 from keras_regkit.attach import apply_regularizers, reapply_regularizers, remove_regularizers
 from keras_regkit.pruning import prune, release_zeros
@@ -20,7 +20,7 @@ from keras_regkit.search import search_strength
 from keras_regkit.stats import sparsity_report
 from keras_regkit.weights import iter_weights
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # What the README's examples use. Everything else lives under its module:
 # result classes (`shrinking.ShrinkResult`, `pruning.PruneResult`, ...),
@@ -34,6 +34,7 @@ __all__ = [
     "dead_units",
     "export",
     "iter_weights",
+    "layers",
     "prune",
     "reapply_regularizers",
     "regularizers",
