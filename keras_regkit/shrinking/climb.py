@@ -22,7 +22,7 @@ goes back to the start and climbs again at the user's rate.
 
 `Climb.decide(observation)` and `Climb.checked(observation, verdict)` map
 what the callback saw to an `Action` (see `decisions`); nothing here reads
-a model, so every branch is tested without one (tests/test_climb.py).
+a model, so every branch is tested without one (tests/test_shrinking_climb.py).
 """
 
 from __future__ import annotations
