@@ -4,6 +4,8 @@ import pytest
 
 import keras_regkit as rk
 from keras_regkit.pruning import cut as cut_lib
+from keras_regkit.pruning import granularity
+from keras_regkit.pruning.granularity import Units, Weights
 from keras_regkit.pruning import hold as hold_lib
 from keras_regkit.pruning import scores as scores_lib
 from keras_regkit.pruning.scores import Curvature, Magnitude
@@ -316,8 +318,8 @@ def test_prune_and_the_shrinks_cut_remove_the_same_units():
         return [(k == 0).all(axis=0).tolist() for k in kernels(model)[:2]]
 
     def shrink_first_cut(model):
-        refs = cut_lib.select(model, "*", "kernel", "unit")
-        cut_lib.cut(refs, Magnitude().scores(refs), "unit", sparsity=0.5)
+        refs = granularity.get("unit").select(model, "*")
+        cut_lib.cut(refs, Magnitude().scores(refs), Units(), sparsity=0.5)
 
     assert dead(lambda m: rk.prune(m, sparsity=0.5, granularity="unit")) == dead(shrink_first_cut)
 
@@ -354,23 +356,23 @@ def test_cut_is_exact_global_and_never_regrows():
     model = two_layers()
     refs = list(rk.iter_weights(model))
     total = 60 + 50
-    first = cut_lib.cut(refs, Magnitude().scores(refs), sparsity=0.4)
+    first = cut_lib.cut(refs, Magnitude().scores(refs), Weights(), sparsity=0.4)
     assert first.zeros == round(0.4 * total) == first.zeros
     a, b = (keras.ops.convert_to_numpy(r.variable) for r in refs)
     assert (a == 0).sum() == 44 and (b == 0).sum() == 0  # one threshold: the small layer goes first
     # Scores that would prefer other entries now: the old zeros stay zero.
     shuffled = [np.random.default_rng(1).random(r.variable.shape) for r in refs]
-    second = cut_lib.cut(refs, shuffled, sparsity=0.5)
+    second = cut_lib.cut(refs, shuffled, Weights(), sparsity=0.5)
     a2, b2 = (keras.ops.convert_to_numpy(r.variable) for r in refs)
     assert second.zeros == (a2 == 0).sum() + (b2 == 0).sum() == 55
     assert ((a == 0) <= (a2 == 0)).all()
-    assert cut_lib.count_dead(refs) == (55, 110)
+    assert Weights().count_dead(refs) == (55, 110)
 
 
 def test_cut_by_units_zeroes_whole_columns():
     model = two_layers()
     refs = list(rk.iter_weights(model))
-    result = cut_lib.cut(refs, Magnitude().scores(refs), "unit", sparsity=0.4)
+    result = cut_lib.cut(refs, Magnitude().scores(refs), Units(), sparsity=0.4)
     assert result.zeros == 6 and result.total == 15
     dead = 0
     for ref in refs:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import keras_regkit as rk
-from keras_regkit.pruning import cut as cut_lib
+from keras_regkit.pruning.granularity import NM
 
 from conftest import tiny_mlp
 
@@ -49,7 +49,7 @@ def test_two_four_keeps_the_two_largest_of_every_group_of_four_inputs(kind):
     smallest_kept = np.where(kept, magnitude, np.inf).min(axis=-1)
     largest_cut = np.where(kept, -np.inf, magnitude).max(axis=-1)
     assert (smallest_kept >= largest_cut).all()
-    assert cut_lib.satisfies(after, after.ndim - 2, "2:4")
+    assert NM(2, 4).satisfied_by(after, after.ndim - 2)
     report = rk.sparsity_report(model, weights, pattern="2:4")
     assert [s.pattern_ok for s in report.layers if s.name.startswith("k")] == [True]
     assert str(report).splitlines()[0].split()[-1] == "2:4"
@@ -64,7 +64,7 @@ def test_a_pattern_is_held_through_fit_and_reported_by_the_monitor():
     monitor = rk.callbacks.SparsityMonitor(pattern="2:4")
     history = model.fit(x, np.zeros((64, 4), "float32"), epochs=2, verbose=0, callbacks=[monitor])
     for ref in rk.iter_weights(model):
-        assert cut_lib.satisfies(numpy(ref.variable), 0, "2:4")
+        assert NM(2, 4).satisfied_by(numpy(ref.variable), 0)
     assert history.history["pattern_ok"] == [1.0, 1.0]
 
 
@@ -87,7 +87,7 @@ def test_the_shrink_ends_at_the_pattern():
     result = rk.shrink(model, x, y, validation_data=(x, y), epochs=3, granularity="2:4", sparsity=0.5)
     assert result.sparsity == pytest.approx(0.5)
     for ref in rk.iter_weights(model):
-        assert cut_lib.satisfies(numpy(ref.variable), 0, "2:4")
+        assert NM(2, 4).satisfied_by(numpy(ref.variable), 0)
 
 
 @pytest.mark.parametrize("call, match", [
@@ -150,6 +150,6 @@ def test_wanda_reads_the_layers_inside_a_kerashub_encoder():
     names = sorted(ref.path.split("/")[-1] for ref in result.refs)
     assert names == ["feedforward_intermediate_dense", "feedforward_output_dense"]
     for ref in result.refs:
-        assert cut_lib.satisfies(numpy(ref.variable), 0, "2:4")
+        assert NM(2, 4).satisfied_by(numpy(ref.variable), 0)
     model(x)  # still callable: every layer's `call` is its own again
     assert "call" not in vars(result.refs[0].layer)

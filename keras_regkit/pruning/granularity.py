@@ -66,6 +66,7 @@ class Granularity:
 
     def __init__(self, weights: Union[str, Sequence[str]] = "kernel"):
         self.weights = weights_lib.normalize_kinds(weights)
+        self.weights_given = weights  # as the user wrote it, for messages
 
     def __str__(self) -> str:
         return self.name
@@ -206,7 +207,7 @@ class Units(Granularity):
                 "'kernel', a SeparableConv 'pointwise_kernel', a DepthwiseConv "
                 "'depthwise_kernel'), and whole attention heads (the query, key, value and output "
                 "kernels of a MultiHeadAttention, and the query, key and value biases). "
-                f"Received: weights={list(self.weights)!r}, which selects {without_units}")
+                f"Received: weights={self.weights_given!r}, which selects {without_units}")
         # The output projection decides whether a head is dead: a selection
         # that cuts the query of a head but leaves its output would kill nothing.
         attention = {id(ref.parent): ref.parent for ref, part in zip(refs, is_head_part) if part}
@@ -306,7 +307,7 @@ class Heads(Units):
                 "granularity='head' removes whole attention heads, and the selection has no attention "
                 f"layer ({[cls.__name__ for cls in units_lib.HEAD_LAYERS]}, as inside KerasHub's "
                 "TransformerEncoder/TransformerDecoder) with a query, key, value or output kernel. Received: "
-                f"layers={layers!r}, weights={list(self.weights)!r} on model '{model.name}'. Use "
+                f"layers={layers!r}, weights={self.weights_given!r} on model '{model.name}'. Use "
                 "granularity='unit' for Dense and Conv units.")
         return refs, [True] * len(refs)
 
