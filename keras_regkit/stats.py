@@ -105,9 +105,8 @@ class WeightStats:
     ):
         self.threshold = _validate.real("threshold", threshold)
         self.relative = _validate.boolean("relative", relative)
-        if pattern is not None:
-            granularity_lib.pattern(pattern)  # validates it
         self.pattern = pattern
+        self.nm = None if pattern is None else granularity_lib.pattern(pattern)  # validated once
         self.refs = list(weights_lib.iter_weights(model, weights))
         if not self.refs:
             weights_lib.check_built(model)
@@ -149,7 +148,7 @@ class WeightStats:
         axis = None if self.pattern is None else units_lib.input_axis(ref.layer, ref.variable)
         if axis is None:
             return None
-        return granularity_lib.get(self.pattern).satisfied_by(np.asarray(ops.convert_to_numpy(ref.variable.value)), axis)
+        return self.nm.satisfied_by(np.asarray(ops.convert_to_numpy(ref.variable.value)), axis)
 
     def _layer_stats(self, rows) -> list[LayerStats]:
         out = []

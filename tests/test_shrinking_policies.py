@@ -49,6 +49,14 @@ def test_user_levels_and_a_lower_ceiling_are_kept_apart_from_the_defaults():
     assert climb.levels == (0.3, 0.6, 0.9)
 
 
+def test_a_target_bound_again_ramps_from_the_new_granularitys_first_cut():
+    policy = SparsityTarget(0.4)
+    policy.bind(rk.pruning.Weights())
+    assert policy.decide(seen(0.0)).sparsity == pytest.approx(0.4)  # its first cut, half, is above 0.4
+    policy.bind(rk.pruning.Units())
+    assert policy.decide(seen(0.0)).sparsity == pytest.approx(0.0)
+
+
 class OneCut(ShrinkPolicy):
     """Cuts to `sparsity` at the first decision, then trains on."""
 

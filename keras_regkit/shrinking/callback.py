@@ -20,7 +20,7 @@ as a context manager (as `keras_regkit.shrink` does).
 Under JAX the compiled train step holds the zeros' masks as constants, so
 it is rebuilt after each cut (raise `cut_every` to cut less often). With
 `backup_dir` (BackupAndRestore's own is fine) the phase saves its state
-every epoch (`state`), and is deleted when `fit` ends normally.
+every epoch (`state`), and deletes it when `fit` ends normally.
 """
 
 from __future__ import annotations

@@ -117,13 +117,12 @@ class SparsityTarget(ShrinkPolicy):
             raise TypeError(
                 "Invalid value for argument `schedule`: expected a "
                 f"keras_regkit.shrinking.SparsitySchedule. Received: schedule={schedule!r}")
-        self.schedule = schedule
+        self.user_schedule = self.schedule = schedule
         self.target = self.sparsity
 
     def bind(self, granularity):
         _validate.real("sparsity", self.sparsity, maximum=granularity.ceiling)
-        if self.schedule is None:
-            self.schedule = CubicRamp(self.sparsity, initial=granularity.first_cut)
+        self.schedule = self.user_schedule or CubicRamp(self.sparsity, initial=granularity.first_cut)
 
     def decide(self, seen):
         if seen.final:
