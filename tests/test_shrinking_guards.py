@@ -172,3 +172,27 @@ def test_the_final_check_of_a_held_level_applies_the_guard_too():
         model.fit(x, y, epochs=6, batch_size=32, verbose=0, callbacks=[Ends(), phase])
     assert [held for _, _, held in phase.result.levels] == [True]
     assert phase.result.rollbacks == 1  # back to the level as it passed
+
+
+class Measured(guards.ValidationCheck):
+    """A check whose measurement is given: `worse` and `gain`."""
+
+    def __init__(self, tolerance, worse, gain):
+        super().__init__(tolerance)
+        self.data, self.fixed = (), (worse, gain)
+
+    def measure(self, model):
+        worse, self.gain = self.fixed
+        return 0.9, worse
+
+
+@pytest.mark.parametrize("worse, gain, held, ahead", [
+    (0.02, 0.0, True, False),  # exactly the tolerance lost: holds
+    (0.0201, 0.0, False, False),
+    (-0.02, 0.02, True, True),  # ahead by exactly the tolerance: the next level is skipped
+    (-0.0199, 0.0199, True, False),
+    (float("nan"), float("nan"), False, False),  # a model gone non-finite fails
+])
+def test_a_verdict_holds_within_the_tolerance_and_is_ahead_by_at_least_it(worse, gain, held, ahead):
+    verdict = Measured(0.02, worse, gain).verdict(model=None)
+    assert (verdict.held, verdict.ahead) == (held, ahead)
