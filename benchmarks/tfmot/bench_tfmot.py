@@ -57,7 +57,7 @@ Data (no network needed):
 - digits: sklearn `load_digits()`, x / 16 (float32, 64 features). Fixed
   80/20 train/test split with seed 0: `np.random.default_rng(0).permutation`
   of all 1797 samples, the first `n // 5` (359) are test, the rest (1438)
-  train -- the same split as `keras_regkit.cli._load_digits`. Of the train
+  train -- the same split as `keras_regkit.datasets.load("digits")`. Of the train
   part, the first `n_train // 10` (143) are held out as validation, leaving
   1295 for training.
 - mnist1d: generated locally with `mnist1d.data.make_dataset(get_dataset_args())`
