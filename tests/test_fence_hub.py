@@ -52,8 +52,9 @@ def test_a_replaced_attention_and_the_traceable_mask_are_what_call_uses():
     values = np.random.default_rng(0).normal(size=(2, SEQ, HIDDEN)).astype("float32")
     changed = values.copy()
     changed[:, -1] += 1.0
-    first = keras.ops.convert_to_numpy(decoder.call(values, use_causal_mask=True))
-    second = keras.ops.convert_to_numpy(decoder.call(changed, use_causal_mask=True))
+    # Tensors, not arrays: under PyTorch an array on the left of `x + residual` fails.
+    first = keras.ops.convert_to_numpy(decoder.call(keras.ops.convert_to_tensor(values), use_causal_mask=True))
+    second = keras.ops.convert_to_numpy(decoder.call(keras.ops.convert_to_tensor(changed), use_causal_mask=True))
     assert seen and np.allclose(first[:, :-1], second[:, :-1], atol=1e-5)
     mask = fence.traceable_self_attention_mask(values, None, None, True, None, None)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(mask)[0], np.tril(np.ones((SEQ, SEQ), "int32")))
