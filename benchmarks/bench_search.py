@@ -43,7 +43,6 @@ import numpy as np
 
 import keras_regkit as rk
 from common.models import build_mlp, compile_model
-from common.protocol import accuracy
 from common.reporting import read_json, write_json
 from keras_regkit import datasets
 from keras_regkit.search.stages import best_row, completed_rows, grid_tuner

@@ -8,7 +8,6 @@ builds the model, optimizer and callbacks afresh from the same code, as a new
 process would.
 """
 
-import json
 import os
 import subprocess
 import sys

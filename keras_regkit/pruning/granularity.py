@@ -74,12 +74,6 @@ class Granularity:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(weights={list(self.weights)!r})"
 
-    def __eq__(self, other) -> bool:
-        return type(other) is type(self) and str(other) == str(self) and other.weights == self.weights
-
-    def __hash__(self) -> int:
-        return hash((type(self), str(self), self.weights))
-
     def select(self, model: keras.Model, layers) -> list[weights_lib.WeightRef]:
         """The weights a cut acts on."""
         return weights_lib.select_weights(model, layers, self.weights)

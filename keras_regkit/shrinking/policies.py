@@ -178,7 +178,7 @@ class ToleranceClimb(ShrinkPolicy):
                 f"Received: levels={levels!r}")
         self.user_levels = None if levels is None else [_validate.real("levels", lv, maximum=1.0) for lv in levels]
         self.max_sparsity = None if max_sparsity is None else _validate.real("max_sparsity", max_sparsity, maximum=1.0)
-        self.climb = None
+        self.levels = self.initial = self.climb = None  # set by `bind` and `begin`
 
     def bind(self, granularity):
         top = granularity.top_level if self.max_sparsity is None else self.max_sparsity

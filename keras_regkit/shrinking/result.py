@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from keras_regkit import stats
+from keras_regkit.pruning import granularity as granularity_lib
+from keras_regkit.pruning import units as units_lib
+
 
 @dataclasses.dataclass
 class ShrinkResult:
@@ -92,10 +96,6 @@ class ShrinkResult:
     def measure_end(self, model, refs: list, granularity, check, steps: int) -> None:
         """Fills in what the model is at the end: its zeros, dead units,
         per-layer statistics, and `check`'s metric and guard (if measured)."""
-        from keras_regkit import stats
-        from keras_regkit.pruning import granularity as granularity_lib
-        from keras_regkit.pruning import units as units_lib
-
         self.steps = steps
         if check.data is not None:
             self.final = check.measure(model)[0]
