@@ -274,11 +274,25 @@ def iter_weights(
             for p, l in zip(_ancestor_paths(path, len(ancestors)), ancestors + (layer,))
         ):
             continue
+        kind_of_variable: dict[int, str] = {}
         for kind in kinds:
             found = _weight_of(layer, kind)
             if found is not None:
+                _check_one_kind(layer, found[0], kind, kind_of_variable)
                 yield WeightRef(path, layer, kind, found[0], found[1], _composite_owner(ancestors),
                                 ancestors[-1] if ancestors else None)
+
+
+def _check_one_kind(layer, variable, kind: str, kind_of_variable: dict) -> None:
+    """Refuses one variable of `layer` under two kinds (two declared
+    attributes holding the same variable): it would be counted, penalised
+    and pruned twice."""
+    first = kind_of_variable.setdefault(id(variable), kind)
+    if first != kind:
+        raise TypeError(
+            f"Layer '{layer.name}' ({type(layer).__name__}) gives its variable '{variable.path}' as two weight "
+            f"kinds, {first!r} and {kind!r} (in its LayerKind or `{DECLARATION}()`): each weight has one kind. "
+            "Declare it under one.")
 
 
 def _ancestor_paths(path: str, n_ancestors: int) -> list[str]:
