@@ -10,6 +10,9 @@ holding the zeros.
   within N:M groups).
 - `hold`: `HoldZeros` keeps zeros at zero through training.
 - `one_shot`: `prune`, a cut without training.
+- `reconstruction`: `prune_reconstructed`, one-shot pruning that updates
+  the weights it keeps (SparseGPT), layer by layer; `sparsegpt` (the
+  solver) and `linear_layers` (layers as one matrix product) under it.
 
 `prune` and the shrink are thin callers of `cut`.
 """
@@ -17,10 +20,11 @@ holding the zeros.
 from keras_regkit.pruning.granularity import NM, Granularity, Heads, Units, Weights
 from keras_regkit.pruning.hold import HoldZeros, release_zeros
 from keras_regkit.pruning.one_shot import PruneResult, prune
+from keras_regkit.pruning.reconstruction import ReconstructionResult, prune_reconstructed
 from keras_regkit.pruning.scores import Curvature, Magnitude, Score, Wanda
 
 # `prune` and `release_zeros` are public at the package root.
 __all__ = [
-    "Curvature", "Granularity", "Heads", "HoldZeros", "Magnitude", "NM", "PruneResult", "Score", "Units",
-    "Wanda", "Weights",
+    "Curvature", "Granularity", "Heads", "HoldZeros", "Magnitude", "NM", "PruneResult", "ReconstructionResult",
+    "Score", "Units", "Wanda", "Weights", "prune_reconstructed",
 ]
