@@ -390,13 +390,21 @@ class Sabotage(keras.callbacks.Callback):
                 raise self.action
 
 
+def optimizer_state(model):
+    """The optimizer's variables by path, its step count among them; not its
+    learning rate (the shrink's own while it runs)."""
+    return {v.path: np.array(keras.ops.convert_to_numpy(v)) for v in model.optimizer.variables
+            if v.name != "learning_rate"}
+
+
 class EpochEnds(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
-        self.weights = {}
+        self.weights, self.optimizer = {}, {}
 
     def on_epoch_end(self, epoch, logs=None):
         self.weights[epoch] = self.model.get_weights()
+        self.optimizer[epoch] = optimizer_state(self.model)
 
 
 def test_nan_loss_rolls_back_to_the_last_epochs_weights_and_goes_on():
@@ -420,6 +428,11 @@ def test_interrupted_shrink_ends_at_the_last_good_weights(error):
     with pytest.raises(type(error)):
         rk.shrink(model, x, y, sparsity=0.8, epochs=4, batch_size=32, callbacks=[ends, Sabotage(2, error)])
     assert_same_weights(model.get_weights(), ends.weights[1])
+    # The optimizer as it was then too: its slots and its step count.
+    now, then = optimizer_state(model), ends.optimizer[1]
+    assert now.keys() == then.keys() and any("iteration" in path for path in now)
+    for path in now:
+        np.testing.assert_array_equal(now[path], then[path], err_msg=path)
     assert held(model) == [] and model.losses == []
     assert learning_rate(model) == pytest.approx(1e-2)
 
@@ -667,6 +680,13 @@ xv, yv = data(32, seed=1)
 nan_x = xv.copy()
 nan_x[3, 2] = np.nan
 
+
+def with_value(array, value, dtype="float32"):
+    """`array` as `dtype`, with `value` at its fourth entry."""
+    array = np.array(array, dtype)
+    array.reshape(-1)[3] = value
+    return array
+
 CASES = [
     # (outputs, validation_data, extra kwargs, error, what the message names)
     (1, (data(32, features=5)[0], yv), {}, ValueError, "validation_data"),           # wrong feature count
@@ -676,6 +696,14 @@ CASES = [
     (2, (xv, {"a": yv}), {}, ValueError, "validation_data.*missing"),                 # a dict missing an output
     (2, (xv, {"a": yv, "b": yv, "c": yv}), {}, ValueError, "validation_data.*unknown"),
     (1, (nan_x, yv), {}, ValueError, "validation_data.*not all finite"),              # NaN inputs
+    # Targets and sample weights the validation loss would fail on, after
+    # training steps (issue #37: the step count moved 90 -> 93).
+    (1, (xv, with_value(yv, np.nan)), {}, ValueError, "validation_data.*targets must be finite"),
+    (1, (xv, with_value(yv, np.inf)), {}, ValueError, "validation_data.*targets must be finite"),
+    (2, (xv, {"a": yv, "b": with_value(yv, np.nan)}), {}, ValueError, "validation_data.*targets must be finite"),
+    (1, (xv, yv.astype(str)), {}, ValueError, "validation_data.*targets must be numbers.*dtype <U"),
+    (1, (xv, yv, with_value(np.ones(32), np.nan)), {}, ValueError, "validation_data.*sample weights.*finite"),
+    (1, (xv, yv, with_value(np.ones(32), -1.0)), {}, ValueError, r"validation_data.*sample weights.*>= 0"),
     (1, (xv, yv), {"monitor": "val_auc"}, ValueError, "argument `monitor`.*val_auc"),  # not compiled
     (1, (xv, yv), {"patience": 2}, ValueError, "`patience` has no meaning"),
     (1, (xv, yv), {"start_epoch": 1}, ValueError, "`start_epoch` has no meaning"),

@@ -14,8 +14,9 @@ carries no constraint of ours) and the learning rate is put back.
 The shrink never leaves the model worse than where it can go back to: a
 non-finite loss rolls back to the last good state (the last epoch's end for
 a policy that trusts them, else the last level a check passed), and `fit`
-ended by an exception ends at the last good weights when the phase is used
-as a context manager (as `keras_regkit.shrink` does).
+ended by an exception ends at the last good state (weights, optimizer slots
+and step count) when the phase is used as a context manager (as
+`keras_regkit.shrink` does).
 
 Under JAX the compiled train step holds the zeros' masks as constants, so
 it is rebuilt after each cut (raise `cut_every` to cut less often). With
@@ -61,7 +62,8 @@ class ShrinkPhase(keras.callbacks.Callback):
     - **`policy=`**: either with expert settings, or your own `ShrinkPolicy`.
 
     How a shrink runs: see the module's docstring. Used as a context
-    manager, an exception that ends `fit` leaves the last good weights:
+    manager, an exception that ends `fit` leaves the last good weights (and
+    the optimizer state that went with them):
 
     ```python
     with ShrinkPhase(start_epoch=20, sparsity=0.95) as phase:
@@ -191,8 +193,9 @@ class ShrinkPhase(keras.callbacks.Callback):
             self.abort()
 
     def abort(self) -> None:
-        """Ends the phase now at its last good weights, zeros released, rate restored."""
-        self.model.set_weights(self._good.weights)
+        """Ends the phase now at its last good state (weights, optimizer
+        slots and step count), zeros released, rate restored."""
+        self._good.restore(self.model, [], rewind=True)
         hold_lib.release_zeros(self.model)
         self.rate.restore(self.model)
         self.result.outcome = "interrupted"

@@ -102,6 +102,27 @@ def _check_lengths(batch) -> None:
             f"samples (first axis); received {', '.join(f'{k}: {v}' for k, v in lengths.items())}.")
 
 
+def check_targets(validation_data) -> None:
+    """Refuses validation targets that are not finite numbers, and sample
+    weights that are not finite and >= 0: `fit`'s validation loss would fail
+    on them (or turn NaN) after training steps had been taken, and no check
+    could be measured there."""
+    for x, y, weight in batches(validation_data):
+        for part, what in ((y, "targets"), (weight, "sample weights")):
+            for array in [] if part is None else keras.tree.flatten(part):
+                array = np.asarray(array)
+                if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+                    raise ValueError(
+                        f"Invalid value for argument `validation_data`: its {what} must be numbers; "
+                        f"received an array of dtype {array.dtype}.")
+                bad = ~np.isfinite(array) if what == "targets" else ~(np.isfinite(array) & (array >= 0))
+                if bad.any():
+                    raise ValueError(
+                        f"Invalid value for argument `validation_data`: its {what} must be "
+                        f"{'finite' if what == 'targets' else 'finite and >= 0'}; {int(bad.sum())} of "
+                        f"them are not (e.g. {array[bad].reshape(-1)[0].item()}).")
+
+
 def sample_inputs(x, samples: int, seed: int = 0):
     """Up to `samples` inputs from `x`: arrays (or lists and dicts of them),
     picked at random without replacement, or the first batches of a dataset,

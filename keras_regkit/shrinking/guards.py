@@ -19,7 +19,7 @@ import numpy as np
 
 from keras_regkit import _validate
 from keras_regkit._processes import global_sum
-from keras_regkit.shrinking.data import sample_inputs
+from keras_regkit.shrinking.data import check_targets, sample_inputs
 from keras_regkit.shrinking.decisions import Verdict
 from keras_regkit.shrinking.evaluation import (
     accuracy, columns, compiled_metric, has_class_output, maximizes, top1, validation_hits)
@@ -160,9 +160,11 @@ class ValidationCheck:
     def start(self, model: keras.Model, validation_data, report_only: bool = False) -> float:
         """Measures the starting model; raises ValueError if its own
         predictions or metric are not finite there (NaN in the inputs), or
-        the model cannot read the data. `report_only` (the sparsity mode):
-        a model without a class output is measured by its loss instead."""
+        the model cannot read the data, or its targets or sample weights are
+        not finite. `report_only` (the sparsity mode): a model without a
+        class output is measured by its loss instead."""
         self.data = validation_data
+        check_targets(validation_data)
         try:
             return self._start(model, validation_data, report_only)
         except Exception as error:  # noqa: BLE001 - the model could not read them
