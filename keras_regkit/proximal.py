@@ -12,9 +12,12 @@ compiled train step, on every backend. Constraints are the one hook that
 every Keras optimizer calls after every step, under `fit` and in a custom
 loop that calls `optimizer.apply`, and they compose: a weight's earlier
 constraint (`HoldZeros`, `NonNeg`, ...) is kept as `inner` and applied after
-the proximal step. The constraint needs the optimizer (its learning rate and
-per-weight state at that step), which a regularizer does not know: binding
-gives it (`bind_proximal`, or the `ProximalUpdate` callback during `fit`).
+the proximal step. Binding puts the constraint on the weights
+(`bind_proximal`, or the `ProximalUpdate` callback during `fit`); it then
+takes the step size (the learning rate and per-weight state at that step)
+from whichever optimizer is applying the step: a model compiled again with
+another optimizer is followed, and one whose step size is not known here is
+refused at its first step.
 
 The step size is the step the optimizer just took on each entry, per unit of
 (its estimate of the) gradient:
@@ -38,6 +41,7 @@ References:
 from __future__ import annotations
 
 import functools
+import weakref
 
 import keras
 from keras import ops
@@ -46,6 +50,7 @@ from keras_regkit import _constraints as constraints
 from keras_regkit import _optimizer_slots as optimizer_slots
 from keras_regkit import _penalty_math as penalty_math
 from keras_regkit import weights as weights_lib
+from keras_regkit._keras import optimizers as optimizers_fence
 from keras_regkit._step_functions import rebuild_step_functions
 from keras_regkit.regularizers import combined
 from keras_regkit.regularizers.base import Penalty, read_value
@@ -67,26 +72,43 @@ def proximal_parts(regularizer) -> list[Penalty]:
     return [part for part in combined.parts(regularizer) if isinstance(part, Penalty) and part.proximal]
 
 
-def check_optimizer(optimizer) -> None:
-    """Refuses, naming it, an optimizer whose step the proximal step cannot
-    follow."""
+def unsupported(optimizer) -> str | None:
+    """Why the proximal step cannot follow `optimizer`'s step, or None if it
+    can: the sentence an error gives."""
     inner = optimizer_slots.inner(optimizer)
     if not isinstance(inner, SUPPORTED_OPTIMIZERS):
-        raise ValueError(
-            "Invalid value for argument `optimizer`: proximal penalties need the optimizer's "
-            "per-weight step size, known here for "
+        received = type(inner).__name__ if isinstance(inner, keras.optimizers.Optimizer) else repr(inner)
+        return (
+            "proximal penalties need the optimizer's per-weight step size, known here for "
             f"{', '.join(c.__name__ for c in SUPPORTED_OPTIMIZERS)} and AdamW (also inside "
-            f"a LossScaleOptimizer). Received: optimizer={type(inner).__name__}. Use one of "
+            f"a LossScaleOptimizer), as instances. Received: optimizer={received}. Use one of "
             "those, or the same penalty as a gradient term (proximal=False)."
         )
     if getattr(inner, "gradient_accumulation_steps", None):
         # Keras applies constraints after every call of `apply`, also on the
         # steps that only accumulate: the threshold would act on them too.
-        raise ValueError(
-            "Invalid value for argument `optimizer`: proximal penalties do not support "
-            "gradient accumulation (Keras applies constraints on the accumulating steps too). "
-            f"Received: gradient_accumulation_steps={inner.gradient_accumulation_steps}"
+        return (
+            "proximal penalties do not support gradient accumulation (Keras applies "
+            "constraints on the accumulating steps too). Received: "
+            f"gradient_accumulation_steps={inner.gradient_accumulation_steps}"
         )
+    if getattr(inner, "use_ema", False):
+        # The moving average of the weights replaces them at the end of `fit`
+        # (or every `ema_overwrite_frequency` steps): it has no exact zeros.
+        return (
+            "proximal penalties do not support an exponential moving average of the weights "
+            "(it replaces the weights, and their exact zeros, at the end of `fit`). "
+            "Received: use_ema=True"
+        )
+    return None
+
+
+def check_optimizer(optimizer) -> None:
+    """Refuses, naming it, an optimizer whose step the proximal step cannot
+    follow."""
+    reason = unsupported(optimizer)
+    if reason is not None:
+        raise ValueError(f"Invalid value for argument `optimizer`: {reason}")
 
 
 def step_size(optimizer, variable, slots: dict | None = None):
@@ -133,32 +155,48 @@ class ProximalConstraint(keras.constraints.Constraint):
 
     It reads the penalties from the weight's regularizer when the train
     step is traced (so attaching or removing one takes effect when the step
-    is rebuilt, as for gradient terms) and the step size from the optimizer
-    (see `keras_regkit.proximal`). Like `HoldZeros` it lives only on the
-    variable, never in the layer's config: the saved model keeps the
-    penalty (with `proximal=True`), and binding again puts this back.
-    Made by `bind_proximal`; not meant to be set by hand.
+    is rebuilt, as for gradient terms), and the step size from the optimizer
+    that has just stepped (see `keras_regkit.proximal`): the one the model is
+    compiled with under `fit`, also after `compile` is called again, and the
+    one whose `apply` a custom loop calls. The optimizer it was bound to is
+    used only when it is called outside an optimizer's step. Like
+    `HoldZeros` it lives only on the variable, never in the layer's config:
+    the saved model keeps the penalty (with `proximal=True`), and binding
+    again puts this back. Made by `bind_proximal`; not meant to be set by
+    hand.
 
     Args:
         variable: The weight.
-        optimizer: The optimizer that trains it.
+        optimizer: The optimizer it is bound to.
         inner: The constraint the variable had before, applied after.
+        model: The model it is bound in, whose compiled optimizer `fit`
+            steps it with.
+
+    Raises:
+        ValueError: When the weight is to be stepped by an optimizer whose
+            step size is not known here (see `unsupported`): under `fit`,
+            after `compile` was called again, before the first step (the
+            penalty asks, also under `evaluate`); in a loop that applies
+            another optimizer, when its step is traced (under PyTorch,
+            which runs it eagerly, after that optimizer's first update).
     """
 
-    def __init__(self, variable: keras.Variable, optimizer, inner=None):
+    def __init__(self, variable: keras.Variable, optimizer, inner=None, model=None):
         self.variable = variable
         self.inner = inner
         self.set_optimizer(optimizer)
+        # The model it was bound in, whose compiled optimizer `fit` will use.
+        self.model = None if model is None else weakref.ref(model)
 
     def set_optimizer(self, optimizer) -> None:
         check_optimizer(optimizer)
         self.optimizer = optimizer
-        self._slots = {}  # the optimizer's state variables for this weight, found once
+        self._stepping, self._slots = optimizer, {}  # the slots of `_stepping` for this weight, found once
 
     def __call__(self, w):
         parts = proximal_parts(getattr(self.variable, "regularizer", None))
         if parts:
-            steps = functools.partial(self._proximal_steps, parts)
+            steps = functools.partial(self._proximal_steps, parts, self._stepping_optimizer())
             if penalty_math.fuses(self.variable):
                 # TensorFlow off XLA runs each op of the step size and the
                 # threshold as a pass over the weight: for a large weight, one
@@ -167,8 +205,39 @@ class ProximalConstraint(keras.constraints.Constraint):
             w = steps(read_value(w))
         return self.inner(w) if self.inner is not None else w
 
-    def _proximal_steps(self, parts, w):
-        size = step_size(self.optimizer, self.variable, self._slots)
+    def check_compiled_optimizer(self) -> None:
+        """Refuses the optimizer the model is now compiled with, if its step
+        size is not known here. The weight's penalty calls it while `fit`
+        builds a newly compiled model's state, before its first step (under
+        JAX the step loses the model's weights when it raises)."""
+        model = None if self.model is None else self.model()
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is not None:
+            self._follow(optimizer, "the model is now compiled with {name}")
+
+    def _stepping_optimizer(self):
+        """The optimizer whose step this call follows, checked once."""
+        applying = optimizers_fence.applying_optimizer()
+        if applying is not None:
+            self._follow(applying, "{name} now takes its step (a training loop applying another optimizer)")
+        return self._stepping
+
+    def _follow(self, optimizer, change: str) -> None:
+        """Follows `optimizer` from now on, or refuses it; `change` says
+        how it came, with `{name}` for its class name."""
+        if optimizer_slots.inner(optimizer) is optimizer_slots.inner(self._stepping):
+            return
+        reason = unsupported(optimizer)
+        if reason is not None:
+            raise ValueError(
+                f"Invalid optimizer for the proximal penalty of '{self.variable.path}': it was "
+                f"bound to {type(optimizer_slots.inner(self.optimizer)).__name__}, and "
+                f"{change.format(name=type(optimizer_slots.inner(optimizer)).__name__)}: {reason}"
+            )
+        self._stepping, self._slots = optimizer, {}
+
+    def _proximal_steps(self, parts, optimizer, w):
+        size = step_size(optimizer, self.variable, self._slots)
         for penalty in parts:
             w = penalty.proximal_step(w, size)
         return w
@@ -197,9 +266,17 @@ def bind_proximal(model: keras.Model, optimizer=None) -> int:
     inside `Combined`) gets a `ProximalConstraint` in front of the
     constraint it had; a weight whose proximal penalty was removed loses
     it. The train function is rebuilt if anything changed. Call it again
-    after attaching penalties or changing the optimizer; it is cheap when
-    nothing changed. During `fit`, `keras_regkit.callbacks.ProximalUpdate`
-    calls it for you.
+    after attaching or removing penalties; it is cheap when nothing
+    changed. During `fit`, `keras_regkit.callbacks.ProximalUpdate` calls it
+    for you.
+
+    The step size is read, at each step, from the optimizer that applies
+    it: a model compiled again with another optimizer, or a loop that
+    applies another one, is followed without binding again (a learning-rate
+    schedule too), and an optimizer whose step size is not known here is
+    refused with a `ValueError` at its first step (see
+    `ProximalConstraint`). `optimizer` is checked now and used only where
+    the constraint is called outside an optimizer's step.
 
     In a custom training loop, bind once before the loop; the proximal
     step then runs inside `optimizer.apply(grads, model.trainable_variables)`
@@ -221,7 +298,9 @@ def bind_proximal(model: keras.Model, optimizer=None) -> int:
             optimizer (the model is not compiled and none is given), the
             optimizer is not one whose step size is
             known (SGD, Adam, AdamW, RMSprop, Adagrad), it accumulates
-            gradients, or a `GroupLasso`'s axis does not fit its weight.
+            gradients or keeps a moving average of the weights
+            (`use_ema=True`), or a `GroupLasso`'s axis does not fit its
+            weight.
 
     Example:
 
@@ -252,11 +331,13 @@ def bind_proximal(model: keras.Model, optimizer=None) -> int:
         for penalty in parts:
             penalty.proximal_bound = True
         if existing is None:
-            variable.constraint = ProximalConstraint(variable, optimizer, variable.constraint)
+            variable.constraint = ProximalConstraint(variable, optimizer, variable.constraint, model)
             changed = True
-        elif existing.optimizer is not optimizer:
-            existing.set_optimizer(optimizer)
-            changed = True
+        else:
+            existing.model = weakref.ref(model)
+            if existing.optimizer is not optimizer:
+                existing.set_optimizer(optimizer)
+                changed = True
     if changed:
         # The optimizer step traced the old constraints.
         rebuild_step_functions(model, losses_changed=False)

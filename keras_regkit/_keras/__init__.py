@@ -13,6 +13,7 @@ what it reads: an upgrade breaks one named test, not a user's `compact`.
   layer's private copy of a constructor argument;
 - `serialization`: a layer instance's own `get_config` (the save warning);
 - `backend`: whether Keras traces symbolically;
+- `optimizers`: which optimizer is applying a step (Keras' name scopes);
 - `export`: whether a layer was called (Keras' ONNX export asks);
 - `hub`: KerasHub's attention sublayers and a decoder's mask;
 - `tuner`: KerasTuner's objective parsing.

@@ -20,7 +20,9 @@ class ProximalUpdate(keras.callbacks.Callback):
     that step, which leaves exact zeros during training. This callback
     binds those penalties to the model's optimizer
     (`keras_regkit.bind_proximal`) when training begins, and again at each
-    epoch (a penalty attached mid-fit, a recompiled optimizer). The work
+    epoch (a penalty attached or removed mid-fit). Once bound, each step
+    follows the optimizer the model is compiled with, also after `compile`
+    is called again without this callback. The work
     itself runs inside the compiled train step, as a Keras constraint: no
     per-batch host work.
 
@@ -29,8 +31,9 @@ class ProximalUpdate(keras.callbacks.Callback):
 
     Raises:
         ValueError: At the start of `fit`, if the optimizer is not SGD,
-            Adam, AdamW, RMSprop or Adagrad (the step sizes known here), or
-            accumulates gradients.
+            Adam, AdamW, RMSprop or Adagrad (the step sizes known here),
+            accumulates gradients or keeps a moving average of the weights
+            (`use_ema=True`).
 
     Warns:
         UserWarning: At the start of `fit`, if the model has no proximal

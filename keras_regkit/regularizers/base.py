@@ -14,6 +14,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_regkit import _constraints as constraints
 from keras_regkit import _validate
 from keras_regkit._keras import FenceError
 from keras_regkit._keras import backend as keras_backend
@@ -194,6 +195,12 @@ class Penalty(keras.regularizers.Regularizer):
     def __call__(self, x):
         if self.proximal:
             self._warn_if_unbound()
+            if _in_symbolic_build():
+                # `fit` calls the penalties here, before its first step, when
+                # the model was compiled again: the proximal step refuses an
+                # optimizer it cannot follow now, not inside that step.
+                for constraint in constraints.chain(x):
+                    getattr(constraint, "check_compiled_optimizer", lambda: None)()
             if set(self._proximal_strengths) == set(self._strength_names):
                 # The proximal step replaces the whole gradient term.
                 return ops.zeros((), "float32")
