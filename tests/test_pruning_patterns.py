@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 import keras_regkit as rk
+from keras_regkit.pruning import calibration
 from keras_regkit.pruning.granularity import NM
 
-from conftest import tiny_mlp
+from conftest import assert_refused_and_unchanged, infinite_dataset, right_checks, row, run_with_fixtures, tiny_data, tiny_mlp
 
 
 def groups(kernel, m, axis=-2):
@@ -153,3 +154,190 @@ def test_wanda_reads_the_layers_inside_a_kerashub_encoder():
         assert NM(2, 4).satisfied_by(numpy(ref.variable), 0)
     model(x)  # still callable: every layer's `call` is its own again
     assert "call" not in vars(result.refs[0].layer)
+
+
+# -- calibration data: what reaches the model, and how much of it is read -------
+
+def dict_input_model():
+    a, b = keras.Input((4,), name="a"), keras.Input((4,), name="b")
+    merged = keras.layers.Concatenate()([keras.layers.Dense(8, name="da")(a), keras.layers.Dense(8, name="db")(b)])
+    return keras.Model({"a": a, "b": b}, keras.layers.Dense(2, name="out")(merged))
+
+
+def dict_batches_with_targets(n=32, batch=8):
+    rng = np.random.default_rng(0)
+    inputs = {"a": rng.normal(size=(n, 4)).astype("float32"), "b": rng.normal(size=(n, 4)).astype("float32")}
+    targets = rng.normal(size=(n, 2)).astype("float32")
+    return inputs, [({k: v[i:i + batch] for k, v in inputs.items()}, targets[i:i + batch]) for i in range(0, n, batch)]
+
+
+def test_inputs_targets_batches_reach_the_model_as_inputs_only():
+    inputs, batches = dict_batches_with_targets()
+    read = list(calibration.batches(iter(batches)))
+    assert len(read) == 4 and all(isinstance(b, dict) and sorted(b) == ["a", "b"] for b in read)
+    # And prune's scores are those of the inputs alone, as if given as arrays.
+    model = dict_input_model()
+    before = [numpy(v) for v in model.weights]
+    rk.prune(model, sparsity=0.5, layers="d*", score="wanda", calibration_data=iter(batches))
+    from_batches = [numpy(v) for v in model.weights]
+    for variable, value in zip(model.weights, before):
+        variable.assign(value)
+    rk.prune(model, sparsity=0.5, layers="d*", score="wanda", calibration_data=inputs)
+    for old, new in zip(from_batches, model.weights):
+        np.testing.assert_array_equal(old, numpy(new))
+
+
+def test_a_dataset_is_read_to_the_sample_cap_or_the_steps_given():
+    def endless():
+        while True:
+            yield np.ones((8, 6), "float32"), np.zeros((8, 4), "float32")
+
+    assert len(list(calibration.batches(endless()))) == calibration.CALIBRATION_SAMPLES // 8
+    assert len(list(calibration.batches(endless(), steps=3))) == 3
+    # Arrays are read whole, or `steps` batches of `batch_size`.
+    x = np.ones((300, 6), "float32")
+    assert [len(b) for b in calibration.batches(x)] == [128, 128, 44]
+    assert [len(b) for b in calibration.batches(x, steps=2)] == [128, 128]
+    assert [len(b) for b in calibration.batches(x, batch_size=100, steps=10)] == [100, 100, 100]
+
+
+def right_a_dataset_that_repeats_forever_is_read_to_the_cap():
+    x, _ = tiny_data()
+    model = tiny_mlp(units=(8, 4))
+    before = [numpy(v) for v in model.weights]
+    from_dataset = rk.prune(model, sparsity=0.5, score="wanda", calibration_data=infinite_dataset())
+    dataset_zeros = [numpy(v) == 0 for v in model.weights]
+    for variable, value in zip(model.weights, before):
+        variable.assign(value)
+    # The dataset repeats `x`: its norms are those of `x` times a constant,
+    # so the same entries go.
+    rk.prune(model, sparsity=0.5, score="wanda", calibration_data=x)
+    assert from_dataset.sparsity == 0.5
+    for zeros, variable in zip(dataset_zeros, model.weights):
+        np.testing.assert_array_equal(zeros, numpy(variable) == 0)
+
+
+def right_calibration_steps_reads_that_many_batches():
+    seen = []
+
+    def counted():
+        for batch in infinite_dataset():
+            seen.append(batch)
+            yield batch
+
+    rk.prune(tiny_mlp(units=(8, 4)), sparsity=0.5, score="wanda", calibration_data=counted(), calibration_steps=5)
+    assert len(seen) == 5
+
+
+def right_integer_and_float64_calibration_data_score_as_float32_does():
+    x = np.random.default_rng(0).integers(-3, 4, size=(64, 6))
+    model = tiny_mlp(units=(8, 4))
+    before = [numpy(v) for v in model.weights]
+    results = []
+    for data in (x.astype("float32"), x, x.astype("float64")):
+        for variable, value in zip(model.weights, before):
+            variable.assign(value)
+        rk.prune(model, sparsity=0.5, score="wanda", calibration_data=data)
+        results.append([numpy(v) == 0 for v in model.weights])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def right_a_silent_input_ties_its_scores_and_the_cut_is_still_exact():
+    # Input 0 is always 0: its weights all score 0 (a tie), and the cut takes
+    # exactly round(s * n), the earliest of the tied first.
+    x = np.random.default_rng(0).normal(size=(64, 6)).astype("float32")
+    x[:, 0] = 0.0
+    model = tiny_mlp(units=(8, 4))
+    result = rk.prune(model, sparsity=0.05, layers="hidden0", score="wanda", calibration_data=x)
+    kernel = numpy(model.get_layer("hidden0").kernel)
+    assert result.zeros == round(0.05 * 48) == 2
+    assert (kernel[0, :2] == 0).all() and (kernel != 0).sum() == 46
+
+
+BAD_INPUT = [
+    # Non-finite calibration data: its inputs' norms would be NaN, and a NaN score is never cut.
+    row("wanda-one-nan", lambda m: rk.prune(m, sparsity=0.5, score="wanda", calibration_data=one_bad(np.nan)),
+        ValueError, "batch 1 (from sample 128) holds 1 NaN or inf entries, in 1 of its samples (the first: sample 150)"),
+    row("wanda-one-inf", lambda m: rk.prune(m, sparsity=0.5, score="wanda", calibration_data=one_bad(-np.inf)),
+        ValueError, "calibration_data`: batch 1"),
+    row("wanda-all-nan", lambda m: rk.prune(m, sparsity=0.5, score="wanda",
+                                            calibration_data=np.full((64, 6), np.nan, "float32")),
+        ValueError, "batch 0 (from sample 0) holds 384 NaN or inf entries"),
+    row("wanda-nan-in-dataset", lambda m: rk.prune(m, sparsity=0.5, score="wanda",
+                                                   calibration_data=iter([(one_bad(np.nan, 8, (3, 2)), None)] * 3)),
+        ValueError, "batch 0 (from sample 0) holds 1 NaN or inf entries, in 1 of its samples (the first: sample 3)"),
+    row("wanda-nan-in-a-dict", lambda m: rk.prune(m, sparsity=0.5, score="wanda",
+                                                  calibration_data=iter([{"x": np.full((2, 6), np.nan)}])),
+        ValueError, "NaN or inf"),
+    row("wanda-overflows", lambda m: rk.prune(m, sparsity=0.5, score="wanda",
+                                              calibration_data=np.full((4, 6), 1e30, "float32")),
+        ValueError, "the inputs of 'hidden0' reach NaN or inf"),
+    # Not inputs at all.
+    row("wanda-data-path", lambda m: rk.prune(m, sparsity=0.5, score="wanda", calibration_data="x.npy"),
+        TypeError, "Received: calibration_data='x.npy' of type str"),
+    row("wanda-data-number", lambda m: rk.prune(m, sparsity=0.5, score="wanda", calibration_data=1.0),
+        TypeError, "calibration_data=1.0 of type float"),
+    row("wanda-data-nested-lists", lambda m: rk.prune(m, sparsity=0.5, score="wanda",
+                                                      calibration_data=[[0.5] * 6] * 4), TypeError, "of type list"),
+    row("wanda-data-empty", lambda m: rk.prune(m, sparsity=0.5, score="wanda",
+                                               calibration_data=np.zeros((0, 6), "float32")),
+        ValueError, "holds no samples"),
+    row("wanda-data-empty-generator", lambda m: rk.prune(m, sparsity=0.5, score="wanda", calibration_data=iter([])),
+        ValueError, "holds no samples"),
+    row("wanda-data-wrong-input-name", lambda m: rk.prune(m, sparsity=0.5, score="wanda",
+                                                          calibration_data={"nope": np.zeros((4, 6), "float32")}),
+        ValueError, "the model cannot be called on it"),
+    # How much of it to read.
+    row("wanda-steps-zero", lambda m: rk.prune(m, sparsity=0.5, score="wanda", calibration_data=np.ones((4, 6)),
+                                               calibration_steps=0), ValueError, "calibration_steps=0"),
+    row("wanda-steps-float", lambda m: rk.prune(m, sparsity=0.5, score="wanda", calibration_data=np.ones((4, 6)),
+                                                calibration_steps=2.5), TypeError, "calibration_steps=2.5"),
+    row("wanda-steps-bool", lambda m: rk.prune(m, sparsity=0.5, score="wanda", calibration_data=np.ones((4, 6)),
+                                               calibration_steps=True), TypeError, "calibration_steps=True"),
+    row("steps-without-wanda", lambda m: rk.prune(m, sparsity=0.5, calibration_steps=3), ValueError,
+        "calibration_steps=3, score='magnitude'"),
+    # N:M strings a user might type.
+    row("nm-n-equals-m", lambda m: rk.prune(m, granularity="2:2"), ValueError,
+        "N must be at least 1 and below M (keep N of every M). Received: granularity='2:2'"),
+    row("nm-zero-n", lambda m: rk.prune(m, granularity="0:2"), ValueError, "Received: granularity='0:2'"),
+    row("nm-zero-m", lambda m: rk.prune(m, granularity="0:0"), ValueError, "Received: granularity='0:0'"),
+    row("nm-negative", lambda m: rk.prune(m, granularity="-1:2"), ValueError, "Received: granularity='-1:2'"),
+    row("nm-spaces", lambda m: rk.prune(m, granularity="1 : 2"), ValueError, "Received: granularity='1 : 2'"),
+    row("nm-three-parts", lambda m: rk.prune(m, granularity="1:2:4"), ValueError, "Received: granularity='1:2:4'"),
+    row("nm-slash", lambda m: rk.prune(m, granularity="1/2"), ValueError, "Received: granularity='1/2'"),
+    row("nm-tuple", lambda m: rk.prune(m, granularity=(1, 2)), ValueError, "Received: granularity=(1, 2)"),
+    row("nm-float", lambda m: rk.prune(m, granularity=0.5), ValueError, "Received: granularity=0.5"),
+    row("nm-m-not-dividing", lambda m: rk.prune(m, granularity="1:4"), ValueError,
+        "'hidden0' has 6 inputs"),
+    row("nm-sparsity-past-the-pattern", lambda m: rk.prune(m, granularity="1:2", sparsity=0.75), ValueError,
+        "sparsity"),
+    row("nm-per-output", lambda m: rk.prune(m, granularity="1:2", ranking="per_output"), ValueError,
+        "needs granularity='weight'"),
+]
+
+
+def one_bad(value, n=300, at=(150, 2)):
+    x = np.random.default_rng(0).normal(size=(n, 6)).astype("float32")
+    x[at] = value
+    return x
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("call, error, fragment, prepare", BAD_INPUT)
+def test_bad_input_raises_and_leaves_the_model_unchanged(call, error, fragment, prepare):
+    assert_refused_and_unchanged(call, error, fragment, prepare)
+
+
+RIGHT = right_checks(
+    right_a_dataset_that_repeats_forever_is_read_to_the_cap,
+    right_calibration_steps_reads_that_many_batches,
+    right_integer_and_float64_calibration_data_score_as_float32_does,
+    right_a_silent_input_ties_its_scores_and_the_cut_is_still_exact,
+)
+
+
+@pytest.mark.parametrize("check", RIGHT)
+def test_unusual_input_gives_the_right_result(check, request):
+    run_with_fixtures(check, request)

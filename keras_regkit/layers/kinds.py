@@ -33,7 +33,8 @@ WEIGHT_KINDS = types.MappingProxyType({
 
 def check_weight_pairs(declared, who: str) -> None:
     """Raises `TypeError` unless `declared` maps weight kinds (keys of
-    `WEIGHT_KINDS`) to `(variable attribute, regularizer attribute)` pairs."""
+    `WEIGHT_KINDS`) to `(variable attribute, regularizer attribute)` pairs,
+    each attribute under one kind only."""
     if not isinstance(declared, Mapping) or not all(
         kind in WEIGHT_KINDS and isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(a, str) for a in pair)
         for kind, pair in declared.items()
@@ -42,6 +43,22 @@ def check_weight_pairs(declared, who: str) -> None:
             f"{who} must be a dict from a weight kind (one of {sorted(WEIGHT_KINDS)}) to a pair (variable "
             f"attribute, regularizer attribute), e.g. {{'kernel': ('w', 'w_regularizer')}}. Received: {declared!r}"
         )
+    # A variable under two kinds would be counted, penalised and pruned
+    # twice; two variables saving their regularizers to one attribute
+    # would reload with one penalty for both.
+    for position, role in ((0, "variable"), (1, "regularizer")):
+        kinds_of: dict[str, list[str]] = {}
+        for kind, pair in declared.items():
+            kinds_of.setdefault(pair[position], []).append(kind)
+        shared = {attribute: kinds for attribute, kinds in kinds_of.items() if len(kinds) > 1}
+        if shared:
+            attribute, kinds = next(iter(shared.items()))
+            raise TypeError(
+                f"{who}: the {role} attribute {attribute!r} is given to several weight kinds {kinds}. Each "
+                "weight has one kind (or it is counted, penalised and pruned twice) and its own regularizer "
+                "attribute (or a reload gives all of them one penalty): declare it under one kind. "
+                f"Received: {declared!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,7 @@ model's graph).
 from __future__ import annotations
 
 import contextlib
+import itertools
 
 import keras
 import numpy as np
@@ -47,20 +48,79 @@ def _recording_inputs(layers, sums):
                 layer.call = own_call
 
 
-def _batches(calibration_data, batch_size: int):
+# Read from a dataset or generator when no `calibration_steps` is given: a
+# dataset that repeats forever then ends here. Input norms settle within a
+# few hundred samples (the Wanda paper calibrates on 128 sequences).
+CALIBRATION_SAMPLES = 1024
+
+
+def _samples_in(batch) -> int:
+    shape = tuple(keras.tree.flatten(batch)[0].shape)
+    return int(shape[0]) if shape else 1
+
+
+def batches(calibration_data, batch_size: int = 128, steps: int | None = None):
+    """The model inputs of each calibration batch: arrays (or a dict or list
+    of them) in slices of `batch_size`; a dataset's or generator's batches
+    as they come, `inputs` alone of an `(inputs, targets)` or `(inputs,
+    targets, sample_weights)` tuple, as `model.fit` reads them.
+
+    Stops after `steps` batches if given, else at the end of the data or,
+    for a dataset or generator, after the batch that reaches
+    `CALIBRATION_SAMPLES` samples."""
     if isinstance(calibration_data, (np.ndarray, list, tuple, dict)) or keras.ops.is_tensor(calibration_data):
-        leaves = keras.tree.flatten(calibration_data)
-        n = int(leaves[0].shape[0])
-        for start in range(0, n, batch_size):
+        n = _samples_in(calibration_data)
+        starts = range(0, n, batch_size)
+        for start in starts if steps is None else starts[:steps]:
             yield keras.tree.map_structure(lambda a: a[start:start + batch_size], calibration_data)
         return
-    for batch in calibration_data:  # a dataset or generator of inputs (or (inputs, targets))
-        yield batch[0] if isinstance(batch, tuple) else batch
+    read = 0
+    for batch in itertools.islice(calibration_data, steps):  # never pulls a batch past `steps`
+        batch = batch[0] if isinstance(batch, tuple) else batch  # a tuple is (inputs, targets, ...)
+        yield batch
+        read += _samples_in(batch)
+        if steps is None and read >= CALIBRATION_SAMPLES:
+            return
 
 
-def input_norms(model: keras.Model, refs: list[WeightRef], calibration_data, batch_size: int = 128) -> dict:
-    """`||X_j||₂` per input channel `j` of each weight's layer, over every
-    calibration sample (and position), keyed by `id(ref.layer)`."""
+def check_finite_batch(batch, step: int, first_sample: int) -> None:
+    """Refuses a calibration batch with NaN or inf entries: the norms of the
+    inputs they reach would be NaN, and a NaN score is never cut."""
+    bad, samples = 0, set()
+    for leaf in keras.tree.flatten(batch):
+        values = np.asarray(keras.ops.convert_to_numpy(leaf)) if keras.ops.is_tensor(leaf) else np.asarray(leaf)
+        if not np.issubdtype(values.dtype, np.floating):
+            continue  # token ids and other integer inputs are finite
+        nonfinite = ~np.isfinite(values)
+        bad += int(nonfinite.sum())
+        if values.ndim:
+            samples.update(np.flatnonzero(nonfinite.reshape(values.shape[0], -1).any(axis=1)).tolist())
+    if bad:
+        first = first_sample + min(samples) if samples else first_sample
+        raise ValueError(
+            f"Invalid value for argument `calibration_data`: batch {step} (from sample {first_sample}) holds "
+            f"{bad} NaN or inf entries, in {len(samples) or 1} of its samples (the first: sample {first}). "
+            "Wanda weighs each weight by the norm of the input it reads, and a non-finite norm has no order. "
+            "Drop or repair those samples. Nothing was changed.")
+
+
+def _not_inputs(calibration_data) -> bool:
+    """Whether `calibration_data` is plainly not inputs: a str (a path?), a
+    number, or arrays given as nested Python lists (whose numbers would be
+    read as a multi-input model's inputs)."""
+    if isinstance(calibration_data, (str, bytes)) or not hasattr(calibration_data, "__iter__") and not (
+            keras.ops.is_tensor(calibration_data)):
+        return True
+    if isinstance(calibration_data, (list, tuple, dict)):
+        return not all(hasattr(leaf, "shape") for leaf in keras.tree.flatten(calibration_data))
+    return False
+
+
+def input_norms(model: keras.Model, refs: list[WeightRef], calibration_data, batch_size: int = 128,
+                steps: int | None = None) -> dict:
+    """`||X_j||₂` per input channel `j` of each weight's layer, over the
+    calibration samples (and positions) `batches` reads, keyed by
+    `id(ref.layer)`. Non-finite calibration data is refused."""
     layers = {id(ref.layer): ref.layer for ref in refs}
     for ref in refs:
         if not units_lib.reads_layer_inputs(ref.layer) or units_lib.input_axis(ref.layer, ref.variable) is None:
@@ -69,10 +129,16 @@ def input_norms(model: keras.Model, refs: list[WeightRef], calibration_data, bat
                 f"{ref.name!r} ({type(ref.layer).__name__} {ref.kind}) does not read its layer's inputs "
                 "directly. Select Dense, Conv or DepthwiseConv kernels (`layers=`, `weights=`)."
             )
+    if _not_inputs(calibration_data):
+        raise TypeError(
+            "Invalid value for argument `calibration_data`: expected inputs as `model(x)` takes them (arrays, "
+            "a dict or list of arrays) or a dataset or generator of them. Received: calibration_data="
+            f"{calibration_data!r:.80} of type {type(calibration_data).__name__}")
     sums: dict = {}
     with _recording_inputs(layers.values(), sums):
         seen = 0
-        for batch in _batches(calibration_data, batch_size):
+        for step, batch in enumerate(batches(calibration_data, batch_size, steps)):
+            check_finite_batch(batch, step, seen)
             try:
                 model(batch, training=False)
             except Exception as error:
@@ -81,7 +147,7 @@ def input_norms(model: keras.Model, refs: list[WeightRef], calibration_data, bat
                     f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). Pass "
                     "inputs as `model(x)` takes them (arrays, a dict or list of arrays, or a dataset of them)."
                 ) from None
-            seen += 1
+            seen += _samples_in(batch)
     if not seen:
         raise ValueError("Invalid value for argument `calibration_data`: it holds no samples.")
     missing = [ref.name for ref in refs if id(ref.layer) not in sums]
@@ -95,5 +161,9 @@ def input_norms(model: keras.Model, refs: list[WeightRef], calibration_data, bat
                 f"score='wanda': {ref.name!r} reads {norm.shape[0]} input channels but its kernel has "
                 f"{ref.variable.shape[-2]} (a layer called on inputs of several widths?)."
             )
+        if not np.isfinite(norm).all():
+            raise ValueError(
+                f"score='wanda': the inputs of {ref.name!r} reach NaN or inf on the calibration data (finite "
+                "as given: the layers before it overflow on it, or hold non-finite weights). Nothing was changed.")
         norms[id(ref.layer)] = norm
     return norms

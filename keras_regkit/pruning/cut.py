@@ -91,11 +91,25 @@ def _chosen_globally(ranked: list[np.ndarray], sparsity, threshold) -> list[np.n
     else:
         count = max(int(round(sparsity * flat.size)), int(np.count_nonzero(flat < 0)))
         count = min(count, int(np.count_nonzero(np.isfinite(flat))))  # never a pattern's N best
-        chosen = np.zeros(flat.size, dtype=bool)
-        if count:
-            chosen[np.argpartition(flat, count - 1)[:count]] = True
+        chosen = lowest_by_position(flat, count)
     pieces = np.split(chosen, np.cumsum([r.size for r in ranked])[:-1])
     return [piece.reshape(r.shape) for piece, r in zip(pieces, ranked)]
+
+
+def lowest_by_position(flat: np.ndarray, count: int) -> np.ndarray:
+    """A mask of the `count` lowest entries of `flat`: all those below the
+    `count`-th lowest value, then the first ones (by position) of those equal
+    to it, so that exactly `count` are chosen however many tie."""
+    chosen = np.zeros(flat.size, dtype=bool)
+    if count <= 0:
+        return chosen
+    # `np.partition` finds the order statistic in linear time; which of the
+    # tied entries it puts first is unspecified, so they are chosen here.
+    kth = np.partition(flat, count - 1)[count - 1]
+    chosen = flat < kth
+    tied = np.flatnonzero(flat == kth)
+    chosen[tied[:count - int(chosen.sum())]] = True
+    return chosen
 
 
 def _chosen_per_output(ranked: np.ndarray, ref: WeightRef, sparsity, threshold) -> np.ndarray:

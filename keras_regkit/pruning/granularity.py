@@ -113,10 +113,7 @@ class NM(Granularity):
     keep every group's `n` best."""
 
     def __init__(self, n: int, m: int, weights: Union[str, Sequence[str]] = "kernel"):
-        if not 1 <= n < m:
-            raise ValueError(
-                f"Invalid value for argument `granularity`: in 'N:M', N must be at least 1 and below M "
-                f"(keep N of every M). Received: granularity='{n}:{m}'")
+        _check_n_below_m(n, m, "granularity")
         super().__init__(weights)
         self.n, self.m = n, m
         self.name = f"{n}:{m}"
@@ -192,16 +189,10 @@ class Units(Granularity):
         refs = super().select(model, layers)
         is_head_part = [units_lib.head_axis(ref.layer, ref.variable, ref.parent) is not None for ref in refs]
         refs, is_head_part = self._heads_only(model, layers, refs, is_head_part)
-        without_units = sorted({ref.name for ref, part in zip(refs, is_head_part)
-                                if not part and not units_lib.is_unit_kernel(ref.layer, ref.variable)})
+        without_units = [ref for ref, part in zip(refs, is_head_part)
+                         if not part and not units_lib.is_unit_kernel(ref.layer, ref.variable)]
         if without_units:
-            raise ValueError(
-                "granularity='unit' removes whole units, which only the unit kernels of "
-                f"{[cls.__name__ for cls in units_lib.UNIT_LAYERS]} have (a Dense or Conv "
-                "'kernel', a SeparableConv 'pointwise_kernel', a DepthwiseConv "
-                "'depthwise_kernel'), and whole attention heads (the query, key, value and output "
-                "kernels of a MultiHeadAttention, and the query, key and value biases). "
-                f"Received: weights={self.weights_given!r}, which selects {without_units}")
+            raise ValueError(self._without_units_message(layers, without_units))
         # The output projection decides whether a head is dead: a selection
         # that cuts the query of a head but leaves its output would kill nothing.
         attention = {id(ref.parent): ref.parent for ref, part in zip(refs, is_head_part) if part}
@@ -230,6 +221,27 @@ class Units(Granularity):
 
     def _heads_only(self, model, layers, refs, is_head_part):
         return refs, is_head_part
+
+    def _without_units_message(self, layers, refs) -> str:
+        """What the selection holds that has neither units nor heads, where
+        it sits, and what to do instead."""
+        described, in_attention = [], False
+        for ref in refs:
+            where = f"{type(ref.layer).__name__} {ref.kind}"
+            if ref.parent is not None and units_lib.is_head_layer(ref.parent):
+                in_attention = True
+                where += f" inside attention layer '{ref.parent.name}', part of no head, such as a gate"
+            described.append(f"{ref.name!r} ({where})")
+        selection = (f"layers={layers!r}{' (the default)' if layers == '*' else ''}, weights="
+                     f"{self.weights_given!r}{' (the default)' if self.weights_given == 'kernel' else ''}")
+        return (
+            f"granularity={self.name!r} removes whole units (the unit kernels of "
+            f"{[cls.__name__ for cls in units_lib.UNIT_LAYERS]}: a Dense or Conv 'kernel', a SeparableConv "
+            "'pointwise_kernel', a DepthwiseConv 'depthwise_kernel') and whole attention heads (the query, key, "
+            "value and output kernels of a MultiHeadAttention, and the query, key and value biases). The "
+            f"selection ({selection}) also holds weights that are neither: {', '.join(described)}. Leave their "
+            "layers out with `layers=` (a name glob, a class or a callable; a layer inside an attention layer "
+            "goes with it)" + (", or cut attention heads alone with granularity='head'." if in_attention else "."))
 
     def unit_groups(self, refs: list) -> list[UnitGroup]:
         groups, by_attention = [], {}
@@ -309,6 +321,21 @@ class Heads(Units):
 _NAMED = {"weight": Weights, "unit": Units, "head": Heads}
 
 
+def _check_n_below_m(n: int, m: int, argument: str) -> None:
+    if not 1 <= n < m:
+        raise ValueError(
+            f"Invalid value for argument `{argument}`: in 'N:M', N must be at least 1 and below M "
+            f"(keep N of every M). Received: {argument}='{n}:{m}'")
+
+
+def _split_nm(spec) -> tuple[int, int] | None:
+    """`(n, m)` of an `"N:M"` string, or None for anything else."""
+    parts = spec.split(":") if isinstance(spec, str) else []
+    if len(parts) == 2 and all(p.isdigit() for p in parts):
+        return int(parts[0]), int(parts[1])
+    return None
+
+
 def get(granularity, weights: Union[str, Sequence[str]] = "kernel") -> Granularity:
     """A `Granularity` from its string (`"weight"`, `"unit"`, `"head"` or
     `"N:M"`, e.g. `"2:4"`) covering the weight kinds `weights`, or the
@@ -317,22 +344,24 @@ def get(granularity, weights: Union[str, Sequence[str]] = "kernel") -> Granulari
         return granularity
     if isinstance(granularity, str) and granularity in _NAMED:
         return _NAMED[granularity](weights)
-    parts = granularity.split(":") if isinstance(granularity, str) else []
-    if len(parts) == 2 and all(p.isdigit() for p in parts):
-        return NM(int(parts[0]), int(parts[1]), weights)
+    split = _split_nm(granularity)
+    if split is not None:
+        return NM(*split, weights)
     raise ValueError(
         "Invalid value for argument `granularity`: expected 'weight', 'unit', 'head' or 'N:M' (e.g. '2:4'), "
         f"or a keras_regkit.pruning.Granularity. Received: granularity={granularity!r}")
 
 
 def pattern(spec) -> NM:
-    """The N:M pattern `spec` names (`"2:4"`), as the `pattern=` argument of
-    the sparsity report and monitor takes it."""
-    parsed = None
-    try:
-        parsed = get(spec)
-    except ValueError:
-        pass
-    if not isinstance(parsed, NM):
-        raise ValueError(f"Invalid value for argument `pattern`: expected 'N:M' (e.g. '2:4'). Received: pattern={spec!r}")
-    return parsed
+    """The N:M pattern `spec` names (`"2:4"`, or an `NM`), as the `pattern=`
+    argument of the sparsity report and monitor takes it: its errors name
+    `pattern`."""
+    if isinstance(spec, NM):
+        return spec
+    split = _split_nm(spec)
+    if split is None:
+        raise ValueError(
+            "Invalid value for argument `pattern`: expected 'N:M' (e.g. '2:4': at most N non-zeros in every "
+            f"group of M inputs). Received: pattern={spec!r}")
+    _check_n_below_m(*split, "pattern")
+    return NM(*split)

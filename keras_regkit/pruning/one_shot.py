@@ -59,6 +59,7 @@ def prune(
     score: str = "magnitude",
     calibration_data=None,
     ranking: str = "global",
+    calibration_steps: int | None = None,
 ) -> PruneResult:
     """Sets the lowest-scoring weights (or whole units, or all but N of
     every M inputs) to exact zeros at once, without training.
@@ -114,16 +115,28 @@ def prune(
             `calibration_data`; Sun et al., 2023). Defaults to
             `"magnitude"`.
         calibration_data: Unlabeled inputs (arrays as `model(x)` takes
-            them, or a dataset of them; a few hundred samples), needed by
-            and only by `score="wanda"`. Dense, Conv and DepthwiseConv
-            kernels, including those inside composite layers (KerasHub's
-            transformer blocks).
+            them, or a `tf.data.Dataset`, generator or other iterable of
+            batches of them; a few hundred samples), needed by and only by
+            `score="wanda"`. Dense, Conv and DepthwiseConv kernels,
+            including those inside composite layers (KerasHub's transformer
+            blocks). Arrays are read in batches of 128; a batch that is an
+            `(inputs, targets)` tuple (or `(inputs, targets,
+            sample_weights)`) gives its inputs alone, as in `model.fit`. A
+            dataset or generator is read to its end, or `calibration_steps`
+            batches, and at most up to the batch that reaches
+            `keras_regkit.pruning.calibration.CALIBRATION_SAMPLES` (1024)
+            samples when `calibration_steps` is not given (so a dataset that
+            repeats forever ends there). NaN or inf entries are refused.
         ranking: `"global"` (one threshold over all selected weights:
             layers with many unimportant weights give up more) or
             `"per_output"` (every output unit loses the same share, as the
             Wanda paper compares, for models whose layers are alike).
             Entries only. Defaults to `"global"`, which did better for both
             scores on the MNIST-1D CNN (benchmarks/bench_patterns.py).
+        calibration_steps: How many batches of `calibration_data` to
+            read, an int >= 1 (as `model.predict(steps=)`), with
+            `score="wanda"` only. Defaults to None: to the end of the data,
+            or the sample cap above.
 
     Returns:
         A `PruneResult` with the threshold used and the zeros made.
@@ -134,8 +147,9 @@ def prune(
             True or False, the model is not built yet, the selector matches
             nothing, a selected weight holds NaN or inf entries, or
             `granularity` is unknown or cannot apply (weight kinds without
-            units, a subclassed model whose output layers are unknown).
-            Nothing is changed then.
+            units, a subclassed model whose output layers are unknown), or
+            `calibration_data` holds NaN or inf entries or cannot be passed
+            to the model. Nothing is changed then.
 
     Example:
 
@@ -172,6 +186,12 @@ def prune(
             "score='wanda' needs `calibration_data` (a few hundred unlabeled inputs), and only it reads "
             f"them. Received: score={score!r}, calibration_data="
             f"{'None' if calibration_data is None else type(calibration_data).__name__}")
+    if calibration_steps is not None:
+        calibration_steps = _validate.integer("calibration_steps", calibration_steps, minimum=1)
+        if score != "wanda":
+            raise ValueError(
+                "`calibration_steps` says how many batches of `calibration_data` score='wanda' reads. Received: "
+                f"calibration_steps={calibration_steps}, score={score!r}")
     if ranking not in ("global", "per_output"):
         raise ValueError(
             f"Invalid value for argument `ranking`: expected 'global' or 'per_output'. Received: ranking={ranking!r}")
@@ -186,7 +206,8 @@ def prune(
     refs = granularity.select(model, layers)
     cut_lib.check_finite(refs)
     if score == "wanda":
-        scores = scores_lib.Wanda(calibration.input_norms(model, refs, calibration_data)).scores(refs)
+        norms = calibration.input_norms(model, refs, calibration_data, steps=calibration_steps)
+        scores = scores_lib.Wanda(norms).scores(refs)
     else:
         scores = scores_lib.Magnitude().scores(refs)
     made = cut_lib.cut(refs, scores, granularity, sparsity=sparsity, threshold=threshold,
