@@ -78,9 +78,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                                help="int8 weights and activations (calibrated on inputs); "
                                     "--int8 dynamic: int8 weights, no calibration")
     export_parser.add_argument("--sparse", action="store_true", help="store mostly-zero weights sparse")
-    export_parser.add_argument("--check", metavar="X.npy", help="compare the runtime's outputs with Keras' on these")
+    export_parser.add_argument("--check", metavar="X.npy",
+                               help="compare the runtime's outputs with Keras' on these inputs (.npy, or .npz "
+                                    "keyed by input name)")
     export_parser.add_argument("--representative", metavar="X.npy",
-                               help="int8 calibration inputs (default: --check's)")
+                               help="int8 calibration inputs, as --check (default: --check's)")
     return parser.parse_args(argv)
 
 

@@ -123,28 +123,52 @@ def search(args) -> int:
 
 def export_file(args) -> int:
     """`keras_regkit.export` from the shell: inputs as .npy (one array) or
-    .npz (arrays named by the model's inputs)."""
+    .npz (arrays named by the model's inputs; one array for a single-input
+    model, whatever its name)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import numpy as np
-
     import keras_regkit as rk  # registers its classes before the load
 
     model = _load_model(args.path, "export")
     if model is None:
         return 1
     try:
-        inputs = {}
-        for name in ("check", "representative"):
-            path = getattr(args, name)
-            if path is not None:
-                loaded = np.load(path)
-                inputs[name] = dict(loaded) if isinstance(loaded, np.lib.npyio.NpzFile) else loaded
+        inputs = {name: _load_arrays(getattr(args, name), f"--{name}", model)
+                  for name in ("check", "representative") if getattr(args, name) is not None}
         result = rk.export(model, args.out, int8=args.int8, sparse=args.sparse, check=inputs.get("check"),
                            representative_data=inputs.get("representative"))
     except (ImportError, OSError, TypeError, ValueError) as error:  # ExportCheckError is a ValueError
-        return _fail(f"export: {error}")
+        return _fail(f"export: {_one_line(error)}")
     print(result)
     return 0
+
+
+def _load_arrays(path, option, model):
+    """The array of a .npy file, or the arrays of a .npz file: a dict, or
+    its one array, whatever its name, for a single-input model
+    (`np.savez(path, x)` names it `arr_0`)."""
+    import zipfile
+
+    import numpy as np
+
+    from keras_regkit.deploy.inputs import input_names
+
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                loaded = dict(loaded)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"cannot read {option} {path!r}: expected a .npy file (numpy.save) or a .npz file "
+                         f"(numpy.savez): {_one_line(error)}") from None
+    names, keyed = input_names(model)
+    if isinstance(loaded, dict) and len(loaded) == 1 and names is not None and len(names) == 1:
+        (array,) = loaded.values()
+        return {names[0]: array} if keyed else array
+    return loaded
+
+
+def _one_line(error) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
 
 
 def _plot_histograms(model, weights, path):

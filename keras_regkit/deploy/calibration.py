@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import keras
-import numpy as np
 
 # The converter calibrates int8 ranges on this many samples at most (its
 # documentation suggests a few hundred); more only slows the conversion.
@@ -20,12 +19,14 @@ def require_representative(data):
 
 
 def calibration(data):
-    """The converter's representative dataset: one sample a call, inputs in
-    the model's structure (a list, or a dict keyed by input name)."""
-    count = min(CALIBRATION_SAMPLES, sample_count(data, "representative_data"))
-    # float64 (NumPy's default) would not match the models' float32 inputs.
-    data = keras.tree.map_structure(
-        lambda a: np.asarray(a, "float32") if np.asarray(a).dtype == np.float64 else np.asarray(a), data)
+    """The converter's representative dataset: one sample a call, a list of
+    one array or a dict keyed by input name.
+
+    Args:
+        data: Arrays as `inputs.conform` returns them (checked, cast to the
+            model's input dtypes).
+    """
+    count = min(CALIBRATION_SAMPLES, len(keras.tree.flatten(data)[0]))
 
     def samples():
         for i in range(count):
@@ -33,14 +34,3 @@ def calibration(data):
             yield sample if isinstance(sample, dict) else list(keras.tree.flatten(sample))
 
     return samples
-
-
-def sample_count(data, name: str) -> int:
-    """The number of samples of `data` (argument `name`), the same in all its
-    arrays."""
-    sizes = {len(a) for a in keras.tree.flatten(data)}
-    if len(sizes) != 1:
-        raise ValueError(f"Invalid value for argument `{name}`: its arrays must all have the same number of "
-                         f"samples. Received sizes {sorted(sizes)}")
-    return sizes.pop()
-

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import tempfile
 from typing import Any
 
 import keras
@@ -11,7 +13,8 @@ import numpy as np
 
 from keras_regkit import _validate
 from keras_regkit._keras.layers import sublayers
-from keras_regkit.deploy.calibration import sample_count
+from keras_regkit.deploy.calibration import require_representative
+from keras_regkit.deploy.inputs import conform
 from keras_regkit.deploy.runtime import FORMATS, Runtime, median_call_ms, require
 from keras_regkit.deploy.to_litert import export_litert
 from keras_regkit.deploy.to_onnx import export_onnx
@@ -85,7 +88,10 @@ def export(
         model: A built Keras model (for instance `shrink`'s, or
             `compact(...).model`). Not one already quantized with
             `model.quantize`: pass the float model and `int8=True`.
-        path: The file to write, ending in `.tflite` or `.onnx`.
+        path: The file to write, ending in `.tflite` or `.onnx`, in a folder
+            that exists (it is not created, as with `model.save`). An
+            existing file is replaced, and only once the new one is
+            complete: a refused or failed export leaves it as it was.
         int8: `True`: int8 weights and activations. LiteRT: the converter's
             post-training quantization, calibrated on
             `representative_data`. ONNX: ONNX Runtime's static quantization,
@@ -98,15 +104,23 @@ def export(
             docstring).
             LiteRT refuses it with `int8` (its default CPU delegate cannot
             prepare the file).
-        representative_data: Inputs like the model's (an array, or a dict or
-            list of arrays), from which `int8=True` sets the activations'
-            ranges (its first `CALIBRATION_SAMPLES` samples).
-            Defaults to `check` when that is given.
+        representative_data: Inputs like the model's, from which
+            `int8=True` sets the activations' ranges (its first
+            `CALIBRATION_SAMPLES` samples); only with `int8=True`. NumPy
+            arrays in the model's input structure: an array for a
+            single-input model, else a dict keyed by input name (or a list
+            in input order), each of the input's shape (any number of
+            samples, at least one), finite. Integer data for a float input
+            is cast to the input's dtype, as are integral floats for an
+            integer input (token ids). Not a dataset or a generator: take
+            arrays from it. Defaults to `check` when that is given.
         check: Inputs to compare the runtime's outputs with the Keras model's
-            on. A float file must match within `atol` times the largest
-            output magnitude (at least 1); an int8 file must pick the same
-            arg-max class on at least `min_agreement` of the samples.
-            Single-output models only.
+            on, as `representative_data`; float and int8 files alike (also
+            `int8="dynamic"`). A float file must match within `atol` times
+            the largest output magnitude (at least 1); an int8 file must
+            pick the same arg-max class on at least `min_agreement` of the
+            samples; NaN or inf in the runtime's outputs fails either.
+            Single-output models only, whose outputs on `check` are finite.
         atol: Float files' tolerance, relative to the outputs' scale.
         min_agreement: int8 files' least top-1 agreement, in [0, 1].
 
@@ -115,8 +129,13 @@ def export(
         difference from Keras, its top-1 agreement and its latency.
 
     Raises:
-        ValueError: a bad argument, an already quantized model, an option the
-            format or backend cannot do.
+        TypeError, ValueError: a bad argument (inputs not in the model's
+            structure, shape or dtype, NaN or inf in them or in the Keras
+            model's outputs on `check`), an already quantized model, NaN or
+            inf weights with `int8`, an option the format or backend cannot
+            do. Nothing is written.
+        FileNotFoundError, IsADirectoryError: `path`'s folder does not exist,
+            or `path` is a folder.
         ImportError: the runtime or converter is not installed
             (`pip install 'keras_regkit[export]'`).
         ExportCheckError: with `check`, the runtime's outputs differ.
@@ -157,42 +176,114 @@ def export(
             f"Model {model.name!r} is already quantized ({', '.join(quantized)}, by `model.quantize`). "
             "Keras' quantized graph does not convert to LiteRT (its int8 BatchMatMul is refused by the "
             "converter), and `export` quantizes the file itself: pass the float model and `int8=True`.")
-    if representative_data is None:
+    _require_writable(path)
+    if representative_data is not None and int8 is not True:
+        raise ValueError(
+            f"`representative_data` calibrates int8 activations: it is used only with `int8=True`. "
+            f"Received: int8={int8!r} with representative_data given (drop it, or pass int8=True)")
+    if check is not None:
+        check = conform(check, model, "check")
+    if representative_data is not None:
+        representative_data = conform(representative_data, model, "representative_data")
+    elif int8 is True:
         representative_data = check
+        require_representative(representative_data)
+    if int8:
+        _require_finite_weights(model)
+    if representative_data is not None:
+        # One sample: checks what `conform` cannot know of a subclassed model.
+        _call(model, keras.tree.map_structure(lambda a: a[:1], representative_data), "representative_data")
+    expected = None
     if check is not None:
         # Before the conversion, which can take a while.
-        sample_count(check, "check")
+        expected = _keras_outputs(model, check)
         require("ai_edge_litert" if fmt == "litert" else "onnxruntime")
 
-    if fmt == "litert":
-        export_litert(model, path, int8, sparse, representative_data)
-    else:
-        export_onnx(model, path, int8, sparse, representative_data)
+    convert = export_litert if fmt == "litert" else export_onnx
+    # Written beside the target, then moved over it: a failed conversion
+    # leaves no half-written file, and an existing file as it was. (Keras'
+    # LiteRT export takes only a lower-case suffix.)
+    with tempfile.TemporaryDirectory(prefix=".keras_regkit_export_", dir=os.path.dirname(os.path.abspath(path))) \
+            as scratch:
+        written = os.path.join(scratch, "model" + os.path.splitext(path)[1].lower())
+        convert(model, written, int8, sparse, representative_data)
+        os.replace(written, path)
     result = ExportResult(path, fmt, int8, sparse, os.path.getsize(path))
     if check is None:
         return result
-    return _check(model, result, check, atol, min_agreement)
+    return _check(result, check, expected, atol, min_agreement)
 
 
+def _require_writable(path):
+    """Refuses a path whose folder does not exist, as `model.save` does (the
+    folder is not created), or that is a folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"Invalid value for argument `path`: its folder {folder!r} does not exist "
+                                f"(it is not created, as with `model.save`). Received: path={path!r}")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"Invalid value for argument `path`: its folder {folder!r} is not writable. "
+                              f"Received: path={path!r}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"Invalid value for argument `path`: it is a folder; expected a file name. "
+                                f"Received: path={path!r}")
 
-def _check(model, result, check, atol, min_agreement):
-    expected = model(check, training=False)
+
+def _require_finite_weights(model):
+    """int8 scales are set from each weight's range: NaN or inf has none
+    (ONNX Runtime fails with `AssertionError: scale issue`)."""
+    for variable in model.weights:
+        value = keras.ops.convert_to_numpy(variable.value)
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+            raise ValueError(
+                f"Model {model.name!r} cannot be quantized to int8: weight {variable.path!r} holds {bad} NaN or "
+                f"infinite values of {value.size}, which have no int8 range. Fix or retrain the model.")
+
+
+def _call(model, inputs, argument):
+    try:
+        return model(inputs, training=False)
+    except Exception as error:  # Keras' message spans lines, with terminal escapes
+        message = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines())
+        raise ValueError(f"Invalid value for argument `{argument}`: model {model.name!r} fails on it: "
+                         f"{message.strip()}") from error
+
+
+def _keras_outputs(model, check):
+    """The Keras model's outputs on `check`: one finite array."""
+    expected = _call(model, check, "check")
     if isinstance(expected, (list, tuple, dict)):
         raise ValueError(f"`check` compares single-output models; model {model.name!r} has "
                          f"{len(expected)} outputs. Load the file with `Runtime` and compare them yourself.")
     expected = keras.ops.convert_to_numpy(expected)
+    finite = np.isfinite(expected)
+    if not finite.all():
+        raise ValueError(
+            f"Invalid value for argument `check`: the Keras model's own outputs on it hold "
+            f"{expected.size - np.count_nonzero(finite)} NaN or infinite values of {expected.size} (NaN or inf "
+            f"weights?): a file cannot be compared with them. Nothing was written.")
+    return expected
+
+
+def _check(result, check, expected, atol, min_agreement):
     runtime = Runtime(result.path)
     got = runtime(check)
     if got.shape != expected.shape:
         raise ExportCheckError(f"{result.path}: the runtime's output has shape {got.shape}, Keras' "
                                f"{expected.shape}.")
+    finite = np.isfinite(got)
+    if not finite.all():
+        raise ExportCheckError(
+            f"{result.path}: the runtime's outputs hold {got.size - np.count_nonzero(finite)} NaN or infinite "
+            f"values of {got.size} where Keras' are finite. The file is left in place.")
     max_abs_diff = float(np.max(np.abs(got.astype(np.float64) - expected)))
     agreement = float(np.mean(got.reshape(len(got), -1).argmax(-1) == expected.reshape(len(got), -1).argmax(-1)))
     first = keras.tree.map_structure(lambda a: np.asarray(a)[:1], check)
     result = dataclasses.replace(result, max_abs_diff=max_abs_diff, top1_agreement=agreement,
                                  latency_ms=median_call_ms(runtime, first))
     scale = max(1.0, float(np.max(np.abs(expected))))
-    if not result.int8 and max_abs_diff > atol * scale:
+    if not result.int8 and not max_abs_diff <= atol * scale:
         raise ExportCheckError(
             f"{result.path}: the runtime's outputs differ from Keras' by up to {max_abs_diff:.3g}, more than "
             f"atol={atol} x output scale {scale:.3g}. The file is left in place.")

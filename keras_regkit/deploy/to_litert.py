@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import keras
 
-from keras_regkit.deploy.calibration import calibration, require_representative
+from keras_regkit.deploy.calibration import calibration
 
 
 def export_litert(model, path, int8, sparse, representative_data):
@@ -35,7 +35,6 @@ def export_litert(model, path, int8, sparse, representative_data):
             # DEFAULT without a representative dataset is dynamic-range quantization.
             options["optimizations"].append(tf.lite.Optimize.DEFAULT)
         if int8 is True:
-            require_representative(representative_data)
             options["representative_dataset"] = calibration(representative_data)
     model.export(path, format="litert", verbose=False, **options)
 

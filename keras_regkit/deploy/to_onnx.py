@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from keras_regkit._keras.export import was_called
-from keras_regkit.deploy.calibration import calibration, require_representative
+from keras_regkit.deploy.calibration import calibration
 from keras_regkit.deploy.runtime import require
 
 
@@ -20,8 +20,6 @@ def export_onnx(model, path, int8, sparse, representative_data):
     require("onnx", *(["tf2onnx"] if keras.backend.backend() == "tensorflow" else []))
     if int8:
         require("onnxruntime")  # its quantization tools
-    if int8 is True:
-        require_representative(representative_data)
     if not was_called(model):
         # Keras' ONNX export refuses a model that has never been called.
         model(zeros_like_inputs(model), training=False)
