@@ -105,8 +105,8 @@ class WeightStats:
     ):
         self.threshold = _validate.real("threshold", threshold)
         self.relative = _validate.boolean("relative", relative)
-        self.pattern = pattern
         self.nm = None if pattern is None else granularity_lib.pattern(pattern)  # validated once
+        self.pattern = None if self.nm is None else self.nm.name  # as a string, however given
         self.refs = list(weights_lib.iter_weights(model, weights))
         if not self.refs:
             weights_lib.check_built(model)
@@ -430,5 +430,6 @@ def sparsity_report(
     >>> rk.sparsity_report(model).total.sparsity
     1.0
     """
-    layers = WeightStats(model, weights, threshold, relative, pattern).compute()
-    return SparsityReport.from_layers(layers, threshold, relative, pattern, units_lib.dropped_inputs(model))
+    stats = WeightStats(model, weights, threshold, relative, pattern)
+    return SparsityReport.from_layers(stats.compute(), threshold, relative, stats.pattern,
+                                      units_lib.dropped_inputs(model))

@@ -163,13 +163,60 @@ def test_register_as_a_decorator_and_a_later_registration_replaces_an_earlier_on
     assert rk.layers.kind_of(Mine(2)) is rk.layers.kinds.DEFAULT
 
 
-@pytest.mark.parametrize("call, error, match", [
-    (lambda: rk.layers.register(int, AFFINE), TypeError, r"argument `layer_class`.*Received: layer_class=<class 'int'>"),
-    (lambda: rk.layers.register(Affine, {"unit_kernel": "w"}), TypeError, r"argument `kind`.*LayerKind"),
-    (lambda: rk.layers.LayerKind(weights={"weight": ("w", "r")}), TypeError, r"argument `weights`.*weight kind"),
-    (lambda: rk.layers.LayerKind(unit_axes=0), ValueError, r"argument `unit_axes`.*unit_axes=0"),
-    (lambda: rk.layers.LayerKind(compact="units"), TypeError, r"argument `compact`.*compact='units'"),
-], ids=["class", "kind", "weights", "unit_axes", "compact"])
+def registration(name, call, error, match):
+    return pytest.param(call, error, match, id=name)
+
+
+# Registrations refused at the call (no model is involved).
+BAD_INPUT = [
+    registration("class", lambda: rk.layers.register(int, AFFINE), TypeError,
+                 r"argument `layer_class`.*Received: layer_class=<class 'int'>"),
+    registration("kind", lambda: rk.layers.register(Affine, {"unit_kernel": "w"}), TypeError,
+                 r"argument `kind`.*LayerKind"),
+    registration("weights", lambda: rk.layers.LayerKind(weights={"weight": ("w", "r")}), TypeError,
+                 r"argument `weights`.*weight kind"),
+    registration("unit_axes", lambda: rk.layers.LayerKind(unit_axes=0), ValueError, r"argument `unit_axes`.*unit_axes=0"),
+    registration("compact", lambda: rk.layers.LayerKind(compact="units"), TypeError, r"argument `compact`.*compact='units'"),
+    # One variable under two kinds would be counted, penalised and pruned twice
+    # (issue #37: 240 parameters reported for a model of 192); two variables
+    # saving their regularizers to one attribute would reload with one penalty.
+    registration("one-variable-two-kinds",
+                 lambda: rk.layers.LayerKind(weights={"kernel": ("w", "w_regularizer"), "bias": ("w", "b_regularizer")}),
+                 TypeError, r"argument `weights` of LayerKind: the variable attribute 'w' is given to several weight "
+                            r"kinds \['kernel', 'bias'\]"),
+    registration("one-regularizer-two-kinds",
+                 lambda: rk.layers.LayerKind(weights={"kernel": ("w", "regularizer"), "bias": ("b", "regularizer")}),
+                 TypeError, r"the regularizer attribute 'regularizer' is given to several weight kinds"),
+    registration("weights-pair-of-three", lambda: rk.layers.LayerKind(weights={"kernel": ("w", "r", "x")}), TypeError,
+                 r"argument `weights`.*pair"),
+    registration("weights-list-pair", lambda: rk.layers.LayerKind(weights={"kernel": ["w", "r"]}), TypeError,
+                 r"argument `weights`.*pair"),
+    registration("weights-not-a-dict", lambda: rk.layers.LayerKind(weights=[("kernel", ("w", "r"))]), TypeError,
+                 r"argument `weights`.*dict"),
+    registration("unit_kernel-variable", lambda: rk.layers.LayerKind(unit_kernel=keras.Variable(1.0)), TypeError,
+                 r"argument `unit_kernel`"),
+    registration("unit_axes-float", lambda: rk.layers.LayerKind(unit_axes=1.5), ValueError, r"unit_axes=1.5"),
+]
+
+
+@pytest.mark.parametrize("call, error, match", BAD_INPUT)
 def test_a_bad_registration_is_refused_naming_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+class Twice(Affine):
+    """Declares its `w` by `regkit_weights`, as two kinds."""
+
+    def regkit_weights(self):
+        return {"kernel": ("w", "w_regularizer"), "bias": ("w", "w_regularizer")}
+
+
+def test_a_declaration_giving_one_variable_two_kinds_is_refused_naming_the_layer_and_the_variable():
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, L.Dense(16, name="out")(Twice(8, name="twice")(inputs)))
+    with pytest.raises(TypeError, match=r"Layer 'twice' \(Twice\).*'w' is given to several weight kinds"):
+        rk.sparsity_report(model, "all")
+    with pytest.raises(TypeError, match=r"Layer 'twice'"):
+        rk.apply_regularizers(model, {"*": rk.regularizers.L1(0.1)}, weights="all")
+    assert all(getattr(v, "regularizer", None) is None for v in model.weights)

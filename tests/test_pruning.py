@@ -369,6 +369,23 @@ def test_cut_is_exact_global_and_never_regrows():
     assert Weights().count_dead(refs) == (55, 110)
 
 
+def test_a_cut_by_sparsity_takes_exactly_round_s_n_the_earliest_of_tied_scores_first():
+    # The lowest value is below every tie: it goes first; then the tied
+    # entries by position, however many tie at the threshold.
+    scores = np.array([2.0, 1.0, 1.0, 0.5, 1.0, 3.0, 1.0])
+    np.testing.assert_array_equal(cut_lib.lowest_by_position(scores, 3), [0, 1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(cut_lib.lowest_by_position(scores, 1), [0, 0, 0, 1, 0, 0, 0])
+    np.testing.assert_array_equal(cut_lib.lowest_by_position(scores, 0), [0] * 7)
+    # Through `cut`: a kernel whose entries are all equal loses exactly
+    # round(0.3 * 20) = 6 of them, the first six.
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, kernel_initializer="ones", name="d")])
+    refs = list(rk.iter_weights(model))
+    result = cut_lib.cut(refs, Magnitude().scores(refs), Weights(), sparsity=0.3)
+    kernel = keras.ops.convert_to_numpy(refs[0].variable).reshape(-1)
+    assert result.zeros == 6 and result.threshold == 1.0
+    np.testing.assert_array_equal(kernel == 0, np.arange(20) < 6)
+
+
 def test_cut_by_units_zeroes_whole_columns():
     model = two_layers()
     refs = list(rk.iter_weights(model))
@@ -420,6 +437,41 @@ def attention_model():
     return keras.Model(inputs, keras.layers.Dense(3, name="head")(outputs))
 
 
+class GatedAttention(keras.layers.MultiHeadAttention):
+    """An attention layer whose output is gated by its query: the gate's
+    kernel belongs to no head."""
+
+    def build(self, query_shape, value_shape, key_shape=None):
+        super().build(query_shape, value_shape, key_shape)
+        self.gate = keras.layers.EinsumDense("abc,cd->abd", output_shape=(None, query_shape[-1]), name="gate")
+        self.gate.build(query_shape)
+
+    def call(self, query, value, key=None, **kwargs):
+        return super().call(query, value, key, **kwargs) * keras.ops.sigmoid(self.gate(query))
+
+
+def gated_model():
+    inputs = keras.Input((5, 8))
+    outputs = GatedAttention(num_heads=2, key_dim=4, name="gated")(inputs, inputs)
+    return keras.Model(inputs, keras.layers.Dense(3, name="out")(keras.layers.Flatten()(outputs)))
+
+
+def test_a_gated_attention_under_unit_granularity_is_refused_saying_what_the_selection_holds():
+    model = gated_model()
+    before = [to_numpy(v) for v in model.weights]
+    with pytest.raises(ValueError) as raised:
+        rk.prune(model, sparsity=0.5, granularity="unit")
+    message = str(raised.value)
+    assert "layers='*' (the default), weights='kernel' (the default)" in message
+    assert "'gated/gate' (EinsumDense kernel inside attention layer 'gated', part of no head" in message
+    assert "granularity='head'" in message
+    for old, new in zip(before, model.weights):
+        np.testing.assert_array_equal(old, to_numpy(new))
+    # What the message offers works: the heads alone.
+    result = rk.prune(model, sparsity=0.5, granularity="head")
+    assert rk.dead_units(model)["gated"] == (1, 2) and "gated/gate" not in [ref.path for ref in result.refs]
+
+
 BAD_INPUT = [
     # Booleans: a string is truthy, so "no" and "False" would mean True.
     row("prune-hold-str", lambda m: rk.prune(m, sparsity=0.5, hold="no"), TypeError, "hold"),
@@ -455,6 +507,19 @@ BAD_INPUT = [
         prepare=with_nonfinite),
     row("prune-nonfinite-threshold", lambda m: rk.prune(m, threshold=0.1), ValueError, "hidden0",
         prepare=with_nonfinite),
+    # Families a careful user tries (issue #37).
+    row("prune-sparsity-negative", lambda m: rk.prune(m, sparsity=-0.1), ValueError, "sparsity=-0.1"),
+    row("prune-threshold-negative", lambda m: rk.prune(m, threshold=-1.0), ValueError, "threshold=-1.0"),
+    row("prune-sparsity-str", lambda m: rk.prune(m, sparsity="50%"), TypeError, "sparsity='50%'"),
+    row("prune-score-capitalised", lambda m: rk.prune(m, sparsity=0.5, score="Wanda"), ValueError, "score='Wanda'"),
+    row("prune-score-none", lambda m: rk.prune(m, sparsity=0.5, score=None), ValueError, "score=None"),
+    row("prune-ranking-none", lambda m: rk.prune(m, sparsity=0.5, ranking=None), ValueError, "ranking=None"),
+    row("prune-granularity-none", lambda m: rk.prune(m, sparsity=0.5, granularity=None), ValueError,
+        "granularity=None"),
+    row("prune-unit-all-weights", lambda m: rk.prune(m, sparsity=0.5, granularity="unit", weights="all"), ValueError,
+        "The selection (layers='*' (the default), weights='all') also holds weights that are neither: 'hidden0/bias'"),
+    row("prune-unit-gated-attention", lambda m: rk.prune(gated_model(), sparsity=0.5, granularity="unit"), ValueError,
+        "or cut attention heads alone with granularity='head'"),
     # HoldZeros.
     row("holdzeros-variable-array", lambda m: rk.pruning.HoldZeros(np.zeros(3)), TypeError, "variable"),
     row("holdzeros-inner-str", lambda m: rk.pruning.HoldZeros(m.get_layer("out").kernel, inner="non_neg"), TypeError,
@@ -472,7 +537,23 @@ def right_release_zeros_on_unbuilt_model_releases_nothing():
     assert rk.release_zeros(unbuilt()) == 0
 
 
-RIGHT = right_checks(right_release_zeros_on_unbuilt_model_releases_nothing)
+def right_numpy_scalars_and_bools_are_taken_as_python_ones():
+    model = tiny_mlp(units=(8, 4))
+    result = rk.prune(model, sparsity=np.float32(0.25), hold=np.bool_(False))
+    assert result.zeros == round(0.25 * result.params)
+
+
+def right_a_sparsity_that_rounds_to_nothing_cuts_nothing():
+    model = tiny_mlp(units=(8, 4))  # 80 kernel entries: 0.001 of them rounds to 0
+    result = rk.prune(model, sparsity=0.001)
+    assert result.zeros == 0 and result.threshold == 0.0
+
+
+RIGHT = right_checks(
+    right_release_zeros_on_unbuilt_model_releases_nothing,
+    right_numpy_scalars_and_bools_are_taken_as_python_ones,
+    right_a_sparsity_that_rounds_to_nothing_cuts_nothing,
+)
 
 
 @pytest.mark.clear_session_per_module

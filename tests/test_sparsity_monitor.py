@@ -13,6 +13,7 @@ from keras_regkit.regularizers import L1
 from conftest import (
     assert_refused_and_unchanged,
     assert_round_trip,
+    model_under_test,
     nan_inf_kernel_model,
     right_checks,
     row,
@@ -163,6 +164,7 @@ def test_rejects_bad_arguments(kwargs, error, match):
 def test_round_trips():
     restored = assert_round_trip(SparsityMonitor(weights=["kernel", "bias"], threshold=0.01, update_freq=5))
     assert restored.update_freq == 5
+    assert assert_round_trip(SparsityMonitor(pattern="2:4")).pattern == "2:4"
     with pytest.raises(ValueError, match=r"unknown keys \['every'\]"):
         SparsityMonitor.from_config({"every": 5})
 
@@ -211,6 +213,19 @@ BAD_INPUT = [
     row("monitor-log_dir-int", lambda m: rk.callbacks.SparsityMonitor(histogram_freq=1, log_dir=5), TypeError,
         "log_dir"),
     row("monitor-print_every-zero", lambda m: rk.callbacks.SparsityMonitor(print_every=0), ValueError, "print_every"),
+    # N:M patterns (issue #37): the error names `pattern`, the argument given, never `granularity`.
+    row("monitor-pattern-letters", lambda m: rk.callbacks.SparsityMonitor(pattern="a:b"), ValueError,
+        "Invalid value for argument `pattern`: expected 'N:M' (e.g. '2:4'"),
+    row("monitor-pattern-n-equals-m", lambda m: rk.callbacks.SparsityMonitor(pattern="4:4"), ValueError,
+        "argument `pattern`: in 'N:M', N must be at least 1 and below M (keep N of every M). Received: pattern='4:4'"),
+    row("monitor-pattern-zero-n", lambda m: rk.callbacks.SparsityMonitor(pattern="0:2"), ValueError, "pattern='0:2'"),
+    row("monitor-pattern-n-above-m", lambda m: rk.callbacks.SparsityMonitor(pattern="8:4"), ValueError,
+        "pattern='8:4'"),
+    row("monitor-pattern-int", lambda m: rk.callbacks.SparsityMonitor(pattern=4), ValueError, "pattern=4"),
+    row("monitor-pattern-three-parts", lambda m: rk.callbacks.SparsityMonitor(pattern="2:4:8"), ValueError,
+        "pattern='2:4:8'"),
+    row("monitor-pattern-granularity-name", lambda m: rk.callbacks.SparsityMonitor(pattern="unit"), ValueError,
+        "pattern='unit'"),
 ]
 
 
@@ -232,7 +247,19 @@ def right_nan_does_not_stop_training_at_target_sparsity():
     assert not model.stop_training
 
 
-RIGHT = right_checks(right_nan_does_not_stop_training_at_target_sparsity)
+def right_a_pattern_object_or_padded_numbers_are_logged_and_saved_as_n_m():
+    from keras_regkit.pruning import NM
+
+    assert SparsityMonitor(pattern=NM(2, 4)).pattern == "2:4"
+    assert SparsityMonitor(pattern="02:04").get_config()["pattern"] == "2:4"
+    assert rk.sparsity_report(model_under_test(), pattern=NM(1, 2)).pattern == "1:2"
+    assert str(rk.sparsity_report(model_under_test(), pattern=NM(1, 2))).splitlines()[0].endswith("1:2")
+
+
+RIGHT = right_checks(
+    right_nan_does_not_stop_training_at_target_sparsity,
+    right_a_pattern_object_or_padded_numbers_are_logged_and_saved_as_n_m,
+)
 
 
 @pytest.mark.clear_session_per_module

@@ -141,6 +141,19 @@ def test_report_names_the_input_features_no_weight_reads():
     assert "input 'features': 2 of 6 features dropped (no weight reads them): [1, 4]" in str(report)
 
 
+def test_a_feature_is_dropped_only_when_every_dense_layer_reading_it_drops_it():
+    inputs = keras.Input((5,), name="features")
+    left = keras.layers.Dense(3, name="left")(inputs)
+    right = keras.layers.Dense(3, name="right")(keras.layers.Dropout(0.1)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(keras.layers.Concatenate()([left, right])))
+    left_kernel, right_kernel = np.ones((5, 3), "float32"), np.ones((5, 3), "float32")
+    left_kernel[[0, 1, 3]] = 0.0  # 0 and 3: the right branch still reads them
+    right_kernel[[1, 2, 4]] = 0.0  # 2 and 4: the left branch still reads them
+    model.get_layer("left").kernel.assign(left_kernel)
+    model.get_layer("right").kernel.assign(right_kernel)
+    assert rk.sparsity_report(model).dropped_inputs == {"features": ([1], 5)}
+
+
 def test_an_input_read_by_a_layer_other_than_dense_is_left_out_of_the_feature_report():
     inputs = keras.Input((6,), name="features")
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.LayerNormalization()(inputs)))
@@ -165,6 +178,33 @@ def test_a_subclassed_model_has_no_feature_report():
 
 # -- bad and unusual input: the tables' helpers are in conftest -----------------
 
+class Scale(keras.layers.Layer):
+    """A user's layer with one weight `w`, declared by `regkit_weights`."""
+
+    declared = {"kernel": ("w", "w_regularizer")}
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.w_regularizer = self.b_regularizer = None
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], 8), name="w")
+        self.alias = self.w
+
+    def call(self, x):
+        return keras.ops.matmul(x, self.w)
+
+    def regkit_weights(self):
+        return self.declared
+
+
+def declaring(declared):
+    layer = Scale(name="scale")
+    layer.declared = declared
+    model = keras.Sequential([keras.Input((6,)), layer, keras.layers.Dense(16, name="out")])
+    return model
+
+
 BAD_INPUT = [
     # Booleans: a string is truthy, so "no" and "False" would mean True.
     row("report-relative-str", lambda m: rk.sparsity_report(m, relative="False"), TypeError, "relative"),
@@ -180,6 +220,28 @@ BAD_INPUT = [
     # Thresholds.
     row("report-threshold-str", lambda m: rk.sparsity_report(m, threshold="0.1"), TypeError, "threshold"),
     row("report-threshold-inf", lambda m: rk.sparsity_report(m, threshold=math.inf), ValueError, "threshold"),
+    # N:M patterns (issue #37): the error names `pattern`, the argument given.
+    row("report-pattern-n-equals-m", lambda m: rk.sparsity_report(m, pattern="4:4"), ValueError,
+        "Invalid value for argument `pattern`: in 'N:M', N must be at least 1 and below M (keep N of every M). "
+        "Received: pattern='4:4'"),
+    row("report-pattern-letters", lambda m: rk.sparsity_report(m, pattern="a:b"), ValueError,
+        "argument `pattern`: expected 'N:M' (e.g. '2:4'"),
+    row("report-pattern-zero-n", lambda m: rk.sparsity_report(m, pattern="0:4"), ValueError, "pattern='0:4'"),
+    row("report-pattern-n-above-m", lambda m: rk.sparsity_report(m, pattern="4:2"), ValueError, "pattern='4:2'"),
+    row("report-pattern-spaces", lambda m: rk.sparsity_report(m, pattern=" 2:4"), ValueError, "pattern=' 2:4'"),
+    row("report-pattern-empty", lambda m: rk.sparsity_report(m, pattern=""), ValueError, "pattern=''"),
+    row("report-pattern-tuple", lambda m: rk.sparsity_report(m, pattern=(2, 4)), ValueError, "pattern=(2, 4)"),
+    row("report-pattern-fraction", lambda m: rk.sparsity_report(m, pattern=0.5), ValueError, "pattern=0.5"),
+    row("report-pattern-granularity-name", lambda m: rk.sparsity_report(m, pattern="weight"), ValueError,
+        "pattern='weight'"),
+    # A user's layer giving one variable as two kinds would be counted twice (240 parameters of 192).
+    row("report-declared-twice", lambda m: rk.sparsity_report(
+        declaring({"kernel": ("w", "w_regularizer"), "bias": ("w", "b_regularizer")}), "all"), TypeError,
+        "Layer 'scale' (Scale): what `regkit_weights()` returns: the variable attribute 'w' is given to several "
+        "weight kinds ['kernel', 'bias']"),
+    row("report-declared-aliased", lambda m: rk.sparsity_report(
+        declaring({"kernel": ("w", "w_regularizer"), "bias": ("alias", "b_regularizer")}), "all"), TypeError,
+        "Layer 'scale' (Scale) gives its variable"),
 ]
 
 
@@ -213,7 +275,24 @@ def right_a_kind_named_twice_counts_once():
     assert rk.prune(model, threshold=0.0, weights=("kernel", "kernel")).params == once
 
 
+def right_no_message_about_patterns_blames_granularity():
+    for pattern in ("4:4", "a:b", "0:4", "2:4:8"):
+        with pytest.raises(ValueError) as raised:
+            rk.sparsity_report(model_under_test(), pattern=pattern)
+        assert "granularity" not in str(raised.value)
+        with pytest.raises(ValueError) as raised:
+            rk.callbacks.SparsityMonitor(pattern=pattern)
+        assert "granularity" not in str(raised.value)
+
+
+def right_a_declared_weight_of_one_kind_counts_once():
+    model = declaring({"kernel": ("w", "w_regularizer")})
+    assert rk.sparsity_report(model, "all").total.params == model.count_params() == 6 * 8 + 8 * 16 + 16
+
+
 RIGHT = right_checks(
+    right_no_message_about_patterns_blames_granularity,
+    right_a_declared_weight_of_one_kind_counts_once,
     right_nan_is_not_a_zero,
     right_real_booleans_are_taken,
     right_a_kind_named_twice_counts_once,

@@ -30,7 +30,8 @@ class SparsityMonitor(keras.callbacks.Callback):
     - `nonfinite`, `nonfinite/<layer path>`: count of NaN/inf entries;
     - with `pattern="2:4"` (any `"N:M"`), `pattern_ok`: the fraction of
       kernels that have at most N non-zeros in every group of M inputs
-      (1.0: all of them).
+      (1.0: all of them; NaN when no watched weight is a kernel with an
+      input axis).
 
     Kernels go by their layer path (`encoder/dense`), other weights by
     `path/kind` (`encoder/dense/bias`). Where the weights live on an
@@ -127,9 +128,8 @@ class SparsityMonitor(keras.callbacks.Callback):
             )
         if histogram_freq:
             _require_tensorboard()
-        if pattern is not None:
-            granularity_lib.pattern(pattern)  # validates it
-        self.pattern = pattern
+        # As a string ("2:4"), however given: it is logged and saved in the config.
+        self.pattern = None if pattern is None else granularity_lib.pattern(pattern).name
         self.weights_spec = weights
         self.threshold = threshold
         self.relative = relative
@@ -157,6 +157,7 @@ class SparsityMonitor(keras.callbacks.Callback):
             "print_every": self.print_every,
             "histogram_freq": self.histogram_freq,
             "log_dir": self.log_dir,
+            "pattern": self.pattern,
         }
 
     @classmethod
