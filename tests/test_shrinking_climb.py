@@ -120,6 +120,21 @@ def test_a_level_that_holds_ahead_of_the_start_skips_the_next(verdict, next_leve
     assert climb.state.pending == next_level
 
 
+@pytest.mark.parametrize("second, after", [(HOLDS, 0.97), (AHEAD, 0.99)])
+def test_a_skip_is_decided_per_level_by_that_levels_own_check(second, after):
+    # Ahead at 0.8: 0.9 is skipped. At 0.95 the check decides again: held
+    # only, the next rise goes to the next level (no skip carried over).
+    climb = Climb((0.8, 0.9, 0.95, 0.97, 0.99), initial=0.5, cut_every=EVERY)
+    _, step = rise_to_level(climb)
+    check_now(climb, step + 30, AHEAD)
+    _, step = rise_to_level(climb, step + 40, good=0.8)
+    assert climb.state.pending == 0.95
+    check_now(climb, step + 30, second)
+    assert climb.target() == after
+    _, _ = rise_to_level(climb, step + 40, good=0.95)
+    assert climb.state.pending == after
+
+
 def test_the_first_level_that_fails_at_the_raised_rate_restarts_once_then_stops():
     climb = Climb((0.8, 0.9), initial=0.5, cut_every=EVERY)
     _, step = rise_to_level(climb)
