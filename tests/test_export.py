@@ -550,8 +550,9 @@ BAD_INPUT = [
     # Given but unused: the user expected an int8 file.
     row("export-representative-without-int8", lambda m: _export(m, representative_data=X), ValueError,
         "used only with `int8=True`. Received: int8=False"),
-    row("export-representative-with-dynamic", lambda m: _export(m, int8="dynamic", representative_data=X),
-        ValueError, "Received: int8='dynamic'"),
+    # Checked even where `"dynamic"` does not need it.
+    row("export-representative-with-dynamic-wrong-width",
+        lambda m: _export(m, int8="dynamic", representative_data=X[:, :5]), ValueError, "`representative_data`"),
     # Check data a careful user could try.
     row("export-check-inf", lambda m: _export(m, check=np.where(X > 2, np.inf, X)), ValueError,
         "`check`: expected finite numbers"),
@@ -660,7 +661,16 @@ def right_a_subclassed_model_is_checked_without_known_inputs(tmp_path):
     assert result.top1_agreement >= 0.9
 
 
+def right_dynamic_int8_needs_no_representative_data_but_takes_it(tmp_path):
+    """`int8=x if quantize else None`-style code passes it to "dynamic" too."""
+    # An untrained model's near-tied logits: agreement is not the point here.
+    result = rk.export(tiny_mlp(), tmp_path / "m.onnx", int8="dynamic", representative_data=X, check=X,
+                       min_agreement=0.5)
+    assert result.int8 == "dynamic" and result.top1_agreement >= 0.5
+
+
 RIGHT = right_checks(
+    right_dynamic_int8_needs_no_representative_data_but_takes_it,
     right_integer_representative_data_is_cast_to_the_float_input,
     right_integral_floats_are_cast_to_an_integer_input,
     right_an_existing_file_is_replaced,

@@ -106,7 +106,8 @@ def export(
             prepare the file).
         representative_data: Inputs like the model's, from which
             `int8=True` sets the activations' ranges (its first
-            `CALIBRATION_SAMPLES` samples); only with `int8=True`. NumPy
+            `CALIBRATION_SAMPLES` samples); refused with `int8=False`,
+            checked but not needed with `"dynamic"`. NumPy
             arrays in the model's input structure: an array for a
             single-input model, else a dict keyed by input name (or a list
             in input order), each of the input's shape (any number of
@@ -177,10 +178,11 @@ def export(
             "Keras' quantized graph does not convert to LiteRT (its int8 BatchMatMul is refused by the "
             "converter), and `export` quantizes the file itself: pass the float model and `int8=True`.")
     _require_writable(path)
-    if representative_data is not None and int8 is not True:
+    if representative_data is not None and int8 is False:
+        # The user expected an int8 file; `"dynamic"` needs no calibration.
         raise ValueError(
-            f"`representative_data` calibrates int8 activations: it is used only with `int8=True`. "
-            f"Received: int8={int8!r} with representative_data given (drop it, or pass int8=True)")
+            "`representative_data` calibrates int8 activations: it is used only with `int8=True`. "
+            "Received: int8=False with representative_data given (drop it, or pass int8=True)")
     if check is not None:
         check = conform(check, model, "check")
     if representative_data is not None:
