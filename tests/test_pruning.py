@@ -376,14 +376,21 @@ def test_a_cut_by_sparsity_takes_exactly_round_s_n_the_earliest_of_tied_scores_f
     np.testing.assert_array_equal(cut_lib.lowest_by_position(scores, 3), [0, 1, 1, 1, 0, 0, 0])
     np.testing.assert_array_equal(cut_lib.lowest_by_position(scores, 1), [0, 0, 0, 1, 0, 0, 0])
     np.testing.assert_array_equal(cut_lib.lowest_by_position(scores, 0), [0] * 7)
-    # Through `cut`: a kernel whose entries are all equal loses exactly
-    # round(0.3 * 20) = 6 of them, the first six.
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, kernel_initializer="ones", name="d")])
+    # Through `cut`: round(0.4 * 20) = 8 of a kernel whose 7 ones tie below
+    # its 2s and 3s: the ones, then the first 2 (NumPy's own partition
+    # would take another one of the 2s).
+    values = np.array([3, 2, 1, 1, 3, 2, 2, 2, 3, 2, 1, 3, 1, 1, 3, 2, 1, 1, 2, 3], "float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, name="d")])
+    model.get_layer("d").kernel.assign(values.reshape(4, 5))
     refs = list(rk.iter_weights(model))
-    result = cut_lib.cut(refs, Magnitude().scores(refs), Weights(), sparsity=0.3)
+    result = cut_lib.cut(refs, Magnitude().scores(refs), Weights(), sparsity=0.4)
     kernel = keras.ops.convert_to_numpy(refs[0].variable).reshape(-1)
-    assert result.zeros == 6 and result.threshold == 1.0
-    np.testing.assert_array_equal(kernel == 0, np.arange(20) < 6)
+    assert result.zeros == 8 and result.threshold == 2.0
+    np.testing.assert_array_equal(np.flatnonzero(kernel == 0), [1, 2, 3, 10, 12, 13, 16, 17])
+    # All equal: exactly round(0.3 * 20) = 6 go, the first six.
+    model.get_layer("d").kernel.assign(np.ones((4, 5), "float32"))
+    cut_lib.cut(refs, Magnitude().scores(refs), Weights(), sparsity=0.3)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(refs[0].variable).reshape(-1) == 0, np.arange(20) < 6)
 
 
 def test_cut_by_units_zeroes_whole_columns():
