@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import math
 import warnings
 
@@ -352,7 +353,11 @@ def prune_reconstructed(
                     "(finite as given: the layers before it overflow on it). Nothing was changed.")
             done = sparsegpt.reconstruct(linear.matrix().T, gram.matrix, None if pattern else sparsity, pattern,
                                          block_size, dampening)
-            del gram  # one layer's Gram matrix alive at a time
+            # One layer's Gram matrix alive at a time: the frames of the
+            # passes `_Reached` ended hold it in reference cycles (Keras
+            # re-raises with a filtered traceback it keeps in a local).
+            del gram
+            gc.collect()
             linear.assign(done.matrix.T)
             errors[names[key]] = done.error
     except BaseException:

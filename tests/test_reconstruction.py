@@ -1,0 +1,350 @@
+"""One-shot pruning with weight reconstruction (SparseGPT):
+`keras_regkit.pruning.reconstruction`, `sparsegpt`, `linear_layers`."""
+
+import warnings
+import weakref
+
+import keras
+import numpy as np
+import pytest
+
+import keras_regkit as rk
+from keras_regkit.pruning import linear_layers, reconstruction, sparsegpt
+from keras_regkit.pruning.granularity import NM
+
+from conftest import assert_refused_and_unchanged, row, tiny_mlp
+
+prune_reconstructed = rk.pruning.prune_reconstructed
+
+
+def numpy(variable):
+    return np.asarray(keras.ops.convert_to_numpy(variable), dtype="float64")
+
+
+def inputs(n, features, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, features)).astype("float32")
+
+
+def reference(weights, hessian, sparsity=None, pattern=None, block_size=128, dampening=0.01):
+    """SparseGPT as the paper states it, one entry at a time: each cut entry
+    `w_rc` is set to 0 and the rest of its row moved by `-w_rc / U_cc *
+    U_c,c:` at once (`U`: upper Cholesky factor of the dampened H⁻¹); the
+    mask of a block of columns (or of a group of M) is chosen when the walk
+    reaches it, from the weights as updated so far."""
+    w = np.array(weights, dtype="float64")
+    rows, columns = w.shape
+    h = hessian + dampening * np.mean(np.diag(hessian)) * np.eye(columns)
+    u = np.linalg.cholesky(np.linalg.inv(h)).T
+    for start in range(0, columns, block_size):
+        stop = min(start + block_size, columns)
+        cut = set()
+        if pattern is None:
+            entries = sorted((w[r, c] ** 2 / u[c, c] ** 2, r * (stop - start) + c - start, r, c)
+                             for r in range(rows) for c in range(start, stop))
+            quota = round(sparsity * rows * stop) - round(sparsity * rows * start)
+            cut = {(r, c) for _, _, r, c in entries[:quota]}
+        for c in range(start, stop):
+            if pattern is not None and (c - start) % pattern[1] == 0:
+                for r in range(rows):
+                    group = sorted(range(c, c + pattern[1]), key=lambda j: (w[r, j] ** 2 / u[j, j] ** 2, j))
+                    cut |= {(r, j) for j in group[:pattern[1] - pattern[0]]}
+            for r in range(rows):
+                if (r, c) in cut:
+                    error = w[r, c] / u[c, c]
+                    for j in range(c, columns):
+                        w[r, j] -= error * u[c, j]
+                    w[r, c] = 0.0
+    return w
+
+
+@pytest.mark.parametrize("granularity, sparsity, pattern", [("weight", 0.5, None), ("weight", 0.7, None),
+                                                            ("2:4", None, (2, 4))])
+def test_a_dense_layer_is_pruned_as_the_numpy_reference_of_the_algorithm(granularity, sparsity, pattern):
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(5, name="k")])
+    x = inputs(64, 12)
+    x[:, 3] *= 10.0  # an uneven Hessian: reconstruction and magnitude differ
+    before = numpy(model.get_layer("k").kernel)
+    result = prune_reconstructed(model, sparsity=sparsity, granularity=granularity, calibration_data=x,
+                                 block_size=8, batch_size=16)
+    after = numpy(model.get_layer("k").kernel)
+    hessian = x.astype("float64").T @ x.astype("float64")
+    expected = reference(before.T, hessian, sparsity, pattern, block_size=8).T
+    np.testing.assert_array_equal(after == 0, expected == 0)
+    np.testing.assert_allclose(after, expected, atol=1e-5)
+    assert result.sparsity == pytest.approx(0.5 if pattern else sparsity, abs=0.01)
+    kept = after != 0
+    assert not np.allclose(after[kept], before[kept])  # the kept weights were updated
+    # The result reports the error of the layer's outputs on the calibration data.
+    delta = (before - after).T
+    measured = np.sum((delta @ hessian) * delta) / np.sum((before.T @ hessian) * before.T)
+    assert result.errors["k"] == pytest.approx(measured, rel=1e-4)
+
+
+def test_reconstruction_reproduces_the_outputs_better_than_magnitude_at_the_same_sparsity():
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8, name="k", use_bias=False)])
+    x = inputs(200, 16) * np.linspace(0.1, 3.0, 16).astype("float32")
+    y = numpy(model(x))
+    weights = model.get_weights()
+    prune_reconstructed(model, sparsity=0.5, calibration_data=x)
+    reconstructed = np.sum((numpy(model(x)) - y) ** 2)
+    model.set_weights(weights)
+    rk.prune(model, sparsity=0.5)
+    assert reconstructed < 0.5 * np.sum((numpy(model(x)) - y) ** 2)
+
+
+def test_zeros_on_entry_stay_zero_and_dead_inputs_lose_their_weights():
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6, name="k")])
+    kernel = model.get_layer("k").kernel
+    start = numpy(kernel)
+    start[0] = 0.0  # an input's weights already cut
+    kernel.assign(start)
+    x = inputs(64, 8)
+    x[:, 1] = 0.0  # an input that is always zero
+    prune_reconstructed(model, sparsity=0.25, calibration_data=x)
+    after = numpy(kernel)
+    assert (after[0] == 0).all() and (after[1] == 0).all()
+    assert (after == 0).sum() == 12  # the quota (12 of 48) is met by the zeros first
+
+
+def test_sequential_calibration_reads_the_pruned_layers_outputs(monkeypatch):
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(10, activation="relu", name="first"),
+                              keras.layers.Dense(4, name="second")])
+    x = inputs(128, 6)
+    first = model.get_layer("first")
+    unpruned_hidden = numpy(first(x))
+    hessians = []
+    solve = sparsegpt.reconstruct
+
+    def spy(weights, hessian, *args):
+        hessians.append(hessian.copy())
+        return solve(weights, hessian, *args)
+
+    monkeypatch.setattr(sparsegpt, "reconstruct", spy)
+    prune_reconstructed(model, sparsity=0.5, calibration_data=x, batch_size=32)
+    assert [h.shape for h in hessians] == [(6, 6), (10, 10)]
+    pruned_hidden = numpy(first(x))  # with the first layer's kernel as pruned
+    np.testing.assert_allclose(hessians[1], pruned_hidden.T @ pruned_hidden, rtol=1e-5, atol=1e-4)
+    assert not np.allclose(hessians[1], unpruned_hidden.T @ unpruned_hidden, rtol=1e-2)
+
+
+def test_one_layers_gram_matrix_and_one_batch_of_its_inputs_at_a_time(monkeypatch):
+    alive, sizes, batch_rows = weakref.WeakSet(), [], []
+
+    class SpyGram(reconstruction.Gram):
+        def __init__(self, size):
+            assert not list(alive), "a second Gram matrix while another is alive"
+            super().__init__(size)
+            alive.add(self)
+            sizes.append(size)
+
+        def add(self, rows):
+            batch_rows.append(len(rows))
+            super().add(rows)
+
+    monkeypatch.setattr(reconstruction, "Gram", SpyGram)
+    model = tiny_mlp(units=(16, 8, 4), inputs=6)
+    prune_reconstructed(model, sparsity=0.5, calibration_data=inputs(100, 6), batch_size=25)
+    assert sizes == [6, 16, 8]  # each layer's own inputs, in call order
+    assert max(batch_rows) == 25 and len(batch_rows) == 3 * 4
+    assert not list(alive)
+
+
+def test_only_the_layer_being_calibrated_is_read_and_the_pass_stops_there(monkeypatch):
+    model = tiny_mlp(units=(8, 8, 4), inputs=6)
+    called = []
+    out = model.get_layer("out")
+    original = type(out).call
+
+    def counting(self, *args, **kwargs):
+        called.append(self.name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(out), "call", counting)
+    prune_reconstructed(model, sparsity=0.5, calibration_data=inputs(64, 6), batch_size=64)
+    # The survey's full pass; then each layer's pass stops as it reads its inputs, before computing.
+    assert called == ["hidden0", "hidden1", "out", "hidden0", "hidden0", "hidden1"]
+    assert all("call" not in vars(layer) for layer in model.layers)
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (keras.layers.Dense(5), (3, 4, 6)),
+    (keras.layers.Conv1D(6, 3, strides=2, padding="same"), (4, 11, 8)),
+    (keras.layers.Conv1D(6, 3, padding="causal", dilation_rate=2), (4, 11, 8)),
+    (keras.layers.Conv2D(6, (3, 2), strides=(2, 1), padding="same"), (2, 7, 6, 4)),
+    (keras.layers.Conv2D(6, 3, dilation_rate=2), (2, 9, 9, 4)),
+    (keras.layers.EinsumDense("abc,cde->abde", (None, 3, 4), bias_axes="de"), (2, 5, 6)),  # MHA's q, k, v
+    (keras.layers.EinsumDense("abcd,cde->abe", (None, 7), bias_axes="e"), (2, 5, 3, 4)),  # MHA's output
+    (keras.layers.EinsumDense("bquh,uhm->bqm", (None, 7)), (2, 5, 3, 4)),  # Llama's output
+    (keras.layers.EinsumDense("...m,mh->...h", (4,)), (2, 5, 6)),
+], ids=lambda v: getattr(v, "name", None) or str(v))
+def test_a_covered_layer_is_its_rows_times_its_matrix(layer, shape):
+    x = np.random.default_rng(0).normal(size=shape).astype("float32")
+    layer(x)
+    if getattr(layer, "bias", None) is not None:
+        layer.bias.assign(np.zeros(layer.bias.shape))
+    expected = numpy(layer(x))
+    linear = linear_layers.linear_layer(layer, layer.kernel)
+    outputs = linear.rows(x.astype("float64")) @ linear.matrix()
+    np.testing.assert_allclose(outputs.reshape(-1), expected.reshape(-1), atol=1e-4)
+    linear.assign(2.0 * linear.matrix())
+    np.testing.assert_allclose(numpy(layer(x)), 2.0 * expected, atol=1e-4)
+
+
+def conv_model():
+    return keras.Sequential([keras.Input((20, 4)), keras.layers.Conv1D(8, 3, activation="relu", name="c1"),
+                             keras.layers.Conv1D(8, 3, name="c2"),
+                             keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(4, name="out")])
+
+
+def test_a_cnn_is_pruned_to_the_pattern_and_the_zeros_are_held():
+    model = conv_model()
+    model.compile("adam", "mse")
+    x = np.random.default_rng(0).normal(size=(64, 20, 4)).astype("float32")
+    result = prune_reconstructed(model, granularity="2:4", calibration_data=x, hold=True)
+    assert [ref.name for ref in result.refs] == ["c1", "c2", "out"]
+    assert result.sparsity == pytest.approx(0.5)
+    model.fit(x, np.zeros((64, 4), "float32"), epochs=1, verbose=0)
+    for ref in result.refs:
+        assert NM(2, 4).satisfied_by(numpy(ref.variable), len(ref.variable.shape) - 2)
+    report = rk.sparsity_report(model, pattern="2:4")
+    assert all(s.pattern_ok for s in report.layers)
+
+
+def test_the_projections_inside_a_kerashub_decoder_are_pruned():
+    keras_hub = pytest.importorskip("keras_hub")
+    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=32, num_layers=1, num_heads=2, hidden_dim=16,
+                                             intermediate_dim=32, max_sequence_length=8)
+    rng = np.random.default_rng(0)
+    x = {"token_ids": rng.integers(0, 32, size=(16, 8)).astype("int32"), "padding_mask": np.ones((16, 8), "int32")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # every kernel is covered: no warning
+        result = prune_reconstructed(backbone, sparsity=0.5, calibration_data=x)
+    names = [name.split("/")[-1] for name in result.errors]
+    assert names == ["query", "key", "value", "attention_output", "feedforward_intermediate_dense",
+                     "feedforward_output_dense"]
+    for ref in result.refs:
+        assert (numpy(ref.variable) == 0).mean() == pytest.approx(0.5)
+    assert np.isfinite(numpy(backbone(x))).all()
+
+
+def calibration_forms():
+    x = inputs(96, 6)
+    tf = pytest.importorskip("tensorflow")
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return x[32 * i:32 * (i + 1)], np.zeros(32)
+
+    return x, {
+        "dataset": tf.data.Dataset.from_tensor_slices(x).batch(32),
+        "dataset-of-pairs": tf.data.Dataset.from_tensor_slices((x, np.zeros(96))).batch(32),
+        "pydataset": Batches(),
+        "generator": (x[i:i + 32] for i in range(0, 96, 32)),
+    }
+
+
+@pytest.mark.parametrize("form", ["dataset", "dataset-of-pairs", "pydataset", "generator", "dict"])
+def test_every_form_of_calibration_data_gives_what_arrays_give(form):
+    x, forms = calibration_forms()
+    if form == "dict":
+        features = keras.Input((6,), name="features")
+        model = keras.Model({"features": features}, keras.layers.Dense(4, name="k")(
+            keras.layers.Dense(8, activation="relu", name="h")(features)))
+        data = {"features": x}
+    else:
+        model, data = tiny_mlp(units=(8, 4), inputs=6), forms[form]
+    weights = model.get_weights()
+    prune_reconstructed(model, sparsity=0.5, calibration_data=data)
+    got = [numpy(w) for w in model.weights]
+    model.set_weights(weights)
+    prune_reconstructed(model, sparsity=0.5, calibration_data=x if form != "dict" else {"features": x},
+                        batch_size=32)
+    for a, b in zip(got, model.weights):
+        np.testing.assert_allclose(a, numpy(b), atol=1e-6)
+
+
+def test_a_layer_kind_not_covered_is_named_and_left_untouched():
+    model = keras.Sequential([keras.Input((10, 4)), keras.layers.Conv1DTranspose(4, 3, name="transposed"),
+                              keras.layers.Flatten(), keras.layers.Dense(3, name="out")])
+    transposed = numpy(model.get_layer("transposed").kernel)
+    x = np.random.default_rng(0).normal(size=(64, 10, 4)).astype("float32")
+    with pytest.warns(UserWarning, match="left untouched: 'transposed' \\(a Conv1DTranspose\\)"):
+        result = prune_reconstructed(model, sparsity=0.5, calibration_data=x)
+    assert [ref.name for ref in result.refs] == ["out"]
+    np.testing.assert_array_equal(numpy(model.get_layer("transposed").kernel), transposed)
+
+
+def transposed_only():
+    return keras.Sequential([keras.Input((10, 4)), keras.layers.Conv1DTranspose(4, 3, name="transposed")])
+
+
+def overflowing(model):
+    """hidden0's outputs overflow to inf: the failure comes after hidden0 is
+    pruned, and the model must be put back."""
+    model.get_layer("hidden0").kernel.assign(np.full((6, 8), 3e38, "float32"))
+
+
+def with_nan(model):
+    kernel = numpy(model.get_layer("hidden0").kernel)
+    kernel[0, 0] = np.nan
+    model.get_layer("hidden0").kernel.assign(kernel)
+
+
+X = inputs(64, 6)
+X_NAN = X.copy()
+X_NAN[3, 2] = np.inf
+
+BAD_INPUT = [
+    row("no-calibration-data", lambda m: prune_reconstructed(m, sparsity=0.5), ValueError, "calibration_data=None"),
+    row("wrong-shape", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=inputs(64, 3)), ValueError,
+        "`calibration_data`: the model cannot be called on it"),
+    row("empty", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=inputs(0, 6)), ValueError,
+        "holds no samples"),
+    row("non-finite-data", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=X_NAN), ValueError,
+        "NaN or inf"),
+    row("non-finite-activations", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=X), ValueError,
+        "the inputs of 'out' reach NaN or inf", prepare=overflowing),
+    row("non-finite-weights", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=X), ValueError,
+        "NaN or inf", prepare=with_nan),
+    row("too-few-samples", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=inputs(4, 6)), ValueError,
+        "fewer than the 6 inputs its kernel reads"),
+    row("too-few-samples-says-how-many", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=inputs(7, 6)),
+        ValueError, "Pass at least 8 samples"),
+    row("pattern-the-layer-cannot-hold", lambda m: prune_reconstructed(m, granularity="2:4", calibration_data=X),
+        ValueError, "'hidden0' has 6 inputs"),
+    row("sparsity-with-pattern", lambda m: prune_reconstructed(m, sparsity=0.3, granularity="2:4",
+                                                               calibration_data=X), ValueError, "whole pattern"),
+    row("no-sparsity", lambda m: prune_reconstructed(m, calibration_data=X), ValueError, "needs `sparsity`"),
+    row("sparsity-above-1", lambda m: prune_reconstructed(m, sparsity=1.5, calibration_data=X), ValueError,
+        "sparsity"),
+    row("sparsity-str", lambda m: prune_reconstructed(m, sparsity="half", calibration_data=X), TypeError, "sparsity"),
+    row("granularity-unit", lambda m: prune_reconstructed(m, sparsity=0.5, granularity="unit", calibration_data=X),
+        ValueError, "granularity='weight' or 'N:M'"),
+    row("granularity-typo", lambda m: prune_reconstructed(m, sparsity=0.5, granularity="2-4", calibration_data=X),
+        ValueError, "granularity"),
+    row("hold-str", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=X, hold="yes"), TypeError,
+        "hold"),
+    row("batch-size-0", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=X, batch_size=0), ValueError,
+        "batch_size"),
+    row("calibration-steps-0", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=X,
+                                                             calibration_steps=0), ValueError, "calibration_steps"),
+    row("block-size-float", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=X, block_size=2.5),
+        TypeError, "block_size"),
+    row("dampening-negative", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=X, dampening=-1.0),
+        ValueError, "dampening"),
+    row("selector-matches-nothing", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=X,
+                                                                  layers="nothing*"), ValueError, "matched no layer"),
+    row("no-covered-layer", lambda m: prune_reconstructed(transposed_only(), sparsity=0.5,
+                                                          calibration_data=np.ones((8, 10, 4), "float32")),
+        ValueError, "the selection has none: ['transposed']"),
+]
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("call, error, fragment, prepare", BAD_INPUT)
+def test_bad_input_raises_and_leaves_the_model_unchanged(call, error, fragment, prepare):
+    assert_refused_and_unchanged(call, error, fragment, prepare)
