@@ -585,6 +585,8 @@ BAD_INPUT = [
         "the model's input is int32 (e.g. token ids) and the array holds non-integer float32 values"),
     row("export-check-two-outputs", lambda m: _export(_two_outputs(), check=X), ValueError,
         "compares single-output models"),
+    row("export-check-subclassed-nan", lambda m: _export(_called_subclassed(), check=np.full((2, 6), np.nan)),
+        ValueError, "`check`: expected finite numbers"),
     row("export-check-subclassed-wrong-width", lambda m: _export(_called_subclassed(), check=X[:, :5]), ValueError,
         "fails on it: Exception encountered when calling"),
     row("export-model-none", lambda m: _export(None), TypeError, "`model`: expected a keras.Model"),

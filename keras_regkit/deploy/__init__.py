@@ -32,7 +32,12 @@ Keras 3 has the pieces (`model.export(path, format="litert" | "onnx")`,
   blocks: the file is smaller, the memory and the arithmetic mostly not.
 - **The check** (`check=x`): the file is loaded in the deployment runtime
   (`ai_edge_litert`'s interpreter, `onnxruntime`) and its outputs compared
-  with the Keras model's.
+  with the Keras model's; NaN or inf outputs fail it.
+- **Inputs checked first.** `check` and `representative_data` are checked
+  against the model's inputs (structure, names, feature shape, dtype, NaN)
+  before anything is converted: the converters and runtimes fail on wrong
+  data deep inside, with messages about their own tensors. The file is
+  written beside `path` and moved over it once complete.
 
 Only the TensorFlow backend is supported for LiteRT files with `int8` or
 `sparse` (they are options of TensorFlow's converter).

@@ -135,6 +135,10 @@ def _array(value, spec, label):
     if array.dtype.kind not in "biuf":
         raise TypeError(f"Invalid value for argument `{label}`: expected numbers (bool, int or float). "
                         f"Received: an array of dtype {array.dtype}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise ValueError(f"Invalid value for argument `{label}`: expected finite numbers. Received: {bad} NaN "
+                         f"or infinite values of {array.size}")
     if spec is None:
         if array.ndim == 0:
             raise ValueError(f"Invalid value for argument `{label}`: expected arrays with a first axis of "
@@ -147,10 +151,6 @@ def _array(value, spec, label):
             hint = " (one sample still needs the first, batch axis: `x[None]`)"
         raise ValueError(f"Invalid value for argument `{label}`: expected an array of shape {shape} (None: any "
                          f"size; the first axis counts samples). Received: shape {array.shape}{hint}")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        raise ValueError(f"Invalid value for argument `{label}`: expected finite numbers. Received: {bad} NaN "
-                         f"or infinite values of {array.size}")
     return _cast(array, spec, label)
 
 
