@@ -149,6 +149,11 @@ def step_size(optimizer, variable, slots: dict | None = None):
     raise AssertionError("unreachable")
 
 
+# How a weight came to be stepped by another optimizer than it was bound to.
+_COMPILED = "the model is now compiled with {name}"
+_APPLIED = "{name} now takes its step (a training loop applying another optimizer)"
+
+
 class ProximalConstraint(keras.constraints.Constraint):
     """Applies the proximal step of the weight's proximal penalties after
     each optimizer step, then the constraint the weight had before.
@@ -210,16 +215,20 @@ class ProximalConstraint(keras.constraints.Constraint):
         size is not known here. The weight's penalty calls it while `fit`
         builds a newly compiled model's state, before its first step (under
         JAX the step loses the model's weights when it raises)."""
-        model = None if self.model is None else self.model()
-        optimizer = getattr(model, "optimizer", None)
+        optimizer = self._compiled_optimizer()
         if optimizer is not None:
-            self._follow(optimizer, "the model is now compiled with {name}")
+            self._follow(optimizer, _COMPILED)
+
+    def _compiled_optimizer(self):
+        model = None if self.model is None else self.model()
+        return getattr(model, "optimizer", None)
 
     def _stepping_optimizer(self):
         """The optimizer whose step this call follows, checked once."""
         applying = optimizers_fence.applying_optimizer()
         if applying is not None:
-            self._follow(applying, "{name} now takes its step (a training loop applying another optimizer)")
+            compiled = optimizer_slots.inner(self._compiled_optimizer())
+            self._follow(applying, _COMPILED if compiled is optimizer_slots.inner(applying) else _APPLIED)
         return self._stepping
 
     def _follow(self, optimizer, change: str) -> None:
@@ -294,7 +303,9 @@ def bind_proximal(model: keras.Model, optimizer=None) -> int:
         The number of weights with a proximal penalty.
 
     Raises:
-        ValueError: Where the model has a proximal penalty: if there is no
+        TypeError: If `model` is not a Keras model.
+        ValueError: If `model` is not built. Where it has a proximal
+            penalty: if there is no
             optimizer (the model is not compiled and none is given), the
             optimizer is not one whose step size is
             known (SGD, Adam, AdamW, RMSprop, Adagrad), it accumulates
@@ -310,7 +321,9 @@ def bind_proximal(model: keras.Model, optimizer=None) -> int:
     >>> rk.bind_proximal(model, optimizer)
     1
     """
-    weights_lib.check_model(model)
+    # Unbuilt, it has no weights to bind: `fit` would build them inside its
+    # first step, after the step was traced without the proximal step.
+    weights_lib.check_built(model)
     found = [(v, proximal_parts(getattr(v, "regularizer", None))) for v in model.trainable_weights]
     if any(parts for _, parts in found):
         # Every check before any change: a refusal leaves the model as it

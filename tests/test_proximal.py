@@ -12,7 +12,7 @@ from keras_regkit import _optimizer_slots as optimizer_slots
 from keras_regkit import proximal
 from keras_regkit import regularizers as R
 
-from conftest import assert_refused_and_unchanged, assert_round_trip, row
+from conftest import assert_refused_and_unchanged, unbuilt, assert_round_trip, right_checks, row, run_with_fixtures
 
 BACKEND = keras.backend.backend()
 RNG = np.random.default_rng(0)
@@ -380,6 +380,94 @@ def test_the_fused_tensorflow_step_matches_the_plain_one(regularizer, monkeypatc
     assert (fused == 0).any()
 
 
+# -- the optimizer the step follows ---------------------------------------------
+
+
+def _bound_after_one_epoch(lr=0.5):
+    """A classifier with a proximal L1, trained one epoch with `SGD(lr)` and
+    `ProximalUpdate` (so bound to that optimizer), and its data."""
+    keras.utils.set_random_seed(1)
+    model = _classifier(R.L1(0.01, proximal=True))
+    _fit(model, keras.optimizers.SGD(lr), [rk.callbacks.ProximalUpdate()], epochs=1)
+    return model, _data()
+
+
+def _kernels(model):
+    return [keras.ops.convert_to_numpy(layer.kernel).copy() for layer in model.layers]
+
+
+def _apply_zero_gradient(optimizer, variable):
+    """One step of `optimizer` that moves nothing but the proximal step."""
+    optimizer.apply([keras.ops.zeros(variable.shape)], [variable])
+    return keras.ops.convert_to_numpy(variable)
+
+
+def right_a_model_compiled_again_is_stepped_at_its_new_rate():
+    # Once bound to SGD(0.5), then compiled with SGD(0.0) and fit without
+    # ProximalUpdate: nothing may move, the threshold included.
+    model, (x, y) = _bound_after_one_epoch()
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.SGD(0.0), loss)
+    before = _kernels(model)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    for kernel, previous in zip(_kernels(model), before):
+        np.testing.assert_array_equal(kernel, previous)
+    model.compile(keras.optimizers.SGD(0.5), loss)  # and a rate again: zeros again
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    assert sum((k == 0).sum() for k in _kernels(model)) > sum((k == 0).sum() for k in before)
+
+
+def right_a_loop_applying_another_optimizer_is_followed():
+    lr, alpha = 0.1, 0.05
+    model, variable = single_kernel_model(R.L1(alpha, proximal=True))
+    rk.bind_proximal(model, keras.optimizers.SGD(0.5))  # bound to 0.5, stepped at 0.1
+    after = _apply_zero_gradient(keras.optimizers.SGD(lr), variable)
+    np.testing.assert_array_equal(after, soft_threshold(W0, np.float32(lr) * np.float32(alpha)))
+
+
+def right_a_learning_rate_schedule_is_followed():
+    # Rate 0 at the first step, 0.5 from the second: no threshold, then one.
+    alpha = 0.01
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([0], [0.0, 0.5])
+    optimizer = keras.optimizers.SGD(schedule)
+    model, variable = single_kernel_model(R.L1(alpha, proximal=True))
+    rk.bind_proximal(model, optimizer)
+    np.testing.assert_array_equal(_apply_zero_gradient(optimizer, variable), W0)
+    np.testing.assert_array_equal(_apply_zero_gradient(optimizer, variable),
+                                  soft_threshold(W0, np.float32(0.5) * np.float32(alpha)))
+
+
+RIGHT = right_checks(
+    right_a_model_compiled_again_is_stepped_at_its_new_rate,
+    right_a_loop_applying_another_optimizer_is_followed,
+    right_a_learning_rate_schedule_is_followed,
+)
+
+
+@pytest.mark.parametrize("check", RIGHT)
+def test_unusual_input_gives_the_right_result(check, request):
+    run_with_fixtures(check, request)
+
+
+def test_a_model_compiled_again_with_an_unknown_optimizer_is_refused_before_its_first_step():
+    model, (x, y) = _bound_after_one_epoch()
+    model.compile(keras.optimizers.Lion(), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = _kernels(model)
+    with pytest.raises(ValueError, match=r"hidden/kernel': it was bound to SGD, and the model is now compiled "
+                                         r"with Lion: .*Received: optimizer=Lion"):
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    for kernel, previous in zip(_kernels(model), before):  # under JAX too, whose step drops them when it raises
+        np.testing.assert_array_equal(kernel, previous)
+    assert int(model.optimizer.iterations) == 0
+
+
+def test_a_loop_applying_an_unknown_optimizer_is_refused():
+    model, variable = single_kernel_model(R.L1(0.05, proximal=True))
+    rk.bind_proximal(model, keras.optimizers.SGD(0.1))
+    with pytest.raises(ValueError, match="it was bound to SGD, and Lion now takes its step"):
+        keras.optimizers.Lion().apply([keras.ops.zeros(variable.shape)], [variable])
+
+
 # -- bad input: refused at the call, before any constraint is set -----------
 
 BAD_INPUT = [
@@ -397,7 +485,37 @@ BAD_INPUT = [
     row("bind-proximal-grouplasso-axis", lambda m: rk.bind_proximal(m, keras.optimizers.SGD()), ValueError,
         "axis=5", prepare=lambda m: rk.apply_regularizers(m, {"hidden0": R.L1(0.1, proximal=True),
                                                              "out": R.GroupLasso(0.1, axis=5, proximal=True)})),
+    # Its moving average replaces the weights, exact zeros and all, at the end of fit.
+    row("bind-proximal-ema", lambda m: rk.bind_proximal(m, keras.optimizers.SGD(use_ema=True)), ValueError,
+        "use_ema=True", prepare=lambda m: rk.apply_regularizers(m, {"out": R.L1(0.1, proximal=True)})),
+    row("bind-proximal-optimizer-str", lambda m: rk.bind_proximal(m, "sgd"), ValueError, "optimizer='sgd'",
+        prepare=lambda m: rk.apply_regularizers(m, {"out": R.L1(0.1, proximal=True)})),
+    row("bind-proximal-optimizer-class", lambda m: rk.bind_proximal(m, keras.optimizers.SGD), ValueError,
+        "optimizer=<class", prepare=lambda m: rk.apply_regularizers(m, {"out": R.L1(0.1, proximal=True)})),
+    row("bind-proximal-loss-scaled-lion",
+        lambda m: rk.bind_proximal(m, keras.optimizers.LossScaleOptimizer(keras.optimizers.Lion())), ValueError,
+        "optimizer=Lion", prepare=lambda m: rk.apply_regularizers(m, {"out": R.L1(0.1, proximal=True)})),
+    row("bind-proximal-compiled-lion", lambda m: rk.bind_proximal(m), ValueError, "optimizer=Lion",
+        prepare=lambda m: (rk.apply_regularizers(m, {"out": R.L1(0.1, proximal=True)}),
+                           m.compile(keras.optimizers.Lion(), "mse"))),
+    row("bind-proximal-model-str", lambda m: rk.bind_proximal("model", keras.optimizers.SGD()), TypeError,
+        "model='model'"),
+    row("bind-proximal-unbuilt", lambda m: rk.bind_proximal(unbuilt(), keras.optimizers.SGD()), ValueError,
+        "not built"),
+    row("proximal-update-config-key", lambda m: rk.callbacks.ProximalUpdate.from_config({"optimizer": "sgd"}),
+        ValueError, "unknown keys ['optimizer']"),
 ]
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="JAX and PyTorch build the model before the callbacks run")
+def test_proximal_update_refuses_a_model_that_fit_builds_inside_its_first_step():
+    # Under TensorFlow, fit builds a model without an Input inside its first
+    # step, traced before any weight has its proximal step: epoch 0 would run without it.
+    model = keras.Sequential([keras.layers.Dense(2, kernel_regularizer=R.L1(0.1, proximal=True))])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    with pytest.raises(ValueError, match="is not built yet"):
+        model.fit(np.ones((4, 3)), np.ones((4, 2)), verbose=0, callbacks=[rk.callbacks.ProximalUpdate()])
+    assert not model.built and int(model.optimizer.iterations) == 0
 
 
 @pytest.mark.clear_session_per_module

@@ -17,10 +17,10 @@ def applying_optimizer():
     `LossScaleOptimizer`, whose `apply` runs inside the outer one's).
     """
     try:
-        from keras.src.backend.common import global_state
+        from keras.src.backend.common.global_state import get_global_attribute
     except ImportError as error:
-        raise moved("keras", "keras.src.backend.common.global_state", error) from None
-    stack = global_state.get_global_attribute("name_scope_stack") or []
+        raise moved("keras", "keras.src.backend.common.global_state.get_global_attribute", error) from None
+    stack = get_global_attribute("name_scope_stack") or []
     for scope in reversed(stack):
         try:
             caller = scope.caller

@@ -30,7 +30,9 @@ class ProximalUpdate(keras.callbacks.Callback):
     `RegularizationScheduler` too.
 
     Raises:
-        ValueError: At the start of `fit`, if the optimizer is not SGD,
+        ValueError: At the start of `fit`, if the model is not built (under
+            TensorFlow a model without an `Input` is built inside the first
+            step, too late to bind), or if the optimizer is not SGD,
             Adam, AdamW, RMSprop or Adagrad (the step sizes known here),
             accumulates gradients or keeps a moving average of the weights
             (`use_ema=True`).
