@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 
 import keras_regkit as rk
+from keras_regkit.compacting import attention
 from keras_regkit.pruning import units as units_lib
+
+from conftest import assert_refused_and_unchanged, right_checks, row, run_with_fixtures
 
 L = keras.layers
 HEADS, HEAD_DIM, HIDDEN, SEQ = 4, 4, 8, 6
@@ -282,3 +285,157 @@ def test_compact_keras_hub_decoder_with_fewer_heads_keeps_its_causal_and_padding
     np.testing.assert_allclose(early, keras.ops.convert_to_numpy(result.model(x))[:, :-1], rtol=1e-5, atol=1e-5)
     result.model.save(tmp_path / "small.keras")
     assert_same_outputs(model, keras.saving.load_model(tmp_path / "small.keras"), x)
+
+
+# -- every head dead: one stays (promise of `compact`'s docs) ---------------------
+
+
+def kill_heads(layer, heads):
+    """Makes `heads` of `layer` dead: their output projection slices zero."""
+    kernel = units_lib.head_kernel(layer)
+    value = numpy(kernel)
+    value[heads] = 0.0
+    kernel.assign(value)
+
+
+def test_a_layer_whose_every_head_is_dead_keeps_one():
+    model = attention_model()
+    mha = model.get_layer("mha0")
+    kill_heads(mha, list(range(HEADS)))
+    # The rule, where it is decided: the first head stays.
+    np.testing.assert_array_equal(attention.kept_heads(mha), [True] + [False] * (HEADS - 1))
+    assert attention.smaller_config(mha)["num_heads"] == 1
+    result = rk.compact(model)
+    assert result.model.get_layer("mha0").num_heads == 1 and result.units["mha0"] == (HEADS, 1)
+    assert_same_outputs(model, result.model, inputs())
+
+
+# -- unusual attention layers: rebuilt right, or refused before anything is built ---
+
+
+@keras.saving.register_keras_serializable("regkit_test")
+class FixedHeads(L.MultiHeadAttention):
+    """Fixes its heads and drops the config's: from_config builds 4 heads whatever it says."""
+
+    def __init__(self, **kwargs):
+        kwargs.pop("num_heads", None)
+        kwargs.pop("key_dim", None)
+        super().__init__(num_heads=HEADS, key_dim=HEAD_DIM, **kwargs)
+
+
+@keras.saving.register_keras_serializable("regkit_test")
+class FixedHeadsConfig(L.MultiHeadAttention):
+    """Fixes its heads and leaves them out of its config: from_config with num_heads fails."""
+
+    def __init__(self, **kwargs):
+        super().__init__(num_heads=HEADS, key_dim=HEAD_DIM, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["num_heads"], config["key_dim"]
+        return config
+
+
+@keras.saving.register_keras_serializable("regkit_test")
+class HeadsArgument(L.MultiHeadAttention):
+    """A subclass that takes its heads as an argument: rebuilt with fewer."""
+
+    def __init__(self, num_heads=HEADS, key_dim=HEAD_DIM, **kwargs):
+        super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
+
+
+def one_attention_model(layer, shape=(SEQ, HIDDEN), context=None, calls=1):
+    """`layer` (called `calls` times, on `context` as keys and values if
+    given) before a Dense, with random weights and head 1 dead."""
+    keras.utils.set_random_seed(0)
+    query = keras.Input(shape)
+    inputs = [query] if context is None else [query, keras.Input(context)]
+    h = query
+    for _ in range(calls):
+        h = layer(h, inputs[-1] if context is not None else h)
+    model = keras.Model(inputs, L.Dense(2, name="out")(L.Flatten()(h)))
+    rng = np.random.default_rng(0)
+    for variable in layer.weights:
+        variable.assign(rng.normal(size=variable.shape).astype("float32"))
+    kill_heads(layer, [1])
+    return model
+
+
+def assert_compacts_to_three_heads(model, cls=L.MultiHeadAttention):
+    result = rk.compact(model)
+    rebuilt = result.model.get_layer("att")
+    assert type(rebuilt) is cls and rebuilt.num_heads == HEADS - 1 and result.units["att"] == (HEADS, HEADS - 1)
+    rng = np.random.default_rng(1)
+    x = [rng.normal(size=(2,) + tuple(i.shape[1:])).astype("float32") for i in model.inputs]
+    assert_same_outputs(model, result.model, x)
+
+
+def right_no_biases():
+    assert_compacts_to_three_heads(one_attention_model(L.MultiHeadAttention(HEADS, HEAD_DIM, use_bias=False, name="att")))
+
+
+def right_a_value_width_of_its_own_and_an_output_shape():
+    assert_compacts_to_three_heads(one_attention_model(
+        L.MultiHeadAttention(HEADS, HEAD_DIM, value_dim=6, output_shape=5, name="att")))
+
+
+def right_attention_over_two_axes():
+    assert_compacts_to_three_heads(one_attention_model(
+        L.MultiHeadAttention(HEADS, HEAD_DIM, attention_axes=(1, 2), name="att"), shape=(3, 4, HIDDEN)))
+
+
+def right_cross_attention_on_a_context_of_another_width():
+    assert_compacts_to_three_heads(one_attention_model(L.MultiHeadAttention(HEADS, HEAD_DIM, name="att"),
+                                                       context=(5, 3)))
+
+
+def right_a_layer_called_twice():
+    assert_compacts_to_three_heads(one_attention_model(L.MultiHeadAttention(HEADS, HEAD_DIM, name="att"), calls=2))
+
+
+def right_a_subclass_that_takes_num_heads_keeps_its_class():
+    assert_compacts_to_three_heads(one_attention_model(HeadsArgument(name="att")), cls=HeadsArgument)
+
+
+RIGHT = right_checks(
+    right_no_biases,
+    right_a_value_width_of_its_own_and_an_output_shape,
+    right_attention_over_two_axes,
+    right_cross_attention_on_a_context_of_another_width,
+    right_a_layer_called_twice,
+    right_a_subclass_that_takes_num_heads_keeps_its_class,
+)
+
+
+@pytest.mark.parametrize("check", RIGHT)
+def test_unusual_input_gives_the_right_result(check, request):
+    run_with_fixtures(check, request)
+
+
+BAD_INPUT = [
+    row("compact-subclass-fixing-num-heads", lambda m: rk.compact(one_attention_model(FixedHeads(name="att"))),
+        ValueError, "attention layer 'att' (FixedHeads): its config does not let compact set `num_heads`"),
+    row("compact-subclass-without-num-heads-in-config",
+        lambda m: rk.compact(one_attention_model(FixedHeadsConfig(name="att"))), ValueError,
+        "multiple values for keyword argument 'num_heads'"),
+    row("compact-gated-attention",
+        lambda m: rk.compact(one_attention_model(L.MultiHeadAttention(HEADS, HEAD_DIM, use_gate=True, name="att"))),
+        ValueError, "(['att/gate/kernel', 'att/gate/bias']); removing its heads would not slice them"),
+]
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("call, error, fragment, prepare", BAD_INPUT)
+def test_bad_input_raises_and_leaves_the_model_unchanged(call, error, fragment, prepare):
+    assert_refused_and_unchanged(call, error, fragment, prepare)
+
+
+def test_a_refused_attention_layer_is_refused_before_anything_is_built(monkeypatch):
+    # The check comes before the clone: no layer of the new model is made.
+    model = one_attention_model(FixedHeads(name="att"))
+    before = [numpy(v) for v in model.weights]
+    monkeypatch.setattr(keras.models, "clone_model", lambda *a, **k: pytest.fail("cloned before the check"))
+    with pytest.raises(ValueError, match="built {'num_heads': 4, 'key_dim': 4, 'value_dim': 4}, not {'num_heads': 3"):
+        rk.compact(model)
+    for variable, value in zip(model.weights, before):
+        np.testing.assert_array_equal(numpy(variable), value)

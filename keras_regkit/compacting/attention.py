@@ -46,17 +46,51 @@ def smaller_config(layer) -> dict:
     return {**layer.get_config(), "num_heads": int(kept_heads(layer).sum())}
 
 
-def copy_heads(old, new) -> None:
-    """`old`'s weights into `new`, an attention layer built with only
-    `old`'s kept heads: each head part sliced on its heads axis, the other
-    weights (the output bias) as they are."""
-    projections, output = units_lib.head_sublayers(old)
-    parts = projections + (output,)
-    others = [v.path for v in old.weights if all(v is not w for sub in parts for w in sub.weights)]
+def check_rebuildable(layer) -> None:
+    """Refuses, before anything is built, attention layer `layer` (with dead
+    heads) if `compact` cannot rebuild it with fewer heads: its class must
+    take `num_heads` from its config, and every weight must be a part of a
+    head or the output bias."""
+    others = _unsliced_weights(layer)
     if others:  # e.g. a gated attention's gate, which this would not slice
         raise ValueError(
-            f"compact: attention layer '{old.name}' has weights besides its query, key, value and "
-            f"output projections ({others}); removing its heads would not slice them.")
+            f"compact: attention layer '{layer.name}' has weights besides its query, key, value and "
+            f"output projections ({others}); removing its heads would not slice them: keep its heads alive.")
+    config = smaller_config(layer)
+    cls = type(layer).__name__
+    try:
+        rebuilt = type(layer).from_config(config)
+        built_as = {name: getattr(rebuilt, name) for name in ("num_heads", "key_dim", "value_dim")}
+    except Exception as error:  # noqa: BLE001 - any failure is the one reported
+        # Keras' deserialization error quotes the whole config first: its last line says why.
+        why = [line for line in str(error).splitlines() if line.strip()][-1:] or [""]
+        problem = f"`{cls}.from_config` with num_heads={config['num_heads']} raised {type(error).__name__}: {why[0]}"
+    else:
+        wanted = {"num_heads": config["num_heads"], "key_dim": layer.key_dim, "value_dim": layer.value_dim}
+        if built_as == wanted:
+            return
+        problem = f"`{cls}.from_config` with num_heads={config['num_heads']} built {built_as}, not {wanted}"
+    raise ValueError(
+        f"compact: cannot remove the dead heads of attention layer '{layer.name}' ({cls}): its config "
+        f"does not let compact set `num_heads` ({problem}). Give `{cls}.__init__` a `num_heads` "
+        "argument that it passes on to `MultiHeadAttention` (with `key_dim` and `value_dim`), or keep "
+        "its heads alive.")
+
+
+def _unsliced_weights(layer) -> list[str]:
+    """The paths of `layer`'s weights that are in no head sublayer."""
+    projections, output = units_lib.head_sublayers(layer)
+    parts = projections + (output,)
+    return [v.path for v in layer.weights if all(v is not w for sub in parts for w in sub.weights)]
+
+
+def copy_heads(old, new) -> None:
+    """`old`'s weights into `new`, an attention layer built with only
+    `old`'s kept heads (checked by `check_rebuildable`): each head part
+    sliced on its heads axis, the other weights (the output bias) as they
+    are."""
+    projections, output = units_lib.head_sublayers(old)
+    parts = projections + (output,)
     keep = kept_heads(old)
     new_projections, new_output = units_lib.head_sublayers(new)
     for sub, new_sub in zip(parts, new_projections + (new_output,)):

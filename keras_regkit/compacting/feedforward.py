@@ -76,7 +76,12 @@ def flatten(model: keras.Model):
     KerasHub transformer layer with dead heads is written out as its
     sublayers: see `attention.unroll`). Returns the copy and, per block or
     attention layer (by its path), `(units before, units after)` and the
-    dead units before."""
+    dead units before. Raises `ValueError` (see
+    `attention.check_rebuildable`) for an attention layer with dead heads
+    that cannot be rebuilt with fewer."""
+    for layer in sublayers(model, recursive=True, include_self=True):
+        if attention.has_dead_heads(layer):
+            attention.check_rebuildable(layer)  # before anything is built
     old_by_new, units, dead, unrolled = {}, {}, {}, []
 
     def count(name, mask):
