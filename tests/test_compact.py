@@ -391,12 +391,30 @@ def test_a_moved_functional_class_is_named_not_taken_for_a_subclassed_model(monk
 
 # -- bad and unusual input: the tables' helpers are in conftest -----------------
 
+class UnregisteredDense(keras.layers.Dense):
+    pass
+
+
+def model_with_unregistered_layer():
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="o")(UnregisteredDense(4, name="h")(inputs)))
+    kill(model.get_layer("h"), [1, 3])
+    return model
+
+
 BAD_INPUT = [
     # A model that is not built has no weights: say so, don't blame the selector.
     row("compact-unbuilt", lambda m: rk.compact(unbuilt()), ValueError, "keras.Input"),
     # Not a model.
     row("compact-model-str", lambda m: rk.compact("m"), TypeError, "model"),
     row("compact-custom_objects-list", lambda m: rk.compact(m, custom_objects=[rk.regularizers.L1]), TypeError, "custom_objects"),
+    row("compact-custom_objects-not-a-class", lambda m: rk.compact(m, custom_objects={"MyDense": 3}), TypeError,
+        "custom_objects={'MyDense': 3}"),
+    row("compact-custom_objects-key-not-a-name", lambda m: rk.compact(m, custom_objects={3: keras.layers.Dense}),
+        TypeError, "mapping class names to classes"),
+    # Keras' own message names the class and how to make it known.
+    row("compact-unregistered-layer-class", lambda m: rk.compact(model_with_unregistered_layer()), TypeError,
+        "Could not locate class 'UnregisteredDense'"),
     row("compact-subclassed", lambda m: rk.compact(SubclassedModel()), ValueError, "model"),
 ]
 

@@ -162,7 +162,8 @@ def compact(model: keras.Model, custom_objects: dict | None = None) -> CompactRe
         skipped layers and parameter counts.
 
     Raises:
-        TypeError: If `model` is not a `keras.Model`.
+        TypeError: If `model` is not a `keras.Model`, or `custom_objects`
+            is not a dict of names to classes.
         ValueError: If `model` is not built, or is a subclassed model.
 
     Example:
@@ -179,18 +180,21 @@ def compact(model: keras.Model, custom_objects: dict | None = None) -> CompactRe
     >>> np.allclose(result.model.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
     True
     """
+    if custom_objects is not None and (
+        not isinstance(custom_objects, dict)
+        or not all(isinstance(k, str) and callable(v) for k, v in custom_objects.items())
+    ):
+        raise TypeError(
+            "Invalid value for argument `custom_objects`: expected None or a dict "
+            "mapping class names to classes, as for `keras.saving.load_model`. "
+            f"Received: custom_objects={custom_objects!r}"
+        )
     if isinstance(model, keras.Model) and model.built and feedforward.needs_flattening(model):
         original = model
         model, block_units, block_dead = feedforward.flatten(model)
     else:
         original, block_units, block_dead = model, {}, {}
     _check_model(model)
-    if custom_objects is not None and not isinstance(custom_objects, dict):
-        raise TypeError(
-            "Invalid value for argument `custom_objects`: expected None or a dict "
-            "mapping class names to classes, as for `keras.saving.load_model`. "
-            f"Received: custom_objects={custom_objects!r}"
-        )
     analysis = Analysis(Graph.of(model))
 
     config = model.get_config()
