@@ -175,13 +175,16 @@ BAD_INPUT = [
                  r"argument `kind`.*LayerKind"),
     registration("weights", lambda: rk.layers.LayerKind(weights={"weight": ("w", "r")}), TypeError,
                  r"argument `weights`.*weight kind"),
-    registration("unit_axes", lambda: rk.layers.LayerKind(unit_axes=0), ValueError, r"argument `unit_axes`.*unit_axes=0"),
-    registration("compact", lambda: rk.layers.LayerKind(compact="units"), TypeError, r"argument `compact`.*compact='units'"),
+    registration("unit_axes", lambda: rk.layers.LayerKind(unit_axes=0), ValueError,
+                 r"argument `unit_axes`.*unit_axes=0"),
+    registration("compact", lambda: rk.layers.LayerKind(compact="units"), TypeError,
+                 r"argument `compact`.*compact='units'"),
     # One variable under two kinds would be counted, penalised and pruned twice
     # (issue #37: 240 parameters reported for a model of 192); two variables
     # saving their regularizers to one attribute would reload with one penalty.
     registration("one-variable-two-kinds",
-                 lambda: rk.layers.LayerKind(weights={"kernel": ("w", "w_regularizer"), "bias": ("w", "b_regularizer")}),
+                 lambda: rk.layers.LayerKind(weights={"kernel": ("w", "w_regularizer"),
+                                                      "bias": ("w", "b_regularizer")}),
                  TypeError, r"argument `weights` of LayerKind: the variable attribute 'w' is given to several weight "
                             r"kinds \['kernel', 'bias'\]"),
     registration("one-regularizer-two-kinds",

@@ -9,7 +9,8 @@ import keras_regkit as rk
 from keras_regkit.pruning import calibration
 from keras_regkit.pruning.granularity import NM
 
-from conftest import assert_refused_and_unchanged, infinite_dataset, right_checks, row, run_with_fixtures, tiny_data, tiny_mlp
+from conftest import (assert_refused_and_unchanged, infinite_dataset, right_checks, row, run_with_fixtures, tiny_data,
+                      tiny_mlp)
 
 
 def groups(kernel, m, axis=-2):
@@ -259,7 +260,8 @@ def right_a_silent_input_ties_its_scores_and_the_cut_is_still_exact():
 BAD_INPUT = [
     # Non-finite calibration data: its inputs' norms would be NaN, and a NaN score is never cut.
     row("wanda-one-nan", lambda m: rk.prune(m, sparsity=0.5, score="wanda", calibration_data=one_bad(np.nan)),
-        ValueError, "batch 1 (from sample 128) holds 1 NaN or inf entries, in 1 of its samples (the first: sample 150)"),
+        ValueError,
+        "batch 1 (from sample 128) holds 1 NaN or inf entries, in 1 of its samples (the first: sample 150)"),
     row("wanda-one-inf", lambda m: rk.prune(m, sparsity=0.5, score="wanda", calibration_data=one_bad(-np.inf)),
         ValueError, "calibration_data`: batch 1"),
     row("wanda-all-nan", lambda m: rk.prune(m, sparsity=0.5, score="wanda",
