@@ -79,12 +79,19 @@ def test_page_code_runs(page, tmp_path, monkeypatch):
     keras.backend.clear_session()
 
 
-def test_code_blocks_name_a_known_language():
-    # A typo in a fence's language would silently leave a block out.
+def test_code_blocks_name_a_known_language_and_are_closed():
+    # A typo in a fence's language, or a fence left open (which swallows the
+    # blocks after it), would silently leave blocks out.
     for page in PAGES:
-        for match in FENCE.finditer(page.read_text()):
-            assert match.group(1) in {"python", "bash", "text", "pycon", "yaml", "json", ""}, (
-                f"{page.relative_to(ROOT)}: a ```{match.group(1)} block (not run; use ```python)")
+        text = page.read_text()
+        for match in FENCE.finditer(text):
+            assert match.group(1) in {"python", "bash", "text", "pycon", "yaml", "json"}, (
+                f"{page.relative_to(ROOT)}: a ```{match.group(1)} block (name its language; "
+                "only ```python runs)")
+            assert not re.search(r"^```", match.group(2), re.M), (
+                f"{page.relative_to(ROOT)}: a fence inside a block, near line "
+                f"{text[: match.start()].count(chr(10)) + 1} (one left open?)")
+        assert len(re.findall(r"^```", text, re.M)) == 2 * len(FENCE.findall(text))
 
 
 def test_the_readme_is_short_and_gives_exactly_the_two_commands():
