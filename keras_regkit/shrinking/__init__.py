@@ -27,7 +27,7 @@ from keras_regkit.pruning import granularity as granularity_lib
 from keras_regkit.shrinking import data
 from keras_regkit.shrinking.callback import ShrinkPhase
 from keras_regkit.shrinking.decisions import Action, Observation, Verdict
-from keras_regkit.shrinking.guards import AgreementGuard, ValidationCheck
+from keras_regkit.shrinking.guards import AgreementGuard, ValidationCheck, checked_guard
 from keras_regkit.shrinking.policies import ShrinkPolicy, SparsityTarget, ToleranceClimb
 from keras_regkit.shrinking.ramps import CubicRamp, SparsitySchedule
 from keras_regkit.shrinking.result import ShrinkResult
@@ -143,8 +143,8 @@ def shrink(
             "shrink() was given training data that repeats forever: pass `steps_per_epoch=` "
             "(training steps per epoch), as to `fit`; the shrink's budget is `epochs` of them."
         )
-    guard = phase_kwargs.get("guard")
-    if guard is not None and getattr(guard, "inputs", None) is None:
+    guard = checked_guard(phase_kwargs.get("guard"))
+    if guard is not None and guard.inputs is None:
         if data.read_once(x):
             raise ValueError(
                 "shrink() with a `guard` samples its reference inputs from `x`, "

@@ -106,6 +106,9 @@ class ShrinkPhase(keras.callbacks.Callback):
         if start_epoch is None:
             raise ValueError("ShrinkPhase needs `start_epoch`: an epoch, or a `Plateau` to start on a "
                              "metric's plateau. Received: start_epoch=None")
+        if isinstance(start_epoch, type) and issubclass(start_epoch, StartTrigger):
+            raise TypeError(f"Invalid value for argument `start_epoch`: expected an epoch or a {start_epoch.__name__} "
+                            f"instance, e.g. Plateau(patience=3). Received the class: start_epoch={start_epoch!r}")
         self.trigger = start_epoch if isinstance(start_epoch, StartTrigger) else StartTrigger(start_epoch)
         self.start_epoch = self.trigger.start_epoch
         self.granularity = granularity_lib.get(granularity)
@@ -382,6 +385,9 @@ def _validation_data(data, policy: ShrinkPolicy):
             "Invalid value for argument `validation_data`: an iterator or generator can be read only once, "
             "and the shrink would use it up (it reads its validation data at the start and at the end). "
             f"Pass arrays, a tf.data.Dataset or a keras.utils.PyDataset. Received: validation_data={data!r}")
+    if isinstance(data, (tuple, list)) and not data:
+        raise ValueError("Invalid value for argument `validation_data`: expected `(x, y)` or `(x, y, "
+                         f"sample_weight)` arrays, or a dataset. Received: validation_data={data!r}")
     if data_lib.is_infinite(data):
         raise ValueError(
             "Invalid value for argument `validation_data`: this dataset repeats forever, and the shrink "

@@ -102,12 +102,18 @@ def _check_lengths(batch) -> None:
             f"samples (first axis); received {', '.join(f'{k}: {v}' for k, v in lengths.items())}.")
 
 
-def check_targets(validation_data) -> None:
-    """Refuses validation targets that are not finite numbers, and sample
-    weights that are not finite and >= 0: `fit`'s validation loss would fail
-    on them (or turn NaN) after training steps had been taken, and no check
-    could be measured there."""
+def check_validation_data(validation_data) -> None:
+    """Refuses, before the shrink changes anything, validation data that no
+    check could be measured on or that `fit`'s validation would fail on
+    after training steps: no sample, batches without targets, targets that
+    are not finite numbers, sample weights that are not finite and >= 0."""
+    samples = 0
     for x, y, weight in batches(validation_data):
+        if y is None:
+            raise ValueError(
+                "Invalid value for argument `validation_data`: it must carry targets: `(x, y)` or "
+                "`(x, y, sample_weight)` arrays, or a dataset of such batches; received inputs alone.")
+        samples += first_axis(x)
         for part, what in ((y, "targets"), (weight, "sample weights")):
             for array in [] if part is None else keras.tree.flatten(part):
                 array = np.asarray(array)
@@ -121,6 +127,10 @@ def check_targets(validation_data) -> None:
                         f"Invalid value for argument `validation_data`: its {what} must be "
                         f"{'finite' if what == 'targets' else 'finite and >= 0'}; {int(bad.sum())} of "
                         f"them are not (e.g. {array[bad].reshape(-1)[0].item()}).")
+    if samples == 0:
+        raise ValueError(
+            "Invalid value for argument `validation_data`: it has no samples, so no check could be "
+            f"measured there. Received: validation_data={validation_data!r}")
 
 
 def sample_inputs(x, samples: int, seed: int = 0):

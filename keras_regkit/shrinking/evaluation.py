@@ -4,6 +4,8 @@ sample, accuracy and compiled metrics, every count summed over processes
 
 from __future__ import annotations
 
+import re
+
 import keras
 import numpy as np
 
@@ -51,8 +53,23 @@ def has_class_output(model: keras.Model, validation_data) -> bool:
 
 def top1(model: keras.Model, inputs) -> np.ndarray:
     """The top-1 class of each class output: shape `(samples, outputs)`."""
-    outputs = predict(model, inputs)
+    return class_top1(predict(model, inputs))
+
+
+def class_top1(outputs: list[np.ndarray]) -> np.ndarray:
+    """`top1` of outputs already predicted."""
     return np.stack([np.argmax(outputs[i], axis=-1).reshape(-1) for i in class_outputs(outputs)], axis=-1)
+
+
+def check_loss(model: keras.Model, validation_data) -> None:
+    """Computes the compiled loss on the first validation samples, as `fit`'s
+    validation does; raises what the loss raises on targets it cannot take
+    (a wrong shape, a class index out of range)."""
+    if getattr(model, "loss", None) is None:
+        return  # no compiled loss: `fit`'s validation computes none (a test_step of the user's own)
+    for x, y, weight in batches(validation_data, 1):
+        x, y, weight = (None if part is None else take(part, slice(0, _PREDICT_BATCH)) for part in (x, y, weight))
+        model.compute_loss(x=x, y=y, y_pred=model(x, training=False), sample_weight=weight, training=False)
 
 
 def per_output(model: keras.Model, outputs, tree, is_weight=False):
@@ -95,7 +112,7 @@ def validation_hits(model: keras.Model, validation_data):
     hits, weights, classes, finite = [], [], [], True
     for x, y, weight in batches(validation_data):
         if y is None:
-            raise ValueError("The shrink's validation data must carry targets: `(x, y)` batches.")
+            raise ValueError("Invalid value for argument `validation_data`: it must carry targets: `(x, y)` batches.")
         outputs = predict(model, x)
         labels, sample_weights = per_output(model, outputs, y), per_output(model, outputs, weight, is_weight=True)
         columns = [i for i in class_outputs(outputs) if labels[i] is not None]
@@ -109,6 +126,10 @@ def validation_hits(model: keras.Model, validation_data):
             label = np.asarray(labels[i])
             if label.ndim == outputs[i].ndim and label.shape[-1] > 1:
                 label = np.argmax(label, axis=-1)
+            elif np.issubdtype(label.dtype, np.floating) and not np.array_equal(label, np.round(label)):
+                raise ValueError(
+                    "Invalid value for argument `validation_data`: a class output's targets must be class "
+                    f"indices (whole numbers) or one-hot rows; received {label[label != np.round(label)][0]}.")
             hit_columns.append((predicted == label.reshape(-1)) & ok)
             weight_columns.append(np.ones(len(predicted)) if sample_weights[i] is None
                                   else np.asarray(sample_weights[i], "float64").reshape(-1))
@@ -116,11 +137,21 @@ def validation_hits(model: keras.Model, validation_data):
         weights.append(np.stack(weight_columns, axis=-1))
         classes.append(np.stack(class_columns, axis=-1))
     if not hits:
-        raise ValueError("The shrink's validation data is empty.")
+        raise ValueError("Invalid value for argument `validation_data`: it has no samples.")
     hits, weights, classes = np.concatenate(hits), np.concatenate(weights), np.concatenate(classes)
     if (global_sum(weights.sum(axis=0)) <= 0).any():
-        raise ValueError("The shrink's validation data has all its sample weights at 0.")
+        raise ValueError("Invalid value for argument `validation_data`: all its sample weights are 0 (for an "
+                         "output, if several), so no accuracy could be measured there.")
     return hits, weights, finite, classes
+
+
+def reason(error: Exception) -> str:
+    """`error` in one line for a message of ours: its type and the first line
+    that says what went wrong (not Keras' "Exception encountered when
+    calling ..." header)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines()]
+    said = next((line for line in lines if line and not line.startswith("Exception encountered when calling")), "")
+    return f"{type(error).__name__}: {said[:300]}"
 
 
 def columns(*arrays):
@@ -164,7 +195,8 @@ def compiled_metric(model: keras.Model, validation_data, monitor: str) -> float:
     if metrics is None:
         raise ValueError(
             f"Invalid value for argument `monitor`: {monitor!r} needs the model to be compiled with "
-            "that metric (`model.compile(..., metrics=[...])`); it has no compiled metrics.")
+            "that metric (`model.compile(..., metrics=[...])`); it has no compiled metrics, so the only "
+            "valid one is 'val_loss'.")
     saved = [np.array(keras.ops.convert_to_numpy(v)) for v in metrics.variables]
     try:
         metrics.reset_state()

@@ -19,10 +19,11 @@ import numpy as np
 
 from keras_regkit import _validate
 from keras_regkit._processes import global_sum
-from keras_regkit.shrinking.data import check_targets, sample_inputs
+from keras_regkit.shrinking.data import check_validation_data, first_axis, sample_inputs
 from keras_regkit.shrinking.decisions import Verdict
 from keras_regkit.shrinking.evaluation import (
-    accuracy, columns, compiled_metric, has_class_output, maximizes, top1, validation_hits)
+    accuracy, check_loss, class_top1, columns, compiled_metric, has_class_output, maximizes, predict,
+    reason, top1, validation_hits)
 
 class AgreementGuard:
     """Holds while the model's top-1 predictions on reference inputs agree
@@ -61,8 +62,20 @@ class AgreementGuard:
                 "An AgreementGuard needs reference inputs (the training inputs, or a sample of them), "
                 "on which it compares the model with its start: `AgreementGuard(..., inputs=x)`; "
                 "`keras_regkit.shrink` passes its `x`.")
-        self.inputs = sample_inputs(inputs, self.samples)
-        self.reference = top1(model, self.inputs)
+        sample = sample_inputs(inputs, self.samples)
+        invalid = ("Invalid value for argument `inputs` of AgreementGuard (the reference inputs; "
+                   "`keras_regkit.shrink` passes its `x`): ")
+        if first_axis(sample) == 0:
+            raise ValueError(invalid + "they have no samples.")
+        try:
+            outputs = predict(model, sample)
+        except Exception as error:  # noqa: BLE001 - the model could not read them
+            raise ValueError(invalid + f"the model could not be evaluated on them ({reason(error)}).") from error
+        if not all(np.isfinite(output).all() for output in outputs):
+            # NaN predictions all read as class 0: every later model would agree with them.
+            raise ValueError(invalid + "the starting model's predictions on them are not all finite "
+                             "(NaN or inf in the inputs?), so no change of its predictions could be seen.")
+        self.inputs, self.reference = sample, class_top1(outputs)
 
     def disagreement(self, model: keras.Model) -> float:
         if self.reference is None:
@@ -76,6 +89,15 @@ class AgreementGuard:
     def holds(self, model: keras.Model) -> bool:
         # NaN predictions argmax to 0 everywhere: they disagree, and fail.
         return self.disagreement(model) <= self.max_disagreement
+
+
+def checked_guard(guard):
+    """`guard` if it is an `AgreementGuard` or None; else a TypeError."""
+    if guard is not None and not isinstance(guard, AgreementGuard):
+        raise TypeError(
+            "Invalid value for argument `guard`: expected a "
+            f"keras_regkit.shrinking.AgreementGuard. Received: guard={guard!r}")
+    return guard
 
 
 # How many standard errors of the paired top-1 change a check forgives as
@@ -126,13 +148,16 @@ class ValidationCheck:
         self.slack = _validate.real("slack", SLACK if slack is None else slack)
         if monitor is not None and not isinstance(monitor, str):
             raise TypeError(f"Invalid value for argument `monitor`: expected a str. Received: monitor={monitor!r}")
+        if monitor == "" or monitor == "val_":
+            raise ValueError("Invalid value for argument `monitor`: expected a validation log name such as "
+                             f"'val_mae', or None for top-1 accuracy. Received: monitor={monitor!r}")
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"Invalid value for argument `mode`: expected 'auto', 'min' or 'max'. Received: mode={mode!r}")
-        if guard is not None and not isinstance(guard, AgreementGuard):
-            raise TypeError(
-                "Invalid value for argument `guard`: expected a "
-                f"keras_regkit.shrinking.AgreementGuard. Received: guard={guard!r}")
-        self.monitor, self.mode, self.guard = monitor, mode, guard
+        if monitor is None and mode == "min":
+            raise ValueError(
+                "Invalid value for argument `mode`: without `monitor`, the check is top-1 accuracy, which "
+                "rises as it improves; `mode` gives the direction of a `monitor=` metric. Received: mode='min'")
+        self.monitor, self.mode, self.guard = monitor, mode, checked_guard(guard)
         self.data = None
         self.baseline = None  # the metric at the start
         self.start_hits = None  # top-1: per sample, at the start
@@ -164,15 +189,18 @@ class ValidationCheck:
         not finite. `report_only` (the sparsity mode): a model without a
         class output is measured by its loss instead."""
         self.data = validation_data
-        check_targets(validation_data)
+        check_validation_data(validation_data)
         try:
-            return self._start(model, validation_data, report_only)
+            baseline = self._start(model, validation_data, report_only)
+            # `fit`'s validation computes the loss: targets it cannot take fail here, not after steps.
+            check_loss(model, validation_data)
+            return baseline
         except Exception as error:  # noqa: BLE001 - the model could not read them
             if isinstance(error, ValueError) and ("`validation_data`" in str(error) or "`monitor`" in str(error)):
                 raise  # ours, already naming the argument
             raise ValueError(
                 "Invalid value for argument `validation_data`: the model could not be evaluated on "
-                f"it ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
+                f"it ({reason(error)}). "
                 "It must have the inputs and targets `fit` takes for this model.") from error
 
     def _start(self, model, validation_data, report_only):

@@ -176,8 +176,8 @@ class ToleranceClimb(ShrinkPolicy):
             raise TypeError(
                 "Invalid value for argument `levels`: expected a list of sparsities in (0, 1]. "
                 f"Received: levels={levels!r}")
-        self.user_levels = None if levels is None else [_validate.real("levels", lv, maximum=1.0) for lv in levels]
-        self.max_sparsity = None if max_sparsity is None else _validate.real("max_sparsity", max_sparsity, maximum=1.0)
+        self.user_levels = None if levels is None else [_sparsity("levels", lv) for lv in levels]
+        self.max_sparsity = None if max_sparsity is None else _sparsity("max_sparsity", max_sparsity)
         self.levels = self.initial = self.climb = None  # set by `bind` and `begin`
 
     def bind(self, granularity):
@@ -207,3 +207,10 @@ class ToleranceClimb(ShrinkPolicy):
 
     def set_state(self, state):
         self.climb.set_state(state)
+
+
+def _sparsity(name: str, value) -> float:
+    """A level of the climb: a sparsity in (0, 1] (a level of 0 cuts nothing to check)."""
+    if _validate.real(name, value, maximum=1.0) == 0:
+        raise ValueError(f"Invalid value for argument `{name}`: expected a sparsity in (0, 1]. Received: {name}={value}")
+    return float(value)

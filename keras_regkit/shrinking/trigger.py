@@ -85,6 +85,9 @@ class Plateau(StartTrigger):
         self.patience = _validate.integer("patience", patience, minimum=1)
         if not isinstance(monitor, str):
             raise TypeError(f"Invalid value for argument `monitor`: expected a log name (str). Received: monitor={monitor!r}")
+        if not monitor:
+            raise ValueError("Invalid value for argument `monitor`: expected a log name such as 'val_loss'. "
+                             "Received: monitor=''")
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"Invalid value for argument `mode`: expected 'auto', 'min' or 'max'. Received: mode={mode!r}")
         self.monitor, self.mode = monitor, mode
