@@ -11,7 +11,10 @@ same trained weights, to 50 %, 70 %, 90 % of its kernels' entries and to
   default);
 - Wanda: `rk.prune(score="wanda")`, ranked globally (the package's default)
   and per output unit (the paper's);
-- reconstruction: `prune_reconstructed(sparsity=s)` (each layer to `s`).
+- reconstruction: `prune_reconstructed(sparsity=s)`, each layer to the
+  share of its entries one global magnitude threshold would take (its
+  default, `allocation="global"`), and each layer to `s` (the paper's,
+  `allocation="uniform"`).
 
 Calibration: the first 1024 training inputs, for Wanda and reconstruction
 alike (reconstruction needs at least as many as a layer has inputs: the
@@ -40,7 +43,7 @@ from common.reporting import group, spread, write_json
 
 CALIBRATION_SAMPLES = 1024
 LEVELS = (("50%", "weight", 0.5), ("70%", "weight", 0.7), ("90%", "weight", 0.9), ("2:4", "2:4", None))
-METHODS = ("magnitude", "wanda", "wanda per output", "reconstruction")
+METHODS = ("magnitude", "wanda", "wanda per output", "reconstruction", "reconstruction uniform")
 
 
 def groupable(layer) -> bool:
@@ -63,9 +66,10 @@ def trained(keras, case, seed, quick):
 
 def cut(rk, model, method, granularity, sparsity, calibration):
     layers = groupable if granularity == "2:4" else "*"
-    if method == "reconstruction":
+    if method.startswith("reconstruction"):
         return rk.pruning.prune_reconstructed(model, sparsity=sparsity, granularity=granularity, layers=layers,
-                                              calibration_data=calibration)
+                                              calibration_data=calibration,
+                                              allocation="uniform" if method.endswith("uniform") else "global")
     score = "magnitude" if method == "magnitude" else "wanda"
     return rk.prune(model, sparsity=sparsity, granularity=granularity, layers=layers, score=score,
                     calibration_data=calibration if score == "wanda" else None,
@@ -80,7 +84,7 @@ def one_shot(keras, rk, case, seed, quick):
     rows = []
     for label, granularity, sparsity in LEVELS:
         for method in METHODS:
-            if method == "wanda per output" and granularity != "weight":
+            if method in ("wanda per output", "reconstruction uniform") and granularity != "weight":
                 continue
             model.set_weights(weights)
             start = time.perf_counter()

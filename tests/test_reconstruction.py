@@ -25,15 +25,18 @@ def inputs(n, features, seed=0):
     return np.random.default_rng(seed).normal(size=(n, features)).astype("float32")
 
 
-def reference(weights, hessian, sparsity=None, pattern=None, block_size=128, dampening=0.01):
+def reference(weights, hessian, sparsity=None, pattern=None, block_size=128, dampening=0.01, free=0):
     """SparseGPT as the paper states it, one entry at a time: each cut entry
     `w_rc` is set to 0 and the rest of its row moved by `-w_rc / U_cc *
     U_c,c:` at once (`U`: upper Cholesky factor of the dampened H⁻¹); the
     mask of a block of columns (or of a group of M) is chosen when the walk
-    reaches it, from the weights as updated so far."""
+    reaches it, from the weights as updated so far. The last `free` columns
+    (a bias) are only updated."""
     w = np.array(weights, dtype="float64")
     rows, columns = w.shape
-    h = hessian + dampening * np.mean(np.diag(hessian)) * np.eye(columns)
+    total = columns
+    columns -= free
+    h = hessian + dampening * np.mean(np.diag(hessian)) * np.eye(total)
     u = np.linalg.cholesky(np.linalg.inv(h)).T
     for start in range(0, columns, block_size):
         stop = min(start + block_size, columns)
@@ -51,24 +54,30 @@ def reference(weights, hessian, sparsity=None, pattern=None, block_size=128, dam
             for r in range(rows):
                 if (r, c) in cut:
                     error = w[r, c] / u[c, c]
-                    for j in range(c, columns):
+                    for j in range(c, total):
                         w[r, j] -= error * u[c, j]
                     w[r, c] = 0.0
     return w
 
 
-@pytest.mark.parametrize("granularity, sparsity, pattern", [("weight", 0.5, None), ("weight", 0.7, None),
-                                                            ("2:4", None, (2, 4))])
-def test_a_dense_layer_is_pruned_as_the_numpy_reference_of_the_algorithm(granularity, sparsity, pattern):
+@pytest.mark.parametrize("granularity, sparsity, pattern, update_bias", [
+    ("weight", 0.5, None, True), ("weight", 0.7, None, False), ("2:4", None, (2, 4), True), ("2:4", None, (2, 4), False)])
+def test_a_dense_layer_is_pruned_as_the_numpy_reference_of_the_algorithm(granularity, sparsity, pattern, update_bias):
     model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(5, name="k")])
-    x = inputs(64, 12)
+    layer = model.get_layer("k")
+    layer.bias.assign(np.linspace(-1.0, 1.0, 5).astype("float32"))
+    x = inputs(64, 12) + 0.5  # not centred: the bias can take up the cuts' mean
     x[:, 3] *= 10.0  # an uneven Hessian: reconstruction and magnitude differ
-    before = numpy(model.get_layer("k").kernel)
+    before = np.concatenate([numpy(layer.kernel), numpy(layer.bias)[None]])  # the bias as a last input
     result = prune_reconstructed(model, sparsity=sparsity, granularity=granularity, calibration_data=x,
-                                 block_size=8, batch_size=16)
-    after = numpy(model.get_layer("k").kernel)
-    hessian = x.astype("float64").T @ x.astype("float64")
-    expected = reference(before.T, hessian, sparsity, pattern, block_size=8).T
+                                 block_size=8, batch_size=16, allocation="uniform", update_bias=update_bias)
+    after = np.concatenate([numpy(layer.kernel), numpy(layer.bias)[None]])
+    rows = np.concatenate([x, np.ones((64, 1), "float32")], axis=1).astype("float64")
+    if not update_bias:
+        rows, before, after = rows[:, :-1], before[:-1], after[:-1]
+        np.testing.assert_array_equal(numpy(layer.bias), np.linspace(-1.0, 1.0, 5).astype("float32"))
+    hessian = rows.T @ rows
+    expected = reference(before.T, hessian, sparsity, pattern, block_size=8, free=int(update_bias)).T
     np.testing.assert_array_equal(after == 0, expected == 0)
     np.testing.assert_allclose(after, expected, atol=1e-5)
     assert result.sparsity == pytest.approx(0.5 if pattern else sparsity, abs=0.01)
@@ -90,6 +99,21 @@ def test_reconstruction_reproduces_the_outputs_better_than_magnitude_at_the_same
     model.set_weights(weights)
     rk.prune(model, sparsity=0.5)
     assert reconstructed < 0.5 * np.sum((numpy(model(x)) - y) ** 2)
+
+
+def test_global_allocation_gives_each_layer_the_share_one_magnitude_threshold_takes():
+    model = tiny_mlp(units=(16, 8, 4), inputs=6)
+    model.get_layer("hidden1").kernel.assign(0.5 * numpy(model.get_layer("hidden1").kernel))
+    weights = model.get_weights()
+    rk.prune(model, sparsity=0.6)
+    by_magnitude = [int((numpy(ref.variable) == 0).sum()) for ref in rk.iter_weights(model)]
+    model.set_weights(weights)
+    prune_reconstructed(model, sparsity=0.6, calibration_data=inputs(64, 6))
+    assert [int((numpy(ref.variable) == 0).sum()) for ref in rk.iter_weights(model)] == by_magnitude
+    assert by_magnitude[1] > 0.6 * 128  # the layer of small weights loses more than its share
+    model.set_weights(weights)
+    prune_reconstructed(model, sparsity=0.6, calibration_data=inputs(64, 6), allocation="uniform")
+    assert [int((numpy(ref.variable) == 0).sum()) for ref in rk.iter_weights(model)] == [58, 77, 19]
 
 
 def test_zeros_on_entry_stay_zero_and_dead_inputs_lose_their_weights():
@@ -121,10 +145,10 @@ def test_sequential_calibration_reads_the_pruned_layers_outputs(monkeypatch):
 
     monkeypatch.setattr(sparsegpt, "reconstruct", spy)
     prune_reconstructed(model, sparsity=0.5, calibration_data=x, batch_size=32)
-    assert [h.shape for h in hessians] == [(6, 6), (10, 10)]
+    assert [h.shape for h in hessians] == [(7, 7), (11, 11)]  # the inputs, and the bias's constant
     pruned_hidden = numpy(first(x))  # with the first layer's kernel as pruned
-    np.testing.assert_allclose(hessians[1], pruned_hidden.T @ pruned_hidden, rtol=1e-5, atol=1e-4)
-    assert not np.allclose(hessians[1], unpruned_hidden.T @ unpruned_hidden, rtol=1e-2)
+    np.testing.assert_allclose(hessians[1][:10, :10], pruned_hidden.T @ pruned_hidden, rtol=1e-5, atol=1e-4)
+    assert not np.allclose(hessians[1][:10, :10], unpruned_hidden.T @ unpruned_hidden, rtol=1e-2)
 
 
 def test_one_layers_gram_matrix_and_one_batch_of_its_inputs_at_a_time(monkeypatch):
@@ -144,7 +168,7 @@ def test_one_layers_gram_matrix_and_one_batch_of_its_inputs_at_a_time(monkeypatc
     monkeypatch.setattr(reconstruction, "Gram", SpyGram)
     model = tiny_mlp(units=(16, 8, 4), inputs=6)
     prune_reconstructed(model, sparsity=0.5, calibration_data=inputs(100, 6), batch_size=25)
-    assert sizes == [6, 16, 8]  # each layer's own inputs, in call order
+    assert sizes == [7, 17, 9]  # each layer's own inputs (and its bias), in call order
     assert max(batch_rows) == 25 and len(batch_rows) == 3 * 4
     assert not list(alive)
 
@@ -181,9 +205,9 @@ def test_a_covered_layer_is_its_rows_times_its_matrix(layer, shape):
     x = np.random.default_rng(0).normal(size=shape).astype("float32")
     layer(x)
     if getattr(layer, "bias", None) is not None:
-        layer.bias.assign(np.zeros(layer.bias.shape))
+        layer.bias.assign(np.random.default_rng(1).normal(size=layer.bias.shape).astype("float32"))
     expected = numpy(layer(x))
-    linear = linear_layers.linear_layer(layer, layer.kernel)
+    linear = linear_layers.linear_layer(layer, layer.kernel, bias=True)
     outputs = linear.rows(x.astype("float64")) @ linear.matrix()
     np.testing.assert_allclose(outputs.reshape(-1), expected.reshape(-1), atol=1e-4)
     linear.assign(2.0 * linear.matrix())
@@ -222,8 +246,7 @@ def test_the_projections_inside_a_kerashub_decoder_are_pruned():
     names = [name.split("/")[-1] for name in result.errors]
     assert names == ["query", "key", "value", "attention_output", "feedforward_intermediate_dense",
                      "feedforward_output_dense"]
-    for ref in result.refs:
-        assert (numpy(ref.variable) == 0).mean() == pytest.approx(0.5)
+    assert result.sparsity == pytest.approx(0.5, abs=1e-4)  # shared out by magnitude (allocation="global")
     assert np.isfinite(numpy(backbone(x))).all()
 
 
@@ -335,6 +358,10 @@ BAD_INPUT = [
         TypeError, "block_size"),
     row("dampening-negative", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=X, dampening=-1.0),
         ValueError, "dampening"),
+    row("allocation-typo", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=X, allocation="even"),
+        ValueError, "allocation"),
+    row("update-bias-none", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=X, update_bias=None),
+        TypeError, "update_bias"),
     row("selector-matches-nothing", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=X,
                                                                   layers="nothing*"), ValueError, "matched no layer"),
     row("no-covered-layer", lambda m: prune_reconstructed(transposed_only(), sparsity=0.5,

@@ -10,6 +10,11 @@ axes with the last (a Dense row, a convolution's input channel, an
 `EinsumDense`'s last contracted axis) fastest, so `m` consecutive columns
 are `m` consecutive inputs of that axis when `group_axis` splits into
 groups of `m`.
+
+With `bias=True`, a layer's bias (one per unit) is one more input, a
+column of ones last in `rows` and the bias as the last row of `matrix`: a
+reconstruction then updates it with the kernel (`free` such columns, never
+cut).
 """
 
 from __future__ import annotations
@@ -34,31 +39,42 @@ class LinearLayer:
             lie along it).
     """
 
-    def __init__(self, layer, variable, input_axes: list[int], unit_axes: list[int]):
-        self.layer, self.variable = layer, variable
+    def __init__(self, layer, variable, input_axes: list[int], unit_axes: list[int], bias=None):
+        self.layer, self.variable, self.bias = layer, variable, bias
         shape = tuple(variable.shape)
         self._order = input_axes + unit_axes
         self._transposed_shape = tuple(shape[a] for a in self._order)
         self.inputs = math.prod(shape[a] for a in input_axes)
+        self.free = 0 if bias is None else 1
         self.group_axis = shape[input_axes[-1]]
 
-    def rows(self, inputs: np.ndarray) -> np.ndarray:
+    def kernel_rows(self, inputs: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def rows(self, inputs: np.ndarray) -> np.ndarray:
+        rows = self.kernel_rows(inputs)
+        return rows if self.bias is None else np.concatenate([rows, np.ones((len(rows), 1), rows.dtype)], axis=1)
 
     def matrix(self) -> np.ndarray:
         kernel = np.asarray(ops.convert_to_numpy(self.variable.value), dtype="float64")
-        return np.transpose(kernel, self._order).reshape(self.inputs, -1)
+        matrix = np.transpose(kernel, self._order).reshape(self.inputs, -1)
+        if self.bias is None:
+            return matrix
+        return np.concatenate([matrix, np.asarray(ops.convert_to_numpy(self.bias.value)).reshape(1, -1)])
 
     def assign(self, matrix: np.ndarray) -> None:
+        if self.bias is not None:
+            self.bias.assign(matrix[-1].reshape(self.bias.shape).astype(self.bias.dtype))
+            matrix = matrix[:-1]
         kernel = np.transpose(matrix.reshape(self._transposed_shape), np.argsort(self._order))
         self.variable.assign(kernel.astype(self.variable.dtype))
 
 
 class DenseLayer(LinearLayer):
-    def __init__(self, layer, variable):
-        super().__init__(layer, variable, [0], [1])
+    def __init__(self, layer, variable, bias):
+        super().__init__(layer, variable, [0], [1], bias)
 
-    def rows(self, inputs):
+    def kernel_rows(self, inputs):
         return inputs.reshape(-1, self.inputs)
 
 
@@ -67,13 +83,14 @@ class EinsumLayer(LinearLayer):
     inputs or carried to the outputs (every form Keras' and KerasHub's
     attention and feed-forward projections use)."""
 
-    def __init__(self, layer, variable, inputs_spec: str, kernel_spec: str):
+    def __init__(self, layer, variable, inputs_spec: str, kernel_spec: str, bias):
         contracted = [i for i, axis in enumerate(kernel_spec) if axis in inputs_spec]
-        super().__init__(layer, variable, contracted, [i for i in range(len(kernel_spec)) if i not in contracted])
+        super().__init__(layer, variable, contracted, [i for i in range(len(kernel_spec)) if i not in contracted],
+                         bias)
         self._inputs_spec = inputs_spec
         self._contracted = [kernel_spec[i] for i in contracted]
 
-    def rows(self, inputs):
+    def kernel_rows(self, inputs):
         # The letters after an ellipsis count from the end.
         spec = self._inputs_spec
         before, _, after = spec.partition("...")
@@ -87,11 +104,11 @@ class ConvLayer(LinearLayer):
     """A convolution as im2col: each output position's receptive field,
     kernel offsets then input channels, as one row."""
 
-    def __init__(self, layer, variable):
+    def __init__(self, layer, variable, bias):
         rank = len(variable.shape)
-        super().__init__(layer, variable, list(range(rank - 1)), [rank - 1])
+        super().__init__(layer, variable, list(range(rank - 1)), [rank - 1], bias)
 
-    def rows(self, inputs):
+    def kernel_rows(self, inputs):
         layer = self.layer
         if layer.data_format == "channels_first":
             inputs = np.moveaxis(inputs, 1, -1)
@@ -119,15 +136,17 @@ def _einsum_specs(equation: str) -> tuple[str, str, str]:
     return inputs, kernel, outputs
 
 
-def linear_layer(layer, variable) -> LinearLayer | str:
+def linear_layer(layer, variable, bias: bool = False) -> LinearLayer | str:
     """The `LinearLayer` of `variable` (a layer's kernel), or why the layer
-    is not covered."""
+    is not covered; with `bias`, its bias as one more input where it has one
+    per unit (an `EinsumDense`'s over all of its output axes)."""
+    own_bias = getattr(layer, "bias", None) if bias else None
     if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None) is not None:
         return "a LoRA-enabled or quantized layer (its kernel is not one variable)"
     if variable is not getattr(layer, "kernel", None):
         return "not its layer's kernel"
     if isinstance(layer, keras.layers.Dense) and len(variable.shape) == 2:
-        return DenseLayer(layer, variable)
+        return DenseLayer(layer, variable, own_bias)
     if isinstance(layer, keras.layers.EinsumDense):
         inputs, kernel, outputs = _einsum_specs(layer.equation)
         letters = inputs.replace("...", "")
@@ -137,9 +156,10 @@ def linear_layer(layer, variable) -> LinearLayer | str:
                     "contracted with the inputs nor only carried to the outputs")
         if not any(a in letters for a in kernel):
             return f"an EinsumDense with equation {layer.equation!r}: its kernel reads none of its inputs' axes"
-        return EinsumLayer(layer, variable, inputs, kernel)
+        carried = "".join(a for a in kernel if a not in letters)
+        return EinsumLayer(layer, variable, inputs, kernel, own_bias if layer.bias_axes == carried else None)
     if isinstance(layer, CONVOLUTIONS):
         if layer.groups != 1:
             return f"a grouped convolution (groups={layer.groups})"
-        return ConvLayer(layer, variable)
+        return ConvLayer(layer, variable, own_bias)
     return f"a {type(layer).__name__}"

@@ -70,6 +70,7 @@ def reconstruct(
     pattern: tuple[int, int] | None = None,
     block_size: int = BLOCK_SIZE,
     dampening: float = DAMPENING,
+    free: int = 0,
 ) -> Reconstruction:
     """Prunes `weights` (outputs x inputs) for inputs of Gram matrix
     `hessian` (inputs x inputs, `Σ x xᵀ` over the calibration rows).
@@ -84,6 +85,9 @@ def reconstruct(
             of each row, the `m - n` with the lowest `w² / [U]_cc²` cut.
         block_size: Columns per block (a multiple of `m` with a pattern).
         dampening: Added to H's diagonal, as a fraction of its mean.
+        free: The last `free` columns are never cut, only updated (a bias,
+            as the weight of a constant input, takes its share of the
+            compensation). `sparsity` counts the others.
 
     Returns:
         A `Reconstruction`.
@@ -93,11 +97,13 @@ def reconstruct(
     hessian = gram.copy()
     matrix = original.copy()
     rows, columns = matrix.shape
+    columns -= free
     # Inputs that are always zero: their weights do nothing, and H's row is 0.
     dead = np.diag(hessian) == 0
+    dead[columns:] = False
     hessian[dead, dead] = 1.0
     matrix[:, dead] = 0.0
-    held = matrix == 0
+    held = matrix[:, :columns] == 0
     factor = _inverse_hessian_factor(hessian, dampening)
     for start in range(0, columns, block_size):
         stop = min(start + block_size, columns)
