@@ -547,6 +547,8 @@ def gen():
     ({"start_epoch": 1, "sparsity": 0.5, "validation_data": gen()}, ValueError, "read only once"),
     ({"start_epoch": 1, "sparsity": 0.5, "backup_dir": ""}, TypeError, "argument `backup_dir`"),
     ({"start_epoch": 1, "sparsity": 0.5, "layers": 3}, TypeError, "layer selector"),
+    ({"start_epoch": Plateau, "sparsity": 0.5}, TypeError, r"argument `start_epoch`.*Plateau instance"),
+    ({"start_epoch": 0, "tolerance": 0.1, "validation_data": ()}, ValueError, "argument `validation_data`"),
 ])
 def test_rejects_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -572,6 +574,18 @@ def test_rejects_bad_arguments(kwargs, error, match):
     (lambda: Plateau(patience=2, mode="up"), ValueError, "argument `mode`"),
     (lambda: Plateau(patience=2, monitor=None), TypeError, "argument `monitor`"),
     (lambda: rk.pruning.Weights("kernels"), ValueError, "argument `weights`"),
+    (lambda: ToleranceClimb(levels=[0.0, 0.5]), ValueError, r"argument `levels`: expected a sparsity in \(0, 1\]"),
+    (lambda: ToleranceClimb(levels=["0.5"]), TypeError, "argument `levels`"),
+    (lambda: ToleranceClimb(max_sparsity=0.0), ValueError, r"argument `max_sparsity`.*\(0, 1\]"),
+    (lambda: ToleranceClimb(tolerance=float("nan")), ValueError, "argument `tolerance`.*nan"),
+    (lambda: ToleranceClimb(tolerance=1.5), ValueError, "argument `tolerance`"),
+    (lambda: ToleranceClimb(monitor=""), ValueError, "argument `monitor`"),
+    (lambda: ToleranceClimb(mode="min"), ValueError, "argument `mode`.*top-1"),
+    (lambda: ToleranceClimb(guard=AgreementGuard), TypeError, "argument `guard`"),
+    (lambda: ValidationCheck(0.1, mode="min"), ValueError, "argument `mode`"),
+    (lambda: AgreementGuard(float("nan")), ValueError, "argument `max_disagreement`"),
+    (lambda: AgreementGuard(0.1, samples=0), ValueError, "argument `samples`"),
+    (lambda: Plateau(patience=2, monitor=""), ValueError, "argument `monitor`"),
 ])
 def test_the_policies_and_the_trigger_reject_bad_arguments_at_construction(make, error, match):
     with pytest.raises(error, match=match):
@@ -711,6 +725,27 @@ CASES = [
     (1, (xv, yv.astype(str)), {}, ValueError, "validation_data.*targets must be numbers.*dtype <U"),
     (1, (xv, yv, with_value(np.ones(32), np.nan)), {}, ValueError, "validation_data.*sample weights.*finite"),
     (1, (xv, yv, with_value(np.ones(32), -1.0)), {}, ValueError, r"validation_data.*sample weights.*>= 0"),
+    # Validation data no check could be measured on, or that fit's validation loss would fail on.
+    (1, (), {}, ValueError, r"validation_data.*Received: validation_data=\(\)"),
+    (1, (xv,), {}, ValueError, "validation_data.*must carry targets"),
+    (1, (xv[:0], yv[:0]), {}, ValueError, "validation_data.*no samples"),
+    (1, (xv, yv + 0.5), {}, ValueError, r"validation_data.*class indices.*received \d\.5"),
+    (1, (xv, np.eye(3)[yv]), {}, ValueError, "validation_data.*could not be evaluated.*rank"),  # one-hot, 3 wide
+    (1, (xv, yv, np.zeros(32)), {}, ValueError, "validation_data.*sample weights are 0"),
+    # The guard and the climb's settings (the sparsity mode refuses them all as tolerance settings).
+    (1, (xv, yv), {"guard": "agreement"}, TypeError, "argument `guard`"),
+    (1, (xv, yv), {"guard": AgreementGuard(0.1, inputs=xv[:, :5])}, ValueError,
+     "argument `inputs` of AgreementGuard.*could not be evaluated.*5|configure the tolerance mode"),
+    (1, (xv, yv), {"guard": AgreementGuard(0.1, inputs=nan_x)}, ValueError,
+     "argument `inputs` of AgreementGuard.*not all finite|configure the tolerance mode"),
+    (1, (xv, yv), {"guard": AgreementGuard(0.1, inputs=xv[:0])}, ValueError,
+     "argument `inputs` of AgreementGuard.*no samples|configure the tolerance mode"),
+    (1, (xv, yv), {"monitor": ""}, ValueError, "argument `monitor`"),
+    (1, (xv, yv), {"monitor": "val_los"}, ValueError, "argument `monitor`.*'val_los'.*'val_loss'"),
+    (1, (xv, yv), {"mode": "min"}, ValueError, "argument `mode`.*top-1|configure the tolerance mode"),
+    (1, (xv, yv), {"levels": [0.0, 0.5]}, ValueError, r"argument `levels`.*\(0, 1\]|configure the tolerance mode"),
+    (1, (xv, yv), {"max_sparsity": 0.0}, ValueError,
+     r"argument `max_sparsity`.*\(0, 1\]|configure the tolerance mode"),
     (1, (xv, yv), {"monitor": "val_auc"}, ValueError, "argument `monitor`.*val_auc"),  # not compiled
     (1, (xv, yv), {"patience": 2}, ValueError, "`patience` has no meaning"),
     (1, (xv, yv), {"start_epoch": 1}, ValueError, "`start_epoch` has no meaning"),
@@ -780,6 +815,13 @@ BAD_INPUT = [
     row("phase-monitor-missing-in-fit", lambda m: m.fit(
         *tiny_data(), epochs=2, verbose=0, callbacks=[rk.callbacks.ShrinkPhase(Plateau(patience=1), sparsity=0.5)]),
         ValueError, "val_loss", prepare=frozen_optimizer),
+    # Refused before the guard's inputs are set (issue #37: an AttributeError).
+    row("shrink-guard-not-a-guard", lambda m: rk.shrink(m, *tiny_data(), tolerance=0.1, guard="agreement",
+                                                         validation_data=tiny_data()), TypeError,
+        "argument `guard`", prepare=compiled),
+    row("shrink-validation-nan-targets", lambda m: rk.shrink(
+        m, *tiny_data(), tolerance=0.1, validation_data=(tiny_data()[0], with_value(tiny_data()[1], np.nan))),
+        ValueError, "targets must be finite", prepare=compiled),
     # The hang: a dataset that repeats forever, without steps_per_epoch.
     row("shrink-infinite-dataset", lambda m: rk.shrink(m, infinite_dataset(), sparsity=0.5), ValueError,
      "steps_per_epoch", prepare=compiled),
@@ -801,7 +843,38 @@ def right_start_epoch_after_the_last_epoch_is_said():
     assert_model_unchanged(before, model_state(model))  # nothing happened, and that was said
 
 
-RIGHT = right_checks(right_start_epoch_after_the_last_epoch_is_said)
+def right_unsorted_and_repeated_levels_are_climbed_in_rising_order_once():
+    policy = ToleranceClimb(levels=[0.9, 0.5, 0.5], max_sparsity=0.95)
+    policy.bind(rk.pruning.Weights())
+    assert policy.levels == (0.5, 0.9, 0.95)
+
+
+def class_model(loss):
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(2)])
+    model.compile("sgd", loss)
+    return model
+
+
+def right_validation_data_as_a_list_is_read_as_fit_reads_a_tuple():
+    model = class_model(keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert ValidationCheck(0.1).start(model, [xv, yv]) == ValidationCheck(0.1).start(model, (xv, yv))
+
+
+def right_a_class_index_the_loss_ignores_is_taken_and_counts_as_a_miss():
+    # Segmentation-style void labels (`ignore_class`) are valid targets for
+    # fit's validation loss: the loss probe must not refuse them.
+    model = class_model(keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1))
+    labels = with_value(yv, -1, dtype="int32")
+    predicted = np.argmax(keras.ops.convert_to_numpy(model(xv)), axis=-1)
+    assert ValidationCheck(0.1).start(model, (xv, labels)) == pytest.approx(np.mean(predicted == labels))
+
+
+RIGHT = right_checks(
+    right_start_epoch_after_the_last_epoch_is_said,
+    right_unsorted_and_repeated_levels_are_climbed_in_rising_order_once,
+    right_validation_data_as_a_list_is_read_as_fit_reads_a_tuple,
+    right_a_class_index_the_loss_ignores_is_taken_and_counts_as_a_miss,
+)
 
 
 @pytest.mark.clear_session_per_module
