@@ -25,6 +25,11 @@ def inputs(n, features, seed=0):
     return np.random.default_rng(seed).normal(size=(n, features)).astype("float32")
 
 
+X = inputs(64, 6)
+X_NAN = X.copy()
+X_NAN[3, 2] = np.inf
+
+
 def reference(weights, hessian, sparsity=None, pattern=None, block_size=128, dampening=0.01, free=0):
     """SparseGPT as the paper states it, one entry at a time: each cut entry
     `w_rc` is set to 0 and the rest of its row moved by `-w_rc / U_cc *
@@ -114,6 +119,20 @@ def test_global_allocation_gives_each_layer_the_share_one_magnitude_threshold_ta
     model.set_weights(weights)
     prune_reconstructed(model, sparsity=0.6, calibration_data=inputs(64, 6), allocation="uniform")
     assert [int((numpy(ref.variable) == 0).sum()) for ref in rk.iter_weights(model)] == [58, 77, 19]
+
+
+def test_prune_with_method_sparsegpt_is_the_reconstruction():
+    model = tiny_mlp(units=(8, 4), inputs=6)
+    weights = model.get_weights()
+    result = rk.prune(model, sparsity=0.5, method="sparsegpt", calibration_data=X, hold=True)
+    assert isinstance(result, reconstruction.ReconstructionResult) and result.sparsity == pytest.approx(0.5)
+    assert all(ref.variable.constraint is not None for ref in result.refs)  # hold= reaches it
+    got = [numpy(w) for w in model.weights]
+    rk.release_zeros(model)
+    model.set_weights(weights)
+    prune_reconstructed(model, sparsity=0.5, calibration_data=X)
+    for a, b in zip(got, model.weights):
+        np.testing.assert_array_equal(a, numpy(b))
 
 
 def test_zeros_on_entry_stay_zero_and_dead_inputs_lose_their_weights():
@@ -316,9 +335,6 @@ def with_nan(model):
     model.get_layer("hidden0").kernel.assign(kernel)
 
 
-X = inputs(64, 6)
-X_NAN = X.copy()
-X_NAN[3, 2] = np.inf
 
 BAD_INPUT = [
     row("no-calibration-data", lambda m: prune_reconstructed(m, sparsity=0.5), ValueError, "calibration_data=None"),
@@ -362,6 +378,13 @@ BAD_INPUT = [
         ValueError, "allocation"),
     row("update-bias-none", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=X, update_bias=None),
         TypeError, "update_bias"),
+    row("prune-method-typo", lambda m: rk.prune(m, sparsity=0.5, method="obs"), ValueError, "argument `method`"),
+    row("prune-sparsegpt-with-a-score", lambda m: rk.prune(m, sparsity=0.5, method="sparsegpt", score="wanda",
+                                                           calibration_data=X), ValueError, "['score']"),
+    row("prune-sparsegpt-by-threshold", lambda m: rk.prune(m, threshold=0.1, method="sparsegpt",
+                                                           calibration_data=X), ValueError, "['threshold']"),
+    row("prune-sparsegpt-without-data", lambda m: rk.prune(m, sparsity=0.5, method="sparsegpt"), ValueError,
+        "calibration_data=None"),
     row("selector-matches-nothing", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=X,
                                                                   layers="nothing*"), ValueError, "matched no layer"),
     row("no-covered-layer", lambda m: prune_reconstructed(transposed_only(), sparsity=0.5,

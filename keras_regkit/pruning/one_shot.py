@@ -60,6 +60,7 @@ def prune(
     calibration_data=None,
     ranking: str = "global",
     calibration_steps: int | None = None,
+    method: str = "cut",
 ) -> PruneResult:
     """Sets the lowest-scoring weights (or whole units, or all but N of
     every M inputs) to exact zeros at once, without training.
@@ -137,6 +138,13 @@ def prune(
             read, an int >= 1 (as `model.predict(steps=)`), with
             `score="wanda"` only. Defaults to None: to the end of the data,
             or the sample cap above.
+        method: `"cut"` (zero what `score` ranks lowest; the kept weights
+            stay as they are) or `"sparsegpt"`: layer by layer, cut and
+            update the kept weights to reproduce each layer's outputs on
+            `calibration_data` (`keras_regkit.pruning.prune_reconstructed`,
+            with its defaults; it takes `sparsity`, `granularity` `"weight"`
+            or `"N:M"`, `layers`, `hold` and `calibration_steps`). Defaults
+            to `"cut"`.
 
     Returns:
         A `PruneResult` with the threshold used and the zeros made.
@@ -163,6 +171,22 @@ def prune(
     >>> rk.dead_units(model)  # the output layer is left whole
     {'hidden': (4, 8), 'out': (0, 2)}
     """
+    if method == "sparsegpt":
+        # Imported here: the reconstruction's result is a PruneResult.
+        from keras_regkit.pruning import reconstruction
+
+        unused = {name: value for name, value, default in (
+            ("threshold", threshold, None), ("weights", weights, "kernel"), ("score", score, "magnitude"),
+            ("ranking", ranking, "global")) if value != default}
+        if unused:
+            raise ValueError(
+                "method='sparsegpt' cuts a `sparsity` of the kernels' entries and chooses them itself: "
+                f"leave {sorted(unused)} at their defaults. Received: {unused}")
+        return reconstruction.prune_reconstructed(model, sparsity, calibration_data, granularity, layers, hold,
+                                                  calibration_steps)
+    if method != "cut":
+        raise ValueError(
+            f"Invalid value for argument `method`: expected 'cut' or 'sparsegpt'. Received: method={method!r}")
     # Every argument is checked before any weight changes.
     granularity = granularity_lib.get(granularity, weights)
     full_pattern = granularity.ceiling if isinstance(granularity, granularity_lib.NM) else None
