@@ -144,10 +144,10 @@ class ToleranceClimb(ShrinkPolicy):
         mode: `"auto"`, `"min"` or `"max"`: the direction of `monitor`.
         guard: Optional `AgreementGuard` (with its `inputs`) that each
             level must also hold.
-        levels: The candidate sparsities, tested in rising order
-            (`max_sparsity` is added as the last). Defaults to the
+        levels: The candidate sparsities, each in (0, 1], tested in rising
+            order, once each (`max_sparsity` is added as the last). Defaults to the
             granularity's: 0.8 to 0.995 of entries, 0.25 to 0.95 of units.
-        max_sparsity: The last level. Defaults to 0.995 (0.95 of units; an
+        max_sparsity: The last level, in (0, 1]. Defaults to 0.995 (0.95 of units; an
             N:M pattern's `1 - N/M`).
         **kwargs: `cut_every`, `learning_rate`, `score` (see
             `ShrinkPolicy`).
