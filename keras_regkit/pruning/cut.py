@@ -16,6 +16,7 @@ import dataclasses
 import numpy as np
 from keras import ops
 
+from keras_regkit.pruning import select
 from keras_regkit.pruning import units as units_lib
 from keras_regkit.pruning.granularity import Granularity
 from keras_regkit.weights import WeightRef
@@ -52,7 +53,7 @@ def check_finite(refs: list[WeightRef]) -> None:
 
 def cut(
     refs: list[WeightRef],
-    scores: list[np.ndarray],
+    scores: list,
     granularity: Granularity,
     *,
     sparsity: float | None = None,
@@ -69,7 +70,13 @@ def cut(
     compares. An `NM` granularity keeps the N best of every group of M
     inputs whatever the sparsity, so a cut to `1 - N/M` is the pattern
     exactly, and lower cuts are steps towards it. `scores` are entry
-    scores, one array of each weight's shape."""
+    scores, one of each weight's shape: NumPy arrays (cut on the host), or
+    tensors (`Score.tensors`), which a granularity of entries cuts globally
+    on the weights' device (`select`), with the same masks."""
+    if not isinstance(scores[0] if scores else None, np.ndarray):
+        if _ranks_entries(granularity) and not per_output:
+            return _cut_on_device(refs, scores, sparsity, threshold)
+        scores = [np.asarray(ops.convert_to_numpy(ops.cast(s, "float32"))) for s in scores]
     ranked = granularity.rank(refs, scores)
     if per_output:
         chosen = [_chosen_per_output(r, ref, sparsity, threshold) for r, ref in zip(ranked, refs)]
@@ -82,6 +89,25 @@ def cut(
     highest = max(float(r[c].max()) for r, c in zip(ranked, chosen) if c.any())
     granularity.zero(refs, chosen)
     return Cut(count, total, max(highest, 0.0))
+
+
+def _ranks_entries(granularity: Granularity) -> bool:
+    """Whether `granularity` ranks and zeroes entries as the base class does
+    (`Weights`): those the device cut makes."""
+    kind = type(granularity)
+    return kind.rank is Granularity.rank and kind.zero is Granularity.zero
+
+
+def _cut_on_device(refs: list[WeightRef], scores: list, sparsity, threshold) -> Cut:
+    keys = select.entry_keys([ref.variable.value for ref in refs], scores)
+    total = sum(int(np.prod(ref.variable.shape)) for ref in refs)
+    if threshold is not None:
+        chosen, count, highest = select.at_or_below(keys, threshold)
+    else:
+        chosen, count, highest = select.lowest(keys, sparsity)
+    if chosen is not None:
+        select.zero([ref.variable for ref in refs], chosen)
+    return Cut(count, total, highest)
 
 
 def _chosen_globally(ranked: list[np.ndarray], sparsity, threshold) -> list[np.ndarray]:

@@ -24,6 +24,7 @@ from keras import ops
 
 from keras_regkit import weights as weights_lib
 from keras_regkit.pruning import scores as scores_lib
+from keras_regkit.pruning import select
 from keras_regkit.pruning import units as units_lib
 
 # The tolerance mode's candidate levels: the climb stops at each, the
@@ -96,6 +97,8 @@ class Granularity:
 
     def count_dead(self, refs: list) -> tuple[int, int]:
         """Dead items of `refs`, and how many there are."""
+        if type(self).dead is Granularity.dead:  # entries: counted where they are, not copied
+            return select.count_zeros([ref.variable for ref in refs])
         dead = self.dead(refs)
         return sum(int(d.sum()) for d in dead), sum(d.size for d in dead)
 

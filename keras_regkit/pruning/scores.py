@@ -5,9 +5,10 @@ weighted by curvature), so a threshold reads as a magnitude. A unit's score
 is the mean of its entries' squared scores (their saliency, the loss a cut
 costs to second order), relative to the mean over its layer's units.
 
-Scores are computed on the host (NumPy): the cut that follows needs a global
-order statistic over every covered weight, which `np.partition` finds in
-linear time.
+A built-in score is computed with `keras.ops` where the weights are
+(`tensors`), so that a cut of entries never copies a weight to the host;
+`scores` gives the same values as NumPy arrays, for the cuts made there
+(units, heads, N:M, per output) and for a `Score` of your own.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import warnings
 
 import keras
 import numpy as np
+from keras import ops
 
 from keras_regkit import _optimizer_slots as optimizer_slots
 from keras_regkit.pruning import units as units_lib
@@ -23,17 +25,34 @@ from keras_regkit.weights import WeightRef
 
 
 def _numpy(value) -> np.ndarray:
-    return np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(value, "float32")))
+    return np.asarray(ops.convert_to_numpy(ops.cast(value, "float32")))
+
+
+def _float32(variable):
+    return ops.cast(variable.value, "float32")
 
 
 class Score:
     """Base class: `scores(refs, optimizer)` returns, per weight, an array of
-    its shape whose entries rank what to cut first (lowest first)."""
+    its shape whose entries rank what to cut first (lowest first).
+
+    A subclass may also give `tensors(refs, optimizer)`: the same scores,
+    non-negative, as tensors computed where the weights are (`keras.ops`);
+    cuts of entries then stay on the device."""
 
     name = "score"
 
-    def scores(self, refs: list[WeightRef], optimizer) -> list[np.ndarray]:
-        raise NotImplementedError
+    def scores(self, refs: list[WeightRef], optimizer=None) -> list[np.ndarray]:
+        tensors = self.tensors(refs, optimizer)
+        if tensors is None:
+            raise NotImplementedError(f"{type(self).__name__} must define `scores(refs, optimizer)`.")
+        return [_numpy(t) for t in tensors]
+
+    def tensors(self, refs: list[WeightRef], optimizer=None) -> list | None:
+        """The scores as non-negative float32 tensors on the weights'
+        device, or None (the default) where they are computed on the host
+        only."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -44,8 +63,8 @@ class Magnitude(Score):
 
     name = "magnitude"
 
-    def scores(self, refs, optimizer=None):
-        return [np.abs(_numpy(ref.variable.value)) for ref in refs]
+    def tensors(self, refs, optimizer=None):
+        return [ops.abs(_float32(ref.variable)) for ref in refs]
 
 
 class Curvature(Score):
@@ -57,7 +76,7 @@ class Curvature(Score):
     scale, a diagonal curvature estimate the optimizer already keeps. Weights
     that the loss is sensitive to survive even when small. Where the
     optimizer keeps no second moment (SGD, or a weight it does not train),
-    the score falls back to `w²` and warns once.
+    the score falls back to `|w|` and warns once.
 
     References:
         LeCun, Denker & Solla, "Optimal Brain Damage", NeurIPS 1989.
@@ -68,14 +87,13 @@ class Curvature(Score):
     def __init__(self):
         self._warned = False
 
-    def scores(self, refs, optimizer):
-        weights = [_numpy(ref.variable.value) for ref in refs]
+    def tensors(self, refs, optimizer):
+        magnitudes = [ops.abs(_float32(ref.variable)) for ref in refs]
         moments = [second_moment(optimizer, ref.variable) for ref in refs]
         missing = [ref.path for ref, v in zip(refs, moments) if v is None]
-        moments = [None if v is None else np.maximum(_numpy(v), 0.0) for v in moments]
         # All or none: |w| and |w|·v^(1/4) are on different scales, so one
         # global threshold needs every weight scored the same way.
-        if missing or not any(v.any() for v in moments):
+        if missing or not _any_positive(moments):
             if not self._warned:
                 self._warned = True
                 name = type(optimizer_slots.inner(optimizer)).__name__ if optimizer is not None else None
@@ -85,10 +103,17 @@ class Curvature(Score):
                 warnings.warn(
                     f"The shrink ranks weights by |w| alone: {why}. Pass `score='magnitude'` "
                     "to silence this.",
-                    stacklevel=3,
+                    stacklevel=4,
                 )
-            return [np.abs(w) for w in weights]
-        return [np.abs(w) * np.sqrt(np.sqrt(v)) for w, v in zip(weights, moments)]
+            return magnitudes
+        return [m * ops.sqrt(ops.sqrt(ops.maximum(_float32(v), 0.0))) for m, v in zip(magnitudes, moments)]
+
+
+def _any_positive(variables: list) -> bool:
+    """Whether any entry of `variables` is above 0 (one scalar to the host)."""
+    if not variables:
+        return False
+    return bool(ops.convert_to_numpy(ops.any(ops.stack([ops.any(ops.greater(v.value, 0)) for v in variables]))))
 
 
 class Wanda(Score):
@@ -109,14 +134,10 @@ class Wanda(Score):
     def __init__(self, norms: dict):
         self.norms = norms
 
-    def scores(self, refs, optimizer=None):
-        out = []
-        for ref in refs:
-            w = np.abs(_numpy(ref.variable.value))
-            norm = self.norms[id(ref.layer)]
-            # Broadcast along the kernel's input axis, the last but one.
-            out.append(w * norm.reshape((-1, 1)))
-        return out
+    def tensors(self, refs, optimizer=None):
+        # Broadcast along the kernel's input axis, the last but one.
+        return [ops.abs(_float32(ref.variable)) * ops.reshape(ops.convert_to_tensor(
+            self.norms[id(ref.layer)], "float32"), (-1, 1)) for ref in refs]
 
 
 SCORES = {"curvature": Curvature, "magnitude": Magnitude}
@@ -132,6 +153,13 @@ def get(score) -> Score:
         f"Invalid value for argument `score`: expected one of {sorted(SCORES)} or a "
         f"keras_regkit.pruning.Score. Received: score={score!r}"
     )
+
+
+def for_cut(score: Score, refs: list[WeightRef], optimizer) -> list:
+    """`score`'s tensors where it has them (the cut then stays on the
+    device), else its NumPy scores."""
+    tensors = score.tensors(refs, optimizer)
+    return tensors if tensors is not None else score.scores(refs, optimizer)
 
 
 def second_moment(optimizer, variable) -> keras.Variable | None:

@@ -37,6 +37,7 @@ from keras_regkit import weights as weights_lib
 from keras_regkit.pruning import cut as cut_lib
 from keras_regkit.pruning import granularity as granularity_lib
 from keras_regkit.pruning import hold as hold_lib
+from keras_regkit.pruning import scores as scores_lib
 from keras_regkit.shrinking import data as data_lib
 from keras_regkit.shrinking import decisions
 from keras_regkit.shrinking.guards import ValidationCheck
@@ -282,7 +283,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         zeros, total = self._counts  # as observed: no cut since
         if zeros >= min(total, int(round(sparsity * total))):
             return
-        scores = self.policy.score.scores(self._refs, self.model.optimizer)
+        scores = scores_lib.for_cut(self.policy.score, self._refs, self.model.optimizer)  # on the device
         cut = cut_lib.cut(self._refs, scores, self.granularity, sparsity=sparsity)
         hold_lib.hold_zeros(self.model, [ref.variable for ref in self._refs])
         self.result.cuts += 1

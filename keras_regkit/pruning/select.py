@@ -1,0 +1,143 @@
+"""The global cut of entries, on the device that holds the weights.
+
+`cut.lowest_by_position` is the NumPy reference; this module makes the same
+cut without copying a weight to the host: the exact count `round(s · n)`
+(at least every dead entry, never an entry out of reach), the lowest scores
+first, ties broken by position (lowest flat index first, in the order of the
+weights). Five integers cross to the host, once.
+
+The order statistic is found by a radix select on the scores' bit patterns:
+a non-negative float32 orders as its int32 bits, a dead entry is given the
+key -1 (below every live one) and +inf's pattern is above every finite one.
+Two histogram passes (the high 15 value bits, then the low 16 of the
+entries sharing the chosen high bits) find the exact k-th lowest key in
+integer counts; a cumulative count over the keys equal to it takes the first
+of the ties, a pass made only when some, not all, of them go. A bisection on
+the threshold would need 31 counting passes; a sort, a full one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from keras import ops
+
+_HIGH_SHIFT = 16  # the first pass counts keys >> 16 (15 value bits); the second, the low 16 bits
+_LOW_BINS = 1 << _HIGH_SHIFT
+_HIGH_BINS = 1 << 15
+_DEAD_KEY = -1
+_INFINITE_HIGH = 0x7F80  # the high bits of +inf (and of NaN): out of reach
+
+
+def entry_keys(values: list, scores: list) -> list:
+    """Per weight, int32 keys that order its entries as the cut ranks them:
+    exact zeros (dead) first, then the non-negative `scores` by value, with
+    NaN and +inf out of reach."""
+    keys = []
+    for value, score in zip(values, scores):
+        # |score|: a built-in score is non-negative; a NaN's sign bit cleared puts it above +inf.
+        bits = ops.view(ops.abs(ops.cast(score, "float32")), "int32")
+        keys.append(ops.where(ops.equal(value, 0), _DEAD_KEY, bits))
+    return keys
+
+
+def lowest(keys: list, sparsity: float) -> tuple[list | None, int, float | None]:
+    """The cut of `round(sparsity · n)` entries (n: all entries of `keys`),
+    raised to every dead one and capped at those not out of reach, lowest
+    keys first, ties by position.
+
+    Returns:
+        Per weight, a boolean mask of the entries cut (None when none is);
+        how many are cut; the highest score cut, at least 0 (None when none).
+    """
+    total = sum(int(np.prod(k.shape)) for k in keys)
+    asked = int(round(sparsity * total))
+    # Pass 1: high bits + 1, so the dead (-1 >> 16 == -1) count in bin 0.
+    high = [ops.add(ops.right_shift(k, _HIGH_SHIFT), 1) for k in keys]
+    histogram = _histogram(high, _HIGH_BINS + 1)
+    dead, out_of_reach = histogram[0], ops.sum(histogram[_INFINITE_HIGH + 1:])
+    count = ops.minimum(ops.maximum(dead, asked), total - out_of_reach)
+    high_bin, rank_in_bin = _bin_of(histogram, count)
+    base = ops.left_shift(high_bin - 1, _HIGH_SHIFT)
+    # Pass 2: the low bits of the keys under the chosen high bits (bin 1 + low),
+    # those below in bin 0, above in the last.
+    low = [ops.clip(ops.subtract(k, base) + 1, 0, _LOW_BINS + 1) for k in keys]
+    histogram = _histogram(low, _LOW_BINS + 2)[1:_LOW_BINS + 1]
+    low_bin, ties_taken = _bin_of(histogram, rank_in_bin)
+    kth = base + low_bin
+    fetched = ops.convert_to_numpy(ops.stack([ops.cast(x, "int32") for x in (
+        count, kth, ties_taken, ops.take(histogram, low_bin))]))  # the one host transfer
+    count, kth, ties_taken, ties = (int(x) for x in fetched)
+    if count == 0:
+        return None, 0, None
+    if ties_taken == ties:  # every entry at the k-th key goes
+        chosen = [ops.less_equal(k, kth) for k in keys]
+    else:
+        chosen = _first_ties(keys, kth, ties_taken)
+    return chosen, count, _score_of(kth)
+
+
+def at_or_below(keys: list, threshold: float) -> tuple[list | None, int, float | None]:
+    """The cut of every entry scored at or below `threshold` (>= 0), dead
+    ones included; returns as `lowest` does."""
+    # The highest float32 at or below the threshold: a float32 score compares
+    # with it as its float64 value compares with the threshold.
+    limit = np.float32(threshold)
+    if float(limit) > threshold:
+        limit = np.nextafter(limit, np.float32(-np.inf))
+    limit_key = int(np.array(limit, dtype=np.float32).view(np.int32))
+    chosen = [ops.less_equal(k, limit_key) for k in keys]
+    counts = [ops.sum(ops.cast(c, "int32")) for c in chosen]
+    highest = [ops.max(ops.where(c, k, _DEAD_KEY)) for c, k in zip(chosen, keys)]
+    fetched = ops.convert_to_numpy(ops.stack(counts + highest)) if keys else np.zeros(0, np.int32)
+    count, kth = int(np.sum(fetched[:len(keys)], dtype=np.int64)), int(np.max(fetched[len(keys):], initial=-1))
+    if count == 0:
+        return None, 0, None
+    return chosen, count, _score_of(kth)
+
+
+def _score_of(key: int) -> float:
+    """The score a live key stands for; 0.0 for a dead one."""
+    return float(np.array(key, dtype=np.int32).view(np.float32)) if key >= 0 else 0.0
+
+
+def zero(variables: list, chosen: list) -> None:
+    """Zeroes, in place on its device, the entries of each variable that
+    its mask marks."""
+    for variable, removed in zip(variables, chosen):
+        value = variable.value
+        variable.assign(ops.where(removed, ops.zeros_like(value), value))
+
+
+def count_zeros(variables: list) -> tuple[int, int]:
+    """Exact zeros among `variables`' entries, counted where they are, and
+    how many entries there are."""
+    if not variables:
+        return 0, 0
+    zeros = ops.stack([ops.sum(ops.cast(ops.equal(v.value, 0), "int32")) for v in variables])
+    return int(np.sum(ops.convert_to_numpy(zeros), dtype=np.int64)), sum(int(np.prod(v.shape)) for v in variables)
+
+
+def _histogram(bins: list, length: int):
+    """Entries per bin over all of `bins` (int32 counts: exact at any size)."""
+    counts = [ops.bincount(ops.reshape(b, (-1,)), minlength=length) for b in bins]
+    return ops.sum(ops.stack(counts), axis=0) if len(counts) > 1 else counts[0]
+
+
+def _bin_of(histogram, k):
+    """The bin holding the `k`-th entry (1-based; the first bin when k is
+    0), and `k`'s rank within it."""
+    cumulative = ops.cumsum(histogram)
+    index = ops.minimum(ops.sum(ops.cast(ops.less(cumulative, k), "int32")), int(histogram.shape[0]) - 1)
+    return index, k - (ops.take(cumulative, index) - ops.take(histogram, index))
+
+
+def _first_ties(keys: list, kth: int, ties_taken: int) -> list:
+    """Masks of the keys below `kth` and of the first `ties_taken` equal to
+    it, by position across the weights in order."""
+    chosen, before = [], ops.zeros((), "int32")
+    for k in keys:
+        tied = ops.cast(ops.equal(k, kth), "int32")
+        running = ops.reshape(ops.cumsum(ops.reshape(tied, (-1,))), tuple(k.shape)) + before
+        chosen.append(ops.logical_or(ops.less(k, kth), ops.logical_and(tied > 0, running <= ties_taken)))
+        before = before + ops.sum(tied)
+    return chosen

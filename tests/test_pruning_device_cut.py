@@ -1,0 +1,177 @@
+"""The cut of entries on the device (`pruning.select`) against the NumPy
+reference (`cut` given NumPy scores): the same masks, the exact count, ties
+by position, dead entries first, nothing out of reach cut; only scalars
+cross to the host; and the zeros' masks are read live by the train step."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_regkit as rk
+from keras_regkit import weights as weights_lib
+from keras_regkit.pruning import cut as cut_lib
+from keras_regkit.pruning import granularity as granularity_lib
+from keras_regkit.pruning import hold as hold_lib
+from keras_regkit.pruning import scores as scores_lib
+
+SHAPES = ((13, 7), (7,), (7, 5))  # refs of different sizes: positions run across them
+
+
+def model_with(kernels) -> keras.Model:
+    inputs = keras.Input((SHAPES[0][0],))
+    x = keras.layers.Dense(SHAPES[0][1], name="a")(inputs)
+    outputs = keras.layers.Dense(SHAPES[2][1], use_bias=False, name="b")(x)
+    model = keras.Model(inputs, outputs)
+    model.get_layer("a").kernel.assign(kernels[0])
+    model.get_layer("a").bias.assign(kernels[1])
+    model.get_layer("b").kernel.assign(kernels[2])
+    return model
+
+
+def refs_of(model):
+    return weights_lib.select_weights(model, "*", ("kernel", "bias"))
+
+
+def tied_arrays(seed, levels=4, dead=0.2, special=None):
+    """Weights with many ties (few levels) and dead entries, and scores
+    drawn from few levels too, with `special` (inf or NaN) sprinkled in."""
+    rng = np.random.default_rng(seed)
+    weights, scores = [], []
+    for shape in SHAPES:
+        w = rng.integers(1, levels + 1, shape).astype("float32") * rng.choice([-1.0, 1.0], shape).astype("float32")
+        w[rng.random(shape) < dead] = 0.0
+        s = rng.integers(0, levels, shape).astype("float32") / levels
+        if special is not None:
+            s[rng.random(shape) < 0.1] = special
+        weights.append(w)
+        scores.append(s)
+    return weights, scores
+
+
+def both_cuts(weights, scores, **how):
+    """(Cut, zero masks) of the NumPy reference and of the device cut, each
+    on its own model holding `weights`."""
+    out = []
+    for on_device in (False, True):
+        model = model_with(weights)
+        refs = refs_of(model)
+        given = [ops.convert_to_tensor(s) for s in scores] if on_device else [np.array(s) for s in scores]
+        made = cut_lib.cut(refs, given, granularity_lib.Weights(["kernel", "bias"]), **how)
+        out.append((made, [ops.convert_to_numpy(ref.variable.value) == 0 for ref in refs]))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("sparsity", [0.0, 0.05, 0.2, 0.37, 0.5, 0.81, 0.9, 1.0])
+def test_device_cut_matches_numpy_reference_on_ties(seed, sparsity):
+    weights, scores = tied_arrays(seed)
+    (reference, reference_masks), (device, device_masks) = both_cuts(weights, scores, sparsity=sparsity)
+    assert device == reference
+    for expected, got in zip(reference_masks, device_masks):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_device_cut_takes_exactly_round_s_n_first_ties_by_position():
+    # Every live score equal: the cut is the first entries by position, across the refs in order.
+    weights = [np.ones(shape, "float32") for shape in SHAPES]
+    scores = [np.full(shape, 0.5, "float32") for shape in SHAPES]
+    total = sum(int(np.prod(shape)) for shape in SHAPES)
+    for sparsity in (0.3, 0.6, 0.95):
+        _, (made, masks) = both_cuts(weights, scores, sparsity=sparsity)
+        count = int(round(sparsity * total))
+        assert made.zeros == count and made.threshold == 0.5
+        flat = np.concatenate([m.reshape(-1) for m in masks])
+        np.testing.assert_array_equal(flat, np.arange(total) < count)
+
+
+def test_device_cut_takes_dead_entries_first_and_at_least_all_of_them():
+    weights, scores = tied_arrays(7, dead=0.0)
+    weights[2][:3] = 0.0  # dead entries late in the order, where live scores of 0 come before them
+    dead = sum(int((w == 0).sum()) for w in weights)
+    for sparsity in (0.0, 0.01, dead / sum(w.size for w in weights)):
+        _, (made, masks) = both_cuts(weights, scores, sparsity=sparsity)
+        assert made.zeros == dead and made.threshold == 0.0  # raised to the dead, no live entry cut
+        for w, m in zip(weights, masks):
+            np.testing.assert_array_equal(m, w == 0)
+
+
+@pytest.mark.parametrize("special", [np.inf, np.nan])
+def test_device_cut_never_cuts_scores_out_of_reach(special):
+    weights, scores = tied_arrays(3, special=special)
+    for sparsity in (0.5, 1.0):
+        (reference, reference_masks), (device, device_masks) = both_cuts(weights, scores, sparsity=sparsity)
+        assert device == reference and device.threshold is not None and np.isfinite(device.threshold)
+        for w, s, expected, got in zip(weights, scores, reference_masks, device_masks):
+            np.testing.assert_array_equal(got, expected)
+            assert not got[~np.isfinite(s) & (w != 0)].any()
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.25, 0.1, 0.5000001, 10.0])
+def test_device_threshold_cut_matches_numpy_reference(threshold):
+    weights, scores = tied_arrays(5)
+    scores[0][0, 0] = np.float32(0.1)  # above 0.1 as a float64: not cut at threshold=0.1
+    (reference, reference_masks), (device, device_masks) = both_cuts(weights, scores, threshold=threshold)
+    assert device == reference
+    for expected, got in zip(reference_masks, device_masks):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_device_cut_matches_numpy_on_continuous_scores_at_scale():
+    rng = np.random.default_rng(11)
+    weights = [rng.normal(size=shape).astype("float32") for shape in SHAPES]
+    weights[0][rng.random(SHAPES[0]) < 0.3] = 0.0
+    scores = [np.abs(w) * rng.random(w.shape).astype("float32") for w in weights]
+    (reference, reference_masks), (device, device_masks) = both_cuts(weights, scores, sparsity=0.77)
+    assert device == reference
+
+
+def test_curvature_and_magnitude_tensors_equal_their_numpy_scores():
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="d")])
+    model.compile(keras.optimizers.Adam(0.01), "mse")
+    model.fit(np.ones((8, 6), "float32"), np.zeros((8, 4), "float32"), verbose=0)
+    refs = weights_lib.select_weights(model, "*", ("kernel",))
+    for score in (scores_lib.Curvature(), scores_lib.Magnitude()):
+        on_device = score.tensors(refs, model.optimizer)
+        assert not isinstance(on_device[0], np.ndarray)
+        w = ops.convert_to_numpy(refs[0].variable.value)
+        v = ops.convert_to_numpy(scores_lib.second_moment(model.optimizer, refs[0].variable))
+        expected = np.abs(w) * (np.sqrt(np.sqrt(v)) if score.name == "curvature" else 1.0)
+        np.testing.assert_allclose(score.scores(refs, model.optimizer)[0], expected, rtol=1e-6)
+
+
+def test_shrink_cut_copies_only_scalars_to_the_host(monkeypatch):
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(32, name="h"), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.Adam(0.01), "mse")
+    x, y = np.random.default_rng(0).normal(size=(64, 16)).astype("float32"), np.zeros((64, 2), "float32")
+    model.fit(x, y, verbose=0)
+    refs = weights_lib.select_weights(model, "*", ("kernel",))
+    scores = scores_lib.for_cut(scores_lib.Curvature(), refs, model.optimizer)
+    converted = []
+    real = keras.ops.convert_to_numpy
+    monkeypatch.setattr(keras.ops, "convert_to_numpy", lambda value: converted.append(np.size(real(value))) or real(value))
+    granularity = granularity_lib.Weights()
+    made = cut_lib.cut(refs, scores, granularity, sparsity=0.6)
+    assert granularity.count_dead(refs) == (made.zeros, made.total)
+    assert converted and max(converted) <= 8  # a few scalars, never a weight
+
+
+def test_held_masks_are_read_live_without_retracing_the_step(monkeypatch):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="d")])
+    model.compile(keras.optimizers.SGD(0.5), "mse")
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(32, 8)).astype("float32")
+    rk.prune(model, sparsity=0.25, hold=True)
+    model.fit(x, y, epochs=1, verbose=0)
+    rebuilt = []
+    make = model.make_train_function
+    monkeypatch.setattr(model, "make_train_function", lambda force=False: rebuilt.append(force) or make(force))
+    kernel = model.get_layer("d").kernel
+    refs = weights_lib.select_weights(model, "*", ("kernel",))
+    cut_lib.cut(refs, scores_lib.Magnitude().tensors(refs), granularity_lib.Weights(), sparsity=0.75)
+    hold_lib.hold_zeros(model, [kernel])
+    cut_zeros = ops.convert_to_numpy(kernel) == 0
+    model.fit(x, y, epochs=2, verbose=0)
+    np.testing.assert_array_equal(ops.convert_to_numpy(kernel) == 0, cut_zeros)  # the new mask held
+    # TensorFlow's and PyTorch's step read the mask variable live; JAX's holds it as a constant.
+    assert (True in rebuilt) == (keras.backend.backend() == "jax")
