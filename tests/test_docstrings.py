@@ -14,7 +14,8 @@ MODULES = [
     schedules, weights, stats, callbacks.scheduler, callbacks.sparsity, callbacks.proximal,
     *(importlib.import_module(f"keras_regkit.{name}") for name in (
         "regularizers.elementwise", "regularizers.group_lasso", "regularizers.combined", "attach.apply",
-        "attach.attachment", "proximal", "pruning.hold", "pruning.one_shot", "pruning.units", "compacting.rebuild", "search.strength",
+        "attach.attachment", "proximal", "pruning.hold", "pruning.one_shot", "pruning.reconstruction", "pruning.units", "compacting.rebuild",
+        "search.strength",
         "search.result", "saving",
         "shrinking", "shrinking.result", "shrinking.ramps", "shrinking.guards", "shrinking.climb",
         "shrinking.policies", "compacting.result", "layers.kinds")),

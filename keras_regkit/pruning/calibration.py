@@ -100,7 +100,8 @@ def check_finite_batch(batch, step: int, first_sample: int) -> None:
         raise ValueError(
             f"Invalid value for argument `calibration_data`: batch {step} (from sample {first_sample}) holds "
             f"{bad} NaN or inf entries, in {len(samples) or 1} of its samples (the first: sample {first}). "
-            "Wanda weighs each weight by the norm of the input it reads, and a non-finite norm has no order. "
+            "The scores and the reconstruction are built from the inputs each layer reads, and a non-finite "
+            "input leaves them without order. "
             "Drop or repair those samples. Nothing was changed.")
 
 
