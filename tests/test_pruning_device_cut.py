@@ -146,7 +146,7 @@ def test_shrink_cut_copies_only_scalars_to_the_host(monkeypatch):
     x, y = np.random.default_rng(0).normal(size=(64, 16)).astype("float32"), np.zeros((64, 2), "float32")
     model.fit(x, y, verbose=0)
     refs = weights_lib.select_weights(model, "*", ("kernel",))
-    scores = scores_lib.for_cut(scores_lib.Curvature(), refs, model.optimizer)
+    scores = scores_lib.Curvature().tensors(refs, model.optimizer)
     converted = []
     real = keras.ops.convert_to_numpy
     monkeypatch.setattr(keras.ops, "convert_to_numpy", lambda value: converted.append(np.size(real(value))) or real(value))
@@ -154,6 +154,13 @@ def test_shrink_cut_copies_only_scalars_to_the_host(monkeypatch):
     made = cut_lib.cut(refs, scores, granularity, sparsity=0.6)
     assert granularity.count_dead(refs) == (made.zeros, made.total)
     assert converted and max(converted) <= 8  # a few scalars, never a weight
+
+
+def test_shrink_cuts_on_the_device_only_where_the_weights_are_off_the_cpu():
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="d")])
+    refs = weights_lib.select_weights(model, "*", ("kernel",))
+    on_accelerator = not scores_lib.on_cpu(refs[0].variable)
+    assert isinstance(scores_lib.for_cut(scores_lib.Magnitude(), refs, None)[0], np.ndarray) != on_accelerator
 
 
 def test_held_masks_are_read_live_without_retracing_the_step(monkeypatch):
