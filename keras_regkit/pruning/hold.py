@@ -76,7 +76,8 @@ def _hold(variable) -> bool:
     held = constraints.find(variable, HoldZeros)
     if held is not None:
         # Same constraint, new mask: TensorFlow's and PyTorch's steps read it
-        # live; JAX's holds it as a constant and must be retraced.
+        # live; JAX's holds it as a constant and must be retraced, so there
+        # each cut costs a recompile of the train step (tens of steps' time).
         held.mask.assign(ops.cast(ops.not_equal(variable.value, 0), held.mask.dtype))
         return not step_functions_read_variables_live()
     variable.constraint = HoldZeros(variable, variable.constraint)

@@ -4,7 +4,9 @@
 cut without copying a weight to the host: the exact count `round(s · n)`
 (at least every dead entry, never an entry out of reach), the lowest scores
 first, ties broken by position (lowest flat index first, in the order of the
-weights). Five integers cross to the host, once.
+weights). Four integers cross to the host, once. The shrink cuts here where
+the weights are on an accelerator (`scores.for_cut`); on the CPU, where they
+already are on the host, NumPy's partition is as fast or faster.
 
 The order statistic is found by a radix select on the scores' bit patterns:
 a non-negative float32 orders as its int32 bits, a dead entry is given the
@@ -13,7 +15,9 @@ Two histogram passes (the high 15 value bits, then the low 16 of the
 entries sharing the chosen high bits) find the exact k-th lowest key in
 integer counts; a cumulative count over the keys equal to it takes the first
 of the ties, a pass made only when some, not all, of them go. A bisection on
-the threshold would need 31 counting passes; a sort, a full one.
+the threshold needs 31 counting passes (on 2 busy CPU cores, 5 M entries: 1.4x
+the radix select's time under TensorFlow, 6x under PyTorch, 0.85x under
+JAX); a sort, a full one.
 """
 
 from __future__ import annotations
