@@ -72,11 +72,16 @@ def test_page_code_runs(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # files the examples write land here
     keras.utils.set_random_seed(0)
     namespace = {"__name__": f"docs_{page.stem}"}
-    for line, source in python_blocks(text):
-        # The page and line a failure comes from are in the traceback.
+    blocks = python_blocks(text)
+    ran = 0
+    for line, source in blocks:
+        # The page and line a failure comes from are in the traceback: a
+        # block that raises (its own asserts included) fails the test.
         code = compile("\n" * (line - 1) + source, str(page), "exec")
         exec(code, namespace)  # noqa: S102 - the documentation's own examples
+        ran += 1
     keras.backend.clear_session()
+    assert ran == len(blocks) > 0, f"{page.name}: ran {ran} of its {len(blocks)} python blocks"
 
 
 def test_code_blocks_name_a_known_language_and_are_closed():

@@ -22,16 +22,13 @@ from keras_regkit.weights import WeightRef
 
 
 @contextlib.contextmanager
-def _recording_inputs(layers, sums):
-    """While open, each of `layers` adds the squares of its inputs, summed
-    over every axis but the channels, to `sums[id(layer)]`."""
+def reading_inputs(layers, read):
+    """While open, each of `layers` gives its inputs to `read(layer,
+    inputs)` before computing (`read` may raise to end the pass)."""
     wrapped = []
     for layer in layers:
-        original = layer.call
-
-        def call(inputs, *args, _original=original, _key=id(layer), **kwargs):
-            squares = ops.sum(ops.square(ops.cast(inputs, "float32")), axis=tuple(range(len(inputs.shape) - 1)))
-            sums[_key] = sums.get(_key, 0.0) + np.asarray(ops.convert_to_numpy(squares), dtype="float64")
+        def call(inputs, *args, _original=layer.call, _layer=layer, **kwargs):
+            read(_layer, inputs)
             return _original(inputs, *args, **kwargs)
 
         # An instance attribute shadows the class's method; one the layer
@@ -46,6 +43,16 @@ def _recording_inputs(layers, sums):
                 del layer.call
             else:
                 layer.call = own_call
+
+
+def _recording_inputs(layers, sums):
+    """While open, each of `layers` adds the squares of its inputs, summed
+    over every axis but the channels, to `sums[id(layer)]`."""
+    def add_squares(layer, inputs):
+        squares = ops.sum(ops.square(ops.cast(inputs, "float32")), axis=tuple(range(len(inputs.shape) - 1)))
+        sums[id(layer)] = sums.get(id(layer), 0.0) + np.asarray(ops.convert_to_numpy(squares), dtype="float64")
+
+    return reading_inputs(layers, add_squares)
 
 
 # Read from a dataset or generator when no `calibration_steps` is given: a

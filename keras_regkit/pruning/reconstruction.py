@@ -20,7 +20,6 @@ pruned kernels, which puts the model back as it was if any layer fails.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import math
@@ -71,30 +70,6 @@ class Gram:
 class _Reached(Exception):
     """Ends a forward pass once the layer being calibrated has read its
     inputs: the rest of the model is not needed."""
-
-
-@contextlib.contextmanager
-def _reading_inputs(layers, read):
-    """While open, each of `layers` gives its inputs to `read(layer,
-    inputs)` before computing (`read` may end the pass with `_Reached`)."""
-    wrapped = []
-    for layer in layers:
-        def call(inputs, *args, _original=layer.call, _layer=layer, **kwargs):
-            read(_layer, inputs)
-            return _original(inputs, *args, **kwargs)
-
-        # An instance attribute shadows the class's method; one the layer
-        # already had is put back as it was.
-        wrapped.append((layer, vars(layer).get("call")))
-        layer.call = call
-    try:
-        yield
-    finally:
-        for layer, own_call in wrapped:
-            if own_call is None:
-                del layer.call
-            else:
-                layer.call = own_call
 
 
 def _numpy(value) -> np.ndarray:
@@ -155,7 +130,7 @@ def _survey(model, covered: dict, batches) -> _Survey:
     for step, batch in enumerate(batches()):
         calibration.check_finite_batch(batch, step, survey.samples)
         if step == 0:
-            with _reading_inputs([linear.layer for linear in covered.values()], read):
+            with calibration.reading_inputs([linear.layer for linear in covered.values()], read):
                 _run(model, batch)
             first = _samples_in(batch)
             survey.rows = {key: rows / first for key, rows in survey.rows.items()}
@@ -193,7 +168,7 @@ def _gram(model, linear, calls: int, batches) -> Gram:
         if seen[0] == calls:
             raise _Reached
 
-    with _reading_inputs([linear.layer], read):
+    with calibration.reading_inputs([linear.layer], read):
         for batch in batches():
             seen[0] = 0
             _run(model, batch)
