@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import keras_regkit as rk
-from keras_regkit.pruning import linear_layers, reconstruction, sparsegpt
+from keras_regkit.pruning import layer_inputs, linear_layers, reconstruction, sparsegpt
 from keras_regkit.pruning.granularity import NM
 
 from conftest import assert_refused_and_unchanged, row, tiny_mlp
@@ -121,6 +121,37 @@ def test_global_allocation_gives_each_layer_the_share_one_magnitude_threshold_ta
     assert [int((numpy(ref.variable) == 0).sum()) for ref in rk.iter_weights(model)] == [58, 77, 19]
 
 
+def test_per_layer_sparsities_prune_each_named_layer_to_its_own_and_leave_the_others():
+    model = tiny_mlp(units=(16, 8, 4), inputs=6)
+    weights = model.get_weights()
+    x = inputs(64, 6)
+    result = prune_reconstructed(model, sparsity={"hidden0": 0.25, "out": 0.75}, calibration_data=x)
+    assert [int((numpy(model.get_layer(n).kernel) == 0).sum()) for n in ("hidden0", "hidden1", "out")] == [24, 0, 24]
+    np.testing.assert_array_equal(numpy(model.get_layer("hidden1").kernel), weights[2])  # not named: as it was
+    assert [ref.name for ref in result.refs] == ["hidden0", "out"] and sorted(result.errors) == ["hidden0", "out"]
+    # The same as a uniform float where every layer gets the same.
+    got = [numpy(w) for w in model.weights]
+    model.set_weights(weights)
+    prune_reconstructed(model, sparsity={"hidden0": 0.5, "hidden1": 0.5, "out": 0.5}, calibration_data=x)
+    by_name = [numpy(w) for w in model.weights]
+    model.set_weights(weights)
+    prune_reconstructed(model, sparsity=0.5, calibration_data=x, allocation="uniform")
+    for a, b in zip(by_name, model.weights):
+        np.testing.assert_array_equal(a, numpy(b))
+    assert not np.array_equal(got[0], by_name[0])
+
+
+def test_per_layer_sparsities_with_a_pattern_cut_the_named_layers_to_it():
+    model = tiny_mlp(units=(8, 8, 4), inputs=6)  # hidden0's 6 inputs cannot hold 2:4: left out by its 0
+    kernel = numpy(model.get_layer("hidden0").kernel)
+    prune_reconstructed(model, sparsity={"hidden0": 0.0, "hidden1": 0.5, "out": 0.5}, granularity="2:4",
+                        calibration_data=X)
+    np.testing.assert_array_equal(numpy(model.get_layer("hidden0").kernel), kernel)
+    for name in ("hidden1", "out"):
+        assert NM(2, 4).satisfied_by(numpy(model.get_layer(name).kernel), 0)
+        assert (numpy(model.get_layer(name).kernel) == 0).mean() == 0.5
+
+
 def test_prune_with_method_sparsegpt_is_the_reconstruction():
     model = tiny_mlp(units=(8, 4), inputs=6)
     weights = model.get_weights()
@@ -173,7 +204,7 @@ def test_sequential_calibration_reads_the_pruned_layers_outputs(monkeypatch):
 def test_one_layers_gram_matrix_and_one_batch_of_its_inputs_at_a_time(monkeypatch):
     alive, sizes, batch_rows = weakref.WeakSet(), [], []
 
-    class SpyGram(reconstruction.Gram):
+    class SpyGram(layer_inputs.Gram):
         def __init__(self, size):
             assert not list(alive), "a second Gram matrix while another is alive"
             super().__init__(size)
@@ -184,7 +215,7 @@ def test_one_layers_gram_matrix_and_one_batch_of_its_inputs_at_a_time(monkeypatc
             batch_rows.append(len(rows))
             super().add(rows)
 
-    monkeypatch.setattr(reconstruction, "Gram", SpyGram)
+    monkeypatch.setattr(layer_inputs, "Gram", SpyGram)
     model = tiny_mlp(units=(16, 8, 4), inputs=6)
     prune_reconstructed(model, sparsity=0.5, calibration_data=inputs(100, 6), batch_size=25)
     assert sizes == [7, 17, 9]  # each layer's own inputs (and its bias), in call order
@@ -356,6 +387,32 @@ BAD_INPUT = [
         ValueError, "'hidden0' has 6 inputs"),
     row("sparsity-with-pattern", lambda m: prune_reconstructed(m, sparsity=0.3, granularity="2:4",
                                                                calibration_data=X), ValueError, "whole pattern"),
+    row("per-layer-unknown-name", lambda m: prune_reconstructed(m, sparsity={"hidden": 0.5}, calibration_data=X),
+        ValueError, "it names ['hidden'], which are not covered kernels of the selection. Valid names: "
+        "['hidden0', 'out']"),
+    row("per-layer-outside-the-selection", lambda m: prune_reconstructed(
+        m, sparsity={"out": 0.5}, calibration_data=X, layers="hidden0"), ValueError, "it names ['out']"),
+    row("per-layer-not-a-covered-kind", lambda m: prune_reconstructed(
+        transposed_only(), sparsity={"transposed": 0.5}, calibration_data=np.ones((8, 10, 4), "float32")),
+        ValueError, "'transposed' (a Conv1DTranspose)"),
+    row("per-layer-value-1", lambda m: prune_reconstructed(m, sparsity={"out": 1.0}, calibration_data=X), ValueError,
+        "each layer's sparsity must be in [0, 1)"),
+    row("per-layer-value-negative", lambda m: prune_reconstructed(m, sparsity={"out": -0.1}, calibration_data=X),
+        ValueError, "sparsity['out']"),
+    row("per-layer-value-nan", lambda m: prune_reconstructed(m, sparsity={"out": float("nan")}, calibration_data=X),
+        ValueError, "sparsity['out']"),
+    row("per-layer-value-str", lambda m: prune_reconstructed(m, sparsity={"out": "half"}, calibration_data=X),
+        TypeError, "sparsity['out']"),
+    row("per-layer-key-not-str", lambda m: prune_reconstructed(m, sparsity={0: 0.5}, calibration_data=X), TypeError,
+        "keys are layer names"),
+    row("per-layer-pattern-the-layer-cannot-hold", lambda m: prune_reconstructed(
+        m, sparsity={"hidden0": 0.5, "out": 0.5}, granularity="2:4", calibration_data=X), ValueError,
+        "'hidden0' has 6 inputs"),
+    row("per-layer-other-than-the-pattern", lambda m: prune_reconstructed(
+        m, sparsity={"out": 0.25}, granularity="2:4", calibration_data=X), ValueError,
+        "cut to the whole pattern (0.5) or left as it is (0). Received: sparsity['out']=0.25"),
+    row("per-layer-later-layer-too-few-samples", lambda m: prune_reconstructed(
+        m, sparsity={"out": 0.5}, calibration_data=inputs(5, 6)), ValueError, "'out' 5 input rows"),
     row("no-sparsity", lambda m: prune_reconstructed(m, calibration_data=X), ValueError, "needs `sparsity`"),
     row("sparsity-above-1", lambda m: prune_reconstructed(m, sparsity=1.5, calibration_data=X), ValueError,
         "sparsity"),

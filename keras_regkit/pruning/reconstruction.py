@@ -20,6 +20,7 @@ pruned kernels, which puts the model back as it was if any layer fails.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import gc
 import math
@@ -27,13 +28,12 @@ import warnings
 
 import keras
 import numpy as np
-from keras import ops
 
 from keras_regkit import _validate
 from keras_regkit import weights as weights_lib
-from keras_regkit.pruning import calibration
 from keras_regkit.pruning import cut as cut_lib
 from keras_regkit.pruning import granularity as granularity_lib
+from keras_regkit.pruning import layer_inputs
 from keras_regkit.pruning import linear_layers
 from keras_regkit.pruning import sparsegpt
 from keras_regkit.pruning.hold import hold_zeros
@@ -53,152 +53,67 @@ class ReconstructionResult(PruneResult):
     errors: dict = dataclasses.field(default_factory=dict)
 
 
-class Gram:
-    """`X Xᵀ`, summed in float64 over the rows `add` is given: one layer's
-    input Gram matrix (its Hessian), the only one alive at a time."""
-
-    def __init__(self, size: int):
-        self.matrix = np.zeros((size, size))
-        self.rows = 0
-
-    def add(self, rows: np.ndarray) -> None:
-        rows = rows.astype("float64", copy=False)
-        self.matrix += rows.T @ rows
-        self.rows += len(rows)
-
-
-class _Reached(Exception):
-    """Ends a forward pass once the layer being calibrated has read its
-    inputs: the rest of the model is not needed."""
-
-
-def _numpy(value) -> np.ndarray:
-    return np.asarray(ops.convert_to_numpy(value) if ops.is_tensor(value) else value)
-
-
-def _samples_in(batch) -> int:
-    shape = np.shape(keras.tree.flatten(batch)[0])
-    return int(shape[0]) if shape else 1
-
-
-def _run(model, batch) -> None:
-    """`model(batch)`, up to `_Reached`; any other failure is the data's."""
-    try:
-        model(batch, training=False)
-    except _Reached:
-        pass
-    except Exception as error:
-        raise ValueError(
-            "Invalid value for argument `calibration_data`: the model cannot be called on it "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). Pass inputs as "
-            "`model(x)` takes them (arrays, a dict or list of arrays, or a dataset of them).") from None
-
-
-def _batch_source(calibration_data, batch_size: int, steps):
-    """A function returning an iterable of the calibration batches, read
-    again for every layer: arrays are sliced each time; a dataset or
-    generator is read once and its batches (inputs only) kept on the host."""
-    if isinstance(calibration_data, (np.ndarray, list, tuple, dict)) or ops.is_tensor(calibration_data):
-        return lambda: calibration.batches(calibration_data, batch_size, steps)
-    kept = [keras.tree.map_structure(_numpy, batch) for batch in calibration.batches(calibration_data, batch_size, steps)]
-    return lambda: kept
-
-
-@dataclasses.dataclass
-class _Survey:
-    """What one pass tells of each covered layer: its place in the call
-    order, how often one forward pass calls it, its rows per sample."""
-
-    order: list = dataclasses.field(default_factory=list)
-    calls: dict = dataclasses.field(default_factory=dict)
-    rows: dict = dataclasses.field(default_factory=dict)
-    samples: int = 0
-
-
-def _survey(model, covered: dict, batches) -> _Survey:
-    """Runs the model on the first batch with every covered layer's inputs
-    read, and counts the samples of every batch (refusing non-finite ones)."""
-    survey = _Survey()
-
-    def read(layer, inputs):
-        key = id(layer)
-        if key not in survey.calls:
-            survey.order.append(key)
-        survey.calls[key] = survey.calls.get(key, 0) + 1
-        survey.rows[key] = survey.rows.get(key, 0) + len(covered[key].rows(_numpy(inputs)))
-
-    for step, batch in enumerate(batches()):
-        calibration.check_finite_batch(batch, step, survey.samples)
-        if step == 0:
-            with calibration.reading_inputs([linear.layer for linear in covered.values()], read):
-                _run(model, batch)
-            first = _samples_in(batch)
-            survey.rows = {key: rows / first for key, rows in survey.rows.items()}
-        survey.samples += _samples_in(batch)
-    if not survey.samples:
-        raise ValueError("Invalid value for argument `calibration_data`: it holds no samples.")
-    return survey
-
-
-def _check_enough_samples(survey: _Survey, covered: dict, names: dict, steps) -> None:
-    for key in survey.order:
-        linear, per_sample = covered[key], survey.rows[key]
-        if survey.samples * per_sample < linear.inputs:
-            needed = math.ceil(linear.inputs / per_sample)
-            cap = "" if steps is not None else (
-                f" (a dataset or generator is read up to {calibration.CALIBRATION_SAMPLES} samples unless "
-                "`calibration_steps` is given)")
-            raise ValueError(
-                f"Invalid value for argument `calibration_data`: its {survey.samples} samples give "
-                f"{names[key]!r} {survey.samples * per_sample:g} input rows ({per_sample:g} per sample), fewer "
-                f"than the {linear.inputs} inputs its kernel reads: their Gram matrix would be singular, and the "
-                f"reconstruction would fit these samples rather than the layer. Pass at least {needed} samples"
-                f"{cap}. Nothing was changed.")
-
-
-def _gram(model, linear, calls: int, batches) -> Gram:
-    """The Gram matrix of `linear`'s inputs over every calibration batch,
-    as the model computes them now (with the layers before it pruned)."""
-    gram = Gram(linear.inputs + linear.free)
-    seen = [0]
-
-    def read(layer, inputs):
-        gram.add(linear.rows(_numpy(inputs)))
-        seen[0] += 1
-        if seen[0] == calls:
-            raise _Reached
-
-    with calibration.reading_inputs([linear.layer], read):
-        for batch in batches():
-            seen[0] = 0
-            _run(model, batch)
-    return gram
-
-
-def _covered(refs, pattern, update_bias: bool) -> tuple[dict, dict]:
-    """The covered layers' `LinearLayer`s and names by `id(layer)`; warns
-    of the others, which are left as they are."""
-    covered, names, skipped = {}, {}, {}
+def _covered(refs, pattern, update_bias: bool, per_layer: dict | None) -> tuple[dict, dict]:
+    """The `LinearLayer`s and names, by `id(layer)`, of the covered layers
+    to prune (with `per_layer`, those it names with a sparsity above 0);
+    warns of the selected layers not covered, which are left as they are."""
+    linears, skipped = {}, {}
     for ref in refs:
         linear = linear_layers.linear_layer(ref.layer, ref.variable, update_bias)
         if isinstance(linear, str):
             skipped[ref.name] = linear
-            continue
+        else:
+            linears[ref.name] = (ref, linear)
+    if per_layer is not None:
+        unknown = sorted(name for name in per_layer if name not in linears)
+        if unknown:
+            not_covered = [f"{name!r} ({skipped[name]})" for name in unknown if name in skipped]
+            raise ValueError(
+                f"Invalid value for argument `sparsity`: it names {unknown}, which are not covered kernels of the "
+                f"selection" + (f" ({', '.join(not_covered)})" if not_covered else "") + f". Valid names: "
+                f"{sorted(linears)}.")
+        linears = {name: pair for name, pair in linears.items() if per_layer.get(name, 0.0) > 0}
+    covered, names = {}, {}
+    for name, (ref, linear) in linears.items():
         if pattern is not None and linear.group_axis % pattern[1]:
             raise ValueError(
                 f"granularity='{pattern[0]}:{pattern[1]}' needs the input axis of every kernel to split into "
-                f"groups of {pattern[1]}: {ref.name!r} has {linear.group_axis} inputs on it (kernel shape "
-                f"{tuple(ref.variable.shape)}). Leave it out with `layers=`, or choose an M that divides it.")
-        covered[id(ref.layer)], names[id(ref.layer)] = linear, ref.name
+                f"groups of {pattern[1]}: {name!r} has {linear.group_axis} inputs on it (kernel shape "
+                f"{tuple(ref.variable.shape)}). Leave it out with `layers=` (or a per-layer `sparsity` of 0), "
+                "or choose an M that divides it.")
+        covered[id(ref.layer)], names[id(ref.layer)] = linear, name
     if skipped:
         warnings.warn(
             f"method='sparsegpt' covers {COVERED}; left untouched: "
             + ", ".join(f"{name!r} ({why})" for name, why in skipped.items()) + ".", stacklevel=3)
-    if not covered:
+    if not covered and per_layer is None:
         raise ValueError(
             f"method='sparsegpt' covers {COVERED}, and the selection has none: {sorted(skipped)}. Select "
             "other layers (`layers=`).")
     return covered, names
+
+
+def _per_layer_sparsity(sparsity, pattern) -> dict:
+    """A mapping of layer names to sparsities, checked: every value in [0,
+    1), and with a pattern its ceiling or 0 (the layer left as it is)."""
+    checked = {}
+    for name, value in sparsity.items():
+        if not isinstance(name, str):
+            raise TypeError(
+                "Invalid value for argument `sparsity`: a mapping's keys are layer names (str, as "
+                f"`ReconstructionResult.errors` names them). Received the key {name!r} of type {type(name).__name__}")
+        value = _validate.real(f"sparsity[{name!r}]", value)
+        if pattern is None and value >= 1.0:
+            raise ValueError(
+                f"Invalid value for argument `sparsity`: each layer's sparsity must be in [0, 1) (a layer cut to "
+                f"nothing passes nothing on). Received: sparsity[{name!r}]={value}")
+        ceiling = 1.0 - pattern[0] / pattern[1] if pattern is not None else None
+        if pattern is not None and value != 0 and not math.isclose(value, ceiling):
+            raise ValueError(
+                f"Invalid value for argument `sparsity`: with granularity='{pattern[0]}:{pattern[1]}' a layer is "
+                f"cut to the whole pattern ({ceiling:g}) or left as it is (0). Received: sparsity[{name!r}]={value}")
+        checked[name] = value
+    return checked
 
 
 def _shares(kernels: dict, sparsity, allocation: str) -> dict:
@@ -226,16 +141,22 @@ def _check_arguments(sparsity, granularity, calibration_data, hold, batch_size, 
             "method='sparsegpt' reconstructs each layer from the inputs it receives: it needs `calibration_data` "
             "(a few hundred unlabeled inputs as `model(x)` takes them). Received: calibration_data=None")
     granularity = granularity_lib.get(granularity)
+    per_layer = isinstance(sparsity, collections.abc.Mapping)
     if isinstance(granularity, granularity_lib.NM):
+        pattern = (granularity.n, granularity.m)
+        if per_layer:
+            return _per_layer_sparsity(sparsity, pattern), pattern
         if sparsity is not None and not math.isclose(_validate.real("sparsity", sparsity), granularity.ceiling):
             raise ValueError(
                 f"method='sparsegpt' with granularity={granularity.name!r} cuts the whole pattern: give "
                 f"sparsity=None (or {granularity.ceiling:g}). Received: sparsity={sparsity!r}")
-        sparsity, pattern = granularity.ceiling, (granularity.n, granularity.m)
+        sparsity = granularity.ceiling
     elif isinstance(granularity, granularity_lib.Weights):
         if sparsity is None:
             raise ValueError("method='sparsegpt' needs `sparsity`, the fraction of each layer's entries to cut.")
-        sparsity, pattern = _validate.real("sparsity", sparsity, maximum=1.0), None
+        pattern = None
+        sparsity = _per_layer_sparsity(sparsity, None) if per_layer else _validate.real(
+            "sparsity", sparsity, maximum=1.0)
     else:
         raise ValueError(
             "method='sparsegpt' cuts entries: expected granularity='weight' or 'N:M' (e.g. '2:4'). "
@@ -251,7 +172,7 @@ def _check_arguments(sparsity, granularity, calibration_data, hold, batch_size, 
 
 def prune_reconstructed(
     model: keras.Model,
-    sparsity: float | None = None,
+    sparsity: float | collections.abc.Mapping | None = None,
     calibration_data=None,
     granularity: str = "weight",
     layers: weights_lib.LayerSelector = "*",
@@ -284,7 +205,12 @@ def prune_reconstructed(
         model: The model to change, in place.
         sparsity: The fraction of the covered kernels' entries to zero, in
             [0, 1], shared out as `allocation` says. With an `"N:M"`
-            granularity, None (the pattern's).
+            granularity, None (the pattern's). Or a mapping of layer names
+            (as `ReconstructionResult.errors` names them: the kernel's path,
+            e.g. `"decoder_0/self_attention/query"`) to each one's sparsity
+            in [0, 1) (with a pattern: the pattern's, or 0): only the layers
+            it names are pruned, each to its own sparsity; `allocation` is
+            then ignored.
         calibration_data: Unlabeled inputs as `model(x)` takes them (arrays,
             a dict or list of arrays), or a `tf.data.Dataset`, `PyDataset`
             or generator of batches of them (`(inputs, targets)` batches
@@ -318,7 +244,9 @@ def prune_reconstructed(
         A `ReconstructionResult`.
 
     Raises:
-        TypeError, ValueError: If an argument is invalid; the model cannot
+        TypeError, ValueError: If an argument is invalid (a per-layer
+            `sparsity` naming a layer that is not a covered kernel of the
+            selection, or a value out of range); the model cannot
             be called on `calibration_data`, or it holds no samples, NaN or
             inf entries, or fewer samples than a layer needs (the message
             says how many); a covered kernel's inputs do not split into the
@@ -344,21 +272,27 @@ def prune_reconstructed(
         block_size = max(pattern[1], block_size // pattern[1] * pattern[1])
     refs = weights_lib.select_weights(model, layers, "kernel")
     cut_lib.check_finite(refs)
-    covered, names = _covered(refs, pattern, update_bias)
-    batches = _batch_source(calibration_data, batch_size, calibration_steps)
-    survey = _survey(model, covered, batches)
+    per_layer = sparsity if isinstance(sparsity, dict) else None
+    covered, names = _covered(refs, pattern, update_bias, per_layer)
+    if not covered:  # a mapping of zeros: nothing to cut
+        return ReconstructionResult(0.0, 0, 0, [], {})
+    batches = layer_inputs.batch_source(calibration_data, batch_size, calibration_steps)
+    survey = layer_inputs.survey(model, covered, batches)
     never = sorted(names[key] for key in covered if key not in survey.calls)
     if never:
         raise ValueError(f"method='sparsegpt': {never} were never called on the calibration data.")
-    _check_enough_samples(survey, covered, names, calibration_steps)
-    kernels = {key: _numpy(covered[key].variable.value).copy() for key in survey.order}
-    shares = _shares(kernels, sparsity if pattern is None else None, allocation)
-    biases = {key: _numpy(covered[key].bias.value).copy() for key in survey.order if covered[key].bias is not None}
+    layer_inputs.check_enough_samples(survey, covered, names, calibration_steps)
+    kernels = {key: layer_inputs.numpy(covered[key].variable.value).copy() for key in survey.order}
+    if per_layer is not None:
+        shares = {key: per_layer[names[key]] for key in covered} if pattern is None else {}
+    else:
+        shares = _shares(kernels, sparsity if pattern is None else None, allocation)
+    biases = {key: layer_inputs.numpy(covered[key].bias.value).copy() for key in survey.order if covered[key].bias is not None}
     errors = {}
     try:
         for key in survey.order:
             linear = covered[key]
-            gram = _gram(model, linear, survey.calls[key], batches)
+            gram = layer_inputs.gram(model, linear, survey.calls[key], batches)
             if not np.isfinite(gram.matrix).all():
                 raise ValueError(
                     f"method='sparsegpt': the inputs of {names[key]!r} reach NaN or inf on the calibration data "
@@ -381,6 +315,6 @@ def prune_reconstructed(
     pruned = [ref for ref in refs if id(ref.layer) in covered]
     if hold:
         hold_zeros(model, [ref.variable for ref in pruned])
-    zeros = sum(int(np.count_nonzero(_numpy(ref.variable.value) == 0)) for ref in pruned)
+    zeros = sum(int(np.count_nonzero(layer_inputs.numpy(ref.variable.value) == 0)) for ref in pruned)
     params = sum(int(np.prod(ref.variable.shape)) for ref in pruned)
     return ReconstructionResult(0.0, zeros, params, pruned, errors)
