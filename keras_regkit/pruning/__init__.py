@@ -10,6 +10,8 @@ holding the zeros.
   within N:M groups).
 - `hold`: `HoldZeros` keeps zeros at zero through training.
 - `one_shot`: `prune`, a cut without training.
+- `allocation`: how `prune` shares a sparsity out across layers (`OWL`).
+- `sensitivity`: `sensitivity`, each layer pruned alone, its metric drop.
 - `reconstruction`: `prune_reconstructed`, one-shot pruning that updates
   the weights it keeps (SparseGPT), layer by layer; `sparsegpt` (the
   solver) and `linear_layers` (layers as one matrix product) under it.
@@ -17,6 +19,7 @@ holding the zeros.
 `prune` and the shrink are thin callers of `cut`.
 """
 
+from keras_regkit.pruning.allocation import OWL
 from keras_regkit.pruning.granularity import NM, Granularity, Heads, Units, Weights
 from keras_regkit.pruning.hold import HoldZeros, release_zeros
 from keras_regkit.pruning.one_shot import PruneResult, prune
@@ -25,6 +28,6 @@ from keras_regkit.pruning.scores import Curvature, Magnitude, Score, Wanda
 
 # `prune` and `release_zeros` are public at the package root.
 __all__ = [
-    "Curvature", "Granularity", "Heads", "HoldZeros", "Magnitude", "NM", "PruneResult", "ReconstructionResult",
+    "Curvature", "Granularity", "Heads", "HoldZeros", "Magnitude", "NM", "OWL", "PruneResult", "ReconstructionResult",
     "Score", "Units", "Wanda", "Weights", "prune_reconstructed",
 ]

@@ -10,6 +10,7 @@ import numpy as np
 from keras import ops
 
 from keras_regkit import _validate
+from keras_regkit.pruning import allocation as allocation_lib
 from keras_regkit.pruning import calibration
 from keras_regkit.pruning import cut as cut_lib
 from keras_regkit.pruning import granularity as granularity_lib
@@ -61,6 +62,7 @@ def prune(
     ranking: str = "global",
     calibration_steps: int | None = None,
     method: str = "cut",
+    allocation="global",
 ) -> PruneResult:
     """Sets the lowest-scoring weights (or whole units, or all but N of
     every M inputs) to exact zeros at once, without training.
@@ -145,6 +147,22 @@ def prune(
             with its defaults; it takes `sparsity`, `granularity` `"weight"`
             or `"N:M"`, `layers`, `hold` and `calibration_steps`). Defaults
             to `"cut"`.
+        allocation: How `sparsity` is shared out across the selected
+            weights (entries only, `granularity="weight"`): `"global"` (one
+            ranking over all of them, as `ranking` says; with
+            `method="sparsegpt"`, each layer the share one global magnitude
+            threshold takes), `"uniform"` (every weight loses `sparsity`),
+            `"owl"` or a `keras_regkit.pruning.OWL` (layers with more
+            outliers of `|w| · ||x||₂` on `calibration_data` lose less,
+            within `spread` of `sparsity`; Yin et al., 2023), or a dict of
+            weight names (a kernel's is its layer's path, as
+            `sparsity_report` names it) to sparsities in [0, 1], one for
+            every selected weight, `sparsity` left None. With a per-layer
+            allocation each weight is ranked within itself (within each of
+            its output units with `ranking="per_output"`), and the zeros
+            add up to `sparsity` of the entries. `"owl"` reads
+            `calibration_data` whatever the `score`. Defaults to
+            `"global"`.
 
     Returns:
         A `PruneResult` with the threshold used and the zeros made.
@@ -157,7 +175,9 @@ def prune(
             `granularity` is unknown or cannot apply (weight kinds without
             units, a subclassed model whose output layers are unknown), or
             `calibration_data` holds NaN or inf entries or cannot be passed
-            to the model. Nothing is changed then.
+            to the model, or `allocation` is unknown, names weights that
+            are not the selection, or is asked of a `threshold`, of units or
+            of a pattern. Nothing is changed then.
 
     Example:
 
@@ -171,6 +191,11 @@ def prune(
     >>> rk.dead_units(model)  # the output layer is left whole
     {'hidden': (4, 8), 'out': (0, 2)}
     """
+    allocation = allocation_lib.get(allocation)
+    if isinstance(allocation, dict) and (sparsity is not None or threshold is not None):
+        raise ValueError(
+            "`allocation` given as a dict sets every weight's sparsity: leave `sparsity` and `threshold` None. "
+            f"Received: sparsity={sparsity!r}, threshold={threshold!r}")
     if method == "sparsegpt":
         # Imported here: the reconstruction's result is a PruneResult.
         from keras_regkit.pruning import reconstruction
@@ -182,40 +207,58 @@ def prune(
             raise ValueError(
                 "method='sparsegpt' cuts a `sparsity` of the kernels' entries and chooses them itself: "
                 f"leave {sorted(unused)} at their defaults. Received: {unused}")
-        return reconstruction.prune_reconstructed(model, sparsity, calibration_data, granularity, layers, hold,
+        if allocation in ("global", "uniform"):
+            return reconstruction.prune_reconstructed(model, sparsity, calibration_data, granularity, layers, hold,
+                                                      calibration_steps, allocation=allocation)
+        _check_per_layer(allocation, granularity_lib.get(granularity), threshold)
+        if calibration_data is None:
+            raise ValueError(
+                "method='sparsegpt' reconstructs each layer from the inputs it receives: it needs "
+                "`calibration_data`. Received: calibration_data=None")
+        if not isinstance(allocation, dict):
+            if sparsity is None:
+                raise ValueError("method='sparsegpt' needs `sparsity`, the fraction of the entries to cut.")
+            sparsity = _validate.real("sparsity", sparsity, maximum=1.0)
+        refs = granularity_lib.Weights().select(model, layers)
+        cut_lib.check_finite(refs)
+        shares = _layer_sparsities(model, refs, allocation, sparsity, calibration_data, calibration_steps)
+        return reconstruction.prune_reconstructed(model, shares, calibration_data, granularity, layers, hold,
                                                   calibration_steps)
     if method != "cut":
         raise ValueError(
             f"Invalid value for argument `method`: expected 'cut' or 'sparsegpt'. Received: method={method!r}")
     # Every argument is checked before any weight changes.
     granularity = granularity_lib.get(granularity, weights)
+    if allocation != "global":
+        _check_per_layer(allocation, granularity, threshold)
     full_pattern = granularity.ceiling if isinstance(granularity, granularity_lib.NM) else None
     if full_pattern is not None and threshold is None and sparsity is None:
         sparsity = full_pattern
-    if (threshold is None) == (sparsity is None):
+    if (threshold is None) == (sparsity is None) and not isinstance(allocation, dict):
         raise ValueError(
             "Give exactly one of `threshold` or `sparsity`. Received: "
             f"threshold={threshold!r}, sparsity={sparsity!r}"
         )
     if threshold is not None:
         threshold = _validate.real("threshold", threshold)
-    else:
+    elif sparsity is not None:
         sparsity = _validate.real("sparsity", sparsity, maximum=1.0 if full_pattern is None else full_pattern)
     hold = _validate.boolean("hold", hold)
     if score not in ("magnitude", "wanda"):
         raise ValueError(
             f"Invalid value for argument `score`: expected 'magnitude' or 'wanda'. Received: score={score!r}")
-    if (score == "wanda") != (calibration_data is not None):
+    reads_inputs = score == "wanda" or isinstance(allocation, allocation_lib.OWL)
+    if reads_inputs != (calibration_data is not None):
         raise ValueError(
-            "score='wanda' needs `calibration_data` (a few hundred unlabeled inputs), and only it reads "
-            f"them. Received: score={score!r}, calibration_data="
+            "score='wanda' and allocation='owl' need `calibration_data` (a few hundred unlabeled inputs), and "
+            f"only they read them. Received: score={score!r}, allocation={allocation!r}, calibration_data="
             f"{'None' if calibration_data is None else type(calibration_data).__name__}")
     if calibration_steps is not None:
         calibration_steps = _validate.integer("calibration_steps", calibration_steps, minimum=1)
-        if score != "wanda":
+        if not reads_inputs:
             raise ValueError(
-                "`calibration_steps` says how many batches of `calibration_data` score='wanda' reads. Received: "
-                f"calibration_steps={calibration_steps}, score={score!r}")
+                "`calibration_steps` says how many batches of `calibration_data` score='wanda' (or "
+                f"allocation='owl') reads. Received: calibration_steps={calibration_steps}, score={score!r}")
     if ranking not in ("global", "per_output"):
         raise ValueError(
             f"Invalid value for argument `ranking`: expected 'global' or 'per_output'. Received: ranking={ranking!r}")
@@ -229,17 +272,51 @@ def prune(
             f"granularity='weight' (an N:M pattern is per group already). Received: granularity={str(granularity)!r}")
     refs = granularity.select(model, layers)
     cut_lib.check_finite(refs)
-    if score == "wanda":
-        norms = calibration.input_norms(model, refs, calibration_data, steps=calibration_steps)
-        scores = scores_lib.Wanda(norms).scores(refs)
+    norms = calibration.input_norms(model, refs, calibration_data, steps=calibration_steps) if reads_inputs else None
+    scores = (scores_lib.Wanda(norms) if score == "wanda" else scores_lib.Magnitude()).scores(refs)
+    per_output = ranking == "per_output"
+    if allocation == "global":
+        made = cut_lib.cut(refs, scores, granularity, sparsity=sparsity, threshold=threshold, per_output=per_output)
+        highest = made.threshold
     else:
-        scores = scores_lib.Magnitude().scores(refs)
-    made = cut_lib.cut(refs, scores, granularity, sparsity=sparsity, threshold=threshold,
-                       per_output=ranking == "per_output")
+        shares = _layer_sparsities(model, refs, allocation, sparsity, norms=norms)
+        cuts = [cut_lib.cut([ref], [values], granularity, sparsity=shares[ref.name], per_output=per_output)
+                for ref, values in zip(refs, scores)]
+        highest = max((made.threshold for made in cuts if made.threshold is not None), default=None)
     if hold:
         hold_zeros(model, [ref.variable for ref in refs])
     zeros = int(ops.convert_to_numpy(ops.sum(ops.stack(
         [ops.sum(ops.cast(ops.equal(ref.variable.value, 0), "int32")) for ref in refs]))))
     params = sum(int(np.prod(ref.variable.shape)) for ref in refs)
-    used = threshold if threshold is not None else (made.threshold or 0.0)
+    used = threshold if threshold is not None else (highest or 0.0)
     return PruneResult(float(used), zeros, params, refs)
+
+
+def _check_per_layer(allocation, granularity, threshold) -> None:
+    """Refuses a per-layer `allocation` where there is no `sparsity` of
+    entries to share out."""
+    if threshold is not None:
+        raise ValueError(
+            f"allocation={allocation!r} shares out a `sparsity`; a `threshold` cuts the same score everywhere. "
+            f"Give `sparsity` instead. Received: threshold={threshold!r}")
+    if not isinstance(granularity, granularity_lib.Weights):
+        raise ValueError(
+            f"allocation={allocation!r} shares entries out across layers: it needs granularity='weight' (units "
+            f"are ranked across layers already, a pattern is the same everywhere). Received: "
+            f"granularity={str(granularity)!r}")
+
+
+def _layer_sparsities(model, refs, allocation, sparsity, calibration_data=None, calibration_steps=None,
+                      norms=None) -> dict:
+    """Each selected weight's sparsity (by `ref.name`) under a per-layer
+    `allocation`: `"uniform"`, a checked dict, or an `OWL`'s from the Wanda
+    scores (the input `norms`, read from `calibration_data` if not given)."""
+    if allocation == "uniform":
+        return {ref.name: sparsity for ref in refs}
+    if isinstance(allocation, dict):
+        allocation_lib.check_names(allocation, [ref.name for ref in refs])
+        return dict(allocation)
+    if norms is None:
+        norms = calibration.input_norms(model, refs, calibration_data, steps=calibration_steps)
+    wanda = scores_lib.Wanda(norms).scores(refs)
+    return allocation.sparsities({ref.name: values for ref, values in zip(refs, wanda)}, sparsity)

@@ -1,0 +1,161 @@
+"""How one global sparsity is shared out across layers: `OWL`, the per-layer
+sparsities of a one-shot cut.
+
+`prune(..., allocation=)` takes `"global"` (one ranking over every selected
+weight: the layers' shares are what falls out of it), `"uniform"` (every
+layer the same sparsity), `"owl"` (an `OWL()` with its defaults), an `OWL`
+object, or a mapping of layer names to sparsities. `"global"` and
+`"uniform"` are decided inside the cut (or the reconstruction); `OWL`
+measures a signal per layer and `bounded_shares` turns it into sparsities
+that keep the global count.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+
+import numpy as np
+
+from keras_regkit import _validate
+
+NAMED = ("global", "uniform", "owl")
+
+
+class OWL:
+    """Outlier-weighed layerwise sparsity (Yin et al., "Outlier Weighed
+    Layerwise Sparsity (OWL): A Missing Secret Sauce for Pruning LLMs to
+    High Sparsity", 2023): layers with more outliers are pruned less.
+
+    A layer's outlier ratio is the fraction of its kernel entries whose
+    Wanda score `|W_ij| · ||X_j||₂` (the input norm over the calibration
+    data) is above `multiplier` times the layer's mean score. The ratios are
+    mapped linearly onto sparsities from `sparsity + spread` (fewest
+    outliers) to `sparsity - spread` (most), then shifted together so that
+    the layers' zeros add up to the global count (each layer kept within
+    `spread` of `sparsity`, and in [0, 1]).
+
+    Args:
+        multiplier: `M`, how many times its layer's mean score makes an
+            entry an outlier, a float > 0. Defaults to 5 (the paper's).
+        spread: `lambda`, how far a layer's sparsity may move from the
+            global one, a float in [0, 1]. Defaults to 0.08 (the paper's).
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(4)])
+    >>> x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    >>> result = rk.prune(model, sparsity=0.5, score="wanda", calibration_data=x,
+    ...                   allocation=rk.pruning.OWL(spread=0.1))
+    >>> round(result.sparsity, 2)
+    0.5
+    """
+
+    def __init__(self, multiplier: float = 5.0, spread: float = 0.08):
+        self.multiplier = _validate.real("multiplier", multiplier, minimum=0.0)
+        if self.multiplier == 0:
+            raise ValueError(f"Invalid value for argument `multiplier`: expected a float > 0. Received: {multiplier!r}")
+        self.spread = _validate.real("spread", spread, maximum=1.0)
+
+    def __repr__(self) -> str:
+        return f"OWL(multiplier={self.multiplier:g}, spread={self.spread:g})"
+
+    def sparsities(self, scores: dict, sparsity: float) -> dict:
+        """Each layer's sparsity, from its Wanda scores (`name -> array`)."""
+        ratios = outlier_ratios(scores, self.multiplier)
+        return bounded_shares(ratios, {name: np.size(s) for name, s in scores.items()}, sparsity, self.spread)
+
+
+def outlier_ratios(scores: dict, multiplier: float) -> dict:
+    """Per layer (`name -> scores array`), the fraction of its entries whose
+    score is above `multiplier` times the layer's mean score."""
+    ratios = {}
+    for name, values in scores.items():
+        values = np.asarray(values, dtype="float64")
+        ratios[name] = float(np.mean(values > multiplier * values.mean())) if values.size else 0.0
+    return ratios
+
+
+def bounded_shares(signal: dict, sizes: dict, sparsity: float, spread: float) -> dict:
+    """Sparsities per layer from a signal per layer (higher: pruned less),
+    within `spread` of `sparsity` and in [0, 1], whose zeros add up to
+    `round(sparsity * total)` exactly (each layer's sparsity is a whole
+    count of its entries).
+
+    The signal's range is mapped linearly onto `[sparsity + spread,
+    sparsity - spread]`; all are then shifted by the one amount that keeps
+    the total (found by bisection: the clipped total grows with it)."""
+    names = list(signal)
+    values = np.array([signal[name] for name in names], dtype="float64")
+    counts = np.array([sizes[name] for name in names], dtype="float64")
+    low, high = max(sparsity - spread, 0.0), min(sparsity + spread, 1.0)
+    span = values.max() - values.min() if values.size else 0.0
+    # Equal signals (or one layer): every layer the global sparsity.
+    offsets = spread * (1.0 - 2.0 * (values - values.min()) / span) if span > 0 else np.zeros_like(values)
+    target = sparsity * counts.sum()
+
+    def shares(shift):
+        return np.clip(sparsity + offsets + shift, low, high)
+
+    lo, hi = -2.0 * spread - 1.0, 2.0 * spread + 1.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if (shares(mid) * counts).sum() < target else (lo, mid)
+    zeros = _whole_counts(shares((lo + hi) / 2) * counts, counts, int(round(target)), low, high)
+    return {name: float(z / n) if n else 0.0 for name, z, n in zip(names, zeros, counts)}
+
+
+def _whole_counts(exact: np.ndarray, counts: np.ndarray, total: int, low: float, high: float) -> np.ndarray:
+    """`exact` rounded to whole counts adding up to `total`: the floors, then
+    one more for the largest remainders (or one fewer for the smallest),
+    where the layer's bounds leave room."""
+    zeros = np.floor(exact + 1e-9)
+    remainder = exact - zeros
+    order = np.argsort(-remainder, kind="stable")
+    for index in order:
+        if zeros.sum() >= total:
+            break
+        if zeros[index] + 1 <= np.floor(high * counts[index] + 1e-9):
+            zeros[index] += 1
+    for index in order[::-1]:
+        if zeros.sum() <= total:
+            break
+        if zeros[index] - 1 >= np.ceil(low * counts[index] - 1e-9):
+            zeros[index] -= 1
+    return zeros.astype(int)
+
+
+def get(allocation):
+    """`allocation` checked: one of `NAMED` (`"owl"` as an `OWL()`), an
+    `OWL`, or a mapping of layer names to sparsities in [0, 1]."""
+    if isinstance(allocation, OWL):
+        return allocation
+    if isinstance(allocation, str) and allocation in NAMED:
+        return OWL() if allocation == "owl" else allocation
+    if isinstance(allocation, collections.abc.Mapping):
+        if not allocation:
+            raise ValueError("Invalid value for argument `allocation`: the mapping of layer names to sparsities is "
+                             "empty.")
+        checked = {}
+        for name, value in allocation.items():
+            if not isinstance(name, str):
+                raise TypeError(
+                    "Invalid value for argument `allocation`: a mapping's keys are layer names (str). Received the "
+                    f"key {name!r} of type {type(name).__name__}")
+            checked[name] = _validate.real(f"allocation[{name!r}]", value, maximum=1.0)
+        return checked
+    raise ValueError(
+        f"Invalid value for argument `allocation`: expected one of {list(NAMED)}, a "
+        "keras_regkit.pruning.OWL or a dict of layer names to sparsities. "
+        f"Received: allocation={allocation!r}")
+
+
+def check_names(allocation: dict, names: list) -> None:
+    """Refuses a mapping that names a layer outside the selection, or leaves
+    one of it out."""
+    unknown = sorted(set(allocation) - set(names))
+    missing = sorted(set(names) - set(allocation))
+    if unknown or missing:
+        raise ValueError(
+            "Invalid value for argument `allocation`: a mapping gives a sparsity to each selected layer, by name. "
+            + (f"Not selected: {unknown}. " if unknown else "") + (f"Missing: {missing}. " if missing else "")
+            + f"Selected: {sorted(names)}")
