@@ -22,14 +22,15 @@ from keras_regkit.weights import WeightRef
 
 
 @contextlib.contextmanager
-def reading_inputs(layers, read):
-    """While open, each of `layers` gives its inputs to `read(layer,
-    inputs)` before computing (`read` may raise to end the pass)."""
+def wrapping_calls(layers, wrap):
+    """While open, each of `layers` computes `wrap(layer, call, inputs,
+    *args, **kwargs)` instead of its own `call(inputs, *args, **kwargs)`:
+    the one place that intercepts layers' calls (the calibration's reads,
+    `keras_regkit.quantization`'s simulated int8)."""
     wrapped = []
     for layer in layers:
         def call(inputs, *args, _original=layer.call, _layer=layer, **kwargs):
-            read(_layer, inputs)
-            return _original(inputs, *args, **kwargs)
+            return wrap(_layer, _original, inputs, *args, **kwargs)
 
         # An instance attribute shadows the class's method; one the layer
         # already had is put back as it was.
@@ -43,6 +44,16 @@ def reading_inputs(layers, read):
                 del layer.call
             else:
                 layer.call = own_call
+
+
+def reading_inputs(layers, read):
+    """While open, each of `layers` gives its inputs to `read(layer,
+    inputs)` before computing (`read` may raise to end the pass)."""
+    def read_then_call(layer, call, inputs, *args, **kwargs):
+        read(layer, inputs)
+        return call(inputs, *args, **kwargs)
+
+    return wrapping_calls(layers, read_then_call)
 
 
 def _recording_inputs(layers, sums):
