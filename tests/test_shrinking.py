@@ -269,8 +269,8 @@ class AheadAt(FailsAbove):
 
 @pytest.mark.parametrize("gain, second", [(0.01, 0.9), (0.009, 0.8)])
 def test_a_level_that_holds_ahead_of_the_start_by_the_tolerance_skips_the_next(gain, second):
-    # The tolerance is 0.01: a model that much better than at the start has
-    # room for two levels' losses, and the next rise goes two levels up.
+    # A model SKIP_GAIN (0.01, the tolerance here) better than at the start
+    # has room for two levels' losses, and the next rise goes two levels up.
     model, result = shrink_with_check(AheadAt(0.5, gain), levels=(0.5, 0.8, 0.9, 0.95))
     assert [level for level, _, _ in result.levels][:2] == [0.5, second]
     assert zero_fraction(model) == pytest.approx(result.levels[-1][0], abs=1 / 256)

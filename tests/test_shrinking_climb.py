@@ -8,10 +8,12 @@ Each test drives `Climb.decide` / `Climb.checked` with `Observation`s and
 import ast
 import json
 import pathlib
+import random
 
 import pytest
 
 from keras_regkit.shrinking import climb as climb_lib
+from keras_regkit.shrinking import decisions
 from keras_regkit.shrinking.climb import Climb
 from keras_regkit.shrinking.decisions import (
     CHECK, HOLD, RESTART, RISE, ROLLBACK, STOP, WAIT, Action, Observation, Verdict)
@@ -260,6 +262,79 @@ def test_a_climb_resumed_from_its_saved_state_decides_as_the_one_that_saved_it()
     resumed.set_state(json.loads(json.dumps(climb.get_state())))
     assert resumed.state == climb.state and resumed.state.probation_until is not None
     assert resumed.decide(seen(step + 40)) == climb.decide(seen(step + 40)) == Action(WAIT)
+
+
+LEVELS = (0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
+
+
+def climb_to_the_end(tolerance, measured, judge=decisions.judge, raised=False):
+    """Runs a climb to the end of its budget as `ShrinkPhase` would, on a
+    model whose every check at a level measures `measured[level]` (worse,
+    gain) whatever the path and the tolerance: the same model and seed.
+    Returns the sparsity it ends at and the levels it checked."""
+    climb = Climb(LEVELS, initial=0.5, cut_every=EVERY)
+    sparsity = good = 0.0
+    checked, holding, step = [], False, 0
+    while True:
+        final = holding or step >= TOTAL
+        step = TOTAL if final else step
+        look = Observation(step, TOTAL, step / TOTAL, sparsity, good, raised, drift=0.0, final=final)
+        action = climb.decide(look)
+        while action.kind == CHECK:
+            level = good if action.sparsity is None else action.sparsity
+            checked.append(level)
+            verdict = judge(0.0, *measured[level], tolerance)
+            if verdict.held and action.sparsity is not None:
+                good = level
+            action = climb.checked(look, verdict)
+        if action.kind == RISE:
+            sparsity = action.sparsity
+            holding = action.last
+        elif action.kind == HOLD:
+            holding = True
+        elif action.kind != WAIT:  # back to the last good state
+            sparsity = good
+            holding = action.kind != RESTART
+        if final or action.kind == STOP:
+            return sparsity, checked
+        step += EVERY
+
+
+def old_judge(value, worse, gain, tolerance):
+    """The skip rule before 0.4.0: ahead by the tolerance itself."""
+    return Verdict(value, worse, worse <= tolerance, ahead=worse <= tolerance and gain >= tolerance)
+
+
+# The regression row's seed 0 (benchmarks/bench_tolerance_models.py): 80 %
+# left the model 7 % better than at the start; every level holds, and the
+# budget has room for three rises.
+BETTER_AT_80 = {level: (-0.07, 0.07) if level == 0.8 else (0.0, 0.0) for level in LEVELS}
+
+
+def test_a_looser_tolerance_climbs_where_the_old_skip_left_it_denser():
+    # The old rule skipped at 0.05 (gain >= 0.05) and not at 0.1: the looser
+    # tolerance spent its budget on 90 % and ended at 95 %, the stricter at 97 %
+    # (as on the benchmark). Now both skip.
+    assert climb_to_the_end(0.05, BETTER_AT_80, old_judge)[0] > climb_to_the_end(0.1, BETTER_AT_80, old_judge)[0]
+    strict, loose = climb_to_the_end(0.05, BETTER_AT_80), climb_to_the_end(0.1, BETTER_AT_80)
+    assert strict == loose == (0.97, [0.8, 0.95, 0.97, 0.97])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_on_the_same_measures_a_looser_tolerance_never_ends_denser(seed):
+    # Random models: each level is measured the same at both tolerances
+    # (some lose, some gain). The looser's verdicts hold wherever the
+    # stricter's did, with the same skips, so it ends at least as sparse.
+    rng = random.Random(seed)
+    tolerances = (0.005, 0.01, 0.02, 0.05, 0.1)
+    for _ in range(200):
+        measured = {}
+        for level in LEVELS:
+            worse = rng.choice([-0.08, -0.03, -0.012, -0.005, 0.0, 0.008, 0.015, 0.04, 0.09, 0.2])
+            measured[level] = (worse, max(-worse - rng.choice([0.0, 0.004]), 0.0))
+        for raised in (False, True):
+            ends = [climb_to_the_end(t, measured, raised=raised)[0] for t in tolerances]
+            assert ends == sorted(ends), (measured, raised, ends)
 
 
 def test_every_action_kind_is_reached_by_the_tests_above():

@@ -189,10 +189,11 @@ class Measured(guards.ValidationCheck):
 @pytest.mark.parametrize("worse, gain, held, ahead", [
     (0.02, 0.0, True, False),  # exactly the tolerance lost: holds
     (0.0201, 0.0, False, False),
-    (-0.02, 0.02, True, True),  # ahead by exactly the tolerance: the next level is skipped
-    (-0.0199, 0.0199, True, False),
+    (-0.01, 0.01, True, True),  # ahead by exactly SKIP_GAIN (not the tolerance): the next level is skipped
+    (-0.0099, 0.0099, True, False),
+    (0.021, 0.03, False, False),  # a level that fails is never ahead
     (float("nan"), float("nan"), False, False),  # a model gone non-finite fails
 ])
-def test_a_verdict_holds_within_the_tolerance_and_is_ahead_by_at_least_it(worse, gain, held, ahead):
+def test_a_verdict_holds_within_the_tolerance_and_is_ahead_by_the_skip_gain(worse, gain, held, ahead):
     verdict = Measured(0.02, worse, gain).verdict(model=None)
     assert (verdict.held, verdict.ahead) == (held, ahead)

@@ -12,9 +12,11 @@ last `RESERVE` of the budget always fine-tunes.
 A level above one that held gets a second check if it fails its first: it
 trains on for `PROBATION` of the budget left, and then its second check
 decides (checked before its fine-tune, a level looks worse than it ends).
-A level that holds with the model better than at the start by more than
-the tolerance (beyond noise) has room for two levels' losses: the next rise
-skips a level.
+A level that holds with the model better than at the start by
+`decisions.SKIP_GAIN` (beyond noise) has room for two levels' losses: the
+next rise skips a level. That gain is the same at every tolerance, so a
+looser tolerance, holding every level a stricter one holds, climbs the
+same path at least as far.
 
 If the first level fails at a raised learning rate (the rate the shrink
 sets, 3x the user's: best for most models, too much for some), the climb
@@ -189,8 +191,8 @@ class Climb:
         return Action(RISE, target)
 
     def _held(self, ahead: bool) -> None:
-        """The pending level held; `ahead`: better than at the start by more
-        than the tolerance, so the next rise skips a level."""
+        """The pending level held; `ahead`: better than at the start by
+        `SKIP_GAIN`, so the next rise skips a level."""
         state = self.state
         state.level, state.pending, state.probation_until = state.pending, None, None
         state.stride = 2 if ahead else 1

@@ -86,11 +86,30 @@ class Verdict:
         worse: How much worse than at the start, in the tolerance's units,
             beyond noise.
         held: Within the tolerance, and every guard holds.
-        ahead: Better than at the start by at least the tolerance, beyond
-            noise (the climb may skip a level).
+        ahead: Held, and better than at the start by at least `SKIP_GAIN`
+            beyond noise (the climb may skip a level).
     """
 
     value: float
     worse: float
     held: bool
     ahead: bool = False
+
+
+# How much better than at the start (beyond noise, in the tolerance's
+# units) a level that held must be for the next rise to skip a level. A
+# constant, not the tolerance: a level that holds at one tolerance holds at
+# every looser one with the same skip, so on the same model and seed a
+# looser tolerance climbs the same path at least as far (a skip that needed
+# a gain of the tolerance fired at 0.05 and not at 0.1, which then ended
+# lower). 0.01: the default tolerance, whose climbs it leaves as they were.
+SKIP_GAIN = 0.01
+
+
+def judge(value: float, worse: float, gain: float, tolerance: float, guard_holds: bool = True) -> Verdict:
+    """The verdict of a check that measured `value`, `worse` than the start
+    and with `gain` over it (each beyond noise, in the tolerance's units):
+    held within `tolerance` (and by the guard, if any); ahead by
+    `SKIP_GAIN`. A non-finite measure compares False: it fails."""
+    held = bool(worse <= tolerance) and bool(guard_holds)
+    return Verdict(value, worse, held, ahead=held and bool(gain >= SKIP_GAIN))

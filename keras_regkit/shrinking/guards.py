@@ -20,7 +20,7 @@ import numpy as np
 from keras_regkit import _validate
 from keras_regkit._processes import global_sum
 from keras_regkit.shrinking.data import check_validation_data, first_axis, sample_inputs
-from keras_regkit.shrinking.decisions import Verdict
+from keras_regkit.shrinking.decisions import Verdict, judge
 from keras_regkit.shrinking.evaluation import (
     accuracy, check_loss, class_top1, columns, compiled_metric, has_class_output, maximizes, predict,
     reason, top1, validation_hits)
@@ -261,13 +261,13 @@ class ValidationCheck:
             self.guard.start(model)
 
     def verdict(self, model: keras.Model) -> Verdict:
-        """The check's one verdict: within the tolerance (beyond the
-        noise `measure` allows for) and held by the guard, if any; ahead of
-        the start by the tolerance or more."""
+        """The check's one verdict (`decisions.judge`): within the tolerance
+        (beyond the noise `measure` allows for) and held by the guard, if
+        any; ahead of the start by `decisions.SKIP_GAIN` or more."""
         value, worse = self.measure(model)
-        # NaN compares False: a model gone non-finite fails.
-        held = bool(worse <= self.tolerance) and (self.guard is None or self.guard.holds(model))
-        return Verdict(value, worse, held, ahead=bool(self.gain >= self.tolerance))
+        # The guard is read only where the check itself holds (NaN fails it).
+        held_by_guard = self.guard is None or not worse <= self.tolerance or self.guard.holds(model)
+        return judge(value, worse, self.gain, self.tolerance, held_by_guard)
 
     def holds(self, model: keras.Model) -> bool:
         return self.verdict(model).held
