@@ -10,8 +10,10 @@ holding the zeros.
   within N:M groups).
 - `hold`: `HoldZeros` keeps zeros at zero through training.
 - `one_shot`: `prune`, a cut without training.
-- `allocation`: how `prune` shares a sparsity out across layers (`OWL`).
-- `sensitivity`: `sensitivity`, each layer pruned alone, its metric drop.
+- `allocation`: how `prune` shares a sparsity out across layers (`OWL`,
+  `Sensitivity`).
+- `layer_sensitivity`: `sensitivity`, each layer pruned alone, its metric
+  drop.
 - `reconstruction`: `prune_reconstructed`, one-shot pruning that updates
   the weights it keeps (SparseGPT), layer by layer; `sparsegpt` (the
   solver) and `linear_layers` (layers as one matrix product) under it.
@@ -19,9 +21,10 @@ holding the zeros.
 `prune` and the shrink are thin callers of `cut`.
 """
 
-from keras_regkit.pruning.allocation import OWL
+from keras_regkit.pruning.allocation import OWL, Sensitivity
 from keras_regkit.pruning.granularity import NM, Granularity, Heads, Units, Weights
 from keras_regkit.pruning.hold import HoldZeros, release_zeros
+from keras_regkit.pruning.layer_sensitivity import SensitivityResult, sensitivity
 from keras_regkit.pruning.one_shot import PruneResult, prune
 from keras_regkit.pruning.reconstruction import ReconstructionResult, prune_reconstructed
 from keras_regkit.pruning.scores import Curvature, Magnitude, Score, Wanda
@@ -29,5 +32,5 @@ from keras_regkit.pruning.scores import Curvature, Magnitude, Score, Wanda
 # `prune` and `release_zeros` are public at the package root.
 __all__ = [
     "Curvature", "Granularity", "Heads", "HoldZeros", "Magnitude", "NM", "OWL", "PruneResult", "ReconstructionResult",
-    "Score", "Units", "Wanda", "Weights", "prune_reconstructed",
+    "Score", "Sensitivity", "SensitivityResult", "Units", "Wanda", "Weights", "prune_reconstructed", "sensitivity",
 ]

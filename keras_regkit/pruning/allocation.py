@@ -1,12 +1,13 @@
-"""How one global sparsity is shared out across layers: `OWL`, the per-layer
-sparsities of a one-shot cut.
+"""How one global sparsity is shared out across layers: `OWL` and
+`Sensitivity`, the per-layer sparsities of a one-shot cut.
 
 `prune(..., allocation=)` takes `"global"` (one ranking over every selected
 weight: the layers' shares are what falls out of it), `"uniform"` (every
-layer the same sparsity), `"owl"` (an `OWL()` with its defaults), an `OWL`
-object, or a mapping of layer names to sparsities. `"global"` and
-`"uniform"` are decided inside the cut (or the reconstruction); `OWL`
-measures a signal per layer and `bounded_shares` turns it into sparsities
+layer the same sparsity), `"owl"` (an `OWL()` with its defaults),
+`"sensitivity"` (a `Sensitivity()`), one of those objects, or a mapping of
+layer names to sparsities. `"global"` and
+`"uniform"` are decided inside the cut (or the reconstruction); `OWL` and
+`Sensitivity` measure a signal per layer and `bounded_shares` turns it into sparsities
 that keep the global count.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from keras_regkit import _validate
 
-NAMED = ("global", "uniform", "owl")
+NAMED = ("global", "uniform", "owl", "sensitivity")
 
 
 class OWL:
@@ -65,6 +66,51 @@ class OWL:
         return bounded_shares(ratios, {name: np.size(s) for name, s in scores.items()}, sparsity, self.spread)
 
 
+class Sensitivity:
+    """Layers whose pruning moves the model's outputs most are pruned less.
+
+    Each selected layer is pruned alone to the global sparsity (with the
+    call's own score or method) and the model's outputs on the calibration
+    data compared with the unpruned model's: the relative squared error
+    `||f'(x) - f(x)||² / ||f(x)||²` (no labels needed); its weights are put
+    back after each. The errors are then mapped onto sparsities from
+    `sparsity + spread` (the least sensitive layer) to `sparsity - spread`
+    (the most), shifted together so that the zeros add up to the global
+    count, as `OWL` does with its outlier ratios. Costs one prune and one
+    pass over the calibration data per layer, and the unpruned model's
+    outputs on it kept on the host meanwhile.
+
+    Args:
+        spread: How far a layer's sparsity may move from the global one, a
+            float in [0, 1]. Defaults to 0.1.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(4)])
+    >>> x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    >>> result = rk.prune(model, sparsity=0.5, calibration_data=x, allocation="sensitivity")
+    >>> round(result.sparsity, 2)
+    0.5
+    """
+
+    def __init__(self, spread: float = 0.1):
+        self.spread = _validate.real("spread", spread, maximum=1.0)
+
+    def __repr__(self) -> str:
+        return f"Sensitivity(spread={self.spread:g})"
+
+    def sparsities(self, errors: dict, sizes: dict, sparsity: float) -> dict:
+        """Each layer's sparsity from its output error (`name -> float`)."""
+        finite = [value for value in errors.values() if np.isfinite(value)]
+        ceiling = max(finite, default=0.0)
+        # A layer that breaks the model alone (inf) is the most sensitive.
+        signal = {name: value if np.isfinite(value) else 2 * ceiling + 1 for name, value in errors.items()}
+        return bounded_shares(signal, sizes, sparsity, self.spread)
+
+
+MEASURED = (OWL, Sensitivity)
+
+
 def outlier_ratios(scores: dict, multiplier: float) -> dict:
     """Per layer (`name -> scores array`), the fraction of its entries whose
     score is above `multiplier` times the layer's mean score."""
@@ -77,7 +123,8 @@ def outlier_ratios(scores: dict, multiplier: float) -> dict:
 
 def bounded_shares(signal: dict, sizes: dict, sparsity: float, spread: float) -> dict:
     """Sparsities per layer from a signal per layer (higher: pruned less),
-    within `spread` of `sparsity` and in [0, 1], whose zeros add up to
+    within `spread` of `sparsity` and in [0, 1] (above `sparsity` only
+    while a layer keeps an entry), whose zeros add up to
     `round(sparsity * total)` exactly (each layer's sparsity is a whole
     count of its entries).
 
@@ -87,7 +134,9 @@ def bounded_shares(signal: dict, sizes: dict, sparsity: float, spread: float) ->
     names = list(signal)
     values = np.array([signal[name] for name in names], dtype="float64")
     counts = np.array([sizes[name] for name in names], dtype="float64")
-    low, high = max(sparsity - spread, 0.0), min(sparsity + spread, 1.0)
+    low = np.full(len(names), max(sparsity - spread, 0.0))
+    # Never a whole layer above the global level: it would pass nothing on.
+    high = np.minimum(sparsity + spread, np.maximum(sparsity, (counts - 1) / np.maximum(counts, 1)))
     span = values.max() - values.min() if values.size else 0.0
     # Equal signals (or one layer): every layer the global sparsity.
     offsets = spread * (1.0 - 2.0 * (values - values.min()) / span) if span > 0 else np.zeros_like(values)
@@ -104,7 +153,7 @@ def bounded_shares(signal: dict, sizes: dict, sparsity: float, spread: float) ->
     return {name: float(z / n) if n else 0.0 for name, z, n in zip(names, zeros, counts)}
 
 
-def _whole_counts(exact: np.ndarray, counts: np.ndarray, total: int, low: float, high: float) -> np.ndarray:
+def _whole_counts(exact: np.ndarray, counts: np.ndarray, total: int, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     """`exact` rounded to whole counts adding up to `total`: the floors, then
     one more for the largest remainders (or one fewer for the smallest),
     where the layer's bounds leave room."""
@@ -114,23 +163,23 @@ def _whole_counts(exact: np.ndarray, counts: np.ndarray, total: int, low: float,
     for index in order:
         if zeros.sum() >= total:
             break
-        if zeros[index] + 1 <= np.floor(high * counts[index] + 1e-9):
+        if zeros[index] + 1 <= np.floor(high[index] * counts[index] + 1e-9):
             zeros[index] += 1
     for index in order[::-1]:
         if zeros.sum() <= total:
             break
-        if zeros[index] - 1 >= np.ceil(low * counts[index] - 1e-9):
+        if zeros[index] - 1 >= np.ceil(low[index] * counts[index] - 1e-9):
             zeros[index] -= 1
     return zeros.astype(int)
 
 
 def get(allocation):
-    """`allocation` checked: one of `NAMED` (`"owl"` as an `OWL()`), an
-    `OWL`, or a mapping of layer names to sparsities in [0, 1]."""
-    if isinstance(allocation, OWL):
+    """`allocation` checked: one of `NAMED` (`"owl"` as an `OWL()`,
+    `"sensitivity"` as a `Sensitivity()`), one of those, or a mapping of layer names to sparsities in [0, 1]."""
+    if isinstance(allocation, MEASURED):
         return allocation
     if isinstance(allocation, str) and allocation in NAMED:
-        return OWL() if allocation == "owl" else allocation
+        return {"owl": OWL, "sensitivity": Sensitivity}.get(allocation, lambda: allocation)()
     if isinstance(allocation, collections.abc.Mapping):
         if not allocation:
             raise ValueError("Invalid value for argument `allocation`: the mapping of layer names to sparsities is "
@@ -145,7 +194,7 @@ def get(allocation):
         return checked
     raise ValueError(
         f"Invalid value for argument `allocation`: expected one of {list(NAMED)}, a "
-        "keras_regkit.pruning.OWL or a dict of layer names to sparsities. "
+        "keras_regkit.pruning.OWL or Sensitivity, or a dict of layer names to sparsities. "
         f"Received: allocation={allocation!r}")
 
 

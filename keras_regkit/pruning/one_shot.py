@@ -15,6 +15,7 @@ from keras_regkit.pruning import calibration
 from keras_regkit.pruning import cut as cut_lib
 from keras_regkit.pruning import granularity as granularity_lib
 from keras_regkit.pruning import scores as scores_lib
+from keras_regkit.pruning import layer_sensitivity
 from keras_regkit.pruning.hold import hold_zeros
 from keras_regkit.weights import LayerSelector, WeightRef
 
@@ -62,7 +63,7 @@ def prune(
     ranking: str = "global",
     calibration_steps: int | None = None,
     method: str = "cut",
-    allocation="global",
+    allocation: Union[str, dict, allocation_lib.OWL, allocation_lib.Sensitivity] = "global",
 ) -> PruneResult:
     """Sets the lowest-scoring weights (or whole units, or all but N of
     every M inputs) to exact zeros at once, without training.
@@ -160,7 +161,10 @@ def prune(
             every selected weight, `sparsity` left None. With a per-layer
             allocation each weight is ranked within itself (within each of
             its output units with `ranking="per_output"`), and the zeros
-            add up to `sparsity` of the entries. `"owl"` reads
+            add up to `sparsity` of the entries. `"sensitivity"` or
+            a `keras_regkit.pruning.Sensitivity`: layers whose pruning
+            alone moves the model's outputs on `calibration_data` most lose
+            less, within `spread`. `"owl"` and `"sensitivity"` read
             `calibration_data` whatever the `score`. Defaults to
             `"global"`.
 
@@ -207,10 +211,11 @@ def prune(
             raise ValueError(
                 "method='sparsegpt' cuts a `sparsity` of the kernels' entries and chooses them itself: "
                 f"leave {sorted(unused)} at their defaults. Received: {unused}")
+        if allocation != "global":
+            _check_per_layer(allocation, granularity_lib.get(granularity), threshold)
         if allocation in ("global", "uniform"):
             return reconstruction.prune_reconstructed(model, sparsity, calibration_data, granularity, layers, hold,
                                                       calibration_steps, allocation=allocation)
-        _check_per_layer(allocation, granularity_lib.get(granularity), threshold)
         if calibration_data is None:
             raise ValueError(
                 "method='sparsegpt' reconstructs each layer from the inputs it receives: it needs "
@@ -221,7 +226,8 @@ def prune(
             sparsity = _validate.real("sparsity", sparsity, maximum=1.0)
         refs = granularity_lib.Weights().select(model, layers)
         cut_lib.check_finite(refs)
-        shares = _layer_sparsities(model, refs, allocation, sparsity, calibration_data, calibration_steps)
+        shares = _layer_sparsities(model, refs, allocation, sparsity, calibration_data, calibration_steps,
+                                   method="sparsegpt")
         return reconstruction.prune_reconstructed(model, shares, calibration_data, granularity, layers, hold,
                                                   calibration_steps)
     if method != "cut":
@@ -247,11 +253,11 @@ def prune(
     if score not in ("magnitude", "wanda"):
         raise ValueError(
             f"Invalid value for argument `score`: expected 'magnitude' or 'wanda'. Received: score={score!r}")
-    reads_inputs = score == "wanda" or isinstance(allocation, allocation_lib.OWL)
+    reads_inputs = score == "wanda" or isinstance(allocation, allocation_lib.MEASURED)
     if reads_inputs != (calibration_data is not None):
         raise ValueError(
-            "score='wanda' and allocation='owl' need `calibration_data` (a few hundred unlabeled inputs), and "
-            f"only they read them. Received: score={score!r}, allocation={allocation!r}, calibration_data="
+            "score='wanda' and allocation='owl' or 'sensitivity' need `calibration_data` (a few hundred unlabeled "
+            "inputs), and only they read them. Received: score={score!r}, allocation={allocation!r}, calibration_data="
             f"{'None' if calibration_data is None else type(calibration_data).__name__}")
     if calibration_steps is not None:
         calibration_steps = _validate.integer("calibration_steps", calibration_steps, minimum=1)
@@ -279,7 +285,8 @@ def prune(
         made = cut_lib.cut(refs, scores, granularity, sparsity=sparsity, threshold=threshold, per_output=per_output)
         highest = made.threshold
     else:
-        shares = _layer_sparsities(model, refs, allocation, sparsity, norms=norms)
+        shares = _layer_sparsities(model, refs, allocation, sparsity, calibration_data, calibration_steps, norms,
+                                   score)
         cuts = [cut_lib.cut([ref], [values], granularity, sparsity=shares[ref.name], per_output=per_output)
                 for ref, values in zip(refs, scores)]
         highest = max((made.threshold for made in cuts if made.threshold is not None), default=None)
@@ -306,8 +313,8 @@ def _check_per_layer(allocation, granularity, threshold) -> None:
             f"granularity={str(granularity)!r}")
 
 
-def _layer_sparsities(model, refs, allocation, sparsity, calibration_data=None, calibration_steps=None,
-                      norms=None) -> dict:
+def _layer_sparsities(model, refs, allocation, sparsity, calibration_data, calibration_steps, norms=None,
+                      score="magnitude", method="cut") -> dict:
     """Each selected weight's sparsity (by `ref.name`) under a per-layer
     `allocation`: `"uniform"`, a checked dict, or an `OWL`'s from the Wanda
     scores (the input `norms`, read from `calibration_data` if not given)."""
@@ -316,6 +323,15 @@ def _layer_sparsities(model, refs, allocation, sparsity, calibration_data=None, 
     if isinstance(allocation, dict):
         allocation_lib.check_names(allocation, [ref.name for ref in refs])
         return dict(allocation)
+    if isinstance(allocation, allocation_lib.Sensitivity):
+        def prune_alone(ref):
+            # The call's own score or method, on this layer alone.
+            prune(model, sparsity=sparsity, layers=lambda layer: layer is ref.layer, score=score, method=method,
+                  calibration_data=calibration_data if score == "wanda" or method == "sparsegpt" else None,
+                  calibration_steps=calibration_steps if score == "wanda" or method == "sparsegpt" else None)
+
+        errors = layer_sensitivity.output_errors(model, refs, calibration_data, prune_alone, calibration_steps)
+        return allocation.sparsities(errors, {ref.name: int(np.prod(ref.variable.shape)) for ref in refs}, sparsity)
     if norms is None:
         norms = calibration.input_norms(model, refs, calibration_data, steps=calibration_steps)
     wanda = scores_lib.Wanda(norms).scores(refs)
