@@ -1,14 +1,16 @@
 """The shrink's learning rate on its own (`shrinking/learning_rate.py`): 3x
-a trained optimizer's rate, a fresh one's own, lowered and restored once."""
+a trained optimizer's rate, a fresh one's own and a recurrent model's own,
+lowered and restored once."""
 
 import keras
+import numpy as np
 import pytest
 
 from keras_regkit.shrinking.learning_rate import LearningRatePolicy
 
 
-def compiled(rate=1e-2, trained=True):
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+def compiled(rate=1e-2, trained=True, layers=()):
+    model = keras.Sequential([keras.Input((4, 3)), *layers, keras.layers.Flatten(), keras.layers.Dense(2)])
     model.compile(keras.optimizers.Adam(rate), "mse")
     model.optimizer.build(model.trainable_variables)
     if trained:
@@ -29,6 +31,47 @@ def test_auto_triples_the_rate_of_an_optimizer_that_has_trained_only(trained, ex
     assert policy.raised(model) == trained
     policy.restore(model)
     assert rate(model) == pytest.approx(1e-2) and not policy.raised(model)
+
+
+class Recurrent(keras.Model):
+    """A subclassed model with its GRU one level down."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = keras.Sequential([keras.layers.GRU(2)])
+        self.head = keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.head(self.block(x))
+
+
+@pytest.mark.parametrize("layers", [
+    [keras.layers.GRU(2)],
+    [keras.layers.LSTM(2, return_sequences=True)],
+    [keras.layers.Bidirectional(keras.layers.SimpleRNN(2))],
+    [keras.layers.RNN(keras.layers.GRUCell(2))],
+])
+def test_auto_keeps_the_rate_of_a_model_with_a_recurrent_layer(layers):
+    model = compiled(layers=layers)
+    policy = LearningRatePolicy("auto")
+    policy.apply(model)
+    assert rate(model) == pytest.approx(1e-2) and not policy.raised(model)
+
+
+def test_auto_finds_a_recurrent_layer_inside_a_subclassed_model():
+    model = Recurrent()
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    model(np.zeros((1, 4, 3), "float32"))
+    model.optimizer.build(model.trainable_variables)
+    model.optimizer.iterations.assign(5)
+    LearningRatePolicy("auto").apply(model)
+    assert rate(model) == pytest.approx(1e-2)
+
+
+def test_auto_still_triples_a_model_of_other_layers():
+    model = compiled(layers=[keras.layers.Conv1D(2, 2), keras.layers.LayerNormalization()])
+    LearningRatePolicy("auto").apply(model)
+    assert rate(model) == pytest.approx(3e-2)
 
 
 def test_a_given_rate_is_set_and_lowering_goes_back_to_the_users_for_good():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from keras_regkit import _validate
+from keras_regkit._keras.layers import sublayers
 from keras_regkit._optimizer_slots import inner  # a LossScaleOptimizer steps with its inner one's rate
 
 
@@ -13,8 +14,9 @@ class LearningRatePolicy:
 
     Args:
         learning_rate: A float, `"auto"` or None (leave it). `"auto"` is 3x
-            the current rate if the optimizer has trained, the current rate
-            otherwise (see `ShrinkPhase`).
+            the current rate if the optimizer has trained and the model has
+            no recurrent layer, the current rate otherwise (see
+            `auto_factor`).
     """
 
     def __init__(self, learning_rate="auto"):
@@ -31,7 +33,7 @@ class LearningRatePolicy:
         optimizer = inner(model.optimizer)
         current = self.current(model)
         try:
-            optimizer.learning_rate = self._shrink_rate(optimizer, current)
+            optimizer.learning_rate = self._shrink_rate(model, current)
         except TypeError:  # a LearningRateSchedule: not settable
             if self.learning_rate == "auto":
                 return
@@ -41,16 +43,10 @@ class LearningRatePolicy:
             ) from None
         self.user_rate = current
 
-    def _shrink_rate(self, optimizer, current: float) -> float:
+    def _shrink_rate(self, model, current: float) -> float:
         if self.learning_rate != "auto":
             return self.learning_rate
-        # A higher rate recovers from cuts far better (the benchmark's
-        # largest lever, in both modes). A fresh optimizer (compiled, never
-        # stepped) takes first steps as large as its rate on every weight:
-        # at 3x that wrecked a trained transformer
-        # (benchmarks/bench_transformer_shrink.py), so it keeps the rate.
-        trained = int(keras.ops.convert_to_numpy(optimizer.iterations)) > 0
-        return 3.0 * current if trained else current
+        return auto_factor(model) * current
 
     def raised(self, model) -> bool:
         """Whether the shrink runs above the user's rate."""
@@ -75,6 +71,27 @@ class LearningRatePolicy:
         self.user_rate = state["user_learning_rate"]
         if self.user_rate is not None:
             inner(model.optimizer).learning_rate = state["shrink_learning_rate"]
+
+
+# What `"auto"` multiplies a trained optimizer's rate by. A higher rate
+# recovers from cuts far better on feed-forward models (the benchmarks'
+# largest lever, in both modes); on a GRU it lost accuracy at every level of
+# the sparsity mode (benchmarks/bench_tolerance_models.py), as recurrent
+# weights compound a step's change over every time step.
+RAISE, RECURRENT_RAISE = 3.0, 1.0
+
+
+def auto_factor(model: keras.Model) -> float:
+    """The factor `learning_rate="auto"` applies to the model's rate:
+    `RECURRENT_RAISE` for a model with a recurrent layer (any
+    `keras.layers.RNN`, GRU and LSTM included, at any depth, inside a
+    `Bidirectional` too), else `RAISE`; 1 for an optimizer that has never stepped (a
+    fresh one takes first steps as large as its rate on every weight: at 3x
+    that wrecked a trained transformer, benchmarks/bench_transformer_shrink.py)."""
+    if int(keras.ops.convert_to_numpy(inner(model.optimizer).iterations)) == 0:
+        return 1.0
+    recurrent = any(isinstance(layer, keras.layers.RNN) for layer in sublayers(model))
+    return RECURRENT_RAISE if recurrent else RAISE
 
 
 def validated(learning_rate):

@@ -29,9 +29,11 @@ class ShrinkPolicy:
         cut_every: Training steps between two decisions (and cuts).
             Defaults to 10.
         learning_rate: The optimizer's rate during the shrink: a float,
-            `"auto"` (3x the current one if the optimizer has trained: the
-            benchmark's best in both modes) or None (leave it). An optimizer
-            that follows a schedule is left alone. Defaults to `"auto"`.
+            `"auto"` (3x the current one if the optimizer has trained, the
+            benchmark's best in both modes; 1x for a model with a recurrent
+            layer: see `learning_rate.auto_factor`) or None (leave it). An
+            optimizer that follows a schedule is left alone. Defaults to
+            `"auto"`.
         score: What to cut first: `"curvature"` (`|w| · v^(1/4)`, with `v`
             the optimizer's second moment), `"magnitude"` (`|w|`) or a
             `keras_regkit.pruning.Score`. Defaults to `"curvature"`.
