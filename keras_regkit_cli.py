@@ -31,6 +31,8 @@ USAGE = """`keras-regkit` command line.
     keras-regkit search [--dataset digits|mnist1d] [--penalty l1|...] [--quick] [--directory DIR] [--plot FILE.png]
     keras-regkit export PATH.keras OUT.tflite|OUT.onnx [--int8 [dynamic]] [--sparse] [--check X.npy]
                         [--representative X.npy]
+    keras-regkit sensitivity PATH.keras DATA.npz [--levels 0.5 0.7 0.9] [--layers GLOB] [--metric NAME]
+                        [--loss NAME] [--score magnitude|wanda] [--method cut|sparsegpt] [--json] [--plot FILE.png]
 """
 
 
@@ -83,6 +85,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                                     "keyed by input name)")
     export_parser.add_argument("--representative", metavar="X.npy",
                                help="int8 calibration inputs, as --check (default: --check's)")
+    sensitivity_parser = commands.add_parser(
+        "sensitivity", help="each layer pruned alone at each level: the metric drop per layer")
+    sensitivity_parser.add_argument("path", help="a .keras file")
+    sensitivity_parser.add_argument("data", help="a .npz file: the targets as y, the inputs as x (or by input name)")
+    sensitivity_parser.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.7, 0.9],
+                                    help="sparsities in (0, 1] (default 0.5 0.7 0.9)")
+    sensitivity_parser.add_argument("--layers", default="*", help="layer name glob (default: every layer)")
+    sensitivity_parser.add_argument("--metric", help="the compiled metric to report (default: the first, or loss)")
+    sensitivity_parser.add_argument("--loss", help="compile with this loss (a model saved uncompiled needs one)")
+    sensitivity_parser.add_argument("--score", choices=["magnitude", "wanda"], default="magnitude")
+    sensitivity_parser.add_argument("--method", choices=["cut", "sparsegpt"], default="cut")
+    sensitivity_parser.add_argument("--batch-size", type=_positive_int, help="evaluation batch size")
+    sensitivity_parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sensitivity_parser.add_argument("--plot", metavar="FILE.png", help="write the drops against the level")
     return parser.parse_args(argv)
 
 

@@ -1,4 +1,5 @@
-"""The commands of `keras-regkit`: demo, inspect, search, export.
+"""The commands of `keras-regkit`: demo, inspect, search, export,
+sensitivity.
 
 The console script's entry point is `keras_regkit_cli.main`, a module
 outside this package that parses the arguments and loads Keras quietly
@@ -142,6 +143,55 @@ def export_file(args) -> int:
     return 0
 
 
+def sensitivity(args) -> int:
+    """`keras_regkit.pruning.sensitivity` of a saved model on a .npz file of
+    inputs and targets (`y`)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import json
+
+    import keras_regkit as rk  # registers its classes before the load
+
+    model = _load_model(args.path, "sensitivity", compile=True)
+    if model is None:
+        return 1
+    try:
+        if args.loss is not None:
+            model.compile(loss=args.loss, metrics=[args.metric] if args.metric not in (None, "loss") else [])
+        elif not model.compiled:
+            raise ValueError(f"{args.path!r} was saved without compile(): give --loss (and --metric) to evaluate it")
+        inputs, targets = _load_labeled(args.data, model)
+        result = rk.pruning.sensitivity(model, (inputs, targets), levels=args.levels, layers=args.layers,
+                                        metric=args.metric, score=args.score, method=args.method,
+                                        batch_size=args.batch_size)
+    except (TypeError, ValueError) as error:
+        return _fail(f"sensitivity: {_one_line(error)}")
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result)
+    if args.plot:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            result.plot(args.plot)
+        except (ImportError, OSError) as error:
+            return _fail(f"sensitivity: cannot write plot {args.plot!r}: {error}")
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _load_labeled(path, model):
+    """`(inputs, targets)` from a .npz file: the targets as `y`, the inputs
+    as `x` or named by the model's inputs."""
+    loaded = _load_arrays(path, "DATA", model)
+    if not isinstance(loaded, dict) or "y" not in loaded:
+        raise ValueError(
+            f"DATA {path!r} needs the targets: expected a .npz file with arrays x and y "
+            f"(numpy.savez(path, x=x, y=y)). Received arrays: {sorted(loaded) if isinstance(loaded, dict) else '1'}")
+    targets = loaded.pop("y")
+    if not loaded:
+        raise ValueError(f"DATA {path!r} holds the targets y but no inputs (x, or arrays named by the model's inputs)")
+    return (loaded.pop("x") if list(loaded) == ["x"] else loaded), targets
+
+
 def _load_arrays(path, option, model):
     """The array of a .npy file, or the arrays of a .npz file: a dict, or
     its one array, whatever its name, for a single-input model
@@ -209,12 +259,12 @@ def _plot_histograms(model, weights, path):
     print(f"wrote {path}")
 
 
-def _load_model(path, command):
+def _load_model(path, command, compile=False):
     """The model saved at `path`, or None after a one-line error."""
     import keras
 
     try:
-        return keras.saving.load_model(path, compile=False)
+        return keras.saving.load_model(path, compile=compile)
     except Exception as error:  # any failure to load is the user's file's
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         _fail(f"{command}: cannot load {path!r} as a Keras model: {message}")
@@ -236,7 +286,8 @@ def run(args: argparse.Namespace) -> int:
     if plot and not os.path.isdir(os.path.dirname(os.path.abspath(plot))):
         # Before the work: a demo or search would otherwise train for minutes first.
         return _fail(f"{args.command}: cannot write plot {plot!r}: its directory does not exist")
-    return {"demo": demo, "inspect": inspect, "search": search, "export": export_file}[args.command](args)
+    commands = {"demo": demo, "inspect": inspect, "search": search, "export": export_file, "sensitivity": sensitivity}
+    return commands[args.command](args)
 
 
 def main(argv=None) -> int:

@@ -194,3 +194,65 @@ RIGHT = right_checks(
 @pytest.mark.parametrize("check", RIGHT)
 def test_unusual_input_gives_the_right_result(check, request):
     run_with_fixtures(check, request)
+
+
+# -- sensitivity: each layer pruned alone, from a saved model and a data file ----
+
+@pytest.fixture(scope="module")
+def saved_compiled_model_and_data(tmp_path_factory):
+    import keras
+    import numpy as np
+
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, name="hidden"), keras.layers.Dense(4, name="out")])
+    model.compile("sgd", "mse", metrics=["mae"])
+    folder = tmp_path_factory.mktemp("sensitivity")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 6)).astype("float32"), rng.normal(size=(32, 4)).astype("float32")
+    model.save(folder / "m.keras")
+    np.savez(folder / "data.npz", x=x, y=y)
+    np.savez(folder / "inputs_only.npz", x=x)
+    return str(folder / "m.keras"), str(folder / "data.npz"), model, x, y
+
+
+def test_sensitivity_of_a_saved_model_is_the_librarys_table(saved_compiled_model_and_data, capsys, tmp_path):
+    import keras_regkit as rk
+
+    path, data, model, x, y = saved_compiled_model_and_data
+    expected = rk.pruning.sensitivity(model, (x, y), levels=(0.5, 0.9))
+    assert cli.main(["sensitivity", path, data, "--levels", "0.5", "0.9", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["metric"] == "mae" and report["levels"] == [0.5, 0.9]
+    for name, values in expected.values.items():
+        assert report["layers"][name]["values"] == pytest.approx(list(values), rel=1e-5)
+    plot = tmp_path / "s.png"
+    assert cli.main(["sensitivity", path, data, "--levels", "0.5", "--loss", "mse", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "loss drop when one layer alone is pruned" in out and "hidden" in out
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--levels", "1.5"], "Invalid value for argument `levels`"),
+    (["--metric", "accuracy"], "argument `metric`: model.evaluate reports ['loss', 'mae']"),
+    (["--layers", "nothing*"], "matched no layer"),
+])
+def test_sensitivity_bad_arguments_are_one_line_errors(saved_compiled_model_and_data, capsys, extra, fragment):
+    path, data, *_ = saved_compiled_model_and_data
+    assert cli.main(["sensitivity", path, data, *extra]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("keras-regkit sensitivity: ") and fragment in error[0], error
+
+
+def test_sensitivity_needs_targets_and_a_loss(saved_compiled_model_and_data, capsys, tmp_path):
+    import keras
+
+    path, data, *_ = saved_compiled_model_and_data
+    folder = path.rsplit("/", 1)[0]
+    assert cli.main(["sensitivity", path, f"{folder}/inputs_only.npz"]) == 1
+    assert "needs the targets: expected a .npz file with arrays x and y" in capsys.readouterr().err
+    uncompiled = str(tmp_path / "u.keras")
+    keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)]).save(uncompiled)
+    assert cli.main(["sensitivity", uncompiled, data]) == 1
+    assert "was saved without compile(): give --loss" in capsys.readouterr().err
+    assert cli.main(["sensitivity", str(tmp_path / "missing.keras"), data]) == 1
+    assert "cannot load" in capsys.readouterr().err

@@ -73,10 +73,12 @@ class Sensitivity:
     call's own score or method) and the model's outputs on the calibration
     data compared with the unpruned model's: the relative squared error
     `||f'(x) - f(x)||² / ||f(x)||²` (no labels needed); its weights are put
-    back after each. The errors are then mapped onto sparsities from
-    `sparsity + spread` (the least sensitive layer) to `sparsity - spread`
-    (the most), shifted together so that the zeros add up to the global
-    count, as `OWL` does with its outlier ratios. Costs one prune and one
+    back after each. Each layer starts from the share of its entries one
+    global magnitude threshold takes (what `allocation="global"` gives it);
+    the errors' logarithms are mapped onto moves from `+spread` (the least
+    sensitive layer) to `-spread` (the most), and all are shifted together
+    so that the zeros add up to the global count, as `OWL` does around the
+    uniform sparsity with its outlier ratios. Costs one prune and one
     pass over the calibration data per layer, and the unpruned model's
     outputs on it kept on the host meanwhile.
 
@@ -99,16 +101,33 @@ class Sensitivity:
     def __repr__(self) -> str:
         return f"Sensitivity(spread={self.spread:g})"
 
-    def sparsities(self, errors: dict, sizes: dict, sparsity: float) -> dict:
-        """Each layer's sparsity from its output error (`name -> float`)."""
-        finite = [value for value in errors.values() if np.isfinite(value)]
-        ceiling = max(finite, default=0.0)
-        # A layer that breaks the model alone (inf) is the most sensitive.
-        signal = {name: value if np.isfinite(value) else 2 * ceiling + 1 for name, value in errors.items()}
-        return bounded_shares(signal, sizes, sparsity, self.spread)
+    def sparsities(self, errors: dict, magnitudes: dict, sparsity: float) -> dict:
+        """Each layer's sparsity from its output error (`name -> float`),
+        around the share one global magnitude threshold takes of it (from
+        `magnitudes`, `name -> |w|`)."""
+        # Errors span decades: their logarithm spreads them. A layer that
+        # breaks the model alone (inf) is the most sensitive.
+        logs = {name: np.log(max(value, 1e-12)) for name, value in errors.items() if np.isfinite(value)}
+        ceiling = max(logs.values(), default=0.0) + 1.0
+        signal = {name: logs.get(name, ceiling) for name in errors}
+        sizes = {name: np.size(values) for name, values in magnitudes.items()}
+        return bounded_shares(signal, sizes, sparsity, self.spread, global_shares(magnitudes, sparsity))
 
 
 MEASURED = (OWL, Sensitivity)
+
+
+def global_shares(magnitudes: dict, sparsity: float) -> dict:
+    """Per layer (`name -> |w|`), the share of its entries that one
+    magnitude threshold over all layers takes to reach `sparsity` (what
+    `prune`'s global ranking gives each layer), ties broken by position."""
+    flat = np.concatenate([np.ravel(values) for values in magnitudes.values()]).astype("float64")
+    cut = np.zeros(flat.size, dtype=bool)
+    count = int(round(sparsity * flat.size))
+    if count:
+        cut[np.argsort(flat, kind="stable")[:count]] = True
+    pieces = np.split(cut, np.cumsum([np.size(values) for values in magnitudes.values()])[:-1])
+    return {name: float(piece.mean()) for name, piece in zip(magnitudes, pieces)}
 
 
 def outlier_ratios(scores: dict, multiplier: float) -> dict:
@@ -121,29 +140,30 @@ def outlier_ratios(scores: dict, multiplier: float) -> dict:
     return ratios
 
 
-def bounded_shares(signal: dict, sizes: dict, sparsity: float, spread: float) -> dict:
+def bounded_shares(signal: dict, sizes: dict, sparsity: float, spread: float, center: dict | None = None) -> dict:
     """Sparsities per layer from a signal per layer (higher: pruned less),
-    within `spread` of `sparsity` and in [0, 1] (above `sparsity` only
-    while a layer keeps an entry), whose zeros add up to
-    `round(sparsity * total)` exactly (each layer's sparsity is a whole
-    count of its entries).
+    within `spread` of each layer's `center` (default: `sparsity` for every
+    layer) and in [0, 1] (above its center only while a layer keeps an
+    entry), whose zeros add up to `round(sparsity * total)` exactly (each
+    layer's sparsity is a whole count of its entries).
 
-    The signal's range is mapped linearly onto `[sparsity + spread,
-    sparsity - spread]`; all are then shifted by the one amount that keeps
-    the total (found by bisection: the clipped total grows with it)."""
+    The signal's range is mapped linearly onto `[center + spread, center -
+    spread]`; all are then shifted by the one amount that keeps the total
+    (found by bisection: the clipped total grows with it)."""
     names = list(signal)
     values = np.array([signal[name] for name in names], dtype="float64")
     counts = np.array([sizes[name] for name in names], dtype="float64")
-    low = np.full(len(names), max(sparsity - spread, 0.0))
-    # Never a whole layer above the global level: it would pass nothing on.
-    high = np.minimum(sparsity + spread, np.maximum(sparsity, (counts - 1) / np.maximum(counts, 1)))
+    middle = np.array([sparsity if center is None else center[name] for name in names], dtype="float64")
+    low = np.maximum(middle - spread, 0.0)
+    # Never a whole layer above its center: it would pass nothing on.
+    high = np.minimum(middle + spread, np.maximum(middle, (counts - 1) / np.maximum(counts, 1)))
     span = values.max() - values.min() if values.size else 0.0
-    # Equal signals (or one layer): every layer the global sparsity.
+    # Equal signals (or one layer): every layer its center.
     offsets = spread * (1.0 - 2.0 * (values - values.min()) / span) if span > 0 else np.zeros_like(values)
     target = sparsity * counts.sum()
 
     def shares(shift):
-        return np.clip(sparsity + offsets + shift, low, high)
+        return np.clip(middle + offsets + shift, low, high)
 
     lo, hi = -2.0 * spread - 1.0, 2.0 * spread + 1.0
     for _ in range(100):

@@ -331,7 +331,8 @@ def _layer_sparsities(model, refs, allocation, sparsity, calibration_data, calib
                   calibration_steps=calibration_steps if score == "wanda" or method == "sparsegpt" else None)
 
         errors = layer_sensitivity.output_errors(model, refs, calibration_data, prune_alone, calibration_steps)
-        return allocation.sparsities(errors, {ref.name: int(np.prod(ref.variable.shape)) for ref in refs}, sparsity)
+        magnitudes = {ref.name: np.abs(ops.convert_to_numpy(ref.variable.value)) for ref in refs}
+        return allocation.sparsities(errors, magnitudes, sparsity)
     if norms is None:
         norms = calibration.input_norms(model, refs, calibration_data, steps=calibration_steps)
     wanda = scores_lib.Wanda(norms).scores(refs)
