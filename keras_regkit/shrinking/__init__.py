@@ -23,6 +23,7 @@ from __future__ import annotations
 import keras
 
 from keras_regkit import _validate
+from keras_regkit.quantization.training import shrink_representative_data
 from keras_regkit.pruning import granularity as granularity_lib
 from keras_regkit.shrinking import data
 from keras_regkit.shrinking.callback import ShrinkPhase
@@ -42,7 +43,7 @@ __all__ = [
 _POLICY_ARGS = {"cut_every", "learning_rate", "score"}
 _TOLERANCE_ARGS = {"mode", "guard", "levels", "max_sparsity"}
 _SPARSITY_ARGS = {"schedule"}
-_PHASE_ARGS = {"policy", "monitor", "granularity", "layers", "weights", "backup_dir"}
+_PHASE_ARGS = {"policy", "monitor", "granularity", "layers", "weights", "backup_dir", "int8", "representative_data"}
 
 
 def shrink(
@@ -88,7 +89,9 @@ def shrink(
             datasets that repeat forever; the guard reads as many
             validation batches as `fit`).
         **phase_kwargs: `ShrinkPhase`'s `policy`, `monitor`,
-            `granularity`, `layers` and `backup_dir`; `weights` (the weight
+            `granularity`, `layers`, `backup_dir`, `int8` and
+            `representative_data` (the first samples of `x` by default,
+            when `x` is arrays); `weights` (the weight
             kinds covered, as in `prune`); and the policy's settings, which
             build it: `cut_every`, `learning_rate`, `score` (both modes),
             `schedule` (`SparsityTarget`), `mode`, `guard`, `levels`,
@@ -155,6 +158,9 @@ def shrink(
         guard.inputs = x
     if validation_steps is not None:
         _validate.integer("validation_steps", validation_steps, minimum=1)
+    if phase_kwargs.get("int8", False) is not False or "representative_data" in phase_kwargs:
+        phase_kwargs["representative_data"] = shrink_representative_data(
+            model, phase_kwargs.get("int8", False), phase_kwargs.get("representative_data"), x)
     phase = ShrinkPhase(
         start_epoch=0, verbose=verbose, validation_data=data.limit(validation_data, validation_steps),
         **_phase_arguments(sparsity, tolerance, phase_kwargs))

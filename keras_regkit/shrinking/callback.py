@@ -38,6 +38,7 @@ from keras_regkit.pruning import cut as cut_lib
 from keras_regkit.pruning import granularity as granularity_lib
 from keras_regkit.pruning import hold as hold_lib
 from keras_regkit.pruning import scores as scores_lib
+from keras_regkit.quantization import training as int8_training
 from keras_regkit.shrinking import data as data_lib
 from keras_regkit.shrinking import decisions
 from keras_regkit.shrinking.guards import ValidationCheck
@@ -91,6 +92,12 @@ class ShrinkPhase(keras.callbacks.Callback):
         backup_dir: Where to save the phase's state, so that a `fit` run
             again with `keras.callbacks.BackupAndRestore` goes on.
         verbose: 1 prints each decision and the result.
+        int8: True: the shrink trains, checks and reports the model through
+            full int8 rounding (`keras_regkit.quantization`), as
+            `export(int8=True)` will quantize it; the checks compare it with
+            the float model it started from.
+        representative_data: With `int8`: inputs like the model's, from
+            which the activations' ranges are set (give `export` the same).
 
     Raises:
         ValueError, TypeError: For bad arguments, at construction.
@@ -102,7 +109,8 @@ class ShrinkPhase(keras.callbacks.Callback):
 
     def __init__(self, start_epoch=None, sparsity: float | None = None, tolerance: float | None = None,
                  policy: ShrinkPolicy | None = None, validation_data=None, monitor: str | None = None,
-                 granularity="weight", layers="*", backup_dir=None, verbose: int = 0):
+                 granularity="weight", layers="*", backup_dir=None, verbose: int = 0,
+                 int8: bool = False, representative_data=None):
         super().__init__()
         if start_epoch is None:
             raise ValueError("ShrinkPhase needs `start_epoch`: an epoch, or a `Plateau` to start on a "
@@ -123,6 +131,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._state = None if backup_dir is None else PhaseState(backup_dir)
         self.verbose = _validate.integer("verbose", verbose)
         self.rate = LearningRatePolicy(self.policy.learning_rate)
+        self.int8 = int8_training.for_shrink(int8, representative_data)
         self._phase = "waiting"
         self.result = self._new_result()
 
@@ -150,6 +159,8 @@ class ShrinkPhase(keras.callbacks.Callback):
             self._pending_resume = False
             if not self._resume(epoch) and self.start_epoch == 0:
                 self._start(0)
+        if self.int8 and self._phase in _ACTIVE:
+            self.int8.calibrate()  # the weights moved: the converter's ranges too
         self._epoch_steps = 0
 
     def on_train_batch_end(self, batch, logs=None):
@@ -209,6 +220,8 @@ class ShrinkPhase(keras.callbacks.Callback):
     # -- the shrink ---------------------------------------------------------
     def _begin(self, epoch: int) -> None:
         """What starting and resuming share: the coverage, the budget, the guard."""
+        if self.int8:
+            self.int8.start(self.model)
         self._refs = self.granularity.select(self.model, self.layers)
         steps, epochs = self.params.get("steps"), self.params.get("epochs", epoch + 1)
         self._total_steps = steps * max(epochs - epoch, 1) if steps else None
@@ -246,6 +259,8 @@ class ShrinkPhase(keras.callbacks.Callback):
         seen = self._observe(final)
         action = self.policy.decide(seen)
         while action.kind == decisions.CHECK:
+            if self.int8:
+                self.int8.calibrate()
             verdict = self.check.verdict(self.model)
             level = action.sparsity
             if level is not None:  # a level's check; else the model as it is, at the end
@@ -314,6 +329,8 @@ class ShrinkPhase(keras.callbacks.Callback):
 
     def _conclude(self) -> None:
         self.result.measure_end(self.model, self._refs, self.granularity, self.check, self._step)
+        if self.int8:
+            self.int8.stop()  # the float model again
         self._phase = "done"
         if self.verbose:
             print(self.result)

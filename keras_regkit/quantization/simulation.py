@@ -1,42 +1,5 @@
-"""Full int8 in the training loop: the LiteRT converter's rounding simulated
-in the forward pass, so that a model fine-tuned (or shrunk) with it is the
-model `export(int8=True)` writes.
-
-What is simulated, as the converter quantizes a Keras model for full int8
-(`export(..., int8=True)`):
-
-- **Weights**: symmetric per-channel int8 (scale `max|w| / 127` per output
-  channel: a Dense unit, a Conv filter, a DepthwiseConv channel; values in
-  [-127, 127], rounded half away from zero), with straight-through
-  gradients. A zero stays exactly zero. Per-channel rounding commutes with
-  a per-channel factor, so quantizing the kernel is quantizing the kernel
-  the converter gets after folding a following BatchNormalization into it.
-- **Activations**: per-tensor asymmetric int8 at the tensors the converter
-  quantizes after fusion: the model's inputs and each layer's output,
-  except where the converter fuses the layer into the next (a Conv, Dense
-  or Add followed only by a BatchNormalization and/or a ReLU/ReLU6: one
-  tensor, after the activation) or keeps its input's scale (reshapes,
-  max pooling, padding, dropout). Ranges are the converter's: the min and
-  max over the representative samples (widened to hold 0) of the float
-  model in inference mode, measured again at each `calibrate()`. Softmax
-  and sigmoid outputs have the converter's fixed range (scale 1/256), tanh
-  1/128. Inside a range the gradient passes straight through; outside, it
-  is 0 (`keras.quantizers.fake_quant_with_min_max_vars`).
-- **Approximated**: biases stay float (the converter's are int32 at the
-  product of the scales); a layer's built-in activation other than
-  ReLU/ReLU6/softmax/sigmoid/tanh gets one range after it (the converter
-  may round before it too); a separable convolution's depthwise output is
-  not rounded; a shared layer has one range for all its calls.
-- **Left float** (with a warning naming them): layers with weights other
-  than Dense, Conv1D/2D, DepthwiseConv1D/2D, SeparableConv1D/2D and
-  BatchNormalization (Conv3D, transposed convolutions, Embedding,
-  normalization and attention layers, recurrent layers, nested models):
-  the converter quantizes some of them and leaves others float, so there
-  the file may differ from the simulation.
-
-The layers' `call`s are wrapped while the simulation runs (no wrapper
-layers): once it stops, the model is the user's float model again.
-"""
+"""`Int8Simulation`: the converter's full int8 in a model's forward pass
+(see `keras_regkit.quantization` for what is simulated)."""
 
 from __future__ import annotations
 
@@ -47,12 +10,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_regkit import _constraints as constraints
 from keras_regkit._step_functions import rebuild_step_functions, step_functions_read_variables_live
 from keras_regkit.deploy.calibration import CALIBRATION_SAMPLES
 from keras_regkit.deploy.inputs import conform
 from keras_regkit.layers.graph import Graph
-from keras_regkit.pruning import hold as hold_lib
 from keras_regkit.pruning.calibration import wrapping_calls
 
 _CALIBRATION_BATCH = 64
@@ -303,6 +264,10 @@ class Int8Simulation:
         if changed and not step_functions_read_variables_live():
             self._rebuild()  # JAX's compiled steps hold the ranges as constants
 
+    def quantized_kernels(self) -> list:
+        """The kernels the simulation rounds (per channel)."""
+        return [v for layer, _ in self._roles.values() for v, _ in kernels(layer)]
+
     def ranges(self) -> dict:
         """The calibrated ranges: `{name: (min, max)}`, by layer name (and
         `"input:<i>"` for the model's inputs)."""
@@ -349,117 +314,3 @@ class Int8Simulation:
 
 def _is_float(tensor) -> bool:
     return hasattr(tensor, "dtype") and "float" in keras.backend.standardize_dtype(tensor.dtype)
-
-
-class Int8Training(keras.callbacks.Callback):
-    """Quantization-aware fine-tuning: `fit` trains through the converter's
-    full int8 rounding (`Int8Simulation`), and keeps a pruned model's zeros.
-
-    For a model pruned or shrunk earlier, fine-tuned before
-    `export(int8=True)`; the shrink itself takes `int8=True`. The
-    activations' ranges are measured again at the start of each epoch. At
-    the end of `fit` the simulation is removed and the zeros released: the
-    model is a float model, saved and exported as any other. Used as a
-    context manager, a `fit` ended by an exception ends the same way.
-
-    ```python
-    with rk.quantization.Int8Training(x_train[:200]) as int8:
-        model.fit(x_train, y_train, epochs=2, callbacks=[int8])
-    rk.export(model, "model.tflite", int8=True, representative_data=x_train[:200])
-    ```
-
-    Args:
-        representative_data: Inputs like the model's, as `export`'s
-            `representative_data` (give `export` the same).
-        hold_zeros: Keep the kernels' exact zeros (those not held
-            already) through the fine-tune. Defaults to True.
-
-    Raises:
-        TypeError, ValueError: Bad arguments; at the start of `fit`, data
-            that does not fit the model (see `Int8Simulation`).
-    """
-
-    def __init__(self, representative_data, hold_zeros: bool = True):
-        super().__init__()
-        if representative_data is None:
-            raise ValueError(
-                "Int8Training needs `representative_data=`: inputs like the model's (a few hundred training "
-                "samples), from which the activations' ranges are set. Received: representative_data=None")
-        if not isinstance(hold_zeros, bool):
-            raise TypeError(f"Invalid value for argument `hold_zeros`: expected True or False. Received: "
-                            f"hold_zeros={hold_zeros!r}")
-        self.representative_data, self.hold_zeros = representative_data, hold_zeros
-        self.simulation, self._held = None, []
-
-    def start(self, model: keras.Model) -> None:
-        """Starts simulating int8 in `model` (and holding its zeros)."""
-        self.stop()  # a fit ended by an exception outside `with`
-        simulation = Int8Simulation(model, self.representative_data)  # checks first: nothing changed on error
-        simulation.start()
-        self.simulation = simulation
-        if self.hold_zeros:
-            variables = [v for layer, _ in simulation._roles.values() for v, _ in kernels(layer)]
-            self._fresh = True
-            self._held = [v for v in variables if constraints.find(v, hold_lib.HoldZeros) is None
-                          and not bool(ops.convert_to_numpy(ops.all(ops.not_equal(v.value, 0))))]
-            hold_lib.hold_zeros(model, self._held)
-
-    def calibrate(self) -> None:
-        """Measures the activations' ranges again (the weights moved)."""
-        if self.simulation is not None and self.simulation.running:
-            self.simulation.calibrate()
-
-    def stop(self) -> None:
-        """Removes the simulation and releases the zeros it held."""
-        if self.simulation is None:
-            return
-        for variable in self._held:
-            held = constraints.find(variable, hold_lib.HoldZeros)
-            if held is not None:
-                constraints.unlink(variable, held)
-        if self._held:
-            rebuild_step_functions(self.simulation.model, losses_changed=False)
-        self.simulation.stop()
-        self.simulation, self._held = None, []
-
-    def on_train_begin(self, logs=None):
-        self.start(self.model)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if not getattr(self, "_fresh", False):
-            self.calibrate()  # the first epoch starts calibrated
-        self._fresh = False
-
-    def on_train_end(self, logs=None):
-        self.stop()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-
-
-def for_shrink(int8, representative_data, x=None) -> Int8Training | None:
-    """The shrink's `int8=` and `representative_data=`: None for
-    `int8=False`, else an `Int8Training` that does not hold zeros (the
-    shrink holds its own). `x` (the training inputs) is the default
-    representative data when they are arrays."""
-    if int8 is False:
-        if representative_data is not None:
-            raise ValueError("`representative_data=` sets the ranges of simulated int8: give `int8=True` with it, "
-                             "or leave it out. Received: int8=False")
-        return None
-    if int8 is not True:
-        raise ValueError(
-            "Invalid value for argument `int8`: expected True (fine-tune through full int8 rounding, as "
-            "`export(int8=True)` quantizes) or False. Dynamic-range int8 quantizes activations at run time, "
-            f"so there is nothing to simulate in training. Received: int8={int8!r}")
-    if representative_data is None and x is not None and all(
-            isinstance(leaf, np.ndarray) for leaf in keras.tree.flatten(x)):
-        representative_data = keras.tree.map_structure(lambda a: a[:CALIBRATION_SAMPLES], x)
-    if representative_data is None:
-        raise ValueError(
-            "`int8=True` needs `representative_data=` (NumPy arrays of inputs like the model's, a few hundred "
-            "training samples) when the training data is not arrays. Received: representative_data=None")
-    return Int8Training(representative_data, hold_zeros=False)
