@@ -33,7 +33,8 @@ class OWL:
     mapped linearly onto sparsities from `sparsity + spread` (fewest
     outliers) to `sparsity - spread` (most), then shifted together so that
     the layers' zeros add up to the global count (each layer kept within
-    `spread` of `sparsity`, and in [0, 1]).
+    `spread` of `sparsity`, in [0, 1], and never cut to less than half of
+    what `sparsity` keeps).
 
     Args:
         multiplier: `M`, how many times its layer's mean score makes an
@@ -84,7 +85,8 @@ class Sensitivity:
 
     Args:
         spread: How far a layer's sparsity may move from the global one, a
-            float in [0, 1]. Defaults to 0.1.
+            float in [0, 1] (and never more than half of what a layer's
+            start keeps). Defaults to 0.2.
 
     Example:
 
@@ -95,7 +97,7 @@ class Sensitivity:
     0.5
     """
 
-    def __init__(self, spread: float = 0.1):
+    def __init__(self, spread: float = 0.2):
         self.spread = _validate.real("spread", spread, maximum=1.0)
 
     def __repr__(self) -> str:
@@ -143,8 +145,8 @@ def outlier_ratios(scores: dict, multiplier: float) -> dict:
 def bounded_shares(signal: dict, sizes: dict, sparsity: float, spread: float, center: dict | None = None) -> dict:
     """Sparsities per layer from a signal per layer (higher: pruned less),
     within `spread` of each layer's `center` (default: `sparsity` for every
-    layer) and in [0, 1] (above its center only while a layer keeps an
-    entry), whose zeros add up to `round(sparsity * total)` exactly (each
+    layer), in [0, 1] and never cutting more than half of what the center
+    keeps, whose zeros add up to `round(sparsity * total)` exactly (each
     layer's sparsity is a whole count of its entries).
 
     The signal's range is mapped linearly onto `[center + spread, center -
@@ -155,8 +157,9 @@ def bounded_shares(signal: dict, sizes: dict, sparsity: float, spread: float, ce
     counts = np.array([sizes[name] for name in names], dtype="float64")
     middle = np.array([sparsity if center is None else center[name] for name in names], dtype="float64")
     low = np.maximum(middle - spread, 0.0)
-    # Never a whole layer above its center: it would pass nothing on.
-    high = np.minimum(middle + spread, np.maximum(middle, (counts - 1) / np.maximum(counts, 1)))
+    # Up to half of what its center keeps: a layer cut to (nearly) nothing
+    # passes (nearly) nothing on.
+    high = np.minimum(middle + spread, (1.0 + middle) / 2.0)
     span = values.max() - values.min() if values.size else 0.0
     # Equal signals (or one layer): every layer its center.
     offsets = spread * (1.0 - 2.0 * (values - values.min()) / span) if span > 0 else np.zeros_like(values)
