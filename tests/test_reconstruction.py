@@ -113,7 +113,8 @@ def test_global_allocation_gives_each_layer_the_share_one_magnitude_threshold_ta
     rk.prune(model, sparsity=0.6)
     by_magnitude = [int((numpy(ref.variable) == 0).sum()) for ref in rk.iter_weights(model)]
     model.set_weights(weights)
-    prune_reconstructed(model, sparsity=0.6, calibration_data=inputs(64, 6))
+    # dense_target=False: a unit of hidden1 left dead on these inputs would lose its weights in out, beyond the share.
+    prune_reconstructed(model, sparsity=0.6, calibration_data=inputs(64, 6), dense_target=False)
     assert [int((numpy(ref.variable) == 0).sum()) for ref in rk.iter_weights(model)] == by_magnitude
     assert by_magnitude[1] > 0.6 * 128  # the layer of small weights loses more than its share
     model.set_weights(weights)
@@ -201,19 +202,47 @@ def test_sequential_calibration_reads_the_pruned_layers_outputs(monkeypatch):
     assert not np.allclose(hessians[1][:10, :10], unpruned_hidden.T @ unpruned_hidden, rtol=1e-2)
 
 
+def test_a_later_layer_is_fitted_to_its_unpruned_outputs_as_the_numpy_reference():
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(10, activation="relu", name="first"),
+                              keras.layers.Dense(4, name="second")])
+    x = inputs(128, 6)
+    w1, b1, w2, b2 = [w.astype("float64") for w in model.get_weights()]
+    result = prune_reconstructed(model, sparsity=0.5, calibration_data=x, allocation="uniform", batch_size=32)
+    first, second = model.get_layer("first"), model.get_layer("second")
+    hidden_pruned = np.concatenate([numpy(first(x)), np.ones((128, 1))], axis=1)
+    hidden_dense = np.concatenate([np.maximum(x @ w1 + b1, 0.0), np.ones((128, 1))], axis=1)
+    hessian, cross = hidden_pruned.T @ hidden_pruned, hidden_pruned.T @ hidden_dense
+    before = np.concatenate([w2, b2[None]]).T  # outputs x inputs, the bias as a last input
+    damped = hessian + 0.01 * np.mean(np.diag(hessian)) * np.eye(11)
+    target = before @ cross.T @ np.linalg.inv(damped) + 0.01 * np.mean(np.diag(hessian)) * before @ np.linalg.inv(
+        damped)  # argmin ||W X_d - Ŵ X||² + λ||Ŵ - W||²
+    expected = reference(target, hessian, 0.5, free=1)
+    after = np.concatenate([numpy(second.kernel), numpy(second.bias)[None]]).T
+    np.testing.assert_array_equal(after == 0, expected == 0)
+    np.testing.assert_allclose(after, expected, atol=1e-4)
+    dense_out, pruned_out = hidden_dense @ before.T, hidden_pruned @ after.T
+    assert result.errors["second"] == pytest.approx(
+        np.sum((dense_out - pruned_out) ** 2) / np.sum(dense_out ** 2), rel=1e-3)
+    # dense_target=False: the paper's target, the layer's own outputs on the pruned inputs.
+    model.set_weights([w1, b1, w2, b2])
+    prune_reconstructed(model, sparsity=0.5, calibration_data=x, allocation="uniform", dense_target=False)
+    after = np.concatenate([numpy(second.kernel), numpy(second.bias)[None]]).T
+    np.testing.assert_allclose(after, reference(before, hessian, 0.5, free=1), atol=1e-4)
+
+
 def test_one_layers_gram_matrix_and_one_batch_of_its_inputs_at_a_time(monkeypatch):
     alive, sizes, batch_rows = weakref.WeakSet(), [], []
 
     class SpyGram(layer_inputs.Gram):
-        def __init__(self, size):
+        def __init__(self, size, weights=None):
             assert not list(alive), "a second Gram matrix while another is alive"
-            super().__init__(size)
+            super().__init__(size, weights)
             alive.add(self)
             sizes.append(size)
 
-        def add(self, rows):
+        def add(self, rows, dense_rows=None):
             batch_rows.append(len(rows))
-            super().add(rows)
+            super().add(rows, dense_rows)
 
     monkeypatch.setattr(layer_inputs, "Gram", SpyGram)
     model = tiny_mlp(units=(16, 8, 4), inputs=6)
@@ -235,8 +264,9 @@ def test_only_the_layer_being_calibrated_is_read_and_the_pass_stops_there(monkey
 
     monkeypatch.setattr(type(out), "call", counting)
     prune_reconstructed(model, sparsity=0.5, calibration_data=inputs(64, 6), batch_size=64)
-    # The survey's full pass; then each layer's pass stops as it reads its inputs, before computing.
-    assert called == ["hidden0", "hidden1", "out", "hidden0", "hidden0", "hidden1"]
+    # The survey's full pass; then each layer's passes (the model as pruned so far, and as it was: the dense
+    # target) stop as it reads its inputs, before computing.
+    assert called == ["hidden0", "hidden1", "out", "hidden0", "hidden0", "hidden0", "hidden1", "hidden0", "hidden1"]
     assert all("call" not in vars(layer) for layer in model.layers)
 
 
@@ -435,6 +465,8 @@ BAD_INPUT = [
         ValueError, "allocation"),
     row("update-bias-none", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=X, update_bias=None),
         TypeError, "update_bias"),
+    row("dense-target-str", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=X, dense_target="no"),
+        TypeError, "dense_target"),
     row("prune-method-typo", lambda m: rk.prune(m, sparsity=0.5, method="obs"), ValueError, "argument `method`"),
     row("prune-sparsegpt-with-a-score", lambda m: rk.prune(m, sparsity=0.5, method="sparsegpt", score="wanda",
                                                            calibration_data=X), ValueError, "['score']"),

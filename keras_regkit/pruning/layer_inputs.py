@@ -27,15 +27,26 @@ def numpy(value) -> np.ndarray:
 
 class Gram:
     """`X Xᵀ`, summed in float64 over the rows `add` is given: one layer's
-    input Gram matrix (its Hessian), the only one alive at a time."""
+    input Gram matrix (its Hessian), the only one alive at a time. Given
+    the layer's `weights` (inputs x units), also what the dense target
+    needs: `cross`, `X X_dᵀ` with the inputs `X_d` the layer had in the
+    unpruned model, and `dense_energy`, `||W X_d||²`."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, weights: np.ndarray | None = None):
         self.matrix = np.zeros((size, size))
+        self.weights = weights
+        self.cross = None if weights is None else np.zeros((size, size))
+        self.dense_energy = 0.0
         self.rows = 0
 
-    def add(self, rows: np.ndarray) -> None:
+    def add(self, rows: np.ndarray, dense_rows: np.ndarray | None = None) -> None:
         rows = rows.astype("float64", copy=False)
-        self.matrix += rows.T @ rows
+        with np.errstate(all="ignore"):  # inputs that overflow are refused after the pass
+            self.matrix += rows.T @ rows
+            if dense_rows is not None:
+                dense_rows = dense_rows.astype("float64", copy=False)
+                self.cross += rows.T @ dense_rows
+                self.dense_energy += float(np.sum((dense_rows @ self.weights) ** 2))
         self.rows += len(rows)
 
 
@@ -124,20 +135,34 @@ def check_enough_samples(survey: Survey, covered: dict, names: dict, steps) -> N
                 f"{cap}. Nothing was changed.")
 
 
-def gram(model, linear, calls: int, batches) -> Gram:
+def gram(model, linear, calls: int, batches, unpruned=None) -> Gram:
     """The Gram matrix of `linear`'s inputs over every calibration batch,
-    as the model computes them now (with the layers before it pruned)."""
-    gram = Gram(linear.inputs + linear.free)
-    seen = [0]
+    as the model computes them now (with the layers before it pruned).
+
+    With `unpruned`, a context manager that puts the model back as it was
+    while open, each batch is run a second time in it and the `Gram` also
+    holds what the dense target needs (two batches of inputs alive)."""
+    gram = Gram(linear.inputs + linear.free, None if unpruned is None else linear.matrix())
+    seen = []
 
     def read(layer, inputs):
-        gram.add(linear.rows(numpy(inputs)))
-        seen[0] += 1
-        if seen[0] == calls:
+        seen.append(linear.rows(numpy(inputs)))
+        if len(seen) == calls:
             raise Reached
 
     with calibration.reading_inputs([linear.layer], read):
         for batch in batches():
-            seen[0] = 0
+            seen.clear()
             run(model, batch)
+            pruned = list(seen)
+            if unpruned is None:
+                for rows in pruned:
+                    gram.add(rows)
+                continue
+            seen.clear()
+            with unpruned():
+                run(model, batch)
+            for rows, dense_rows in zip(pruned, seen):
+                gram.add(rows, dense_rows)
+    seen.clear()
     return gram

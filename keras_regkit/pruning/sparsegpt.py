@@ -33,8 +33,8 @@ class Reconstruction:
 
     Attributes:
         matrix: The pruned `W` (outputs x inputs), exact zeros where cut.
-        error: `||(W - Ŵ) X||² / ||W X||²` over the calibration rows (0 when
-            `W X` is 0).
+        error: `||W X_d - Ŵ X||² / ||W X_d||²` over the calibration rows
+            (`X_d = X` without a `cross`; 0 when `W X_d` is 0).
     """
 
     matrix: np.ndarray
@@ -71,6 +71,8 @@ def reconstruct(
     block_size: int = BLOCK_SIZE,
     dampening: float = DAMPENING,
     free: int = 0,
+    cross: np.ndarray | None = None,
+    dense_energy: float = 0.0,
 ) -> Reconstruction:
     """Prunes `weights` (outputs x inputs) for inputs of Gram matrix
     `hessian` (inputs x inputs, `Σ x xᵀ` over the calibration rows).
@@ -88,6 +90,12 @@ def reconstruct(
         free: The last `free` columns are never cut, only updated (a bias,
             as the weight of a constant input, takes its share of the
             compensation). `sparsity` counts the others.
+        cross: `X X_dᵀ`, where the layer's inputs `X` differ from those
+            `X_d` it had in the unpruned model (the layers before it
+            pruned): the target is then `W X_d`, the unpruned model's
+            outputs, not `W X` (the earlier layers' errors are corrected,
+            not carried). None: the target is `W X` (the paper's).
+        dense_energy: `||W X_d||²`, with `cross`, for the error.
 
     Returns:
         A `Reconstruction`.
@@ -102,9 +110,14 @@ def reconstruct(
     dead = np.diag(hessian) == 0
     dead[columns:] = False
     hessian[dead, dead] = 1.0
-    matrix[:, dead] = 0.0
-    held = matrix[:, :columns] == 0
     factor = _inverse_hessian_factor(hessian, dampening)
+    if cross is not None:
+        # The dense target: `min ||W X_d - Ŵ X||² + λ||Ŵ - W||²` unconstrained
+        # is `W + W (Cᵀ - H) (H + λI)⁻¹`, and the constrained problem is the
+        # same problem for that matrix (the rest of the error is constant).
+        matrix += (matrix @ (np.asarray(cross, "float64").T - gram)) @ (factor.T @ factor)
+    matrix[:, dead] = 0.0
+    held = (original[:, :columns] == 0) | dead[None, :columns]
     for start in range(0, columns, block_size):
         stop = min(start + block_size, columns)
         block = matrix[:, start:stop].copy()
@@ -130,7 +143,11 @@ def reconstruct(
             block[:, i:] -= np.outer(errors[:, i], local[i, i:])
         matrix[:, start:stop] = pruned
         matrix[:, stop:] -= errors @ factor[start:stop, stop:]
-    return Reconstruction(matrix, relative_error(original, matrix, gram))
+    if cross is None:
+        return Reconstruction(matrix, relative_error(original, matrix, gram))
+    # ||W X_d - Ŵ X||² = ||W X_d||² - 2 <Ŵ X, W X_d> + ||Ŵ X||²
+    error = dense_energy - 2.0 * float(np.sum((matrix @ cross) * original)) + float(np.sum((matrix @ gram) * matrix))
+    return Reconstruction(matrix, max(error, 0.0) / dense_energy if dense_energy > 0 else 0.0)
 
 
 def relative_error(original: np.ndarray, pruned: np.ndarray, hessian: np.ndarray) -> float:
