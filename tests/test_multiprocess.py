@@ -48,7 +48,8 @@ WORKER = textwrap.dedent(
         return (np.argmax(keras.ops.convert_to_numpy(model(xv[val], training=False)), -1) == yv[val]).tolist()
 
     start_hits = hits()
-    kwargs = dict(sparsity=0.9) if mode == "sparsity" else dict(tolerance=0.05)
+    kwargs = {"sparsity": dict(sparsity=0.9), "tolerance": dict(tolerance=0.05),
+              "distill": dict(sparsity=0.9, distill=True)}[mode]
     result = rk.shrink(model, x[part], y[part], validation_data=(xv[val], yv[val]), epochs=3, batch_size=32,
                        cut_every=2, **kwargs)
     local = float(np.mean(np.argmax(keras.ops.convert_to_numpy(model(xv[val], training=False)), -1) == yv[val]))
@@ -89,7 +90,7 @@ def _run_two_processes(tmp_path, mode):
     return results
 
 
-@pytest.mark.parametrize("mode", ["sparsity", "tolerance"])
+@pytest.mark.parametrize("mode", ["sparsity", "tolerance", "distill"])
 def test_both_processes_end_with_the_same_weights_and_result(tmp_path, mode):
     first, second = _run_two_processes(tmp_path, mode)
     assert first["weights"] == second["weights"]

@@ -43,7 +43,7 @@ __all__ = [
 _POLICY_ARGS = {"cut_every", "learning_rate", "score"}
 _TOLERANCE_ARGS = {"mode", "guard", "levels", "max_sparsity"}
 _SPARSITY_ARGS = {"schedule"}
-_PHASE_ARGS = {"policy", "monitor", "granularity", "layers", "weights", "backup_dir", "int8", "representative_data"}
+_PHASE_ARGS = {"policy", "monitor", "granularity", "layers", "weights", "backup_dir", "distill", "int8", "representative_data"}
 
 
 def shrink(
@@ -96,7 +96,8 @@ def shrink(
             build it: `cut_every`, `learning_rate`, `score` (both modes),
             `schedule` (`SparsityTarget`), `mode`, `guard`, `levels`,
             `max_sparsity` (`ToleranceClimb`). Not `start_epoch`:
-            `shrink()` starts at once.
+            `shrink()` starts at once. `distill` (`ShrinkPhase`'s): the
+            teacher term from the starting model, in both modes.
 
     Returns:
         The `ShrinkResult`.

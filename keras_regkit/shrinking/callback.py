@@ -41,6 +41,7 @@ from keras_regkit.pruning import scores as scores_lib
 from keras_regkit.quantization import training as int8_training
 from keras_regkit.shrinking import data as data_lib
 from keras_regkit.shrinking import decisions
+from keras_regkit.shrinking import distill as distill_lib
 from keras_regkit.shrinking.guards import ValidationCheck
 from keras_regkit.shrinking.learning_rate import LearningRatePolicy
 from keras_regkit.shrinking.policies import ShrinkPolicy, SparsityTarget, ToleranceClimb
@@ -92,6 +93,10 @@ class ShrinkPhase(keras.callbacks.Callback):
         backup_dir: Where to save the phase's state, so that a `fit` run
             again with `keras.callbacks.BackupAndRestore` goes on.
         verbose: 1 prints each decision and the result.
+        distill: Adds to each training step's loss how far the model's
+            predictions are from the starting model's (KL divergence;
+            see `distill`): False, True (weight
+            `distill.DEFAULT_WEIGHT`) or the weight, a float > 0.
         int8: True: the shrink trains, checks and reports the model through
             full int8 rounding (`keras_regkit.quantization`), as
             `export(int8=True)` will quantize it; the checks compare it with
@@ -109,7 +114,7 @@ class ShrinkPhase(keras.callbacks.Callback):
 
     def __init__(self, start_epoch=None, sparsity: float | None = None, tolerance: float | None = None,
                  policy: ShrinkPolicy | None = None, validation_data=None, monitor: str | None = None,
-                 granularity="weight", layers="*", backup_dir=None, verbose: int = 0,
+                 granularity="weight", layers="*", backup_dir=None, verbose: int = 0, distill=False,
                  int8: bool = False, representative_data=None):
         super().__init__()
         if start_epoch is None:
@@ -130,6 +135,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         self.layers, self.backup_dir = layers, backup_dir
         self._state = None if backup_dir is None else PhaseState(backup_dir)
         self.verbose = _validate.integer("verbose", verbose)
+        self.distill = distill_lib.Distillation(distill)
         self.rate = LearningRatePolicy(self.policy.learning_rate)
         self.int8 = int8_training.for_shrink(int8, representative_data)
         self._phase = "waiting"
@@ -238,6 +244,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             self.result.monitor = self.check.name
         self._begin(epoch)
         self.rate.apply(self.model)
+        self.distill.attach(self.model)  # the model as it starts is the teacher
         self._step = self._epoch_steps = 0
         self._phase = "ramping"
         self._good = self._snapshot()  # the state to go back to
@@ -328,6 +335,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._conclude()
 
     def _conclude(self) -> None:
+        self.distill.detach()  # the model's own loss again
         self.result.measure_end(self.model, self._refs, self.granularity, self.check, self._step)
         if self.int8:
             self.int8.stop()  # the float model again
@@ -361,6 +369,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         if saved["phase"] in _ACTIVE:
             self.model.set_weights(saved["start"])
             self._begin(parts["result"]["started_at_epoch"])
+            self.distill.attach(self.model)
             self.result.set_state(parts["result"])
             self._step, self._total_steps, self._epoch_steps = saved["step"], saved["total_steps"], 0
             self.policy.set_state(parts["policy"])

@@ -1,0 +1,171 @@
+"""Distillation from the starting model during the shrink.
+
+With `distill=`, every training step of the shrink adds to the model's own
+loss a teacher term: how far the shrinking model's predictions are from
+the starting model's on the same batch, times a weight. The cuts take away
+what the model knew; the term pulls it back towards its own starting
+predictions, which carry more than the labels (how sure it was, and of
+what instead) and hold on every training input (Hinton et al.,
+"Distilling the Knowledge in a Neural Network", 2015).
+
+The term per output follows the loss the model was compiled with:
+
+- categorical or sparse categorical cross-entropy (focal ones too): the
+  KL divergence from the teacher's class distribution to the model's, on
+  logits or probabilities as the loss's `from_logits` says;
+- binary cross-entropy: the same for each unit's two classes;
+- any other loss (regression, a loss of your own): the mean squared
+  difference of the outputs (for logits, logit matching).
+
+The teacher is the model itself at its starting weights, called in
+inference mode with those weights (`stateless_call`) inside the train step:
+no copy of the model is built, so Sequential, functional and subclassed
+models all work, and the starting predictions follow the batch as `fit`
+shuffles or augments it. The term is added by wrapping the model's
+`compute_loss` on the instance for the shrink (the train step of `fit`
+calls it under all three backends; a `train_step` of your own that does not
+call `compute_loss` gets no term), and the wrapper is removed when the
+shrink ends, however it ends. Validation losses (`val_loss`) stay the
+model's own.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import keras
+import numpy as np
+
+from keras_regkit import _validate
+from keras_regkit._step_functions import rebuild_step_functions
+from keras_regkit.shrinking.evaluation import per_output
+
+# The teacher term's weight for `distill=True`, next to a loss of weight 1.
+DEFAULT_WEIGHT = 1.0
+# Probabilities are clipped to this before their log.
+_EPSILON = 1e-7
+
+
+def validated(distill) -> float:
+    """`distill` as the shrink takes it: False or None (off), True (the
+    weight `DEFAULT_WEIGHT`) or the teacher term's weight, a float > 0.
+    Returns the weight (0.0: off)."""
+    if distill is None or distill is False:
+        return 0.0
+    if distill is True:
+        return DEFAULT_WEIGHT
+    if isinstance(distill, (bool, np.bool_)) or not isinstance(distill, (int, float, np.floating, np.integer)):
+        raise TypeError(
+            "Invalid value for argument `distill`: expected True, False or the teacher term's weight "
+            f"(a float > 0). Received: distill={distill!r} of type {type(distill).__name__}")
+    weight = _validate.real("distill", distill)
+    if weight == 0:
+        raise ValueError("Invalid value for argument `distill`: a weight must be > 0 (give False to "
+                         "distill nothing). Received: distill=0")
+    return weight
+
+
+def output_kind(loss) -> str:
+    """What the teacher term compares for an output trained with `loss`:
+    `"logits"` / `"probabilities"` (a class axis), `"binary_logits"` /
+    `"binary_probabilities"` (independent units) or `"values"`."""
+    if isinstance(loss, str):
+        name, from_logits = loss, False
+    else:
+        config = loss.get_config() if isinstance(loss, keras.losses.Loss) else {}
+        name = config.get("name") or getattr(loss, "__name__", "")
+        from_logits = bool(config.get("from_logits", False))
+    name = name.lower()
+    if "categorical" in name and ("crossentropy" in name or "focal" in name):
+        return "logits" if from_logits else "probabilities"
+    if "binary" in name and ("crossentropy" in name or "focal" in name):
+        return "binary_logits" if from_logits else "binary_probabilities"
+    return "values"
+
+
+def divergence(kind: str, student, teacher):
+    """The teacher term of one output, averaged over its samples (and
+    positions, and binary units)."""
+    if kind == "logits":
+        teacher_log = keras.ops.log_softmax(teacher, axis=-1)
+        gap = keras.ops.exp(teacher_log) * (teacher_log - keras.ops.log_softmax(student, axis=-1))
+        return keras.ops.mean(keras.ops.sum(gap, axis=-1))
+    if kind == "probabilities":
+        teacher = keras.ops.clip(teacher, _EPSILON, 1.0)
+        gap = teacher * (keras.ops.log(teacher) - keras.ops.log(keras.ops.clip(student, _EPSILON, 1.0)))
+        return keras.ops.mean(keras.ops.sum(gap, axis=-1))
+    if kind in ("binary_logits", "binary_probabilities"):
+        if kind == "binary_logits":
+            teacher, student = keras.ops.sigmoid(teacher), keras.ops.sigmoid(student)
+        teacher = keras.ops.clip(teacher, _EPSILON, 1.0 - _EPSILON)
+        student = keras.ops.clip(student, _EPSILON, 1.0 - _EPSILON)
+        gap = (teacher * (keras.ops.log(teacher) - keras.ops.log(student))
+               + (1.0 - teacher) * (keras.ops.log(1.0 - teacher) - keras.ops.log(1.0 - student)))
+        return keras.ops.mean(gap)
+    return keras.ops.mean(keras.ops.square(student - teacher))
+
+
+class Distillation:
+    """The teacher term of a shrink: attached to the model when the shrink
+    starts, detached when it ends.
+
+    Args:
+        distill: False (off), True (weight `DEFAULT_WEIGHT`) or the teacher
+            term's weight, a float > 0.
+    """
+
+    def __init__(self, distill=False):
+        self.weight = validated(distill)
+        self._model = None
+
+    def attach(self, model: keras.Model) -> None:
+        """Adds the teacher term, with the model's current weights as the
+        teacher, to every training step's loss from now on. Does nothing
+        when off."""
+        if not self.weight or self._model is not None:
+            return
+        own_loss = model.compute_loss  # the model's own, bound (a subclass's override included)
+        takes_training = "training" in inspect.signature(own_loss).parameters
+        # `stateless_call` hands its keywords to `call` as they are: `training`
+        # only to a `call` that takes it (its layers infer otherwise).
+        call_parameters = inspect.signature(model.call).parameters
+        inference = {"training": False} if "training" in call_parameters or any(
+            p.kind == p.VAR_KEYWORD for p in call_parameters.values()) else {}
+        kinds = None
+        teacher_trainable = [keras.ops.convert_to_tensor(keras.ops.convert_to_numpy(v)) for v in model.trainable_variables]
+        teacher_frozen = [keras.ops.convert_to_tensor(keras.ops.convert_to_numpy(v)) for v in model.non_trainable_variables]
+        weight = self.weight
+
+        def compute_loss(x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            nonlocal kinds
+            if takes_training:
+                loss = own_loss(x, y, y_pred, sample_weight, training=training)
+            else:
+                loss = own_loss(x, y, y_pred, sample_weight)
+            if not training or y_pred is None:
+                return loss  # evaluation: the model's own loss only
+            teacher, _ = model.stateless_call(teacher_trainable, teacher_frozen, x, **inference)
+            students, teachers = keras.tree.flatten(y_pred), keras.tree.flatten(teacher)
+            if kinds is None:
+                losses = per_output(model, students, getattr(model, "loss", None))
+                kinds = [output_kind(loss) if loss is not None else "values" for loss in losses]
+            term = sum(divergence(kind, student, keras.ops.stop_gradient(teach))
+                       for kind, student, teach in zip(kinds, students, teachers))
+            return loss + keras.ops.cast(weight * term, loss.dtype)
+
+        # An instance attribute of the user's own, if any, to put back.
+        self._own = model.__dict__.get("compute_loss")
+        model.compute_loss = compute_loss
+        self._model = model
+        rebuild_step_functions(model)
+
+    def detach(self) -> None:
+        """Puts the model's own `compute_loss` back (once)."""
+        model, self._model = self._model, None
+        if model is None:
+            return
+        if self._own is not None:
+            model.compute_loss = self._own
+        else:
+            del model.compute_loss
+        rebuild_step_functions(model)

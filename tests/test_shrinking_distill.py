@@ -1,0 +1,189 @@
+"""Distillation from the starting model (`shrinking/distill.py`): the
+teacher term per kind of output, zero at the start, added to the training
+loss only, a different shrink end to end, the model's own `compute_loss`
+back after the shrink (also when `fit` ends by an exception), and the bad
+values of `distill` refused."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_regkit as rk
+from keras_regkit.shrinking import ShrinkPhase, distill
+from tests.conftest import assert_refused_and_unchanged, row
+
+X = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+LABELS = (X[:, 0] > 0).astype("int32")
+
+# (loss, last activation, targets, the kind the teacher term compares)
+LOSSES = {
+    "logits": (keras.losses.SparseCategoricalCrossentropy(from_logits=True), None, LABELS),
+    "probabilities": ("categorical_crossentropy", "softmax", np.eye(3, dtype="float32")[LABELS]),
+    "binary_logits": (keras.losses.BinaryCrossentropy(from_logits=True), None, np.eye(3, dtype="float32")[LABELS]),
+    "binary_probabilities": (keras.losses.binary_crossentropy, "sigmoid", np.eye(3, dtype="float32")[LABELS]),
+    "values": ("mse", None, X[:, :3]),
+}
+
+
+class Subclassed(keras.Model):
+    def __init__(self, activation=None):
+        super().__init__()
+        self.hidden = keras.layers.Dense(8, activation="relu")
+        self.out = keras.layers.Dense(3, activation=activation)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def build(kind="sequential", activation=None):
+    keras.utils.set_random_seed(0)
+    if kind == "sequential":
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                                 keras.layers.Dense(3, activation=activation)])
+    if kind == "functional":
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(8, activation="relu")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(3, activation=activation)(hidden))
+    model = Subclassed(activation)
+    model(X[:1])
+    return model
+
+
+def compiled(loss_name, kind="sequential"):
+    loss, activation, targets = LOSSES[loss_name]
+    model = build(kind, activation)
+    model.compile(keras.optimizers.Adam(1e-2), loss)
+    return model, targets
+
+
+def losses(model, targets, training=True):
+    """The model's `compute_loss` on the whole batch, as the train step calls it."""
+    return float(keras.ops.convert_to_numpy(
+        model.compute_loss(x=X, y=targets, y_pred=model(X), sample_weight=None, training=training)))
+
+
+def softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def expected_term(kind, student, teacher):
+    """The teacher term, in NumPy, from its definition."""
+    if kind == "logits":
+        student, teacher = softmax(student), softmax(teacher)
+    if kind in ("logits", "probabilities"):
+        return np.mean(np.sum(teacher * np.log(teacher / student), -1))
+    if kind == "binary_logits":
+        student, teacher = sigmoid(student), sigmoid(teacher)
+    if kind in ("binary_logits", "binary_probabilities"):
+        return np.mean(teacher * np.log(teacher / student) + (1 - teacher) * np.log((1 - teacher) / (1 - student)))
+    return np.mean((student - teacher) ** 2)
+
+
+@pytest.mark.parametrize("model_kind", ["sequential", "functional", "subclassed"])
+@pytest.mark.parametrize("loss_name", list(LOSSES))
+def test_the_teacher_term_is_zero_at_the_start_and_its_divergence_once_the_model_moved(loss_name, model_kind):
+    model, targets = compiled(loss_name, model_kind)
+    assert distill.output_kind(model.loss) == loss_name
+    own = losses(model, targets)
+    teacher = keras.ops.convert_to_numpy(model(X)).astype("float64")
+    term = distill.Distillation(0.5)
+    term.attach(model)
+    assert losses(model, targets) == pytest.approx(own, rel=1e-6)  # student == teacher
+    # Moved: the loss is the model's own plus 0.5 times the divergence.
+    model.layers[-1].kernel.assign(keras.ops.convert_to_numpy(model.layers[-1].kernel) * 1.5 + 0.1)
+    student = keras.ops.convert_to_numpy(model(X)).astype("float64")
+    term.detach()
+    moved_own = losses(model, targets)
+    term.attach(model)  # a new teacher: the model as it is now
+    assert losses(model, targets) == pytest.approx(moved_own, rel=1e-6)
+    term.detach()
+    model.layers[-1].kernel.assign((keras.ops.convert_to_numpy(model.layers[-1].kernel) - 0.1) / 1.5)
+    term.attach(model)  # the first teacher again
+    model.layers[-1].kernel.assign(keras.ops.convert_to_numpy(model.layers[-1].kernel) * 1.5 + 0.1)
+    gap = expected_term(loss_name, student, teacher)
+    assert gap > 1e-3
+    assert losses(model, targets) == pytest.approx(moved_own + 0.5 * gap, rel=1e-4)
+    # Evaluation (`val_loss`) stays the model's own.
+    assert losses(model, targets, training=False) == pytest.approx(moved_own, rel=1e-6)
+    term.detach()
+
+
+def test_a_shrink_with_distillation_trains_differently_and_gives_the_model_its_own_loss_back():
+    ends, logged = [], []
+    for weight in (False, True):
+        model, targets = compiled("logits")
+        model.fit(X, targets, epochs=5, verbose=0)
+        own_compute_loss, own_loss = model.compute_loss, model.loss
+        keras.utils.set_random_seed(1)
+        history = keras.callbacks.History()
+        result = rk.shrink(model, X, targets, sparsity=0.8, epochs=3, batch_size=16, distill=weight,
+                           callbacks=[history])
+        assert result.sparsity == pytest.approx(0.8, abs=0.02)
+        ends.append(model.get_weights())
+        logged.append(history.history["loss"])
+        # The compile state is the user's again: no wrapper on the instance,
+        # the same loss, and `fit`'s next loss is the model's own.
+        assert "compute_loss" not in model.__dict__ and model.loss is own_loss
+        assert model.compute_loss == own_compute_loss
+        before = losses(model, targets)
+        assert model.evaluate(X, targets, verbose=0, batch_size=64) == pytest.approx(before, rel=1e-4)
+    assert any(not np.allclose(a, b) for a, b in zip(*ends))
+    assert logged[0][0] != pytest.approx(logged[1][0], rel=1e-3)
+
+
+class Interrupts(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 2:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_shrink_puts_back_a_compute_loss_of_the_users_own():
+    model, targets = compiled("values")
+    model.fit(X, targets, epochs=2, verbose=0)
+
+    def users_own(x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return keras.ops.mean(keras.ops.abs(y - y_pred))
+
+    model.compute_loss = users_own
+    with pytest.raises(KeyboardInterrupt):
+        rk.shrink(model, X, targets, sparsity=0.5, epochs=2, batch_size=16, distill=2.0, callbacks=[Interrupts()])
+    assert model.__dict__["compute_loss"] is users_own
+
+
+@pytest.mark.parametrize("value, weight", [(True, distill.DEFAULT_WEIGHT), (False, 0.0), (None, 0.0), (3, 3.0)])
+def test_distill_takes_true_false_or_a_weight(value, weight):
+    assert ShrinkPhase(start_epoch=0, sparsity=0.5, distill=value).distill.weight == weight
+
+
+BAD_INPUT = [
+    row("a string", lambda m: ShrinkPhase(start_epoch=0, sparsity=0.5, distill="yes"), TypeError,
+        "distill='yes'"),
+    row("negative", lambda m: ShrinkPhase(start_epoch=0, sparsity=0.5, distill=-1.0), ValueError, "distill=-1.0"),
+    row("zero", lambda m: ShrinkPhase(start_epoch=0, sparsity=0.5, distill=0), ValueError, "distill=0"),
+    row("nan", lambda m: ShrinkPhase(start_epoch=0, sparsity=0.5, distill=float("nan")), ValueError,
+        "distill=nan"),
+    row("a list", lambda m: ShrinkPhase(start_epoch=0, sparsity=0.5, distill=[1.0]), TypeError, "distill=[1.0]"),
+    row("through shrink", lambda m: rk.shrink(m, *tiny_regression(), sparsity=0.5, distill="on"), TypeError,
+        "`distill`"),
+]
+
+
+def tiny_regression():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(32, 6)).astype("float32"), rng.normal(size=(32, 4)).astype("float32")
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("call, error, fragment, prepare", BAD_INPUT)
+def test_bad_input(call, error, fragment, prepare):
+    def compiled_first(model):
+        model.compile("adam", "mse")
+        if prepare is not None:
+            prepare(model)
+
+    assert_refused_and_unchanged(call, error, fragment, compiled_first)
