@@ -39,14 +39,23 @@ Keras 3 has the pieces (`model.export(path, format="litert" | "onnx")`,
   data deep inside, with messages about their own tensors. The file is
   written beside `path` and moved over it once complete.
 
+- **BatchNormalization after a fine-tune.** Full int8 is calibrated on the
+  model's inference graph, which normalizes with the moving statistics. A
+  short fine-tune (the shrink's) leaves them describing the network before
+  it (MobileNetV2 keeps 0.999 of them per step): `export(int8=True)` warns
+  when they are off on `representative_data`, and `refresh_batch_norm`
+  re-estimates them.
+
 Only the TensorFlow backend is supported for LiteRT files with `int8` or
 `sparse` (they are options of TensorFlow's converter).
 """
 
+from keras_regkit.deploy.batch_norm import refresh_batch_norm, stale_batch_norm
 from keras_regkit.deploy.calibration import CALIBRATION_SAMPLES
 from keras_regkit.deploy.exporter import MIN_INT8_AGREEMENT, ExportCheckError, ExportResult, export
 from keras_regkit.deploy.runtime import FORMATS, Runtime, median_call_ms
 from keras_regkit.deploy.to_onnx import store_zeros_sparse
 
 __all__ = ["CALIBRATION_SAMPLES", "FORMATS", "MIN_INT8_AGREEMENT", "ExportCheckError", "ExportResult", "Runtime",
-           "export", "median_call_ms", "store_zeros_sparse"]
+           "export", "median_call_ms", "refresh_batch_norm", "stale_batch_norm",
+           "store_zeros_sparse"]

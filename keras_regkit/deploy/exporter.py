@@ -6,6 +6,7 @@ import dataclasses
 import os
 import re
 import tempfile
+import warnings
 from typing import Any
 
 import keras
@@ -13,6 +14,7 @@ import numpy as np
 
 from keras_regkit import _validate
 from keras_regkit._keras.layers import sublayers
+from keras_regkit.deploy.batch_norm import STALE_RMS, stale_batch_norm
 from keras_regkit.deploy.calibration import require_representative
 from keras_regkit.deploy.inputs import conform
 from keras_regkit.deploy.runtime import FORMATS, Runtime, median_call_ms, require
@@ -195,6 +197,8 @@ def export(
     if representative_data is not None:
         # One sample: checks what `conform` cannot know of a subclassed model.
         _call(model, keras.tree.map_structure(lambda a: a[:1], representative_data), "representative_data")
+    if int8 is True:
+        _warn_stale_batch_norm(model, representative_data)
     expected = None
     if check is not None:
         # Before the conversion, which can take a while.
@@ -241,6 +245,20 @@ def _require_finite_weights(model):
             raise ValueError(
                 f"Model {model.name!r} cannot be quantized to int8: weight {variable.path!r} holds {bad} NaN or "
                 f"infinite values of {value.size}, which have no int8 range. Fix or retrain the model.")
+
+
+def _warn_stale_batch_norm(model, representative_data):
+    """Full int8 calibrates on the inference graph: BatchNormalization
+    statistics left behind by a fine-tune stretch its ranges."""
+    stale = stale_batch_norm(model, representative_data)
+    if stale:
+        worst = max(stale, key=stale.get)
+        warnings.warn(
+            f"Model {model.name!r}: {len(stale)} BatchNormalization layers' moving statistics do not describe "
+            f"`representative_data` (its inputs, normalized by them, have a root mean square up to "
+            f"{stale[worst]:.1f} in layer {worst!r}; 1 where they fit, above {STALE_RMS} here). The float "
+            "model's inference and the int8 ranges calibrated on it are off. After a short fine-tune (`shrink`), "
+            "re-estimate them first: `keras_regkit.deploy.refresh_batch_norm(model, x_train)`.", stacklevel=3)
 
 
 def _call(model, inputs, argument):
