@@ -32,6 +32,9 @@ Usage (repository root, project venv with mnist1d):
         --out benchmarks/results/shrink_quality_before_v2.json
     python benchmarks/bench_shrink_quality.py --table   # the README table from the JSON files
     python benchmarks/bench_shrink_quality.py --quick   # smoke run
+    # distillation from the starting model, on and off (docs/benchmarks.md, "Distillation"):
+    python benchmarks/bench_shrink_quality.py --datasets digits --seeds 5 --levels 0.97 0.98 0.99 \
+        --tolerances 0.01 --distill on --out benchmarks/results/shrink_quality_distill_on.json
     # the tolerance rows again, the sparsity rows kept:
     python benchmarks/bench_shrink_quality.py --seeds 5 --levels \
         --sparsity-rows-from benchmarks/results/shrink_quality_results.json --out new.json
@@ -96,6 +99,8 @@ def run_dataset(name, seed, args, keras, rk, old):
         reset()
         keras.utils.set_random_seed(seed)
         start = time.perf_counter()
+        if args.distill is not None:
+            kwargs = {**kwargs, "distill": args.distill}
         result = rk.shrink(model, x, y, validation_data=(x_val, y_val), epochs=epochs,
                            batch_size=BATCH_SIZE, **kwargs)
         seconds = time.perf_counter() - start
@@ -105,7 +110,7 @@ def run_dataset(name, seed, args, keras, rk, old):
             "dataset": name, "seed": seed, "mode": mode, "value": value, "factor": factor,
             "kernel_zero_frac": zeros, "test_acc": test_acc, "baseline_test_acc": base_acc,
             "delta_pp": 100 * (test_acc - base_acc), "outcome": result.outcome,
-            "seconds": seconds, "wall_ratio": seconds / fit_seconds,
+            "seconds": seconds, "wall_ratio": seconds / fit_seconds, "distill": args.distill,
         }
         if not old:
             row.update(disagreement=result.disagreement, stopped_at=result.stopped_at, cuts=result.cuts,
@@ -197,6 +202,8 @@ def main(argv=None):
     p.add_argument("--levels", nargs="*", type=float, default=LEVELS)
     p.add_argument("--tolerances", nargs="*", type=float, default=TOLERANCES)
     p.add_argument("--old-package", default=None, help="a checkout of keras_regkit before Shrink v2")
+    p.add_argument("--distill", type=lambda v: {"on": True, "off": False}.get(v) if v in ("on", "off") else float(v),
+                   default=None, help="shrink(distill=...): on, off or a weight (default: the package's default)")
     p.add_argument("--disagreement-per-tolerance", type=float, nargs="+", default=None,
                    help="calibration: the guard's disagreement limit per unit of tolerance")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 baseline epochs, 2-epoch shrinks")

@@ -23,6 +23,9 @@ Usage (repository root, project venv with mnist1d):
 
     python benchmarks/bench_tolerance_models.py --seeds 5 --out benchmarks/results/tolerance_models_results.json
     python benchmarks/bench_tolerance_models.py --quick
+    # the GRU row after learning_rate="auto" kept recurrent models' rate (docs/benchmarks.md):
+    python benchmarks/bench_tolerance_models.py --kinds text --seeds 3 --levels 0.8 0.9 0.95 0.97 \
+        --tolerances 0.01 --out benchmarks/results/tolerance_models_gru_rate.json
     # the tolerance rows again, the sparsity rows (the frontier) kept:
     python benchmarks/bench_tolerance_models.py --seeds 5 --levels \
         --sparsity-rows-from benchmarks/results/tolerance_models_results.json --out new.json
@@ -115,18 +118,20 @@ def run(kind, seed, args, keras, rk):
     fit_seconds = plain_fit_seconds(model, reset, x, y, (xv, yv), epochs)
     runs = [("sparsity", level, dict(sparsity=level)) for level in args.levels]
     runs += [("tolerance", t, dict(tolerance=t, **({"monitor": "val_mae"} if kind == "regression" else {})))
-             for t in TOLERANCES[kind]]
+             for t in (TOLERANCES[kind] if args.tolerances is None else args.tolerances)]
     rows = []
     for mode, value, kwargs in runs:
         reset()
         keras.utils.set_random_seed(seed)
         start = time.perf_counter()
+        if args.distill is not None:
+            kwargs = {**kwargs, "distill": args.distill}
         result = rk.shrink(model, x, y, validation_data=(xv, yv), epochs=epochs, batch_size=BATCH_SIZE, **kwargs)
         seconds = time.perf_counter() - start
         row = {"kind": kind, "seed": seed, "mode": mode, "value": value, "zeros": result.layers and
                sum(s.zeros for s in result.layers) / sum(s.params for s in result.layers),
                "change": change(kind, score(keras, model, kind, xt, yt), base), "baseline": base,
-               "outcome": result.outcome, "wall_ratio": seconds / fit_seconds,
+               "outcome": result.outcome, "wall_ratio": seconds / fit_seconds, "distill": args.distill,
                "checks": [[float(level), float(v), bool(held)] for level, v, held in result.levels]}
         rows.append(row)
         print(f"{kind} seed {seed} {mode} {value}: zeros {row['zeros']:.4f}, change {row['change']:+.3f}, "
@@ -189,6 +194,10 @@ def main(argv=None):
     p.add_argument("--sparsity-rows-from", default=None,
                    help="a results JSON of the same seeds whose sparsity-mode rows to keep (the baselines are "
                         "deterministic: op determinism is on)")
+    p.add_argument("--tolerances", nargs="*", type=float, default=None,
+                   help="the tolerance rows (default: each kind's own; none: sparsity rows only)")
+    p.add_argument("--distill", type=lambda v: {"on": True, "off": False}.get(v) if v in ("on", "off") else float(v),
+                   default=None, help="shrink(distill=...): on, off or a weight (default: the package's default)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--table", default=None, help="print the table of a results JSON")
     p.add_argument("--out", default=None)
@@ -203,19 +212,24 @@ def main(argv=None):
 
     tf.config.experimental.enable_op_determinism()
     rows = []
+
+    def save():
+        if args.out:
+            write_json(args.out, {"benchmark": "tolerance mode on more model kinds", "seeds": args.seeds,
+                                  "quick": args.quick, "cnn_filters": args.cnn_filters,
+                                  "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+                                  "results": rows})
+
     for kind in args.kinds:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             rows += run(kind, seed, args, keras, rk)
+            save()  # after each seed: a run cut short keeps the seeds it finished
     if args.sparsity_rows_from:
         kept = [r for r in read_json(args.sparsity_rows_from)["results"]
                 if r["mode"] == "sparsity" and r["kind"] in args.kinds]
         rows = kept + [r for r in rows if r["mode"] != "sparsity"]
     print(table(rows))
-    if args.out:
-        write_json(args.out, {"benchmark": "tolerance mode on more model kinds", "seeds": args.seeds,
-                              "quick": args.quick, "cnn_filters": args.cnn_filters,
-                              "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
-                              "results": rows})
+    save()
     return 0
 
 
