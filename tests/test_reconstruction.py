@@ -330,6 +330,64 @@ def test_the_projections_inside_a_kerashub_decoder_are_pruned():
     assert np.isfinite(numpy(backbone(x))).all()
 
 
+# EinsumDense forms: (equation, output shape, bias axes, input shape, the kernel axis of the contracted letter the
+# inputs hold innermost: where N:M groups of consecutive inputs lie).
+EINSUM_FORMS = [
+    ("abc,cde->abde", (None, 2, 8), "de", (5, 16), 0),  # Keras' and KerasHub's attention query, key, value
+    ("abcd,cde->abe", (None, 16), "e", (5, 2, 8), 1),  # their attention output: groups along the head dimension
+    ("bkm,mvh->bkvh", (None, 2, 8), None, (5, 16), 0),  # KerasHub Llama's grouped key and value
+    ("bquh,uhm->bqm", (None, 16), None, (5, 2, 8), 1),  # KerasHub Llama's attention output
+    ("abcd,dce->abe", (None, 16), "e", (5, 2, 8), 0),  # the kernel's axes in another order than the inputs'
+]
+
+
+def nm_reference(kernel, axis, n=2, m=4):
+    """The N:M magnitude pattern in NumPy: along `axis`, of every M consecutive entries the N largest kept."""
+    moved = np.moveaxis(np.abs(kernel), axis, -1)
+    groups = moved.reshape(moved.shape[:-1] + (moved.shape[-1] // m, m))
+    kept = np.zeros(groups.shape, bool)
+    np.put_along_axis(kept, np.argsort(-groups, axis=-1, kind="stable")[..., :n], True, axis=-1)
+    return np.moveaxis(kept.reshape(moved.shape), -1, axis)
+
+
+def nm_along(kernel, axis, n=2, m=4):
+    moved = np.moveaxis(kernel, axis, -1)
+    return np.count_nonzero(moved.reshape(moved.shape[:-1] + (-1, m)), axis=-1)
+
+
+def einsum_model(equation, output_shape, bias_axes, shape):
+    model = keras.Sequential([keras.Input(shape), keras.layers.EinsumDense(equation, output_shape, bias_axes=bias_axes,
+                                                                           name="k")])
+    if bias_axes:
+        bias = model.get_layer("k").bias
+        bias.assign(np.random.default_rng(1).normal(size=bias.shape).astype("float32"))
+    return model
+
+
+@pytest.mark.parametrize("equation, output_shape, bias_axes, shape, axis", EINSUM_FORMS, ids=lambda v: str(v))
+def test_n_m_on_einsum_dense_lies_along_the_inputs_innermost_axis(equation, output_shape, bias_axes, shape, axis):
+    model = einsum_model(equation, output_shape, bias_axes, shape)
+    kernel = model.get_layer("k").kernel
+    weights = model.get_weights()
+    rng, features = np.random.default_rng(0), int(np.prod(shape[1:]))
+    # Correlated inputs (of half as many dimensions): the kept weights can stand in for the cut ones.
+    x = (rng.normal(size=(64 * shape[0], features // 2)) @ rng.normal(size=(features // 2, features)))
+    x = x.reshape((64,) + shape).astype("float32")
+    y = numpy(model(x))
+    # The cut: the 2 largest of every 4 along the axis, as the NumPy reference keeps them.
+    expected = nm_reference(numpy(kernel), axis)
+    rk.prune(model, granularity="2:4")
+    np.testing.assert_array_equal(numpy(kernel) != 0, expected)
+    magnitude_error = np.sum((numpy(model(x)) - y) ** 2)
+    assert rk.sparsity_report(model, pattern="2:4").layers[0].pattern_ok
+    # The reconstruction: 2 of every 4 along the same axis, and closer outputs.
+    model.set_weights(weights)
+    prune_reconstructed(model, granularity="2:4", calibration_data=x)
+    assert (nm_along(numpy(kernel), axis) == 2).all()
+    assert np.sum((numpy(model(x)) - y) ** 2) < 0.7 * magnitude_error
+    assert linear_layers.linear_layer(model.get_layer("k"), kernel).group_axis == kernel.shape[axis]
+
+
 def calibration_forms():
     x = inputs(96, 6)
     tf = pytest.importorskip("tensorflow")

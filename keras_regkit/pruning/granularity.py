@@ -10,7 +10,8 @@ it can go (`ceiling`), and the shrink's first cut and tolerance levels.
 - `Units`: whole output units and filters (see `units`), and the heads of
   any attention layer the selection meets;
 - `Heads`: attention heads only;
-- `NM(n, m)`: at most `n` non-zeros in every group of `m` inputs.
+- `NM(n, m)`: at most `n` non-zeros in every group of `m` inputs (of a
+  unit kernel, or along an `EinsumDense` kernel's innermost input axis).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 from keras import ops
 
 from keras_regkit import weights as weights_lib
+from keras_regkit.pruning import linear_layers
 from keras_regkit.pruning import scores as scores_lib
 from keras_regkit.pruning import select
 from keras_regkit.pruning import units as units_lib
@@ -125,15 +127,28 @@ class NM(Granularity):
     def __repr__(self) -> str:
         return f"NM({self.n}, {self.m}, weights={list(self.weights)!r})"
 
+    @staticmethod
+    def input_axis(layer, variable) -> int | None:
+        """The axis of `variable` that N:M groups lie along: a unit
+        kernel's input channels, or an `EinsumDense` kernel's contracted
+        axis that its inputs hold innermost (the hidden axis of an attention
+        layer's query, key and value; the head dimension of its output
+        projection); None for any other weight."""
+        axis = units_lib.input_axis(layer, variable)
+        if axis is None and variable is getattr(layer, "kernel", None):
+            return linear_layers.einsum_input_axis(layer)
+        return axis
+
     def select(self, model, layers):
         refs = super().select(model, layers)
         for ref in refs:
-            axis = units_lib.input_axis(ref.layer, ref.variable)
+            axis = self.input_axis(ref.layer, ref.variable)
             if axis is None:
                 raise ValueError(
                     f"granularity={self.name!r} groups the inputs of a unit kernel (a Dense or Conv "
-                    f"'kernel', a DepthwiseConv 'depthwise_kernel', a SeparableConv 'pointwise_kernel'); "
-                    f"{ref.name!r} ({type(ref.layer).__name__} {ref.kind}) is not one. Select other layers or weights.")
+                    f"'kernel', a DepthwiseConv 'depthwise_kernel', a SeparableConv 'pointwise_kernel') or of an "
+                    f"EinsumDense 'kernel'; {ref.name!r} ({type(ref.layer).__name__} {ref.kind}) is not one. "
+                    "Select other layers or weights.")
             if ref.variable.shape[axis] % self.m:
                 raise ValueError(
                     f"granularity={self.name!r} needs the input axis of every kernel to split into groups "
@@ -151,7 +166,7 @@ class NM(Granularity):
         # The N best of every group out of reach: no group keeps fewer than N.
         ranked = []
         for ref, entries in zip(refs, super().rank(refs, scores)):
-            axis = units_lib.input_axis(ref.layer, ref.variable)
+            axis = self.input_axis(ref.layer, ref.variable)
             grouped = self.groups(entries, axis)
             best = np.argsort(-grouped, axis=-1, kind="stable")[..., :self.n]
             np.put_along_axis(grouped, best, np.inf, axis=-1)

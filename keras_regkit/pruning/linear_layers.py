@@ -81,10 +81,14 @@ class DenseLayer(LinearLayer):
 class EinsumLayer(LinearLayer):
     """An `EinsumDense` whose kernel's axes are each contracted with the
     inputs or carried to the outputs (every form Keras' and KerasHub's
-    attention and feed-forward projections use)."""
+    attention and feed-forward projections use). The contracted axes run
+    in the order the inputs hold them, so the last (`group_axis`) is the
+    inputs' innermost: N:M groups lie along it, as `einsum_input_axis`
+    says."""
 
     def __init__(self, layer, variable, inputs_spec: str, kernel_spec: str, bias):
-        contracted = [i for i, axis in enumerate(kernel_spec) if axis in inputs_spec]
+        contracted = sorted((i for i, axis in enumerate(kernel_spec) if axis in inputs_spec),
+                            key=lambda i: inputs_spec.index(kernel_spec[i]))
         super().__init__(layer, variable, contracted, [i for i in range(len(kernel_spec)) if i not in contracted],
                          bias)
         self._inputs_spec = inputs_spec
@@ -136,6 +140,32 @@ def _einsum_specs(equation: str) -> tuple[str, str, str]:
     return inputs, kernel, outputs
 
 
+def einsum_input_axis(layer) -> int | None:
+    """The axis of an `EinsumDense` kernel that N:M groups lie along: of the
+    axes contracted with the inputs, the one the inputs hold innermost (the
+    last such letter of the inputs' spec: `"abc,cde->abde"`, the query,
+    key and value of an attention layer, gives 0, the hidden axis;
+    `"abcd,cde->abe"`, its output, gives 1, the head dimension). None for a
+    form `linear_layer` does not cover."""
+    if not isinstance(layer, keras.layers.EinsumDense) or isinstance(_einsum_form(layer), str):
+        return None
+    inputs, kernel, _ = _einsum_specs(layer.equation)
+    return max((i for i, axis in enumerate(kernel) if axis in inputs), key=lambda i: inputs.index(kernel[i]))
+
+
+def _einsum_form(layer) -> str | None:
+    """Why an `EinsumDense`'s kernel is not covered, or None."""
+    inputs, kernel, outputs = _einsum_specs(layer.equation)
+    letters = inputs.replace("...", "")
+    shared = [a for a in kernel if a in letters and a in outputs]
+    if shared or any(a not in letters and a not in outputs for a in kernel) or "..." in kernel:
+        return (f"an EinsumDense with equation {layer.equation!r}: its kernel has axes neither only "
+                "contracted with the inputs nor only carried to the outputs")
+    if not any(a in letters for a in kernel):
+        return f"an EinsumDense with equation {layer.equation!r}: its kernel reads none of its inputs' axes"
+    return None
+
+
 def linear_layer(layer, variable, bias: bool = False) -> LinearLayer | str:
     """The `LinearLayer` of `variable` (a layer's kernel), or why the layer
     is not covered; with `bias`, its bias as one more input where it has one
@@ -148,15 +178,11 @@ def linear_layer(layer, variable, bias: bool = False) -> LinearLayer | str:
     if isinstance(layer, keras.layers.Dense) and len(variable.shape) == 2:
         return DenseLayer(layer, variable, own_bias)
     if isinstance(layer, keras.layers.EinsumDense):
-        inputs, kernel, outputs = _einsum_specs(layer.equation)
-        letters = inputs.replace("...", "")
-        shared = [a for a in kernel if a in letters and a in outputs]
-        if shared or any(a not in letters and a not in outputs for a in kernel) or "..." in kernel:
-            return (f"an EinsumDense with equation {layer.equation!r}: its kernel has axes neither only "
-                    "contracted with the inputs nor only carried to the outputs")
-        if not any(a in letters for a in kernel):
-            return f"an EinsumDense with equation {layer.equation!r}: its kernel reads none of its inputs' axes"
-        carried = "".join(a for a in kernel if a not in letters)
+        why = _einsum_form(layer)
+        if why is not None:
+            return why
+        inputs, kernel, _ = _einsum_specs(layer.equation)
+        carried = "".join(a for a in kernel if a not in inputs)
         return EinsumLayer(layer, variable, inputs, kernel, own_bias if layer.bias_axes == carried else None)
     if isinstance(layer, CONVOLUTIONS):
         if layer.groups != 1:
