@@ -145,7 +145,7 @@ class WeightStats:
         return self._layer_stats(rows)
 
     def _pattern_ok(self, ref) -> bool | None:
-        axis = None if self.pattern is None else units_lib.input_axis(ref.layer, ref.variable)
+        axis = None if self.pattern is None else self.nm.input_axis(ref.layer, ref.variable)
         if axis is None:
             return None
         return self.nm.satisfied_by(np.asarray(ops.convert_to_numpy(ref.variable.value)), axis)
