@@ -244,7 +244,9 @@ def prune_reconstructed(
             at most N non-zeros in every M consecutive inputs of a unit,
             along the kernel's last input axis).
         layers: Layer selector, as in `prune`. Defaults to all.
-        hold: If True, keep the zeros at zero during further training.
+        hold: If True, keep the zeros at zero during further training
+            (give it before `keras_regkit.shrink`, which trains before its
+            first cut: the zeros held, its cut takes them first).
         calibration_steps: How many batches of `calibration_data` to read.
         batch_size: Samples per batch when `calibration_data` is arrays.
         block_size: Inputs per block of the mask selection (rounded down to
