@@ -17,13 +17,16 @@ Per architecture and seed, from the same trained state (weights and
 optimizer slots put back between runs):
 
 - `dense`: the trained model;
-- `shrunk`: `shrink(sparsity=--sparsity, granularity="unit")`, and
-  `compact` of it (`compact`);
+- `shrunk`: `shrink(sparsity=--sparsity, granularity="unit")` as it
+  leaves the model, and `compact_stale`: that compacted (the issue's
+  workflow: BatchNormalization statistics of the network before the cuts);
+- `compact`: the same shrink, then `rk.deploy.refresh_batch_norm` on the
+  training images (the fix), then `compact`;
 - `compact_tol`: `shrink(tolerance=--tolerance, granularity="unit")`,
-  compacted;
-- `compact_qat`: the sparsity-mode shrink with `int8=True` (the
-  quantization-aware shrink), compacted; only where `shrink` takes `int8`
-  (the column is left out otherwise: `"qat": null` in the JSON).
+  refreshed, compacted;
+- `compact_qat` (`--qat`): the sparsity-mode shrink with `int8=True` (the
+  quantization-aware shrink), refreshed, compacted (`"qat": null` in the
+  JSON when not run).
 
 Each model is exported to LiteRT as float, `int8="dynamic"` and
 `int8=True` (calibrated on 200 training images), checked on the test
@@ -85,20 +88,6 @@ def build(keras, arch, size):
     return keras.applications.EfficientNetB0(weights=None, input_shape=shape, classes=10), 255.0
 
 
-def refresh_batch_norm(keras, model, x, batches=60, momentum=0.9, seed=0):
-    """Re-estimates every BatchNormalization's moving statistics on `x`
-    (training-mode forward passes, no weight update); momentum restored."""
-    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    kept = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.momentum = momentum
-    rng = np.random.default_rng(seed)
-    for _ in range(batches):
-        model(x[rng.choice(len(x), BATCH_SIZE, replace=False)], training=True)
-    for layer, value in zip(layers, kept):
-        layer.momentum = value
-
-
 def accuracy(predictions, y):
     return float(np.mean(np.asarray(predictions).argmax(-1) == y))
 
@@ -115,13 +104,13 @@ def make_models(keras, rk, arch, seed, args):
                   metrics=["accuracy"])
     start = time.perf_counter()
     model.fit(x, y, epochs=args.epochs, batch_size=BATCH_SIZE, verbose=0)
-    refresh_batch_norm(keras, model, x, seed=seed)
+    rk.deploy.refresh_batch_norm(model, x)
     print(f"[{arch} seed {seed}] trained in {time.perf_counter() - start:.0f}s, test accuracy "
           f"{accuracy(model.predict(x_test, verbose=0), y_test):.4f}", flush=True)
     models = {"dense": deployable_copy(model)}
     reset = resetter(keras, model)
     shrinks = {"": {"sparsity": args.sparsity}, "_tol": {"tolerance": args.tolerance}}
-    if "int8" in inspect.signature(rk.ShrinkPhase.__init__).parameters:
+    if args.qat:
         shrinks["_qat"] = {"sparsity": args.sparsity, "int8": True, "representative_data": x[:CALIBRATION]}
     for tag, options in shrinks.items():
         reset()
@@ -129,10 +118,14 @@ def make_models(keras, rk, arch, seed, args):
         result = rk.shrink(model, x, y, granularity="unit", epochs=args.shrink_epochs, batch_size=BATCH_SIZE,
                            validation_data=(x_val, y_val), **options)
         if not tag:
+            # As the shrink leaves it: the moving statistics of the network before the cuts.
             models["shrunk"] = deployable_copy(model)
+            models["compact_stale"] = rk.compact(deployable_copy(model)).model
+        stale = max(rk.deploy.stale_batch_norm(model, x[:CALIBRATION]).values(), default=1.0)
+        rk.deploy.refresh_batch_norm(model, x)  # the fix (#43)
         models[f"compact{tag}"] = rk.compact(deployable_copy(model)).model
         print(f"[{arch} seed {seed}] shrink{tag or ''} {result.sparsity:.1%} zeros in "
-              f"{time.perf_counter() - start:.0f}s; compact: {models[f'compact{tag}'].count_params():,} of "
+              f"{time.perf_counter() - start:.0f}s; stale BatchNormalization RMS up to {stale:.1f}; compact: {models[f'compact{tag}'].count_params():,} of "
               f"{models['dense'].count_params():,} parameters", flush=True)
     return models, (x, y), (x_test, y_test)
 
@@ -249,6 +242,8 @@ def main(argv=None):
     parser.add_argument("--shrink-epochs", type=int, default=6)
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--tolerance", type=float, default=0.01)
+    parser.add_argument("--qat", action="store_true",
+                        help="also the quantization-aware shrink (shrink(..., int8=True)), where shrink takes it")
     parser.add_argument("--files", default="deploy_cnn_files", help="folder for the .tflite files and manifest")
     parser.add_argument("--latency-only", action="store_true", help="time the files of an earlier run in --files")
     parser.add_argument("--repeats", type=int, default=15, help="timing rounds")
@@ -256,6 +251,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="size 32, 2 epochs, one seed, few repeats")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
+    if args.qat and "int8" not in inspect.signature(__import__("keras_regkit").ShrinkPhase.__init__).parameters:
+        parser.error("--qat: this keras_regkit's shrink has no `int8` option yet")
     if args.quick:
         args.size, args.epochs, args.shrink_epochs, args.seeds, args.repeats, args.calls = 32, 2, 2, [0], 3, 5
 
@@ -276,7 +273,7 @@ def main(argv=None):
         manifest = {"versions": {"keras": keras.__version__, "tensorflow": tf.__version__,
                                  "ai_edge_litert": litert_version},
                     "settings": {k: v for k, v in vars(args).items() if k not in ("latency_only", "out")},
-                    "qat": "int8" in inspect.signature(rk.ShrinkPhase.__init__).parameters or None, "rows": []}
+                    "qat": bool(args.qat) or None, "rows": []}
         inputs = {}
         for arch in args.archs:
             for seed in args.seeds:
