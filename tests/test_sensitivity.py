@@ -118,6 +118,12 @@ def sensitivity(**kwargs):
     return call
 
 
+def empty_dataset():
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices((X[:0], Y[:0])).batch(8)
+
+
 BAD_INPUT = [
     row("levels-empty", sensitivity(levels=()), ValueError, "argument `levels`: expected a non-empty list"),
     row("levels-a-number", sensitivity(levels=0.5), ValueError, "argument `levels`"),
@@ -126,6 +132,8 @@ BAD_INPUT = [
     row("levels-negative", sensitivity(levels=(-0.5,)), ValueError, "levels"),
     row("levels-str", sensitivity(levels=("half",)), TypeError, "levels"),
     row("data-empty", sensitivity(data=(X[:0], Y[:0])), ValueError, "argument `data`: it holds no samples"),
+    row("data-empty-dataset", lambda m: sensitivity(data=empty_dataset())(m), ValueError,
+        "argument `data`: it holds no samples"),
     row("data-wrong-shape", sensitivity(data=(X[:, :3], Y)), ValueError,
         "argument `data`: model.evaluate cannot read it"),
     row("metric-unknown", sensitivity(metric="accuracy"), ValueError,

@@ -143,14 +143,6 @@ def _one_layer(layer):
     return lambda candidate: candidate is layer
 
 
-def _samples(data) -> int | None:
-    """The samples of array data (None for a dataset)."""
-    if isinstance(data, (tuple, list)) and data and not isinstance(data[0], (int, float)):
-        leaves = keras.tree.flatten(data[0])
-        return int(np.shape(leaves[0])[0]) if leaves and np.ndim(leaves[0]) else None
-    return None
-
-
 def _evaluate(model, data, batch_size) -> dict:
     if isinstance(data, (tuple, list)):
         results = model.evaluate(*data, batch_size=batch_size, verbose=0, return_dict=True)
@@ -224,8 +216,6 @@ def sensitivity(
                          "first.")
     if batch_size is not None:
         batch_size = _validate.integer("batch_size", batch_size, minimum=1)
-    if _samples(data) == 0:
-        raise ValueError("Invalid value for argument `data`: it holds no samples.")
     refs = granularity_lib.Weights().select(model, layers)
     calibration_data = data[0] if isinstance(data, (tuple, list)) else data
     reads_inputs = score == "wanda" or method == "sparsegpt"
