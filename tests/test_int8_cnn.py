@@ -31,7 +31,7 @@ def _images(n=256, seed=0):
 
 
 def _bn_inputs(model, x):
-    return np.asarray(keras.Model(model.input, model.get_layer("bn").input)(x)).reshape(-1, 16)
+    return keras.ops.convert_to_numpy(keras.Model(model.input, model.get_layer("bn").input)(x)).reshape(-1, 16)
 
 
 def _stale(model, x, channels=4):
