@@ -435,6 +435,7 @@ def test_a_layer_kind_not_covered_is_named_and_left_untouched():
     with pytest.warns(UserWarning, match="left untouched: 'transposed' \\(a Conv1DTranspose\\)"):
         result = prune_reconstructed(model, sparsity=0.5, calibration_data=x)
     assert [ref.name for ref in result.refs] == ["out"]
+    assert result.untouched == {"transposed": "a Conv1DTranspose"}
     np.testing.assert_array_equal(numpy(model.get_layer("transposed").kernel), transposed)
 
 
@@ -461,6 +462,32 @@ BAD_INPUT = [
         "`calibration_data`: the model cannot be called on it"),
     row("empty", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=inputs(0, 6)), ValueError,
         "holds no samples"),
+    row("not-inputs-a-number", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=3.0), TypeError,
+        "calibration_data=3.0 of type float"),
+    row("not-inputs-a-list-with-none", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=[None]),
+        TypeError, "Invalid value for argument `calibration_data`: expected inputs"),
+    row("not-inputs-a-path", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data="x.npy"), TypeError,
+        "of type str"),
+    row("the-model-cannot-take-a-dict", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data={"x": X}),
+        ValueError, "`calibration_data`: the model cannot be called on it"),
+    row("the-model-cannot-take-strings", lambda m: prune_reconstructed(
+        m, sparsity=0.5, calibration_data=np.full((64, 6), "a")), ValueError, "the model cannot be called on it"),
+    row("wrong-shape-in-a-later-batch", lambda m: prune_reconstructed(
+        m, sparsity=0.5, calibration_data=iter([X[:32], X[:32, :3]])), ValueError, "the model cannot be called on it"),
+    row("empty-generator", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=iter([])), ValueError,
+        "holds no samples"),
+    row("non-finite-in-a-later-batch", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=iter(
+        [X[:32], X_NAN[:32] * np.inf])), ValueError, "batch 1 (from sample 32)"),
+    row("all-zero-data", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=np.zeros((64, 6), "float32")),
+        ValueError, "'hidden0' reads only zeros on it (each of its 6 inputs is 0 on every sample)"),
+    row("a-later-layer-reads-only-zeros", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=X),
+        ValueError, "'out' reads only zeros on it (each of its 8 inputs is 0 on every sample, the layers before it "
+        "pruned)", prepare=lambda m: m.get_layer("hidden0").bias.assign(np.full(8, -1e3, "float32"))),
+    row("too-few-samples-for-a-convolution", lambda m: prune_reconstructed(
+        conv_model(), sparsity=0.5, calibration_data=np.ones((1, 20, 4), "float32")), ValueError,
+        "'c2' 16 input rows (16 per sample), fewer than the 24 inputs its kernel reads"),
+    row("too-few-samples-from-a-dataset-says-the-cap", lambda m: prune_reconstructed(
+        m, sparsity=0.5, calibration_data=iter([X[:4]])), ValueError, "unless `calibration_steps` is given"),
     row("non-finite-data", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=X_NAN), ValueError,
         "NaN or inf"),
     row("non-finite-activations", lambda m: prune_reconstructed(m, sparsity=0.5, calibration_data=X), ValueError,

@@ -123,6 +123,16 @@ def check_finite_batch(batch, step: int, first_sample: int) -> None:
             "Drop or repair those samples. Nothing was changed.")
 
 
+def check_form(calibration_data) -> None:
+    """Refuses `calibration_data` that is plainly not inputs (see
+    `_not_inputs`), before anything is read or changed."""
+    if _not_inputs(calibration_data):
+        raise TypeError(
+            "Invalid value for argument `calibration_data`: expected inputs as `model(x)` takes them (arrays, "
+            "a dict or list of arrays) or a dataset or generator of them. Received: calibration_data="
+            f"{calibration_data!r:.80} of type {type(calibration_data).__name__}")
+
+
 def _not_inputs(calibration_data) -> bool:
     """Whether `calibration_data` is plainly not inputs: a str (a path?), a
     number, or arrays given as nested Python lists (whose numbers would be
@@ -148,11 +158,7 @@ def input_norms(model: keras.Model, refs: list[WeightRef], calibration_data, bat
                 f"{ref.name!r} ({type(ref.layer).__name__} {ref.kind}) does not read its layer's inputs "
                 "directly. Select Dense, Conv or DepthwiseConv kernels (`layers=`, `weights=`)."
             )
-    if _not_inputs(calibration_data):
-        raise TypeError(
-            "Invalid value for argument `calibration_data`: expected inputs as `model(x)` takes them (arrays, "
-            "a dict or list of arrays) or a dataset or generator of them. Received: calibration_data="
-            f"{calibration_data!r:.80} of type {type(calibration_data).__name__}")
+    check_form(calibration_data)
     sums: dict = {}
     with _recording_inputs(layers.values(), sums):
         seen = 0

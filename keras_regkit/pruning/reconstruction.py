@@ -40,6 +40,7 @@ import numpy as np
 
 from keras_regkit import _validate
 from keras_regkit import weights as weights_lib
+from keras_regkit.pruning import calibration
 from keras_regkit.pruning import cut as cut_lib
 from keras_regkit.pruning import granularity as granularity_lib
 from keras_regkit.pruning import layer_inputs
@@ -60,15 +61,18 @@ class ReconstructionResult(PruneResult):
     layer's outputs on the calibration inputs against those it had in the
     unpruned model, `||W X_d - Ŵ X||² / ||W X_d||²` (`X`: its inputs with
     the layers before it pruned, `X_d`: as they were; with
-    `dense_target=False`, `X_d = X`)."""
+    `dense_target=False`, `X_d = X`); and `untouched`: the selected
+    weights of layers the method does not cover, by name, each with why
+    (also named in a warning)."""
 
     errors: dict = dataclasses.field(default_factory=dict)
+    untouched: dict = dataclasses.field(default_factory=dict)
 
 
-def _covered(refs, pattern, update_bias: bool, per_layer: dict | None) -> tuple[dict, dict]:
+def _covered(refs, pattern, update_bias: bool, per_layer: dict | None) -> tuple[dict, dict, dict]:
     """The `LinearLayer`s and names, by `id(layer)`, of the covered layers
-    to prune (with `per_layer`, those it names with a sparsity above 0);
-    warns of the selected layers not covered, which are left as they are."""
+    to prune (with `per_layer`, those it names with a sparsity above 0), and
+    why each selected layer not covered is left as it is (warned of)."""
     linears, skipped = {}, {}
     for ref in refs:
         linear = linear_layers.linear_layer(ref.layer, ref.variable, update_bias)
@@ -102,7 +106,7 @@ def _covered(refs, pattern, update_bias: bool, per_layer: dict | None) -> tuple[
         raise ValueError(
             f"method='sparsegpt' covers {COVERED}, and the selection has none: {sorted(skipped)}. Select "
             "other layers (`layers=`).")
-    return covered, names
+    return covered, names, skipped
 
 
 def _put(linear, kernel, bias) -> None:
@@ -158,6 +162,7 @@ def _check_arguments(sparsity, granularity, calibration_data, hold, batch_size, 
         raise ValueError(
             "method='sparsegpt' reconstructs each layer from the inputs it receives: it needs `calibration_data` "
             "(a few hundred unlabeled inputs as `model(x)` takes them). Received: calibration_data=None")
+    calibration.check_form(calibration_data)
     granularity = granularity_lib.get(granularity)
     per_layer = isinstance(sparsity, collections.abc.Mapping)
     if isinstance(granularity, granularity_lib.NM):
@@ -275,12 +280,14 @@ def prune_reconstructed(
     Raises:
         TypeError, ValueError: If an argument is invalid (a per-layer
             `sparsity` naming a layer that is not a covered kernel of the
-            selection, or a value out of range); the model cannot
-            be called on `calibration_data`, or it holds no samples, NaN or
-            inf entries, or fewer samples than a layer needs (the message
-            says how many); a covered kernel's inputs do not split into the
-            pattern's groups, or hold NaN or inf; or no selected layer is
-            covered. The model is unchanged then.
+            selection, or a value out of range); `calibration_data` is not
+            inputs, the model cannot be called on it, or it holds no
+            samples, NaN or inf entries, fewer samples than a layer needs
+            (an error, not a warning: the message says how many), or gives
+            a layer only zeros; a covered kernel's inputs do not split into
+            the pattern's groups, or hold NaN or inf; or no selected layer
+            is covered. The model is unchanged then. A selected layer of a
+            kind not covered is named in a warning and left as it is.
 
     Example:
 
@@ -303,9 +310,9 @@ def prune_reconstructed(
     refs = weights_lib.select_weights(model, layers, "kernel")
     cut_lib.check_finite(refs)
     per_layer = sparsity if isinstance(sparsity, dict) else None
-    covered, names = _covered(refs, pattern, update_bias, per_layer)
+    covered, names, untouched = _covered(refs, pattern, update_bias, per_layer)
     if not covered:  # a mapping of zeros: nothing to cut
-        return ReconstructionResult(0.0, 0, 0, [], {})
+        return ReconstructionResult(0.0, 0, 0, [], {}, untouched)
     batches = layer_inputs.batch_source(calibration_data, batch_size, calibration_steps)
     survey = layer_inputs.survey(model, covered, batches)
     never = sorted(names[key] for key in covered if key not in survey.calls)
@@ -340,6 +347,13 @@ def prune_reconstructed(
                 raise ValueError(
                     f"method='sparsegpt': the inputs of {names[key]!r} reach NaN or inf on the calibration data "
                     "(finite as given: the layers before it overflow on it). Nothing was changed.")
+            if not np.diag(gram.matrix)[:linear.inputs].any():
+                raise ValueError(
+                    f"Invalid value for argument `calibration_data`: {names[key]!r} reads only zeros on it (each of "
+                    f"its {linear.inputs} inputs is 0 on every sample" + (", the layers before it pruned" if
+                                                                         pruned_values else "") +
+                    "): the reconstruction would cut all of its weights. Pass inputs that reach the layer. Nothing "
+                    "was changed.")
             done = sparsegpt.reconstruct(linear.matrix().T, gram.matrix, shares.get(key), pattern, block_size,
                                          dampening, linear.free, gram.cross, gram.dense_energy)
             # One layer's Gram matrix alive at a time: the frames of the
@@ -361,4 +375,4 @@ def prune_reconstructed(
         hold_zeros(model, [ref.variable for ref in pruned])
     zeros = sum(int(np.count_nonzero(layer_inputs.numpy(ref.variable.value) == 0)) for ref in pruned)
     params = sum(int(np.prod(ref.variable.shape)) for ref in pruned)
-    return ReconstructionResult(0.0, zeros, params, pruned, errors)
+    return ReconstructionResult(0.0, zeros, params, pruned, errors, untouched)
