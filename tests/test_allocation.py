@@ -112,11 +112,11 @@ def test_sparsegpt_takes_a_dict_and_owl_as_per_layer_sparsities():
     x = np.random.default_rng(3).normal(size=(64, 8)).astype("float32")
     owl = rk.pruning.OWL(multiplier=2.0, spread=0.25)
     model = two_layers()
-    shares = owl.sparsities(
-        {"a": np.abs(keras.ops.convert_to_numpy(model.layers[0].kernel)) * np.sqrt((x.astype("float64") ** 2).sum(0))[:, None],
-         "b": np.abs(keras.ops.convert_to_numpy(model.layers[1].kernel)) * np.sqrt(
-             (np.maximum(x @ keras.ops.convert_to_numpy(model.layers[0].kernel), 0).astype("float64") ** 2).sum(0))[:, None]},
-        0.5)
+    first, second = (keras.ops.convert_to_numpy(layer.kernel) for layer in model.layers)
+    hidden = np.maximum(x @ first + keras.ops.convert_to_numpy(model.layers[0].bias), 0.0)
+    wanda = {"a": np.abs(first) * np.linalg.norm(x.astype("float64"), axis=0)[:, None],
+             "b": np.abs(second) * np.linalg.norm(hidden.astype("float64"), axis=0)[:, None]}
+    shares = owl.sparsities(wanda, 0.5)
     rk.prune(model, sparsity=0.5, method="sparsegpt", calibration_data=x, allocation=owl)
     assert zeros_of(model) == {name: round(64 * share) for name, share in shares.items()}
 
@@ -196,11 +196,11 @@ BAD_INPUT = [
     row("allocation-with-pattern", prune(allocation="uniform", granularity="2:4"), ValueError,
         "needs granularity='weight'"),
     row("owl-without-calibration-data", prune(sparsity=0.5, allocation="owl"), ValueError,
-        "allocation='owl' or 'sensitivity' need `calibration_data`"),
+        "(or allocation='owl' or 'sensitivity') needs `calibration_data`"),
     row("sensitivity-without-calibration-data", prune(sparsity=0.5, allocation="sensitivity"), ValueError,
-        "need `calibration_data`"),
+        "needs `calibration_data`"),
     row("uniform-with-calibration-data", prune(sparsity=0.5, allocation="uniform", calibration_data=X), ValueError,
-        "only they read them"),
+        "only it reads them. Received: score='magnitude', allocation='uniform', calibration_data=ndarray"),
     row("owl-wrong-shape-data", prune(sparsity=0.5, allocation="owl", calibration_data=np.ones((8, 3), "float32")),
         ValueError, "`calibration_data`: the model cannot be called on it"),
     row("owl-nan-data", prune(sparsity=0.5, allocation="owl", calibration_data=np.full((8, 6), np.nan, "float32")),

@@ -203,7 +203,8 @@ def saved_compiled_model_and_data(tmp_path_factory):
     import keras
     import numpy as np
 
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, name="hidden"), keras.layers.Dense(4, name="out")])
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, name="hidden"),
+                              keras.layers.Dense(4, name="out")])
     model.compile("sgd", "mse", metrics=["mae"])
     folder = tmp_path_factory.mktemp("sensitivity")
     rng = np.random.default_rng(0)

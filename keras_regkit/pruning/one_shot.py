@@ -256,8 +256,9 @@ def prune(
     reads_inputs = score == "wanda" or isinstance(allocation, allocation_lib.MEASURED)
     if reads_inputs != (calibration_data is not None):
         raise ValueError(
-            "score='wanda' and allocation='owl' or 'sensitivity' need `calibration_data` (a few hundred unlabeled "
-            "inputs), and only they read them. Received: score={score!r}, allocation={allocation!r}, calibration_data="
+            "score='wanda' (or allocation='owl' or 'sensitivity') needs `calibration_data` (a few hundred "
+            f"unlabeled inputs), and only it reads them. Received: score={score!r}, allocation={allocation!r}, "
+            "calibration_data="
             f"{'None' if calibration_data is None else type(calibration_data).__name__}")
     if calibration_steps is not None:
         calibration_steps = _validate.integer("calibration_steps", calibration_steps, minimum=1)
