@@ -219,15 +219,18 @@ def sensitivity(
     refs = granularity_lib.Weights().select(model, layers)
     calibration_data = data[0] if isinstance(data, (tuple, list)) else data
     reads_inputs = score == "wanda" or method == "sparsegpt"
+    no_samples = "Invalid value for argument `data`: it holds no samples (model.evaluate read none)."
     try:
         base_results = _evaluate(model, data, batch_size)
+    except StopIteration:  # JAX's and PyTorch's evaluate on no batches (TensorFlow's returns {})
+        raise ValueError(no_samples) from None
     except Exception as error:  # the first evaluation: a failure is the data's
         raise ValueError(
             "Invalid value for argument `data`: model.evaluate cannot read it "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). Pass `(x, y)` arrays "
             "or a dataset of `(x, y)` batches, as `model.evaluate` takes them.") from None
     if not base_results:
-        raise ValueError("Invalid value for argument `data`: it holds no samples (model.evaluate read none).")
+        raise ValueError(no_samples)
     if metric is None:
         metric = next((name for name in base_results if name != "loss"), "loss")
     if metric not in base_results:
