@@ -181,6 +181,16 @@ def test_zeros_on_entry_stay_zero_and_dead_inputs_lose_their_weights():
     assert (after == 0).sum() == 6 + 3 + 3 + 6  # each block's quota (3), or its zeros where they are more
 
 
+def test_zeros_on_entry_stay_zero_in_a_later_layer_fitted_to_its_unpruned_outputs():
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(10, activation="relu", name="first"),
+                              keras.layers.Dense(4, name="second")])
+    kernel = numpy(model.get_layer("second").kernel)
+    kernel[:3] = 0.0  # the dense target's correction moves every weight; these must stay cut
+    model.get_layer("second").kernel.assign(kernel)
+    prune_reconstructed(model, sparsity=0.2, calibration_data=inputs(128, 6), allocation="uniform")
+    assert (numpy(model.get_layer("second").kernel)[:3] == 0).all()
+
+
 def test_sequential_calibration_reads_the_pruned_layers_outputs(monkeypatch):
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(10, activation="relu", name="first"),
                               keras.layers.Dense(4, name="second")])
