@@ -54,11 +54,18 @@ def _images(n=256, seed=0):
     return x, (x[:, :4, :4, 0].mean(axis=(1, 2)) > 0).astype("int32") + 2 * (x[:, 4:, 4:, 1].mean(axis=(1, 2)) > 0)
 
 
+_TRAINED = {}
+
+
 @pytest.fixture
 def trained():
+    """A fresh compiled CNN with the weights of one training (trained once per backend)."""
     x, y = _images()
     model = _cnn()
-    model.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    if not _TRAINED:
+        model.fit(x, y, epochs=3, batch_size=32, verbose=0)
+        _TRAINED["weights"] = model.get_weights()
+    model.set_weights(_TRAINED["weights"])
     return model, x, y
 
 
