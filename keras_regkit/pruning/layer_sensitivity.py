@@ -143,6 +143,18 @@ def _one_layer(layer):
     return lambda candidate: candidate is layer
 
 
+def _holds_no_samples(data) -> bool:
+    """Whether `data` plainly holds no samples: arrays of length 0, or a
+    dataset whose length is 0 (one of unknown length is not looked into)."""
+    if isinstance(data, (tuple, list)):
+        leaves = keras.tree.flatten(data[0]) if data else []
+        return not leaves or (np.ndim(leaves[0]) > 0 and np.shape(leaves[0])[0] == 0)
+    try:
+        return len(data) == 0
+    except TypeError:
+        return False
+
+
 def _evaluate(model, data, batch_size) -> dict:
     if isinstance(data, (tuple, list)):
         results = model.evaluate(*data, batch_size=batch_size, verbose=0, return_dict=True)
@@ -219,10 +231,12 @@ def sensitivity(
     refs = granularity_lib.Weights().select(model, layers)
     calibration_data = data[0] if isinstance(data, (tuple, list)) else data
     reads_inputs = score == "wanda" or method == "sparsegpt"
-    no_samples = "Invalid value for argument `data`: it holds no samples (model.evaluate read none)."
+    no_samples = "Invalid value for argument `data`: it holds no samples."
+    if _holds_no_samples(data):  # before `evaluate`, which calls the model on an empty batch under PyTorch
+        raise ValueError(no_samples)
     try:
         base_results = _evaluate(model, data, batch_size)
-    except StopIteration:  # JAX's and PyTorch's evaluate on no batches (TensorFlow's returns {})
+    except StopIteration:  # JAX's evaluate on no batches of unknown number (TensorFlow's returns {})
         raise ValueError(no_samples) from None
     except Exception as error:  # the first evaluation: a failure is the data's
         raise ValueError(
