@@ -44,6 +44,7 @@ from keras_regkit.shrinking import decisions
 from keras_regkit.shrinking import distill as distill_lib
 from keras_regkit.shrinking.guards import ValidationCheck
 from keras_regkit.shrinking.learning_rate import LearningRatePolicy
+from keras_regkit.shrinking.batch_norm import StatisticsPace
 from keras_regkit.shrinking.policies import ShrinkPolicy, SparsityTarget, ToleranceClimb
 from keras_regkit.shrinking.result import ShrinkResult
 from keras_regkit.shrinking.snapshots import Snapshot
@@ -137,6 +138,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         self.verbose = _validate.integer("verbose", verbose)
         self.distill = distill_lib.Distillation(distill)
         self.rate = LearningRatePolicy(self.policy.learning_rate)
+        self.statistics = StatisticsPace()  # BatchNormalization's, following the cuts
         self.int8 = int8_training.for_shrink(int8, representative_data)
         self._phase = "waiting"
         self.result = self._new_result()
@@ -217,6 +219,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         """Ends the phase now at its last good state (weights, optimizer
         slots and step count), zeros released, rate restored."""
         self._good.restore(self.model, [], rewind=True)
+        self.statistics.restore(self.model)
         hold_lib.release_zeros(self.model)
         self.rate.restore(self.model)
         self.result.outcome = "interrupted"
@@ -244,6 +247,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             self.result.monitor = self.check.name
         self._begin(epoch)
         self.rate.apply(self.model)
+        self.statistics.apply(self.model)
         self.distill.attach(self.model)  # the model as it starts is the teacher
         self._step = self._epoch_steps = 0
         self._phase = "ramping"
@@ -330,6 +334,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             self.result.outcome, self.result.threshold = "baseline", None
         else:
             self.result.outcome = "stopped by the check" if self.result.stopped_at is not None else "pruned"
+        self.statistics.restore(self.model)
         hold_lib.release_zeros(self.model)
         self.rate.restore(self.model)
         self._conclude()
@@ -374,6 +379,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             self._step, self._total_steps, self._epoch_steps = saved["step"], saved["total_steps"], 0
             self.policy.set_state(parts["policy"])
             self.rate.set_state(self.model, parts["rate"])
+            self.statistics.apply(self.model)
             self._good = Snapshot.from_state(parts["good"])
             self.check.set_state(parts["check"], self.validation_data)
             self.model.set_weights(saved["current"])
