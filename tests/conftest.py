@@ -95,6 +95,17 @@ def assert_round_trip(obj):
     return restored
 
 
+def missing(*modules) -> bool:
+    """Whether any of these modules cannot be imported (an optional extra
+    not installed)."""
+    for module in modules:
+        try:
+            __import__(module)
+        except ImportError:
+            return True
+    return False
+
+
 def tiny_mlp(units=(8, 4), inputs=6, name=None, **dense_kwargs):
     layers = [keras.Input((inputs,))]
     layers += [

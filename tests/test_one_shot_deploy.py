@@ -10,23 +10,14 @@ import pytest
 import keras_regkit as rk
 from keras_regkit.pruning.granularity import NM
 
-from conftest import to_numpy
+from conftest import missing, to_numpy
 
 FEATURES, CLASSES = 16, 4
 
 
-def _missing(module):
-    try:
-        __import__(module)
-    except ImportError:
-        return True
-    return False
-
-
 # As in test_export.py: files are written under TensorFlow with the [export] extra.
 converts = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow" or any(map(_missing, ["ai_edge_litert", "onnxruntime", "tf2onnx",
-                                                                   "onnx"])),
+    keras.backend.backend() != "tensorflow" or missing("ai_edge_litert", "onnxruntime", "tf2onnx", "onnx"),
     reason="writing files runs under the TensorFlow backend with the [export] extra (see test_export.py)")
 
 

@@ -13,21 +13,13 @@ import keras_regkit as rk
 from keras_regkit.quantization import Int8Simulation, Int8Training, fake_quant_kernel
 from keras_regkit.shrinking import ShrinkPhase, evaluation
 
-from conftest import SubclassedModel, assert_refused_and_unchanged, compiled, row, tiny_mlp, value_and_grad
+from conftest import SubclassedModel, assert_refused_and_unchanged, compiled, missing, row, tiny_mlp, value_and_grad
 
 L = keras.layers
 
 
-def _missing(module):
-    try:
-        __import__(module)
-    except ImportError:
-        return True
-    return False
-
-
 converts = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow" or _missing("ai_edge_litert"),
+    keras.backend.backend() != "tensorflow" or missing("ai_edge_litert"),
     reason="full int8 LiteRT files are written by TensorFlow's converter (the TensorFlow backend) and run in "
            "ai-edge-litert (pip install '.[export]')")
 
