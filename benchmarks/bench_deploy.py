@@ -40,12 +40,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import tempfile
 import time
 
 import numpy as np
 
+from common.measure import median_and_quartiles, runtime_milliseconds
 from common.models import compile_model
 from common.protocol import BATCH_SIZE, LOADERS, SEED, SHRINK_EPOCHS, resetter
 from common.reporting import write_json
@@ -150,21 +150,8 @@ def export_all(models, x, test, folder, rk):
 def time_files(rows, x_test, batch, repeats, calls, rk):
     """Median and p25-p75 of the per-call time of each file, interleaved rounds."""
     runtimes = [rk.deploy.Runtime(r["path"], num_threads=1) for r in rows]
-    x = _take(x_test, batch)
-    for runtime in runtimes:
-        for _ in range(3):
-            runtime(x)  # allocation, delegate preparation
-    rounds = [[] for _ in rows]
-    for _ in range(repeats):
-        for runtime, samples in zip(runtimes, rounds):
-            start = time.perf_counter()
-            for _ in range(calls):
-                runtime(x)
-            samples.append(1e3 * (time.perf_counter() - start) / calls)
-    for row, samples in zip(rows, rounds):
-        q = statistics.quantiles(samples, n=4) if len(samples) > 1 else samples * 3
-        row[f"b{batch}_ms"] = statistics.median(samples)
-        row[f"b{batch}_ms_p25_p75"] = [q[0], q[2]]
+    for row, samples in zip(rows, runtime_milliseconds(runtimes, _take(x_test, batch), repeats, calls)):
+        row[f"b{batch}_ms"], row[f"b{batch}_ms_p25_p75"] = median_and_quartiles(samples)
 
 
 def label(row):

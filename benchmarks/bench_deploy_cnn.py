@@ -61,6 +61,7 @@ import time
 import numpy as np
 
 from common.data import LOADERS
+from common.measure import median_and_quartiles, runtime_milliseconds
 from common.protocol import BATCH_SIZE, resetter
 from common.reporting import read_json, write_json
 
@@ -162,20 +163,8 @@ def export_all(rk, models, x, test, folder, prefix):
 def time_files(rk, rows, folder, x, batch, repeats, calls):
     """Median and p25-p75 per-call time of every file, in interleaved rounds."""
     runtimes = [rk.deploy.Runtime(os.path.join(folder, row["file"]), num_threads=1) for row in rows]
-    x = x[:batch]
-    for runtime in runtimes:
-        for _ in range(3):
-            runtime(x)  # allocation, delegate preparation
-    rounds = [[] for _ in rows]
-    for _ in range(repeats):
-        for runtime, samples in zip(runtimes, rounds):
-            start = time.perf_counter()
-            for _ in range(calls):
-                runtime(x)
-            samples.append(1e3 * (time.perf_counter() - start) / calls)
-    for row, samples in zip(rows, rounds):
-        q = statistics.quantiles(samples, n=4) if len(samples) > 1 else samples * 3
-        row[f"b{batch}_ms"], row[f"b{batch}_ms_p25_p75"] = statistics.median(samples), [q[0], q[2]]
+    for row, samples in zip(rows, runtime_milliseconds(runtimes, x[:batch], repeats, calls)):
+        row[f"b{batch}_ms"], row[f"b{batch}_ms_p25_p75"] = median_and_quartiles(samples)
 
 
 def ratios(rows):

@@ -6,6 +6,7 @@ the rounds, and their spread.
 """
 
 import os
+import statistics
 import time
 
 
@@ -24,6 +25,21 @@ def interleaved_seconds(functions, repeats: int, calls: int, warmup: int = 1):
                 function()
             out.append((time.perf_counter() - start) / calls)
     return rounds
+
+
+def median_and_quartiles(samples):
+    """The median of `samples` and their 25th and 75th percentiles."""
+    q = statistics.quantiles(samples, n=4) if len(samples) > 1 else list(samples) * 3
+    return statistics.median(samples), [q[0], q[2]]
+
+
+def runtime_milliseconds(runtimes, x, repeats: int, calls: int):
+    """Milliseconds per call of each runtime on `x`, one value per
+    interleaved round, after 3 calls each (allocation, delegate
+    preparation)."""
+    rounds = interleaved_seconds([lambda runtime=runtime: runtime(x) for runtime in runtimes], repeats, calls,
+                                 warmup=3)
+    return [[1e3 * seconds for seconds in samples] for samples in rounds]
 
 
 def saved_size(model, folder: str, name: str) -> int:
