@@ -115,29 +115,6 @@ def test_export_leaves_a_stale_model_unchanged(tmp_path):
         np.testing.assert_array_equal(value, now, err_msg=path)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not TF, reason="full-int8 LiteRT files need the TensorFlow backend")
-def test_unit_shrunk_mobilenet_exports_in_full_int8_after_refresh(tmp_path):
-    pytest.importorskip("ai_edge_litert")
-    pytest.importorskip("sklearn")
-    rng = np.random.default_rng(0)
-    from keras_regkit.datasets import load
-
-    (x, y), _, (x_test, _) = load("digits")
-    up = lambda a: np.repeat(np.repeat(a.reshape(-1, 8, 8, 1), 4, 1), 4, 2).repeat(3, -1)  # noqa: E731
-    x, x_test = up(x), up(x_test)[:200]
-    keras.utils.set_random_seed(0)
-    model = keras.applications.MobileNetV2(alpha=0.35, weights=None, input_shape=(32, 32, 3), classes=10)
-    model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(x, y, epochs=8, batch_size=64, verbose=0)
-    refresh_batch_norm(model, x)
-    rk.shrink(model, x, y, sparsity=0.5, granularity="unit", epochs=2, batch_size=64)
-    assert stale_batch_norm(model, x[rng.choice(len(x), 200)])
-    refresh_batch_norm(model, x)
-    small = rk.compact(model).model
-    rk.export(small, str(tmp_path / "m.tflite"), int8=True, representative_data=x[:200], check=x_test)
-
-
 BAD_INPUT = [
     row("refresh-batch-size-1", lambda m: refresh_batch_norm(m, np.ones((4, 6), "float32"), batch_size=1),
         ValueError, "batch_size"),
