@@ -11,7 +11,7 @@ a round, with its range.
 
 Usage (repository root, project venv with mnist1d):
 
-    python benchmarks/bench_shrink_wall.py --rounds 5
+    python benchmarks/bench_shrink_wall.py --rounds 5 [--distill]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--datasets", nargs="+", default=list(LOADERS), choices=list(LOADERS))
+    p.add_argument("--distill", action="store_true", help="also both modes with distill=True")
     args = p.parse_args(argv)
     import keras
 
@@ -46,9 +47,12 @@ def main(argv=None):
             reset()
             rk.shrink(model, x, y, validation_data=validation, epochs=SHRINK_EPOCHS, batch_size=BATCH_SIZE, **mode)
 
-        rounds = interleaved_seconds([plain, lambda: shrink(sparsity=0.95), lambda: shrink(tolerance=0.01)],
+        modes = {"sparsity=0.95": {"sparsity": 0.95}, "tolerance=0.01": {"tolerance": 0.01}}
+        if args.distill:
+            modes.update({f"{label}, distill=True": {**mode, "distill": True} for label, mode in list(modes.items())})
+        rounds = interleaved_seconds([plain] + [lambda mode=mode: shrink(**mode) for mode in modes.values()],
                                      repeats=args.rounds, calls=1)
-        for label, times in (("sparsity=0.95", rounds[1]), ("tolerance=0.01", rounds[2])):
+        for label, times in zip(modes, rounds[1:]):
             ratios = [t / base for t, base in zip(times, rounds[0])]
             print(f"{name}: shrink({label}) / 10 plain epochs: median {statistics.median(ratios):.2f} "
                   f"[{min(ratios):.2f}-{max(ratios):.2f}] (plain {statistics.median(rounds[0]):.2f} s)", flush=True)
