@@ -60,6 +60,24 @@ def test_a_replaced_attention_and_the_traceable_mask_are_what_call_uses():
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(mask)[0], np.tril(np.ones((SEQ, SEQ), "int32")))
 
 
+def test_a_replaced_feedforward_pair_is_what_call_uses():
+    x = keras.Input((SEQ, HIDDEN))
+    encoder = built(keras_hub.layers.TransformerEncoder(16, 2), x)
+    seen = []
+
+    def inner(inputs):
+        seen.append("inner")
+        return inputs
+
+    def outer(inputs):
+        seen.append("outer")
+        return keras.ops.zeros_like(inputs)
+
+    call(fence.replace_feedforward, encoder, inner, outer)
+    encoder.call(keras.ops.convert_to_tensor(np.ones((1, SEQ, HIDDEN), "float32")))
+    assert seen == ["inner", "outer"]
+
+
 def test_a_moved_read_names_keras_hub_and_the_version_it_was_written_for():
     class Moved:  # as a built KerasHub layer of a release without the private names
         built = True
@@ -69,3 +87,5 @@ def test_a_moved_read_names_keras_hub_and_the_version_it_was_written_for():
         fence.attention_sublayers(Moved())
     with pytest.raises(FenceError, match=rf"Moved\._self_attention_layer.*{written}"):
         fence.replace_attention(Moved(), fence.SELF_ATTENTION, None)
+    with pytest.raises(FenceError, match=rf"Moved\._feedforward_intermediate_dense.*{written}"):
+        fence.replace_feedforward(Moved(), None, None)

@@ -11,6 +11,8 @@ from keras_regkit._keras import moved
 # attention layers (the decoder's cross-attention only once it is built
 # with an encoder sequence).
 SELF_ATTENTION, CROSS_ATTENTION = "_self_attention_layer", "_cross_attention_layer"
+# Where they keep their feed-forward pair (intermediate, output).
+FEEDFORWARD = ("_feedforward_intermediate_dense", "_feedforward_output_dense")
 
 
 def attention_sublayers(layer) -> dict:
@@ -29,6 +31,13 @@ def replace_attention(layer, attribute: str, attention) -> None:
     if not hasattr(layer, attribute):
         raise moved("keras_hub", f"{type(layer).__name__}.{attribute}")
     object.__setattr__(layer, attribute, attention)
+
+
+def replace_feedforward(layer, inner, outer) -> None:
+    """Makes `layer.call` use the callables `inner` and `outer` for its
+    feed-forward pair, without `layer` tracking them."""
+    for attribute, replacement in zip(FEEDFORWARD, (inner, outer)):
+        replace_attention(layer, attribute, replacement)
 
 
 def use_traceable_self_attention_mask(layer) -> None:
