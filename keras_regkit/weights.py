@@ -269,10 +269,7 @@ def iter_weights(
         check_selector(layers)
     check_built(model)  # unbuilt, it has no weights: an empty walk would say nothing
     for path, layer, ancestors in iter_layers(model):
-        if layers is not None and not any(
-            _matches(layers, p, l)
-            for p, l in zip(_ancestor_paths(path, len(ancestors)), ancestors + (layer,))
-        ):
+        if layers is not None and not selects(layers, path, layer, ancestors):
             continue
         kind_of_variable: dict[int, str] = {}
         for kind in kinds:
@@ -293,6 +290,14 @@ def _check_one_kind(layer, variable, kind: str, kind_of_variable: dict) -> None:
             f"Layer '{layer.name}' ({type(layer).__name__}) gives its variable '{variable.path}' as two weight "
             f"kinds, {first!r} and {kind!r} (in its LayerKind or `{DECLARATION}()`): each weight has one kind. "
             "Declare it under one.")
+
+
+def selects(selector: LayerSelector, path: str, layer, ancestors: tuple) -> bool:
+    """Whether `selector` selects `layer` (at `path`, inside `ancestors`,
+    as `iter_layers` yields them): it matches the layer or one that
+    contains it."""
+    return any(_matches(selector, p, l)
+               for p, l in zip(_ancestor_paths(path, len(ancestors)), ancestors + (layer,)))
 
 
 def _ancestor_paths(path: str, n_ancestors: int) -> list[str]:
