@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from keras_regkit._keras import graph as graph_fence
+from keras_regkit.compacting import blocks
 from keras_regkit.compacting import feedforward
 from keras_regkit.compacting.analysis import Analysis
 from keras_regkit.compacting.result import CompactResult
@@ -128,6 +129,14 @@ def compact(model: keras.Model, custom_objects: dict | None = None) -> CompactRe
     model of the same layers. A feed-forward block written with plain
     `Dense` layers is compacted like any other.
 
+    Removed blocks (`granularity="block"`: a KerasHub transformer layer
+    whose attention and feed-forward output projections are all zero, a
+    plain-Keras residual branch whose last layer is; see
+    `keras_regkit.pruning.blocks`) are taken out of the graph: the stream
+    passes on, through the block's layer norms for a post-norm transformer
+    layer (see `keras_regkit.compacting.blocks`), and `removed_blocks` names
+    them.
+
     Attention layers lose their dead heads (a head is dead when its slice of
     the output projection is all zero; see `dead_units`): a
     `MultiHeadAttention` is rebuilt from its config with a smaller
@@ -189,11 +198,13 @@ def compact(model: keras.Model, custom_objects: dict | None = None) -> CompactRe
             "mapping class names to classes, as for `keras.saving.load_model`. "
             f"Received: custom_objects={custom_objects!r}"
         )
+    original, removed_blocks = model, []
+    if isinstance(model, keras.Model) and model.built:
+        model, removed_blocks = blocks.bypass(model)
     if isinstance(model, keras.Model) and model.built and feedforward.needs_flattening(model):
-        original = model
         model, block_units, block_dead = feedforward.flatten(model)
     else:
-        original, block_units, block_dead = model, {}, {}
+        block_units, block_dead = {}, {}
     _check_model(model)
     analysis = Analysis(Graph.of(model))
 
@@ -232,4 +243,5 @@ def compact(model: keras.Model, custom_objects: dict | None = None) -> CompactRe
         skipped=dict(analysis.skipped),
         params_before=int(original.count_params()),
         params_after=int(new_model.count_params()),
+        removed_blocks=tuple(removed_blocks),
     )

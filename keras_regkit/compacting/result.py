@@ -23,6 +23,8 @@ class CompactResult:
             output channels all stay).
         params_before: Parameters of the original model.
         params_after: Parameters of the new model.
+        removed_blocks: The paths of the blocks taken out whole (see
+            `keras_regkit.pruning.blocks`), in model order.
 
     Example:
 
@@ -41,6 +43,7 @@ class CompactResult:
     skipped: dict[str, str]
     params_before: int
     params_after: int
+    removed_blocks: tuple = ()
 
     @property
     def removed(self) -> int:
@@ -58,6 +61,8 @@ class CompactResult:
                       + ([row[4]] if row[4] else [])).rstrip()
             for row in rows
         ]
+        if self.removed_blocks:
+            lines.append(f"removed blocks: {', '.join(self.removed_blocks)}")
         others = {n: r for n, r in self.skipped.items() if n not in self.units}
         if others:
             lines.append("skipped: " + "; ".join(f"{n} ({r})" for n, r in others.items()))

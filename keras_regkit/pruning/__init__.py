@@ -6,6 +6,8 @@ holding the zeros.
 - `calibration`: input activation norms from unlabeled data (for `Wanda`).
 - `granularity`: what a cut removes one by one (`Weights`, `Units`,
   `Heads`, `NM`): its selection, ranking, dead count, ceiling and levels.
+- `blocks`: whole residual blocks (`Blocks`, `granularity="block"`): what
+  a block is, when it is removed, its score.
 - `cut`: the one cut (by count or threshold; global, per output unit, or
   within N:M groups).
 - `hold`: `HoldZeros` keeps zeros at zero through training.
@@ -22,6 +24,7 @@ holding the zeros.
 """
 
 from keras_regkit.pruning.allocation import OWL, Sensitivity
+from keras_regkit.pruning.blocks import Blocks
 from keras_regkit.pruning.granularity import NM, Granularity, Heads, Units, Weights
 from keras_regkit.pruning.hold import HoldZeros, release_zeros
 from keras_regkit.pruning.layer_sensitivity import SensitivityResult, sensitivity
@@ -31,6 +34,6 @@ from keras_regkit.pruning.scores import Curvature, Magnitude, Score, Wanda
 
 # `prune` and `release_zeros` are public at the package root.
 __all__ = [
-    "Curvature", "Granularity", "Heads", "HoldZeros", "Magnitude", "NM", "OWL", "PruneResult", "ReconstructionResult",
+    "Blocks", "Curvature", "Granularity", "Heads", "HoldZeros", "Magnitude", "NM", "OWL", "PruneResult", "ReconstructionResult",
     "Score", "Sensitivity", "SensitivityResult", "Units", "Wanda", "Weights", "prune_reconstructed", "sensitivity",
 ]
