@@ -1,6 +1,6 @@
 """What a cut removes one by one: the granularities, as objects.
 
-`get("weight" | "unit" | "head" | "N:M")` parses the string once, at the
+`get("weight" | "unit" | "head" | "block" | "N:M")` parses the string once, at the
 call that received it; the object then answers every question the cut and
 the shrink ask of it: which weights it covers (`select`), how it ranks them
 (`rank`), what it zeroes (`zero`), what is already dead (`dead`), how far
@@ -10,6 +10,8 @@ it can go (`ceiling`), and the shrink's first cut and tolerance levels.
 - `Units`: whole output units and filters (see `units`), and the heads of
   any attention layer the selection meets;
 - `Heads`: attention heads only;
+- `Blocks` (`keras_regkit.pruning.blocks`): whole residual blocks
+  (KerasHub transformer layers, plain-Keras residual branches);
 - `NM(n, m)`: at most `n` non-zeros in every group of `m` inputs (of a
   unit kernel, or along an `EinsumDense` kernel's innermost input axis).
 """
@@ -359,11 +361,16 @@ def get(granularity, weights: Union[str, Sequence[str]] = "kernel") -> Granulari
         return granularity
     if isinstance(granularity, str) and granularity in _NAMED:
         return _NAMED[granularity](weights)
+    if granularity == "block":
+        from keras_regkit.pruning import blocks  # which subclasses Granularity
+
+        return blocks.Blocks(weights)
     split = _split_nm(granularity)
     if split is not None:
         return NM(*split, weights)
     raise ValueError(
-        "Invalid value for argument `granularity`: expected 'weight', 'unit', 'head' or 'N:M' (e.g. '2:4'), "
+        "Invalid value for argument `granularity`: expected 'weight', 'unit', 'head', 'block' or 'N:M' (e.g. "
+        "'2:4'), "
         f"or a keras_regkit.pruning.Granularity. Received: granularity={granularity!r}")
 
 
