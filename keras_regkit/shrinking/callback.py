@@ -87,7 +87,9 @@ class ShrinkPhase(keras.callbacks.Callback):
         monitor: The checked metric's validation log name (`"val_mae"`);
             top-1 accuracy when None.
         granularity: `"weight"`, `"unit"` (units, filters, and the heads of
-            attention layers), `"head"`, `"N:M"` (e.g. `"2:4"`), or a
+            attention layers), `"head"`, `"block"` (whole transformer or
+            residual blocks, sparsity in blocks; `pruning.Blocks` to score
+            them on calibration data), `"N:M"` (e.g. `"2:4"`), or a
             `keras_regkit.pruning.Granularity` (which names the weight kinds
             it covers: `Weights(["kernel", "bias"])`).
         layers: Layer selector, as in `apply_regularizers`. Defaults to all.

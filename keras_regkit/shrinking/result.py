@@ -40,12 +40,14 @@ class ShrinkResult:
         threshold: The highest score cut (entries: `|w|` or `|w|·v^(1/4)`;
             units: their mean squared score relative to their layer's mean).
         sparsity: Fraction of exact zeros over the covered weights (of units
-            with `granularity="unit"`: `unit_sparsity`).
-        unit_sparsity: Fraction of dead units over the covered layers.
+            with `granularity="unit"`, of blocks removed with `"block"`:
+            `unit_sparsity`).
+        unit_sparsity: Fraction of dead units over the covered layers (of
+            blocks removed, with `granularity="block"`).
         layers: Per-weight `LayerStats` at the end.
         dead_units: Layer path -> `(dead, total)` units at the end;
             `keras_regkit.compact` removes the dead.
-        granularity: `"weight"`, `"unit"`, `"head"` or `"N:M"`.
+        granularity: `"weight"`, `"unit"`, `"head"`, `"block"` or `"N:M"`.
         score: The score's name.
         outcome: `"pruned"`, `"stopped by the check"` (a level failed, the
             model ends at the last one that held), `"baseline"` (not even
@@ -105,12 +107,12 @@ class ShrinkResult:
         zeros, total = granularity_lib.Weights().count_dead(refs)
         self.sparsity = zeros / total if total else 0.0
         self.dead_units = units_lib.dead_units(model)
-        if isinstance(granularity, granularity_lib.Units):
+        if not isinstance(granularity, (granularity_lib.Weights, granularity_lib.NM)):  # units, heads, blocks
             dead, units = granularity.count_dead(refs)
             self.unit_sparsity = self.sparsity = dead / units if units else 0.0
 
     def __str__(self) -> str:
-        what = {"unit": "dead units", "head": "dead heads"}.get(self.granularity, "exact zeros")
+        what = {"unit": "dead units", "head": "dead heads", "block": "removed blocks"}.get(self.granularity, "exact zeros")
         head = f"shrink ({self.mode} mode): {self.outcome}; {what} {self.sparsity:.1%}"
         if self.mode == "sparsity" and self.target is not None:
             head += f" (target {self.target:.1%})"
