@@ -26,13 +26,9 @@ import numpy as np
 from keras_regkit import layers as layers_lib
 from keras_regkit._keras import graph as graph_fence
 from keras_regkit._keras.layers import sublayers
-from keras_regkit.compacting import attention
+from keras_regkit.compacting import attention, bypass
+from keras_regkit.pruning import units as units_lib
 from keras_regkit.pruning.units import dead_mask
-
-
-def _sublayer(layer, name):
-    found = [s for s in sublayers(layer, recursive=False) if s.name == name]
-    return found[0] if len(found) == 1 and isinstance(found[0], keras.layers.Dense) else None
 
 
 def block(layer) -> tuple[keras.layers.Dense, keras.layers.Dense] | None:
@@ -42,8 +38,7 @@ def block(layer) -> tuple[keras.layers.Dense, keras.layers.Dense] | None:
     spec = layers_lib.kind_of(layer).feedforward
     if spec is None or isinstance(layer, keras.Model) or spec.argument not in _config(layer):
         return None
-    inner, outer = _sublayer(layer, spec.inner), _sublayer(layer, spec.outer)
-    return (inner, outer) if inner is not None and outer is not None else None
+    return attention.feedforward_pair(layer)
 
 
 def _config(layer) -> dict:
@@ -55,9 +50,11 @@ def _config(layer) -> dict:
 
 def needs_flattening(model: keras.Model) -> bool:
     """Whether `model` has a transformer layer with dead feed-forward units,
-    an attention layer with dead heads, or is or holds a subclassed
-    functional model (a KerasHub backbone) that only a re-traced graph lets
-    `compact` edit."""
+    an attention layer with dead heads, a hidden `Dense` whose every unit is
+    dead in a Functional model (its readers may be bypassed), or is or holds
+    a subclassed functional model (a KerasHub backbone) that only a
+    re-traced graph lets `compact` edit."""
+    outputs = None
     for layer in sublayers(model, recursive=True, include_self=True):
         pair = block(layer)
         if pair is not None and dead_mask(pair[0]).any():
@@ -66,6 +63,10 @@ def needs_flattening(model: keras.Model) -> bool:
             return True
         if graph_fence.is_functional(layer) and not graph_fence.is_plain_functional(layer):
             return True
+        if bypass.all_units_dead(layer) and type(model) is not keras.Sequential:
+            outputs = units_lib.output_layers(model) or [] if outputs is None else outputs
+            if all(layer is not out for out in outputs):
+                return True
     return False
 
 
@@ -74,18 +75,23 @@ def flatten(model: keras.Model):
     every transformer layer with dead feed-forward units is rebuilt without
     them and every attention layer with dead heads with fewer heads (a
     KerasHub transformer layer with dead heads is written out as its
-    sublayers: see `attention.unroll`). Returns the copy and, per block or
-    attention layer (by its path), `(units before, units after)` and the
-    dead units before. Raises `ValueError` (see
-    `attention.check_rebuildable`) for an attention layer with dead heads
-    that cannot be rebuilt with fewer."""
+    sublayers: see `attention.unroll`). An attention layer whose every head
+    is dead, a feed-forward pair whose every unit is dead and a hidden
+    `Dense` that reads only such a constant are written as their constant
+    (see `bypass`). Returns the copy and, per block or layer (by its path),
+    `(units before, units after)` and the dead units before. Raises
+    `ValueError` (see `attention.check_rebuildable`) for an attention layer
+    with dead heads that cannot be rebuilt with fewer, or when a layer to
+    write out is called with a key/value cache."""
     for layer in sublayers(model, recursive=True, include_self=True):
-        if attention.has_dead_heads(layer):
+        if attention.needs_rebuilding(layer):
             attention.check_rebuildable(layer)  # before anything is built
     old_by_new, units, dead, unrolled = {}, {}, {}, []
+    constants = {}  # id of a new tensor -> the constant feature vector it holds at every position
+    outputs = units_lib.output_layers(model) or []
 
     def count(name, mask):
-        units[name], dead[name] = (int(mask.size), max(int((~mask).sum()), 1)), int(mask.sum())
+        units[name], dead[name] = (int(mask.size), int((~mask).sum())), int(mask.sum())
 
     def rebuild(layer):
         config = layer.get_config()
@@ -94,31 +100,47 @@ def flatten(model: keras.Model):
             mask = dead_mask(pair[0])
             spec = layers_lib.kind_of(layer).feedforward
             count(f"{layer.name}/{spec.inner}", mask)
+            # A bypassed pair's width does not matter: `unroll` never calls it.
             config = {**config, spec.argument: max(int((~mask).sum()), 1)}
             for sub in attention.attention_sublayers(layer).values():
                 if attention.has_dead_heads(sub):
                     count(f"{layer.name}/{sub.name}", dead_mask(sub))
         elif attention.has_dead_heads(layer):
             count(layer.name, dead_mask(layer))
-            config = attention.smaller_config(layer)
+            if attention.needs_rebuilding(layer):
+                config = attention.smaller_config(layer)
         new = type(layer).from_config(config)
         old_by_new[id(new)] = layer
         return new
 
     def call(new, *args, **kwargs):
         old = old_by_new.get(id(new))
+        if old is not None and bypass.all_heads_dead(old):
+            query = args[0] if args else kwargs.pop("query")
+            return bypass.ConstantAttention(old, old.name)(query, *args[1:], **kwargs)
+        if old is not None and _reads_constant(old, args, kwargs, constants, outputs):
+            value = bypass.dense_constant(old, constants[id(args[0])])
+            units[old.name], dead[old.name] = (int(dead_mask(old).size), 0), int(dead_mask(old).sum())
+            return _constant(args[0], value, constants)
         if old is None or not attention.needs_unrolling(old):
-            return new(*args, **kwargs)
-        outputs, new_by_name = attention.unroll(old, new.get_config(), args, kwargs)
+            result = new(*args, **kwargs)
+            if old is not None and bypass.all_units_dead(old) and all(old is not out for out in outputs):
+                constants[id(result)] = bypass.dead_dense_constant(old)
+            return result
+        result, new_by_name = attention.unroll(old, new.get_config(), args, kwargs)
         unrolled.append((old, new_by_name))
-        return outputs
+        return result
 
     flat = keras.models.clone_model(model, clone_function=rebuild, call_function=call, recursive=True)
+    kept = {id(layer) for layer in sublayers(flat, recursive=True)}
+    for new_id, old in old_by_new.items():
+        if new_id not in kept and bypass.all_units_dead(old):  # every reader bypassed
+            count(old.name, dead_mask(old))
     for new in sublayers(flat, recursive=True):
         old = old_by_new.get(id(new))
         if old is None:
             continue
-        if attention.has_dead_heads(old):
+        if attention.needs_rebuilding(old):
             attention.copy_heads(old, new)
         elif block(old) is not None:
             _transplant(old, {s.name: s for s in sublayers(new, recursive=False)})
@@ -129,6 +151,20 @@ def flatten(model: keras.Model):
     return flat, units, dead
 
 
+def _reads_constant(layer, args, kwargs, constants, outputs) -> bool:
+    """Whether plain `Dense` `layer`, not a model output, is called on a
+    tensor that holds one constant feature vector at every position."""
+    return (type(layer) is keras.layers.Dense and len(args) == 1 and not kwargs and id(args[0]) in constants
+            and layer.quantization_mode is None and not getattr(layer, "lora_enabled", False)
+            and all(layer is not out for out in outputs))
+
+
+def _constant(tensor, value, constants):
+    result = bypass.constant_like(tensor, value)
+    constants[id(result)] = value
+    return result
+
+
 def _transplant(old, new_by_name) -> None:
     """`old`'s weights into its rebuilt sublayers (`new_by_name`: by the
     names of `old`'s): the feed-forward pair without its dead intermediate
@@ -136,10 +172,12 @@ def _transplant(old, new_by_name) -> None:
     attention without its dead heads; every other sublayer as it is."""
     inner, outer = block(old)
     for sub in sublayers(old, recursive=False):
-        new = new_by_name[sub.name]
+        new = new_by_name.get(sub.name)
+        if new is None:  # bypassed: see `attention.unroll`
+            continue
         if sub is inner:
             _copy_feedforward(old.name, inner, outer, new, new_by_name[outer.name])
-        elif attention.has_dead_heads(sub):
+        elif attention.needs_rebuilding(sub):
             attention.copy_heads(sub, new)
         elif sub is not outer:
             new.set_weights(sub.get_weights())
@@ -147,14 +185,14 @@ def _transplant(old, new_by_name) -> None:
 
 def _copy_feedforward(name, inner, outer, new_inner, new_outer) -> None:
     mask = dead_mask(inner)
-    keep = ~mask if (~mask).any() else np.arange(mask.size) == np.argmin(mask)  # keep one unit
+    keep = ~mask  # a pair with every unit dead is bypassed instead
     w1 = keras.ops.convert_to_numpy(inner.kernel)
     b1 = keras.ops.convert_to_numpy(inner.bias) if inner.use_bias else np.zeros(mask.size, w1.dtype)
     w2 = keras.ops.convert_to_numpy(outer.kernel)
     b2 = keras.ops.convert_to_numpy(outer.bias) if outer.use_bias else np.zeros(w2.shape[-1], w2.dtype)
     # A dead unit's output, activation(bias), reaches the output layer as a
     # constant: add its share to that layer's bias.
-    constant = keras.ops.convert_to_numpy(inner.activation(keras.ops.convert_to_tensor(b1)))
+    constant = bypass.dead_dense_constant(inner)
     folded = b2 + (constant * ~keep) @ w2
     new_inner.set_weights([w1[..., keep]] + ([b1[keep]] if inner.use_bias else []))
     if not outer.use_bias and (folded != 0).any():
