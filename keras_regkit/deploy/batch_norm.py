@@ -22,6 +22,7 @@ import numpy as np
 from keras_regkit import _validate
 from keras_regkit._keras.layers import sublayers
 from keras_regkit.deploy.inputs import conform
+from keras_regkit.pruning.calibration import wrapping_calls
 
 # A layer whose inputs, normalized by its moving statistics, have a root
 # mean square above this on the representative data is stale (normalized
@@ -38,12 +39,14 @@ def batch_norm_layers(model) -> list:
 
 def refresh_batch_norm(model: keras.Model, x, batch_size: int = 256) -> int:
     """Re-estimates the moving mean and variance of every BatchNormalization
-    layer from `x`, the average of its batch statistics over `x`'s batches;
-    nothing else changes (no weight is trained).
+    layer from `x`, the average of its batch statistics over `x`'s batches,
+    with every other layer in inference mode (dropout off); nothing else
+    changes (no weight is trained).
 
-    Call it after a fine-tune with few steps (`shrink`, a pruning
-    fine-tune) and before `compact` and `export`: the model's inference
-    outputs then come from the statistics of the network that was trained.
+    Call it after a fine-tune with few steps (a pruning fine-tune, your
+    own `fit` with a `ShrinkPhase`) and before `compact` and `export`: the
+    model's inference outputs then come from the statistics of the network
+    that was trained. `shrink()` calls it at its end.
 
     Args:
         model: A built model; changed in place.
@@ -65,7 +68,7 @@ def refresh_batch_norm(model: keras.Model, x, batch_size: int = 256) -> int:
     Example:
 
     ```python
-    rk.shrink(model, x_train, y_train, sparsity=0.5, granularity="unit")
+    model.fit(x_train, y_train, epochs=8, callbacks=[rk.ShrinkPhase(start_epoch=6, sparsity=0.5)])
     rk.deploy.refresh_batch_norm(model, x_train)
     ```
     """
@@ -80,13 +83,20 @@ def refresh_batch_norm(model: keras.Model, x, batch_size: int = 256) -> int:
     count = len(keras.tree.flatten(x)[0])
     kept = [(layer.momentum, [keras.ops.convert_to_numpy(v) for v in (layer.moving_mean, layer.moving_variance)])
             for layer in layers]
+
+    def batch_statistics(layer, call, inputs, *args, **kwargs):
+        return call(inputs, *args, **{**kwargs, "training": True})
+
     try:
-        for k, start in enumerate(range(0, count, batch_size)):
-            # new = old * m + batch * (1 - m) with m = k / (k + 1): the mean
-            # of the k + 1 batches' statistics so far.
-            for layer in layers:
-                layer.momentum = k / (k + 1)
-            model(keras.tree.map_structure(lambda a: a[start:start + batch_size], x), training=True)
+        # Every other layer in inference mode (dropout and stochastic depth
+        # off), as the statistics will be used.
+        with wrapping_calls(layers, batch_statistics):
+            for k, start in enumerate(range(0, count, batch_size)):
+                # new = old * m + batch * (1 - m) with m = k / (k + 1): the
+                # mean of the k + 1 batches' statistics so far.
+                for layer in layers:
+                    layer.momentum = k / (k + 1)
+                model(keras.tree.map_structure(lambda a: a[start:start + batch_size], x), training=False)
     except BaseException:
         for layer, (_, (mean, variance)) in zip(layers, kept):
             layer.moving_mean.assign(mean)

@@ -191,6 +191,7 @@ class Int8Simulation:
         self._ranges: dict = {}
         self._mode = None
         self._stack = None
+        self._warned = False
 
     @property
     def running(self) -> bool:
@@ -200,7 +201,8 @@ class Int8Simulation:
         """Wraps the layers' calls (and calibrates, the first time)."""
         if self.running:
             return
-        if self.left_float:
+        if self.left_float and not self._warned:
+            self._warned = True  # once: a shrink restarts it after refreshing BatchNormalization
             warnings.warn(
                 "Simulated int8 leaves these layers float (the converter quantizes some such layers and not "
                 f"others, so the int8 file may differ from the simulation there): "

@@ -165,6 +165,7 @@ def shrink(
     phase = ShrinkPhase(
         start_epoch=0, verbose=verbose, validation_data=data.limit(validation_data, validation_steps),
         **_phase_arguments(sparsity, tolerance, phase_kwargs))
+    phase.statistics.refresh_from(x)  # BatchNormalization's statistics re-estimated on `x` at the end
     with phase:
         # The validation data go to `fit` too, for the logs (History,
         # TensorBoard).

@@ -336,7 +336,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             self.result.outcome, self.result.threshold = "baseline", None
         else:
             self.result.outcome = "stopped by the check" if self.result.stopped_at is not None else "pruned"
-        self.statistics.restore(self.model)
+        self.statistics.finish(self.model, refresh=self.result.outcome != "baseline", int8=self.int8)
         hold_lib.release_zeros(self.model)
         self.rate.restore(self.model)
         self._conclude()
