@@ -87,7 +87,9 @@ def flatten(model: keras.Model):
         if attention.needs_rebuilding(layer):
             attention.check_rebuildable(layer)  # before anything is built
     old_by_new, units, dead, unrolled = {}, {}, {}, []
-    constants = {}  # id of a new tensor -> the constant feature vector it holds at every position
+    # id of a new tensor -> (the feature vector it holds at every position, a
+    # tensor upstream with the same positions)
+    constants = {}
     outputs = units_lib.output_layers(model) or []
 
     def count(name, mask):
@@ -119,13 +121,16 @@ def flatten(model: keras.Model):
             query = args[0] if args else kwargs.pop("query")
             return bypass.ConstantAttention(old, old.name)(query, *args[1:], **kwargs)
         if old is not None and _reads_constant(old, args, kwargs, constants, outputs):
-            value = bypass.dense_constant(old, constants[id(args[0])])
+            value, source = constants[id(args[0])]
+            value = bypass.dense_constant(old, value)
             units[old.name], dead[old.name] = (int(dead_mask(old).size), 0), int(dead_mask(old).sum())
-            return _constant(args[0], value, constants)
+            return _constant(source, value, constants)
         if old is None or not attention.needs_unrolling(old):
             result = new(*args, **kwargs)
-            if old is not None and bypass.all_units_dead(old) and all(old is not out for out in outputs):
-                constants[id(result)] = bypass.dead_dense_constant(old)
+            if (old is not None and bypass.all_units_dead(old) and all(old is not out for out in outputs)
+                    and len(args) == 1):
+                # Its readers' constants are built on its input: it then leaves the graph.
+                constants[id(result)] = (bypass.dead_dense_constant(old), args[0])
             return result
         result, new_by_name = attention.unroll(old, new.get_config(), args, kwargs)
         unrolled.append((old, new_by_name))
@@ -159,9 +164,9 @@ def _reads_constant(layer, args, kwargs, constants, outputs) -> bool:
             and all(layer is not out for out in outputs))
 
 
-def _constant(tensor, value, constants):
-    result = bypass.constant_like(tensor, value)
-    constants[id(result)] = value
+def _constant(source, value, constants):
+    result = bypass.constant_like(source, value)
+    constants[id(result)] = (value, source)
     return result
 
 

@@ -1,0 +1,288 @@
+"""`compact` on sublayers with nothing left (issue #40): an attention layer
+whose every head is dead, a feed-forward pair whose every unit is dead, are
+written as the constant they compute (added to the residual around them),
+so the compacted model computes what the shrunk one did, saves, and reloads
+without keras_regkit. A cached decoder, or attention scores asked of a layer
+without heads, are refused."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_regkit as rk
+from keras_regkit.compacting import bypass
+from keras_regkit.pruning import units as units_lib
+
+from conftest import assert_refused_and_unchanged, row
+
+L = keras.layers
+HEADS, HEAD_DIM, HIDDEN, SEQ, FFN = 2, 4, 8, 5, 16
+
+
+def numpy(value):
+    return keras.ops.convert_to_numpy(value).copy()
+
+
+def randomize(model, seed=0):
+    """Weights far from their initial ones, biases and norms included, so
+    that a lost constant or a wrong norm shows."""
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        if variable.dtype.startswith("float"):
+            variable.assign(rng.normal(scale=0.4, size=variable.shape).astype(variable.dtype))
+
+
+def kill_heads(layer):
+    kernel = units_lib.head_kernel(layer)
+    kernel.assign(np.zeros(kernel.shape, "float32"))
+
+
+def kill_units(dense):
+    dense.kernel.assign(np.zeros(dense.kernel.shape, "float32"))
+
+
+def zero_bias(dense):
+    dense.bias.assign(np.zeros(dense.bias.shape, "float32"))
+
+
+def sequences(n=3, seed=1):
+    return np.random.default_rng(seed).normal(size=(n, SEQ, HIDDEN)).astype("float32")
+
+
+def outputs(model, x):
+    return numpy(model(x, training=False))
+
+
+def assert_same(expected, actual, x):
+    np.testing.assert_allclose(outputs(actual, x), outputs(expected, x), rtol=1e-5, atol=1e-5)
+
+
+def layer_names(model):
+    return [layer.name for layer in model.layers]
+
+
+def hub():
+    return pytest.importorskip("keras_hub", reason="KerasHub is in the test extra; its layers are the case here")
+
+
+# -- the models: each returns (model, inputs) with its empty sublayers made ---------------
+
+
+def encoders(normalize_first):
+    """Two KerasHub encoders: layer 0 without heads, layer 1 without
+    feed-forward units."""
+    keras_hub = hub()
+    keras.utils.set_random_seed(0)
+    x = keras.Input((SEQ, HIDDEN))
+    h = x
+    for i in range(2):
+        h = keras_hub.layers.TransformerEncoder(FFN, HEADS, normalize_first=normalize_first, name=f"enc{i}")(h)
+    model = keras.Model(x, L.Dense(3, name="out")(h))
+    randomize(model)
+    kill_heads(model.get_layer("enc0")._self_attention_layer)
+    kill_units(model.get_layer("enc1")._feedforward_intermediate_dense)
+    return model, sequences()
+
+
+def causal_decoders():
+    """A GPT-2-like stack: token embeddings, two causal decoders (layer 0
+    without heads, layer 1 without feed-forward units), logits."""
+    keras_hub = hub()
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((SEQ,), dtype="int32")
+    h = L.Embedding(20, HIDDEN, name="embed")(tokens)
+    for i in range(2):
+        h = keras_hub.layers.TransformerDecoder(FFN, HEADS, normalize_first=True, name=f"dec{i}")(h)
+    model = keras.Model(tokens, L.Dense(20, name="logits")(h))
+    randomize(model)
+    kill_heads(model.get_layer("dec0")._self_attention_layer)
+    kill_units(model.get_layer("dec1")._feedforward_intermediate_dense)
+    return model, np.random.default_rng(2).integers(0, 20, size=(3, SEQ))
+
+
+def plain_residual_block(residual=True):
+    """A user's block of plain Keras layers: attention (every head dead),
+    a residual sum and a norm, a Dense-Dense feed-forward (every unit of the
+    first dead) with its residual sum; without `residual`, the attention
+    feeds the head alone."""
+    keras.utils.set_random_seed(0)
+    x = keras.Input((SEQ, HIDDEN))
+    a = L.MultiHeadAttention(HEADS, HEAD_DIM, name="mha")(x, x)
+    if not residual:
+        model = keras.Model(x, L.Dense(3, name="out")(L.Flatten()(a)))
+        randomize(model)
+        kill_heads(model.get_layer("mha"))
+        return model, sequences()
+    h = L.LayerNormalization(name="norm")(L.Add()([x, a]))
+    f = L.Dense(HIDDEN, name="ffn_out")(L.Dense(FFN, activation="gelu", name="ffn_in")(h))
+    model = keras.Model(x, L.Dense(3, name="out")(L.Add()([h, f])))
+    randomize(model)
+    kill_heads(model.get_layer("mha"))
+    kill_units(model.get_layer("ffn_in"))
+    return model, sequences()
+
+
+# -- the bypass: same outputs, no empty sublayer left ------------------------------------
+
+
+@pytest.mark.parametrize("normalize_first", [False, True], ids=["post-norm", "pre-norm"])
+def test_keras_hub_encoders_without_heads_or_units_compute_the_same(normalize_first):
+    model, x = encoders(normalize_first)
+    result = rk.compact(model)
+    assert_same(model, result.model, x)
+    assert result.units["enc0/self_attention_layer"] == (HEADS, 0)
+    assert result.units["enc1/feedforward_intermediate_dense"] == (FFN, 0)
+    names = layer_names(result.model)
+    assert "enc0_self_attention_layer" not in names and "enc1_feedforward_intermediate_dense" not in names
+    assert "enc0_feedforward_intermediate_dense" in names and "enc1_self_attention_layer" in names
+    # Every weight of the attention and of the feed-forward pair: their output biases are constants now.
+    per_attention = 4 * (HIDDEN * HEADS * HEAD_DIM) + 3 * HEADS * HEAD_DIM + HIDDEN
+    assert result.params_before - result.params_after == per_attention + HIDDEN * FFN + FFN + FFN * HIDDEN + HIDDEN
+
+
+def test_a_causal_decoder_stack_without_heads_or_units_stays_causal():
+    model, tokens = causal_decoders()
+    result = rk.compact(model)
+    assert_same(model, result.model, tokens)
+    assert result.units["dec0/self_attention"] == (HEADS, 0)
+    assert result.units["dec1/feedforward_intermediate_dense"] == (FFN, 0)
+    changed = tokens.copy()
+    changed[:, -1] = (changed[:, -1] + 3) % 20
+    np.testing.assert_allclose(outputs(result.model, changed)[:, :-1], outputs(result.model, tokens)[:, :-1],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_a_plain_keras_residual_block_loses_its_attention_and_feed_forward():
+    model, x = plain_residual_block()
+    result = rk.compact(model)
+    assert_same(model, result.model, x)
+    assert not {"mha", "ffn_in", "ffn_out"} & set(layer_names(result.model))
+    assert result.units["mha"] == (HEADS, 0) and result.units["ffn_in"] == (FFN, 0)
+    assert result.units["ffn_out"] == (HIDDEN, 0) and result.dead["ffn_out"] == 0
+    assert result.params_after == model.count_params() - sum(
+        model.get_layer(n).count_params() for n in ("mha", "ffn_in", "ffn_out"))
+
+
+def test_an_attention_without_residual_becomes_its_constant_alone():
+    # Nothing to bypass, and nothing lost: the layer computed a constant.
+    model, x = plain_residual_block(residual=False)
+    result = rk.compact(model)
+    assert_same(model, result.model, x)
+    assert "mha" not in layer_names(result.model)
+    ones = np.ones_like(x)
+    np.testing.assert_allclose(outputs(result.model, ones), outputs(result.model, x), rtol=1e-6, atol=1e-6)
+
+
+def test_a_head_cut_to_the_last_head_then_compact_computes_the_same():
+    model, x = plain_residual_block()
+    rk.prune(model, sparsity=1.0, granularity="head")
+    assert bypass.all_heads_dead(model.get_layer("mha"))
+    assert_same(model, rk.compact(model).model, x)
+
+
+# -- the contract with whole blocks: an empty block with zero biases --------------------
+
+
+@pytest.mark.parametrize("normalize_first", [False, True], ids=["post-norm", "pre-norm"])
+def test_an_empty_block_with_zero_biases_is_the_identity_or_its_norms(normalize_first):
+    keras_hub = hub()
+    keras.utils.set_random_seed(0)
+    x = keras.Input((SEQ, HIDDEN))
+    encoder = keras_hub.layers.TransformerEncoder(FFN, HEADS, normalize_first=normalize_first, name="enc")
+    model = keras.Model(x, encoder(x))
+    randomize(model)
+    kill_heads(encoder._self_attention_layer)
+    zero_bias(units_lib.head_sublayers(encoder._self_attention_layer)[1])
+    kill_units(encoder._feedforward_intermediate_dense)
+    zero_bias(encoder._feedforward_intermediate_dense)  # relu(0) @ W2 = 0
+    zero_bias(encoder._feedforward_output_dense)
+    values = sequences()
+    compacted = outputs(rk.compact(model).model, values)
+    if normalize_first:
+        np.testing.assert_array_equal(compacted, values)
+    else:
+        norms = encoder._self_attention_layer_norm, encoder._feedforward_layer_norm
+        np.testing.assert_allclose(compacted, numpy(norms[1](norms[0](values))), rtol=1e-6, atol=1e-6)
+
+
+# -- saved, and loaded where keras_regkit is not --------------------------------------------
+
+
+def test_the_compacted_models_reload_without_keras_regkit(tmp_path):
+    cases = {"post_norm": lambda: encoders(False), "pre_norm": lambda: encoders(True),
+             "decoders": causal_decoders, "plain": plain_residual_block}
+    for name, build in cases.items():
+        model, x = build()
+        result = rk.compact(model)
+        result.model.save(tmp_path / f"{name}.keras")
+        np.save(tmp_path / f"{name}_x.npy", x)
+        np.save(tmp_path / f"{name}_y.npy", outputs(model, x))
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["keras_regkit"] = None
+        import keras, keras_hub, numpy as np
+        for name in {list(cases)!r}:
+            model = keras.saving.load_model(name + ".keras")
+            y = keras.ops.convert_to_numpy(model(np.load(name + "_x.npy"), training=False))
+            np.testing.assert_allclose(y, np.load(name + "_y.npy"), rtol=1e-5, atol=1e-5, err_msg=name)
+    """)
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+# -- refused: nothing changed ----------------------------------------------------------------
+
+
+def refused_and_unchanged(build):
+    """A `BAD_INPUT` call: compacts the model `build()` gives and checks,
+    whatever it raises, that its weights are as they were."""
+
+    def call(_):
+        model = build()
+        before = [numpy(v) for v in model.weights]
+        try:
+            rk.compact(model)
+        finally:
+            for variable, value in zip(model.weights, before):
+                np.testing.assert_array_equal(numpy(variable), value)
+
+    return call
+
+
+def cached_decoder():
+    keras_hub = hub()
+    sequence, cache = keras.Input((SEQ, HIDDEN)), keras.Input((2, SEQ, HEADS, HIDDEN // HEADS))
+    decoder = keras_hub.layers.TransformerDecoder(FFN, HEADS, name="dec")
+    model = keras.Model([sequence, cache], decoder(sequence, self_attention_cache=cache,
+                                                   self_attention_cache_update_index=0))
+    kill_heads(decoder._self_attention_layer)
+    return model
+
+
+def attention_scores_of_an_empty_attention():
+    x = keras.Input((SEQ, HIDDEN))
+    out, scores = L.MultiHeadAttention(HEADS, HEAD_DIM, name="mha")(x, x, return_attention_scores=True)
+    model = keras.Model(x, [out, scores])
+    kill_heads(model.get_layer("mha"))
+    return model
+
+
+BAD_INPUT = [
+    row("compact-decoder-with-a-cache", refused_and_unchanged(cached_decoder), ValueError,
+        "transformer layer 'dec' is called with a key/value cache"),
+    row("compact-attention-scores-of-a-layer-without-heads",
+        refused_and_unchanged(attention_scores_of_an_empty_attention), ValueError,
+        "attention layer 'mha' has every head dead and is called with `return_attention_scores=True`"),
+]
+
+
+@pytest.mark.clear_session_per_module
+@pytest.mark.parametrize("call, error, fragment, prepare", BAD_INPUT)
+def test_bad_input_raises_and_leaves_the_model_unchanged(call, error, fragment, prepare):
+    assert_refused_and_unchanged(call, error, fragment, prepare)
