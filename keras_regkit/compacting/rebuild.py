@@ -144,8 +144,12 @@ def compact(model: keras.Model, custom_objects: dict | None = None) -> CompactRe
     output projections. KerasHub's `TransformerEncoder`/`TransformerDecoder`
     derive their heads' width from `num_heads`, so one with dead heads is
     written out as its own sublayers (plain Keras layers and ops, named
-    `<layer>_<sublayer>`; see `keras_regkit.compacting.attention`). Every
-    attention layer keeps at least one head.
+    `<layer>_<sublayer>`; see `keras_regkit.compacting.attention`). A gated
+    attention's gate is sliced with its heads. An attention layer whose
+    every head is dead, a KerasHub feed-forward block whose every unit is
+    dead, and a `Dense` reading only a `Dense` whose every unit is dead
+    (Functional models) are written as the constant they output, added to
+    the residual around them (see `keras_regkit.compacting.bypass`).
 
     What stays: the model's output units; channels that reach a layer compact
     cannot reason about (listed in `skipped`: unknown or subclassed layers,
@@ -173,7 +177,10 @@ def compact(model: keras.Model, custom_objects: dict | None = None) -> CompactRe
     Raises:
         TypeError: If `model` is not a `keras.Model`, or `custom_objects`
             is not a dict of names to classes.
-        ValueError: If `model` is not built, or is a subclassed model.
+        ValueError: If `model` is not built, or is a subclassed model; if
+            a transformer layer to rewrite is called with a key/value
+            cache, or an attention layer without heads with
+            `return_attention_scores=True`.
 
     Example:
 

@@ -89,9 +89,9 @@ def prune(
     `TransformerEncoder`/`TransformerDecoder` hold one), its units are its
     heads: a head's score runs over its slices of the query, key, value and
     output kernels together, relative to the layer's average head; a cut
-    zeroes all of them, and every attention layer keeps its best head.
+    zeroes all of them, and it may take a layer's every head.
     `granularity="head"` cuts heads only. `compact` then rebuilds each
-    attention layer with fewer heads.
+    attention layer with fewer heads, or as its output bias once it has none.
 
     Args:
         model: The model to change, in place.
