@@ -1,0 +1,198 @@
+"""Whole transformer blocks on the heads benchmark's BERT: how well the block
+score predicts which removal costs least, and accuracy against blocks kept.
+
+The model and task are `bench_transformer_heads.py`'s (a 4-layer KerasHub
+`BertBackbone`, hidden 256, 8 heads, intermediate 1024, a synthetic counting
+task with 10 % label noise), trained the same way, per seed.
+
+`--part agreement` (accuracy only, no timing): each block's score
+(`keras_regkit.pruning.blocks.block_scores`: how far the block moves its
+output from what it computes removed, on 256 validation samples) and a
+weight-only score (the mean square of the block's weights, what the block
+granularity ranks by without calibration data), against the ground truth of
+trying each removal alone: the validation loss and test accuracy with that
+block removed (`granularity="block"` zeroes it; BERT is post-norm, so the
+removed block still applies its two layer norms). Reported per seed: the
+Spearman rank correlation of each score with the loss increase, and whether
+the block scored lowest is the one whose removal costs least.
+
+`--part accuracy` (accuracy only): blocks kept 4 -> 3 -> 2, one-shot
+(`prune(granularity=Blocks(calibration_data=...))`, no training) and with the
+shrink's fine-tune (`shrink(granularity=Blocks(...), sparsity=0.25/0.5)`),
+next to heads + feed-forward units (`granularity="unit"`) shrunk to the same
+parameter count, each compacted and checked against the shrunk model.
+The timing of these models is `bench_transformer_heads.py`'s to run.
+
+Usage (repository root, project venv):
+
+    nice -n 10 python benchmarks/bench_transformer_blocks.py --part agreement --seeds 3 \
+        --json benchmarks/results/transformer_blocks_agreement.json
+    nice -n 10 python benchmarks/bench_transformer_blocks.py --part accuracy --seeds 3 \
+        --json benchmarks/results/transformer_blocks_accuracy.json
+    python benchmarks/bench_transformer_blocks.py --quick --part agreement   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+from bench_transformer_heads import build, logits, make_data
+from common.models import compile_model
+from common.reporting import write_json
+
+from keras_regkit.demo import deployable_copy
+
+SEED = 0
+
+
+def spearman(a, b) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def loss_of(keras, model, x, y) -> float:
+    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits(model, x)))
+    return float(-np.mean(np.log(np.maximum(probabilities[np.arange(len(y)), y], 1e-12))))
+
+
+def train(args, keras, keras_hub, seed):
+    rng = np.random.default_rng(seed)
+    data = [make_data(n, rng, args.seq_len, args.label_noise) for n in (args.train, args.val, args.test)]
+    keras.utils.set_random_seed(seed)
+    base = build(keras, keras_hub, args)
+    compile_model(keras, base, args.lr)
+    base.fit(*data[0], validation_data=data[1], epochs=args.train_epochs, batch_size=args.batch_size, verbose=0)
+    return base, data
+
+
+def agreement(args, keras, keras_hub, rk, seed):
+    t0 = time.perf_counter()
+    base, (_, (x_val, y_val), (x_test, y_test)) = train(args, keras, keras_hub, seed)
+    calibration = {k: v[:256] for k, v in x_val.items()}
+    blocks_lib = rk.pruning.blocks
+    found = blocks_lib.find(base)
+    scores = blocks_lib.block_scores(base, found, calibration)
+    granularity = rk.pruning.Blocks()
+    refs = granularity.select(base, "*")
+    weight_scores = granularity.rank(refs, rk.pruning.Magnitude().scores(refs))[0]
+    base_loss = loss_of(keras, base, x_val, y_val)
+    base_acc = float((logits(base, x_test).argmax(1) == y_test).mean())
+    removed = []
+    for i, block in enumerate(found):
+        model = deployable_copy(base)
+        rk.prune(model, sparsity=1.0, granularity="block", layers=block.layer.name)
+        removed.append({"block": block.path, "score": float(scores[i]), "weight_score": float(weight_scores[i]),
+                        "val_loss_increase": loss_of(keras, model, x_val, y_val) - base_loss,
+                        "test_acc_delta_pp": 100 * (float((logits(model, x_test).argmax(1) == y_test).mean())
+                                                    - base_acc)})
+    cost = [r["val_loss_increase"] for r in removed]
+    row = {"seed": seed, "test_acc": base_acc, "val_loss": base_loss, "blocks": removed,
+           "spearman_score_vs_loss": spearman(scores, cost),
+           "spearman_weight_score_vs_loss": spearman(weight_scores, cost),
+           "lowest_score_is_cheapest": bool(np.argmin(scores) == np.argmin(cost)),
+           "lowest_weight_score_is_cheapest": bool(np.argmin(weight_scores) == np.argmin(cost))}
+    print(f"[seed {seed}] test acc {base_acc:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    for r in removed:
+        print(f"  {r['block']}: score {r['score']:.3f}, weight score {r['weight_score']:.3g}, val loss "
+              f"{r['val_loss_increase']:+.4f}, test acc {r['test_acc_delta_pp']:+.2f} pp", flush=True)
+    print(f"  Spearman score/loss {row['spearman_score_vs_loss']:+.2f} (weights {row['spearman_weight_score_vs_loss']:+.2f});"
+          f" lowest score cheapest: {row['lowest_score_is_cheapest']} (weights "
+          f"{row['lowest_weight_score_is_cheapest']})", flush=True)
+    return row
+
+
+def accuracy(args, keras, keras_hub, rk, seed):
+    base, ((x, y), (x_val, y_val), (x_test, y_test)) = train(args, keras, keras_hub, seed)
+    calibration = {k: v[:256] for k, v in x_val.items()}
+    base_acc = float((logits(base, x_test).argmax(1) == y_test).mean())
+    runs = []
+
+    def record(name, model, level):
+        small = rk.compact(model)
+        shrunk, compacted = logits(model, x_test), logits(small.model, x_test)
+        run = {"setting": name, "level": level, "params": int(small.model.count_params()),
+               "blocks_removed": len(small.removed_blocks),
+               "test_acc": float((compacted.argmax(1) == y_test).mean()),
+               "max_logit_diff_compacted_vs_shrunk": float(np.abs(compacted - shrunk).max())}
+        run["acc_delta_pp"] = 100 * (run["test_acc"] - base_acc)
+        print(f"  {name} {level}: {run['params']:,} params, test acc {run['test_acc']:.4f} "
+              f"({run['acc_delta_pp']:+.2f} pp), compacted vs shrunk <= {run['max_logit_diff_compacted_vs_shrunk']:.1g}",
+              flush=True)
+        runs.append(run)
+        return run
+
+    for level in args.block_levels:
+        model = deployable_copy(base)
+        rk.prune(model, sparsity=level, granularity=rk.pruning.Blocks(calibration_data=calibration))
+        record("blocks one-shot", model, level)
+        model = deployable_copy(base)
+        compile_model(keras, model, args.lr)
+        rk.shrink(model, x, y, sparsity=level, epochs=args.epochs, batch_size=args.batch_size,
+                  validation_data=(x_val, y_val), granularity=rk.pruning.Blocks(calibration_data=calibration))
+        params = record("blocks shrink", model, level)["params"]
+        # Heads and units to the same parameter count: the share of the
+        # heads' and units' parameters the blocks' removal takes.
+        model = deployable_copy(base)
+        compile_model(keras, model, args.lr)
+        share = (base.count_params() - params) / sum(
+            int(np.prod(r.variable.shape)) for r in rk.pruning.Blocks().select(base, "*"))
+        attention_or_ffn = lambda layer: (  # noqa: E731
+            isinstance(layer, keras.layers.MultiHeadAttention) or layer.name == "feedforward_intermediate_dense")
+        rk.shrink(model, x, y, sparsity=min(share, 0.95), epochs=args.epochs, batch_size=args.batch_size,
+                  validation_data=(x_val, y_val), granularity="unit", layers=attention_or_ffn)
+        record("heads+units shrink", model, round(min(share, 0.95), 3))
+    return {"seed": seed, "test_acc": base_acc, "params": int(base.count_params()), "runs": runs}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=["agreement", "accuracy"], default="agreement")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--block-levels", type=float, nargs="*", default=[0.25, 0.5])
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--intermediate", type=int, default=1024)
+    parser.add_argument("--seq-len", type=int, default=32)
+    parser.add_argument("--train", type=int, default=4000)
+    parser.add_argument("--val", type=int, default=500)
+    parser.add_argument("--test", type=int, default=2000)
+    parser.add_argument("--label-noise", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--train-epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=2, help="shrink epochs")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--quick", action="store_true", help="tiny model and data, one epoch")
+    parser.add_argument("--json", help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.layers, args.hidden, args.heads, args.intermediate = 4, 32, 4, 64
+        args.train, args.val, args.test, args.train_epochs, args.epochs = 400, 300, 200, 1, 1
+
+    import keras
+    import keras_hub
+
+    import keras_regkit as rk
+
+    t0 = time.perf_counter()
+    part = agreement if args.part == "agreement" else accuracy
+    results = [part(args, keras, keras_hub, rk, SEED + i) for i in range(args.seeds)]
+    summary = {}
+    if args.part == "agreement":
+        summary = {key: [r[key] for r in results] for key in (
+            "spearman_score_vs_loss", "spearman_weight_score_vs_loss", "lowest_score_is_cheapest",
+            "lowest_weight_score_is_cheapest")}
+        print(f"\nover {len(results)} seeds: {summary}")
+    print(f"total {time.perf_counter() - t0:.0f}s, load {os.getloadavg()[0]:.1f}")
+    if args.json:
+        write_json(args.json, {"settings": vars(args), "keras": keras.__version__, "summary": summary,
+                               "seeds": results})
+    return results
+
+
+if __name__ == "__main__":
+    main()
