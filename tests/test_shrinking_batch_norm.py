@@ -80,3 +80,68 @@ def test_an_interrupted_shrink_puts_the_momentum_back():
     with pytest.raises(KeyboardInterrupt):
         rk.shrink(model, x, y, sparsity=0.5, epochs=2, batch_size=32, callbacks=[Interrupt()])
     assert model.get_layer("bn").momentum == 0.999
+
+
+def _bn_inputs(model, x):
+    return keras.ops.convert_to_numpy(keras.Model(model.input, model.get_layer("bn").input)(x, training=False))
+
+
+def test_the_shrink_ends_with_statistics_refreshed_on_its_training_inputs(monkeypatch):
+    x, y = data()
+    model = bn_model()
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    weights_before_refresh = {}
+    finish = StatisticsPace.finish
+
+    def spying(pace, model, *args, **kwargs):
+        weights_before_refresh.update({v.path: keras.ops.convert_to_numpy(v).copy() for v in model.weights})
+        return finish(pace, model, *args, **kwargs)
+
+    monkeypatch.setattr(StatisticsPace, "finish", spying)
+    rk.shrink(model, x, y, sparsity=0.5, granularity="unit", epochs=2, batch_size=32)
+    bn = model.get_layer("bn")
+    # The statistics of the network as it ends, on x (512 samples: two
+    # batches of 256): the mean exact, the variance the batches' mean.
+    inputs = _bn_inputs(model, x)
+    np.testing.assert_allclose(bn.moving_mean, inputs.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance, inputs.reshape(2, 256, -1).var(1).mean(0), rtol=1e-4, atol=1e-6)
+    for v in model.weights:  # nothing else moved
+        if v.path not in (bn.moving_mean.path, bn.moving_variance.path):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), weights_before_refresh[v.path],
+                                          err_msg=v.path)
+    assert bn.momentum == 0.999
+
+
+def test_a_shrink_that_ends_at_its_starting_model_leaves_the_statistics_as_they_were(monkeypatch):
+    x, y = data()
+    model = bn_model()
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    before = [keras.ops.convert_to_numpy(v).copy() for v in model.weights]
+    monkeypatch.setattr(rk.shrinking.ValidationCheck, "verdict",  # no level holds
+                        lambda check, model: rk.shrinking.Verdict(0.0, 1.0, False))
+    result = rk.shrink(model, x, y, tolerance=0.01, granularity="unit", epochs=1, batch_size=32,
+                       validation_data=(x[:64], y[:64]), cut_every=4)
+    assert result.outcome == "baseline"
+    for value, now in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(value, now)
+
+
+def test_refresh_runs_every_other_layer_in_inference_mode():
+    # Dropout before the BatchNormalization: in training mode it would
+    # scale and zero the inputs, and the variance seen would be larger.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,))
+    h = keras.layers.Dropout(0.5, name="drop")(keras.layers.Dense(16, name="hidden")(inputs))
+    model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(h))
+    x, _ = data()
+    rk.deploy.refresh_batch_norm(model, x, batch_size=512)
+    seen = _bn_inputs(model, x)
+    np.testing.assert_allclose(model.get_layer("bn").moving_variance, seen.var(0), rtol=1e-4, atol=1e-6)
+
+
+def test_a_shrink_on_data_read_once_skips_the_refresh():
+    pace = StatisticsPace()
+    pace.refresh_from(iter([np.ones((2, 8), "float32")]))
+    assert pace.refresh_data is None
+    model = bn_model()
+    assert pace.finish(model) == 0
