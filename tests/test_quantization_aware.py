@@ -247,7 +247,22 @@ BAD_INPUT = [
         "hold_zeros='yes'"),
     row("training-wrong-data-at-fit", lambda m: m.fit(X6, Y4, epochs=1, verbose=0, callbacks=[
         Int8Training(X6[:, :5])]), ValueError, "representative_data", prepare=compiled),
+    # Backends that run inference only: nothing to train the rounding with.
+    row("training-on-openvino", lambda m: _on_backend("openvino", lambda: Int8Training(X6)), ValueError,
+        "the 'openvino' Keras backend cannot train"),
+    row("shrink-int8-on-numpy", lambda m: _on_backend("numpy", lambda: _shrink(m, int8=True)), ValueError,
+        "Received: backend 'numpy'", prepare=compiled),
 ]
+
+
+def _on_backend(name, call):
+    """`call()` while `keras.backend.backend()` answers `name`."""
+    original = keras.backend.backend
+    keras.backend.backend = lambda: name
+    try:
+        return call()
+    finally:
+        keras.backend.backend = original
 
 
 def _called_subclassed():

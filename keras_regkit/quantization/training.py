@@ -16,6 +16,22 @@ from keras_regkit.pruning import hold as hold_lib
 from keras_regkit.quantization.simulation import Int8Simulation
 
 
+# The backends whose `fit` trains through the simulation's straight-through
+# rounding (OpenVINO and NumPy run inference only).
+TRAINING_BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def check_backend() -> None:
+    """Refuses quantization-aware training on a backend that cannot train."""
+    backend = keras.backend.backend()
+    if backend not in TRAINING_BACKENDS:
+        raise ValueError(
+            f"Quantization-aware training trains through simulated int8 rounding, and the {backend!r} Keras "
+            f"backend cannot train (nor trace the rounding's straight-through gradients). Set KERAS_BACKEND to "
+            f"one of {list(TRAINING_BACKENDS)}; `Int8Simulation` alone (inference) runs on any. "
+            f"Received: backend {backend!r}")
+
+
 class Int8Training(keras.callbacks.Callback):
     """Quantization-aware fine-tuning: `fit` trains through the converter's
     full int8 rounding (`Int8Simulation`), and keeps a pruned model's zeros.
@@ -40,7 +56,8 @@ class Int8Training(keras.callbacks.Callback):
             already) through the fine-tune. Defaults to True.
 
     Raises:
-        TypeError, ValueError: Bad arguments; at the start of `fit`, data
+        TypeError, ValueError: Bad arguments, or a Keras backend that
+            cannot train (`TRAINING_BACKENDS`); at the start of `fit`, data
             that does not fit the model (see `Int8Simulation`).
     """
 
@@ -53,6 +70,7 @@ class Int8Training(keras.callbacks.Callback):
         if not isinstance(hold_zeros, bool):
             raise TypeError(f"Invalid value for argument `hold_zeros`: expected True or False. Received: "
                             f"hold_zeros={hold_zeros!r}")
+        check_backend()
         self.representative_data, self.hold_zeros = representative_data, hold_zeros
         self.simulation, self._held = None, []
 
@@ -119,6 +137,7 @@ def for_shrink(int8, representative_data) -> Int8Training | None:
             "Invalid value for argument `int8`: expected True (fine-tune through full int8 rounding, as "
             "`export(int8=True)` quantizes) or False. Dynamic-range int8 quantizes activations at run time, "
             f"so there is nothing to simulate in training. Received: int8={int8!r}")
+    check_backend()
     if representative_data is None:
         raise ValueError(
             "`int8=True` needs `representative_data=`: NumPy arrays of inputs like the model's (a few hundred "
