@@ -137,7 +137,6 @@ def for_shrink(int8, representative_data) -> Int8Training | None:
             "Invalid value for argument `int8`: expected True (fine-tune through full int8 rounding, as "
             "`export(int8=True)` quantizes) or False. Dynamic-range int8 quantizes activations at run time, "
             f"so there is nothing to simulate in training. Received: int8={int8!r}")
-    check_backend()
     if representative_data is None:
         raise ValueError(
             "`int8=True` needs `representative_data=`: NumPy arrays of inputs like the model's (a few hundred "
