@@ -141,6 +141,17 @@ def test_the_block_that_moves_its_output_least_scores_lowest_and_goes_first():
     assert blocks_lib.block_scores(model, found, x)[2] == 0.0  # removed: it computes what it would removed
 
 
+def test_a_block_is_removed_only_when_its_output_biases_are_zero_too():
+    model = residual()
+    randomize(model)
+    block = blocks_lib.find(model)[1]
+    block.last[0].kernel.assign(np.zeros(block.last[0].kernel.shape, "float32"))
+    assert not blocks_lib.is_removed(block)  # its bias still adds to the stream
+    assert rk.compact(model).removed_blocks == ()
+    block.last[0].bias.assign(np.zeros(block.last[0].bias.shape, "float32"))
+    assert blocks_lib.is_removed(block) and rk.compact(model).removed_blocks == ("add_1",)
+
+
 def test_the_weight_score_without_data_ranks_by_the_blocks_weights():
     model = residual()
     found = blocks_lib.find(model)
