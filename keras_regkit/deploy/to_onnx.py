@@ -1,5 +1,7 @@
-"""A Keras model to an ONNX file: Keras' export, then ONNX Runtime's int8
-quantization and the zeros moved to sparse initializers."""
+"""A Keras model to an ONNX file: Keras' export, its graph tidied (each
+weight stored once, layer norms as one op) and, for a transformer, ONNX
+Runtime's own transformer fusions; then ONNX Runtime's int8 quantization and
+the zeros moved to sparse initializers."""
 
 from __future__ import annotations
 
@@ -9,7 +11,10 @@ import keras
 import numpy as np
 
 from keras_regkit._keras.export import was_called
+from keras_regkit._keras.layers import sublayers
 from keras_regkit.deploy.calibration import calibration
+from keras_regkit.deploy.onnx_graph import (LAYER_NORM_OPSET, drop_unused_initializers, fold_constant_shapes,
+                                            fuse_layer_norms)
 from keras_regkit.deploy.runtime import require
 
 
@@ -23,11 +28,58 @@ def export_onnx(model, path, int8, sparse, representative_data):
     if not was_called(model):
         # Keras' ONNX export refuses a model that has never been called.
         model(zeros_like_inputs(model), training=False)
-    model.export(path, format="onnx", verbose=False)
+    model.export(path, format="onnx", verbose=False, opset_version=LAYER_NORM_OPSET)
+    tidy_onnx(path)
+    if is_transformer(model):
+        fuse_for_onnx_runtime(path)
     if int8:
         quantize_onnx(path, representative_data if int8 is True else None)
     if sparse:
         store_zeros_sparse(path)
+
+
+def is_transformer(model) -> bool:
+    """Whether `model` holds attention layers (ONNX Runtime's transformer
+    fusions apply)."""
+    return any(isinstance(layer, keras.layers.MultiHeadAttention) for layer in sublayers(model))
+
+
+def tidy_onnx(path):
+    """Each weight stored once and layer norms as one op, in place (see
+    `onnx_graph`)."""
+    import onnx
+
+    graph_model = onnx.load(path)
+    graph = graph_model.graph
+    fold_constant_shapes(graph)
+    opset = max((o.version for o in graph_model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset >= LAYER_NORM_OPSET:
+        fuse_layer_norms(graph)
+    drop_unused_initializers(graph)
+    onnx.save(graph_model, path)
+
+
+def fuse_for_onnx_runtime(path):
+    """ONNX Runtime's transformer optimizer on the file, in place: residual
+    additions fused with the layer norms after them (`SkipLayerNormalization`),
+    GELUs (`FastGelu`/`Gelu`), and attention where its pattern matches.
+    The fused ops are ONNX Runtime's (`com.microsoft` domain): the file then
+    runs in ONNX Runtime only. Nothing is changed when nothing fuses."""
+    import logging
+
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    # It logs the model's producer ("tf2onnx") as unexpected, and each fusion.
+    logger = logging.getLogger("onnxruntime.transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        # opt_level=0: its Python fusions only; the session optimizes the rest when loading.
+        optimized = optimize_model(path, model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+    finally:
+        logger.setLevel(level)
+    if any(optimized.get_fused_operator_statistics().values()):
+        optimized.save_model_to_file(path)
 
 
 def quantize_onnx(path, representative_data):
@@ -40,8 +92,10 @@ def quantize_onnx(path, representative_data):
     from onnxruntime.quantization import quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    # The tensors after ONNX Runtime's fused ops have no inferred type: float.
+    options = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     if representative_data is None:
-        quantize_dynamic(path, path, weight_type=QuantType.QInt8)
+        quantize_dynamic(path, path, weight_type=QuantType.QInt8, extra_options=options)
         return
 
     names = [i.name for i in onnx.load(path, load_external_data=False).graph.input]
@@ -68,7 +122,8 @@ def quantize_onnx(path, representative_data):
         # advice). Measured on such a CPU (AVX2): a compacted CNN's top-1 agreement
         # with Keras went from 0.91 to 0.99 (tests/test_export.py).
         quantize_static(prepared, path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        extra_options=options)
 
 
 def zeros_like_inputs(model):
