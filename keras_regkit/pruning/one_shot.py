@@ -106,8 +106,11 @@ def prune(
         hold: If True, keep the zeros at zero during further training (with
             `HoldZeros` constraints) until `release_zeros(model)`.
         granularity: `"weight"` (entries), `"unit"` (whole output units and
-            filters, and attention heads), `"head"` (attention heads only)
-            or `"N:M"` (e.g. `"2:4"`: at most N non-zeros in every
+            filters, and attention heads), `"head"` (attention heads only),
+            `"block"` (whole transformer or residual blocks; the sparsity
+            is the share of blocks; `keras_regkit.pruning.Blocks(
+            calibration_data=x)` ranks them on data, see
+            `keras_regkit.pruning.blocks`) or `"N:M"` (e.g. `"2:4"`: at most N non-zeros in every
             group of M consecutive inputs of a kernel, along its input axis:
             a Dense kernel's rows, a convolution's input channels; M must
             divide that axis). With `"N:M"` and neither `threshold` nor
