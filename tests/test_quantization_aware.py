@@ -184,6 +184,32 @@ def test_zeros_stay_exact_through_a_quantization_aware_shrink_and_the_model_is_p
         assert (value[_numpy(next(v for v in model.weights if v.path == path)) == 0] == 0).all()
 
 
+def test_a_quantization_aware_shrink_ends_with_the_float_models_statistics(trained):
+    model, x, y = trained
+    rk.shrink(model, x, y, sparsity=0.5, epochs=1, int8=True, cut_every=4)
+    # One batch of all 256 samples: the statistics of the float network
+    # (the one the converter folds), not of the simulated int8 one.
+    for name in ("bn", "bn_dw"):
+        bn = model.get_layer(name)
+        seen = _numpy(keras.Model(model.input, bn.input)(x, training=False)).reshape(-1, bn.moving_mean.shape[0])
+        np.testing.assert_allclose(_numpy(bn.moving_mean), seen.mean(0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(_numpy(bn.moving_variance), seen.var(0), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow" or missing("onnxruntime", "tf2onnx"),
+                    reason="ONNX files are written by tf2onnx (the TensorFlow backend) and quantized by onnxruntime "
+                           "(pip install '.[export]')")
+def test_a_quantization_aware_shrink_exports_to_onnx_int8_and_agrees_in_onnx_runtime(trained, tmp_path):
+    model, x, y = trained
+    rk.shrink(model, x, y, sparsity=0.5, epochs=1, int8=True, representative_data=x[:200], cut_every=4)
+    result = rk.export(model, tmp_path / "m.onnx", int8=True, representative_data=x[:200], check=x)
+    assert result.top1_agreement >= 0.95  # QDQ static quantization, calibrated as the simulation was
+    import onnx
+
+    operators = {node.op_type for node in onnx.load(tmp_path / "m.onnx").graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= operators  # the file is int8, not the float model
+
+
 def test_the_tolerance_checks_see_the_int8_model(trained, monkeypatch):
     model, x, y = trained
     seen = []
