@@ -525,8 +525,14 @@ BAD_INPUT = [
     row("export-path-empty", lambda m: _export(m, ""), ValueError, "ending in .tflite or .onnx"),
     row("export-path-int", lambda m: _export(m, 3), TypeError, "expected a str or os.PathLike"),
     row("export-path-none", lambda m: _export(m, None), TypeError, "`path`"),
-    # int8: True, False or "dynamic"; a truthy stand-in would silently pick one.
-    row("export-int8-one", lambda m: _export(m, int8=1), TypeError, "`int8`: expected True, False or \"dynamic\""),
+    # int8: True, False, "dynamic" or "auto"; a truthy stand-in would silently pick one.
+    row("export-int8-one", lambda m: _export(m, int8=1), TypeError,
+        "`int8`: expected one of False, True, 'dynamic', 'auto'. Received: int8=1"),
+    row("export-int8-unknown-mode", lambda m: _export(m, int8="fast"), TypeError,
+        "`int8`: expected one of False, True, 'dynamic', 'auto'. Received: int8='fast'"),
+    # "auto" picks full int8 for a model without attention: it needs calibration data.
+    row("export-int8-auto-mlp-without-data", lambda m: _export(m, int8="auto"), ValueError,
+        "(`int8=\"auto\"` picks it for a model without attention layers) needs `representative_data=`"),
     row("export-int8-zero", lambda m: _export(m, int8=0), TypeError, "`int8`"),
     row("export-int8-none", lambda m: _export(m, int8=None), TypeError, "`int8`"),
     row("export-int8-static", lambda m: _export(m, int8="static"), TypeError, "Received: int8='static'"),

@@ -52,10 +52,10 @@ Only the TensorFlow backend is supported for LiteRT files with `int8` or
 
 from keras_regkit.deploy.batch_norm import refresh_batch_norm, stale_batch_norm
 from keras_regkit.deploy.calibration import CALIBRATION_SAMPLES
-from keras_regkit.deploy.exporter import MIN_INT8_AGREEMENT, ExportCheckError, ExportResult, export
+from keras_regkit.deploy.exporter import MIN_INT8_AGREEMENT, ExportCheckError, ExportResult, export, fastest_int8
 from keras_regkit.deploy.runtime import FORMATS, Runtime, median_call_ms
 from keras_regkit.deploy.to_onnx import store_zeros_sparse
 
 __all__ = ["CALIBRATION_SAMPLES", "FORMATS", "MIN_INT8_AGREEMENT", "ExportCheckError", "ExportResult", "Runtime",
-           "export", "median_call_ms", "refresh_batch_norm", "stale_batch_norm",
+           "export", "fastest_int8", "median_call_ms", "refresh_batch_norm", "stale_batch_norm",
            "store_zeros_sparse"]

@@ -9,11 +9,12 @@ import keras
 CALIBRATION_SAMPLES = 200
 
 
-def require_representative(data):
-    """Refuses `int8=True` without calibration data."""
+def require_representative(data, asked=True):
+    """Refuses `int8=True` (or `"auto"`, which picked it) without calibration data."""
     if data is None:
+        picked = " (`int8=\"auto\"` picks it for a model without attention layers)" if asked == "auto" else ""
         raise ValueError(
-            "`int8=True` needs `representative_data=` (or `check=`): inputs like the model's, from which "
+            f"`int8=True`{picked} needs `representative_data=` (or `check=`): inputs like the model's, from which "
             "the int8 ranges of the activations are set (a few hundred training samples). "
             "Received: representative_data=None")
 

@@ -19,12 +19,35 @@ from keras_regkit.deploy.calibration import require_representative
 from keras_regkit.deploy.inputs import conform
 from keras_regkit.deploy.runtime import FORMATS, Runtime, median_call_ms, require
 from keras_regkit.deploy.to_litert import export_litert
-from keras_regkit.deploy.to_onnx import export_onnx
+from keras_regkit.deploy.to_onnx import export_onnx, is_transformer
 
 # Default for `min_agreement`: int8 files of this package's benchmark models
 # agree with the float model on 98-100 % of test inputs (README, Deploying);
 # below 95 % the file is not the same classifier any more.
 MIN_INT8_AGREEMENT = 0.95
+
+INT8_MODES = (False, True, "dynamic", "auto")
+
+
+def fastest_int8(model: keras.Model) -> bool | str:
+    """The int8 mode `export(int8="auto")` picks for `model`, in either
+    runtime: `"dynamic"` for a transformer (a model with attention layers),
+    `True` (full int8) otherwise.
+
+    Full int8 leaves a transformer's layer norms, softmax and GELU in float:
+    its graph goes in and out of int8 around each of them, and measured
+    slower than dynamic int8 (int8 weights, each matrix product's input
+    quantized in the call; in LiteRT, XNNPACK's kernels for them) at batch 1
+    in both runtimes (benchmarks/bench_deploy_transformer.py). A CNN or MLP
+    runs fastest in full int8.
+
+    Args:
+        model: A Keras model.
+
+    Returns:
+        `"dynamic"` or `True`.
+    """
+    return "dynamic" if is_transformer(model) else True
 
 
 class ExportCheckError(ValueError):
@@ -94,13 +117,15 @@ def export(
             that exists (it is not created, as with `model.save`). An
             existing file is replaced, and only once the new one is
             complete: a refused or failed export leaves it as it was.
-        int8: `True`: int8 weights and activations. LiteRT: the converter's
+        int8: `"auto"`: the fastest int8 mode for the model
+            (`fastest_int8`: `"dynamic"` for a transformer, else `True`).
+            `True`: int8 weights and activations. LiteRT: the converter's
             post-training quantization, calibrated on
             `representative_data`. ONNX: ONNX Runtime's static quantization,
             calibrated on `representative_data` too. `"dynamic"`: int8
             weights, activations quantized in each call, no calibration
-            (faster than `True` for transformers in LiteRT: see
-            `keras_regkit.deploy`'s docstring).
+            (faster than `True` for transformers: `export` warns when
+            `True` is asked for one; see `keras_regkit.deploy`'s docstring).
         sparse: Store weights that are mostly exact zeros in a sparse format
             where that makes the file smaller (see `keras_regkit.deploy`'s
             docstring).
@@ -164,11 +189,12 @@ def export(
     if fmt is None:
         raise ValueError(f"Invalid value for argument `path`: expected a file name ending in "
                          f"{' or '.join(FORMATS)} (the format follows it). Received: path={path!r}")
-    dynamic = isinstance(int8, str) and int8 == "dynamic"
-    if not (isinstance(int8, (bool, np.bool_)) or dynamic):
-        raise TypeError(f"Invalid value for argument `int8`: expected True, False or \"dynamic\". "
-                        f"Received: int8={int8!r} of type {type(int8).__name__}")
-    int8 = "dynamic" if dynamic else bool(int8)
+    named = isinstance(int8, str) and int8 in ("dynamic", "auto")
+    if not (isinstance(int8, (bool, np.bool_)) or named):
+        raise TypeError(f"Invalid value for argument `int8`: expected one of "
+                        f"{', '.join(map(repr, INT8_MODES))}. Received: int8={int8!r} of type {type(int8).__name__}")
+    asked = int8
+    int8 = fastest_int8(model) if int8 == "auto" else int8 if named else bool(int8)
     sparse = _validate.boolean("sparse", sparse)
     atol = _validate.real("atol", atol)
     min_agreement = _validate.real("min_agreement", min_agreement, 0.0, 1.0)
@@ -185,13 +211,19 @@ def export(
         raise ValueError(
             "`representative_data` calibrates int8 activations: it is used only with `int8=True`. "
             "Received: int8=False with representative_data given (drop it, or pass int8=True)")
+    if int8 is True and asked is True and is_transformer(model):
+        warnings.warn(
+            f"Model {model.name!r} has attention layers: full int8 (`int8=True`) leaves its layer norms, softmax "
+            "and GELU in float, and its file runs slower than with `int8=\"dynamic\"` (int8 weights, "
+            "activations quantized in each call), in LiteRT and in ONNX Runtime. Pass int8=\"dynamic\" (or "
+            "\"auto\") for the fast int8 file.", stacklevel=2)
     if check is not None:
         check = conform(check, model, "check")
     if representative_data is not None:
         representative_data = conform(representative_data, model, "representative_data")
     elif int8 is True:
         representative_data = check
-        require_representative(representative_data)
+        require_representative(representative_data, asked)
     if int8:
         _require_finite_weights(model)
     if representative_data is not None:

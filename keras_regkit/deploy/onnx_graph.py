@@ -25,6 +25,19 @@ import numpy as np
 LAYER_NORM_OPSET = 17
 
 
+def unconverted_ops(graph) -> dict:
+    """The ops of the standard domain that ONNX does not define (tf2onnx
+    leaves a TensorFlow op it cannot convert in the graph, and logs it):
+    `{op type: the first node's name}`."""
+    from onnx import defs
+
+    found = {}
+    for node in graph.node:
+        if node.domain in ("", "ai.onnx") and not defs.has(node.op_type):
+            found.setdefault(node.op_type, node.name)
+    return found
+
+
 def fold_constant_shapes(graph) -> int:
     """Replaces each `Shape` of an initializer with an initializer holding
     that shape. Returns how many were replaced."""

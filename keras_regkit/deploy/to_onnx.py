@@ -14,7 +14,7 @@ from keras_regkit._keras.export import was_called
 from keras_regkit._keras.layers import sublayers
 from keras_regkit.deploy.calibration import calibration
 from keras_regkit.deploy.onnx_graph import (LAYER_NORM_OPSET, drop_unused_initializers, fold_constant_shapes,
-                                            fuse_layer_norms)
+                                            fuse_layer_norms, unconverted_ops)
 from keras_regkit.deploy.runtime import require
 
 
@@ -29,7 +29,7 @@ def export_onnx(model, path, int8, sparse, representative_data):
         # Keras' ONNX export refuses a model that has never been called.
         model(zeros_like_inputs(model), training=False)
     model.export(path, format="onnx", verbose=False, opset_version=LAYER_NORM_OPSET)
-    tidy_onnx(path)
+    tidy_onnx(path, model.name)
     if is_transformer(model):
         fuse_for_onnx_runtime(path)
     if int8:
@@ -44,13 +44,21 @@ def is_transformer(model) -> bool:
     return any(isinstance(layer, keras.layers.MultiHeadAttention) for layer in sublayers(model))
 
 
-def tidy_onnx(path):
+def tidy_onnx(path, model_name):
     """Each weight stored once and layer norms as one op, in place (see
-    `onnx_graph`)."""
+    `onnx_graph`); refuses a graph with ops ONNX does not define."""
     import onnx
 
     graph_model = onnx.load(path)
     graph = graph_model.graph
+    unknown = unconverted_ops(graph)
+    if unknown:
+        ops = ", ".join(f"{op} (in {node!r})" for op, node in unknown.items())
+        hint = " Exact GELU is `Erfc` here: use `gelu` with `approximate=True`." if "Erfc" in unknown else ""
+        raise ValueError(
+            f"Model {model_name!r} cannot be written to ONNX: Keras' ONNX export (tf2onnx) has no ONNX form for "
+            f"the TensorFlow ops {ops}, and ONNX Runtime cannot load a file holding them.{hint} Export it to "
+            "LiteRT (`.tflite`), or change those layers. Nothing was written.")
     fold_constant_shapes(graph)
     opset = max((o.version for o in graph_model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset >= LAYER_NORM_OPSET:
