@@ -21,7 +21,12 @@ the block scored lowest is the one whose removal costs least.
 shrink's fine-tune (`shrink(granularity=Blocks(...), sparsity=0.25/0.5)`),
 next to heads + feed-forward units (`granularity="unit"`) shrunk to the same
 parameter count, each compacted and checked against the shrunk model.
-The timing of these models is `bench_transformer_heads.py`'s to run.
+Each compacted model (and the original) is saved under `--save-dir`.
+
+`--part timing` (the only timed part, for a quiet machine, a few minutes):
+loads the seed-0 models an accuracy run saved and times their traced
+(`tf.function`) forward pass at batch 1 and 32, interleaved in one process
+(median of the per-round ratios to the original).
 
 Usage (repository root, project venv):
 
@@ -29,6 +34,8 @@ Usage (repository root, project venv):
         --json benchmarks/results/transformer_blocks_agreement.json
     nice -n 10 python benchmarks/bench_transformer_blocks.py --part accuracy --seeds 3 \
         --json benchmarks/results/transformer_blocks_accuracy.json
+    python benchmarks/bench_transformer_blocks.py --part timing \
+        --json benchmarks/results/transformer_blocks_timing.json
     python benchmarks/bench_transformer_blocks.py --quick --part agreement   # smoke run
 """
 
@@ -110,6 +117,8 @@ def accuracy(args, keras, keras_hub, rk, seed):
     calibration = {k: v[:256] for k, v in x_val.items()}
     base_acc = float((logits(base, x_test).argmax(1) == y_test).mean())
     runs = []
+    os.makedirs(args.save_dir, exist_ok=True)
+    deployable_copy(base).save(os.path.join(args.save_dir, f"seed{seed}_original.keras"))
 
     def record(name, model, level):
         small = rk.compact(model)
@@ -119,6 +128,8 @@ def accuracy(args, keras, keras_hub, rk, seed):
                "test_acc": float((compacted.argmax(1) == y_test).mean()),
                "max_logit_diff_compacted_vs_shrunk": float(np.abs(compacted - shrunk).max())}
         run["acc_delta_pp"] = 100 * (run["test_acc"] - base_acc)
+        run["file"] = os.path.join(args.save_dir, f"seed{seed}_{name.replace(' ', '_')}_{level}.keras")
+        small.model.save(run["file"])
         print(f"  {name} {level}: {run['params']:,} params, test acc {run['test_acc']:.4f} "
               f"({run['acc_delta_pp']:+.2f} pp), compacted vs shrunk <= {run['max_logit_diff_compacted_vs_shrunk']:.1g}",
               flush=True)
@@ -148,9 +159,38 @@ def accuracy(args, keras, keras_hub, rk, seed):
     return {"seed": seed, "test_acc": base_acc, "params": int(base.count_params()), "runs": runs}
 
 
+def timing(args, keras, rk):
+    """Traced throughput of the seed-0 models an accuracy run saved, over
+    the original's, at batch 1 and 32."""
+    import statistics
+
+    import tensorflow as tf
+
+    from common.measure import interleaved_seconds
+
+    names = sorted(f for f in os.listdir(args.save_dir) if f.startswith("seed0_") and f.endswith(".keras"))
+    names.remove("seed0_original.keras")
+    models = [keras.saving.load_model(os.path.join(args.save_dir, n)) for n in ["seed0_original.keras"] + names]
+    rows = {}
+    for batch in (1, 32):
+        x = make_data(batch, np.random.default_rng(0), args.seq_len)[0]
+        x = {k: tf.constant(v) for k, v in x.items()}
+        functions = [tf.function(lambda v, m=m: m(v, training=False), autograph=False) for m in models]
+        rounds = interleaved_seconds([lambda f=f: f(x).numpy() for f in functions], args.repeats, args.calls,
+                                     warmup=2)
+        for name, seconds in zip(names, rounds[1:]):
+            ratio = statistics.median(b / t for b, t in zip(rounds[0], seconds))
+            rows.setdefault(name, {})[f"throughput_ratio_traced_batch{batch}"] = ratio
+            print(f"  {name} batch {batch}: {ratio:.2f}x the original", flush=True)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=["agreement", "accuracy"], default="agreement")
+    parser.add_argument("--part", choices=["agreement", "accuracy", "timing"], default="agreement")
+    parser.add_argument("--save-dir", default="/tmp/bench_transformer_blocks", help="compacted models (accuracy)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed rounds (timing)")
+    parser.add_argument("--calls", type=int, default=20, help="calls per timed round (timing)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--block-levels", type=float, nargs="*", default=[0.25, 0.5])
     parser.add_argument("--layers", type=int, default=4)
@@ -179,8 +219,17 @@ def main(argv=None):
     import keras_regkit as rk
 
     t0 = time.perf_counter()
+    if args.part == "timing":
+        rows = timing(args, keras, rk)
+        if args.json:
+            write_json(args.json, {"settings": vars(args), "keras": keras.__version__, "timing": rows})
+        return rows
     part = agreement if args.part == "agreement" else accuracy
-    results = [part(args, keras, keras_hub, rk, SEED + i) for i in range(args.seeds)]
+    results = []
+    for i in range(args.seeds):
+        results.append(part(args, keras, keras_hub, rk, SEED + i))
+        if args.json:  # after each seed: a long run that is stopped keeps what it measured
+            write_json(args.json, {"settings": vars(args), "keras": keras.__version__, "seeds": results})
     summary = {}
     if args.part == "agreement":
         summary = {key: [r[key] for r in results] for key in (
