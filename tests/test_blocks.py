@@ -152,6 +152,18 @@ def test_a_block_is_removed_only_when_its_output_biases_are_zero_too():
     assert blocks_lib.is_removed(block) and rk.compact(model).removed_blocks == ("add_1",)
 
 
+def test_compact_takes_out_a_removed_block_among_blocks_of_different_widths():
+    model = residual((8, 8, 16))
+    randomize(model)
+    block = blocks_lib.find(model, same_width=False)[2]
+    for variable in (block.last[0].kernel, block.last[0].bias):
+        variable.assign(np.zeros(variable.shape, "float32"))
+    result = rk.compact(model)
+    assert result.removed_blocks == ("add_2",)
+    x = residual_inputs()
+    np.testing.assert_allclose(predict(result.model, x), predict(model, x), rtol=1e-5, atol=1e-5)
+
+
 def test_the_weight_score_without_data_ranks_by_the_blocks_weights():
     model = residual()
     found = blocks_lib.find(model)

@@ -22,7 +22,7 @@ from keras_regkit.pruning import blocks as blocks_lib
 def removed_blocks(model: keras.Model) -> list:
     """The removed blocks of `model` (none where it has no block)."""
     try:
-        found = blocks_lib.find(model)
+        found = blocks_lib.find(model, same_width=False)
     except ValueError:
         return []  # no block, or blocks that cannot be removed: nothing to bypass
     return [block for block in found if blocks_lib.is_removed(block)]

@@ -146,11 +146,13 @@ def _made_from(tensor, source) -> bool:
     return False
 
 
-def find(model, selector="*") -> list[Block]:
+def find(model, selector="*", same_width: bool = True) -> list[Block]:
     """The blocks `selector` selects in `model` (a layer selector as in
     `apply_regularizers`; a block is selected when it or a layer holding it
     matches), in model order. With `"*"`, an `Add` that closes no removable
     block is passed over; selected by name, class or callable, it is refused.
+    `same_width=False` lets blocks of different widths through (`compact`
+    bypasses each removed block on its own).
 
     Raises:
         ValueError: For a selected `Add` that is no removable residual block,
@@ -182,7 +184,7 @@ def find(model, selector="*") -> list[Block]:
             "block is a KerasHub TransformerEncoder/TransformerDecoder, or an Add closing a residual branch of "
             "plain Keras layers (see keras_regkit.pruning.blocks). Select layers that hold blocks.")
     widths = {block.path: block.width for block in found}
-    if len(set(widths.values())) > 1:
+    if same_width and len(set(widths.values())) > 1:
         raise ValueError(
             f"granularity='block' ranks blocks of one residual stream against each other, and counts its "
             f"sparsity in blocks: the selected blocks differ in width ({widths}), so a share of blocks would "
