@@ -213,6 +213,7 @@ def test_an_empty_block_with_zero_biases_is_the_identity_or_its_norms(normalize_
 # -- saved, and loaded where keras_regkit is not --------------------------------------------
 
 
+@pytest.mark.slow  # four models compacted, and one process that loads them without keras_regkit
 def test_the_compacted_models_reload_without_keras_regkit(tmp_path):
     cases = {"post_norm": lambda: encoders(False), "pre_norm": lambda: encoders(True),
              "decoders": causal_decoders, "plain": plain_residual_block}

@@ -7,6 +7,8 @@
 - `feedforward`: the feed-forward blocks inside transformer layers (KerasHub),
   and the re-traced graph (`flatten`) in which transformer layers are rebuilt.
 - `attention`: attention layers rebuilt with fewer heads.
+- `bypass`: sublayers with nothing left (an attention without heads, a
+  feed-forward block without units) written as the constant they output.
 
 What a dead unit is lives in `keras_regkit.pruning.units`.
 """
