@@ -9,7 +9,7 @@ import re
 import keras
 import numpy as np
 
-from keras_regkit._processes import global_sum
+from keras_regkit._processes import global_sum, process_count
 from keras_regkit.shrinking.data import batches, first_axis, take
 
 _PREDICT_BATCH = 1024
@@ -17,16 +17,47 @@ _PREDICT_BATCH = 1024
 
 def predict(model: keras.Model, inputs) -> list[np.ndarray]:
     """Each of the model's outputs (flattened as `keras.tree.flatten` orders
-    them) on `inputs` (arrays), in inference mode, batch by batch. A direct
-    call, not `predict`: under a multi-worker strategy each worker then
-    computes its own copy, instead of gathering every worker's."""
+    them) on `inputs` (arrays), in inference mode, batch by batch, through
+    `forward(model)`."""
     n = first_axis(inputs)
+    call = forward(model)
     parts = [
         [np.asarray(keras.ops.convert_to_numpy(o), dtype="float32")
-         for o in keras.tree.flatten(model(take(inputs, slice(i, i + _PREDICT_BATCH)), training=False))]
+         for o in keras.tree.flatten(call(take(inputs, slice(i, i + _PREDICT_BATCH))))]
         for i in range(0, n, _PREDICT_BATCH)
     ]
     return [np.concatenate(output) for output in zip(*parts)]
+
+
+def forward(model: keras.Model):
+    """How the checks run the model on a batch: its compiled predict step
+    (`predict_on_batch`: traced once, then reused by every check, where an
+    eager `model(x)` call costs its Python dispatch at every layer each
+    time), or a direct call `model(x, training=False)` where the predict step
+    would not compute exactly that on this process's samples alone: a
+    `predict_step` of the model's own, or data spread over several replicas
+    or processes (`predict` gathers every worker's outputs; each process
+    counts its own samples, see `global_sum`)."""
+    def direct(x):
+        return model(x, training=False)
+
+    if type(model).predict_step is not keras.Model.predict_step or _distributed(model):
+        return direct
+
+    def compiled(x):
+        try:
+            return model.predict_on_batch(x)
+        except Exception:  # noqa: BLE001 - a compiled graph's error says less ("Graph execution error")
+            return direct(x)  # raises the layer's own message, which the checks' refusals quote
+
+    return compiled
+
+
+def _distributed(model: keras.Model) -> bool:
+    if process_count() > 1 or keras.distribution.distribution() is not None:
+        return True
+    strategy = getattr(model, "distribute_strategy", None)  # TensorFlow's
+    return strategy is not None and strategy.num_replicas_in_sync > 1
 
 
 def class_outputs(outputs: list[np.ndarray]) -> list[int]:
@@ -183,9 +214,9 @@ def compiled_metric(model: keras.Model, validation_data, monitor: str) -> float:
     name = monitor.removeprefix("val_")
     if name == "loss":
         total = count = 0.0
+        call = forward(model)
         for x, y, weight in batches(validation_data):
-            loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=False), sample_weight=weight,
-                                      training=False)
+            loss = model.compute_loss(x=x, y=y, y_pred=call(x), sample_weight=weight, training=False)
             n = first_axis(x)
             total += float(keras.ops.convert_to_numpy(loss)) * n
             count += n
@@ -200,8 +231,9 @@ def compiled_metric(model: keras.Model, validation_data, monitor: str) -> float:
     saved = [np.array(keras.ops.convert_to_numpy(v)) for v in metrics.variables]
     try:
         metrics.reset_state()
+        call = forward(model)
         for x, y, weight in batches(validation_data):
-            metrics.update_state(y, model(x, training=False), weight)
+            metrics.update_state(y, call(x), weight)
         variables = metrics.variables
         # Keras' metrics keep sums and counts: summed over processes, they
         # are the metric of all the data.

@@ -1,0 +1,91 @@
+"""What the shrink costs beyond the training it runs (issue #41): the train
+step traced once per shrink on TensorFlow (the zeros' first hold), never
+again per cut; the tolerance mode's checks through the model's compiled
+predict step, traced once and reused; a direct call where that step would
+not compute `model(x)` alone."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_regkit as rk
+from keras_regkit.shrinking import evaluation
+
+
+class CountingModel(keras.Sequential):
+    """Counts the Python runs of its train step: under TensorFlow and JAX,
+    the traces of the compiled step; under PyTorch (eager), every step."""
+
+    traces = 0
+
+    def train_step(self, *args, **kwargs):
+        CountingModel.traces += 1
+        return super().train_step(*args, **kwargs)
+
+
+def trained(model_class=keras.Sequential):
+    model = model_class([keras.Input((8,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(3)])
+    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32") + (x[:, 1] > 0).astype("int32")
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    return model, x, y
+
+
+def test_shrink_traces_the_train_step_once_not_per_cut(monkeypatch):
+    model, x, y = trained(CountingModel)
+    rebuilt = []
+    make = model.make_train_function
+    monkeypatch.setattr(model, "make_train_function", lambda force=False: rebuilt.append(force) or make(force))
+    CountingModel.traces = 0
+    result = rk.shrink(model, x, y, sparsity=0.9, epochs=3, batch_size=32, cut_every=2)
+    assert result.cuts >= 5
+    # The first hold sets new constraints (one rebuild); the release at the end another, traced by the next fit.
+    if keras.backend.backend() == "jax":
+        # JAX's compiled step holds the masks as constants: each cut rebuilds it.
+        assert rebuilt.count(True) == result.cuts + 1
+    else:
+        assert rebuilt.count(True) == 2
+    if keras.backend.backend() == "tensorflow":
+        assert CountingModel.traces == 1
+
+
+def test_checks_run_the_compiled_predict_step_traced_once(monkeypatch):
+    model, x, y = trained()
+    calls = []
+    step = model.predict_on_batch
+    monkeypatch.setattr(model, "predict_on_batch", lambda batch: calls.append(len(batch)) or step(batch))
+    traced = []
+    layer_call = model.layers[0].call
+    monkeypatch.setattr(model.layers[0], "call", lambda *a, **k: traced.append(1) or layer_call(*a, **k))
+    # 2,500 samples: chunks of 1,024 and a last of 452, in each of three readings.
+    xv = np.repeat(x, 10, axis=0)[:2500]
+    yv = np.repeat(y, 10, axis=0)[:2500]
+    for _ in range(3):
+        evaluation.validation_hits(model, (xv, yv))
+    assert calls == [1024, 1024, 452] * 3
+    if keras.backend.backend() != "torch":  # compiled: the layer's Python runs at its traces only
+        assert len(traced) <= 4  # two shapes, each traced at most twice (TensorFlow's relaxed retrace)
+
+
+def test_checks_call_the_model_directly_when_it_has_its_own_predict_step(monkeypatch):
+    class OwnStep(keras.Sequential):
+        def predict_step(self, data):
+            return super().predict_step(data) * 0.0  # not what model(x) gives
+
+    model, x, y = trained(OwnStep)
+    monkeypatch.setattr(model, "predict_on_batch", lambda batch: pytest.fail("the predict step was used"))
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
+    np.testing.assert_allclose(evaluation.predict(model, x)[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_check_through_the_compiled_step_measures_what_direct_calls_give():
+    model, x, y = trained()
+    direct = np.argmax(keras.ops.convert_to_numpy(model(x, training=False)), axis=-1)
+    np.testing.assert_array_equal(evaluation.top1(model, x)[:, 0], direct)
+    check = rk.shrinking.ValidationCheck(tolerance=0.01)
+    assert check.start(model, (x, y)) == pytest.approx(np.mean(direct == y))
+    model.layers[0].kernel.assign(np.zeros((8, 32), "float32"))  # a change the compiled step must see
+    direct = np.argmax(keras.ops.convert_to_numpy(model(x, training=False)), axis=-1)
+    assert check.measure(model)[0] == pytest.approx(np.mean(direct == y))
