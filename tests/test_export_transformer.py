@@ -32,7 +32,9 @@ def encoder_classifier():
     """One post-norm encoder block on a sequence of vectors, mean-pooled to
     class logits, with trained-looking (not initial) layer norm weights."""
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((SEQ, WIDTH), name="x")
+    # Sequences of any length, as KerasHub's backbones take them (the kernels'
+    # duplicates came with the dynamic shapes).
+    inputs = keras.Input((None, WIDTH), name="x")
     attended = keras.layers.MultiHeadAttention(num_heads=2, key_dim=8, name="attention")(inputs, inputs)
     hidden = keras.layers.LayerNormalization(epsilon=1e-5, name="attention_norm")(inputs + attended)
     # Approximate GELU, as KerasHub's: tf2onnx has no ONNX form of the exact one's Erfc.
