@@ -14,7 +14,8 @@ from keras_regkit.deploy import fastest_int8
 
 from conftest import missing, tiny_mlp
 
-pytestmark = pytest.mark.skipif(
+# The int8 mode rule runs under every backend; writing files needs these.
+converts = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow" or missing("ai_edge_litert", "onnxruntime", "tf2onnx"),
     reason="writing files runs under the TensorFlow backend with the [export] extra: LiteRT's int8 and sparse "
            "storage are options of TensorFlow's converter, and Keras' ONNX export uses tf2onnx there; under JAX "
@@ -71,6 +72,7 @@ def _graph(path):
     return onnx.load(str(path)).graph
 
 
+@converts
 def test_onnx_file_stores_each_weight_once(model, onnx_file):
     """tf2onnx folded an unsqueezed copy of each attention kernel (read only
     for its shape) into a second initializer: the float file held more weight
@@ -86,6 +88,7 @@ def test_onnx_file_stores_each_weight_once(model, onnx_file):
     assert float_bytes >= 0.9 * parameter_bytes
 
 
+@converts
 def test_onnx_file_runs_onnx_runtime_fused_ops_and_equals_keras(model, x, onnx_file):
     """The layer norms are one op each (the residual additions fused into
     them by ONNX Runtime's optimizer), and the file still gives Keras'
@@ -100,6 +103,7 @@ def test_onnx_file_runs_onnx_runtime_fused_ops_and_equals_keras(model, x, onnx_f
     assert result.max_abs_diff <= 1e-4 * max(1.0, np.abs(expected).max())
 
 
+@converts
 @pytest.mark.parametrize("suffix", [".onnx", ".tflite"])
 @pytest.mark.parametrize("int8", [True, "dynamic"])
 def test_int8_transformer_files_run_in_their_runtime(model, x, tmp_path, suffix, int8):
@@ -114,11 +118,13 @@ def test_int8_transformer_files_run_in_their_runtime(model, x, tmp_path, suffix,
     assert result.int8 == int8 and result.top1_agreement >= 0.8
 
 
-def test_int8_mode_rule_picks_dynamic_for_a_transformer_and_full_int8_otherwise(model):
+def test_int8_mode_rule_picks_dynamic_for_a_transformer_and_full_int8_otherwise():
+    model = encoder_classifier()
     assert fastest_int8(model) == "dynamic"
     assert fastest_int8(tiny_mlp(units=(8,))) is True
 
 
+@converts
 def test_auto_writes_the_picked_mode_and_full_int8_on_a_transformer_warns(model, x, tmp_path):
     result = rk.export(model, tmp_path / "auto.tflite", int8="auto", check=x)
     assert result.int8 == "dynamic"
@@ -126,6 +132,7 @@ def test_auto_writes_the_picked_mode_and_full_int8_on_a_transformer_warns(model,
         rk.export(model, tmp_path / "full.tflite", int8=True, representative_data=x)
 
 
+@converts
 def test_refuses_an_onnx_file_onnx_runtime_cannot_load(x, tmp_path):
     """Exact GELU reached the file as TensorFlow's `Erfc`, which ONNX does not
     define: ONNX Runtime failed to load it ("No Op registered for Erfc")."""
