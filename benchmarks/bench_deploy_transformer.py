@@ -145,7 +145,7 @@ def time_seed(args, keras, tf, rk, row):
     for batch in (1, 32):
         x = {k: v[:batch] for k, v in x_test.items()}
         runtimes = [rk.deploy.Runtime(f["path"], num_threads=1) for f in row["files"]]
-        calls = args.calls if batch == 1 else max(1, args.calls // 8)
+        calls = args.calls if batch == 1 else max(1, args.calls // 20)
         for f, samples in zip(row["files"], runtime_milliseconds(runtimes, x, args.repeats, calls)):
             f[f"b{batch}_ms"] = statistics.median(samples)
         dense = {f["format"]: f for f in row["files"] if f["model"] == "dense" and f["mode"] == "float"}
@@ -156,7 +156,8 @@ def time_seed(args, keras, tf, rk, row):
     for mode, jit in (("traced", False), ("xla", True)):
         functions = [tf.function(lambda v, m=m: m(v, training=False), autograph=False, jit_compile=jit)
                      for m in models]
-        rounds = interleaved_seconds([lambda f=f: f(x).numpy() for f in functions], args.repeats, 2, warmup=2)
+        rounds = interleaved_seconds([lambda f=f: f(x).numpy() for f in functions], max(3, args.repeats // 2), 2,
+                                     warmup=2)
         ratios = [d / c for d, c in zip(*rounds)]
         row[f"keras_{mode}_per_s_dense"] = 32 / statistics.median(rounds[0])
         row[f"keras_{mode}_speedup"] = statistics.median(ratios)
@@ -205,6 +206,8 @@ def targets(rows):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=SEED,
+                        help="train seeds from this one on, keeping the saved rows of the seeds before it")
     parser.add_argument("--sparsity", type=float, default=0.9, help="heads + units shrink level")
     parser.add_argument("--blocks", type=int, default=0,
                         help="whole blocks to keep (needs a block granularity in `shrink`; 0: none removed)")
@@ -222,7 +225,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=2, help="shrink epochs")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch")
     parser.add_argument("--repeats", type=int, default=10, help="timing rounds")
-    parser.add_argument("--calls", type=int, default=40, help="calls per file per round at batch 1 (batch 32: 1/8)")
+    parser.add_argument("--calls", type=int, default=40, help="calls per file per round at batch 1 (batch 32: 1/20)")
     parser.add_argument("--files", default="/tmp/keras_regkit_deploy_transformer",
                         help="folder of the saved models and exported files")
     parser.add_argument("--train-only", action="store_true", help="train and save the models; export later")
@@ -252,20 +255,24 @@ def main(argv=None):
         saved = read_json(args.json)
         if saved is None:
             parser.error(f"--latency-only and --export-only read {args.json}: run the accuracy part first")
-        for key in ("seeds", "sparsity", "blocks", "layers", "hidden", "heads", "intermediate", "seq_len", "train",
+        for key in ("sparsity", "blocks", "layers", "hidden", "heads", "intermediate", "seq_len", "train",
                     "val", "test", "label_noise", "files"):
             setattr(args, key, saved["settings"][key])  # the saved run's data and files
         rows = saved["rows"]
         for row in rows:
             if args.export_only:
+                if "files" in row:
+                    continue  # exported by an earlier run
                 export_seed(args, keras, rk, row)
+                write_json(args.json, dict(saved, rows=rows))
             else:
                 time_seed(args, keras, tf, rk, row)
             report(row)
     else:
         os.makedirs(args.files, exist_ok=True)
-        rows = []
-        for seed in range(SEED, SEED + args.seeds):
+        saved = read_json(args.json) if args.first_seed > SEED else None
+        rows = [r for r in saved["rows"] if r["seed"] < args.first_seed] if saved else []
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             rows.append(train_seed(args, keras, keras_hub, rk, seed))
             if not args.train_only:
                 export_seed(args, keras, rk, rows[-1])
