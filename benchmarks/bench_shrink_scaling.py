@@ -2,22 +2,39 @@
 and what one cut costs against one train step.
 
 A plain MLP (512 inputs, two hidden layers of width w, 10 classes, Adam
-1e-3), 4,096 random samples, batch 128, trained one epoch so that the
-optimizer's second moments are set. Per width, interleaved rounds time,
-from that same state (weights and optimizer slots), 4 epochs of `fit` and
-`shrink(sparsity=0.9, epochs=4)` (or `--granularity unit`). Then one cut
-from 30 % to half the entries, scored by curvature, on the device (`Score.tensors`, the
-shrink's path) and on the host (NumPy scores, the reference), each with the
-zeros' hold it is followed by, against one train step (4 epochs of `fit`
-over their steps). The first step after a hold is timed apart: under JAX
-the masks are constants of the compiled step, so a cut costs a retrace
-there; under TensorFlow and PyTorch the step reads them live.
+1e-3), 4,096 samples labelled by a fixed random linear teacher, batch 128,
+trained one epoch so that the optimizer's second moments are set (or, with
+`--encoder`, a KerasHub BERT-style encoder on random tokens). Per size,
+interleaved rounds time, from that same state (weights and optimizer
+slots), 4 epochs of `fit` and `shrink(sparsity=0.9, epochs=4)`
+(`--mode tolerance`: `shrink(tolerance=0.01)` with 1,024 held-out samples,
+given to the plain `fit` as validation data too; `--granularity unit`:
+units and heads). The plain `fit` is timed warm: its train step traced
+before the clock starts (the shrink's release of its zeros makes the next
+`fit` trace again; that trace is not plain `fit`'s cost). The shrink's own
+traces are in its time.
 
-Run it alone (the cores are the benchmark), e.g. on TensorFlow:
+Then one cut from 30 % to half the entries, scored by curvature, on the
+device (`Score.tensors`, the shrink's path where the weights are on an
+accelerator) and on the host (NumPy scores, the shrink's path on the CPU),
+each with the zeros' hold it is followed by, against one train step (4
+epochs of `fit` over their steps). The first step after a hold is timed
+apart: under JAX the masks are constants of the compiled step, so a cut
+costs a recompile there; under TensorFlow and PyTorch the step reads them
+live. The cut is timed for `--granularity weight` only.
 
-    KERAS_BACKEND=tensorflow python benchmarks/bench_shrink_scaling.py --rounds 5
+On an accelerator the script runs as it is (Keras places the model there;
+the first line names the device). Run it alone (the cores are the
+benchmark), e.g. on TensorFlow, within about 8 minutes on 2 CPU cores:
 
-Width 4200 is the ~20 M-parameter model; `--widths 256 --rounds 1` checks it runs.
+    KERAS_BACKEND=tensorflow python benchmarks/bench_shrink_scaling.py --widths 256 1024 2048 --rounds 3
+    KERAS_BACKEND=tensorflow python benchmarks/bench_shrink_scaling.py --widths 256 1024 --rounds 3 --mode tolerance
+    KERAS_BACKEND=tensorflow python benchmarks/bench_shrink_scaling.py --widths 256 1024 --rounds 3 --granularity unit
+
+Width 4200 is the ~20 M-parameter MLP (`--widths 4200 --rounds 1`: minutes
+on a CPU); `--encoder 512 6` a ~20 M-parameter encoder (hidden size 512, 6
+layers; an accelerator's size: `--encoder 128 2 --rounds 1` checks it runs
+on a CPU). `--widths 256 --rounds 1` checks the script runs.
 """
 
 from __future__ import annotations
@@ -29,21 +46,57 @@ import time
 
 import numpy as np
 
-from common.measure import interleaved_seconds
 from common.protocol import resetter
 
-INPUTS, CLASSES, SAMPLES, BATCH, EPOCHS = 512, 10, 4096, 128, 4
+INPUTS, CLASSES, SAMPLES, VALIDATION, BATCH, EPOCHS = 512, 10, 4096, 1024, 128, 4
+SEQUENCE, VOCABULARY = 32, 4096  # the encoder's inputs
 
 
-def build(keras, width):
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((INPUTS,)), keras.layers.Dense(width, activation="relu"),
-                              keras.layers.Dense(width, activation="relu"), keras.layers.Dense(CLASSES)])
+def compile_model(keras, model):
     model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
 
 
-def cut_seconds(keras, model, reset, on_device: bool):
+def mlp(keras, width):
+    keras.utils.set_random_seed(0)
+    return compile_model(keras, keras.Sequential([
+        keras.Input((INPUTS,)), keras.layers.Dense(width, activation="relu"),
+        keras.layers.Dense(width, activation="relu"), keras.layers.Dense(CLASSES)]))
+
+
+def encoder(keras, hidden, layers):
+    """A KerasHub BERT-style encoder (random weights: nothing downloaded)
+    with a classification head on its pooled output."""
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=VOCABULARY, num_layers=layers, num_heads=max(hidden // 64, 1), hidden_dim=hidden,
+        intermediate_dim=4 * hidden, max_sequence_length=SEQUENCE)
+    inputs = {"token_ids": keras.Input((SEQUENCE,), dtype="int32", name="token_ids"),
+              "segment_ids": keras.Input((SEQUENCE,), dtype="int32", name="segment_ids"),
+              "padding_mask": keras.Input((SEQUENCE,), dtype="int32", name="padding_mask")}
+    logits = keras.layers.Dense(CLASSES, name="head")(backbone(inputs)["pooled_output"])
+    return compile_model(keras, keras.Model(inputs, logits))
+
+
+def mlp_data(rng, n):
+    x = rng.normal(size=(n, INPUTS)).astype("float32")
+    teacher = np.random.default_rng(1).normal(size=(INPUTS, CLASSES)).astype("float32")
+    return x, np.argmax(x @ teacher, axis=-1).astype("int32")
+
+
+def token_data(rng, n):
+    tokens = rng.integers(1, VOCABULARY, size=(n, SEQUENCE)).astype("int32")
+    x = {"token_ids": tokens, "segment_ids": np.zeros_like(tokens), "padding_mask": np.ones_like(tokens)}
+    return x, (tokens[:, 0] % CLASSES).astype("int32")
+
+
+def take(x, n):
+    return {k: v[:n] for k, v in x.items()} if isinstance(x, dict) else x[:n]
+
+
+def cut_seconds(keras, model, reset, x, y, on_device: bool):
     """Seconds of one cut from 30 % to half the entries and its hold, then
     of the first train step after it and of the second."""
     from keras_regkit.pruning import cut as cut_lib
@@ -54,8 +107,7 @@ def cut_seconds(keras, model, reset, on_device: bool):
     reset()
     granularity, score = granularity_lib.Weights(), scores_lib.Curvature()
     refs = granularity.select(model, "*")
-    xb = np.zeros((BATCH, INPUTS), "float32")
-    yb = np.zeros((BATCH,), "int32")
+    xb, yb = take(x, BATCH), y[:BATCH]
     # A first cut and its hold, traced before the clock starts: the shrink's
     # later cuts change the masks of holds already in the step.
     cut_lib.cut(refs, score.scores(refs, model.optimizer), granularity, sparsity=0.3)
@@ -76,10 +128,29 @@ def cut_seconds(keras, model, reset, on_device: bool):
     return cut, steps[0], steps[1]
 
 
+def device_name(keras) -> str:
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        return gpus[0].name if gpus else "CPU"
+    if backend == "jax":
+        import jax
+
+        return str(jax.devices()[0])
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--widths", type=int, nargs="+", default=[256, 1024, 2048, 4200])
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--widths", type=int, nargs="+", default=[256, 1024, 2048])
+    p.add_argument("--encoder", type=int, nargs=2, metavar=("HIDDEN", "LAYERS"),
+                   help="time a KerasHub encoder of this hidden size and depth instead of the MLPs")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--mode", choices=("sparsity", "tolerance"), default="sparsity")
     p.add_argument("--granularity", default="weight")
     args = p.parse_args(argv)
     import keras
@@ -87,38 +158,61 @@ def main(argv=None):
     import keras_regkit as rk
 
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(SAMPLES, INPUTS)).astype("float32")
-    y = rng.integers(0, CLASSES, SAMPLES).astype("int32")
+    sizes = [("encoder", tuple(args.encoder))] if args.encoder else [("mlp", w) for w in args.widths]
+    data = token_data if args.encoder else mlp_data
+    x, y = data(rng, SAMPLES)
+    x_val, y_val = data(rng, VALIDATION)
+    validation = (x_val, y_val) if args.mode == "tolerance" else None
+    how = {"sparsity": 0.9} if args.mode == "sparsity" else {"tolerance": 0.01}
     steps = EPOCHS * (SAMPLES // BATCH)
-    print(f"backend {keras.backend.backend()}, granularity={args.granularity!r}, {args.rounds} rounds (medians)")
-    print("| width | parameters | fit | shrink | ratio [range] | cut on device | cut on host (NumPy) "
+    print(f"backend {keras.backend.backend()} on {device_name(keras)}, mode={args.mode}, "
+          f"granularity={args.granularity!r}, {args.rounds} rounds (medians)")
+    print("| model | parameters | fit | shrink | ratio [range] | cuts | cut on device | cut on host (NumPy) "
           "| train step | device cut / step | first step after a cut |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for width in args.widths:
-        model = build(keras, width)
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for kind, size in sizes:
+        model = encoder(keras, *size) if kind == "encoder" else mlp(keras, size)
         model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
         reset = resetter(keras, model)
+        cuts = []
+
+        def warm_fit():
+            # Traced before the clock: after a shrink's release the step is rebuilt.
+            reset()
+            model.fit(take(x, BATCH), y[:BATCH], batch_size=BATCH, epochs=1, verbose=0)
+            reset()
 
         def plain():
-            reset()
-            model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0)
+            model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, validation_data=validation, verbose=0)
 
         def shrink():
-            reset()
-            rk.shrink(model, x, y, sparsity=0.9, epochs=EPOCHS, batch_size=BATCH, granularity=args.granularity)
+            result = rk.shrink(model, x, y, validation_data=validation, epochs=EPOCHS, batch_size=BATCH,
+                               granularity=args.granularity, **how)
+            cuts.append(result.cuts)
 
-        fit_times, shrink_times = interleaved_seconds([plain, shrink], repeats=args.rounds, calls=1)
+        fit_times, shrink_times = [], []
+        for round_ in range(args.rounds + 1):  # the first round warms up, untimed
+            for prepare, run, out in ((warm_fit, plain, fit_times), (reset, shrink, shrink_times)):
+                prepare()
+                start = time.perf_counter()
+                run()
+                if round_:
+                    out.append(time.perf_counter() - start)
         ratios = [s / f for s, f in zip(shrink_times, fit_times)]
-        device = [cut_seconds(keras, model, reset, True) for _ in range(args.rounds)]
-        host = [cut_seconds(keras, model, reset, False) for _ in range(args.rounds)]
         step = statistics.median(fit_times) / steps
-        device_cut = statistics.median(c for c, _, _ in device)
-        first, second = statistics.median(f for _, f, _ in device), statistics.median(s for _, _, s in device)
-        print(f"| {width} | {model.count_params() / 1e6:.2f} M | {statistics.median(fit_times):.2f} s "
-              f"| {statistics.median(shrink_times):.2f} s | {statistics.median(ratios):.2f}x "
-              f"[{min(ratios):.2f}-{max(ratios):.2f}] | {device_cut * 1e3:.1f} ms "
-              f"| {statistics.median(c for c, _, _ in host) * 1e3:.1f} ms | {step * 1e3:.1f} ms "
-              f"| {device_cut / step:.2f} | {first * 1e3:.1f} ms (next {second * 1e3:.1f} ms) |", flush=True)
+        row = (f"| {kind} {size} | {model.count_params() / 1e6:.2f} M | {statistics.median(fit_times):.2f} s "
+               f"| {statistics.median(shrink_times):.2f} s | {statistics.median(ratios):.2f}x "
+               f"[{min(ratios):.2f}-{max(ratios):.2f}] | {statistics.median(cuts):.0f} |")
+        if args.granularity == "weight":
+            device = [cut_seconds(keras, model, reset, x, y, True) for _ in range(args.rounds)]
+            host = [cut_seconds(keras, model, reset, x, y, False) for _ in range(args.rounds)]
+            device_cut = statistics.median(c for c, _, _ in device)
+            first, second = statistics.median(f for _, f, _ in device), statistics.median(s for _, _, s in device)
+            row += (f" {device_cut * 1e3:.1f} ms | {statistics.median(c for c, _, _ in host) * 1e3:.1f} ms "
+                    f"| {step * 1e3:.1f} ms | {device_cut / step:.2f} | {first * 1e3:.1f} ms (next {second * 1e3:.1f} ms) |")
+        else:
+            row += f" - | - | {step * 1e3:.1f} ms | - | - |"
+        print(row, flush=True)
         keras.backend.clear_session()
     return 0
 
