@@ -168,6 +168,26 @@ def test_a_plain_keras_residual_block_loses_its_attention_and_feed_forward():
         model.get_layer(n).count_params() for n in ("mha", "ffn_in", "ffn_out"))
 
 
+def dense_feed_forward():
+    """A residual Dense-Dense feed-forward block, every unit of the first
+    dead."""
+    keras.utils.set_random_seed(0)
+    x = keras.Input((SEQ, HIDDEN))
+    f = L.Dense(HIDDEN, name="ffn_out")(L.Dense(FFN, activation="gelu", name="ffn_in")(x))
+    h = L.Add()([x, f])
+    model = keras.Model(x, L.Dense(3, name="out")(h))
+    randomize(model)
+    kill_units(model.get_layer("ffn_in"))
+    return model, sequences()
+
+
+def test_a_plain_dense_feed_forward_alone_is_bypassed():
+    model, x = dense_feed_forward()
+    result = rk.compact(model)
+    assert_same(model, result.model, x)
+    assert not {"ffn_in", "ffn_out"} & set(layer_names(result.model))
+
+
 def test_an_attention_without_residual_becomes_its_constant_alone():
     # Nothing to bypass, and nothing lost: the layer computed a constant.
     model, x = plain_residual_block(residual=False)

@@ -27,6 +27,7 @@ from keras_regkit import layers as layers_lib
 from keras_regkit._keras import graph as graph_fence
 from keras_regkit._keras.layers import sublayers
 from keras_regkit.compacting import attention, bypass
+from keras_regkit.layers.graph import Graph
 from keras_regkit.pruning import units as units_lib
 from keras_regkit.pruning.units import dead_mask
 
@@ -50,11 +51,14 @@ def _config(layer) -> dict:
 
 def needs_flattening(model: keras.Model) -> bool:
     """Whether `model` has a transformer layer with dead feed-forward units,
-    an attention layer with dead heads, a hidden `Dense` whose every unit is
-    dead in a Functional model (its readers may be bypassed), or is or holds
-    a subclassed functional model (a KerasHub backbone) that only a
-    re-traced graph lets `compact` edit."""
-    outputs = None
+    an attention layer with dead heads, or is or holds a subclassed
+    functional model (a KerasHub backbone) that only a re-traced graph lets
+    `compact` edit; or, in a Functional model, a `Dense` that reads only a
+    `Dense` whose every unit is dead (see `bypass`)."""
+    return _needs_rewrite(model) or _bypassable_dense(model)
+
+
+def _needs_rewrite(model) -> bool:
     for layer in sublayers(model, recursive=True, include_self=True):
         pair = block(layer)
         if pair is not None and dead_mask(pair[0]).any():
@@ -63,11 +67,20 @@ def needs_flattening(model: keras.Model) -> bool:
             return True
         if graph_fence.is_functional(layer) and not graph_fence.is_plain_functional(layer):
             return True
-        if bypass.all_units_dead(layer) and type(model) is not keras.Sequential:
-            outputs = units_lib.output_layers(model) or [] if outputs is None else outputs
-            if all(layer is not out for out in outputs):
-                return True
     return False
+
+
+def _bypassable_dense(model) -> bool:
+    """Whether Functional `model` calls a hidden `Dense` on the output of a
+    `Dense` whose every unit is dead (neither producing the outputs)."""
+    graph = None if type(model) is keras.Sequential else Graph.of(model)
+    if graph is None:
+        return False
+    outputs = units_lib.output_layers(model) or []
+    hidden = [call for call in graph.calls
+              if bypass.all_units_dead(call.layer) and all(call.layer is not out for out in outputs)]
+    return any(type(reader.layer) is keras.layers.Dense and all(reader.layer is not out for out in outputs)
+               for call in hidden for tensor in call.outputs for reader in graph.readers(tensor))
 
 
 def flatten(model: keras.Model):
