@@ -83,7 +83,8 @@ def test_an_interrupted_shrink_puts_the_momentum_back():
 
 
 def _bn_inputs(model, x):
-    return keras.ops.convert_to_numpy(keras.Model(model.input, model.get_layer("bn").input)(x, training=False))
+    """What the BatchNormalization layer reads in inference: the Dense before it."""
+    return keras.ops.convert_to_numpy(model.get_layer("hidden")(x))
 
 
 def test_the_shrink_ends_with_statistics_refreshed_on_its_training_inputs(monkeypatch):
