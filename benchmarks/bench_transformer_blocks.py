@@ -6,15 +6,16 @@ The model and task are `bench_transformer_heads.py`'s (a 4-layer KerasHub
 task with 10 % label noise), trained the same way, per seed.
 
 `--part agreement` (accuracy only, no timing): each block's score
-(`keras_regkit.pruning.blocks.block_scores`: how far the block moves its
-output from what it computes removed, on 256 validation samples) and a
-weight-only score (the mean square of the block's weights, what the block
+(`keras_regkit.pruning.blocks.output_scores`: how far the model's outputs
+move when the block alone is removed, on 256 validation samples; what
+`Blocks(calibration_data=...)` ranks by), the local `block_scores` (how far
+the block moves its own output), and a weight-only score (the mean square of the block's weights, what the block
 granularity ranks by without calibration data), against the ground truth of
 trying each removal alone: the validation loss and test accuracy with that
 block removed (`granularity="block"` zeroes it; BERT is post-norm, so the
 removed block still applies its two layer norms). Reported per seed: the
-Spearman rank correlation of each score with the loss increase, and whether
-the block scored lowest is the one whose removal costs least.
+Spearman rank correlation of each score with the loss increase and with the
+accuracy lost, and whether the block scored lowest is (one of) the cheapest.
 
 `--part accuracy` (accuracy only): blocks kept 4 -> 3 -> 2, one-shot
 (`prune(granularity=Blocks(calibration_data=...))`, no training) and with the
@@ -82,7 +83,8 @@ def agreement(args, keras, keras_hub, rk, seed):
     calibration = {k: v[:256] for k, v in x_val.items()}
     blocks_lib = rk.pruning.blocks
     found = blocks_lib.find(base)
-    scores = blocks_lib.block_scores(base, found, calibration)
+    scores = blocks_lib.output_scores(base, found, calibration)
+    local = blocks_lib.block_scores(base, found, calibration)
     granularity = rk.pruning.Blocks()
     refs = granularity.select(base, "*")
     weight_scores = granularity.rank(refs, rk.pruning.Magnitude().scores(refs))[0]
@@ -92,23 +94,25 @@ def agreement(args, keras, keras_hub, rk, seed):
     for i, block in enumerate(found):
         model = deployable_copy(base)
         rk.prune(model, sparsity=1.0, granularity="block", layers=block.layer.name)
-        removed.append({"block": block.path, "score": float(scores[i]), "weight_score": float(weight_scores[i]),
+        removed.append({"block": block.path, "score": float(scores[i]), "local_score": float(local[i]),
+                        "weight_score": float(weight_scores[i]),
                         "val_loss_increase": loss_of(keras, model, x_val, y_val) - base_loss,
                         "test_acc_delta_pp": 100 * (float((logits(model, x_test).argmax(1) == y_test).mean())
                                                     - base_acc)})
-    cost = [r["val_loss_increase"] for r in removed]
-    row = {"seed": seed, "test_acc": base_acc, "val_loss": base_loss, "blocks": removed,
-           "spearman_score_vs_loss": spearman(scores, cost),
-           "spearman_weight_score_vs_loss": spearman(weight_scores, cost),
-           "lowest_score_is_cheapest": bool(np.argmin(scores) == np.argmin(cost)),
-           "lowest_weight_score_is_cheapest": bool(np.argmin(weight_scores) == np.argmin(cost))}
+    row = {"seed": seed, "test_acc": base_acc, "val_loss": base_loss, "blocks": removed}
+    costs = {"loss": [r["val_loss_increase"] for r in removed], "acc": [-r["test_acc_delta_pp"] for r in removed]}
+    for name, values in (("score", scores), ("local_score", local), ("weight_score", weight_scores)):
+        for against, cost in costs.items():
+            row[f"spearman_{name}_vs_{against}"] = spearman(values, cost)
+            # Ties in the cost (accuracy steps of 1/n): any of the cheapest counts.
+            row[f"lowest_{name}_is_cheapest_by_{against}"] = bool(cost[int(np.argmin(values))] == min(cost))
     print(f"[seed {seed}] test acc {base_acc:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
     for r in removed:
-        print(f"  {r['block']}: score {r['score']:.3f}, weight score {r['weight_score']:.3g}, val loss "
-              f"{r['val_loss_increase']:+.4f}, test acc {r['test_acc_delta_pp']:+.2f} pp", flush=True)
-    print(f"  Spearman score/loss {row['spearman_score_vs_loss']:+.2f} (weights {row['spearman_weight_score_vs_loss']:+.2f});"
-          f" lowest score cheapest: {row['lowest_score_is_cheapest']} (weights "
-          f"{row['lowest_weight_score_is_cheapest']})", flush=True)
+        print(f"  {r['block']}: output score {r['score']:.3f}, local score {r['local_score']:.3f}, weight score "
+              f"{r['weight_score']:.3g}; removed: val loss {r['val_loss_increase']:+.4f}, test acc "
+              f"{r['test_acc_delta_pp']:+.2f} pp", flush=True)
+    print("  " + ", ".join(f"{k} {v:+.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                           if k.startswith(("spearman", "lowest"))), flush=True)
     return row
 
 
@@ -232,9 +236,7 @@ def main(argv=None):
             write_json(args.json, {"settings": vars(args), "keras": keras.__version__, "seeds": results})
     summary = {}
     if args.part == "agreement":
-        summary = {key: [r[key] for r in results] for key in (
-            "spearman_score_vs_loss", "spearman_weight_score_vs_loss", "lowest_score_is_cheapest",
-            "lowest_weight_score_is_cheapest")}
+        summary = {key: [r[key] for r in results] for key in results[0] if key.startswith(("spearman", "lowest"))}
         print(f"\nover {len(results)} seeds: {summary}")
     print(f"total {time.perf_counter() - t0:.0f}s, load {os.getloadavg()[0]:.1f}")
     if args.json:

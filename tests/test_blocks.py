@@ -134,8 +134,12 @@ def test_the_block_that_moves_its_output_least_scores_lowest_and_goes_first():
     found = blocks_lib.find(model)
     scale_block(found[2], 0.01)
     x = token_inputs(32)
-    scores = blocks_lib.block_scores(model, found, x)
-    assert np.argmin(scores) == 2 and scores[2] < 0.1 * min(scores[:2])
+    for score in (blocks_lib.block_scores, blocks_lib.output_scores):
+        scores = score(model, found, x)
+        assert np.argmin(scores) == 2 and scores[2] < 0.1 * min(scores[:2]), score.__name__
+    before = [keras.ops.convert_to_numpy(v).copy() for v in model.weights]
+    blocks_lib.output_scores(model, found, x)  # removes each block by its call, not its weights
+    assert all((a == keras.ops.convert_to_numpy(v)).all() for a, v in zip(before, model.weights))
     rk.prune(model, sparsity=0.34, granularity=rk.pruning.Blocks(calibration_data=x))
     assert [blocks_lib.is_removed(b) for b in found] == [False, False, True]
     assert blocks_lib.block_scores(model, found, x)[2] == 0.0  # removed: it computes what it would removed
