@@ -96,7 +96,7 @@ def test_the_shrink_ends_at_the_pattern():
     (lambda m: rk.prune(m, granularity="4:4"), "N must be at least 1 and below M"),
     (lambda m: rk.prune(m, granularity="3:2"), "N must be at least 1 and below M"),
     (lambda m: rk.prune(m, granularity="2:5"), r"groups of 5: 'hidden0' has 8 inputs"),
-    (lambda m: rk.prune(m, granularity="two:four"), "'weight', 'unit', 'head' or 'N:M'"),
+    (lambda m: rk.prune(m, granularity="two:four"), "'weight', 'unit', 'head', 'block' or 'N:M'"),
     (lambda m: rk.prune(m, granularity="2:4", weights="bias"), "is not one"),
     (lambda m: rk.prune(m, sparsity=0.5, score="wanda"), "needs `calibration_data`"),
     (lambda m: rk.prune(m, sparsity=0.5, calibration_data=np.zeros((4, 8), "float32")), "needs `calibration_data`"),
