@@ -216,7 +216,7 @@ def test_unit_granularity_rejects_what_it_cannot_do():
         rk.prune(model, sparsity=0.5, weights="bias", granularity="unit")
     with pytest.raises(ValueError, match=r"all produce model outputs \(\['out'\]\)"):
         rk.prune(model, sparsity=0.5, layers="out", granularity="unit")
-    with pytest.raises(ValueError, match=r"argument `granularity`.*'weight', 'unit', 'head' or 'N:M'.*'filter'"):
+    with pytest.raises(ValueError, match=r"argument `granularity`.*'weight', 'unit', 'head', 'block' or 'N:M'.*'filter'"):
         rk.prune(model, sparsity=0.5, granularity="filter")
 
     class Subclassed(keras.Model):
