@@ -43,15 +43,16 @@ file size and, in the latency run, batch-1 and batch-32 latency (LiteRT,
 one thread, XNNPACK), each against the dense float file of the same seed,
 in the same run.
 
-Runs of different architectures (at different `--size`) add their rows to
-the same `--files` folder, so that one latency run times them all:
+Runs of different architectures (at different `--size`) or seeds add
+their rows to the same `--files` folder (a run replaces only the rows of
+its own architectures and seeds), so that one latency run times them all:
 
-    nice -n 10 python benchmarks/bench_deploy_cnn.py --archs mobilenetv2 --size 96 --files /tmp/deploy_cnn \
-        --out benchmarks/results/deploy_cnn_results.json
-    nice -n 10 python benchmarks/bench_deploy_cnn.py --archs efficientnetb0 --size 64 --files /tmp/deploy_cnn \
-        --out benchmarks/results/deploy_cnn_results.json
-    python benchmarks/bench_deploy_cnn.py --latency-only --files /tmp/deploy_cnn \
-        --out benchmarks/results/deploy_cnn_results.json      # quiet machine: adds b1_ms, b32_ms
+    nice -n 10 python benchmarks/bench_deploy_cnn.py --archs mobilenetv2 --size 64 --seeds 0 1 2 --epochs 10 \\
+        --shrink-epochs 4 --modes qat --files /tmp/deploy_cnn --out benchmarks/results/deploy_cnn_results.json
+    nice -n 10 python benchmarks/bench_deploy_cnn.py --archs efficientnetb0 --size 64 --seeds 0 1 2 --epochs 8 \\
+        --shrink-epochs 3 --modes qat --files /tmp/deploy_cnn --out benchmarks/results/deploy_cnn_results.json
+    python benchmarks/bench_deploy_cnn.py --latency-only --files /tmp/deploy_cnn \\
+        --out benchmarks/results/deploy_cnn_results.json      # quiet machine, <= 8 min: adds b1_ms, b32_ms
     python benchmarks/bench_deploy_cnn.py --quick --archs mobilenetv2   # smoke run
 """
 
@@ -305,11 +306,12 @@ def main(argv=None):
             parser.error(f"--latency-only reads {manifest_path}: run without --latency-only first")
     else:
         os.makedirs(args.files, exist_ok=True)
-        # Rows of other architectures (an earlier run at their own size) are kept.
+        # Rows of other architectures and seeds (earlier runs) are kept.
         manifest = read_json(manifest_path) or {"settings": {}, "rows": []}
         manifest["versions"] = {"keras": keras.__version__, "tensorflow": tf.__version__,
                                 "ai_edge_litert": litert_version}
-        manifest["rows"] = [row for row in manifest["rows"] if row["arch"] not in args.archs]
+        manifest["rows"] = [row for row in manifest["rows"]
+                            if row["arch"] not in args.archs or row["seed"] not in args.seeds]
         inputs_path = os.path.join(args.files, "inputs.npz")
         inputs = dict(np.load(inputs_path)) if os.path.exists(inputs_path) else {}
         for arch in args.archs:
