@@ -67,6 +67,16 @@ def test_refresh_sets_moving_statistics_to_the_data_and_changes_nothing_else():
     assert bn.momentum == 0.99  # restored
 
 
+def test_a_short_last_batch_counts_for_the_samples_it_holds():
+    model, x = _conv_bn(), _images(300)  # batches of 256 and 44
+    refresh_batch_norm(model, x, batch_size=256)
+    bn, inputs = model.get_layer("bn"), _bn_inputs(model, x)
+    np.testing.assert_allclose(bn.moving_mean, inputs.mean(0), rtol=1e-4, atol=1e-5)
+    per_image = inputs.reshape(300, -1, 16)
+    variances = [per_image[:256].reshape(-1, 16).var(0), per_image[256:].reshape(-1, 16).var(0)]
+    np.testing.assert_allclose(bn.moving_variance, (256 * variances[0] + 44 * variances[1]) / 300, rtol=1e-4)
+
+
 def test_refresh_skips_frozen_layers_and_a_model_without_any():
     model, x = _conv_bn(), _images()
     model.get_layer("bn").trainable = False

@@ -39,7 +39,8 @@ def batch_norm_layers(model) -> list:
 
 def refresh_batch_norm(model: keras.Model, x, batch_size: int = 256) -> int:
     """Re-estimates the moving mean and variance of every BatchNormalization
-    layer from `x`, the average of its batch statistics over `x`'s batches,
+    layer from `x`, the average of its batch statistics over `x`'s batches
+    (weighted by their sizes),
     with every other layer in inference mode (dropout off); nothing else
     changes (no weight is trained).
 
@@ -91,11 +92,12 @@ def refresh_batch_norm(model: keras.Model, x, batch_size: int = 256) -> int:
         # Every other layer in inference mode (dropout and stochastic depth
         # off), as the statistics will be used.
         with wrapping_calls(layers, batch_statistics):
-            for k, start in enumerate(range(0, count, batch_size)):
-                # new = old * m + batch * (1 - m) with m = k / (k + 1): the
-                # mean of the k + 1 batches' statistics so far.
+            for start in range(0, count, batch_size):
+                # new = old * m + batch * (1 - m) with m = start / (start +
+                # n): the mean of the batches' statistics so far, weighted by
+                # their samples (a short last batch counts for what it holds).
                 for layer in layers:
-                    layer.momentum = k / (k + 1)
+                    layer.momentum = start / min(start + batch_size, count)
                 model(keras.tree.map_structure(lambda a: a[start:start + batch_size], x), training=False)
     except BaseException:
         for layer, (_, (mean, variance)) in zip(layers, kept):
