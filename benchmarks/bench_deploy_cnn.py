@@ -284,6 +284,8 @@ def main(argv=None):
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX files")
     parser.add_argument("--files", default="deploy_cnn_files", help="folder for the .tflite files and manifest")
     parser.add_argument("--latency-only", action="store_true", help="time the files of an earlier run in --files")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write --out from the manifest in --files (an interrupted run's seeds), timing nothing")
     parser.add_argument("--repeats", type=int, default=11, help="timing rounds")
     parser.add_argument("--calls", type=int, default=24, help="calls per file per round at batch 1 (batch 32: / 8)")
     parser.add_argument("--quick", action="store_true", help="size 32, 2 epochs, one seed, few repeats")
@@ -300,10 +302,10 @@ def main(argv=None):
 
     tf.get_logger().setLevel("ERROR")
     manifest_path = os.path.join(args.files, "manifest.json")
-    if args.latency_only:
+    if args.latency_only or args.report_only:
         manifest = read_json(manifest_path)
         if manifest is None:
-            parser.error(f"--latency-only reads {manifest_path}: run without --latency-only first")
+            parser.error(f"--latency-only and --report-only read {manifest_path}: run without them first")
     else:
         os.makedirs(args.files, exist_ok=True)
         # Rows of other architectures and seeds (earlier runs) are kept.
