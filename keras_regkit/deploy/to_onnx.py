@@ -30,7 +30,9 @@ def export_onnx(model, path, int8, sparse, representative_data):
         model(zeros_like_inputs(model), training=False)
     model.export(path, format="onnx", verbose=False, opset_version=LAYER_NORM_OPSET)
     tidy_onnx(path, model.name)
-    if is_transformer(model):
+    if is_transformer(model) and int8 is not True:
+        # Not before static quantization: its calibration loses the ranges of
+        # tensors next to the fused ops ("Unable to get valid quantization scale").
         fuse_for_onnx_runtime(path)
     if int8:
         quantize_onnx(path, representative_data if int8 is True else None)
