@@ -11,8 +11,8 @@ with 10 % label noise, on which the dense model scores below 95 %). Per seed:
    the heads + feed-forward units shrink (`granularity="unit"` over the
    attention layers and the intermediate Dense layers, `--sparsity` 0.9)
    then `compact`. Both models are saved (`.keras`, uncompiled) in
-   `--files`; `--blocks N` would also remove whole blocks, once `shrink`
-   offers a block granularity (refused until then).
+   `--files`; `--blocks N` first removes N whole blocks (`shrink` with
+   `granularity="block"`, then `compact`).
 2. `export`: each model to LiteRT (`.tflite`) and ONNX (`.onnx`) with
    `keras_regkit.export`: float, full int8 (`int8=True`, calibrated on 200
    training samples) and dynamic int8 (`int8="dynamic"`: int8 weights,
@@ -89,10 +89,12 @@ def train_seed(args, keras, keras_hub, rk, seed):
     for name, sparsity in (("dense", 0.0), ("compact", args.sparsity)):
         model = deployable_copy(base)
         compile_model(keras, model, args.lr)
-        extra = heads.settings(keras)["both"] if sparsity else {}
         if sparsity and args.blocks:
-            extra = dict(extra, blocks=args.blocks)  # the hook: refused by `shrink` until it has blocks
-        rk.shrink(model, x, y, sparsity=sparsity, **kwargs, **extra)
+            # Whole blocks first (the block granularity's own shrink), then heads and units of the rest.
+            rk.shrink(model, x, y, sparsity=args.blocks / args.layers, granularity="block", **kwargs)
+            model = rk.compact(model).model
+            compile_model(keras, model, args.lr)
+        rk.shrink(model, x, y, sparsity=sparsity, **kwargs, **(heads.settings(keras)["both"] if sparsity else {}))
         if sparsity:
             model = rk.compact(model).model
         shrunk[name] = model
@@ -210,7 +212,7 @@ def main(argv=None):
                         help="train seeds from this one on, keeping the saved rows of the seeds before it")
     parser.add_argument("--sparsity", type=float, default=0.9, help="heads + units shrink level")
     parser.add_argument("--blocks", type=int, default=0,
-                        help="whole blocks to keep (needs a block granularity in `shrink`; 0: none removed)")
+                        help="whole blocks to remove (granularity=\"block\") before the heads + units shrink")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--heads", type=int, default=8)
