@@ -205,6 +205,28 @@ def targets(rows):
     return summary
 
 
+def markdown(saved):
+    """The docs' table from a results file: per file, the median over seeds
+    (worst accuracy change in brackets)."""
+    rows = [r for r in saved["rows"] if "files" in r]
+    timed = all("b1_ms" in f for r in rows for f in r["files"])
+    dense_acc = statistics.median(r["dense_keras_test_acc"] for r in rows)
+    lines = [f"{len(rows)} seed(s); dense Keras test accuracy {dense_acc:.4f} (median)", "",
+             "| model | runtime | mode | KiB | smaller | " + ("batch 1 | batch 32 | " if timed else "")
+             + "accuracy change (worst) | top-1 agreement |",
+             "| --- | --- | --- | ---: | ---: | " + ("---: | ---: | " if timed else "") + "---: | ---: |"]
+    for i, first in enumerate(rows[0]["files"]):
+        files = [r["files"][i] for r in rows]
+        med = lambda key: statistics.median(f[key] for f in files)  # noqa: E731
+        speed = (f"{med('b1_ms'):.3f} ms, {med('speedup_b1_vs_dense_float'):.2f}x | {med('b32_ms'):.2f} ms, "
+                 f"{med('speedup_b32_vs_dense_float'):.2f}x | " if timed else "")
+        lines.append(f"| {first['model']} | {first['format']} | {first['mode']} | {med('file_bytes') / 1024:.1f} "
+                     f"| {med('size_ratio_vs_dense_float'):.1f}x | {speed}{med('acc_delta_pt_vs_dense_keras'):+.2f} "
+                     f"({min(f['acc_delta_pt_vs_dense_keras'] for f in files):+.2f}) pt "
+                     f"| {med('top1_agreement'):.3f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -235,7 +257,11 @@ def main(argv=None):
     parser.add_argument("--latency-only", action="store_true", help="time the files a previous run saved")
     parser.add_argument("--quick", action="store_true", help="tiny model and data, one epoch, few repeats")
     parser.add_argument("--json", required=True, help="the results file (written; read by --latency-only)")
+    parser.add_argument("--table", action="store_true", help="print the docs' table from --json, and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown(read_json(args.json)))
+        return None
     if args.quick:
         args.layers, args.hidden, args.heads, args.intermediate = 2, 32, 4, 64
         args.train, args.val, args.test, args.train_epochs, args.epochs, args.repeats = 400, 100, 200, 1, 1, 2
