@@ -29,25 +29,30 @@ MIN_INT8_AGREEMENT = 0.95
 INT8_MODES = (False, True, "dynamic", "auto")
 
 
-def fastest_int8(model: keras.Model) -> bool | str:
-    """The int8 mode `export(int8="auto")` picks for `model`, in either
-    runtime: `"dynamic"` for a transformer (a model with attention layers),
-    `True` (full int8) otherwise.
+def fastest_int8(model: keras.Model, format: str = "litert") -> bool | str:
+    """The int8 mode `export(int8="auto")` picks for `model` in the runtime
+    of `format`: `"dynamic"` for a transformer (a model with attention
+    layers) in LiteRT, `True` (full int8) otherwise.
 
-    Full int8 leaves a transformer's layer norms, softmax and GELU in float:
-    its graph goes in and out of int8 around each of them, and measured
-    slower than dynamic int8 (int8 weights, each matrix product's input
-    quantized in the call; in LiteRT, XNNPACK's kernels for them) at batch 1
-    in both runtimes (benchmarks/bench_deploy_transformer.py). A CNN or MLP
-    runs fastest in full int8.
+    Full int8 leaves a transformer's layer norms, softmax and GELU in float,
+    so its graph goes in and out of int8 around each of them. In LiteRT that
+    file measured 3x slower at batch 1 than dynamic int8 (int8 weights, each
+    matrix product's input quantized in the call, run by XNNPACK's kernels);
+    in ONNX Runtime full int8 was the faster of the two (7.1x against 5.3x
+    the dense float file; benchmarks/bench_deploy_transformer.py, x86 CPU).
+    A CNN or MLP gets full int8, the mode integer-only accelerators need.
 
     Args:
         model: A Keras model.
+        format: `"litert"` or `"onnx"`: the runtime the file is for.
 
     Returns:
         `"dynamic"` or `True`.
     """
-    return "dynamic" if is_transformer(model) else True
+    if format not in FORMATS.values():
+        raise ValueError(f"Invalid value for argument `format`: expected one of "
+                         f"{sorted(set(FORMATS.values()))}. Received: format={format!r}")
+    return "dynamic" if format == "litert" and is_transformer(model) else True
 
 
 class ExportCheckError(ValueError):
@@ -117,15 +122,17 @@ def export(
             that exists (it is not created, as with `model.save`). An
             existing file is replaced, and only once the new one is
             complete: a refused or failed export leaves it as it was.
-        int8: `"auto"`: the fastest int8 mode for the model
-            (`fastest_int8`: `"dynamic"` for a transformer, else `True`).
+        int8: `"auto"`: the fastest int8 mode for the model in its
+            runtime (`fastest_int8`: `"dynamic"` for a transformer in
+            LiteRT, else `True`).
             `True`: int8 weights and activations. LiteRT: the converter's
             post-training quantization, calibrated on
             `representative_data`. ONNX: ONNX Runtime's static quantization,
             calibrated on `representative_data` too. `"dynamic"`: int8
             weights, activations quantized in each call, no calibration
-            (faster than `True` for transformers: `export` warns when
-            `True` is asked for one; see `keras_regkit.deploy`'s docstring).
+            (faster than `True` for transformers in LiteRT: `export` warns
+            when `True` is asked for one there; see `keras_regkit.deploy`'s
+            docstring).
         sparse: Store weights that are mostly exact zeros in a sparse format
             where that makes the file smaller (see `keras_regkit.deploy`'s
             docstring).
@@ -194,7 +201,7 @@ def export(
         raise TypeError(f"Invalid value for argument `int8`: expected one of "
                         f"{', '.join(map(repr, INT8_MODES))}. Received: int8={int8!r} of type {type(int8).__name__}")
     asked = int8
-    int8 = fastest_int8(model) if int8 == "auto" else int8 if named else bool(int8)
+    int8 = fastest_int8(model, fmt) if int8 == "auto" else int8 if named else bool(int8)
     sparse = _validate.boolean("sparse", sparse)
     atol = _validate.real("atol", atol)
     min_agreement = _validate.real("min_agreement", min_agreement, 0.0, 1.0)
@@ -211,11 +218,11 @@ def export(
         raise ValueError(
             "`representative_data` calibrates int8 activations: it is used only with `int8=True`. "
             "Received: int8=False with representative_data given (drop it, or pass int8=True)")
-    if int8 is True and asked is True and is_transformer(model):
+    if int8 is True and asked is True and fastest_int8(model, fmt) != int8:
         warnings.warn(
             f"Model {model.name!r} has attention layers: full int8 (`int8=True`) leaves its layer norms, softmax "
-            "and GELU in float, and its file runs slower than with `int8=\"dynamic\"` (int8 weights, "
-            "activations quantized in each call), in LiteRT and in ONNX Runtime. Pass int8=\"dynamic\" (or "
+            "and GELU in float, and its LiteRT file runs slower than with `int8=\"dynamic\"` (int8 weights, "
+            "activations quantized in each call). Pass int8=\"dynamic\" (or "
             "\"auto\") for the fast int8 file.", stacklevel=2)
     if check is not None:
         check = conform(check, model, "check")
