@@ -48,7 +48,7 @@ import time
 
 import numpy as np
 
-from bench_transformer_heads import build, logits, make_data
+from bench_transformer_heads import add_task_arguments, build, logits, make_data
 from common.models import compile_model
 from common.reporting import write_json
 
@@ -197,17 +197,7 @@ def main(argv=None):
     parser.add_argument("--calls", type=int, default=20, help="calls per timed round (timing)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--block-levels", type=float, nargs="*", default=[0.25, 0.5])
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--intermediate", type=int, default=1024)
-    parser.add_argument("--seq-len", type=int, default=32)
-    parser.add_argument("--train", type=int, default=4000)
-    parser.add_argument("--val", type=int, default=500)
-    parser.add_argument("--test", type=int, default=2000)
-    parser.add_argument("--label-noise", type=float, default=0.1)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--train-epochs", type=int, default=6)
+    add_task_arguments(parser)
     parser.add_argument("--epochs", type=int, default=2, help="shrink epochs")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="tiny model and data, one epoch")

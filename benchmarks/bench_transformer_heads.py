@@ -270,13 +270,9 @@ def markdown(path):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--settings", nargs="+", default=["ffn", "heads", "both"])
-    parser.add_argument("--ffn-levels", type=float, nargs="*", default=[0.75, 0.9])
-    parser.add_argument("--head-levels", type=float, nargs="*", default=[0.5, 0.75])
-    parser.add_argument("--both-levels", type=float, nargs="*", default=[0.75, 0.9])
+def add_task_arguments(parser) -> None:
+    """The model and task settings the transformer benchmarks share
+    (`bench_deploy_transformer.py`, `bench_transformer_blocks.py`)."""
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--heads", type=int, default=8)
@@ -288,6 +284,16 @@ def main(argv=None):
     parser.add_argument("--label-noise", type=float, default=0.1, help="share of training labels flipped")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--train-epochs", type=int, default=6)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--settings", nargs="+", default=["ffn", "heads", "both"])
+    parser.add_argument("--ffn-levels", type=float, nargs="*", default=[0.75, 0.9])
+    parser.add_argument("--head-levels", type=float, nargs="*", default=[0.5, 0.75])
+    parser.add_argument("--both-levels", type=float, nargs="*", default=[0.75, 0.9])
+    add_task_arguments(parser)
     parser.add_argument("--epochs", type=int, default=2, help="shrink epochs")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch")
     parser.add_argument("--batch", type=int, default=256, help="throughput batch")
