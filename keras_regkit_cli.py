@@ -29,7 +29,7 @@ USAGE = """`keras-regkit` command line.
     keras-regkit demo [--dataset digits|mnist1d] [--quick] [--epochs N] [--plot FILE.png]
     keras-regkit inspect PATH.keras [--json] [--plot FILE.png] [--all-weights]
     keras-regkit search [--dataset digits|mnist1d] [--penalty l1|...] [--quick] [--directory DIR] [--plot FILE.png]
-    keras-regkit export PATH.keras OUT.tflite|OUT.onnx [--int8 [dynamic]] [--sparse] [--check X.npy]
+    keras-regkit export PATH.keras OUT.tflite|OUT.onnx [--int8 [dynamic|auto]] [--sparse] [--check X.npy]
                         [--representative X.npy]
     keras-regkit sensitivity PATH.keras DATA.npz [--levels 0.5 0.7 0.9] [--layers GLOB] [--metric NAME]
                         [--loss NAME] [--score magnitude|wanda] [--method cut|sparsegpt] [--json] [--plot FILE.png]
@@ -76,9 +76,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     export_parser = commands.add_parser("export", help="a LiteRT or ONNX file, checked in its runtime")
     export_parser.add_argument("path", help="a .keras file")
     export_parser.add_argument("out", help="the file to write: .tflite (LiteRT) or .onnx (ONNX Runtime)")
-    export_parser.add_argument("--int8", nargs="?", const=True, default=False, choices=["dynamic"],
+    export_parser.add_argument("--int8", nargs="?", const=True, default=False, choices=["dynamic", "auto"],
                                help="int8 weights and activations (calibrated on inputs); "
-                                    "--int8 dynamic: int8 weights, no calibration")
+                                    "--int8 dynamic: int8 weights, no calibration; "
+                                    "--int8 auto: the faster of the two for the model in its runtime")
     export_parser.add_argument("--sparse", action="store_true", help="store mostly-zero weights sparse")
     export_parser.add_argument("--check", metavar="X.npy",
                                help="compare the runtime's outputs with Keras' on these inputs (.npy, or .npz "

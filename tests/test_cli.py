@@ -45,6 +45,15 @@ def test_bad_arguments_give_one_line_error_and_nonzero_exit(argv):
     assert result.stderr.strip().splitlines()[-1].startswith("keras-regkit")
 
 
+@pytest.mark.parametrize("flags, int8", [([], False), (["--int8"], True), (["--int8", "dynamic"], "dynamic"),
+                                         (["--int8", "auto"], "auto")])
+def test_export_int8_flag_becomes_exports_int8_argument(flags, int8):
+    import keras_regkit_cli
+
+    args = keras_regkit_cli.parse_args(["export", "m.keras", "m.tflite", *flags])
+    assert args.int8 == int8
+
+
 def test_search_into_a_file_gives_one_line_error_and_nonzero_exit(tmp_path, capsys):
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
