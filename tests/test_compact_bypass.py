@@ -198,6 +198,26 @@ def test_an_attention_without_residual_becomes_its_constant_alone():
     np.testing.assert_allclose(outputs(result.model, ones), outputs(result.model, x), rtol=1e-6, atol=1e-6)
 
 
+class ScaledAttention(L.MultiHeadAttention):
+    """An attention subclass whose `call` does more than the attention."""
+
+    def call(self, query, value, key=None, **kwargs):
+        return 2.0 * super().call(query, value, key=key, **kwargs) + 1.0
+
+
+def test_an_attention_subclass_with_its_own_call_keeps_a_head_instead_of_the_constant():
+    inputs = keras.Input((SEQ, HIDDEN))
+    attention = ScaledAttention(num_heads=HEADS, key_dim=HEAD_DIM, name="mha")
+    model = keras.Model(inputs, L.Dense(3)(attention(inputs, inputs)))
+    randomize(model)
+    kill_heads(attention)
+    assert not bypass.all_heads_dead(attention)  # its `call` is not Keras' own
+    x = sequences()
+    result = rk.compact(model, custom_objects={"ScaledAttention": ScaledAttention})
+    assert_same(model, result.model, x)
+    assert result.model.get_layer("mha").num_heads == 1
+
+
 def test_a_head_cut_to_the_last_head_then_compact_computes_the_same():
     model, x = plain_residual_block()
     rk.prune(model, sparsity=1.0, granularity="head")

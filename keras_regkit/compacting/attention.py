@@ -32,9 +32,12 @@ from keras_regkit.pruning import units as units_lib
 
 
 def kept_heads(layer) -> np.ndarray:
-    """Which heads of attention layer `layer` stay: the live ones (a layer
-    whose every head is dead is bypassed instead: see `bypass`)."""
-    return ~units_lib.dead_mask(layer)
+    """Which heads of attention layer `layer` stay: the live ones. A layer
+    whose every head is dead is bypassed instead (see `bypass`), unless its
+    class has a `call` of its own: that one keeps its first head, so its
+    `call` still runs."""
+    live = ~units_lib.dead_mask(layer)
+    return live if live.any() else np.arange(live.size) == 0
 
 
 def has_dead_heads(layer) -> bool:

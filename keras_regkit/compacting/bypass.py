@@ -18,6 +18,8 @@ layer norms.
 
 from __future__ import annotations
 
+import sys
+
 import keras
 import numpy as np
 from keras import ops
@@ -26,10 +28,24 @@ from keras_regkit.pruning import units as units_lib
 
 
 def all_heads_dead(layer) -> bool:
-    """Whether `layer` is a built attention layer whose every head is dead."""
-    if not (units_lib.is_head_layer(layer) and layer.built):
+    """Whether `layer` is a built attention layer whose every head is dead
+    and whose `call` is Keras' or KerasHub's own (it then outputs the
+    constant)."""
+    if not (units_lib.is_head_layer(layer) and layer.built and computes_plain_attention(layer)):
         return False
     return bool(units_lib.dead_mask(layer).all())
+
+
+def computes_plain_attention(layer) -> bool:
+    """Whether attention layer `layer`'s class computes what Keras'
+    `MultiHeadAttention` (or KerasHub's cached one, which only adds the
+    cache) computes: a subclass with a `call` of its own may do more with the
+    attention's output than the constant would."""
+    calls = {keras.layers.MultiHeadAttention.call}
+    hub = sys.modules.get("keras_hub")  # a KerasHub layer means it is imported
+    if hub is not None:
+        calls.add(hub.layers.CachedMultiHeadAttention.call)
+    return type(layer).call in calls
 
 
 def attention_constant(layer) -> np.ndarray:
