@@ -532,7 +532,7 @@ BAD_INPUT = [
         "`int8`: expected one of False, True, 'dynamic', 'auto'. Received: int8='fast'"),
     # "auto" picks full int8 for a model without attention: it needs calibration data.
     row("export-int8-auto-mlp-without-data", lambda m: _export(m, int8="auto"), ValueError,
-        "(`int8=\"auto\"` picks it for a model without attention layers) needs `representative_data=`"),
+        "(`int8=\"auto\"` picked it: `deploy.fastest_int8`) needs `representative_data=`"),
     row("export-int8-zero", lambda m: _export(m, int8=0), TypeError, "`int8`"),
     row("export-int8-none", lambda m: _export(m, int8=None), TypeError, "`int8`"),
     row("export-int8-static", lambda m: _export(m, int8="static"), TypeError, "Received: int8='static'"),

@@ -12,7 +12,7 @@ CALIBRATION_SAMPLES = 200
 def require_representative(data, asked=True):
     """Refuses `int8=True` (or `"auto"`, which picked it) without calibration data."""
     if data is None:
-        picked = " (`int8=\"auto\"` picks it for a model without attention layers)" if asked == "auto" else ""
+        picked = " (`int8=\"auto\"` picked it: `deploy.fastest_int8`)" if asked == "auto" else ""
         raise ValueError(
             f"`int8=True`{picked} needs `representative_data=` (or `check=`): inputs like the model's, from which "
             "the int8 ranges of the activations are set (a few hundred training samples). "
