@@ -156,6 +156,24 @@ def test_a_block_is_removed_only_when_its_output_biases_are_zero_too():
     assert blocks_lib.is_removed(block) and rk.compact(model).removed_blocks == ("add_1",)
 
 
+def test_a_removed_post_norm_layer_called_twice_shares_its_norm_copies():
+    # ALBERT-style sharing: one transformer layer called on its own output.
+    import keras_hub
+
+    inputs = keras.Input((5, 8))
+    encoder = keras_hub.layers.TransformerEncoder(16, 2, name="shared")
+    model = keras.Model(inputs, keras.layers.Dense(3)(encoder(encoder(inputs))))
+    randomize(model)
+    block = blocks_lib.find(model)[0]
+    for layer in block.last:
+        for variable in (layer.kernel, layer.bias):
+            variable.assign(np.zeros(variable.shape, "float32"))
+    result = rk.compact(model)
+    assert result.removed_blocks == ("shared",)
+    x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype("float32")
+    np.testing.assert_allclose(predict(result.model, x), predict(model, x), rtol=1e-5, atol=1e-5)
+
+
 def test_compact_takes_out_a_removed_block_among_blocks_of_different_widths():
     model = residual((8, 8, 16))
     randomize(model)

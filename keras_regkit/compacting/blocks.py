@@ -35,6 +35,7 @@ def bypass(model: keras.Model):
     if not removed:
         return model, []
     old_by_new, norm_copies = {}, []
+    norms_of = {}  # id(block layer) -> its norm copies, made once: a layer called twice shares them
 
     def rebuild(layer):
         new = type(layer).from_config(layer.get_config())
@@ -45,13 +46,14 @@ def bypass(model: keras.Model):
         block = removed.get(id(old_by_new.get(id(new))))
         if block is None:
             return new(*args, **kwargs)
-        norms = {}
-        for sub in sublayers(block.layer, recursive=False):
-            if sub.name in blocks_lib.POST_NORMS:
-                config = {**sub.get_config(), "name": f"{block.layer.name}_{sub.name}"}
-                norms[sub.name] = type(sub).from_config(config)
-                norm_copies.append((sub, norms[sub.name]))
-        return blocks_lib.removed_output(block, args[0], norms)
+        if id(block.layer) not in norms_of:
+            norms = norms_of[id(block.layer)] = {}
+            for sub in sublayers(block.layer, recursive=False):
+                if sub.name in blocks_lib.POST_NORMS:
+                    config = {**sub.get_config(), "name": f"{block.layer.name}_{sub.name}"}
+                    norms[sub.name] = type(sub).from_config(config)
+                    norm_copies.append((sub, norms[sub.name]))
+        return blocks_lib.removed_output(block, args[0], norms_of[id(block.layer)])
 
     flat = keras.models.clone_model(model, clone_function=rebuild, call_function=call, recursive=True)
     for new in sublayers(flat, recursive=True):
