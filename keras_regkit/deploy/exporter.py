@@ -38,7 +38,7 @@ def fastest_int8(model: keras.Model, format: str = "litert") -> bool | str:
     so its graph goes in and out of int8 around each of them. In LiteRT that
     file measured 3x slower at batch 1 than dynamic int8 (int8 weights, each
     matrix product's input quantized in the call, run by XNNPACK's kernels);
-    in ONNX Runtime full int8 was the faster of the two (7.1x against 5.3x
+    in ONNX Runtime full int8 was the faster of the two (6.6x against 4.9x
     the dense float file; benchmarks/bench_deploy_transformer.py, x86 CPU).
     A CNN or MLP gets full int8, the mode integer-only accelerators need.
 
