@@ -43,8 +43,9 @@ def computes_plain_attention(layer) -> bool:
     attention's output than the constant would."""
     calls = {keras.layers.MultiHeadAttention.call}
     hub = sys.modules.get("keras_hub")  # a KerasHub layer means it is imported
-    if hub is not None:
-        calls.add(hub.layers.CachedMultiHeadAttention.call)
+    cached = getattr(getattr(hub, "layers", None), "CachedMultiHeadAttention", None)
+    if cached is not None:
+        calls.add(cached.call)
     return type(layer).call in calls
 
 
