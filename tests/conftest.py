@@ -106,6 +106,16 @@ def missing(*modules) -> bool:
     return False
 
 
+# Tests that write and run LiteRT/ONNX files. The refusals (bad-input tables,
+# the CLI's one-line errors) come before any conversion and run everywhere.
+converts = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow" or missing("ai_edge_litert", "onnxruntime", "tf2onnx", "onnx"),
+    reason="writing files runs under the TensorFlow backend with the [export] extra: LiteRT's int8 and sparse "
+           "storage are options of TensorFlow's converter, and Keras' ONNX export uses tf2onnx there; under JAX "
+           "it needs jax2onnx and under PyTorch LiteRT needs litert-torch, neither in the extra "
+           "(pip install '.[export]')")
+
+
 def tiny_mlp(units=(8, 4), inputs=6, name=None, **dense_kwargs):
     layers = [keras.Input((inputs,))]
     layers += [

@@ -13,17 +13,9 @@ from keras_regkit import deploy
 from keras_regkit.deploy.calibration import calibration
 from keras_regkit.deploy.inputs import conform
 
-from conftest import assert_refused_and_unchanged, missing, right_checks, row, run_with_fixtures, tiny_mlp
+from conftest import assert_refused_and_unchanged, converts, missing, right_checks, row, run_with_fixtures, tiny_mlp
 
 
-# The refusals (the bad-input table, the CLI's one-line errors) come before
-# any conversion and run under every backend; writing files needs these.
-converts = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow" or missing("ai_edge_litert", "onnxruntime", "tf2onnx"),
-    reason="writing files runs under the TensorFlow backend with the [export] extra: LiteRT's int8 and sparse "
-           "storage are options of TensorFlow's converter, and Keras' ONNX export uses tf2onnx there; under JAX "
-           "it needs jax2onnx and under PyTorch LiteRT needs litert-torch, neither in the extra "
-           "(pip install '.[export]')")
 if not missing("ai_edge_litert", "onnxruntime"):
     from ai_edge_litert import interpreter as litert
     import onnxruntime

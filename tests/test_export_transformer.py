@@ -12,15 +12,7 @@ import pytest
 import keras_regkit as rk
 from keras_regkit.deploy import fastest_int8
 
-from conftest import missing, tiny_mlp
-
-# The int8 mode rule runs under every backend; writing files needs these.
-converts = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow" or missing("ai_edge_litert", "onnxruntime", "tf2onnx"),
-    reason="writing files runs under the TensorFlow backend with the [export] extra: LiteRT's int8 and sparse "
-           "storage are options of TensorFlow's converter, and Keras' ONNX export uses tf2onnx there; under JAX "
-           "it needs jax2onnx and under PyTorch LiteRT needs litert-torch, neither in the extra "
-           "(pip install '.[export]')")
+from conftest import converts, tiny_mlp
 
 SEQ, WIDTH, CLASSES = 8, 16, 3
 

@@ -10,15 +10,9 @@ import pytest
 import keras_regkit as rk
 from keras_regkit.pruning.granularity import NM
 
-from conftest import missing, to_numpy
+from conftest import converts, to_numpy
 
 FEATURES, CLASSES = 16, 4
-
-
-# As in test_export.py: files are written under TensorFlow with the [export] extra.
-converts = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow" or missing("ai_edge_litert", "onnxruntime", "tf2onnx", "onnx"),
-    reason="writing files runs under the TensorFlow backend with the [export] extra (see test_export.py)")
 
 
 def _data(n, seed):

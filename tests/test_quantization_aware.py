@@ -13,15 +13,9 @@ import keras_regkit as rk
 from keras_regkit.quantization import Int8Simulation, Int8Training, fake_quant_kernel
 from keras_regkit.shrinking import ShrinkPhase, evaluation
 
-from conftest import SubclassedModel, assert_refused_and_unchanged, compiled, missing, row, tiny_mlp, value_and_grad
+from conftest import SubclassedModel, assert_refused_and_unchanged, compiled, converts, row, tiny_mlp, value_and_grad
 
 L = keras.layers
-
-
-converts = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow" or missing("ai_edge_litert"),
-    reason="full int8 LiteRT files are written by TensorFlow's converter (the TensorFlow backend) and run in "
-           "ai-edge-litert (pip install '.[export]')")
 
 
 def _cnn():
@@ -196,9 +190,7 @@ def test_a_quantization_aware_shrink_ends_with_the_float_models_statistics(train
         np.testing.assert_allclose(_numpy(bn.moving_variance), seen.var(0), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow" or missing("onnxruntime", "tf2onnx"),
-                    reason="ONNX files are written by tf2onnx (the TensorFlow backend) and quantized by onnxruntime "
-                           "(pip install '.[export]')")
+@converts
 def test_a_quantization_aware_shrink_exports_to_onnx_int8_and_agrees_in_onnx_runtime(trained, tmp_path):
     model, x, y = trained
     rk.shrink(model, x, y, sparsity=0.5, epochs=1, int8=True, representative_data=x[:200], cut_every=4)
