@@ -77,6 +77,21 @@ def test_a_short_last_batch_counts_for_the_samples_it_holds():
     np.testing.assert_allclose(bn.moving_variance, (256 * variances[0] + 44 * variances[1]) / 300, rtol=1e-4)
 
 
+def test_over_several_processes_every_process_keeps_the_statistics_of_all_samples(monkeypatch):
+    # A second process (simulated) saw 100 samples whose statistics were all
+    # 5.0: each process ends with the average weighted by samples.
+    from keras_regkit import _processes
+
+    model, x = _conv_bn(), _images(300)
+    monkeypatch.setattr(_processes, "process_count", lambda: 2)
+    monkeypatch.setattr(_processes, "global_sum", lambda values: np.asarray(values, "float64") + (
+        100.0 if np.size(values) == 1 else 100.0 * 5.0))
+    refresh_batch_norm(model, x, batch_size=300)
+    bn, inputs = model.get_layer("bn"), _bn_inputs(model, x)
+    np.testing.assert_allclose(bn.moving_mean, (300 * inputs.mean(0) + 500.0) / 400, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance, (300 * inputs.var(0) + 500.0) / 400, rtol=1e-4, atol=1e-5)
+
+
 def test_refresh_skips_frozen_layers_and_a_model_without_any():
     model, x = _conv_bn(), _images()
     model.get_layer("bn").trainable = False

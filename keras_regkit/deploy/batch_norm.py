@@ -19,7 +19,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from keras_regkit import _validate
+from keras_regkit import _processes, _validate
 from keras_regkit._keras.layers import sublayers
 from keras_regkit.deploy.inputs import conform
 from keras_regkit.pruning.calibration import wrapping_calls
@@ -42,7 +42,9 @@ def refresh_batch_norm(model: keras.Model, x, batch_size: int = 256) -> int:
     layer from `x`, the average of its batch statistics over `x`'s batches
     (weighted by their sizes),
     with every other layer in inference mode (dropout off); nothing else
-    changes (no weight is trained).
+    changes (no weight is trained). Over several processes (multi-process
+    JAX), each passes its own `x` and every process keeps the statistics of
+    all of them.
 
     Call it after a fine-tune with few steps (a pruning fine-tune, your
     own `fit` with a `ShrinkPhase`) and before `compact` and `export`: the
@@ -99,6 +101,8 @@ def refresh_batch_norm(model: keras.Model, x, batch_size: int = 256) -> int:
                 for layer in layers:
                     layer.momentum = start / min(start + batch_size, count)
                 model(keras.tree.map_structure(lambda a: a[start:start + batch_size], x), training=False)
+        if _processes.process_count() > 1:
+            _average_over_processes(layers, count)
     except BaseException:
         for layer, (_, (mean, variance)) in zip(layers, kept):
             layer.moving_mean.assign(mean)
@@ -108,6 +112,16 @@ def refresh_batch_norm(model: keras.Model, x, batch_size: int = 256) -> int:
         for layer, (momentum, _) in zip(layers, kept):
             layer.momentum = momentum
     return len(layers)
+
+
+def _average_over_processes(layers, count: int) -> None:
+    """Each process saw only its own samples: every process keeps the
+    statistics of all of them (weighted by samples), so replicas stay equal."""
+    total = _processes.global_sum([count])[0]
+    for layer in layers:
+        for variable in (layer.moving_mean, layer.moving_variance):
+            local = keras.ops.convert_to_numpy(variable).astype("float64") * count
+            variable.assign((_processes.global_sum(local) / total).astype(variable.dtype))
 
 
 def stale_batch_norm(model: keras.Model, x) -> dict[str, float]:
