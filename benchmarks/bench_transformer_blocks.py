@@ -35,6 +35,8 @@ Usage (repository root, project venv):
         --json benchmarks/results/transformer_blocks_agreement.json
     nice -n 10 python benchmarks/bench_transformer_blocks.py --part accuracy --seeds 3 \
         --json benchmarks/results/transformer_blocks_accuracy.json
+    nice -n 10 python benchmarks/bench_transformer_blocks.py --part agreement --seeds 3 --reuse-original \
+        --json benchmarks/results/transformer_blocks_agreement.json   # the originals the accuracy run saved
     python benchmarks/bench_transformer_blocks.py --part timing \
         --json benchmarks/results/transformer_blocks_timing.json
     python benchmarks/bench_transformer_blocks.py --quick --part agreement   # smoke run
@@ -67,13 +69,24 @@ def loss_of(keras, model, x, y) -> float:
     return float(-np.mean(np.log(np.maximum(probabilities[np.arange(len(y)), y], 1e-12))))
 
 
+def original_path(args, seed) -> str:
+    return os.path.join(args.save_dir, f"seed{seed}_original.keras")
+
+
 def train(args, keras, keras_hub, seed):
+    """The seed's data and trained original; with `--reuse-original`, the
+    original an earlier run of either part saved for the seed, if any (the
+    same recipe, so the same model: the parts then share one training)."""
     rng = np.random.default_rng(seed)
     data = [make_data(n, rng, args.seq_len, args.label_noise) for n in (args.train, args.val, args.test)]
+    if args.reuse_original and os.path.exists(original_path(args, seed)):
+        return keras.saving.load_model(original_path(args, seed), compile=False), data
     keras.utils.set_random_seed(seed)
     base = build(keras, keras_hub, args)
     compile_model(keras, base, args.lr)
     base.fit(*data[0], validation_data=data[1], epochs=args.train_epochs, batch_size=args.batch_size, verbose=0)
+    os.makedirs(args.save_dir, exist_ok=True)
+    deployable_copy(base).save(original_path(args, seed))
     return base, data
 
 
@@ -121,8 +134,6 @@ def accuracy(args, keras, keras_hub, rk, seed):
     calibration = {k: v[:256] for k, v in x_val.items()}
     base_acc = float((logits(base, x_test).argmax(1) == y_test).mean())
     runs = []
-    os.makedirs(args.save_dir, exist_ok=True)
-    deployable_copy(base).save(os.path.join(args.save_dir, f"seed{seed}_original.keras"))
 
     def record(name, model, level):
         small = rk.compact(model)
@@ -192,7 +203,11 @@ def timing(args, keras, rk):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", choices=["agreement", "accuracy", "timing"], default="agreement")
-    parser.add_argument("--save-dir", default="/tmp/bench_transformer_blocks", help="compacted models (accuracy)")
+    parser.add_argument("--save-dir", default="/tmp/bench_transformer_blocks",
+                        help="the trained originals and the compacted models (accuracy)")
+    parser.add_argument("--reuse-original", action="store_true",
+                        help="load the seed's original from --save-dir when a run saved it, instead of training it")
+    parser.add_argument("--first-seed", type=int, default=SEED)
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds (timing)")
     parser.add_argument("--calls", type=int, default=20, help="calls per timed round (timing)")
     parser.add_argument("--seeds", type=int, default=3)
@@ -221,7 +236,7 @@ def main(argv=None):
     part = agreement if args.part == "agreement" else accuracy
     results = []
     for i in range(args.seeds):
-        results.append(part(args, keras, keras_hub, rk, SEED + i))
+        results.append(part(args, keras, keras_hub, rk, args.first_seed + i))
         if args.json:  # after each seed: a long run that is stopped keeps what it measured
             write_json(args.json, {"settings": vars(args), "keras": keras.__version__, "seeds": results})
     summary = {}
