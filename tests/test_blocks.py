@@ -226,6 +226,26 @@ def not_residual():
     return keras.Model(inputs, L.Add(name="join")([a, b]))
 
 
+class DoubledEncoder(keras_hub.layers.TransformerEncoder):
+    """A subclass whose own `call` does more than its sublayers: zeroing
+    them would leave 2 * LN(LN(x)), not what `compact`'s bypass computes."""
+
+    def call(self, inputs, **kwargs):
+        return 2.0 * super().call(inputs, **kwargs)
+
+
+def subclassed_encoders():
+    inputs = keras.Input((6, 8))
+    h = keras_hub.layers.TransformerEncoder(16, 2, name="plain")(inputs)
+    h = DoubledEncoder(16, 2, name="doubled")(h)
+    return keras.Model(inputs, L.Dense(2)(h))
+
+
+def test_a_subclass_with_its_own_call_is_not_taken_for_a_block():
+    model = subclassed_encoders()
+    assert [block.path for block in blocks_lib.find(model)] == ["plain"]
+
+
 def refused(make, call):
     """`call(model)` on a fresh `make()`, checked to leave it unchanged
     when it raises."""
@@ -249,6 +269,9 @@ BAD_INPUT = [
         ValueError, "the selected blocks differ in width ({'add_0': 8, 'add_1': 8, 'add_2': 16})"),
     row("block-decoder-with-cache", refused(cached_decoder, lambda m: rk.prune(m, sparsity=1.0, granularity="block")),
         ValueError, "cannot remove decoder 'dec': the model calls it with a cache (['self_attention_cache'])"),
+    row("block-subclass-with-own-call", refused(subclassed_encoders, lambda m: rk.prune(
+        m, sparsity=1.0, granularity="block", layers="doubled")),
+        ValueError, "cannot remove layer 'doubled': its class DoubledEncoder subclasses TransformerEncoder"),
     row("block-none-in-model", lambda m: rk.prune(m, sparsity=0.5, granularity="block"),
         ValueError, "granularity='block' found no block to remove in model"),
     row("block-shrink-none-in-model", lambda m: rk.shrink(m, np.zeros((4, 6)), np.zeros((4, 4)), sparsity=0.5,

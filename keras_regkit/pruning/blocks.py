@@ -77,9 +77,21 @@ class Block:
     width: int
 
 
-def _transformer_block(path, layer) -> Block | None:
+def _transformer_block(path, layer, explicit: bool) -> Block | None:
     kind = layers_lib.kind_of(layer)
     if kind.attention is None or kind.feedforward is None or not layer.built:
+        return None
+    registered_class = layers_lib.registered(layer)[0][0]
+    if type(layer).call is not registered_class.call:
+        # A subclass's own `call` may do more than the sublayers whose zeros
+        # remove the block, so neither the removed block's output nor its
+        # bypass in `compact` would be known.
+        if explicit:
+            raise ValueError(
+                f"granularity='block' cannot remove layer '{path}': its class {type(layer).__name__} subclasses "
+                f"{registered_class.__name__} with a `call` of its own, so what the block computes once its "
+                "sublayers are zero is not known. Register the class with "
+                "`keras_regkit.layers.register` to make it a block, or select other layers with `layers=`.")
         return None
     by_name = {sub.name: sub for sub in sublayers(layer, recursive=False)}
     inner, outer = by_name.get(kind.feedforward.inner), by_name.get(kind.feedforward.outer)
@@ -152,7 +164,8 @@ def find(model, selector="*", same_width: bool = True) -> list[Block]:
     """The blocks `selector` selects in `model` (a layer selector as in
     `apply_regularizers`; a block is selected when it or a layer holding it
     matches), in model order. With `"*"`, an `Add` that closes no removable
-    block is passed over; selected by name, class or callable, it is refused.
+    block, or a subclass of a transformer layer with a `call` of its own, is
+    passed over; selected by name, class or callable, it is refused.
     `same_width=False` lets blocks of different widths through (`compact`
     bypasses each removed block on its own).
 
@@ -175,7 +188,7 @@ def find(model, selector="*", same_width: bool = True) -> list[Block]:
             continue
         if any(id(block.layer) in {id(a) for a in ancestors} for block in found):
             continue  # inside a block already found
-        block = _transformer_block(path, layer)
+        block = _transformer_block(path, layer, explicit)
         if block is None and type(layer) is keras.layers.Add:
             block = _residual_block(path, layer, graphs.get(id(layer)), explicit)
         if block is not None:
