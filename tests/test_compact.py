@@ -293,6 +293,31 @@ def test_layers_it_cannot_reason_about_are_skipped_and_keep_their_channels():
     assert_same_outputs(model, result, data(5))
 
 
+class InnerBlock(keras.Model):
+    """A subclassed model nested in a Functional one: its config holds no name."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = L.Dense(3)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def test_a_nested_subclassed_model_is_skipped_and_rebuilt_from_custom_objects():
+    inp = keras.Input((5,))
+    model = keras.Model(inp, L.Dense(2, name="out")(InnerBlock(name="inner")(L.Dense(4, name="a")(inp))))
+    kill(model.get_layer("a"), [0], biases=[0.7])
+
+    with pytest.raises(TypeError, match="InnerBlock"):  # Keras' own: which class it cannot find
+        rk.compact(model)
+    result = rk.compact(model, custom_objects={"InnerBlock": InnerBlock})
+
+    assert "nested model" in result.skipped["inner"]
+    assert result.units["a"] == (4, 4)
+    assert_same_outputs(model, result, data(5))
+
+
 def test_softmax_dense_keeps_its_dead_units():
     model = keras.Sequential([
         keras.Input((5,)),
