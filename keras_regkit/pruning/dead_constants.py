@@ -70,7 +70,7 @@ def _path_to_readers(graph, tensor):
     activations = []
     while True:
         readers = graph.readers(tensor)
-        if not readers or any(graph.times_called(call.layer) != 1 or len(call.inputs) != 1 for call in readers):
+        if not readers or any(graph.times_called(call.layer) != 1 for call in readers):  # shared: its other calls
             return None, None, None
         if len(readers) == 1 and (_is_activation(readers[0].layer)
                                   or isinstance(readers[0].layer, _PADDINGS + _DROPOUTS)):
