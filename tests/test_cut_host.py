@@ -1,0 +1,78 @@
+"""The cut of entries on the host (NumPy scores: the shrink's path where the
+weights are on the CPU) against the definition: the `count` lowest ranked
+values, ties by position (a stable sort's first `count`), dead entries
+first, nothing out of reach; and its order statistic found without
+partitioning the block of dead entries, which made a late cut of a shrink
+(most entries dead) 10-50x slower (issue #41)."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_regkit import weights as weights_lib
+from keras_regkit.pruning import cut as cut_lib
+from keras_regkit.pruning import granularity as granularity_lib
+
+
+def by_definition(flat: np.ndarray, count: int) -> np.ndarray:
+    """The `count` lowest entries, ties by position: a stable sort's first."""
+    chosen = np.zeros(flat.size, dtype=bool)
+    chosen[np.argsort(flat, kind="stable")[:count]] = True
+    return chosen
+
+
+def mostly_dead(seed, size=4000, dead=0.85, levels=5, out_of_reach=0.05):
+    """Ranked values as a late cut sees them: most entries dead (-1), the
+    rest on few levels (many ties), some out of reach (+inf)."""
+    rng = np.random.default_rng(seed)
+    flat = rng.integers(0, levels, size).astype("float64") / levels
+    flat[rng.random(size) < out_of_reach] = np.inf
+    flat[rng.random(size) < dead] = -1.0
+    return flat
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_lowest_by_position_is_a_stable_sorts_first_count_when_most_entries_tie(seed):
+    flat = mostly_dead(seed)
+    dead, finite = int(np.sum(flat == -1)), int(np.sum(np.isfinite(flat)))
+    for count in (0, 1, dead - 1, dead, dead + 1, dead + 7, (dead + finite) // 2, finite - 1, finite, finite + 3):
+        chosen = cut_lib.lowest_by_position(flat, count)
+        assert int(chosen.sum()) == count
+        np.testing.assert_array_equal(chosen, by_definition(flat, count), err_msg=f"count={count}")
+
+
+def test_the_order_statistic_partitions_only_what_is_above_the_dead_block(monkeypatch):
+    flat = mostly_dead(0, size=20000)
+    live = int(np.sum((flat > -1) & np.isfinite(flat)))
+    sizes = []
+    partition = np.partition
+    monkeypatch.setattr(np, "partition", lambda a, k, *args, **kw: sizes.append(a.size) or partition(a, k, *args, **kw))
+    count = int(np.sum(flat == -1)) + live // 2
+    np.testing.assert_array_equal(cut_lib.lowest_by_position(flat, count), by_definition(flat, count))
+    assert sizes == [live]
+
+
+def test_host_cut_of_a_mostly_dead_model_takes_the_exact_count_ties_by_position():
+    inputs = keras.Input((40,))
+    outputs = keras.layers.Dense(30, name="b")(keras.layers.Dense(50, name="a")(inputs))
+    model = keras.Model(inputs, outputs)
+    refs = weights_lib.select_weights(model, "*", ("kernel",))
+    rng = np.random.default_rng(0)
+    ranked, scores = [], []
+    for ref in refs:
+        shape = tuple(ref.variable.shape)
+        w = rng.normal(size=shape).astype("float32")
+        w[rng.random(shape) < 0.85] = 0.0
+        s = (rng.integers(1, 4, shape) / 4).astype("float32")  # three levels: ties everywhere
+        ref.variable.assign(w)
+        scores.append(s)
+        ranked.append(np.where(w == 0, -1.0, s).reshape(-1))
+    flat = np.concatenate(ranked)
+    count = int(round(0.9 * flat.size))
+    made = cut_lib.cut(refs, scores, granularity_lib.Weights(), sparsity=0.9)
+    expected = by_definition(flat, count)
+    zeros = np.concatenate([(ops.convert_to_numpy(ref.variable.value) == 0).reshape(-1) for ref in refs])
+    np.testing.assert_array_equal(zeros, expected)
+    assert (made.zeros, made.total) == (count, flat.size)
+    assert made.threshold == pytest.approx(float(flat[expected].max()))
