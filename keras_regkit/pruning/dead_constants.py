@@ -13,7 +13,7 @@ rounded by up to half a step: a constant far below the top of the range
 comes out off by a large fraction of itself, and the BatchNormalization
 scales that error up with the pattern. Measured on a unit-shrunk
 MobileNetV2 (alpha 0.35, digits at 64x64, seed 0; docs/benchmarks.md):
-516 such constants, a median 180x (34x to 29 000x) below the top of their
+516 such constants, a median 190x (36x to 30 000x) below the top of their
 tensors' ranges, took the compacted model's full-int8 top-1 agreement with
 its float model from the dense model's 96.7 % to 89.4 %.
 
