@@ -53,7 +53,9 @@ def test_the_order_statistic_partitions_only_what_is_above_the_dead_block(monkey
     assert sizes == [live]
 
 
-def test_host_cut_of_a_mostly_dead_model_takes_the_exact_count_ties_by_position():
+def test_host_cut_of_a_mostly_dead_model_takes_the_exact_count_ties_by_position(monkeypatch):
+    # Only the live entries are ranked: never every entry.
+    monkeypatch.setattr(granularity_lib.Granularity, "rank", lambda *args: pytest.fail("every entry ranked"))
     inputs = keras.Input((40,))
     outputs = keras.layers.Dense(30, name="b")(keras.layers.Dense(50, name="a")(inputs))
     model = keras.Model(inputs, outputs)
@@ -76,3 +78,55 @@ def test_host_cut_of_a_mostly_dead_model_takes_the_exact_count_ties_by_position(
     np.testing.assert_array_equal(zeros, expected)
     assert (made.zeros, made.total) == (count, flat.size)
     assert made.threshold == pytest.approx(float(flat[expected].max()))
+
+
+class RankedAsTheBaseClass(granularity_lib.Weights):
+    """The base class's ranking, overridden: the cut takes its general path
+    (every entry ranked), the reference for the path over live entries."""
+
+    def rank(self, refs, scores):
+        return super().rank(refs, scores)
+
+
+def two_layer_model(weights):
+    inputs = keras.Input((weights[0].shape[0],))
+    x = keras.layers.Dense(weights[0].shape[1], use_bias=False, name="a")(inputs)
+    outputs = keras.layers.Dense(weights[1].shape[1], use_bias=False, name="b")(x)
+    model = keras.Model(inputs, outputs)
+    for layer, w in zip(("a", "b"), weights):
+        model.get_layer(layer).kernel.assign(w)
+    return model, weights_lib.select_weights(model, "*", ("kernel",))
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.6, 0.85, 0.9, 1.0])
+@pytest.mark.parametrize("special", [None, np.inf, np.nan])
+def test_cut_over_live_entries_equals_the_general_ranking(seed, sparsity, special):
+    rng = np.random.default_rng(seed)
+    weights, scores = [], []
+    for shape in ((20, 15), (15, 9)):
+        w = rng.integers(1, 4, shape).astype("float32")
+        w[rng.random(shape) < 0.6] = 0.0  # dead: ranked first
+        s = (rng.integers(0, 4, shape) / 4).astype("float32")  # ties, and live entries scored 0
+        if special is not None:
+            s[rng.random(shape) < 0.1] = special  # out of reach
+        weights.append(w)
+        scores.append(s)
+    made, zeros = [], []
+    for granularity in (granularity_lib.Weights(), RankedAsTheBaseClass()):
+        model, refs = two_layer_model(weights)
+        made.append(cut_lib.cut(refs, [s.copy() for s in scores], granularity, sparsity=sparsity))
+        zeros.append([ops.convert_to_numpy(ref.variable.value) == 0 for ref in refs])
+    assert made[0] == made[1]
+    for fast, general in zip(*zeros):
+        np.testing.assert_array_equal(fast, general)
+
+
+def test_a_live_entry_scored_below_zero_ranks_below_the_dead_as_the_general_path_has_it():
+    weights = [np.array([[0.0, 1.0, 2.0, 3.0]], "float32"), np.ones((4, 1), "float32")]
+    scores = [np.array([[0.5, -2.0, 0.1, 0.2]], "float32"), np.ones((4, 1), "float32")]
+    model, refs = two_layer_model(weights)
+    # Whatever ranks below 0 goes, however low the sparsity: the dead and the -2.
+    made = cut_lib.cut(refs, scores, granularity_lib.Weights(), sparsity=0.0)
+    assert (made.zeros, made.total) == (2, 8)
+    np.testing.assert_array_equal(ops.convert_to_numpy(refs[0].variable.value), [[0.0, 0.0, 2.0, 3.0]])
