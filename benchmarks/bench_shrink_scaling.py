@@ -17,6 +17,8 @@ traces are in its time.
 Then one cut from 30 % to half the entries, scored by curvature, on the
 device (`Score.tensors`, the shrink's path where the weights are on an
 accelerator) and on the host (NumPy scores, the shrink's path on the CPU),
+and a late cut on the host (85 % to 88 %: most entries dead, as in most of
+a shrink's cuts),
 each with the zeros' hold it is followed by, against one train step (4
 epochs of `fit` over their steps). The first step after a hold is timed
 apart: under JAX the masks are constants of the compiled step, so a cut
@@ -30,6 +32,13 @@ benchmark), e.g. on TensorFlow, within about 8 minutes on 2 CPU cores:
     KERAS_BACKEND=tensorflow python benchmarks/bench_shrink_scaling.py --widths 256 1024 2048 --rounds 3
     KERAS_BACKEND=tensorflow python benchmarks/bench_shrink_scaling.py --widths 256 1024 --rounds 3 --mode tolerance
     KERAS_BACKEND=tensorflow python benchmarks/bench_shrink_scaling.py --widths 256 1024 --rounds 3 --granularity unit
+
+`--profile` prints, instead of the table, where the shrink's time goes
+against plain `fit`'s (medians over the rounds): train steps (the first,
+traced with the holds, apart), cuts (scores, select and zero, hold), the
+start, the epoch ends, the end, and the rest (fit's own loop and data):
+
+    KERAS_BACKEND=tensorflow python benchmarks/bench_shrink_scaling.py --widths 1024 2048 --rounds 3 --profile
 
 Width 4200 is the ~20 M-parameter MLP (`--widths 4200 --rounds 1`: minutes
 on a CPU); `--encoder 512 6` a ~20 M-parameter encoder (hidden size 512, 6
@@ -96,9 +105,11 @@ def take(x, n):
     return {k: v[:n] for k, v in x.items()} if isinstance(x, dict) else x[:n]
 
 
-def cut_seconds(keras, model, reset, x, y, on_device: bool):
-    """Seconds of one cut from 30 % to half the entries and its hold, then
-    of the first train step after it and of the second."""
+def cut_seconds(keras, model, reset, x, y, on_device: bool, levels=(0.3, 0.5)):
+    """Seconds of one cut from `levels[0]` to `levels[1]` of the entries
+    (30 % to half: the first cut's size; 85 % to 88 %: a late cut, most
+    entries dead) and its hold, then of the first train step after it and
+    of the second."""
     from keras_regkit.pruning import cut as cut_lib
     from keras_regkit.pruning import granularity as granularity_lib
     from keras_regkit.pruning import hold as hold_lib
@@ -110,12 +121,12 @@ def cut_seconds(keras, model, reset, x, y, on_device: bool):
     xb, yb = take(x, BATCH), y[:BATCH]
     # A first cut and its hold, traced before the clock starts: the shrink's
     # later cuts change the masks of holds already in the step.
-    cut_lib.cut(refs, score.scores(refs, model.optimizer), granularity, sparsity=0.3)
+    cut_lib.cut(refs, score.scores(refs, model.optimizer), granularity, sparsity=levels[0])
     hold_lib.hold_zeros(model, [ref.variable for ref in refs])
     model.train_on_batch(xb, yb)
     start = time.perf_counter()
     scores = score.tensors(refs, model.optimizer) if on_device else score.scores(refs, model.optimizer)
-    cut_lib.cut(refs, scores, granularity, sparsity=0.5)
+    cut_lib.cut(refs, scores, granularity, sparsity=levels[1])
     hold_lib.hold_zeros(model, [ref.variable for ref in refs])
     granularity.count_dead(refs)  # waits for the device
     cut = time.perf_counter() - start
@@ -126,6 +137,119 @@ def cut_seconds(keras, model, reset, x, y, on_device: bool):
         steps.append(time.perf_counter() - start)
     hold_lib.release_zeros(model)
     return cut, steps[0], steps[1]
+
+
+class BatchClock:
+    """A callback that times each batch, from its begin hook to its end
+    hook: listed after the shrink's phase, a batch's time includes the cut
+    its end hook makes."""
+
+    def __init__(self, keras):
+        class Clock(keras.callbacks.Callback):
+            def on_train_batch_begin(clock, batch, logs=None):
+                clock.started = time.perf_counter()
+
+            def on_train_batch_end(clock, batch, logs=None):
+                clock.batches.append(time.perf_counter() - clock.started)
+
+        self.callback = Clock()
+        self.callback.batches = []
+
+
+def timed_pieces():
+    """Wraps the shrink's pieces with clocks; returns the dict of seconds
+    (and call counts) they add to, per label."""
+    from keras_regkit.pruning import cut as cut_lib
+    from keras_regkit.pruning import hold as hold_lib
+    from keras_regkit.pruning import scores as scores_lib
+    from keras_regkit.shrinking.callback import ShrinkPhase
+
+    seconds, calls = {}, {}
+
+    def clock(owner, name, label):
+        real = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - start
+                calls[label] = calls.get(label, 0) + 1
+
+        setattr(owner, name, timed)
+
+    for name, label in (("on_train_begin", "start (baseline, first cut, first snapshot)"),
+                        ("on_train_batch_end", "batch hooks (decisions and cuts)"),
+                        ("_cut_to", "cuts"), ("on_epoch_end", "epoch ends (snapshots, checks)"),
+                        ("on_train_end", "end (final decision, refresh, release, result)")):
+        clock(ShrinkPhase, name, label)
+    clock(scores_lib, "for_cut", "cuts: scores")
+    clock(cut_lib, "cut", "cuts: select and zero")
+    clock(hold_lib, "hold_zeros", "cuts: hold (mask update)")
+    return seconds, calls
+
+
+def profile(keras, rk, model, reset, x, y, validation, how, granularity, rounds):
+    """Prints where a shrink's wall time goes against plain `fit`'s
+    (medians over interleaved rounds)."""
+    import gc
+
+    seconds, calls = timed_pieces()
+    rows = {}
+    collecting = {"since": None, "seconds": 0.0}
+
+    def collector(phase, info):  # Python's garbage collections: a pause wherever they fall
+        if phase == "start":
+            collecting["since"] = time.perf_counter()
+        elif collecting["since"] is not None:
+            collecting["seconds"] += time.perf_counter() - collecting["since"]
+
+    gc.callbacks.append(collector)
+
+    def add(label, value):
+        rows.setdefault(label, []).append(value)
+
+    for round_ in range(rounds + 1):  # the first round warms up, untimed
+        reset()
+        model.fit(take(x, BATCH), y[:BATCH], batch_size=BATCH, epochs=1, verbose=0)  # plain step traced
+        reset()
+        clock = BatchClock(keras).callback
+        collecting["seconds"] = 0.0
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, validation_data=validation, verbose=0, callbacks=[clock])
+        fit_total, fit_batches, fit_collecting = time.perf_counter() - start, list(clock.batches), collecting["seconds"]
+        reset()
+        seconds.clear(), calls.clear()
+        collecting["seconds"] = 0.0
+        clock = BatchClock(keras).callback
+        start = time.perf_counter()
+        rk.shrink(model, x, y, validation_data=validation, epochs=EPOCHS, batch_size=BATCH, granularity=granularity,
+                  callbacks=[clock], **how)
+        total = time.perf_counter() - start
+        if not round_:
+            continue
+        hooks = seconds.get("batch hooks (decisions and cuts)", 0.0)
+        steps = sum(clock.batches) - hooks
+        add("plain fit: total", fit_total)
+        add("plain fit: train steps", sum(fit_batches))
+        add("plain fit: rest (data, epoch ends, validation)", fit_total - sum(fit_batches))
+        add("plain fit: median step", statistics.median(fit_batches))
+        add("plain fit: garbage collections (anywhere)", fit_collecting)
+        add("shrink: garbage collections (anywhere)", collecting["seconds"])
+        add("shrink: total", total)
+        add("shrink: train steps (batch hooks taken out)", steps)
+        add("shrink: first step (the step traced with the holds)", clock.batches[0])
+        add("shrink: median step", statistics.median(clock.batches[1:]))
+        for label, value in seconds.items():
+            add(f"shrink: {label} [{calls[label]} calls]", value)
+        accounted = steps + sum(v for k, v in seconds.items() if not k.startswith("cuts"))
+        add("shrink: rest (fit's loop, data, validation)", total - accounted)
+    gc.callbacks.remove(collector)
+    print("| piece | median seconds | rounds |")
+    print("| --- | --- | --- |")
+    for label, values in rows.items():
+        print(f"| {label} | {statistics.median(values):.4f} | {' '.join(f'{v:.3f}' for v in values)} |", flush=True)
 
 
 def device_name(keras) -> str:
@@ -152,6 +276,9 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--mode", choices=("sparsity", "tolerance"), default="sparsity")
     p.add_argument("--granularity", default="weight")
+    p.add_argument("--profile", action="store_true",
+                   help="print where the shrink's time goes (train steps, cuts, start, epoch ends, end) "
+                        "against plain fit's, instead of the table")
     args = p.parse_args(argv)
     import keras
 
@@ -167,14 +294,21 @@ def main(argv=None):
     steps = EPOCHS * (SAMPLES // BATCH)
     print(f"backend {keras.backend.backend()} on {device_name(keras)}, mode={args.mode}, "
           f"granularity={args.granularity!r}, {args.rounds} rounds (medians)")
-    print("| model | parameters | fit | shrink | ratio [range] | cuts | cut on device | cut on host (NumPy) "
-          "| train step | device cut / step | first step after a cut |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    if not args.profile:
+        print("| model | parameters | fit | shrink | ratio [range] | cuts | cut on device | cut on host (NumPy) "
+              "| late cut on host | train step | device cut / step | host late cut / step | first step after a cut |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for kind, size in sizes:
         model = encoder(keras, *size) if kind == "encoder" else mlp(keras, size)
         model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
         reset = resetter(keras, model)
         cuts = []
+
+        if args.profile:
+            print(f"{kind} {size}: {model.count_params() / 1e6:.2f} M parameters")
+            profile(keras, rk, model, reset, x, y, validation, how, args.granularity, args.rounds)
+            keras.backend.clear_session()
+            continue
 
         def warm_fit():
             # Traced before the clock: after a shrink's release the step is rebuilt.
@@ -206,12 +340,15 @@ def main(argv=None):
         if args.granularity == "weight":
             device = [cut_seconds(keras, model, reset, x, y, True) for _ in range(args.rounds)]
             host = [cut_seconds(keras, model, reset, x, y, False) for _ in range(args.rounds)]
+            late = [cut_seconds(keras, model, reset, x, y, False, (0.85, 0.88)) for _ in range(args.rounds)]
             device_cut = statistics.median(c for c, _, _ in device)
+            late_cut = statistics.median(c for c, _, _ in late)
             first, second = statistics.median(f for _, f, _ in device), statistics.median(s for _, _, s in device)
             row += (f" {device_cut * 1e3:.1f} ms | {statistics.median(c for c, _, _ in host) * 1e3:.1f} ms "
-                    f"| {step * 1e3:.1f} ms | {device_cut / step:.2f} | {first * 1e3:.1f} ms (next {second * 1e3:.1f} ms) |")
+                    f"| {late_cut * 1e3:.1f} ms | {step * 1e3:.1f} ms | {device_cut / step:.2f} | {late_cut / step:.2f} "
+                    f"| {first * 1e3:.1f} ms (next {second * 1e3:.1f} ms) |")
         else:
-            row += f" - | - | {step * 1e3:.1f} ms | - | - |"
+            row += f" - | - | - | {step * 1e3:.1f} ms | - | - | - |"
         print(row, flush=True)
         keras.backend.clear_session()
     return 0

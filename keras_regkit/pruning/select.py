@@ -6,7 +6,7 @@ cut without copying a weight to the host: the exact count `round(s · n)`
 first, ties broken by position (lowest flat index first, in the order of the
 weights). Four integers cross to the host, once. The shrink cuts here where
 the weights are on an accelerator (`scores.for_cut`); on the CPU, where they
-already are on the host, NumPy's partition is as fast or faster.
+already are on the host, the NumPy cut (`cut`, over the live entries) is faster.
 
 The order statistic is found by a radix select on the scores' bit patterns:
 a non-negative float32 orders as its int32 bits, a dead entry is given the
