@@ -14,7 +14,11 @@ off, and saves the Keras models under `--models` (a later run with
 - full-int8 top-1 agreement with the float model and test accuracy in
   LiteRT of `compact(shrunk)` without and with the lift (calibrated on 200
   training images, checked on the 359 test images), and of the dense model;
-- how far the lift moves the float outputs (it should not).
+- how far the lift moves the float outputs (it should not);
+- with `--qat`, the same for the quantization-aware shrink (`int8=True`)
+  from the same trained state, lifted after it (the shrink lifts before it
+  calibrates its simulated ranges again; the float model, and so the file,
+  is the same).
 
     nice -n 10 python benchmarks/diag_dead_constants.py --seed 0 --models /tmp/dead_constants \\
         --out benchmarks/results/deploy_cnn_dead_constants.json
@@ -39,6 +43,7 @@ def main(argv=None):
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--models", default="dead_constants_models", help="folder for the Keras models and files")
     parser.add_argument("--reuse", action="store_true", help="start from the models an earlier run saved")
+    parser.add_argument("--qat", action="store_true", help="also the quantization-aware shrink")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
 
@@ -56,11 +61,12 @@ def main(argv=None):
     if not args.reuse:
         shrink_batch_norm.lift_dead_constants = lambda model, x: 0  # the shrink as before 0.6.0
         settings = argparse.Namespace(size=args.size, epochs=args.epochs, shrink_epochs=args.shrink_epochs,
-                                      sparsity=args.sparsity, tolerance=0.01, modes=[])
+                                      sparsity=args.sparsity, tolerance=0.01, modes=["qat"] if args.qat else [])
         models, (x, y), (x_test, y_test) = bench.make_models(keras, rk, "mobilenetv2", args.seed, settings)
         shrink_batch_norm.lift_dead_constants = lift_dead_constants
-        for name in ("dense", "shrunk"):
-            models[name].save(path(f"{name}.keras"))
+        for name in ("dense", "shrunk", "compact_qat"):
+            if name in models:
+                models[name].save(path(f"{name}.keras"))
         np.savez(path("data.npz"), x=x, x_test=x_test, y_test=y_test)
     data = np.load(path("data.npz"))
     x, x_test, y_test = data["x"], data["x_test"], data["y_test"]
@@ -100,6 +106,11 @@ def main(argv=None):
     print(f"{summary['dead_units']} dead units; {lifted} constants read by depthwise convolutions lifted, by "
           f"x{summary['lift_factor_median']:.0f} median (x{summary['lift_factor_min']:.0f}-"
           f"x{summary['lift_factor_max']:.0f}); float outputs moved by at most {float_change:.1e}")
+    if os.path.exists(path("compact_qat.keras")):
+        qat = keras.models.load_model(path("compact_qat.keras"))
+        rows.append(int8_row(qat, "compact_qat"))
+        summary["qat_constants_lifted"] = lift_dead_constants(qat, x)
+        rows.append(int8_row(qat, "compact_qat_lifted"))
     report = {"settings": vars(args), "summary": summary, "rows": rows}
     if args.out:
         write_json(args.out, report)
