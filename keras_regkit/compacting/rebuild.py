@@ -216,8 +216,9 @@ def compact(model: keras.Model, custom_objects: dict | None = None) -> CompactRe
     analysis = Analysis(Graph.of(model))
 
     config = model.get_config()
-    # Each entry names its layer; a nested subclassed model's own config may not.
-    entries = {entry["name"]: entry for entry in config["layers"]}
+    # A Functional entry names its layer (a nested subclassed model's own
+    # config may not); a Sequential entry only in its config.
+    entries = {entry.get("name") or entry["config"]["name"]: entry for entry in config["layers"]}
     # Layer -> {variable attribute: value}, or a list for `set_weights`.
     new_weights = {}
     for name, plan in analysis.plans.items():
