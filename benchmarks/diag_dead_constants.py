@@ -3,22 +3,20 @@ dead units' small constants read by zero-padded depthwise convolutions.
 
 Trains `MobileNetV2(alpha=0.35)` on digits at `--size` as
 `bench_deploy_cnn.py` does (its functions), shrinks it with
-`granularity="unit"` with the shrink's final `lift_dead_constants` turned
-off, and saves the Keras models under `--models` (a later run with
-`--reuse` starts from them). Then, on that shrunk model:
+`granularity="unit"`, and saves the Keras models under `--models` (a later
+run with `--reuse` starts from them). Then, on that shrunk model:
 
 - the dead units whose constants only depthwise convolutions read, and how
   far below the top of their tensor's range those constants sit (the factor
   `lift_dead_constants` lifts them by, read from the depthwise slices it
   divides);
 - full-int8 top-1 agreement with the float model and test accuracy in
-  LiteRT of `compact(shrunk)` without and with the lift (calibrated on 200
-  training images, checked on the 359 test images), and of the dense model;
+  LiteRT of `compact(shrunk)` without and with the lift (`export` lifts on
+  its calibration samples; "without" turns that off), calibrated on 200
+  training images, checked on the 359 test images, and of the dense model;
 - how far the lift moves the float outputs (it should not);
 - with `--qat`, the same for the quantization-aware shrink (`int8=True`)
-  from the same trained state, lifted after it (the shrink lifts before it
-  calibrates its simulated ranges again; the float model, and so the file,
-  is the same).
+  from the same trained state.
 
     nice -n 10 python benchmarks/diag_dead_constants.py --seed 0 --models /tmp/dead_constants \\
         --out benchmarks/results/deploy_cnn_dead_constants.json
@@ -27,7 +25,9 @@ off, and saves the Keras models under `--models` (a later run with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+from unittest import mock
 
 import numpy as np
 
@@ -52,18 +52,15 @@ def main(argv=None):
 
     import bench_deploy_cnn as bench
     import keras_regkit as rk
-    from keras_regkit.pruning.dead_constants import lift_dead_constants
-    from keras_regkit.shrinking import batch_norm as shrink_batch_norm
+    from keras_regkit.pruning import dead_constants
 
     tf.get_logger().setLevel("ERROR")
     os.makedirs(args.models, exist_ok=True)
     path = lambda name: os.path.join(args.models, name)  # noqa: E731
     if not args.reuse:
-        shrink_batch_norm.lift_dead_constants = lambda model, x: 0  # the shrink as before 0.6.0
         settings = argparse.Namespace(size=args.size, epochs=args.epochs, shrink_epochs=args.shrink_epochs,
                                       sparsity=args.sparsity, tolerance=0.01, modes=["qat"] if args.qat else [])
         models, (x, y), (x_test, y_test) = bench.make_models(keras, rk, "mobilenetv2", args.seed, settings)
-        shrink_batch_norm.lift_dead_constants = lift_dead_constants
         for name in ("dense", "shrunk", "compact_qat"):
             if name in models:
                 models[name].save(path(f"{name}.keras"))
@@ -72,9 +69,13 @@ def main(argv=None):
     x, x_test, y_test = data["x"], data["x_test"], data["y_test"]
     calibration = x[:bench.CALIBRATION]
 
-    def int8_row(model, name):
+    def int8_row(model, name, lift=True):
         file = path(f"{name}_int8.tflite")
-        result = rk.export(model, file, int8=True, representative_data=calibration, check=x_test, min_agreement=0.0)
+        # Without: `export` as before 0.6.0, which converted the model as it was.
+        unlifted = mock.patch.object(dead_constants, "lifted", lambda model, x: contextlib.nullcontext(0))
+        with contextlib.nullcontext() if lift else unlifted:
+            result = rk.export(model, file, int8=True, representative_data=calibration, check=x_test,
+                               min_agreement=0.0)
         row = {"model": name, "top1_agreement": result.top1_agreement,
                "keras_test_acc": bench.accuracy(model.predict(x_test, verbose=0), y_test),
                "test_acc": bench.accuracy(rk.deploy.Runtime(file)(x_test), y_test)}
@@ -85,11 +86,11 @@ def main(argv=None):
     rows = [int8_row(keras.models.load_model(path("dense.keras")), "dense")]
     shrunk = keras.models.load_model(path("shrunk.keras"))
     reference = shrunk.predict(x_test, verbose=0)
-    rows.append(int8_row(rk.compact(shrunk).model, "compact"))
+    rows.append(int8_row(rk.compact(shrunk).model, "compact", lift=False))
 
     depthwise = [layer for layer in shrunk.layers if isinstance(layer, keras.layers.DepthwiseConv2D)]
     kernels = [keras.ops.convert_to_numpy(layer.kernel).copy() for layer in depthwise]
-    lifted = lift_dead_constants(shrunk, x)  # as the shrink's end: its training inputs (<= 4096)
+    lifted = dead_constants.lift_dead_constants(shrunk, x)  # in place here, to read the factors
     factors = []
     for layer, before in zip(depthwise, kernels):
         after = keras.ops.convert_to_numpy(layer.kernel)
@@ -108,8 +109,7 @@ def main(argv=None):
           f"x{summary['lift_factor_max']:.0f}); float outputs moved by at most {float_change:.1e}")
     if os.path.exists(path("compact_qat.keras")):
         qat = keras.models.load_model(path("compact_qat.keras"))
-        rows.append(int8_row(qat, "compact_qat"))
-        summary["qat_constants_lifted"] = lift_dead_constants(qat, x)
+        rows.append(int8_row(qat, "compact_qat", lift=False))
         rows.append(int8_row(qat, "compact_qat_lifted"))
     report = {"settings": vars(args), "summary": summary, "rows": rows}
     if args.out:

@@ -15,11 +15,12 @@ import numpy as np
 from keras_regkit import _validate
 from keras_regkit._keras.layers import sublayers
 from keras_regkit.deploy.batch_norm import STALE_RMS, stale_batch_norm
-from keras_regkit.deploy.calibration import require_representative
+from keras_regkit.deploy.calibration import CALIBRATION_SAMPLES, require_representative
 from keras_regkit.deploy.inputs import conform
 from keras_regkit.deploy.runtime import FORMATS, Runtime, median_call_ms, require
 from keras_regkit.deploy.to_litert import export_litert
 from keras_regkit.deploy.to_onnx import export_onnx, is_transformer
+from keras_regkit.pruning import dead_constants
 
 # Default for `min_agreement`: int8 files of this package's benchmark models
 # agree with the float model on 98-100 % of test inputs (README, Deploying);
@@ -140,7 +141,11 @@ def export(
             prepare the file).
         representative_data: Inputs like the model's, from which
             `int8=True` sets the activations' ranges (its first
-            `CALIBRATION_SAMPLES` samples); refused with `int8=False`,
+            `CALIBRATION_SAMPLES` samples; the file is converted from the
+            model with dead units' small constants lifted on them, an
+            exact rewrite that keeps full int8 from rounding them off:
+            `keras_regkit.pruning.dead_constants`; the model's weights are
+            put back after); refused with `int8=False`,
             checked but not needed with `"dynamic"`. NumPy
             arrays in the model's input structure: an array for a
             single-input model, else a dict keyed by input name (or a list
@@ -251,7 +256,12 @@ def export(
     with tempfile.TemporaryDirectory(prefix=".keras_regkit_export_", dir=os.path.dirname(os.path.abspath(path))) \
             as scratch:
         written = os.path.join(scratch, "model" + os.path.splitext(path)[1].lower())
-        convert(model, written, int8, sparse, representative_data)
+        if int8 is True:
+            calibration = keras.tree.map_structure(lambda a: a[:CALIBRATION_SAMPLES], representative_data)
+            with dead_constants.lifted(model, calibration):
+                convert(model, written, int8, sparse, representative_data)
+        else:
+            convert(model, written, int8, sparse, representative_data)
         os.replace(written, path)
     result = ExportResult(path, fmt, int8, sparse, os.path.getsize(path))
     if check is None:

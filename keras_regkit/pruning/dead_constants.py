@@ -21,8 +21,12 @@ its float model from the dense model's 96.7 % to 89.4 %.
 tensor's range on sample data (BatchNormalization's `beta`) and divides the
 depthwise kernel slices that read it by the same factor: the float model
 computes the same products (outputs equal to float32 rounding), and the
-int8 file rounds the constant by at most 1/255 of itself. `shrink()` calls
-it at its end, after re-estimating the BatchNormalization statistics.
+int8 file rounds the constant by at most 1/255 of itself. `export(...,
+int8=True)` converts the model lifted on its `representative_data`
+(`lifted`) and puts the weights back: the lift is for the file. Kept in the
+model it would not be harmless: the divided slices, up to thousands of
+times smaller, would train and rank differently (a later `prune` or shrink
+would cut them first).
 
 It lifts only what it can lift exactly: a dead unit of a layer called
 once, then a BatchNormalization on the channel axis with a `beta`, then
@@ -36,11 +40,14 @@ regular convolution reading the channel, a nested model) is left as it is.
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import numpy as np
 from keras import ops
 
 from keras_regkit import _processes
+from keras_regkit._keras import graph as graph_fence
 from keras_regkit.layers.compaction import ELEMENTWISE, activated, activation_name, to_numpy
 from keras_regkit.layers.graph import Graph, made_by
 from keras_regkit.pruning import units as units_lib
@@ -68,9 +75,11 @@ def _path_to_readers(graph, tensor):
     convolutions reading the end of it; `(None, None, None)` for any other
     path."""
     activations = []
+    outputs = {id(t) for t in graph.outputs}
     while True:
         readers = graph.readers(tensor)
-        if not readers or any(graph.times_called(call.layer) != 1 for call in readers):  # shared: its other calls
+        # A model output or a shared reader would see the lifted value.
+        if id(tensor) in outputs or not readers or not all(_called_once(call.layer) for call in readers):
             return None, None, None
         if len(readers) == 1 and (_is_activation(readers[0].layer)
                                   or isinstance(readers[0].layer, _PADDINGS + _DROPOUTS)):
@@ -82,6 +91,12 @@ def _path_to_readers(graph, tensor):
         if all(isinstance(layer, _READERS) and layer.data_format == "channels_last" for layer in layers):
             return activations, layers, tensor
         return None, None, None
+
+
+def _called_once(layer) -> bool:
+    """Called once in every graph (a layer shared with a nested model is
+    called in the outer graph and in the nested one's)."""
+    return len(graph_fence.inbound_nodes(layer)) == 1
 
 
 def _through(activations, values: np.ndarray) -> np.ndarray:
@@ -100,11 +115,11 @@ def _candidates(graph):
     for call in graph.calls:
         norm = call.layer
         if (call.is_input or not isinstance(norm, keras.layers.BatchNormalization) or not norm.center
-                or graph.times_called(norm) != 1 or len(call.inputs) != 1
+                or not _called_once(norm) or len(call.inputs) != 1
                 or norm.axis not in (-1, len(call.inputs[0].shape) - 1)):
             continue
         maker = made_by(call.inputs[0])
-        if maker is None or graph.times_called(maker.layer) != 1 or units_lib.is_head_layer(maker.layer):
+        if maker is None or not _called_once(maker.layer) or units_lib.is_head_layer(maker.layer):
             continue
         dead = units_lib.dead_mask(maker.layer)
         if dead is None or not dead.any() or dead.size != call.inputs[0].shape[-1]:
@@ -175,3 +190,19 @@ def lift_dead_constants(model: keras.Model, x, batch_size: int = 256) -> int:
             reader.kernel.assign(kernel.astype(reader.kernel.dtype))
         lifted += int(lift.sum())
     return lifted
+
+
+@contextlib.contextmanager
+def lifted(model: keras.Model, x, batch_size: int = 256):
+    """`lift_dead_constants(model, x, batch_size)` for the duration of the
+    `with` block, which gets the number lifted; every weight it changed is
+    put back at the end, whatever happens inside."""
+    graph = Graph.of(model)
+    found = _candidates(graph) if graph is not None else []
+    changed = {id(v): v for entry in found for v in [entry[2].beta] + [r.kernel for r in entry[4]]}
+    saved = [(variable, to_numpy(variable).copy()) for variable in changed.values()]
+    try:
+        yield lift_dead_constants(model, x, batch_size) if found else 0
+    finally:
+        for variable, value in saved:
+            variable.assign(value)

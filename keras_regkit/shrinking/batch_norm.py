@@ -20,13 +20,6 @@ ends with `refresh_batch_norm` on up to `REFRESH_SAMPLES` of its training
 inputs (`refresh_from`): the statistics of the network as it ends, the
 weights unchanged. A `ShrinkPhase` in your own `fit` does not see the
 data: call `keras_regkit.deploy.refresh_batch_norm` after it.
-
-Then, on the same inputs, the small constants of dead units that depthwise
-convolutions read are lifted to the middle of their tensors' ranges
-(`keras_regkit.pruning.dead_constants`): an exact rewrite of the float
-model, without which full int8 rounds them by a large fraction of
-themselves (a unit-shrunk MobileNetV2's full-int8 agreement with its float
-model fell from the dense model's 96.7 % to 89.4 %).
 """
 
 from __future__ import annotations
@@ -36,7 +29,6 @@ import keras
 from keras_regkit._keras.layers import sublayers
 from keras_regkit._step_functions import rebuild_step_functions
 from keras_regkit.deploy.batch_norm import batch_norm_layers, refresh_batch_norm
-from keras_regkit.pruning.dead_constants import lift_dead_constants
 from keras_regkit.shrinking.data import read_once, sample_inputs
 
 # A statistic then reflects roughly the last 1 / (1 - 0.9) = 10 steps: one
@@ -94,11 +86,9 @@ class StatisticsPace:
 
     def finish(self, model: keras.Model, refresh: bool = True, int8=None) -> int:
         """`restore`, then (with `refresh` and data from `refresh_from`)
-        re-estimates the statistics on the data and lifts the dead units'
-        small constants (`lift_dead_constants`, exact in float); with
-        `int8` (the shrink's `Int8Training`), on the float model, and the
-        int8 ranges are calibrated again after. Returns the number of
-        layers refreshed."""
+        re-estimates the statistics on the data; with `int8` (the shrink's
+        `Int8Training`), on the float model, and the int8 ranges are
+        calibrated again after. Returns the number of layers refreshed."""
         self.restore(model)
         if not (refresh and self.refresh_data is not None and batch_norm_layers(model)):
             return 0
@@ -107,9 +97,7 @@ class StatisticsPace:
         if simulation is not None:
             simulation.stop()
         try:
-            refreshed = refresh_batch_norm(model, inputs)
-            lift_dead_constants(model, inputs)  # on the refreshed statistics
-            return refreshed
+            return refresh_batch_norm(model, inputs)
         finally:
             if simulation is not None:
                 simulation.start()  # calibrates again: the ranges of the refreshed model
