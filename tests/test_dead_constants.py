@@ -22,7 +22,8 @@ def _numpy(variable):
     return keras.ops.convert_to_numpy(variable).copy()
 
 
-def _block(activation="relu6", reader="depthwise", branch=None, constant=CONSTANT, seed=0):
+def _block(activation="relu6", reader="depthwise", branch=None, constant=CONSTANT, seed=0, multiplier=1,
+           norm_axis=-1):
     """An inverted-residual block's first half (expand, BatchNormalization,
     activation, zero-padded depthwise convolution, BatchNormalization) with
     unit `DEAD` of the expansion cut, its constant `constant`; the output is
@@ -31,11 +32,12 @@ def _block(activation="relu6", reader="depthwise", branch=None, constant=CONSTAN
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((8, 8, 3))
     h = keras.layers.Conv2D(4, 1, use_bias=False, name="expand")(inputs)
-    h = keras.layers.BatchNormalization(name="expand_bn")(h)
+    h = keras.layers.BatchNormalization(axis=norm_axis, name="expand_bn")(h)
     h = keras.layers.ReLU(6.0, name="act")(h) if activation == "relu6" else keras.layers.Activation(
         activation, name="act")(h)
     if reader in ("depthwise", "shared"):
-        depthwise = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="reader")
+        depthwise = keras.layers.DepthwiseConv2D(3, padding="same", depth_multiplier=multiplier, use_bias=False,
+                                                 name="reader")
         out = depthwise(h)
         if reader == "shared":  # called on another tensor too, which would see the divided slice
             out = keras.layers.Add()([out, depthwise(inputs[..., :1] * keras.ops.ones((1, 1, 1, 4)))])
@@ -57,7 +59,7 @@ def _block(activation="relu6", reader="depthwise", branch=None, constant=CONSTAN
     kernel[..., DEAD] = 0.0
     model.get_layer("expand").kernel.assign(kernel)
     beta = _numpy(model.get_layer("expand_bn").beta)
-    beta[DEAD] = constant
+    beta[DEAD] = constant  # (with another `norm_axis`, a row of the image: the case to leave alone)
     model.get_layer("expand_bn").beta.assign(beta)
     refresh_batch_norm(model, x)  # as the shrink leaves it
     return model, x
@@ -68,8 +70,9 @@ def _top(model, x):
     return float(np.max(np.abs(_numpy(keras.Model(model.input, model.get_layer("act").output)(x)))))
 
 
-def test_a_small_dead_constant_is_lifted_exactly():
-    model, x = _block()
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_a_small_dead_constant_is_lifted_exactly(multiplier):
+    model, x = _block(multiplier=multiplier)
     before = _numpy(model(x))
     kernel = _numpy(model.get_layer("reader").kernel)
     top = _top(model, x)
@@ -96,6 +99,7 @@ def test_a_small_dead_constant_is_lifted_exactly():
     {"branch": "conv"},  # a regular convolution reads it too
     {"branch": "output"},  # the model outputs it too
     {"branch": "nested"},  # the depthwise convolution is shared with a nested model
+    {"norm_axis": 1},  # the BatchNormalization's `beta` is per image row, not per unit
     {"constant": 3.0},  # already past half the top: no rounding to fear
     {"constant": -1.0},  # ReLU6 makes it 0: exact in int8, and `compact` removes it
 ])
