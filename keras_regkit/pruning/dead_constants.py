@@ -161,7 +161,11 @@ def lift_dead_constants(model: keras.Model, x, batch_size: int = 256) -> int:
         The number of constants lifted.
     """
     graph = Graph.of(model)
-    found = _candidates(graph) if graph is not None else []
+    return _lift(graph, _candidates(graph) if graph is not None else [], x, batch_size)
+
+
+def _lift(graph, found: list, x, batch_size: int) -> int:
+    """Lifts the constants of `found` (`_candidates(graph)`); the count."""
     if not found:
         return 0
     tops = _tops(graph, [entry[-1] for entry in found], x, batch_size)
@@ -202,7 +206,7 @@ def lifted(model: keras.Model, x, batch_size: int = 256):
     changed = {id(v): v for entry in found for v in [entry[2].beta] + [r.kernel for r in entry[4]]}
     saved = [(variable, to_numpy(variable).copy()) for variable in changed.values()]
     try:
-        yield lift_dead_constants(model, x, batch_size) if found else 0
+        yield _lift(graph, found, x, batch_size)
     finally:
         for variable, value in saved:
             variable.assign(value)
