@@ -78,14 +78,22 @@ def train_seed(args, keras, keras_hub, rk, seed):
     from keras_regkit.demo import deployable_copy
 
     (x, y), (x_val, y_val), (x_test, y_test) = splits(args, seed)
-    keras.utils.set_random_seed(seed)
-    base = heads.build(keras, keras_hub, args)
-    compile_model(keras, base, args.lr)
     t0 = time.perf_counter()
-    base.fit(x, y, validation_data=(x_val, y_val), epochs=args.train_epochs, batch_size=args.batch_size, verbose=0)
+    saved_original = args.originals and os.path.join(args.originals, f"seed{seed}_original.keras")
+    if saved_original and os.path.exists(saved_original):
+        base = keras.saving.load_model(saved_original, compile=False)  # the same recipe, trained before
+    else:
+        keras.utils.set_random_seed(seed)
+        base = heads.build(keras, keras_hub, args)
+        compile_model(keras, base, args.lr)
+        base.fit(x, y, validation_data=(x_val, y_val), epochs=args.train_epochs, batch_size=args.batch_size,
+                 verbose=0)
+    keras.utils.set_random_seed(seed)  # the shrinks start from the same state either way
     row = {"seed": seed, "original_test_acc": accuracy(heads.logits(base, x_test), y_test)}
     shrunk = {}
-    kwargs = dict(epochs=args.epochs, batch_size=args.batch_size, validation_data=(x_val, y_val))
+    # The dense control gets the same training as the compacted model (distillation included).
+    kwargs = dict(epochs=args.epochs, batch_size=args.batch_size, validation_data=(x_val, y_val),
+                  distill=args.distill)
     for name, sparsity in (("dense", 0.0), ("compact", args.sparsity)):
         model = deployable_copy(base)
         compile_model(keras, model, args.lr)
@@ -237,6 +245,11 @@ def main(argv=None):
                         help="whole blocks to remove (granularity=\"block\") before the heads + units shrink")
     heads.add_task_arguments(parser)
     parser.add_argument("--epochs", type=int, default=2, help="shrink epochs")
+    parser.add_argument("--distill", action="store_true",
+                        help="the shrinks (and the dense control's training) distil from the starting model")
+    parser.add_argument("--originals", metavar="DIR",
+                        help="load each seed's trained original from DIR/seed<N>_original.keras when there "
+                             "(bench_transformer_blocks.py's --save-dir: the same recipe) instead of training it")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch")
     parser.add_argument("--repeats", type=int, default=10, help="timing rounds")
     parser.add_argument("--calls", type=int, default=40, help="calls per file per round at batch 1 (batch 32: 1/20)")

@@ -16,6 +16,7 @@ import pytest
 
 import keras_regkit as rk
 from keras_regkit.compacting import bypass
+from keras_regkit.layers import graph as graph_lib
 from keras_regkit.pruning import units as units_lib
 
 from conftest import assert_refused_and_unchanged, row
@@ -143,6 +144,43 @@ def test_keras_hub_encoders_without_heads_or_units_compute_the_same(normalize_fi
     # Every weight of the attention and of the feed-forward pair: their output biases are constants now.
     per_attention = 4 * (HIDDEN * HEADS * HEAD_DIM) + 3 * HEADS * HEAD_DIM + HIDDEN
     assert result.params_before - result.params_after == per_attention + HIDDEN * FFN + FFN + FFN * HIDDEN + HIDDEN
+
+
+def test_a_model_loaded_in_a_fresh_session_compacts_though_its_operation_names_are_keras_next_ones(tmp_path):
+    """A loaded model keeps its operations' names ("get_item" for a slice)
+    without Keras counting them: the constant `compact` builds for the empty
+    attention (a slice of the query) was named "get_item" too, and the
+    rebuilt graph was refused for the duplicate name."""
+    keras_hub = hub()
+    x = keras.Input((SEQ, HIDDEN))
+    h = keras_hub.layers.TransformerEncoder(FFN, HEADS, name="enc0")(x[..., :HIDDEN])
+    keras.Model(x, L.Dense(3, name="out")(h)).save(tmp_path / "sliced.keras")
+    keras.utils.clear_session()  # a new process: Keras has named nothing yet
+    model = keras.saving.load_model(tmp_path / "sliced.keras")
+    assert "get_item" in [operation.name for operation in model.operations]
+    randomize(model)
+    kill_heads(model.get_layer("enc0")._self_attention_layer)
+    result = rk.compact(model)
+    assert_same(model, result.model, sequences())
+    assert result.units["enc0/self_attention_layer"] == (HEADS, 0)
+
+
+def test_reserved_names_count_each_prefix_past_its_highest_number(tmp_path):
+    """After `reserve_names`, Keras' next automatic names are none of the
+    model's: "dense" and "dense_1" taken means the next Dense is "dense_2"
+    or later (counting only the full names would give "dense_1" again)."""
+    keras.utils.clear_session()
+    x = keras.Input((4,))
+    model = keras.Model(x, L.Dense(2)(L.Dense(3)(x)[..., :2]))
+    model.save(tmp_path / "auto_named.keras")
+    keras.utils.clear_session()
+    model = keras.saving.load_model(tmp_path / "auto_named.keras")
+    taken = {operation.name for operation in model.operations}
+    assert {"dense", "dense_1", "get_item"} <= taken
+    graph_lib.reserve_names(model)
+    assert L.Dense(1).name not in taken
+    inputs = keras.Input((4,))
+    assert not taken & {operation.name for operation in keras.Model(inputs, inputs[..., :1]).operations}
 
 
 def test_a_causal_decoder_stack_without_heads_or_units_stays_causal():

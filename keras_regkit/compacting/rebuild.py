@@ -22,7 +22,7 @@ from keras_regkit.compacting import blocks
 from keras_regkit.compacting import feedforward
 from keras_regkit.compacting.analysis import Analysis
 from keras_regkit.compacting.result import CompactResult
-from keras_regkit.layers.graph import Graph
+from keras_regkit.layers.graph import Graph, reserve_names
 from keras_regkit.pruning.units import dead_mask
 
 
@@ -207,6 +207,7 @@ def compact(model: keras.Model, custom_objects: dict | None = None) -> CompactRe
         )
     original, removed_blocks = model, []
     if isinstance(model, keras.Model) and model.built:
+        reserve_names(model)  # the copies below build operations into its graph
         model, removed_blocks = blocks.bypass(model)
     if isinstance(model, keras.Model) and model.built and feedforward.needs_flattening(model):
         model, block_units, block_dead = feedforward.flatten(model)

@@ -10,6 +10,7 @@ import dataclasses
 import keras
 
 from keras_regkit._keras import graph as graph_fence
+from keras_regkit._keras.layers import sublayers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,3 +84,30 @@ def made_by(tensor) -> Maker | None:
     layer, node_index, output_index = history
     node = graph_fence.inbound_nodes(layer)[node_index]
     return Maker(layer, tuple(keras.tree.flatten(node.input_tensors)), output_index)
+
+
+def reserve_names(model) -> None:
+    """Makes the names Keras gives new layers and operations skip those
+    already in `model` (nested models included).
+
+    A model loaded from a file keeps its names (e.g. "get_item" for a
+    slice) without Keras counting them, so in a new process the next slice
+    built is named "get_item" too, and a graph holding both is refused
+    ("The name "get_item" is used 2 times in the model"). Call this before
+    building new operations into a copy of `model`'s graph."""
+    names = set()
+    for layer in sublayers(model, recursive=True, include_self=True):
+        names.add(layer.name)
+        if graph_fence.is_functional(layer):
+            names.update(operation.name for operation in layer.operations)
+    # Keras numbers a prefix's names "prefix", "prefix_1", ...: each prefix
+    # is counted past the highest number taken ("prefix" alone is 0).
+    highest = {}
+    for name in names:
+        highest.setdefault(name, 0)
+        prefix, _, number = name.rpartition("_")
+        if prefix and number.isdigit():
+            highest[prefix] = max(highest.get(prefix, 0), int(number))
+    for prefix, taken in highest.items():
+        while keras.backend.get_uid(prefix) <= taken:
+            pass
