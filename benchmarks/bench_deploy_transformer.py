@@ -90,29 +90,38 @@ def train_seed(args, keras, keras_hub, rk, seed):
                  verbose=0)
     keras.utils.set_random_seed(seed)  # the shrinks start from the same state either way
     row = {"seed": seed, "original_test_acc": accuracy(heads.logits(base, x_test), y_test)}
-    shrunk = {}
-    # The dense control gets the same training as the compacted model (distillation included).
+    # The control gets the same training as the compacted model, nothing cut (distillation included).
     kwargs = dict(epochs=args.epochs, batch_size=args.batch_size, validation_data=(x_val, y_val),
                   distill=args.distill)
-    for name, sparsity in (("dense", 0.0), ("compact", args.sparsity)):
+    target = dict(tolerance=args.tolerance) if args.tolerance is not None else dict(sparsity=args.sparsity)
+    runs = [("control", dict(sparsity=0.0)), ("compact", dict(target, **heads.settings(keras)["both"]))]
+    shrunk = {}
+    for name, settings in runs:
+        if name == "control" and args.dense == "original" and not args.control:
+            continue
         model = deployable_copy(base)
         compile_model(keras, model, args.lr)
-        if sparsity and args.blocks:
+        if name == "compact" and args.blocks:
             # Whole blocks first (the block granularity's own shrink), then heads and units of the rest.
             rk.shrink(model, x, y, sparsity=args.blocks / args.layers, granularity="block", **kwargs)
             model = rk.compact(model).model
             compile_model(keras, model, args.lr)
-        rk.shrink(model, x, y, sparsity=sparsity, **kwargs, **(heads.settings(keras)["both"] if sparsity else {}))
-        if sparsity:
+        rk.shrink(model, x, y, **kwargs, **settings)
+        if name == "compact":
             model = rk.compact(model).model
         shrunk[name] = model
         row[f"{name}_keras_test_acc"] = accuracy(heads.logits(model, x_test), y_test)
-        row[f"{name}_params"] = int(model.count_params())
-        deployable_copy(model).save(model_path(args, seed, name))
+    # The dense files are the original's (the model the user had), or the control's.
+    shrunk["dense"] = base if args.dense == "original" else shrunk["control"]
+    row["dense_keras_test_acc"] = accuracy(heads.logits(shrunk["dense"], x_test), y_test)
+    for name in ("dense", "compact"):
+        row[f"{name}_params"] = int(shrunk[name].count_params())
+        deployable_copy(shrunk[name]).save(model_path(args, seed, name))
     row["heads_left"], row["units_left"] = heads.heads_left(keras, shrunk["compact"]), heads.units_left(
         keras, shrunk["compact"])
-    print(f"[seed {seed}] trained in {time.perf_counter() - t0:.0f}s: original {row['original_test_acc']:.4f}, "
-          f"dense {row['dense_keras_test_acc']:.4f} ({row['dense_params']:,} params), compact "
+    control = f", control {row['control_keras_test_acc']:.4f}" if "control_keras_test_acc" in row else ""
+    print(f"[seed {seed}] trained in {time.perf_counter() - t0:.0f}s: original {row['original_test_acc']:.4f}"
+          f"{control}, dense ({args.dense}) {row['dense_keras_test_acc']:.4f} ({row['dense_params']:,} params), compact "
           f"{row['compact_keras_test_acc']:.4f} ({row['compact_params']:,} params, heads {row['heads_left']}, "
           f"units {row['units_left']})", flush=True)
     return row
@@ -244,6 +253,13 @@ def main(argv=None):
     parser.add_argument("--blocks", type=int, default=0,
                         help="whole blocks to remove (granularity=\"block\") before the heads + units shrink")
     heads.add_task_arguments(parser)
+    parser.add_argument("--tolerance", type=float,
+                        help="shrink heads + units in the tolerance mode (this accuracy drop) instead of --sparsity")
+    parser.add_argument("--dense", choices=["control", "original"], default="control",
+                        help="whose files are the dense ones: the control (the shrink's training, nothing cut) or "
+                             "the trained original")
+    parser.add_argument("--control", action="store_true",
+                        help="with --dense original: train the control too, for its accuracy")
     parser.add_argument("--epochs", type=int, default=2, help="shrink epochs")
     parser.add_argument("--distill", action="store_true",
                         help="the shrinks (and the dense control's training) distil from the starting model")
