@@ -201,7 +201,15 @@ def report(row):
 
 def targets(rows):
     """Per runtime and int8 mode: the compacted file's median ratios over
-    seeds, against the issue's targets."""
+    seeds and its worst seed's, against the issue's targets, met on the
+    median seed and on every seed (the convention of
+    `bench_transformer_heads.py`)."""
+
+    def met(f):
+        return (f["speedup_b1_vs_dense_float"] >= TARGET_FASTER_B1
+                and f["size_ratio_vs_dense_float"] >= TARGET_SMALLER
+                and f["acc_delta_pt_vs_dense_keras"] >= -TARGET_POINTS)
+
     summary = {}
     for fmt in ("litert", "onnx"):
         for mode in MODES:
@@ -213,9 +221,11 @@ def targets(rows):
             if all("b1_ms" in f for f in files):
                 for batch in (1, 32):
                     entry[f"speedup_b{batch}"] = statistics.median(f[f"speedup_b{batch}_vs_dense_float"] for f in files)
-                entry["target_met"] = (entry["speedup_b1"] >= TARGET_FASTER_B1
-                                       and entry["size_ratio_vs_dense_float"] >= TARGET_SMALLER
-                                       and entry["worst_acc_delta_pt"] >= -TARGET_POINTS)
+                entry["worst_speedup_b1"] = min(f["speedup_b1_vs_dense_float"] for f in files)
+                entry["target_met_median"] = met({"speedup_b1_vs_dense_float": entry["speedup_b1"],
+                                                  **{k: entry[k] for k in ("size_ratio_vs_dense_float",
+                                                                           "acc_delta_pt_vs_dense_keras")}})
+                entry["target_met_every_seed"] = all(met(f) for f in files)
             summary[f"{fmt} {mode}"] = entry
             print(f"  compact {fmt:<7} {mode:<8} " + ", ".join(
                 f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
