@@ -183,6 +183,57 @@ def test_reserved_names_count_each_prefix_past_its_highest_number(tmp_path):
     assert not taken & {operation.name for operation in keras.Model(inputs, inputs[..., :1]).operations}
 
 
+def test_reserved_names_skip_numbers_out_of_reach_and_other_digits():
+    """A name like "dense_100000" is not counted to (a name with a date or
+    a step in it would take minutes), and a non-ASCII digit is no number."""
+    keras.utils.clear_session()
+    x = keras.Input((4,))
+    h = L.Dense(3, name="dense_100000")(L.Dense(3, name="dense_\u00b2")(x))
+    model = keras.Model(x, L.Dense(2)(h))
+    graph_lib.reserve_names(model)
+    assert keras.backend.get_uid("dense") < 100
+    assert L.Dense(1).name not in {layer.name for layer in model.layers}
+
+
+def test_the_constant_fills_the_last_axis_when_the_sequence_is_as_long_as_the_hidden_size():
+    """TensorFlow's `ops.add` takes a vector as long as a tensor's axis 1
+    for a channels-first bias: the constant of an attention layer without
+    heads, added so, was wrong whenever the sequence length was the hidden
+    size."""
+    keras_hub = hub()
+    keras.utils.set_random_seed(0)
+    x = keras.Input((HIDDEN, HIDDEN))
+    model = keras.Model(x, L.Dense(3, name="out")(
+        keras_hub.layers.TransformerEncoder(FFN, HEADS, name="enc0")(x)))
+    randomize(model)
+    kill_heads(model.get_layer("enc0")._self_attention_layer)
+    result = rk.compact(model)
+    assert result.units["enc0/self_attention_layer"] == (HEADS, 0)
+    assert_same(model, result.model, np.random.default_rng(1).normal(size=(3, HIDDEN, HIDDEN)).astype("float32"))
+
+
+@pytest.mark.parametrize("emptied", ["heads", "block"])
+def test_a_sequential_holding_encoders_compacts(emptied):
+    """`clone_model` rebuilds only Functional models with a `call_function`:
+    a Sequential is compacted through its own functional graph."""
+    keras_hub = hub()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((SEQ, HIDDEN))]
+                             + [keras_hub.layers.TransformerEncoder(FFN, HEADS, name=f"enc{i}") for i in range(2)]
+                             + [L.Dense(3, name="out")])
+    randomize(model)
+    if emptied == "heads":
+        kill_heads(model.get_layer("enc0")._self_attention_layer)
+    else:
+        rk.prune(model, sparsity=0.5, granularity="block")
+    result = rk.compact(model)
+    if emptied == "heads":
+        assert result.units["enc0/self_attention_layer"] == (HEADS, 0)
+    else:
+        assert len(result.removed_blocks) == 1
+    assert_same(model, result.model, sequences())
+
+
 def test_a_causal_decoder_stack_without_heads_or_units_stays_causal():
     model, tokens = causal_decoders()
     result = rk.compact(model)

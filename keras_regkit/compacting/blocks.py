@@ -16,6 +16,7 @@ from __future__ import annotations
 import keras
 
 from keras_regkit._keras.layers import sublayers
+from keras_regkit.layers.graph import as_functional
 from keras_regkit.pruning import blocks as blocks_lib
 
 
@@ -55,7 +56,8 @@ def bypass(model: keras.Model):
                     norm_copies.append((sub, norms[sub.name]))
         return blocks_lib.removed_output(block, args[0], norms_of[id(block.layer)])
 
-    flat = keras.models.clone_model(model, clone_function=rebuild, call_function=call, recursive=True)
+    flat = keras.models.clone_model(as_functional(model), clone_function=rebuild, call_function=call,
+                                    recursive=True)
     for new in sublayers(flat, recursive=True):
         old = old_by_new.get(id(new))
         if old is not None:

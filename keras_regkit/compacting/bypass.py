@@ -93,10 +93,13 @@ def constant_like(tensor, value: np.ndarray):
     """`value` (the trailing axes of the result) at every position of
     `tensor` (all its axes but the last), in `tensor`'s dtype."""
     value = np.asarray(value)
-    zeros = ops.zeros_like(tensor[..., :1])
+    ones = ops.ones_like(tensor[..., :1])
     for _ in range(value.ndim - 1):
-        zeros = ops.expand_dims(zeros, -1)
-    return ops.add(zeros, value.astype(keras.backend.standardize_dtype(tensor.dtype)))
+        ones = ops.expand_dims(ones, -1)
+    # A product, not a sum: TensorFlow's `ops.add` takes a vector whose
+    # length is the tensor's axis 1 for a channels-first bias and adds it
+    # along that axis (a sequence as long as the hidden size).
+    return ops.multiply(ones, value.astype(keras.backend.standardize_dtype(tensor.dtype)))
 
 
 class ConstantAttention:

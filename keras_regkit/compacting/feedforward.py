@@ -27,7 +27,7 @@ from keras_regkit import layers as layers_lib
 from keras_regkit._keras import graph as graph_fence
 from keras_regkit._keras.layers import sublayers
 from keras_regkit.compacting import attention, bypass
-from keras_regkit.layers.graph import Graph
+from keras_regkit.layers.graph import Graph, as_functional
 from keras_regkit.pruning import units as units_lib
 from keras_regkit.pruning.units import dead_mask
 
@@ -149,7 +149,8 @@ def flatten(model: keras.Model):
         unrolled.append((old, new_by_name))
         return result
 
-    flat = keras.models.clone_model(model, clone_function=rebuild, call_function=call, recursive=True)
+    flat = keras.models.clone_model(as_functional(model), clone_function=rebuild, call_function=call,
+                                    recursive=True)
     kept = {id(layer) for layer in sublayers(flat, recursive=True)}
     for new_id, old in old_by_new.items():
         if new_id not in kept and bypass.all_units_dead(old):  # every reader bypassed

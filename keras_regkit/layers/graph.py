@@ -86,6 +86,20 @@ def made_by(tensor) -> Maker | None:
     return Maker(layer, tuple(keras.tree.flatten(node.input_tensors)), output_index)
 
 
+def as_functional(model):
+    """`model` as a Functional model: a built Sequential's own inner one
+    (the same layers), any other model as it is. `keras.models.clone_model`
+    takes a `call_function` for Functional models only."""
+    if isinstance(model, keras.Sequential):
+        return graph_fence.sequential_graph(model) or model
+    return model
+
+
+# How many names of one prefix a caller of `reserve_names` may build before
+# a taken number further on could be reached.
+_REACH = 1 << 16
+
+
 def reserve_names(model) -> None:
     """Makes the names Keras gives new layers and operations skip those
     already in `model` (nested models included).
@@ -100,14 +114,17 @@ def reserve_names(model) -> None:
         names.add(layer.name)
         if graph_fence.is_functional(layer):
             names.update(operation.name for operation in layer.operations)
-    # Keras numbers a prefix's names "prefix", "prefix_1", ...: each prefix
-    # is counted past the highest number taken ("prefix" alone is 0).
-    highest = {}
+    # Keras numbers a prefix's names "prefix", "prefix_1", ... from a
+    # counter that only counts up: move each prefix's past the numbers taken
+    # that it could reach (a name like "run_20240101" is out of reach).
+    taken: dict[str, set] = {}
     for name in names:
-        highest.setdefault(name, 0)
+        taken.setdefault(name, set()).add(0)
         prefix, _, number = name.rpartition("_")
-        if prefix and number.isdigit():
-            highest[prefix] = max(highest.get(prefix, 0), int(number))
-    for prefix, taken in highest.items():
-        while keras.backend.get_uid(prefix) <= taken:
-            pass
+        if prefix and number.isascii() and number.isdigit():
+            taken.setdefault(prefix, set()).add(int(number))
+    for prefix, numbers in taken.items():
+        next_number = keras.backend.get_uid(prefix)  # the number Keras gives the prefix's next name
+        reachable = [n for n in numbers if n < next_number + _REACH]
+        while reachable and next_number <= max(reachable):
+            next_number = keras.backend.get_uid(prefix)
