@@ -125,6 +125,6 @@ def reserve_names(model) -> None:
             taken.setdefault(prefix, set()).add(int(number))
     for prefix, numbers in taken.items():
         next_number = keras.backend.get_uid(prefix)  # the number Keras gives the prefix's next name
-        reachable = [n for n in numbers if n < next_number + _REACH]
-        while reachable and next_number <= max(reachable):
+        highest_reachable = max((n for n in numbers if n < next_number + _REACH), default=-1)
+        while next_number <= highest_reachable:
             next_number = keras.backend.get_uid(prefix)
