@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -256,11 +257,10 @@ def export(
     with tempfile.TemporaryDirectory(prefix=".keras_regkit_export_", dir=os.path.dirname(os.path.abspath(path))) \
             as scratch:
         written = os.path.join(scratch, "model" + os.path.splitext(path)[1].lower())
-        if int8 is True:
-            calibration = keras.tree.map_structure(lambda a: a[:CALIBRATION_SAMPLES], representative_data)
-            with dead_constants.lifted(model, calibration):
-                convert(model, written, int8, sparse, representative_data)
-        else:
+        # Full int8 converts the model with dead units' constants lifted (weights put back after).
+        lift = contextlib.nullcontext() if int8 is not True else dead_constants.lifted(
+            model, keras.tree.map_structure(lambda a: a[:CALIBRATION_SAMPLES], representative_data))
+        with lift:
             convert(model, written, int8, sparse, representative_data)
         os.replace(written, path)
     result = ExportResult(path, fmt, int8, sparse, os.path.getsize(path))

@@ -160,8 +160,13 @@ def lift_dead_constants(model: keras.Model, x, batch_size: int = 256) -> int:
     Returns:
         The number of constants lifted.
     """
+    return _lift(*_found(model), x, batch_size)
+
+
+def _found(model):
+    """The model's graph and its constants that can be lifted (`_candidates`)."""
     graph = Graph.of(model)
-    return _lift(graph, _candidates(graph) if graph is not None else [], x, batch_size)
+    return graph, (_candidates(graph) if graph is not None else [])
 
 
 def _lift(graph, found: list, x, batch_size: int) -> int:
@@ -201,8 +206,7 @@ def lifted(model: keras.Model, x, batch_size: int = 256):
     """`lift_dead_constants(model, x, batch_size)` for the duration of the
     `with` block, which gets the number lifted; every weight it changed is
     put back at the end, whatever happens inside."""
-    graph = Graph.of(model)
-    found = _candidates(graph) if graph is not None else []
+    graph, found = _found(model)
     changed = {id(v): v for entry in found for v in [entry[2].beta] + [r.kernel for r in entry[4]]}
     saved = [(variable, to_numpy(variable).copy()) for variable in changed.values()]
     try:
