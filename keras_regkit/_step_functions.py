@@ -8,7 +8,12 @@ is stale; this is the one place that knows.
 
 from __future__ import annotations
 
+import weakref
+
 import keras
+
+from keras_regkit._keras import optimizers as fence
+from keras_regkit._optimizer_slots import inner
 
 
 def rebuild_step_functions(model: keras.Model, losses_changed: bool = True) -> None:
@@ -38,6 +43,53 @@ def step_functions_read_variables_live() -> bool:
     (eager; `torch.compile` takes tensors as inputs). False under JAX: its
     trainer passes only the model's, the optimizer's and the metrics' own
     variables into the jitted step, so any other variable is a constant
-    captured when the step is traced.
+    captured when the step is traced (a variable the optimizer step reads
+    can be passed in: `pass_into_steps`).
     """
     return keras.backend.backend() != "jax"
+
+
+# What `pass_into_steps` added to each optimizer's own variables.
+_PASSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def pass_into_steps(optimizer, variable) -> bool:
+    """Makes the compiled train step read `variable` each time it runs,
+    where that takes doing; returns whether it already did (so a new value
+    needs no retrace; False: retrace once, and from then on it does).
+
+    Under JAX the variable joins the own variables of the optimizer that
+    applies the step (the inner one of a `LossScaleOptimizer`), which the
+    trainer passes into the jitted step, until `take_out_of_steps`. It is
+    left out of what the optimizer saves and loads (a backup made while it
+    is in restores into an optimizer without it). An optimizer not built
+    yet (Keras makes its list then) cannot take it: the variable stays a
+    constant of the trace.
+    """
+    if step_functions_read_variables_live():
+        return True
+    stepping = inner(optimizer)
+    if stepping is None or not stepping.built:
+        return False
+    passed = _PASSED.setdefault(stepping, [])
+    if any(v is variable for v in passed):
+        return True
+    fence.own_variables(stepping).append(variable)
+    passed.append(variable)
+    fence.save_without({id(o): o for o in (optimizer, stepping)}.values(), stepping, lambda: passed)
+    return False
+
+
+def take_out_of_steps(optimizer, variable) -> bool:
+    """Undoes `pass_into_steps`; returns whether the variable had been
+    passed in (the step must then be retraced without it)."""
+    stepping = inner(optimizer)
+    passed = _PASSED.get(stepping) if stepping is not None else None
+    if not passed or not any(v is variable for v in passed):
+        return False
+    passed[:] = [v for v in passed if v is not variable]  # not `remove`: a Variable's `==` is elementwise
+    own = fence.own_variables(stepping)
+    own[:] = [v for v in own if v is not variable]
+    if not passed:
+        fence.save_all({id(o): o for o in (optimizer, stepping)}.values())
+    return True

@@ -11,7 +11,10 @@ from keras import ops
 
 from keras_regkit import _constraints as constraints
 from keras_regkit import weights as weights_lib
-from keras_regkit._step_functions import rebuild_step_functions, step_functions_read_variables_live
+from keras_regkit._step_functions import pass_into_steps, rebuild_step_functions, take_out_of_steps
+
+
+MASK_NAME = "hold_zeros_mask"
 
 
 class HoldZeros(keras.constraints.Constraint):
@@ -51,7 +54,7 @@ class HoldZeros(keras.constraints.Constraint):
         self.mask = keras.Variable(
             ops.cast(ops.not_equal(variable.value, 0), variable.dtype),
             trainable=False,
-            name="hold_zeros_mask",
+            name=MASK_NAME,
         )
 
     def __call__(self, w):
@@ -62,26 +65,28 @@ class HoldZeros(keras.constraints.Constraint):
 def hold_zeros(model: keras.Model, variables) -> None:
     """Holds the current zeros of `variables` (a new mask where one is
     already held) and makes the next train step apply the masks."""
-    new_holds = False
+    retrace = False
     for variable in variables:
-        new_holds |= _hold(variable)
-    if new_holds:
-        # The optimizer step traced the old constraints.
+        retrace |= _hold(variable, getattr(model, "optimizer", None))
+    if retrace:
+        # The optimizer step traced the old constraints (or, under JAX, the old masks).
         rebuild_step_functions(model, losses_changed=False)
 
 
-def _hold(variable) -> bool:
+def _hold(variable, optimizer) -> bool:
     """Holds the variable's current zeros; True if the optimizer step must be
-    retraced (a new constraint was set, or under JAX a new mask)."""
+    retraced: a new constraint was set, or a mask is new to the step."""
     held = constraints.find(variable, HoldZeros)
-    if held is not None:
-        # Same constraint, new mask: TensorFlow's and PyTorch's steps read it
-        # live; JAX's holds it as a constant and must be retraced, so there
-        # each cut costs a recompile of the train step (tens of steps' time).
-        held.mask.assign(ops.cast(ops.not_equal(variable.value, 0), held.mask.dtype))
-        return not step_functions_read_variables_live()
-    variable.constraint = HoldZeros(variable, variable.constraint)
-    return True
+    if held is None:
+        held = HoldZeros(variable, variable.constraint)
+        variable.constraint = held
+        pass_into_steps(optimizer, held.mask)
+        return True
+    held.mask.assign(ops.cast(ops.not_equal(variable.value, 0), held.mask.dtype))
+    # The same constraint with a new mask: the step reads the mask each time
+    # it runs (under JAX, as one of the optimizer's variables), so a cut
+    # costs no retrace.
+    return not pass_into_steps(optimizer, held.mask)
 
 
 def release_zeros(model: keras.Model) -> int:
@@ -102,6 +107,7 @@ def release_zeros(model: keras.Model) -> int:
         held = constraints.find(variable, HoldZeros)
         if held is not None:
             constraints.unlink(variable, held)
+            take_out_of_steps(getattr(model, "optimizer", None), held.mask)
             released += 1
     if released:
         rebuild_step_functions(model, losses_changed=False)

@@ -8,14 +8,16 @@ import dataclasses
 
 import keras
 
-from keras_regkit.pruning.hold import hold_zeros
+from keras_regkit.pruning.hold import MASK_NAME, hold_zeros
 
 
 def optimizer_slots(optimizer) -> list:
     """The optimizer's per-weight state: every variable but its step count
-    (schedules key on it) and its learning rate."""
+    (schedules key on it), its learning rate and, under JAX, the masks of
+    held zeros passed into its step (a copy of each would double a
+    snapshot; a restore makes them again from the weights' zeros)."""
     skip = {id(optimizer.iterations)}
-    skip.update(id(v) for v in optimizer.variables if v.name == "learning_rate")
+    skip.update(id(v) for v in optimizer.variables if v.name in ("learning_rate", MASK_NAME))
     return [v for v in optimizer.variables if id(v) not in skip]
 
 
