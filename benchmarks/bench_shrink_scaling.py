@@ -21,9 +21,10 @@ and a late cut on the host (85 % to 88 %: most entries dead, as in most of
 a shrink's cuts),
 each with the zeros' hold it is followed by, against one train step (4
 epochs of `fit` over their steps). The first step after a hold is timed
-apart: under JAX the masks are constants of the compiled step, so a cut
-costs a recompile there; under TensorFlow and PyTorch the step reads them
-live. The cut is timed for `--granularity weight` only.
+apart: under TensorFlow and PyTorch the step reads the masks live; under
+JAX they ride in the optimizer's variables, which the compiled step takes
+as inputs (0.6.2; before, each cut recompiled it).
+The cut is timed for `--granularity weight` only.
 
 On an accelerator the script runs as it is (Keras places the model there;
 the first line names the device). Run it alone (the cores are the
@@ -119,13 +120,17 @@ def cut_seconds(keras, model, reset, x, y, on_device: bool, levels=(0.3, 0.5)):
     granularity, score = granularity_lib.Weights(), scores_lib.Curvature()
     refs = granularity.select(model, "*")
     xb, yb = take(x, BATCH), y[:BATCH]
-    # A first cut and its hold, traced before the clock starts: the shrink's
-    # later cuts change the masks of holds already in the step.
-    cut_lib.cut(refs, score.scores(refs, model.optimizer), granularity, sparsity=levels[0])
+    def scored():
+        return score.tensors(refs, model.optimizer) if on_device else score.scores(refs, model.optimizer)
+
+    # A first cut and its hold, by the same path, before the clock starts:
+    # the shrink's later cuts change the masks of holds already in the step,
+    # and find the cut's own ops compiled (JAX compiles each on its first call).
+    cut_lib.cut(refs, scored(), granularity, sparsity=levels[0])
     hold_lib.hold_zeros(model, [ref.variable for ref in refs])
     model.train_on_batch(xb, yb)
     start = time.perf_counter()
-    scores = score.tensors(refs, model.optimizer) if on_device else score.scores(refs, model.optimizer)
+    scores = scored()
     cut_lib.cut(refs, scores, granularity, sparsity=levels[1])
     hold_lib.hold_zeros(model, [ref.variable for ref in refs])
     granularity.count_dead(refs)  # waits for the device

@@ -87,3 +87,33 @@ def test_check_through_the_compiled_step_measures_what_direct_calls_give():
     model.layers[0].kernel.assign(np.zeros((8, 32), "float32"))  # a change the compiled step must see
     direct = np.argmax(keras.ops.convert_to_numpy(model(x, training=False)), axis=-1)
     assert check.measure(model)[0] == pytest.approx(np.mean(direct == y))
+
+
+def test_a_decision_reads_the_validation_data_once(monkeypatch):
+    # A level found recovered (its drift read) is checked at once: the
+    # check takes the drift's predictions instead of a second pass.
+    from keras_regkit.shrinking import guards
+    from keras_regkit.shrinking.callback import ShrinkPhase
+
+    model, x, y = trained()
+    events = []
+    real_read, real_decide = guards.validation_hits, ShrinkPhase._decide
+    monkeypatch.setattr(guards, "validation_hits", lambda *a: events.append("read") or real_read(*a))
+
+    def decide(self, final=False):
+        events.append("(")
+        real_decide(self, final)
+        events.append(")")
+
+    monkeypatch.setattr(ShrinkPhase, "_decide", decide)
+    result = rk.shrink(model, x, y, tolerance=0.2, validation_data=(x, y), epochs=3, batch_size=32, cut_every=2)
+    reads_per_decision, inside = [], False
+    for event in events:
+        if event == "(":
+            reads_per_decision.append(0)
+            inside = True
+        elif event == ")":
+            inside = False
+        elif inside:
+            reads_per_decision[-1] += 1
+    assert result.levels and max(reads_per_decision) == 1

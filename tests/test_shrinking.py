@@ -399,9 +399,10 @@ class Sabotage(keras.callbacks.Callback):
 
 def optimizer_state(model):
     """The optimizer's variables by path, its step count among them; not its
-    learning rate (the shrink's own while it runs)."""
+    learning rate (the shrink's own while it runs), nor the masks of held
+    zeros that ride in it under JAX (`HoldZeros`)."""
     return {v.path: np.array(keras.ops.convert_to_numpy(v)) for v in model.optimizer.variables
-            if v.name != "learning_rate"}
+            if v.name not in ("learning_rate", "hold_zeros_mask")}
 
 
 class EpochEnds(keras.callbacks.Callback):

@@ -197,3 +197,25 @@ class Measured(guards.ValidationCheck):
 def test_a_verdict_holds_within_the_tolerance_and_is_ahead_by_the_skip_gain(worse, gain, held, ahead):
     verdict = Measured(0.02, worse, gain).verdict(model=None)
     assert (verdict.held, verdict.ahead) == (held, ahead)
+
+
+def test_one_reading_runs_the_validation_data_through_the_model_once(monkeypatch):
+    # A decision that finds a level recovered (drift) checks it at once, on
+    # the same predictions; outside a reading each call reads the model anew.
+    from keras_regkit.shrinking import guards
+
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    check = rk.shrinking.ValidationCheck(tolerance=0.01)
+    check.start(model, (x, y))
+    reads = []
+    real = guards.validation_hits
+    monkeypatch.setattr(guards, "validation_hits", lambda *a: reads.append(1) or real(*a))
+    with check.one_reading():
+        drift, verdict = check.drift(model), check.verdict(model)
+        assert len(reads) == 1
+        check.forget()  # the model changed (simulated int8 recalibrated)
+        assert check.verdict(model) == verdict and len(reads) == 2
+    check.drift(model), check.verdict(model)
+    assert len(reads) == 4 and drift == 0.0 and verdict.held

@@ -25,6 +25,12 @@ class HoldZeros(keras.constraints.Constraint):
     on the variable, not in the layer's config: a saved model keeps its zeros
     but not the hold, and reloads without keras_regkit.
 
+    Set by `hold_zeros` (the shrink, `prune(hold=True)`), a new mask costs
+    no retrace of the train step: TensorFlow's and PyTorch's steps read it
+    each time they run, and under JAX it rides among the optimizer's
+    variables (the jitted step's inputs) until `release_zeros`, left out of
+    what the optimizer saves.
+
     Args:
         variable: The variable whose current zeros are to be held.
         inner: The constraint the variable had before, applied after the mask.

@@ -269,22 +269,28 @@ class ShrinkPhase(keras.callbacks.Callback):
 
     def _decide(self, final: bool = False) -> None:
         """Asks the policy, runs the checks it asks for, and acts."""
-        seen = self._observe(final)
-        action = self.policy.decide(seen)
-        while action.kind == decisions.CHECK:
-            if self.int8:
-                self.int8.calibrate()
-            verdict = self.check.verdict(self.model)
-            level = action.sparsity
-            if level is not None:  # a level's check; else the model as it is, at the end
-                self.result.levels.append((level, verdict.value, verdict.held))
-                if verdict.held:
-                    self._good = self._snapshot()
-            self._say(f"Step {self._step}: {'' if level is None else f'{level:.2%} zeros, '}{self.check.name} "
-                      f"{verdict.value:.4g} ({'holds' if verdict.held else 'fails'})")
+        with self.check.one_reading():  # nothing changes the model until `_act`
             seen = self._observe(final)
-            action = self.policy.checked(seen, verdict)
+            action = self.policy.decide(seen)
+            while action.kind == decisions.CHECK:
+                seen, action = self._check(action, final)
         self._act(action, seen)
+
+    def _check(self, action: decisions.Action, final: bool):
+        """Runs the check `action` asks for; the policy's next observation and answer."""
+        if self.int8:
+            self.int8.calibrate()
+            self.check.forget()  # new ranges: the simulated int8 model reads differently
+        verdict = self.check.verdict(self.model)
+        level = action.sparsity
+        if level is not None:  # a level's check; else the model as it is, at the end
+            self.result.levels.append((level, verdict.value, verdict.held))
+            if verdict.held:
+                self._good = self._snapshot()
+        self._say(f"Step {self._step}: {'' if level is None else f'{level:.2%} zeros, '}{self.check.name} "
+                  f"{verdict.value:.4g} ({'holds' if verdict.held else 'fails'})")
+        seen = self._observe(final)
+        return seen, self.policy.checked(seen, verdict)
 
     def _act(self, action: decisions.Action, seen: decisions.Observation) -> None:
         if action.kind == decisions.RISE:

@@ -14,6 +14,8 @@ first (`keras_regkit._processes.global_sum`).
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import numpy as np
 
@@ -165,6 +167,7 @@ class ValidationCheck:
         # How much better than at the start the last `measure` found the
         # model, beyond noise (the worst class output for top-1).
         self.gain = 0.0
+        self._reading = None  # inside `one_reading`: what was read of the model there
 
     @property
     def name(self) -> str:
@@ -223,13 +226,43 @@ class ValidationCheck:
                     f"{self.name} on it is {self.baseline} (NaN or inf in the validation data?).")
         return self.baseline
 
+    @contextlib.contextmanager
+    def one_reading(self):
+        """A block in which the model does not change: its validation data
+        are run through it once, for every `drift` and `measure` there (a
+        decision that finds a level recovered checks it at once, on the
+        same predictions: one pass over the validation data, not two)."""
+        self._reading = {}
+        try:
+            yield
+        finally:
+            self._reading = None
+
+    def forget(self) -> None:
+        """Inside `one_reading`: the model changed, read it again."""
+        if self._reading is not None:
+            self._reading.clear()
+
+    def _read(self, what: str, read):
+        if self._reading is None:
+            return read()
+        if what not in self._reading:
+            self._reading[what] = read()
+        return self._reading[what]
+
+    def _hits(self, model):
+        return self._read("hits", lambda: validation_hits(model, self.data))
+
+    def _metric(self, model):
+        return self._read("metric", lambda: compiled_metric(model, self.data, self.monitor))
+
     def measure(self, model: keras.Model) -> tuple[float, float]:
         """The metric now, and how much worse it is than at the start (in
         the tolerance's units; the worst class output for top-1)."""
         if self.data is None:
             raise RuntimeError("ValidationCheck.start(model, validation_data) must be called first.")
         if self.monitor is None:
-            hits, weights, _, _ = validation_hits(model, self.data)
+            hits, weights, _, _ = self._hits(model)
             start_hits = self.start_hits[0]
             if hits.shape != start_hits.shape:
                 raise ValueError(
@@ -247,7 +280,7 @@ class ValidationCheck:
             noise = self.slack * np.sqrt(squares) / total
             self.gain = float(np.min(-lost / total - noise))
             return float(np.mean(right / total)), float(np.max(lost / total - noise))
-        value = compiled_metric(model, self.data, self.monitor)
+        value = self._metric(model)
         if maximizes(self.monitor, self.mode):
             worse = self.baseline - value
         else:
@@ -278,7 +311,7 @@ class ValidationCheck:
         worst class output. With a `monitor`, how much worse it is."""
         if self.monitor is not None:
             return self.measure(model)[1]
-        _, _, _, classes = validation_hits(model, self.data)
+        _, _, _, classes = self._hits(model)
         changed = global_sum(np.concatenate([(classes != self.start_classes).sum(axis=0), [len(classes)]]))
         return float(np.max(changed[:-1] / changed[-1]))
 
