@@ -49,8 +49,11 @@ def step_functions_read_variables_live() -> bool:
     return keras.backend.backend() != "jax"
 
 
-# What `pass_into_steps` added to each optimizer's own variables.
+# What `pass_into_steps` added to each optimizer's own variables, and the
+# optimizers whose saving it changed for that one (it and its
+# `LossScaleOptimizer`, if any).
 _PASSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SAVING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def pass_into_steps(optimizer, variable) -> bool:
@@ -76,20 +79,33 @@ def pass_into_steps(optimizer, variable) -> bool:
         return True
     fence.own_variables(stepping).append(variable)
     passed.append(variable)
+    saving = _SAVING.setdefault(stepping, weakref.WeakSet())
+    saving.update((optimizer, stepping))
     fence.save_without({id(o): o for o in (optimizer, stepping)}.values(), stepping, lambda: passed)
     return False
 
 
-def take_out_of_steps(optimizer, variable) -> bool:
-    """Undoes `pass_into_steps`; returns whether the variable had been
-    passed in (the step must then be retraced without it)."""
+def passed_into_steps(optimizer) -> list:
+    """The variables `pass_into_steps` has put among `optimizer`'s (its
+    inner one's) own variables."""
     stepping = inner(optimizer)
-    passed = _PASSED.get(stepping) if stepping is not None else None
-    if not passed or not any(v is variable for v in passed):
-        return False
-    passed[:] = [v for v in passed if v is not variable]  # not `remove`: a Variable's `==` is elementwise
-    own = fence.own_variables(stepping)
-    own[:] = [v for v in own if v is not variable]
-    if not passed:
-        fence.save_all({id(o): o for o in (optimizer, stepping)}.values())
-    return True
+    return list(_PASSED.get(stepping, ())) if stepping is not None else []
+
+
+def take_out_of_steps(optimizer, variable) -> bool:
+    """Undoes `pass_into_steps`, in every optimizer the variable was passed
+    into (the model may have been compiled with another since); returns
+    whether it had been passed into `optimizer`'s step (which must then be
+    retraced without it)."""
+    stepping_now = inner(optimizer) if optimizer is not None else None
+    taken = False
+    for stepping, passed in list(_PASSED.items()):
+        if not any(v is variable for v in passed):
+            continue
+        passed[:] = [v for v in passed if v is not variable]  # not `remove`: a Variable's `==` is elementwise
+        own = fence.own_variables(stepping)
+        own[:] = [v for v in own if v is not variable]
+        if not passed:
+            fence.save_all(list(_SAVING.pop(stepping, ())) or [stepping])
+        taken |= stepping is stepping_now
+    return taken

@@ -243,3 +243,56 @@ def test_a_model_saved_while_zeros_are_held_reloads_with_its_optimizer_state(tmp
     for mine, theirs in zip(own, loaded.optimizer.variables):
         np.testing.assert_array_equal(ops.convert_to_numpy(theirs), ops.convert_to_numpy(mine))
     assert len(model.optimizer.variables) == len(own) + (keras.backend.backend() == "jax")  # still held here
+
+
+def _fitted_two_kernels(optimizer="adam"):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="d"), keras.layers.Dense(3, name="e")])
+    model.compile(optimizer, "mse")
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(32, 3)).astype("float32")
+    model.fit(x, y, epochs=1, verbose=0)
+    return model, x, y
+
+
+def _patched(optimizer):
+    return sorted(name for name in vars(optimizer) if name.endswith("_own_variables"))
+
+
+def test_the_state_tree_of_a_model_holding_zeros_in_several_weights_has_unique_paths():
+    # Under JAX the masks are among the optimizer's variables, which
+    # `get_state_tree` (and Orbax checkpoints) key by path.
+    model, x, y = _fitted_two_kernels()
+    rk.prune(model, sparsity=0.5, hold=True)
+    masks = [v.constraint.mask for v in (model.get_layer("d").kernel, model.get_layer("e").kernel)]
+    assert len({mask.path for mask in masks}) == 2 and all(mask.name == hold_lib.MASK_NAME for mask in masks)
+    if keras.backend.backend() == "jax":
+        model.get_state_tree()  # was: "The following variable path is found twice in the model"
+    model.fit(x, y, epochs=1, verbose=0)
+    assert rk.release_zeros(model) == 2
+
+
+def test_quantization_aware_training_takes_its_masks_out_of_the_optimizer_step():
+    from keras_regkit.quantization import Int8Training
+
+    model, x, y = _fitted_two_kernels()
+    before = len(model.optimizer.variables)
+    rk.prune(model, sparsity=0.5)
+    int8 = Int8Training(x)
+    with int8:
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[int8])
+    assert model.get_layer("d").kernel.constraint is None
+    assert len(model.optimizer.variables) == before and not _patched(model.optimizer)
+
+
+def test_a_release_after_a_recompile_takes_the_masks_out_of_the_old_optimizer_too():
+    model, x, y = _fitted_two_kernels()
+    old = model.optimizer
+    before = len(old.variables)
+    rk.prune(model, sparsity=0.5, hold=True)
+    model.compile(keras.optimizers.Adam(), "mse")
+    model.fit(x, y, epochs=1, verbose=0)
+    rk.prune(model, sparsity=0.6, hold=True)  # under JAX: into the new optimizer's step as well
+    model.fit(x, y, epochs=1, verbose=0)
+    assert rk.release_zeros(model) == 2
+    assert len(old.variables) == before and not _patched(old)
+    assert not [v for v in model.optimizer.variables if v.name == hold_lib.MASK_NAME] and not _patched(model.optimizer)

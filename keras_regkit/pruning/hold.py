@@ -57,15 +57,24 @@ class HoldZeros(keras.constraints.Constraint):
         self.inner = inner
         # A variable, not a constant: a constant the size of the weight would
         # be copied into every traced graph.
-        self.mask = keras.Variable(
-            ops.cast(ops.not_equal(variable.value, 0), variable.dtype),
-            trainable=False,
-            name=MASK_NAME,
-        )
+        # Its path names the weight's (as Keras names an optimizer's slots):
+        # under JAX it rides among the optimizer's variables, whose paths
+        # must be unique (`Model.get_state_tree`, Orbax checkpoints).
+        with keras.name_scope(_path_name(variable), override_parent=""):
+            self.mask = keras.Variable(
+                ops.cast(ops.not_equal(variable.value, 0), variable.dtype),
+                trainable=False,
+                name=MASK_NAME,
+            )
 
     def __call__(self, w):
         w = w * ops.cast(self.mask, w.dtype)
         return self.inner(w) if self.inner is not None else w
+
+
+def _path_name(variable) -> str:
+    path = getattr(variable, "path", None) or variable.name
+    return path.replace("/", "_")
 
 
 def hold_zeros(model: keras.Model, variables) -> None:
@@ -107,8 +116,15 @@ def release_zeros(model: keras.Model) -> int:
     1
     """
     weights_lib.check_model(model)
+    return release_held(model, model.weights)
+
+
+def release_held(model: keras.Model, variables) -> int:
+    """Stops holding the zeros of `variables` (those held): each gets back
+    the constraint it had before, and its mask leaves the optimizer step it
+    was passed into. Returns how many were held."""
     released = 0
-    for variable in model.weights:
+    for variable in variables:
         # Anywhere in the chain: a proximal step may wrap the hold.
         held = constraints.find(variable, HoldZeros)
         if held is not None:

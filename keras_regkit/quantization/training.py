@@ -10,7 +10,6 @@ import numpy as np
 from keras import ops
 
 from keras_regkit import _constraints as constraints
-from keras_regkit._step_functions import rebuild_step_functions
 from keras_regkit.deploy.calibration import CALIBRATION_SAMPLES
 from keras_regkit.pruning import hold as hold_lib
 from keras_regkit.quantization.simulation import Int8Simulation
@@ -96,12 +95,8 @@ class Int8Training(keras.callbacks.Callback):
         """Removes the simulation and releases the zeros it held."""
         if self.simulation is None:
             return
-        for variable in self._held:
-            held = constraints.find(variable, hold_lib.HoldZeros)
-            if held is not None:
-                constraints.unlink(variable, held)
-        if self._held:
-            rebuild_step_functions(self.simulation.model, losses_changed=False)
+        # Under JAX the masks ride in the optimizer step: they leave it too.
+        hold_lib.release_held(self.simulation.model, self._held)
         self.simulation.stop()
         self.simulation, self._held = None, []
 
