@@ -85,13 +85,6 @@ def pass_into_steps(optimizer, variable) -> bool:
     return False
 
 
-def passed_into_steps(optimizer) -> list:
-    """The variables `pass_into_steps` has put among `optimizer`'s (its
-    inner one's) own variables."""
-    stepping = inner(optimizer)
-    return list(_PASSED.get(stepping, ())) if stepping is not None else []
-
-
 def take_out_of_steps(optimizer, variable) -> bool:
     """Undoes `pass_into_steps`, in every optimizer the variable was passed
     into (the model may have been compiled with another since); returns
