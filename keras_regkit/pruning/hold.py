@@ -56,10 +56,10 @@ class HoldZeros(keras.constraints.Constraint):
             )
         self.inner = inner
         # A variable, not a constant: a constant the size of the weight would
-        # be copied into every traced graph.
-        # Its path names the weight's (as Keras names an optimizer's slots):
-        # under JAX it rides among the optimizer's variables, whose paths
-        # must be unique (`Model.get_state_tree`, Orbax checkpoints).
+        # be copied into every traced graph. Its path names the weight's (as
+        # Keras names an optimizer's slots): under JAX it rides among the
+        # optimizer's variables, whose paths must be unique
+        # (`Model.get_state_tree`, Orbax checkpoints).
         with keras.name_scope(_path_name(variable), override_parent=""):
             self.mask = keras.Variable(
                 ops.cast(ops.not_equal(variable.value, 0), variable.dtype),
