@@ -53,7 +53,7 @@ def step_functions_read_variables_live() -> bool:
 # optimizers whose saving it changed for that one (it and its
 # `LossScaleOptimizer`, if any).
 _PASSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_SAVING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SAVES_CHANGED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def pass_into_steps(optimizer, variable) -> bool:
@@ -79,7 +79,7 @@ def pass_into_steps(optimizer, variable) -> bool:
         return True
     fence.own_variables(stepping).append(variable)
     passed.append(variable)
-    saving = _SAVING.setdefault(stepping, weakref.WeakSet())
+    saving = _SAVES_CHANGED.setdefault(stepping, weakref.WeakSet())
     saving.update((optimizer, stepping))
     fence.save_without({id(o): o for o in (optimizer, stepping)}.values(), stepping, lambda: passed)
     return False
@@ -99,6 +99,6 @@ def take_out_of_steps(optimizer, variable) -> bool:
         own = fence.own_variables(stepping)
         own[:] = [v for v in own if v is not variable]
         if not passed:
-            fence.save_all(list(_SAVING.pop(stepping, ())) or [stepping])
+            fence.save_all(list(_SAVES_CHANGED.pop(stepping, ())) or [stepping])
         taken |= stepping is stepping_now
     return taken
