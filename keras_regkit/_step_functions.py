@@ -77,11 +77,11 @@ def pass_into_steps(optimizer, variable) -> bool:
     passed = _PASSED.setdefault(stepping, [])
     if any(v is variable for v in passed):
         return True
+    # Saving learns to leave it out before the optimizer holds it.
+    fence.save_without({id(o): o for o in (optimizer, stepping)}.values(), stepping, lambda: passed)
+    _SAVES_CHANGED.setdefault(stepping, weakref.WeakSet()).update((optimizer, stepping))
     fence.own_variables(stepping).append(variable)
     passed.append(variable)
-    saving = _SAVES_CHANGED.setdefault(stepping, weakref.WeakSet())
-    saving.update((optimizer, stepping))
-    fence.save_without({id(o): o for o in (optimizer, stepping)}.values(), stepping, lambda: passed)
     return False
 
 

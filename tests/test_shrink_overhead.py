@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import keras_regkit as rk
+from keras_regkit.pruning.hold import MASK_NAME
 from keras_regkit.shrinking import evaluation
 
 
@@ -46,7 +47,7 @@ def test_shrink_traces_the_train_step_once_not_per_cut(monkeypatch):
     if keras.backend.backend() != "torch":  # PyTorch runs the step eagerly: no trace to count
         assert CountingModel.traces == 1
     # Under JAX the masks rode in the optimizer's variables (what its jitted step reads), and left with the release.
-    assert not [v for v in model.optimizer.variables if v.name == "hold_zeros_mask"]
+    assert not [v for v in model.optimizer.variables if v.name == MASK_NAME]
 
 
 def test_checks_run_the_compiled_predict_step_traced_once(monkeypatch):

@@ -8,6 +8,7 @@ import pytest
 
 import keras_regkit as rk
 from keras_regkit.callbacks import ShrinkPhase
+from keras_regkit.pruning.hold import MASK_NAME
 from keras_regkit.shrinking import (
     AgreementGuard, CubicRamp, Plateau, SparsityTarget, ToleranceClimb, ValidationCheck)
 
@@ -402,7 +403,7 @@ def optimizer_state(model):
     learning rate (the shrink's own while it runs), nor the masks of held
     zeros that ride in it under JAX (`HoldZeros`)."""
     return {v.path: np.array(keras.ops.convert_to_numpy(v)) for v in model.optimizer.variables
-            if v.name not in ("learning_rate", "hold_zeros_mask")}
+            if v.name not in ("learning_rate", MASK_NAME)}
 
 
 class EpochEnds(keras.callbacks.Callback):
