@@ -11,7 +11,9 @@ every other layer is skipped: none of its input or output channels go.
 A channel is removed where every layer it reaches agrees, the model outputs
 never lose one, and a consumer that pads (`padding="same"`/`"causal"`) takes
 only constants that are exactly 0, since folding a nonzero one into the
-bias would be wrong at the borders.
+bias would be wrong at the borders. A channel that no reader reads (each a
+depthwise convolution whose channels there are dead) goes even where it is
+not constant: nothing needs its value.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class Analysis:
                     self._tensor(tensor, None, f"'{call.layer.name}' is a model input")
                 continue
             self._visit(call, graph.times_called(call.layer))
+        self._free_unread(graph)
         for tensor in graph.outputs:
             self._restrict(tensor, False, "it is a model output")
         self._settle()
@@ -107,6 +110,17 @@ class Analysis:
             self._tensor(tensor, const, why or f"'{name}' output is not constant there")
         if plan.kind == "unit" and plan.input_why is not None:
             self._restrict(inputs[0], plan.input_ok, plan.input_why)
+
+    def _free_unread(self, graph):
+        """Makes removable the channels of each tensor that every reader
+        ignores (see `Plan.ignored`), constant or not."""
+        for key, tensor in {id(t): t for call in graph.calls for t in call.inputs}.items():
+            plans = [self.plans[call.layer.name] for call in graph.readers(tensor)]
+            if not plans or any(p.ignored is None or len(p.inputs) != 1 for p in plans):
+                continue
+            unread = np.logical_and.reduce([p.ignored for p in plans])
+            self.removable[key] = self.removable[key] | unread
+            self.why[key][unread] = None
 
     def _restrict(self, tensor, allowed, why):
         key = id(tensor)

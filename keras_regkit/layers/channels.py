@@ -11,7 +11,7 @@ import numpy as np
 
 from keras_regkit.layers.compaction import (
     ELEMENTWISE, Compaction, Plan, Unsupported, activated, activation_name, apply, channels,
-    check_channels_last, check_single, to_numpy,
+    check_channels_last, check_single, pads, to_numpy,
 )
 
 
@@ -41,11 +41,13 @@ class DepthwiseChannels(Compaction):
         # never leaves the input (padding="valid") or the constant is 0; a
         # zero kernel slice gives its bias whatever the input.
         source = np.repeat(constants[0], multiplier)
-        if layer.padding != "valid":
+        if pads(layer):
             source = np.where(source == 0, 0.0, np.nan)
         pre = source * kernel.sum(axis=spatial).reshape(-1) + bias
         dead = units_lib.dead_mask(layer)
         pre[dead] = bias[dead]
+        # An input channel all of whose output channels are dead is read by none.
+        plan.ignored = dead.reshape(n_in, multiplier).all(axis=1)
         const, why = activated(layer.activation, pre)
         return plan, [const], [why]
 
@@ -99,6 +101,9 @@ class BatchNorm(Compaction):
     """`BatchNormalization` on the channel axis, at inference: one value
     per channel in each of its weights."""
 
+    def keeps_channels(self, layer) -> bool:
+        return True
+
     def plan(self, layer, inputs, outputs, constants):
         check_single(inputs, outputs)
         axis = layer.axis if isinstance(layer.axis, int) else None
@@ -121,6 +126,9 @@ class ActivationFunction(Compaction):
     """`keras.layers.Activation`: only an elementwise activation keeps a
     constant channel constant and the others apart."""
 
+    def keeps_channels(self, layer) -> bool:
+        return activation_name(layer.activation) in ELEMENTWISE
+
     def plan(self, layer, inputs, outputs, constants):
         check_single(inputs, outputs)
         name = activation_name(layer.activation)
@@ -134,6 +142,9 @@ class Elementwise(Compaction):
     """A layer that acts on each entry alone (`ReLU`, `LeakyReLU`, `ELU`):
     it maps a constant to the constant it computes."""
 
+    def keeps_channels(self, layer) -> bool:
+        return True
+
     def plan(self, layer, inputs, outputs, constants):
         check_single(inputs, outputs)
         return _identity_link(self, layer, inputs, outputs, apply(layer, constants[0]))
@@ -145,6 +156,9 @@ class Passthrough(Compaction):
     inference: dropout and noise (identity there), and pooling, cropping
     and upsampling (a constant image stays the same constant)."""
 
+    def keeps_channels(self, layer) -> bool:
+        return True
+
     def plan(self, layer, inputs, outputs, constants):
         check_single(inputs, outputs)
         check_channels_last(layer)
@@ -155,6 +169,9 @@ class Passthrough(Compaction):
 class ZeroPadding(Compaction):
     """Zero padding: a channel stays constant only where its constant is
     the padding's 0."""
+
+    def keeps_channels(self, layer) -> bool:
+        return True
 
     def plan(self, layer, inputs, outputs, constants):
         check_single(inputs, outputs)

@@ -49,6 +49,9 @@ class Plan:
         input_ok: For a unit, which input channels may be removed (None:
             every constant one).
         input_why: Why the others may not.
+        ignored: Which channels of the (single) input no output reads (a
+            depthwise convolution's dead channels): a channel that every
+            reader ignores may go even where it is not constant.
         compaction: The `Compaction` that made the plan.
     """
 
@@ -59,6 +62,7 @@ class Plan:
     classes: list | None = None
     input_ok: np.ndarray | None = None
     input_why: str | None = None
+    ignored: np.ndarray | None = None
     compaction: object | None = None
 
 
@@ -66,6 +70,13 @@ class Compaction:
     """How `compact` treats the layers of one kind (the `compact` field of
     a `LayerKind`). Subclasses define `plan` and, if the layer's config or
     weights change with its channels, `edit`."""
+
+    def keeps_channels(self, layer) -> bool:
+        """Whether each output channel of `layer` is computed from the same
+        input channel alone (normalization, elementwise activations,
+        dropout, pooling, zero padding): `channel_source` walks through."""
+        return False
+
 
     def plan(self, layer, inputs: list, outputs: list, constants: list) -> tuple[Plan, list, list]:
         """Plans one call of `layer` on symbolic `inputs` giving `outputs`.
@@ -133,6 +144,13 @@ def check_channels_last(layer) -> None:
     data_format = getattr(layer, "data_format", "channels_last")
     if data_format != "channels_last":
         raise Unsupported(f"data_format='{data_format}' (only channels_last is supported)")
+
+
+def pads(layer) -> bool:
+    """Whether a convolution adds zeros around its input: `padding="same"`
+    or `"causal"` with a window wider than one entry (a 1x1 window never
+    reaches past the input, whatever its stride)."""
+    return layer.padding != "valid" and any(size > 1 for size in layer.kernel_size)
 
 
 def check_single(inputs, outputs) -> None:
@@ -239,7 +257,7 @@ class ConvUnits(Units):
         check_channels_last(layer)
         if getattr(layer, "groups", 1) != 1:
             raise Unsupported(f"groups={layer.groups}")
-        if layer.padding != "valid":
+        if pads(layer):
             # Zero padding meets a nonzero constant at the borders.
             plan.input_ok = plan.input_ok & (constants_in == 0)
             plan.input_why = f"consumer '{layer.name}' has padding='{layer.padding}' and the constant is not 0"

@@ -187,9 +187,12 @@ class NM(Granularity):
 class UnitGroup:
     """The units of one layer, as the cut sees them: `parts` are `(index
     into refs, axis)` of every selected weight with one slice per unit (a
-    unit kernel alone, units on its trailing axes: `axis` None; or an
-    attention layer's head parts, heads on `axis`); `deciding` is the index
-    of the weight whose zero slices make a unit dead."""
+    unit kernel alone, units on its trailing axes: `axis` None; an
+    attention layer's head parts, heads on `axis`; or a unit kernel and the
+    depthwise kernel that reads its units one to one, channels on `axis`,
+    see `units.channel_source`); `deciding` is the index of the weight
+    whose zero slices make a unit dead (None: a unit is dead when its
+    slices of every part are)."""
 
     parts: tuple
     deciding: int
@@ -237,7 +240,22 @@ class Units(Granularity):
             raise ValueError(
                 f"granularity='unit': the selected layers all produce model outputs "
                 f"({[layer.name for layer in outputs]}), whose units cannot be removed. Select hidden layers.")
-        return refs
+        return refs + self._depthwise_readers(model, refs, outputs)
+
+    @staticmethod
+    def _depthwise_readers(model, refs, outputs) -> list:
+        """The depthwise kernels left out of `refs` that read the units of
+        a layer in it one to one: each of its channels is cut with the unit
+        it reads (see `unit_groups`)."""
+        layers = {id(ref.layer) for ref in refs}
+        chosen = {id(ref.variable) for ref in refs}
+        readers = []
+        for ref in weights_lib.iter_weights(model, "depthwise_kernel"):
+            source = units_lib.channel_source(ref.layer)
+            if (source is not None and id(source) in layers and id(ref.variable) not in chosen
+                    and all(ref.layer is not out for out in outputs)):
+                readers.append(ref)
+        return readers
 
     def _heads_only(self, model, layers, refs, is_head_part):
         return refs, is_head_part
@@ -265,7 +283,15 @@ class Units(Granularity):
 
     def unit_groups(self, refs: list) -> list[UnitGroup]:
         groups, by_attention = [], {}
+        readers = self._channel_readers(refs)
+        read = set(readers.values())
         for i, ref in enumerate(refs):
+            if i in read:
+                continue  # a depthwise kernel: in the group of the units it reads
+            if i in readers:  # its input channels on the last axis but one
+                j = readers[i]
+                groups.append(UnitGroup(((i, None), (j, len(refs[j].variable.shape) - 2)), None, False))
+                continue
             axis = units_lib.head_axis(ref.layer, ref.variable, ref.parent)
             if axis is None:
                 groups.append(UnitGroup(((i, None),), i, False))
@@ -279,6 +305,19 @@ class Units(Granularity):
         return groups
 
     @staticmethod
+    def _channel_readers(refs: list) -> dict[int, int]:
+        """Index of a unit kernel -> index of the depthwise kernel that reads
+        its units one to one, both in `refs`."""
+        kernels = {id(ref.layer): i for i, ref in enumerate(refs) if units_lib.is_unit_kernel(ref.layer, ref.variable)
+                   and units_lib.head_axis(ref.layer, ref.variable, ref.parent) is None}
+        readers = {}
+        for j, ref in enumerate(refs):
+            source = units_lib.channel_source(ref.layer) if units_lib.is_unit_kernel(ref.layer, ref.variable) else None
+            if source is not None and id(source) in kernels:
+                readers[kernels[id(source)]] = j
+        return readers
+
+    @staticmethod
     def _columns(array: np.ndarray, ref, axis) -> np.ndarray:
         """`array` (a part's shape) with one column per unit."""
         if axis is None:
@@ -286,8 +325,9 @@ class Units(Granularity):
         return units_lib.per_head(array, axis)
 
     def _dead_units(self, group: UnitGroup, refs) -> np.ndarray:
-        i = group.deciding
-        return (self._columns(values(refs[i]), refs[i], dict(group.parts)[i]) == 0).all(axis=0)
+        deciding = group.parts if group.deciding is None else [(group.deciding, dict(group.parts)[group.deciding])]
+        return np.logical_and.reduce(
+            [(self._columns(values(refs[i]), refs[i], axis) == 0).all(axis=0) for i, axis in deciding])
 
     def rank(self, refs, scores):
         """One score per unit (see `scores.unit_scores`), what is already
@@ -296,7 +336,11 @@ class Units(Granularity):
         exactly."""
         ranked = []
         for group in self.unit_groups(refs):
-            score = scores_lib.unit_scores([self._columns(scores[i], refs[i], axis) for i, axis in group.parts])
+            columns = [self._columns(scores[i], refs[i], axis) for i, axis in group.parts]
+            if group.heads:
+                score = scores_lib.unit_scores(columns)
+            else:  # a unit kernel, and the depthwise kernel reading it: each part against its own layer
+                score = np.mean([scores_lib.unit_scores([part]) for part in columns], axis=0)
             ranked.append(np.where(self._dead_units(group, refs), -1.0, score).astype("float64"))
         return ranked
 

@@ -29,6 +29,8 @@ from keras import ops
 
 from keras_regkit import layers as layers_lib
 from keras_regkit import weights as weights_lib
+from keras_regkit._keras import graph as graph_fence
+from keras_regkit.layers.channels import DepthwiseChannels
 from keras_regkit.layers.graph import Graph, made_by
 
 # Classes whose layers have units, and whose units are attention heads
@@ -121,6 +123,38 @@ def per_head(values: np.ndarray, axis: int) -> np.ndarray:
     """`values` (a head part's shape) as a 2-D array, one column per head
     (the heads on `axis`)."""
     return per_unit(np.moveaxis(values, axis, -1))
+
+
+def channel_source(layer) -> keras.layers.Layer | None:
+    """The layer whose units a depthwise convolution reads one to one (its
+    input channel c is that layer's unit c, through layers that keep
+    channels apart: normalization, elementwise activations, dropout, zero
+    padding), or None: another kind of layer, a shared one, or a chain that
+    mixes channels on the way.
+
+    Such a unit and channel are cut as one unit: cut apart, `compact` could
+    remove neither (a dead unit's nonzero constant meets the convolution's
+    zero padding at the borders; a live unit read by a dead channel still
+    has to be computed for nothing). A MobileNet's expansion and depthwise
+    layers are such pairs."""
+    if not isinstance(layers_lib.kind_of(layer).compact, DepthwiseChannels):
+        return None
+    current = layer
+    while True:
+        nodes = graph_fence.inbound_nodes(current)
+        inputs = keras.tree.flatten(nodes[0].input_tensors) if len(nodes) == 1 else []
+        maker = made_by(inputs[0]) if len(inputs) == 1 else None
+        if maker is None or len(maker.inputs) != 1:
+            return None
+        source = maker.layer
+        kernel = unit_kernel(source)
+        if kernel is not None:
+            one_axis = unit_axes(source) == 1 and kernel.shape[-1] == layer.kernel.shape[-2]
+            return source if one_axis else None
+        compaction = layers_lib.kind_of(source).compact
+        if compaction is None or not compaction.keeps_channels(source):
+            return None
+        current = source
 
 
 def dead_mask(layer) -> np.ndarray | None:
