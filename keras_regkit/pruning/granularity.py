@@ -202,7 +202,11 @@ class UnitGroup:
 class Units(Granularity):
     """Whole output units and filters, and the heads of every attention
     layer the selection meets; never those of the layers that produce the
-    model's outputs."""
+    model's outputs. A unit that a depthwise convolution reads one to one
+    (a MobileNet's expansion unit, and its channel of the depthwise layer
+    after it) is one unit with that channel: scored on both (each part
+    against its own layer), cut and counted together, the depthwise kernel
+    joining the selection, so that `compact` removes the pair."""
 
     name = "unit"
     levels = UNIT_LEVELS
