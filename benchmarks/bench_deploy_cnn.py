@@ -48,9 +48,11 @@ their rows to the same `--files` folder (a run replaces only the rows of
 its own architectures and seeds), so that one latency run times them all:
 
     nice -n 10 python benchmarks/bench_deploy_cnn.py --archs mobilenetv2 --size 64 --seeds 0 1 2 --epochs 10 \\
-        --shrink-epochs 4 --modes qat --files /tmp/deploy_cnn --out benchmarks/results/deploy_cnn_results.json
+        --shrink-epochs 6 --sparsity 0.6 --modes qat --files /tmp/deploy_cnn \\
+        --out benchmarks/results/deploy_cnn_results.json
     nice -n 10 python benchmarks/bench_deploy_cnn.py --archs efficientnetb0 --size 64 --seeds 0 1 2 --epochs 8 \\
-        --shrink-epochs 3 --modes qat --files /tmp/deploy_cnn --out benchmarks/results/deploy_cnn_results.json
+        --shrink-epochs 3 --sparsity 0.6 --modes qat --files /tmp/deploy_cnn \\
+        --out benchmarks/results/deploy_cnn_results.json
     python benchmarks/bench_deploy_cnn.py --latency-only --files /tmp/deploy_cnn \\
         --out benchmarks/results/deploy_cnn_results.json      # quiet machine, <= 8 min: adds b1_ms, b32_ms
     python benchmarks/bench_deploy_cnn.py --quick --archs mobilenetv2   # smoke run
