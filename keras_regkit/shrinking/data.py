@@ -105,8 +105,9 @@ def _check_lengths(batch) -> None:
 def check_validation_data(validation_data) -> None:
     """Refuses, before the shrink changes anything, validation data that no
     check could be measured on or that `fit`'s validation would fail on
-    after training steps: no sample, batches without targets, targets that
-    are not finite numbers, sample weights that are not finite and >= 0."""
+    after training steps: no sample, inputs that are not finite, batches
+    without targets, targets that are not finite numbers, sample weights
+    that are not finite and >= 0."""
     samples = 0
     for x, y, weight in batches(validation_data):
         if y is None:
@@ -114,6 +115,12 @@ def check_validation_data(validation_data) -> None:
                 "Invalid value for argument `validation_data`: it must carry targets: `(x, y)` or "
                 "`(x, y, sample_weight)` arrays, or a dataset of such batches; received inputs alone.")
         samples += first_axis(x)
+        if non_finite(x):
+            raise ValueError(
+                "Invalid value for argument `validation_data`: its inputs are not all finite "
+                f"({non_finite(x)} NaN or inf entries in a batch). What a model predicts on them depends on "
+                "how the device's kernels treat NaN (a fused ReLU may turn it into 0), so no change of "
+                "accuracy could be measured there.")
         for part, what in ((y, "targets"), (weight, "sample weights")):
             for array in [] if part is None else keras.tree.flatten(part):
                 array = np.asarray(array)
@@ -131,6 +138,13 @@ def check_validation_data(validation_data) -> None:
         raise ValueError(
             "Invalid value for argument `validation_data`: it has no samples, so no check could be "
             f"measured there. Received: validation_data={validation_data!r}")
+
+
+def non_finite(x) -> int:
+    """How many entries of the floating arrays in `x` (an array, or a
+    list or dict of them) are NaN or inf."""
+    arrays = (np.asarray(array) for array in keras.tree.flatten(x))
+    return sum(int((~np.isfinite(a)).sum()) for a in arrays if np.issubdtype(a.dtype, np.floating))
 
 
 def sample_inputs(x, samples: int, seed: int = 0):

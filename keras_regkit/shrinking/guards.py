@@ -21,7 +21,7 @@ import numpy as np
 
 from keras_regkit import _validate
 from keras_regkit._processes import global_sum
-from keras_regkit.shrinking.data import check_validation_data, first_axis, sample_inputs
+from keras_regkit.shrinking.data import check_validation_data, first_axis, non_finite, sample_inputs
 from keras_regkit.shrinking.decisions import Verdict, judge
 from keras_regkit.shrinking.evaluation import (
     accuracy, check_loss, class_top1, columns, compiled_metric, has_class_output, maximizes, predict,
@@ -69,6 +69,9 @@ class AgreementGuard:
                    "`keras_regkit.shrink` passes its `x`): ")
         if first_axis(sample) == 0:
             raise ValueError(invalid + "they have no samples.")
+        if non_finite(sample):
+            # What a model predicts on NaN depends on the device's kernels (a fused ReLU may make it 0).
+            raise ValueError(invalid + f"they are not all finite ({non_finite(sample)} NaN or inf entries).")
         try:
             outputs = predict(model, sample)
         except Exception as error:  # noqa: BLE001 - the model could not read them
