@@ -118,6 +118,30 @@ def test_float_file_gives_the_keras_outputs_in_its_runtime(request, data, tmp_pa
 
 
 @converts
+@pytest.mark.parametrize("int8", [False, True])
+def test_onnx_file_of_a_model_with_an_adapted_normalization_takes_only_the_model_inputs(tmp_path, int8):
+    # An adapted Normalization holds its mean and variance as tensors outside
+    # its variables (EfficientNet has one); tf2onnx left such a tensor as an
+    # input of the graph, which ONNX Runtime then asked for.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((FEATURES,))
+    normalization = keras.layers.Normalization(name="norm")
+    model = keras.Model(inputs, keras.layers.Dense(CLASSES)(normalization(inputs)))
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(64, FEATURES)).astype("float32")
+    normalization.adapt(x)
+    kept = normalization.mean
+    path = tmp_path / "m.onnx"
+
+    rk.export(model, path, int8=int8, representative_data=x if int8 else None)
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert len(session.get_inputs()) == 1
+    got = _onnx_outputs(path, x)
+    np.testing.assert_allclose(got, np.asarray(model(x)), atol=FLOAT_ATOL if not int8 else 0.2, rtol=0)
+    assert normalization.mean is kept  # the layer as it was
+
+
+@converts
 @pytest.mark.parametrize("which, int8", [("shrunk", True), ("compacted", True), ("compacted", "dynamic")])
 @pytest.mark.parametrize("suffix", [".tflite", ".onnx"])
 def test_int8_file_is_smaller_and_agrees_on_top1(request, data, tmp_path, which, int8, suffix):

@@ -5,6 +5,7 @@ the zeros moved to sparse initializers."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import keras
@@ -28,7 +29,8 @@ def export_onnx(model, path, int8, sparse, representative_data):
     if not was_called(model):
         # Keras' ONNX export refuses a model that has never been called.
         model(zeros_like_inputs(model), training=False)
-    model.export(path, format="onnx", verbose=False, opset_version=LAYER_NORM_OPSET)
+    with tensors_as_constants(model):
+        model.export(path, format="onnx", verbose=False, opset_version=LAYER_NORM_OPSET)
     tidy_onnx(path, model.name)
     if is_transformer(model) and int8 is not True:
         # Not before static quantization: its calibration loses the ranges of
@@ -38,6 +40,30 @@ def export_onnx(model, path, int8, sparse, representative_data):
         quantize_onnx(path, representative_data if int8 is True else None)
     if sparse:
         store_zeros_sparse(path)
+
+
+@contextlib.contextmanager
+def tensors_as_constants(model):
+    """Under TensorFlow, the tensors layers hold outside their variables (a
+    `Normalization`'s mean and variance, computed when it is built) as
+    NumPy arrays while Keras exports `model`: tf2onnx leaves such a tensor,
+    captured by the traced function, as an input of the ONNX graph that no
+    caller feeds (EfficientNet's file then asked for three inputs), where an
+    array is traced as a constant."""
+    swapped = []
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        for layer in sublayers(model):
+            for name, value in list(vars(layer).items()):
+                if tf.is_tensor(value) and not isinstance(value, tf.Variable) and hasattr(value, "numpy"):
+                    swapped.append((layer, name, value))
+                    setattr(layer, name, value.numpy())
+    try:
+        yield
+    finally:
+        for layer, name, value in swapped:
+            setattr(layer, name, value)
 
 
 def is_transformer(model) -> bool:
