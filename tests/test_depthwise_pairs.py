@@ -155,3 +155,56 @@ def test_a_1x1_same_padding_consumer_takes_any_constant(strides):
 
     assert result.units["c1"] == (4, 2) and "c1" not in result.kept
     assert_same_outputs(model, result, images())
+
+
+@pytest.mark.parametrize("producer", ["model_input", "softmax_conv", "softmax_layer", "nested_model"])
+def test_a_dead_depthwise_channel_leaves_alone_what_its_producer_cannot_drop(producer):
+    # The channel it does not read goes only where the producer can drop it:
+    # not a model input, not one unit of a softmax, not a skipped nested model.
+    inp = keras.Input((8, 8, 3))
+    if producer == "model_input":
+        x = inp
+    elif producer == "softmax_conv":
+        x = L.Conv2D(4, 1, activation="softmax", name="c")(inp)
+    elif producer == "softmax_layer":
+        x = L.Activation("softmax")(L.Conv2D(4, 1, name="c")(inp))
+    else:
+        inner = keras.Input((8, 8, 3))
+        x = keras.Model(inner, L.Conv2D(4, 1)(inner), name="inner")(inp)
+    x = L.DepthwiseConv2D(3, name="dw")(x)
+    model = keras.Model(inp, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(x)))
+    kill_depthwise(model.get_layer("dw"), [1])
+
+    result = rk.compact(model)
+
+    assert result.units["dw"][1] == result.units["dw"][0]  # its input channel stays, so it does
+    assert_same_outputs(model, result, images())
+
+
+def test_units_read_by_two_depthwise_layers_form_one_group():
+    inp = keras.Input((8, 8, 3))
+    expanded = L.ReLU(name="relu")(L.Conv2D(6, 1, name="expand")(inp))
+    branches = [L.DepthwiseConv2D(k, padding="same", name=f"dw{k}")(expanded) for k in (3, 5)]
+    x = L.Conv2D(4, 1, name="project")(L.Add()(branches))
+    model = keras.Model(inp, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(x)))
+    granularity = granularity_lib.Units()
+    refs = granularity.select(model, "*")
+    assert granularity.count_dead(refs) == (0, 6 + 4)
+
+    rk.prune(model, sparsity=0.5, granularity="unit")
+
+    dead = [(to_numpy(model.get_layer(name).kernel) == 0).all(axis=(0, 1, 3 if name != "expand" else 2))
+            for name in ("expand", "dw3", "dw5")]
+    assert dead[0].any()
+    np.testing.assert_array_equal(dead[0], dead[1])
+    np.testing.assert_array_equal(dead[0], dead[2])
+
+
+def test_channel_source_of_a_sequential_built_with_add():
+    # Each `add` rebuilds the Sequential's graph: the layers keep a call per rebuild.
+    model = keras.Sequential()
+    model.add(keras.Input((8, 8, 3)))
+    for layer in (L.Conv2D(6, 1, name="expand"), L.ReLU(), L.DepthwiseConv2D(3, name="dw"),
+                  L.GlobalAveragePooling2D(), L.Dense(2)):
+        model.add(layer)
+    assert units_lib.channel_source(model.get_layer("dw")) is model.get_layer("expand")

@@ -233,3 +233,14 @@ def test_sample_inputs_keeps_the_structure_of_list_and_dict_inputs():
     np.testing.assert_array_equal(taken["b"], taken["a"] * 2)  # rows stay paired
     listed = data.sample_inputs([np.arange(10.0), np.arange(10.0)], 20)
     assert len(listed) == 2 and listed[0].shape == (10,)
+
+
+def test_non_finite_counts_nan_and_inf_in_floating_inputs_only():
+    import ml_dtypes
+
+    from keras_regkit.shrinking.data import non_finite
+
+    assert non_finite(np.array([1.0, np.nan, np.inf], "float32")) == 2
+    assert non_finite(np.array([1.0, np.nan], ml_dtypes.bfloat16)) == 1  # no NumPy floating type
+    assert non_finite({"tokens": np.array([1, 2]), "values": [np.array([-np.inf], "float16")]}) == 1
+    assert non_finite(np.array(["nan"])) == 0

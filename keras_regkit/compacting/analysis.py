@@ -66,6 +66,11 @@ class Analysis:
         self.why: dict[int, np.ndarray] = {}
         self.plans: dict[str, Plan] = {}
         self.skipped: dict[str, str] = {}
+        # Per tensor, the channels its producer can drop whatever their value:
+        # a link's (tied to its inputs) and a unit layer's whose activation
+        # keeps units apart (a live unit nothing reads goes). Not a model
+        # input's, a skipped layer's, or a softmax unit layer's.
+        self.droppable: dict[int, np.ndarray] = {}
         for call in graph.calls:
             if call.is_input:
                 for tensor in call.outputs:
@@ -108,17 +113,19 @@ class Analysis:
         self.plans[name] = plan
         for tensor, const, why in zip(outputs, out_consts, out_why):
             self._tensor(tensor, const, why or f"'{name}' output is not constant there")
+            self.droppable[id(tensor)] = np.full(channels(tensor) or 0, plan.kind == "link" or why is None)
         if plan.kind == "unit" and plan.input_why is not None:
             self._restrict(inputs[0], plan.input_ok, plan.input_why)
 
     def _free_unread(self, graph):
         """Makes removable the channels of each tensor that every reader
-        ignores (see `Plan.ignored`), constant or not."""
+        ignores (see `Plan.ignored`), constant or not, where its producer
+        can drop them."""
         for key, tensor in {id(t): t for call in graph.calls for t in call.inputs}.items():
             plans = [self.plans[call.layer.name] for call in graph.readers(tensor)]
             if not plans or any(p.ignored is None or len(p.inputs) != 1 for p in plans):
                 continue
-            unread = np.logical_and.reduce([p.ignored for p in plans])
+            unread = np.logical_and.reduce([p.ignored for p in plans]) & self.droppable.get(key, False)
             self.removable[key] = self.removable[key] | unread
             self.why[key][unread] = None
 

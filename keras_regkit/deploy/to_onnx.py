@@ -51,15 +51,15 @@ def tensors_as_constants(model):
     caller feeds (EfficientNet's file then asked for three inputs), where an
     array is traced as a constant."""
     swapped = []
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        for layer in sublayers(model):
-            for name, value in list(vars(layer).items()):
-                if tf.is_tensor(value) and not isinstance(value, tf.Variable) and hasattr(value, "numpy"):
-                    swapped.append((layer, name, value))
-                    setattr(layer, name, value.numpy())
     try:
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            for layer in sublayers(model):
+                for name, value in list(vars(layer).items()):
+                    if tf.is_tensor(value) and not isinstance(value, tf.Variable) and hasattr(value, "numpy"):
+                        swapped.append((layer, name, value))
+                        setattr(layer, name, value.numpy())
         yield
     finally:
         for layer, name, value in swapped:

@@ -288,13 +288,13 @@ class Units(Granularity):
     def unit_groups(self, refs: list) -> list[UnitGroup]:
         groups, by_attention = [], {}
         readers = self._channel_readers(refs)
-        read = set(readers.values())
+        read = {j for js in readers.values() for j in js}
         for i, ref in enumerate(refs):
             if i in read:
                 continue  # a depthwise kernel: in the group of the units it reads
-            if i in readers:  # its input channels on the last axis but one
-                j = readers[i]
-                groups.append(UnitGroup(((i, None), (j, len(refs[j].variable.shape) - 2)), None, False))
+            if i in readers:  # their input channels on the last axis but one
+                parts = ((i, None),) + tuple((j, len(refs[j].variable.shape) - 2) for j in readers[i])
+                groups.append(UnitGroup(parts, None, False))
                 continue
             axis = units_lib.head_axis(ref.layer, ref.variable, ref.parent)
             if axis is None:
@@ -309,16 +309,16 @@ class Units(Granularity):
         return groups
 
     @staticmethod
-    def _channel_readers(refs: list) -> dict[int, int]:
-        """Index of a unit kernel -> index of the depthwise kernel that reads
-        its units one to one, both in `refs`."""
+    def _channel_readers(refs: list) -> dict[int, list[int]]:
+        """Index of a unit kernel -> indices of the depthwise kernels that
+        read its units one to one, all in `refs`."""
         kernels = {id(ref.layer): i for i, ref in enumerate(refs) if units_lib.is_unit_kernel(ref.layer, ref.variable)
                    and units_lib.head_axis(ref.layer, ref.variable, ref.parent) is None}
         readers = {}
         for j, ref in enumerate(refs):
             source = units_lib.channel_source(ref.layer) if units_lib.is_unit_kernel(ref.layer, ref.variable) else None
             if source is not None and id(source) in kernels:
-                readers[kernels[id(source)]] = j
+                readers.setdefault(kernels[id(source)], []).append(j)
         return readers
 
     @staticmethod

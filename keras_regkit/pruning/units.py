@@ -139,22 +139,29 @@ def channel_source(layer) -> keras.layers.Layer | None:
     layers are such pairs."""
     if not isinstance(layers_lib.kind_of(layer).compact, DepthwiseChannels):
         return None
-    current = layer
-    while True:
-        nodes = graph_fence.inbound_nodes(current)
-        inputs = keras.tree.flatten(nodes[0].input_tensors) if len(nodes) == 1 else []
-        maker = made_by(inputs[0]) if len(inputs) == 1 else None
-        if maker is None or len(maker.inputs) != 1:
+    # Every call must read the same layer's units (a Sequential built with
+    # `add` leaves a call of each layer per rebuild; a layer shared between
+    # two producers reads neither alone).
+    sources = {id(s): s for s in (_source_through(layer, node) for node in graph_fence.inbound_nodes(layer))}
+    return next(iter(sources.values())) if len(sources) == 1 else None
+
+
+def _source_through(depthwise, node) -> keras.layers.Layer | None:
+    """The unit layer that one call of `depthwise` reads one to one, or None."""
+    inputs = keras.tree.flatten(node.input_tensors)
+    while len(inputs) == 1:
+        maker = made_by(inputs[0])
+        if maker is None:
             return None
-        source = maker.layer
-        kernel = unit_kernel(source)
+        kernel = unit_kernel(maker.layer)
         if kernel is not None:
-            one_axis = unit_axes(source) == 1 and kernel.shape[-1] == layer.kernel.shape[-2]
-            return source if one_axis else None
-        compaction = layers_lib.kind_of(source).compact
-        if compaction is None or not compaction.keeps_channels(source):
+            one_axis = unit_axes(maker.layer) == 1 and kernel.shape[-1] == depthwise.kernel.shape[-2]
+            return maker.layer if one_axis else None
+        compaction = layers_lib.kind_of(maker.layer).compact
+        if compaction is None or not compaction.keeps_channels(maker.layer):
             return None
-        current = source
+        inputs = maker.inputs
+    return None
 
 
 def dead_mask(layer) -> np.ndarray | None:

@@ -144,7 +144,9 @@ def non_finite(x) -> int:
     """How many entries of the floating arrays in `x` (an array, or a
     list or dict of them) are NaN or inf."""
     arrays = (np.asarray(array) for array in keras.tree.flatten(x))
-    return sum(int((~np.isfinite(a)).sum()) for a in arrays if np.issubdtype(a.dtype, np.floating))
+    # bfloat16 (an ml_dtypes type) is no NumPy floating type.
+    return sum(int((~np.isfinite(a.astype("float32"))).sum()) for a in arrays
+               if np.issubdtype(a.dtype, np.floating) or a.dtype.name == "bfloat16")
 
 
 def sample_inputs(x, samples: int, seed: int = 0):
