@@ -51,7 +51,7 @@ its own architectures and seeds), so that one latency run times them all:
         --shrink-epochs 6 --sparsity 0.6 --modes qat --files /tmp/deploy_cnn \\
         --out benchmarks/results/deploy_cnn_results.json
     nice -n 10 python benchmarks/bench_deploy_cnn.py --archs efficientnetb0 --size 64 --seeds 0 1 2 --epochs 8 \\
-        --shrink-epochs 3 --sparsity 0.6 --modes qat --files /tmp/deploy_cnn \\
+        --shrink-epochs 6 --sparsity 0.4 --modes qat --files /tmp/deploy_cnn \\
         --out benchmarks/results/deploy_cnn_results.json
     python benchmarks/bench_deploy_cnn.py --latency-only --files /tmp/deploy_cnn \\
         --out benchmarks/results/deploy_cnn_results.json      # quiet machine, <= 8 min: adds b1_ms, b32_ms
