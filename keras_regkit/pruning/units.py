@@ -129,8 +129,8 @@ def channel_source(layer) -> keras.layers.Layer | None:
     """The layer whose units a depthwise convolution reads one to one (its
     input channel c is that layer's unit c, through layers that keep
     channels apart: normalization, elementwise activations, dropout, zero
-    padding), or None: another kind of layer, a shared one, or a chain that
-    mixes channels on the way.
+    padding), or None: another kind of layer, calls of it that read
+    different layers, or a chain that mixes channels on the way.
 
     Such a unit and channel are cut as one unit: cut apart, `compact` could
     remove neither (a dead unit's nonzero constant meets the convolution's
