@@ -115,10 +115,11 @@ def check_validation_data(validation_data) -> None:
                 "Invalid value for argument `validation_data`: it must carry targets: `(x, y)` or "
                 "`(x, y, sample_weight)` arrays, or a dataset of such batches; received inputs alone.")
         samples += first_axis(x)
-        if non_finite(x):
+        bad_inputs = non_finite(x)
+        if bad_inputs:
             raise ValueError(
                 "Invalid value for argument `validation_data`: its inputs are not all finite "
-                f"({non_finite(x)} NaN or inf entries in a batch). What a model predicts on them depends on "
+                f"({bad_inputs} NaN or inf entries in a batch). What a model predicts on them depends on "
                 "how the device's kernels treat NaN (a fused ReLU may turn it into 0), so no change of "
                 "accuracy could be measured there.")
         for part, what in ((y, "targets"), (weight, "sample weights")):

@@ -69,9 +69,10 @@ class AgreementGuard:
                    "`keras_regkit.shrink` passes its `x`): ")
         if first_axis(sample) == 0:
             raise ValueError(invalid + "they have no samples.")
-        if non_finite(sample):
+        bad_inputs = non_finite(sample)
+        if bad_inputs:
             # What a model predicts on NaN depends on the device's kernels (a fused ReLU may make it 0).
-            raise ValueError(invalid + f"they are not all finite ({non_finite(sample)} NaN or inf entries).")
+            raise ValueError(invalid + f"they are not all finite ({bad_inputs} NaN or inf entries).")
         try:
             outputs = predict(model, sample)
         except Exception as error:  # noqa: BLE001 - the model could not read them
