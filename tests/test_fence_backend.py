@@ -31,3 +31,24 @@ def test_a_moved_read_names_keras_and_the_version_it_was_written_for(monkeypatch
     with pytest.raises(FenceError, match=rf"symbolic_scope\.in_symbolic_scope.*written for keras "
                                          rf"{WRITTEN_FOR['keras']}.*has moved it"):
         fence.in_symbolic_scope()
+
+
+def test_compiled_loss_and_metrics_are_built_by_the_first_fit_not_by_compile():
+    import keras
+    import numpy as np
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile("adam", "mse", metrics=["mae"])
+    assert call(fence.compiled_loss_and_metrics_built, model) is False
+    model.fit(np.zeros((4, 3), "float32"), np.zeros((4, 2), "float32"), verbose=0)
+    assert call(fence.compiled_loss_and_metrics_built, model) is True
+    model.compile("adam", "mse")  # no metrics: nothing to build but the loss
+    assert call(fence.compiled_loss_and_metrics_built, model) is False
+
+
+def test_a_moved_compiled_loss_names_keras_and_the_version():
+    class Moved:
+        pass
+
+    with pytest.raises(FenceError, match=rf"_compile_loss.*written for keras {WRITTEN_FOR['keras']}.*has moved it"):
+        fence.compiled_loss_and_metrics_built(Moved())

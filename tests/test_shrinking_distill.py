@@ -136,6 +136,95 @@ def test_a_shrink_with_distillation_trains_differently_and_gives_the_model_its_o
     assert logged[0][0] != pytest.approx(logged[1][0], rel=1e-3)
 
 
+@pytest.mark.parametrize("loss_name", list(LOSSES))
+def test_starting_predictions_beside_the_targets_give_the_term_the_teacher_gives(loss_name, monkeypatch):
+    model, targets = compiled(loss_name, "functional")
+    packed = {distill.LABELS_KEY: targets, distill.TEACHER_KEY: model.predict(X, verbose=0)}
+    term = distill.Distillation(0.5)
+    term.attach(model)  # the teacher: the model as the predictions were made
+    model.layers[-1].kernel.assign(keras.ops.convert_to_numpy(model.layers[-1].kernel) * 1.5 + 0.1)
+    in_step = losses(model, targets)
+    monkeypatch.setattr(model, "stateless_call", lambda *a, **k: pytest.fail("the teacher ran in the step"))
+    assert losses(model, packed) == pytest.approx(in_step, rel=1e-5)
+    # The model's own loss and metrics read the targets alone.
+    assert losses(model, packed, training=False) == pytest.approx(losses(model, targets, training=False), rel=1e-6)
+    term.detach()
+    assert "compute_metrics" not in model.__dict__
+
+
+def test_the_compiled_metrics_read_the_targets_beside_which_the_predictions_ride():
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    model = keras.Model(inputs, {"a": keras.layers.Dense(2, name="a")(hidden), "b": keras.layers.Dense(1, name="b")(hidden)})
+    model.compile("adam", {"a": "mse", "b": "mse"}, metrics={"a": ["mae"], "b": ["mae"]})
+    targets = {"a": X[:, :2], "b": X[:, 2:3] * 3.0}
+    model.fit(X, targets, epochs=1, verbose=0)
+    packed = {distill.LABELS_KEY: targets, distill.TEACHER_KEY: model.predict(X, verbose=0)}
+    y_pred = model(X)
+
+    def metrics(y):
+        model.reset_metrics()
+        return {k: float(keras.ops.convert_to_numpy(v)) for k, v in model.compute_metrics(X, y, y_pred, None).items()}
+
+    own = metrics(targets)
+    term = distill.Distillation(1.0)
+    term.attach(model)
+    assert metrics(packed) == pytest.approx(own)
+    term.detach()
+
+
+def test_shrink_computes_the_starting_predictions_once_and_ends_where_the_teacher_in_the_step_ends(monkeypatch):
+    ends = []
+    for cached in (False, True):
+        model, targets = compiled("logits")
+        model.compile(keras.optimizers.Adam(1e-2), model.loss, metrics=["accuracy"])
+        model.fit(X, targets, epochs=5, verbose=0)
+        found = []  # per traced (TensorFlow, JAX) or run (PyTorch) step: the predictions were beside the targets
+        with monkeypatch.context() as patch:
+            if not cached:  # made, as `predict` draws from the backend's random state (the batches' order), not used
+                made = distill.with_teacher_predictions
+                patch.setattr(distill, "with_teacher_predictions", lambda *a, **k: made(*a, **k) and None)
+            unpack = distill.unpacked
+            patch.setattr(distill, "unpacked", lambda y: found.append(unpack(y)[1] is not None) or unpack(y))
+            keras.utils.set_random_seed(1)
+            history = keras.callbacks.History()
+            rk.shrink(model, X, targets, sparsity=0.8, epochs=3, batch_size=16, distill=True, callbacks=[history])
+        assert found and set(found) == {cached}
+        assert 0.0 <= history.history["accuracy"][-1] <= 1.0  # the metric read the targets alone
+        ends.append(model.get_weights())
+    for a, b in zip(*ends):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+class OwnStep(keras.Sequential):
+    def train_step(self, *args, **kwargs):
+        return super().train_step(*args, **kwargs)
+
+
+@pytest.mark.parametrize("case", ["arrays", "a dataset", "no targets", "own train step", "predictions larger than x",
+                                  "loss not built"])
+def test_the_starting_predictions_ride_beside_the_targets_only_where_they_can(case):
+    x, y = X, LABELS
+    model = (OwnStep if case == "own train step" else keras.Sequential)(
+        [keras.Input((4,)), keras.layers.Dense(64 if case == "predictions larger than x" else 3)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    if case != "loss not built":
+        model.fit(x, y, epochs=1, verbose=0)
+    if case == "a dataset":
+        import tensorflow as tf
+
+        x = tf.data.Dataset.from_tensor_slices((X, LABELS)).batch(16)
+        y = None
+    if case == "no targets":
+        y = None
+    packed = distill.with_teacher_predictions(model, x, y)
+    if case != "arrays":
+        assert packed is None
+        return
+    assert packed[distill.LABELS_KEY] is y
+    np.testing.assert_allclose(packed[distill.TEACHER_KEY], keras.ops.convert_to_numpy(model(X)), rtol=1e-5, atol=1e-6)
+
+
 class Interrupts(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if batch == 2:

@@ -12,7 +12,8 @@ what it reads: an upgrade breaks one named test, not a user's `compact`.
 - `layers`: the sublayers a layer tracks, attention's projections, a
   layer's private copy of a constructor argument;
 - `serialization`: a layer instance's own `get_config` (the save warning);
-- `backend`: whether Keras traces symbolically;
+- `backend`: whether Keras traces symbolically, whether a model's compiled
+  loss and metrics are built;
 - `optimizers`: which optimizer is applying a step (Keras' name scopes);
 - `export`: whether a layer was called (Keras' ONNX export asks);
 - `hub`: KerasHub's attention sublayers and a decoder's mask;

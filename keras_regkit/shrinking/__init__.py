@@ -26,6 +26,7 @@ from keras_regkit import _validate
 from keras_regkit.quantization.training import shrink_representative_data
 from keras_regkit.pruning import granularity as granularity_lib
 from keras_regkit.shrinking import data
+from keras_regkit.shrinking import distill as distill_lib
 from keras_regkit.shrinking.callback import ShrinkPhase
 from keras_regkit.shrinking.decisions import Action, Observation, Verdict
 from keras_regkit.shrinking.guards import AgreementGuard, ValidationCheck, checked_guard
@@ -166,6 +167,9 @@ def shrink(
         start_epoch=0, verbose=verbose, validation_data=data.limit(validation_data, validation_steps),
         **_phase_arguments(sparsity, tolerance, phase_kwargs))
     phase.statistics.refresh_from(x)  # BatchNormalization's statistics re-estimated on `x` at the end
+    if phase.distill.weight and not phase.int8 and phase.backup_dir is None:
+        # The teacher's predictions once, beside the targets, instead of in every step.
+        y = distill_lib.with_teacher_predictions(model, x, y, batch_size) or y
     with phase:
         # The validation data go to `fit` too, for the logs (History,
         # TensorBoard).

@@ -21,7 +21,11 @@ The teacher is the model itself at its starting weights, called in
 inference mode with those weights (`stateless_call`) inside the train step:
 no copy of the model is built, so Sequential, functional and subclassed
 models all work, and the starting predictions follow the batch as `fit`
-shuffles or augments it. The term is added by wrapping the model's
+shuffles or augments it. Where `shrink()` is given the training data as
+arrays, it computes the starting predictions once instead (one pass of
+`predict`, against one forward pass more in every step) and hands them to
+the step beside the targets (`with_teacher_predictions`): they are the
+same, since the teacher runs in inference mode on the batch's own inputs. The term is added by wrapping the model's
 `compute_loss` on the instance for the shrink (the train step of `fit`
 calls it under all three backends; a `train_step` of your own that does not
 call `compute_loss` gets no term), and the wrapper is removed when the
@@ -37,6 +41,7 @@ import keras
 import numpy as np
 
 from keras_regkit import _validate
+from keras_regkit._keras import backend as fence
 from keras_regkit._step_functions import rebuild_step_functions
 from keras_regkit.shrinking.evaluation import per_output
 
@@ -105,6 +110,41 @@ def divergence(kind: str, student, teacher):
     return keras.ops.mean(keras.ops.square(student - teacher))
 
 
+# The targets `fit` sees when the starting predictions ride beside them.
+LABELS_KEY, TEACHER_KEY = "keras_regkit_labels", "keras_regkit_teacher_predictions"
+
+
+def unpacked(y):
+    """`(targets, teacher predictions)` from what a train step was given:
+    the predictions are None where they do not ride in `y`."""
+    if isinstance(y, dict) and TEACHER_KEY in y:
+        return y[LABELS_KEY], y[TEACHER_KEY]
+    return y, None
+
+
+def with_teacher_predictions(model: keras.Model, x, y, batch_size=None):
+    """`y` with the model's predictions on `x` beside it, for `fit` with a
+    `Distillation` attached: where `x` and `y` are arrays (or lists or
+    dicts of them), the predictions take no more memory than `x`, the
+    train step is Keras' own (one of yours may read the targets), and
+    Keras' `fit` will not build the compiled loss from the targets' shape.
+    Else None: the teacher then runs in each step."""
+    arrays = keras.tree.flatten((x, y))
+    if y is None or not arrays or not all(isinstance(a, np.ndarray) for a in arrays):
+        return None
+    if type(model).train_step is not keras.Model.train_step:
+        return None
+    if not fence.compiled_loss_and_metrics_built(model):
+        return None  # JAX's fit would build the loss from the packed targets
+    first = keras.tree.map_structure(lambda a: a[:1], x)
+    per_sample = sum(int(np.asarray(p).nbytes) for p in keras.tree.flatten(model.predict(first, verbose=0)))
+    samples = len(keras.tree.flatten(x)[0])
+    if per_sample * samples > sum(a.nbytes for a in keras.tree.flatten(x)):
+        return None  # e.g. a language model's logits at every position
+    teacher = model.predict(x, batch_size=batch_size, verbose=0)
+    return {LABELS_KEY: y, TEACHER_KEY: teacher}
+
+
 class Distillation:
     """The teacher term of a shrink: attached to the model when the shrink
     starts, detached when it ends.
@@ -138,34 +178,45 @@ class Distillation:
 
         def compute_loss(x=None, y=None, y_pred=None, sample_weight=None, training=True):
             nonlocal kinds
+            y, teacher = unpacked(y)
             if takes_training:
                 loss = own_loss(x, y, y_pred, sample_weight, training=training)
             else:
                 loss = own_loss(x, y, y_pred, sample_weight)
             if not training or y_pred is None:
                 return loss  # evaluation: the model's own loss only
-            teacher, _ = model.stateless_call(teacher_trainable, teacher_frozen, x, **inference)
+            if teacher is None:  # not computed once beside the targets: the teacher runs now
+                teacher, _ = model.stateless_call(teacher_trainable, teacher_frozen, x, **inference)
             students, teachers = keras.tree.flatten(y_pred), keras.tree.flatten(teacher)
             if kinds is None:
                 losses = per_output(model, students, getattr(model, "loss", None))
                 kinds = [output_kind(loss) if loss is not None else "values" for loss in losses]
-            term = sum(divergence(kind, student, keras.ops.stop_gradient(teach))
+            term = sum(divergence(kind, student, keras.ops.stop_gradient(keras.ops.convert_to_tensor(teach)))
                        for kind, student, teach in zip(kinds, students, teachers))
             return loss + keras.ops.cast(weight * term, loss.dtype)
 
-        # An instance attribute of the user's own, if any, to put back.
-        self._own = model.__dict__.get("compute_loss")
-        model.compute_loss = compute_loss
+        own_metrics = model.compute_metrics
+
+        def compute_metrics(x, y, y_pred, sample_weight=None):
+            return own_metrics(x, unpacked(y)[0], y_pred, sample_weight)
+
+        # Instance attributes of the user's own, if any, to put back.
+        self._own = {name: model.__dict__.get(name) for name in _WRAPPED}
+        model.compute_loss, model.compute_metrics = compute_loss, compute_metrics
         self._model = model
         rebuild_step_functions(model)
 
     def detach(self) -> None:
-        """Puts the model's own `compute_loss` back (once)."""
+        """Puts the model's own `compute_loss` and `compute_metrics` back (once)."""
         model, self._model = self._model, None
         if model is None:
             return
-        if self._own is not None:
-            model.compute_loss = self._own
-        else:
-            del model.compute_loss
+        for name, own in self._own.items():
+            if own is not None:
+                setattr(model, name, own)
+            else:
+                delattr(model, name)
         rebuild_step_functions(model)
+
+
+_WRAPPED = ("compute_loss", "compute_metrics")
