@@ -281,6 +281,10 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--mode", choices=("sparsity", "tolerance"), default="sparsity")
     p.add_argument("--granularity", default="weight")
+    p.add_argument("--distill", choices=("off", "once", "in-step"), default="off",
+                   help="shrink(distill=True) with the teacher's predictions computed once beside the targets "
+                        "(`once`, what shrink() does with arrays) or by the teacher in every step (`in-step`, "
+                        "the path for datasets, forced here)")
     p.add_argument("--profile", action="store_true",
                    help="print where the shrink's time goes (train steps, cuts, start, epoch ends, end) "
                         "against plain fit's, instead of the table")
@@ -296,8 +300,14 @@ def main(argv=None):
     x_val, y_val = data(rng, VALIDATION)
     validation = (x_val, y_val) if args.mode == "tolerance" else None
     how = {"sparsity": 0.9} if args.mode == "sparsity" else {"tolerance": 0.01}
+    if args.distill != "off":
+        how["distill"] = True
+    if args.distill == "in-step":
+        from keras_regkit.shrinking import distill
+
+        distill.with_teacher_predictions = lambda *a, **k: None
     steps = EPOCHS * (SAMPLES // BATCH)
-    print(f"backend {keras.backend.backend()} on {device_name(keras)}, mode={args.mode}, "
+    print(f"backend {keras.backend.backend()} on {device_name(keras)}, mode={args.mode}, distill={args.distill}, "
           f"granularity={args.granularity!r}, {args.rounds} rounds (medians)")
     if not args.profile:
         print("| model | parameters | fit | shrink | ratio [range] | cuts | cut on device | cut on host (NumPy) "

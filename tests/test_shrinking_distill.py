@@ -173,6 +173,20 @@ def test_the_compiled_metrics_read_the_targets_beside_which_the_predictions_ride
     term.detach()
 
 
+def test_attaching_the_teacher_retraces_the_train_step_alone_and_detaching_both(monkeypatch):
+    model, targets = compiled("logits")
+    model.fit(X, targets, epochs=1, verbose=0, validation_data=(X, targets))
+    rebuilt = []
+    for name in ("make_train_function", "make_test_function"):
+        make = getattr(model, name)
+        monkeypatch.setattr(model, name, lambda force=False, name=name, make=make: rebuilt.append(name) or make(force))
+    term = distill.Distillation(1.0)
+    term.attach(model)  # the test step's loss and metrics are the model's own either way
+    assert rebuilt == ["make_train_function"]
+    term.detach()  # nothing of the teacher stays in a traced step
+    assert rebuilt[1:] == ["make_train_function", "make_test_function"]
+
+
 def test_shrink_computes_the_starting_predictions_once_and_ends_where_the_teacher_in_the_step_ends(monkeypatch):
     ends = []
     for cached in (False, True):

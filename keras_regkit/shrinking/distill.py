@@ -36,6 +36,7 @@ model's own.
 from __future__ import annotations
 
 import inspect
+import math
 
 import keras
 import numpy as np
@@ -136,8 +137,9 @@ def with_teacher_predictions(model: keras.Model, x, y, batch_size=None):
         return None
     if not fence.compiled_loss_and_metrics_built(model):
         return None  # JAX's fit would build the loss from the packed targets
-    first = keras.tree.map_structure(lambda a: a[:1], x)
-    per_sample = sum(int(np.asarray(p).nbytes) for p in keras.tree.flatten(model.predict(first, verbose=0)))
+    # Symbolic: a first `predict` on one sample would trace the predict step for that shape.
+    outputs = model.compute_output_spec(keras.tree.map_structure(lambda a: keras.KerasTensor(a[:1].shape, a.dtype), x))
+    per_sample = sum(math.prod(o.shape) * np.dtype(o.dtype).itemsize for o in keras.tree.flatten(outputs))
     samples = len(keras.tree.flatten(x)[0])
     if per_sample * samples > sum(a.nbytes for a in keras.tree.flatten(x)):
         return None  # e.g. a language model's logits at every position
@@ -204,7 +206,8 @@ class Distillation:
         self._own = {name: model.__dict__.get(name) for name in _WRAPPED}
         model.compute_loss, model.compute_metrics = compute_loss, compute_metrics
         self._model = model
-        rebuild_step_functions(model)
+        # The train step only: the test step's loss and metrics are the model's own either way.
+        rebuild_step_functions(model, losses_changed=False)
 
     def detach(self) -> None:
         """Puts the model's own `compute_loss` and `compute_metrics` back (once)."""
