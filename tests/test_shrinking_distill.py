@@ -199,10 +199,11 @@ def test_shrink_computes_the_starting_predictions_once_and_ends_where_the_teache
                 made = distill.with_teacher_predictions
                 patch.setattr(distill, "with_teacher_predictions", lambda *a, **k: made(*a, **k) and None)
             unpack = distill.unpacked
-            patch.setattr(distill, "unpacked", lambda y: found.append(unpack(y)[1] is not None) or unpack(y))
+            patch.setattr(distill, "unpacked", lambda y, w=None: found.append(unpack(y)[1] is not None) or unpack(y, w))
             keras.utils.set_random_seed(1)
             history = keras.callbacks.History()
-            rk.shrink(model, X, targets, sparsity=0.8, epochs=3, batch_size=16, distill=True, callbacks=[history])
+            rk.shrink(model, X, targets, sparsity=0.8, epochs=3, batch_size=16, distill=True, callbacks=[history],
+                      sample_weight=np.linspace(0.2, 2.0, len(X)).astype("float32"))
         assert found and set(found) == {cached}
         assert 0.0 <= history.history["accuracy"][-1] <= 1.0  # the metric read the targets alone
         ends.append(model.get_weights())
@@ -216,7 +217,7 @@ class OwnStep(keras.Sequential):
 
 
 @pytest.mark.parametrize("case", ["arrays", "a dataset", "no targets", "own train step", "predictions larger than x",
-                                  "loss not built"])
+                                  "loss not built", "weights per output"])
 def test_the_starting_predictions_ride_beside_the_targets_only_where_they_can(case):
     x, y = X, LABELS
     model = (OwnStep if case == "own train step" else keras.Sequential)(
@@ -231,7 +232,8 @@ def test_the_starting_predictions_ride_beside_the_targets_only_where_they_can(ca
         y = None
     if case == "no targets":
         y = None
-    packed = distill.with_teacher_predictions(model, x, y)
+    weights = [np.ones(len(X), "float32")] if case == "weights per output" else None
+    packed = distill.with_teacher_predictions(model, x, y, weights)
     if case != "arrays":
         assert packed is None
         return

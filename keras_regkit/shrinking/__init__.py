@@ -169,7 +169,7 @@ def shrink(
     phase.statistics.refresh_from(x)  # BatchNormalization's statistics re-estimated on `x` at the end
     if phase.distill.weight and not phase.int8 and phase.backup_dir is None:
         # The teacher's predictions once, beside the targets, instead of in every step.
-        y = distill_lib.with_teacher_predictions(model, x, y, batch_size) or y
+        y = distill_lib.with_teacher_predictions(model, x, y, sample_weight, batch_size) or y
     with phase:
         # The validation data go to `fit` too, for the logs (History,
         # TensorBoard).

@@ -25,11 +25,12 @@ shuffles or augments it. Where `shrink()` is given the training data as
 arrays, it computes the starting predictions once instead (one pass of
 `predict`, against one forward pass more in every step) and hands them to
 the step beside the targets (`with_teacher_predictions`): they are the
-same, since the teacher runs in inference mode on the batch's own inputs. The term is added by wrapping the model's
-`compute_loss` on the instance for the shrink (the train step of `fit`
-calls it under all three backends; a `train_step` of your own that does not
-call `compute_loss` gets no term), and the wrapper is removed when the
-shrink ends, however it ends. Validation losses (`val_loss`) stay the
+same, since the teacher runs in inference mode on the batch's own inputs.
+The term is added by wrapping the model's `compute_loss` (and, to read
+the targets alone, `compute_metrics`) on the instance for the shrink (the
+train step of `fit` calls it under all three backends; a `train_step` of
+your own that does not call `compute_loss` gets no term), and the wrappers
+are removed when the shrink ends, however it ends. Validation losses (`val_loss`) stay the
 model's own.
 """
 
@@ -115,23 +116,31 @@ def divergence(kind: str, student, teacher):
 LABELS_KEY, TEACHER_KEY = "keras_regkit_labels", "keras_regkit_teacher_predictions"
 
 
-def unpacked(y):
-    """`(targets, teacher predictions)` from what a train step was given:
-    the predictions are None where they do not ride in `y`."""
+def unpacked(y, sample_weight=None):
+    """`(targets, teacher predictions, sample weights)` from what a step was
+    given: the predictions are None where they do not ride in `y`. Keras
+    gives a single `sample_weight` array the structure of `y` (one per
+    output): the targets' part is theirs."""
     if isinstance(y, dict) and TEACHER_KEY in y:
-        return y[LABELS_KEY], y[TEACHER_KEY]
-    return y, None
+        if isinstance(sample_weight, dict) and LABELS_KEY in sample_weight:
+            sample_weight = sample_weight[LABELS_KEY]
+        return y[LABELS_KEY], y[TEACHER_KEY], sample_weight
+    return y, None, sample_weight
 
 
-def with_teacher_predictions(model: keras.Model, x, y, batch_size=None):
+def with_teacher_predictions(model: keras.Model, x, y, sample_weight=None, batch_size=None):
     """`y` with the model's predictions on `x` beside it, for `fit` with a
-    `Distillation` attached: where `x` and `y` are arrays (or lists or
-    dicts of them), the predictions take no more memory than `x`, the
-    train step is Keras' own (one of yours may read the targets), and
-    Keras' `fit` will not build the compiled loss from the targets' shape.
-    Else None: the teacher then runs in each step."""
+    `Distillation` attached: where `x`, `y` and `sample_weight` are arrays
+    (`x` and `y` also lists or dicts of them; `sample_weight` one array or
+    None: Keras matches several to the targets' structure), the
+    predictions take no more memory than `x`, the train step is Keras' own
+    (one of yours may read the targets), and Keras' `fit` will not build
+    the compiled loss from the targets' shape. Else None: the teacher then
+    runs in each step."""
     arrays = keras.tree.flatten((x, y))
     if y is None or not arrays or not all(isinstance(a, np.ndarray) for a in arrays):
+        return None
+    if sample_weight is not None and not isinstance(sample_weight, np.ndarray):
         return None
     if type(model).train_step is not keras.Model.train_step:
         return None
@@ -180,7 +189,7 @@ class Distillation:
 
         def compute_loss(x=None, y=None, y_pred=None, sample_weight=None, training=True):
             nonlocal kinds
-            y, teacher = unpacked(y)
+            y, teacher, sample_weight = unpacked(y, sample_weight)
             if takes_training:
                 loss = own_loss(x, y, y_pred, sample_weight, training=training)
             else:
@@ -200,7 +209,8 @@ class Distillation:
         own_metrics = model.compute_metrics
 
         def compute_metrics(x, y, y_pred, sample_weight=None):
-            return own_metrics(x, unpacked(y)[0], y_pred, sample_weight)
+            y, _, sample_weight = unpacked(y, sample_weight)
+            return own_metrics(x, y, y_pred, sample_weight)
 
         # Instance attributes of the user's own, if any, to put back.
         self._own = {name: model.__dict__.get(name) for name in _WRAPPED}
