@@ -217,8 +217,12 @@ class OwnStep(keras.Sequential):
 
 
 @pytest.mark.parametrize("case", ["arrays", "a dataset", "no targets", "own train step", "predictions larger than x",
-                                  "loss not built", "weights per output"])
-def test_the_starting_predictions_ride_beside_the_targets_only_where_they_can(case):
+                                  "loss not built", "weights per output", "a distribution"])
+def test_the_starting_predictions_ride_beside_the_targets_only_where_they_can(case, monkeypatch):
+    if case == "a distribution":
+        if keras.backend.backend() != "jax":
+            pytest.skip("Keras' distribution API runs under JAX only")
+        monkeypatch.setattr(keras.distribution, "distribution", lambda: keras.distribution.DataParallel())
     x, y = X, LABELS
     model = (OwnStep if case == "own train step" else keras.Sequential)(
         [keras.Input((4,)), keras.layers.Dense(64 if case == "predictions larger than x" else 3)])

@@ -134,9 +134,9 @@ def with_teacher_predictions(model: keras.Model, x, y, sample_weight=None, batch
     (`x` and `y` also lists or dicts of them; `sample_weight` one array or
     None: Keras matches several to the targets' structure), the
     predictions take no more memory than `x`, the train step is Keras' own
-    (one of yours may read the targets), and Keras' `fit` will not build
-    the compiled loss from the targets' shape. Else None: the teacher then
-    runs in each step."""
+    (one of yours may read the targets), no Keras distribution is set, and
+    Keras' `fit` will not build the compiled loss from the targets' shape.
+    Else None: the teacher then runs in each step."""
     arrays = keras.tree.flatten((x, y))
     if y is None or not arrays or not all(isinstance(a, np.ndarray) for a in arrays):
         return None
@@ -144,6 +144,8 @@ def with_teacher_predictions(model: keras.Model, x, y, sample_weight=None, batch
         return None
     if type(model).train_step is not keras.Model.train_step:
         return None
+    if keras.distribution.distribution() is not None:
+        return None  # across processes, `predict` gives arrays no one process holds
     if not fence.compiled_loss_and_metrics_built(model):
         return None  # JAX's fit would build the loss from the packed targets
     # Symbolic: a first `predict` on one sample would trace the predict step for that shape.
