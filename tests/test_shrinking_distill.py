@@ -269,6 +269,18 @@ def test_distill_takes_true_false_or_a_weight(value, weight):
     assert ShrinkPhase(start_epoch=0, sparsity=0.5, distill=value).distill.weight == weight
 
 
+@pytest.mark.parametrize("how, weight", [
+    (dict(sparsity=distill.AUTO_FROM), distill.DEFAULT_WEIGHT),  # where the benchmarks found it helps
+    (dict(sparsity=0.99), distill.DEFAULT_WEIGHT),
+    (dict(sparsity=0.96), 0.0),
+    (dict(tolerance=0.01), 0.0),  # a check may fail on the pull towards the start
+    (dict(policy=rk.shrinking.SparsityTarget(0.98)), distill.DEFAULT_WEIGHT),
+    (dict(sparsity=0.98, int8=True, representative_data=X), 0.0),
+])
+def test_the_default_distills_a_sparsity_shrink_that_aims_high(how, weight):
+    assert ShrinkPhase(start_epoch=0, validation_data=(X, LABELS), **how).distill.weight == weight
+
+
 BAD_INPUT = [
     row("a string", lambda m: ShrinkPhase(start_epoch=0, sparsity=0.5, distill="yes"), TypeError,
         "distill='yes'"),

@@ -98,7 +98,8 @@ def shrink(
             `schedule` (`SparsityTarget`), `mode`, `guard`, `levels`,
             `max_sparsity` (`ToleranceClimb`). Not `start_epoch`:
             `shrink()` starts at once. `distill` (`ShrinkPhase`'s): the
-            teacher term from the starting model, in both modes.
+            teacher term from the starting model, in both modes; by
+            default (`"auto"`) on in the sparsity mode at 97 % or more.
 
     Returns:
         The `ShrinkResult`.

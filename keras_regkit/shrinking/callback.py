@@ -98,8 +98,10 @@ class ShrinkPhase(keras.callbacks.Callback):
         verbose: 1 prints each decision and the result.
         distill: Adds to each training step's loss how far the model's
             predictions are from the starting model's (KL divergence;
-            see `distill`): False, True (weight
-            `distill.DEFAULT_WEIGHT`) or the weight, a float > 0.
+            see `distill`): `"auto"` (the default: on in the sparsity
+            mode at a target of 97 % or more, where it helped on the
+            benchmarks, without `int8`; off otherwise), False, True
+            (weight `distill.DEFAULT_WEIGHT`) or the weight, a float > 0.
         int8: True: the shrink trains, checks and reports the model through
             full int8 rounding (`keras_regkit.quantization`), as
             `export(int8=True)` will quantize it; the checks compare it with
@@ -117,7 +119,7 @@ class ShrinkPhase(keras.callbacks.Callback):
 
     def __init__(self, start_epoch=None, sparsity: float | None = None, tolerance: float | None = None,
                  policy: ShrinkPolicy | None = None, validation_data=None, monitor: str | None = None,
-                 granularity="weight", layers="*", backup_dir=None, verbose: int = 0, distill=False,
+                 granularity="weight", layers="*", backup_dir=None, verbose: int = 0, distill="auto",
                  int8: bool = False, representative_data=None):
         super().__init__()
         if start_epoch is None:
@@ -138,7 +140,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         self.layers, self.backup_dir = layers, backup_dir
         self._state = None if backup_dir is None else PhaseState(backup_dir)
         self.verbose = _validate.integer("verbose", verbose)
-        self.distill = distill_lib.Distillation(distill)
+        self.distill = distill_lib.Distillation(distill, self.policy, int8 is True)
         self.rate = LearningRatePolicy(self.policy.learning_rate)
         self.statistics = StatisticsPace()  # BatchNormalization's, following the cuts
         self.int8 = int8_training.for_shrink(int8, representative_data)

@@ -49,21 +49,31 @@ from keras_regkit.shrinking.evaluation import per_output
 
 # The teacher term's weight for `distill=True`, next to a loss of weight 1.
 DEFAULT_WEIGHT = 1.0
+# `distill="auto"` distills a sparsity-mode shrink to at least this target:
+# on the shrink quality benchmark (digits and MNIST-1D, 5 seeds) the term
+# helped every row at 97, 98 and 99 % (paired mean +0.2 to +0.9 points,
+# 20 seeds of 30 better, 9 worse) and was a coin toss at 90 and 95 %.
+AUTO_FROM = 0.97
 # Probabilities are clipped to this before their log.
 _EPSILON = 1e-7
 
 
-def validated(distill) -> float:
-    """`distill` as the shrink takes it: False or None (off), True (the
-    weight `DEFAULT_WEIGHT`) or the teacher term's weight, a float > 0.
-    Returns the weight (0.0: off)."""
+def validated(distill, policy=None, int8: bool = False) -> float:
+    """`distill` as the shrink takes it: `"auto"` (the weight
+    `DEFAULT_WEIGHT` for a sparsity-mode `policy` aiming at `AUTO_FROM` or
+    more, without `int8`; else off), False or None (off), True (the weight
+    `DEFAULT_WEIGHT`) or the teacher term's weight, a float > 0. Returns
+    the weight (0.0: off)."""
+    if isinstance(distill, str) and distill == "auto":
+        aims_high = getattr(policy, "name", None) == "sparsity" and (getattr(policy, "target", None) or 0) >= AUTO_FROM
+        return DEFAULT_WEIGHT if aims_high and not int8 else 0.0
     if distill is None or distill is False:
         return 0.0
     if distill is True:
         return DEFAULT_WEIGHT
     if isinstance(distill, (bool, np.bool_)) or not isinstance(distill, (int, float, np.floating, np.integer)):
         raise TypeError(
-            "Invalid value for argument `distill`: expected True, False or the teacher term's weight "
+            "Invalid value for argument `distill`: expected \"auto\", True, False or the teacher term's weight "
             f"(a float > 0). Received: distill={distill!r} of type {type(distill).__name__}")
     weight = _validate.real("distill", distill)
     if weight == 0:
@@ -163,12 +173,14 @@ class Distillation:
     starts, detached when it ends.
 
     Args:
-        distill: False (off), True (weight `DEFAULT_WEIGHT`) or the teacher
-            term's weight, a float > 0.
+        distill: As `validated` takes it.
+        policy: The shrink's policy, which `"auto"` reads.
+        int8: Whether the shrink trains through simulated int8 (`"auto"`
+            leaves the term off there).
     """
 
-    def __init__(self, distill=False):
-        self.weight = validated(distill)
+    def __init__(self, distill=False, policy=None, int8: bool = False):
+        self.weight = validated(distill, policy, int8)
         self._model = None
 
     def attach(self, model: keras.Model) -> None:
