@@ -216,16 +216,36 @@ class OwnStep(keras.Sequential):
         return super().train_step(*args, **kwargs)
 
 
+class OwnPredictStep(keras.Sequential):
+    def predict_step(self, data):
+        return keras.ops.softmax(super().predict_step(data))
+
+
+def test_with_the_predictions_promised_the_teacher_is_not_copied_and_a_batch_without_them_is_refused():
+    model, targets = compiled("logits")
+    term = distill.Distillation(1.0)
+    term.predictions_given = True
+    term.attach(model)
+    packed = {distill.LABELS_KEY: targets, distill.TEACHER_KEY: model.predict(X, verbose=0)}
+    assert losses(model, packed) == pytest.approx(losses(model, targets, training=False), rel=1e-5)
+    with pytest.raises(ValueError, match="without the starting model's predictions"):
+        losses(model, targets)
+    term.detach()
+
+
 @pytest.mark.parametrize("case", ["arrays", "a dataset", "no targets", "own train step", "predictions larger than x",
-                                  "loss not built", "weights per output", "a distribution"])
+                                  "loss not built", "weights per output", "weights per time step", "a distribution",
+                                  "own predict step", "no symbolic call"])
 def test_the_starting_predictions_ride_beside_the_targets_only_where_they_can(case, monkeypatch):
     if case == "a distribution":
         if keras.backend.backend() != "jax":
             pytest.skip("Keras' distribution API runs under JAX only")
         monkeypatch.setattr(keras.distribution, "distribution", lambda: keras.distribution.DataParallel())
     x, y = X, LABELS
-    model = (OwnStep if case == "own train step" else keras.Sequential)(
-        [keras.Input((4,)), keras.layers.Dense(64 if case == "predictions larger than x" else 3)])
+    kind = {"own train step": OwnStep, "own predict step": OwnPredictStep}.get(case, keras.Sequential)
+    model = kind([keras.Input((4,)), keras.layers.Dense(64 if case == "predictions larger than x" else 3)])
+    if case == "no symbolic call":  # string inputs, a `call` that needs values
+        monkeypatch.setattr(model, "compute_output_spec", lambda *a, **k: (_ for _ in ()).throw(ValueError("str64")))
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     if case != "loss not built":
         model.fit(x, y, epochs=1, verbose=0)
@@ -236,7 +256,8 @@ def test_the_starting_predictions_ride_beside_the_targets_only_where_they_can(ca
         y = None
     if case == "no targets":
         y = None
-    weights = [np.ones(len(X), "float32")] if case == "weights per output" else None
+    weights = {"weights per output": [np.ones(len(X), "float32")],
+               "weights per time step": np.ones((len(X), 2), "float32")}.get(case)
     packed = distill.with_teacher_predictions(model, x, y, weights)
     if case != "arrays":
         assert packed is None

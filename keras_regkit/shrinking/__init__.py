@@ -170,7 +170,9 @@ def shrink(
     phase.statistics.refresh_from(x)  # BatchNormalization's statistics re-estimated on `x` at the end
     if phase.distill.weight and not phase.int8 and phase.backup_dir is None:
         # The teacher's predictions once, beside the targets, instead of in every step.
-        y = distill_lib.with_teacher_predictions(model, x, y, sample_weight, batch_size) or y
+        packed = distill_lib.with_teacher_predictions(model, x, y, sample_weight, batch_size)
+        if packed is not None:
+            y, phase.distill.predictions_given = packed, True
     with phase:
         # The validation data go to `fit` too, for the logs (History,
         # TensorBoard).

@@ -140,32 +140,46 @@ def unpacked(y, sample_weight=None):
 
 def with_teacher_predictions(model: keras.Model, x, y, sample_weight=None, batch_size=None):
     """`y` with the model's predictions on `x` beside it, for `fit` with a
-    `Distillation` attached: where `x`, `y` and `sample_weight` are arrays
-    (`x` and `y` also lists or dicts of them; `sample_weight` one array or
-    None: Keras matches several to the targets' structure), the
-    predictions take no more memory than `x`, the train step is Keras' own
-    (one of yours may read the targets), no Keras distribution is set, and
-    Keras' `fit` will not build the compiled loss from the targets' shape.
-    Else None: the teacher then runs in each step."""
+    `Distillation` attached, or None where they cannot ride there (the
+    teacher then runs in each step): they do where `x` and `y` are arrays
+    (or lists or dicts of them), `sample_weight` is None or one weight per
+    sample (Keras spreads it over the packed targets; one per output or per
+    time step would not fit them), the train and predict steps are Keras'
+    own (one of yours may read the targets, or predict something else), no
+    Keras distribution is set, Keras' `fit` will not build the compiled
+    loss from the targets' shape, and the predictions (as float32, as `fit`
+    holds them) take no more memory than `x`."""
     arrays = keras.tree.flatten((x, y))
     if y is None or not arrays or not all(isinstance(a, np.ndarray) for a in arrays):
         return None
-    if sample_weight is not None and not isinstance(sample_weight, np.ndarray):
+    if sample_weight is not None and not (isinstance(sample_weight, np.ndarray) and (
+            sample_weight.ndim == 1 or sample_weight.shape[1:] == (1,))):
         return None
-    if type(model).train_step is not keras.Model.train_step:
+    if type(model).train_step is not keras.Model.train_step or type(model).predict_step is not keras.Model.predict_step:
         return None
     if keras.distribution.distribution() is not None:
         return None  # across processes, `predict` gives arrays no one process holds
     if not fence.compiled_loss_and_metrics_built(model):
         return None  # JAX's fit would build the loss from the packed targets
-    # Symbolic: a first `predict` on one sample would trace the predict step for that shape.
-    outputs = model.compute_output_spec(keras.tree.map_structure(lambda a: keras.KerasTensor(a[:1].shape, a.dtype), x))
-    per_sample = sum(math.prod(o.shape) * np.dtype(o.dtype).itemsize for o in keras.tree.flatten(outputs))
+    per_sample = _output_bytes_per_sample(model, x)
     samples = len(keras.tree.flatten(x)[0])
-    if per_sample * samples > sum(a.nbytes for a in keras.tree.flatten(x)):
+    if per_sample is None or per_sample * samples > sum(a.nbytes for a in keras.tree.flatten(x)):
         return None  # e.g. a language model's logits at every position
     teacher = model.predict(x, batch_size=batch_size, verbose=0)
     return {LABELS_KEY: y, TEACHER_KEY: teacher}
+
+
+def _output_bytes_per_sample(model, x) -> int | None:
+    """Bytes of one sample's outputs, at least float32's per entry, from a
+    symbolic call (a `predict` of one sample would trace the predict step
+    for that shape); None where the model cannot be called symbolically
+    on such inputs (strings, a subclassed `call` that needs values)."""
+    try:
+        outputs = model.compute_output_spec(
+            keras.tree.map_structure(lambda a: keras.KerasTensor(a[:1].shape, a.dtype), x))
+    except Exception:  # noqa: BLE001 - any failure only means: the teacher runs in the step
+        return None
+    return sum(math.prod(o.shape) * max(np.dtype(o.dtype).itemsize, 4) for o in keras.tree.flatten(outputs))
 
 
 class Distillation:
@@ -181,6 +195,9 @@ class Distillation:
 
     def __init__(self, distill=False, policy=None, int8: bool = False):
         self.weight = validated(distill, policy, int8)
+        # Set by `shrink()` when every training batch brings the teacher's
+        # predictions (`with_teacher_predictions`): no copy of the weights.
+        self.predictions_given = False
         self._model = None
 
     def attach(self, model: keras.Model) -> None:
@@ -197,9 +214,12 @@ class Distillation:
         inference = {"training": False} if "training" in call_parameters or any(
             p.kind == p.VAR_KEYWORD for p in call_parameters.values()) else {}
         kinds = None
-        teacher_trainable = [keras.ops.convert_to_tensor(keras.ops.convert_to_numpy(v)) for v in model.trainable_variables]
-        teacher_frozen = [keras.ops.convert_to_tensor(keras.ops.convert_to_numpy(v)) for v in model.non_trainable_variables]
-        weight = self.weight
+        predictions_given, weight = self.predictions_given, self.weight
+        if not predictions_given:  # the teacher runs in the step, at these weights
+            teacher_trainable = [keras.ops.convert_to_tensor(keras.ops.convert_to_numpy(v))
+                                 for v in model.trainable_variables]
+            teacher_frozen = [keras.ops.convert_to_tensor(keras.ops.convert_to_numpy(v))
+                              for v in model.non_trainable_variables]
 
         def compute_loss(x=None, y=None, y_pred=None, sample_weight=None, training=True):
             nonlocal kinds
@@ -211,6 +231,10 @@ class Distillation:
             if not training or y_pred is None:
                 return loss  # evaluation: the model's own loss only
             if teacher is None:  # not computed once beside the targets: the teacher runs now
+                if predictions_given:
+                    raise ValueError(
+                        "A training batch came without the starting model's predictions that shrink() put "
+                        "beside the targets: a callback or train step of yours changed the targets?")
                 teacher, _ = model.stateless_call(teacher_trainable, teacher_frozen, x, **inference)
             students, teachers = keras.tree.flatten(y_pred), keras.tree.flatten(teacher)
             if kinds is None:
