@@ -221,15 +221,19 @@ class OwnPredictStep(keras.Sequential):
         return keras.ops.softmax(super().predict_step(data))
 
 
-def test_with_the_predictions_promised_the_teacher_is_not_copied_and_a_batch_without_them_is_refused():
+def test_with_the_predictions_given_a_batch_without_them_is_an_evaluation(monkeypatch):
     model, targets = compiled("logits")
     term = distill.Distillation(1.0)
     term.predictions_given = True
     term.attach(model)
-    packed = {distill.LABELS_KEY: targets, distill.TEACHER_KEY: model.predict(X, verbose=0)}
-    assert losses(model, packed) == pytest.approx(losses(model, targets, training=False), rel=1e-5)
-    with pytest.raises(ValueError, match="without the starting model's predictions"):
-        losses(model, targets)
+    monkeypatch.setattr(model, "stateless_call", lambda *a, **k: pytest.fail("the teacher ran in the step"))
+    model.layers[-1].kernel.assign(keras.ops.convert_to_numpy(model.layers[-1].kernel) * 1.5 + 0.1)
+    own = losses(model, targets, training=False)
+    packed = {distill.LABELS_KEY: targets, distill.TEACHER_KEY: np.zeros((len(X), 3), "float32")}
+    assert losses(model, packed) > own + 1e-3  # the term, from the given predictions
+    # Keras passes no `training` to a `compute_loss` of the user's that takes none, in the test step too:
+    # without the predictions, only the model's own loss (it is not a training batch).
+    assert losses(model, targets) == pytest.approx(own, rel=1e-6)
     term.detach()
 
 

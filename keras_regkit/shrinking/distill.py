@@ -232,9 +232,9 @@ class Distillation:
                 return loss  # evaluation: the model's own loss only
             if teacher is None:  # not computed once beside the targets: the teacher runs now
                 if predictions_given:
-                    raise ValueError(
-                        "A training batch came without the starting model's predictions that shrink() put "
-                        "beside the targets: a callback or train step of yours changed the targets?")
+                    # Every training batch brings them: this is an evaluation, through a `compute_loss`
+                    # of the user's that takes no `training` (Keras then passes none).
+                    return loss
                 teacher, _ = model.stateless_call(teacher_trainable, teacher_frozen, x, **inference)
             students, teachers = keras.tree.flatten(y_pred), keras.tree.flatten(teacher)
             if kinds is None:
