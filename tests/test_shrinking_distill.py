@@ -155,7 +155,8 @@ def test_starting_predictions_beside_the_targets_give_the_term_the_teacher_gives
 def test_the_compiled_metrics_read_the_targets_beside_which_the_predictions_ride():
     inputs = keras.Input((4,))
     hidden = keras.layers.Dense(8, activation="relu")(inputs)
-    model = keras.Model(inputs, {"a": keras.layers.Dense(2, name="a")(hidden), "b": keras.layers.Dense(1, name="b")(hidden)})
+    outputs = {"a": keras.layers.Dense(2, name="a")(hidden), "b": keras.layers.Dense(1, name="b")(hidden)}
+    model = keras.Model(inputs, outputs)
     model.compile("adam", {"a": "mse", "b": "mse"}, metrics={"a": ["mae"], "b": ["mae"]})
     targets = {"a": X[:, :2], "b": X[:, 2:3] * 3.0}
     model.fit(X, targets, epochs=1, verbose=0)

@@ -30,8 +30,8 @@ The term is added by wrapping the model's `compute_loss` (and, to read
 the targets alone, `compute_metrics`) on the instance for the shrink (the
 train step of `fit` calls it under all three backends; a `train_step` of
 your own that does not call `compute_loss` gets no term), and the wrappers
-are removed when the shrink ends, however it ends. Validation losses (`val_loss`) stay the
-model's own.
+are removed when the shrink ends, however it ends. Validation losses
+(`val_loss`) stay the model's own.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def validated(distill, policy=None, int8: bool = False) -> float:
     the weight (0.0: off)."""
     if isinstance(distill, str) and distill == "auto":
         aims_high = getattr(policy, "name", None) == "sparsity" and (getattr(policy, "target", None) or 0) >= AUTO_FROM
-        return DEFAULT_WEIGHT if aims_high and not int8 else 0.0
+        return DEFAULT_WEIGHT if aims_high and not int8 else 0.0  # see AUTO_FROM
     if distill is None or distill is False:
         return 0.0
     if distill is True:
@@ -260,6 +260,7 @@ class Distillation:
     def detach(self) -> None:
         """Puts the model's own `compute_loss` and `compute_metrics` back (once)."""
         model, self._model = self._model, None
+        self.predictions_given = False  # for the next `fit` to say again
         if model is None:
             return
         for name, own in self._own.items():
