@@ -212,6 +212,17 @@ def test_shrink_computes_the_starting_predictions_once_and_ends_where_the_teache
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_a_shrink_that_saves_its_state_keeps_the_teacher_in_the_step(monkeypatch, tmp_path):
+    # A resumed run re-attaches the teacher from the saved starting weights: no predictions made before it.
+    model, targets = compiled("logits")
+    model.fit(X, targets, epochs=2, verbose=0)
+    found = []
+    unpack = distill.unpacked
+    monkeypatch.setattr(distill, "unpacked", lambda y, w=None: found.append(unpack(y)[1] is not None) or unpack(y, w))
+    rk.shrink(model, X, targets, sparsity=0.8, epochs=2, batch_size=16, distill=True, backup_dir=str(tmp_path))
+    assert found and not any(found)
+
+
 class OwnStep(keras.Sequential):
     def train_step(self, *args, **kwargs):
         return super().train_step(*args, **kwargs)
