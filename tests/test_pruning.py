@@ -303,6 +303,31 @@ def test_curvature_falls_back_to_magnitude_for_a_fresh_optimizer_and_warns_once(
         score.scores(refs, model.optimizer)  # once only
 
 
+def test_curvature_on_the_host_reads_the_moments_positivity_only_where_no_score_is_positive(monkeypatch):
+    model = adam_trained_dense()
+    kernel = model.get_layer("d").kernel
+    refs = [ref for ref in rk.iter_weights(model) if ref.variable is kernel]
+    reads = []
+    real = scores_lib._any_positive
+    monkeypatch.setattr(scores_lib, "_any_positive", lambda v: reads.append(len(v)) or real(v))
+    Curvature().scores(refs, model.optimizer)
+    assert reads == []  # a positive score: no reduction of the moments on the device
+    # Moments above 0 only where the weights are 0: no score is positive,
+    # yet the optimizer has stepped, so curvature it stays (no fallback).
+    velocity = scores_lib.second_moment(model.optimizer, kernel)
+    w = np.zeros((4, 3), "float32")
+    w[1:] = 1.0
+    kernel.assign(w)
+    velocity.assign(np.where(w == 0, 1.0, 0.0).astype("float32"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        (got,) = Curvature().scores(refs, model.optimizer)
+    assert reads == [1]
+    np.testing.assert_array_equal(got, np.zeros((4, 3)))
+
+
 def test_unit_scores_are_mean_squares_relative_to_the_layer_mean():
     entry = np.sqrt([[1.0, 4.0, 0.0], [3.0, 4.0, 0.0]])
     np.testing.assert_allclose(scores_lib.unit_scores(entry), [1.0, 2.0, 0.0])  # means 2, 4, 0 over their mean 2

@@ -297,3 +297,28 @@ def test_a_release_after_a_recompile_takes_the_masks_out_of_the_old_optimizer_to
     assert rk.release_zeros(model) == 2
     assert len(old.variables) == before and not _patched(old)
     assert not [v for v in model.optimizer.variables if v.name == hold_lib.MASK_NAME] and not _patched(model.optimizer)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_zeros_counted_on_the_host_equal_the_count_by_ops(dtype, monkeypatch):
+    from keras_regkit.pruning import select
+
+    values = np.array([[0.0, -0.0, 1.5], [np.nan, 0.0, -2.0]])
+    variables = [keras.Variable(values, dtype=dtype), keras.Variable(np.zeros((3,)), dtype=dtype)]
+    np.testing.assert_array_equal(select.host_view(variables[0].value).astype("float32"), values)
+    on_host = select.count_zeros(variables)
+    assert on_host == (6, 9)  # -0.0 is a zero, NaN is not
+    monkeypatch.setattr(select, "on_cpu", lambda variable: False)
+    assert select.count_zeros(variables) == on_host
+
+
+def test_zeros_no_numpy_view_can_read_are_counted_by_ops(monkeypatch):
+    from keras_regkit.pruning import select
+
+    variables = [keras.Variable(np.array([0.0, 3.0, 0.0]))]
+
+    def unreadable(value):  # a variable sharded over processes: no host holds all of it
+        raise RuntimeError("spans non-addressable devices")
+
+    monkeypatch.setattr(select, "host_view", unreadable)
+    assert select.count_zeros(variables) == (2, 3)

@@ -42,7 +42,8 @@ UNIT_LEVELS = (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
 def values(ref: weights_lib.WeightRef) -> np.ndarray:
-    return np.asarray(ops.convert_to_numpy(ref.variable.value))
+    """The weight's entries, to read at once (see `select.host_view`)."""
+    return select.host_view(ref.variable.value)
 
 
 def zero(ref: weights_lib.WeightRef, kept: np.ndarray) -> None:

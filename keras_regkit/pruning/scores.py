@@ -21,6 +21,7 @@ from keras import ops
 
 from keras_regkit import _optimizer_slots as optimizer_slots
 from keras_regkit.pruning import units as units_lib
+from keras_regkit.pruning.select import on_cpu
 from keras_regkit.weights import WeightRef
 
 
@@ -88,25 +89,51 @@ class Curvature(Score):
         self._warned = False
 
     def tensors(self, refs, optimizer):
-        magnitudes = [ops.abs(_float32(ref.variable)) for ref in refs]
+        moments = self._moments(refs, optimizer)
+        if moments is None or not _any_positive(moments):
+            return self._fell_back(refs, optimizer, moments)
+        return _curvature(refs, moments)
+
+    def scores(self, refs, optimizer=None):
+        # On the host the scores themselves tell that some moment is above
+        # 0 (a positive score needs one), with no reduction on the device
+        # and no sync before the copy: a cut's fixed cost on small models.
+        # Only where none is positive are the moments read.
+        moments = self._moments(refs, optimizer)
+        if moments is not None:
+            scores = [_numpy(t) for t in _curvature(refs, moments)]
+            if any(s.max(initial=0.0) > 0 for s in scores) or _any_positive(moments):
+                return scores
+        return [_numpy(t) for t in self._fell_back(refs, optimizer, moments)]
+
+    @staticmethod
+    def _moments(refs, optimizer) -> list | None:
+        """Each weight's second moment, or None if one has none: all or
+        none, since |w| and |w|·v^(1/4) are on different scales and one
+        global threshold needs every weight scored the same way."""
         moments = [second_moment(optimizer, ref.variable) for ref in refs]
-        missing = [ref.path for ref, v in zip(refs, moments) if v is None]
-        # All or none: |w| and |w|·v^(1/4) are on different scales, so one
-        # global threshold needs every weight scored the same way.
-        if missing or not _any_positive(moments):
-            if not self._warned:
-                self._warned = True
-                name = type(optimizer_slots.inner(optimizer)).__name__ if optimizer is not None else None
-                why = (f"optimizer {name} keeps no second moment of the gradients of {missing} "
-                       "(Adam, AdamW, Nadam and RMSprop do)" if missing
-                       else f"optimizer {name} has not taken a step yet (its second moments are 0)")
-                warnings.warn(
-                    f"The shrink ranks weights by |w| alone: {why}. Pass `score='magnitude'` "
-                    "to silence this.",
-                    stacklevel=4,
-                )
-            return magnitudes
-        return [m * ops.sqrt(ops.sqrt(ops.maximum(_float32(v), 0.0))) for m, v in zip(magnitudes, moments)]
+        return None if any(v is None for v in moments) else moments
+
+    def _fell_back(self, refs, optimizer, moments):
+        """`|w|`, warning once why."""
+        if not self._warned:
+            self._warned = True
+            name = type(optimizer_slots.inner(optimizer)).__name__ if optimizer is not None else None
+            missing = [ref.path for ref in refs if second_moment(optimizer, ref.variable) is None]
+            why = (f"optimizer {name} keeps no second moment of the gradients of {missing} "
+                   "(Adam, AdamW, Nadam and RMSprop do)" if moments is None
+                   else f"optimizer {name} has not taken a step yet (its second moments are 0)")
+            warnings.warn(
+                f"The shrink ranks weights by |w| alone: {why}. Pass `score='magnitude'` "
+                "to silence this.",
+                stacklevel=4,
+            )
+        return [ops.abs(_float32(ref.variable)) for ref in refs]
+
+
+def _curvature(refs, moments) -> list:
+    return [ops.abs(_float32(ref.variable)) * ops.sqrt(ops.sqrt(ops.maximum(_float32(v), 0.0)))
+            for ref, v in zip(refs, moments)]
 
 
 def _any_positive(variables: list) -> bool:
@@ -168,12 +195,6 @@ def for_cut(score: Score, refs: list[WeightRef], optimizer) -> list:
         if tensors is not None:
             return tensors
     return score.scores(refs, optimizer)
-
-
-def on_cpu(variable) -> bool:
-    """Whether `variable` lives in the host's memory (its tensor's device
-    names the CPU under every backend)."""
-    return "cpu" in str(getattr(variable.value, "device", "cpu")).lower()
 
 
 def second_moment(optimizer, variable) -> keras.Variable | None:

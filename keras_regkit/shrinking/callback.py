@@ -18,8 +18,10 @@ ended by an exception ends at the last good state (weights, optimizer slots
 and step count) when the phase is used as a context manager (as
 `keras_regkit.shrink` does).
 
-Under JAX the compiled train step holds the zeros' masks as constants, so
-it is rebuilt after each cut (raise `cut_every` to cut less often). With
+The train step is traced again once, when the zeros are first held (the
+constraints are new to it); later cuts change masks it reads (under JAX,
+among the optimizer's variables, which the compiled step takes as inputs),
+so they cost no retrace. With
 `backup_dir` (BackupAndRestore's own is fine) the phase saves its state
 every epoch (`state`), and deletes it when `fit` ends normally.
 """
