@@ -312,6 +312,10 @@ def test_curvature_on_the_host_reads_the_moments_positivity_only_where_no_score_
     monkeypatch.setattr(scores_lib, "_any_positive", lambda v: reads.append(len(v)) or real(v))
     Curvature().scores(refs, model.optimizer)
     assert reads == []  # a positive score: no reduction of the moments on the device
+    trained = keras.ops.convert_to_numpy(kernel)
+    kernel.assign(np.where(np.arange(12).reshape(4, 3) == 0, np.nan, trained))
+    Curvature().scores(refs, model.optimizer)
+    assert reads == []  # a NaN among them does not hide the positive ones
     # Moments above 0 only where the weights are 0: no score is positive,
     # yet the optimizer has stepped, so curvature it stays (no fallback).
     velocity = scores_lib.second_moment(model.optimizer, kernel)

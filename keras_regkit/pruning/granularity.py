@@ -102,7 +102,7 @@ class Granularity:
 
     def count_dead(self, refs: list) -> tuple[int, int]:
         """Dead items of `refs`, and how many there are."""
-        if type(self).dead is Granularity.dead:  # entries: counted where they are, not copied
+        if type(self).dead is Granularity.dead:  # entries: no boolean array per weight (`select.count_zeros`)
             return select.count_zeros([ref.variable for ref in refs])
         dead = self.dead(refs)
         return sum(int(d.sum()) for d in dead), sum(d.size for d in dead)

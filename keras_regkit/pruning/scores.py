@@ -102,7 +102,7 @@ class Curvature(Score):
         moments = self._moments(refs, optimizer)
         if moments is not None:
             scores = [_numpy(t) for t in _curvature(refs, moments)]
-            if any(s.max(initial=0.0) > 0 for s in scores) or _any_positive(moments):
+            if any(np.any(s > 0) for s in scores) or _any_positive(moments):  # NaN is not > 0
                 return scores
         return [_numpy(t) for t in self._fell_back(refs, optimizer, moments)]
 

@@ -114,8 +114,10 @@ def zero(variables: list, chosen: list) -> None:
 
 
 def count_zeros(variables: list) -> tuple[int, int]:
-    """Exact zeros among `variables`' entries, counted where they are, and
-    how many entries there are."""
+    """Exact zeros among `variables`' entries, and how many entries there
+    are: on the host by NumPy where every variable is on the CPU, else by
+    ops where they are (an accelerator; a JAX array sharded over several
+    devices, whose device is a sharding)."""
     if not variables:
         return 0, 0
     total = sum(int(np.prod(v.shape)) for v in variables)
@@ -126,7 +128,7 @@ def count_zeros(variables: list) -> tuple[int, int]:
         try:
             return total - sum(int(np.count_nonzero(host_view(v.value))) for v in variables), total
         except (TypeError, RuntimeError, ValueError):
-            pass  # not all of it on this host (a variable sharded over processes): counted by ops
+            pass  # a tensor NumPy cannot read here: counted by ops
     zeros = ops.stack([ops.sum(ops.cast(ops.equal(v.value, 0), "int32")) for v in variables])
     return int(np.sum(ops.convert_to_numpy(zeros), dtype=np.int64)), total
 
