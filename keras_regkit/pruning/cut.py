@@ -123,7 +123,8 @@ def _lowest_live_entries(refs: list[WeightRef], scores: list[np.ndarray], sparsi
     passes over each) cost 2-4 train steps a cut at 5 M parameters.
     None where a live entry scores below 0 (a `Score` of your own): the
     general path ranks those below the dead."""
-    values = [np.array(select.host_view(ref.variable.value)) for ref in refs]  # writable copies (one copy fewer than `ops.convert_to_numpy`)
+    # Writable copies (`host_view` then one copy: `ops.convert_to_numpy` would copy twice).
+    values = [np.array(select.host_view(ref.variable.value)) for ref in refs]
     live = [v != 0 for v in values]
     # By position, in the weights' order (flat: a 1-D boolean index is several times faster).
     live_scores = [np.compress(alive.reshape(-1), score.reshape(-1)) for score, alive in zip(scores, live)]
