@@ -317,7 +317,7 @@ def test_zeros_no_numpy_view_can_read_are_counted_by_ops(monkeypatch):
 
     variables = [keras.Variable(np.array([0.0, 3.0, 0.0]))]
 
-    def unreadable(value):  # a variable sharded over processes: no host holds all of it
+    def unreadable(value):  # a tensor NumPy cannot read (the count must not fail for it)
         raise RuntimeError("spans non-addressable devices")
 
     monkeypatch.setattr(select, "host_view", unreadable)
