@@ -322,3 +322,25 @@ def test_zeros_no_numpy_view_can_read_are_counted_by_ops(monkeypatch):
 
     monkeypatch.setattr(select, "host_view", unreadable)
     assert select.count_zeros(variables) == (2, 3)
+
+
+def test_host_reads_share_memory_and_keep_what_they_read():
+    # What a cut on the CPU reads (the weights, the scores) it reads without
+    # a copy: a copy of every weight per cut was a third of a late cut's
+    # time at 5 M parameters. Under TensorFlow the view is of a read, which
+    # the variable's next assignment leaves as it was.
+    from keras_regkit.pruning import select
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, use_bias=False)])
+    variable = model.layers[0].kernel
+    variable.assign(np.array([[0.0, 1.5], [-2.0, 3.0]]))
+    view = select.host_view(variable.value)
+    assert not view.flags.owndata
+    np.testing.assert_array_equal(view, [[0.0, 1.5], [-2.0, 3.0]])
+    if keras.backend.backend() == "tensorflow":
+        variable.assign(np.zeros((2, 2)))
+        np.testing.assert_array_equal(view, [[0.0, 1.5], [-2.0, 3.0]])
+    refs = granularity_lib.Weights().select(model, "*")
+    scores = scores_lib.Magnitude().scores(refs)
+    assert not scores[0].flags.owndata
+    np.testing.assert_array_equal(scores[0], np.abs(select.host_view(variable.value)))

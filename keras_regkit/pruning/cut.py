@@ -123,8 +123,8 @@ def _lowest_live_entries(refs: list[WeightRef], scores: list[np.ndarray], sparsi
     passes over each) cost 2-4 train steps a cut at 5 M parameters.
     None where a live entry scores below 0 (a `Score` of your own): the
     general path ranks those below the dead."""
-    # Writable copies (`host_view` then one copy: `ops.convert_to_numpy` would copy twice).
-    values = [np.array(select.host_view(ref.variable.value)) for ref in refs]
+    # Read, not copied: the zeroing goes by ops where the weights are (`select.zero`).
+    values = [select.host_view(ref.variable.value) for ref in refs]
     live = [v != 0 for v in values]
     # By position, in the weights' order (flat: a 1-D boolean index is several times faster).
     live_scores = [np.compress(alive.reshape(-1), score.reshape(-1)) for score, alive in zip(scores, live)]
@@ -140,15 +140,14 @@ def _lowest_live_entries(refs: list[WeightRef], scores: list[np.ndarray], sparsi
         return Cut(count, total, 0.0)
     kth = np.partition(reachable, count - dead - 1)[count - dead - 1]
     ties_left = count - dead - int(np.count_nonzero(reachable < kth))
-    for ref, value, score, alive in zip(refs, values, scores, live):
+    for ref, score, alive in zip(refs, scores, live):
         removed = alive & (score < kth)
         if ties_left:
             tied = np.flatnonzero(alive & (score == kth))[:ties_left]
             removed.reshape(-1)[tied] = True
             ties_left -= tied.size
         if removed.any():
-            value[removed] = 0
-            ref.variable.assign(value)
+            select.zero([ref.variable], [removed])
     return Cut(count, total, max(float(kth), 0.0))
 
 

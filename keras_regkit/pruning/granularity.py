@@ -23,7 +23,6 @@ from typing import Sequence, Union
 
 import keras
 import numpy as np
-from keras import ops
 
 from keras_regkit import weights as weights_lib
 from keras_regkit.pruning import linear_layers
@@ -48,8 +47,7 @@ def values(ref: weights_lib.WeightRef) -> np.ndarray:
 
 def zero(ref: weights_lib.WeightRef, kept: np.ndarray) -> None:
     """Zeroes the entries of `ref` where `kept` is False."""
-    value = ref.variable.value
-    ref.variable.assign(ops.where(kept, value, ops.zeros_like(value)))
+    select.zero([ref.variable], [np.logical_not(kept)])
 
 
 class Granularity:

@@ -15,6 +15,7 @@ from keras_regkit.pruning import calibration
 from keras_regkit.pruning import cut as cut_lib
 from keras_regkit.pruning import granularity as granularity_lib
 from keras_regkit.pruning import scores as scores_lib
+from keras_regkit.pruning import select
 from keras_regkit.pruning import layer_sensitivity
 from keras_regkit.pruning.hold import hold_zeros
 from keras_regkit.weights import LayerSelector, WeightRef
@@ -296,9 +297,7 @@ def prune(
         highest = max((made.threshold for made in cuts if made.threshold is not None), default=None)
     if hold:
         hold_zeros(model, [ref.variable for ref in refs])
-    zeros = int(ops.convert_to_numpy(ops.sum(ops.stack(
-        [ops.sum(ops.cast(ops.equal(ref.variable.value, 0), "int32")) for ref in refs]))))
-    params = sum(int(np.prod(ref.variable.shape)) for ref in refs)
+    zeros, params = select.count_zeros([ref.variable for ref in refs])
     used = threshold if threshold is not None else (highest or 0.0)
     return PruneResult(float(used), zeros, params, refs)
 

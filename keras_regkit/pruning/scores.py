@@ -21,12 +21,14 @@ from keras import ops
 
 from keras_regkit import _optimizer_slots as optimizer_slots
 from keras_regkit.pruning import units as units_lib
-from keras_regkit.pruning.select import on_cpu
+from keras_regkit.pruning.select import host_view, on_cpu
 from keras_regkit.weights import WeightRef
 
 
 def _numpy(value) -> np.ndarray:
-    return np.asarray(ops.convert_to_numpy(ops.cast(value, "float32")))
+    """A score tensor on the host, read-only, with no copy where it is
+    already in the host's memory (`select.host_view`)."""
+    return host_view(ops.cast(value, "float32"))
 
 
 def _float32(variable):
@@ -35,7 +37,9 @@ def _float32(variable):
 
 class Score:
     """Base class: `scores(refs, optimizer)` returns, per weight, an array of
-    its shape whose entries rank what to cut first (lowest first).
+    its shape whose entries rank what to cut first (lowest first). The
+    built-in scores' arrays are read-only where the weights are on the CPU
+    (views of the tensors they were computed as, not copies).
 
     A subclass may also give `tensors(refs, optimizer)`: the same scores,
     non-negative, as tensors computed where the weights are (`keras.ops`);
