@@ -34,6 +34,10 @@ benchmark), e.g. on TensorFlow, within about 8 minutes on 2 CPU cores:
     KERAS_BACKEND=tensorflow python benchmarks/bench_shrink_scaling.py --widths 256 1024 --rounds 3 --mode tolerance
     KERAS_BACKEND=tensorflow python benchmarks/bench_shrink_scaling.py --widths 256 1024 --rounds 3 --granularity unit
 
+`--cuts-only` prints, instead, the late cut on the host and one train step
+(`train_on_batch`, the second after the cut) per size, medians of the
+rounds: about a minute for `--widths 256 1024 2048 --rounds 7`.
+
 `--profile` prints, instead of the table, where the shrink's time goes
 against plain `fit`'s (medians over the rounds): train steps (the first,
 traced with the holds, apart), cuts (scores, select and zero, hold), the
@@ -285,6 +289,9 @@ def main(argv=None):
                    help="shrink(distill=True) with the teacher's predictions computed once beside the targets "
                         "(`once`, what shrink() does with arrays) or by the teacher in every step (`in-step`, "
                         "the path for datasets, forced here)")
+    p.add_argument("--cuts-only", action="store_true",
+                   help="time only the late cut on the host against one train step (`train_on_batch`), "
+                        "a row per size: a quick comparison of two versions of the cut")
     p.add_argument("--profile", action="store_true",
                    help="print where the shrink's time goes (train steps, cuts, start, epoch ends, end) "
                         "against plain fit's, instead of the table")
@@ -309,7 +316,7 @@ def main(argv=None):
     steps = EPOCHS * (SAMPLES // BATCH)
     print(f"backend {keras.backend.backend()} on {device_name(keras)}, mode={args.mode}, distill={args.distill}, "
           f"granularity={args.granularity!r}, {args.rounds} rounds (medians)")
-    if not args.profile:
+    if not (args.profile or args.cuts_only):
         print("| model | parameters | fit | shrink | ratio [range] | cuts | cut on device | cut on host (NumPy) "
               "| late cut on host | train step | device cut / step | host late cut / step | first step after a cut |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -318,6 +325,14 @@ def main(argv=None):
         model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
         reset = resetter(keras, model)
         cuts = []
+
+        if args.cuts_only:
+            late = [cut_seconds(keras, model, reset, x, y, False, (0.85, 0.88)) for _ in range(args.rounds)]
+            late_cut, step = statistics.median(c for c, _, _ in late), statistics.median(s for _, _, s in late)
+            print(f"{kind} {size}: {model.count_params() / 1e6:.2f} M parameters, late cut on host "
+                  f"{late_cut * 1e3:.1f} ms, train step {step * 1e3:.1f} ms, ratio {late_cut / step:.2f}", flush=True)
+            keras.backend.clear_session()
+            continue
 
         if args.profile:
             print(f"{kind} {size}: {model.count_params() / 1e6:.2f} M parameters")

@@ -362,6 +362,42 @@ def test_expabs_fused_value_and_gradient_equal_the_plain_formula(dtype, alpha, s
     np.testing.assert_allclose(grad.astype("float32"), ref_grad.astype("float32"), rtol=rtol)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("alpha,scale", [(0.03, 1.0), (2.0, 0.25)])
+def test_expabs_in_the_exponential_region_equals_the_plain_formula(dtype, alpha, scale):
+    # Every entry below the linear part (nearly every model): the plain
+    # path's value and gradient, exact zeros and entries just below where
+    # the linear part starts included, and a weight of a single row.
+    end = 20.0 if dtype != "float16" else min(max(math.log(65504.0 / 2 * scale / alpha), 0.0), 20.0)
+    rng = np.random.default_rng(7)  # its own: the module's RNG feeds the tests after it
+    w = np.concatenate([rng.normal(scale=2.0 * scale, size=198), [0.0, 0.98 * end * scale]])
+    w = np.concatenate([w, -w]).astype("float32")
+    for shaped in (w.reshape(-1, 2), w.reshape(1, -1), w):
+        tensor = keras.ops.cast(shaped, dtype)
+        value, grad = value_and_grad(R.ExpAbs(alpha, scale=scale), tensor, eager=True)
+        ref_value, ref_grad = value_and_grad(expabs_by_autodiff(alpha, scale, dtype), tensor, eager=True)
+        np.testing.assert_allclose(value, ref_value, rtol=1e-6)
+        rtol = 1e-6 if dtype == "float32" else float(ml_dtypes.finfo(dtype).eps)
+        np.testing.assert_allclose(grad, ref_grad, rtol=rtol)
+        assert np.all(grad[np.asarray(shaped) == 0] == 0)
+
+
+@pytest.mark.skipif(keras.backend.backend() == "jax",
+                    reason="JAX's `lax.cond` traces both branches: which one runs is not visible from Python")
+def test_expabs_takes_the_clipped_path_only_past_the_exponential_region(monkeypatch):
+    clipped_calls = []
+    clipped = penalty_math._exp_abs_sums_and_slope
+    monkeypatch.setattr(penalty_math, "_exp_abs_sums_and_slope",
+                        lambda *args: clipped_calls.append(1) or clipped(*args))
+    reg = R.ExpAbs(0.5, scale=0.5)
+    value_and_grad(reg, np.array([[0.0, -9.9], [3.0, 9.9]], "float32"), eager=True)  # |w| / scale < 20
+    assert clipped_calls == []
+    value, grad = value_and_grad(reg, np.array([[0.0, -10.5], [3.0, 1e30]], "float32"), eager=True)
+    assert clipped_calls  # the linear part and the saturation need the clips
+    # alpha / scale = 1: 0 at zero, the linear part's slope exp(20), exp(|w| / scale), 0 saturated.
+    np.testing.assert_allclose(grad, [[0.0, -math.exp(20.0)], [math.exp(6.0), 0.0]], rtol=1e-6)
+
+
 TENSORFLOW_ONLY = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="TensorFlow's fused kernels (JAX compiles the whole step, PyTorch runs op by op)")
