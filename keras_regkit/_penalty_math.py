@@ -137,11 +137,10 @@ def _exp_abs_gradient(x, upstream, factor, inv_scale, end):
 def _exp_abs_sums_and_slope(x, factor, inv_scale, end):
     """The exponential and the linear terms, each summed per row, and the
     gradient, from one `exp` (the derivative of `expm1` is the forward
-    `expm1` plus 1), computed in the forward pass: for JAX, whose compiled
-    step fuses them as it likes (the two kernels of TensorFlow's path, or
-    one sum, take JAX about twice as long), for PyTorch, which runs op by
-    op, and under TensorFlow for eager calls and small weights (see
-    `fuses`)."""
+    `expm1` plus 1): the clipped path of `exp_abs` outside TensorFlow's
+    fused kernels (JAX, PyTorch, and TensorFlow's eager calls and small
+    weights, see `fuses`), taken where some entry is past the exponential
+    region."""
     w, u, clipped, exponential = _exp_abs_parts(x, inv_scale, end)
     expm1_of_exponential = ops.expm1(exponential)
     sums = ops.sum(expm1_of_exponential, axis=_rows(x)), ops.sum(clipped - exponential, axis=_rows(x))
