@@ -288,7 +288,11 @@ def exp_abs(x, alpha, inv_scale, end):
             # `where` (in JAX's compiled step these took 2.5x the plain
             # part's time). Its gradient is computed in the backward pass,
             # which JAX fuses better than a saved slope.
-            plain = ops.max(u) <= end if math.prod(x.shape) else ops.convert_to_tensor(True)
+            plain = ops.max(u, initial=0.0) <= end  # NaN: False; an empty weight: True
+            if keras.backend.backend() == "torch":
+                # Decided once for both passes: PyTorch's `cond` is a Python
+                # `if`, each a wait for the device; on an accelerator, none.
+                plain = plain.device.type == "cpu" and bool(plain)
             value = alpha * ops.cond(plain, lambda: ops.sum(ops.sum(ops.expm1(u), axis=_rows(x))),
                                      lambda: _exp_abs_value(x, inv_scale, end))
 
@@ -315,8 +319,10 @@ def exp_abs(x, alpha, inv_scale, end):
 def _exp_abs_value(x, inv_scale, end):
     """ExpAbs' terms (without `alpha`) summed, anywhere: the clips and
     the linear part included."""
-    (exponential, linear), _ = _exp_abs_sums_and_slope(x, 0.0, inv_scale, end)
-    return ops.sum(exponential) + ops.exp(end) * ops.sum(linear)
+    _, _, clipped, exponential = _exp_abs_parts(x, inv_scale, end)
+    rows = _rows(x)
+    return ops.sum(ops.sum(ops.expm1(exponential), axis=rows)) + ops.exp(end) * ops.sum(
+        ops.sum(clipped - exponential, axis=rows))
 
 
 def group_lasso(x, factor, axis):

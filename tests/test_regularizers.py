@@ -362,9 +362,10 @@ def test_expabs_fused_value_and_gradient_equal_the_plain_formula(dtype, alpha, s
     np.testing.assert_allclose(grad.astype("float32"), ref_grad.astype("float32"), rtol=rtol)
 
 
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "traced"])
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("alpha,scale", [(0.03, 1.0), (2.0, 0.25)])
-def test_expabs_in_the_exponential_region_equals_the_plain_formula(dtype, alpha, scale):
+def test_expabs_in_the_exponential_region_equals_the_plain_formula(dtype, alpha, scale, eager):
     # Every entry below the linear part (nearly every model): the plain
     # path's value and gradient, exact zeros and entries just below where
     # the linear part starts included, and a weight of a single row.
@@ -374,12 +375,35 @@ def test_expabs_in_the_exponential_region_equals_the_plain_formula(dtype, alpha,
     w = np.concatenate([w, -w]).astype("float32")
     for shaped in (w.reshape(-1, 2), w.reshape(1, -1), w):
         tensor = keras.ops.cast(shaped, dtype)
-        value, grad = value_and_grad(R.ExpAbs(alpha, scale=scale), tensor, eager=True)
-        ref_value, ref_grad = value_and_grad(expabs_by_autodiff(alpha, scale, dtype), tensor, eager=True)
+        value, grad = value_and_grad(R.ExpAbs(alpha, scale=scale), tensor, eager=eager)
+        ref_value, ref_grad = value_and_grad(expabs_by_autodiff(alpha, scale, dtype), tensor, eager=eager)
+        if keras.backend.backend() == "jax" and not eager:  # compiled, as in JAX's train step
+            import jax
+
+            value, grad = (np.asarray(a, "float32") for a in jax.jit(jax.value_and_grad(
+                R.ExpAbs(alpha, scale=scale)))(keras.ops.convert_to_tensor(tensor)))
         np.testing.assert_allclose(value, ref_value, rtol=1e-6)
         rtol = 1e-6 if dtype == "float32" else float(ml_dtypes.finfo(dtype).eps)
         np.testing.assert_allclose(grad, ref_grad, rtol=rtol)
         assert np.all(grad[np.asarray(shaped) == 0] == 0)
+
+
+def test_expabs_penalises_activations_of_an_unknown_batch_size():
+    # An activity regularizer sees the batch axis as None once `fit` meets a
+    # short last batch (TensorFlow traces the step again with relaxed shapes).
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(10, 4)).astype("float32"), rng.normal(size=(10, 3)).astype("float32")
+    models = []
+    for activity_regularizer in (None, R.ExpAbs(0.1)):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+            3, kernel_initializer="ones", activity_regularizer=activity_regularizer)])
+        model.compile(keras.optimizers.SGD(0.0), "mse")
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+        models.append(model)
+    plain, penalised = (model.evaluate(x, y, batch_size=10, verbose=0) for model in models)
+    activations = x @ np.ones((4, 3), "float32")
+    # Keras divides an activity penalty by the batch size.
+    np.testing.assert_allclose(penalised - plain, 0.1 * np.sum(np.expm1(np.abs(activations))) / 10, rtol=1e-4)
 
 
 @pytest.mark.skipif(keras.backend.backend() == "jax",

@@ -92,7 +92,7 @@ class Granularity:
         """Zeroes what `chosen` (shaped as `rank`'s arrays) marks."""
         for ref, removed in zip(refs, chosen):
             if removed.any():
-                zero(ref, ~removed)
+                select.zero([ref.variable], [removed])
 
     def dead(self, refs: list) -> list[np.ndarray]:
         """Per cut item, whether it is dead (shaped as `rank`'s arrays)."""
@@ -353,13 +353,14 @@ class Units(Granularity):
                 continue
             for i, axis in group.parts:
                 shape = tuple(refs[i].variable.shape)
+                # The unit mask as it broadcasts over the weight (`select.zero`).
                 if axis is None:
-                    rows = int(np.prod(shape[:-units_lib.unit_axes(refs[i].layer)]))
-                    zero(refs[i], np.broadcast_to(~removed, (rows, removed.size)).reshape(shape))
+                    removed_entries = removed.reshape(shape[-units_lib.unit_axes(refs[i].layer):])
                 else:
                     along = [1] * len(shape)
                     along[axis] = removed.size
-                    zero(refs[i], np.broadcast_to((~removed).reshape(along), shape))
+                    removed_entries = removed.reshape(along)
+                select.zero([refs[i].variable], [removed_entries])
 
     def dead(self, refs):
         return [self._dead_units(group, refs) for group in self.unit_groups(refs)]

@@ -158,9 +158,11 @@ def host_view(value) -> np.ndarray:
     elif backend == "tensorflow" and hasattr(value, "read_value"):
         value = value.read_value()  # NumPy's own read of a variable copies it
     try:
-        return np.asarray(value)
+        view = np.asarray(value)
     except (TypeError, RuntimeError):  # on a device NumPy cannot read
         return np.asarray(ops.convert_to_numpy(value))
+    view.flags.writeable = False  # under PyTorch it is the parameter's own memory
+    return view
 
 
 def _histogram(bins: list, length: int):
