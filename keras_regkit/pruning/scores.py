@@ -37,9 +37,9 @@ def _float32(variable):
 
 class Score:
     """Base class: `scores(refs, optimizer)` returns, per weight, an array of
-    its shape whose entries rank what to cut first (lowest first). The
-    built-in scores' arrays are read-only where the weights are on the CPU
-    (views of the tensors they were computed as, not copies).
+    its shape whose entries rank what to cut first (lowest first). Those
+    it makes from `tensors` (every built-in score's) are read-only where
+    the weights are on the CPU: views of the tensors, not copies.
 
     A subclass may also give `tensors(refs, optimizer)`: the same scores,
     non-negative, as tensors computed where the weights are (`keras.ops`);
