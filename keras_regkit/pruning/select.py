@@ -107,7 +107,8 @@ def _score_of(key: int) -> float:
 
 def zero(variables: list, chosen: list) -> None:
     """Zeroes, in place on its device, the entries of each variable that
-    its mask marks."""
+    its mask marks (a mask of the variable's shape, or one that broadcasts
+    to it: a unit's column or row)."""
     for variable, removed in zip(variables, chosen):
         value = variable.value
         # A zero that broadcasts, not a weight-sized one (its allocation
