@@ -410,14 +410,15 @@ def test_expabs_penalises_activations_of_an_unknown_batch_size():
                     reason="JAX's `lax.cond` traces both branches: which one runs is not visible from Python")
 def test_expabs_takes_the_clipped_path_only_past_the_exponential_region(monkeypatch):
     clipped_calls = []
-    clipped = penalty_math._exp_abs_sums_and_slope
-    monkeypatch.setattr(penalty_math, "_exp_abs_sums_and_slope",
-                        lambda *args: clipped_calls.append(1) or clipped(*args))
+    for name in ("_exp_abs_value", "_exp_abs_sums_and_slope"):  # the value's clipped path, the gradient's
+        clipped = getattr(penalty_math, name)
+        monkeypatch.setattr(penalty_math, name,
+                            lambda *args, clipped=clipped, name=name: clipped_calls.append(name) or clipped(*args))
     reg = R.ExpAbs(0.5, scale=0.5)
     value_and_grad(reg, np.array([[0.0, -9.9], [3.0, 9.9]], "float32"), eager=True)  # |w| / scale < 20
     assert clipped_calls == []
     value, grad = value_and_grad(reg, np.array([[0.0, -10.5], [3.0, 1e30]], "float32"), eager=True)
-    assert clipped_calls  # the linear part and the saturation need the clips
+    assert clipped_calls == ["_exp_abs_value", "_exp_abs_sums_and_slope"]  # the linear part, the saturation
     # alpha / scale = 1: 0 at zero, the linear part's slope exp(20), exp(|w| / scale), 0 saturated.
     np.testing.assert_allclose(grad, [[0.0, -math.exp(20.0)], [math.exp(6.0), 0.0]], rtol=1e-6)
 
