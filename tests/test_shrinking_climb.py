@@ -27,9 +27,10 @@ AHEAD = Verdict(value=0.95, worse=-0.02, held=True, ahead=True)
 FAILS = Verdict(value=0.5, worse=0.4, held=False)
 
 
-def seen(step, sparsity=0.0, good=0.0, raised=False, drift=None, final=False):
-    return Observation(step=step, total_steps=TOTAL, progress=min(step / TOTAL, 1.0), sparsity=sparsity,
-                       good_sparsity=good, rate_raised=raised, drift=drift, final=final)
+def seen(step, sparsity=0.0, good=0.0, raised=False, drift=None, final=False, total=TOTAL, budget_known=True):
+    return Observation(step=step, total_steps=total, progress=min(step / total, 1.0), sparsity=sparsity,
+                       good_sparsity=good, rate_raised=raised, drift=drift, final=final,
+                       budget_known=budget_known)
 
 
 def rise_to_level(climb, step=0, good=0.0):
@@ -198,6 +199,42 @@ def test_no_rise_begins_that_could_not_end_before_the_reserve():
     assert climb.decide(seen(int(latest) + EVERY, sparsity=0.8, good=0.8)) == Action(HOLD)
 
 
+def check_at(step, verdict):
+    """A climb whose pending 80 % is checked at `step` with `verdict`; the
+    climb and its answer."""
+    climb = Climb((0.8, 0.9, 0.95, 0.97), initial=0.5, cut_every=EVERY)
+    climb.state.pending, climb.state.level_began = 0.8, step - 30
+    return climb, climb.checked(seen(step, sparsity=0.8, good=0.8), verdict)
+
+
+def test_a_level_that_held_ahead_may_spend_the_reserve_on_one_more_rise_reaching_its_level_by_the_end():
+    segment = climb_lib.SEGMENT * TOTAL
+    too_late_to_fine_tune = int((1 - climb_lib.RESERVE) * TOTAL - segment) + EVERY
+    assert check_at(too_late_to_fine_tune, HOLDS)[1] == Action(HOLD)
+    climb, action = check_at(too_late_to_fine_tune, AHEAD)
+    assert action.kind == RISE and climb.target() == 0.95  # the skip, as anywhere
+    _, arrived = rise_to_level(climb, too_late_to_fine_tune + EVERY, good=0.8)
+    assert climb.state.pending == 0.95 and arrived <= TOTAL
+    # Ahead, but too late to reach the next level by the end: it holds.
+    too_late = int(TOTAL - segment) + EVERY
+    assert check_at(too_late, AHEAD)[1] == Action(HOLD)
+
+
+def test_a_short_budget_rises_in_one_cut_each_the_first_straight_to_the_first_level():
+    short = int(EVERY / climb_lib.SEGMENT)  # a rise takes one decision interval
+    climb = Climb((0.8, 0.9), initial=0.5, cut_every=EVERY)
+    assert climb.decide(seen(0, total=short)) == Action(RISE, 0.8)
+    assert climb.state.pending == 0.8
+    assert climb.checked(seen(EVERY, 0.8, 0.8, total=short), HOLDS) == Action(RISE, 0.9)
+    # A decision interval longer: the first cut, then a rise of two cuts.
+    climb = Climb((0.8, 0.9), initial=0.5, cut_every=EVERY)
+    assert climb.decide(seen(0, total=short + EVERY)) == Action(RISE, 0.5)
+    assert climb.decide(seen(EVERY, total=short + EVERY)).sparsity < 0.8
+    # A first epoch of unknown length (its steps so far stand for the budget): the first cut.
+    climb = Climb((0.8, 0.9), initial=0.5, cut_every=EVERY)
+    assert climb.decide(seen(0, total=1, budget_known=False)) == Action(RISE, 0.5)
+
+
 def test_a_rise_cut_short_by_the_reserve_goes_back_to_the_last_level_that_held():
     climb = Climb((0.8, 0.9), initial=0.5, cut_every=EVERY)
     climb.state.level, climb.state.rise_from = 0.8, 0.8
@@ -267,7 +304,7 @@ def test_a_climb_resumed_from_its_saved_state_decides_as_the_one_that_saved_it()
 LEVELS = (0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
 
 
-def climb_to_the_end(tolerance, measured, judge=decisions.judge, raised=False):
+def climb_to_the_end(tolerance, measured, judge=decisions.judge, raised=False, total=TOTAL):
     """Runs a climb to the end of its budget as `ShrinkPhase` would, on a
     model whose every check at a level measures `measured[level]` (worse,
     gain) whatever the path and the tolerance: the same model and seed.
@@ -276,9 +313,9 @@ def climb_to_the_end(tolerance, measured, judge=decisions.judge, raised=False):
     sparsity = good = 0.0
     checked, holding, step = [], False, 0
     while True:
-        final = holding or step >= TOTAL
-        step = TOTAL if final else step
-        look = Observation(step, TOTAL, step / TOTAL, sparsity, good, raised, drift=0.0, final=final)
+        final = holding or step >= total
+        step = total if final else step
+        look = Observation(step, total, step / total, sparsity, good, raised, drift=0.0, final=final)
         action = climb.decide(look)
         while action.kind == CHECK:
             level = good if action.sparsity is None else action.sparsity
@@ -286,6 +323,8 @@ def climb_to_the_end(tolerance, measured, judge=decisions.judge, raised=False):
             verdict = judge(0.0, *measured[level], tolerance)
             if verdict.held and action.sparsity is not None:
                 good = level
+            # Observed again after the check, as the callback does: a level that held is the good state.
+            look = Observation(step, total, step / total, sparsity, good, raised, drift=0.0, final=final)
             action = climb.checked(look, verdict)
         if action.kind == RISE:
             sparsity = action.sparsity
@@ -320,8 +359,20 @@ def test_a_looser_tolerance_climbs_where_the_old_skip_left_it_denser():
     assert strict == loose == (0.97, [0.8, 0.95, 0.97, 0.97])
 
 
+def test_on_fifty_steps_a_model_ahead_at_every_level_climbs_to_the_top():
+    # The regression row's budget (282 samples, batch 64, 10 epochs): five
+    # decisions. Each rise is one cut, the first straight to 80 %, and the
+    # level that held ahead at the reserve rises once more, checked at the end.
+    ahead = {level: (-0.05, 0.05) for level in LEVELS}
+    assert climb_to_the_end(0.05, ahead, total=50) == (0.995, [0.8, 0.95, 0.98, 0.995, 0.995])
+    # Ahead at 80 % only: a level each decision, and the reserve fine-tunes 98 %.
+    level = {level: (-0.05, 0.05) if level == 0.8 else (0.0, 0.0) for level in LEVELS}
+    assert climb_to_the_end(0.05, level, total=50) == (0.98, [0.8, 0.95, 0.97, 0.98, 0.98])
+
+
+@pytest.mark.parametrize("total", [TOTAL, 50])
 @pytest.mark.parametrize("seed", range(3))
-def test_on_the_same_measures_a_looser_tolerance_never_ends_denser(seed):
+def test_on_the_same_measures_a_looser_tolerance_never_ends_denser(seed, total):
     # Random models: each level is measured the same at both tolerances
     # (some lose, some gain). The looser's verdicts hold wherever the
     # stricter's did, with the same skips, so it ends at least as sparse.
@@ -333,7 +384,7 @@ def test_on_the_same_measures_a_looser_tolerance_never_ends_denser(seed):
             worse = rng.choice([-0.08, -0.03, -0.012, -0.005, 0.0, 0.008, 0.015, 0.04, 0.09, 0.2])
             measured[level] = (worse, max(-worse - rng.choice([0.0, 0.004]), 0.0))
         for raised in (False, True):
-            ends = [climb_to_the_end(t, measured, raised=raised)[0] for t in tolerances]
+            ends = [climb_to_the_end(t, measured, raised=raised, total=total)[0] for t in tolerances]
             assert ends == sorted(ends), (measured, raised, ends)
 
 

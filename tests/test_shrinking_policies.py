@@ -71,6 +71,39 @@ class OneCut(ShrinkPolicy):
         return Action(RISE, self.sparsity) if seen.step == 0 else Action(HOLD)
 
 
+class Watcher(ShrinkPolicy):
+    """Records what each decision saw; never cuts."""
+
+    name = "watcher"
+
+    def __init__(self):
+        super().__init__(cut_every=4, score="magnitude", learning_rate=None)
+        self.seen = []
+
+    def decide(self, seen):
+        self.seen.append(seen)
+        return Action(RISE, 0.0)
+
+
+@pytest.mark.filterwarnings("ignore:Your input ran out of data")  # Keras, at the end of an epoch of unknown length
+def test_a_first_epoch_of_unknown_length_is_observed_with_its_budget_unknown():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).filter(lambda *_: True).batch(8)  # 16 steps, length unknown
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    policy = Watcher()
+    phase = rk.callbacks.ShrinkPhase(start_epoch=0, policy=policy)
+    with phase:
+        model.fit(data, epochs=2, verbose=0, shuffle=False, callbacks=[phase])
+    known = [(s.step, s.budget_known, s.total_steps) for s in policy.seen]
+    assert known[:5] == [(0, False, 1), (4, False, 4), (8, False, 8), (12, False, 12), (16, False, 16)]
+    assert known[5:] == [(step, True, 32) for step in (20, 24, 28, 32, 32)]  # the last: the end's
+
+
 def test_shrinkphase_runs_a_policy_of_the_users_own():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(128, 4)).astype("float32")

@@ -269,7 +269,8 @@ class ShrinkPhase(keras.callbacks.Callback):
             progress=min(self._step / self._total_steps, 1.0) if self._total_steps else 0.0,
             sparsity=zeros / total if total else 0.0, good_sparsity=self._good.sparsity,
             rate_raised=self.rate.raised(self.model), final=final,
-            drift=self.check.drift(self.model) if self.policy.needs_drift() and not final else None)
+            drift=self.check.drift(self.model) if self.policy.needs_drift() and not final else None,
+            budget_known=self._total_steps is not None)
 
     def _decide(self, final: bool = False) -> None:
         """Asks the policy, runs the checks it asks for, and acts."""

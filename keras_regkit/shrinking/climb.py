@@ -7,16 +7,21 @@ recovered. Each rise takes `SEGMENT` of the budget, on a clock that runs
 only while it cuts. At a level the model trains until it stops recovering
 (its label-free drift from the start has not fallen for `PLATEAU` checks,
 or `HOLD` of the budget has passed), and then the labels are read once. The
-last `RESERVE` of the budget always fine-tunes.
+last `RESERVE` of the budget fine-tunes the level chosen. On a budget so
+short that a rise takes no more than one decision interval, every rise is
+one cut, the first one too.
 
 A level above one that held gets a second check if it fails its first: it
 trains on for `PROBATION` of the budget left, and then its second check
 decides (checked before its fine-tune, a level looks worse than it ends).
 A level that holds with the model better than at the start by
 `decisions.SKIP_GAIN` (beyond noise) has room for two levels' losses: the
-next rise skips a level. That gain is the same at every tolerance, so a
-looser tolerance, holding every level a stricter one holds, climbs the
-same path at least as far.
+next rise skips a level; nor does such a level need the fine-tune to keep
+its promise, so a rise that would end in the reserve is begun anyway if it
+reaches its level by the end, where the final check decides (a failure
+goes back to the level that held, as checked). That gain is the same at
+every tolerance, so a looser tolerance, holding every level a stricter one
+holds, climbs the same path at least as far.
 
 If the first level fails at a raised learning rate (the rate the shrink
 sets, 3x the user's: best for most models, too much for some), the climb
@@ -166,10 +171,21 @@ class Climb:
     def _budget_left(self, progress: float) -> bool:
         """Whether there is a level to go on to, and time to reach it before
         the reserve (a rise that would be cut short is not begun: the level
-        that held fine-tunes instead)."""
-        rising = self.state.rise_clock > self.state.rise_began
+        that held fine-tunes instead), or by the end after a level that held
+        ahead of the start."""
+        state = self.state
+        rising = state.rise_clock > state.rise_began
         needed = 0.0 if rising else SEGMENT
-        return bool(self.upcoming()) and progress + needed <= 1.0 - RESERVE
+        end = 1.0 if state.stride > 1 else 1.0 - RESERVE  # stride 2: the level held ahead
+        return bool(self.upcoming()) and progress + needed <= end + 1e-9
+
+    def _rises_in_one_cut(self, seen: Observation) -> bool:
+        """Whether a rise takes no more than one decision interval (a short
+        budget: the regression benchmark's 50 steps, a decision every 10).
+        Then every rise is a single cut, the first one too, which goes
+        straight to the first level: a cut to `initial` before it would spend
+        one of the few decisions without a check."""
+        return seen.budget_known and seen.total_steps * SEGMENT <= self.cut_every
 
     def _rise(self, seen: Observation) -> Action:
         state = self.state
@@ -179,7 +195,7 @@ class Climb:
                 return Action(ROLLBACK, stopped=True,
                               reason=f"out of budget before {self.target():.2%}")
             return Action(HOLD)  # the rest fine-tunes the last level that held
-        if seen.step:
+        if seen.step or self._rises_in_one_cut(seen):
             state.rise_clock += self.cut_every
         target = self.target()
         start = min(state.rise_from, target)

@@ -65,6 +65,8 @@ class Observation:
         drift: How far the model's predictions moved from the start, without
             labels; given only when the policy's `needs_drift()` said so.
         final: The budget is spent: the last decision.
+        budget_known: Whether `total_steps` is the budget; False during a
+            first epoch of unknown length, where it is the steps so far.
     """
 
     step: int
@@ -75,6 +77,7 @@ class Observation:
     rate_raised: bool = False
     drift: float | None = None
     final: bool = False
+    budget_known: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
