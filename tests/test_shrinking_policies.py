@@ -86,7 +86,7 @@ class Watcher(ShrinkPolicy):
 
 
 @pytest.mark.filterwarnings("ignore:Your input ran out of data")  # Keras, at the end of an epoch of unknown length
-def test_a_first_epoch_of_unknown_length_is_observed_with_its_budget_unknown():
+def test_a_first_epoch_of_unknown_length_is_observed_with_its_budget_unknown_and_the_last_step_decided_once():
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
@@ -101,7 +101,8 @@ def test_a_first_epoch_of_unknown_length_is_observed_with_its_budget_unknown():
         model.fit(data, epochs=2, verbose=0, shuffle=False, callbacks=[phase])
     known = [(s.step, s.budget_known, s.total_steps) for s in policy.seen]
     assert known[:5] == [(0, False, 1), (4, False, 4), (8, False, 8), (12, False, 12), (16, False, 16)]
-    assert known[5:] == [(step, True, 32) for step in (20, 24, 28, 32, 32)]  # the last: the end's
+    # The budget's last step is decided once, by the end's decision.
+    assert known[5:] == [(step, True, 32) for step in (20, 24, 28, 32)] and policy.seen[-1].final
 
 
 def test_shrinkphase_runs_a_policy_of_the_users_own():

@@ -182,7 +182,10 @@ class ShrinkPhase(keras.callbacks.Callback):
             return
         self._step += 1
         self._epoch_steps += 1
-        if self._phase == "ramping" and self._step % self.policy.cut_every == 0:
+        # The budget's last step is decided once, by the final decision
+        # (`on_train_end`): a decision here too would check the same weights twice.
+        last = self._step == self._total_steps
+        if self._phase == "ramping" and self._step % self.policy.cut_every == 0 and not last:
             self.model  # noqa: B018 - under JAX, reading it syncs the weights mid-epoch
             self._decide()
 
