@@ -345,3 +345,19 @@ def test_bad_input(call, error, fragment, prepare):
             prepare(model)
 
     assert_refused_and_unchanged(call, error, fragment, compiled_first)
+
+
+def test_the_starting_predictions_of_a_model_with_named_outputs_keep_their_structure():
+    x = np.concatenate([X, X], axis=1)  # wider than the outputs: they ride beside the targets
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, {"a": keras.layers.Dense(3, name="a")(inputs),
+                                 "b": keras.layers.Dense(2, name="b")(inputs)})
+    model.compile("adam", {"a": keras.losses.SparseCategoricalCrossentropy(from_logits=True), "b": "mse"})
+    targets = {"a": LABELS, "b": np.zeros((len(X), 2), "float32")}
+    model.fit(x, targets, epochs=1, verbose=0)
+    packed = distill.with_teacher_predictions(model, x, targets, batch_size=7)  # batches of 7: a short last one
+    teacher, expected = packed[distill.TEACHER_KEY], model(x)
+    assert set(teacher) == {"a", "b"}
+    for name in ("a", "b"):
+        assert teacher[name].shape == (len(X), {"a": 3, "b": 2}[name])
+        np.testing.assert_allclose(teacher[name], keras.ops.convert_to_numpy(expected[name]), rtol=1e-5, atol=1e-6)

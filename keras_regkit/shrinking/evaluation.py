@@ -15,16 +15,16 @@ from keras_regkit.shrinking.data import batches, first_axis, take
 _PREDICT_BATCH = 1024
 
 
-def predict(model: keras.Model, inputs) -> list[np.ndarray]:
+def predict(model: keras.Model, inputs, batch_size: int = _PREDICT_BATCH) -> list[np.ndarray]:
     """Each of the model's outputs (flattened as `keras.tree.flatten` orders
-    them) on `inputs` (arrays), in inference mode, batch by batch, through
-    `forward(model)`."""
+    them, as float32) on `inputs` (arrays), in inference mode, `batch_size`
+    samples at a time, through `forward(model)`."""
     n = first_axis(inputs)
     call = forward(model)
     parts = [
         [np.asarray(keras.ops.convert_to_numpy(o), dtype="float32")
-         for o in keras.tree.flatten(call(take(inputs, slice(i, i + _PREDICT_BATCH))))]
-        for i in range(0, n, _PREDICT_BATCH)
+         for o in keras.tree.flatten(call(take(inputs, slice(i, i + batch_size))))]
+        for i in range(0, n, batch_size)
     ]
     return [np.concatenate(output) for output in zip(*parts)]
 
