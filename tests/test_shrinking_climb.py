@@ -214,22 +214,27 @@ def test_a_level_that_held_ahead_may_spend_the_reserve_on_one_more_rise_reaching
     climb, action = check_at(too_late_to_fine_tune, AHEAD)
     assert action.kind == RISE and climb.target() == 0.95  # the skip, as anywhere
     _, arrived = rise_to_level(climb, too_late_to_fine_tune + EVERY, good=0.8)
-    assert climb.state.pending == 0.95 and arrived <= TOTAL
+    assert climb.state.pending == 0.95 and arrived <= TOTAL - EVERY  # the last step is the final decision's
+    # The latest such rise: its level is reached a decision before the end, where the final check decides.
+    latest = int(TOTAL - segment)
+    climb, action = check_at(latest, AHEAD)
+    assert action.kind == RISE
+    assert rise_to_level(climb, latest + EVERY, good=0.8)[1] == TOTAL - EVERY
     # Ahead, but too late to reach the next level by the end: it holds.
-    too_late = int(TOTAL - segment) + EVERY
-    assert check_at(too_late, AHEAD)[1] == Action(HOLD)
+    assert check_at(latest + EVERY, AHEAD)[1] == Action(HOLD)
 
 
-def test_a_short_budget_rises_in_one_cut_each_the_first_straight_to_the_first_level():
-    short = int(EVERY / climb_lib.SEGMENT)  # a rise takes one decision interval
+@pytest.mark.parametrize("total", [50, 70])  # a rise of 10 and of 14 steps: one decision interval, rounded
+def test_a_short_budget_rises_in_one_cut_each_the_first_straight_to_the_first_level(total):
     climb = Climb((0.8, 0.9), initial=0.5, cut_every=EVERY)
-    assert climb.decide(seen(0, total=short)) == Action(RISE, 0.8)
+    assert climb.decide(seen(0, total=total)) == Action(RISE, 0.8)
     assert climb.state.pending == 0.8
-    assert climb.checked(seen(EVERY, 0.8, 0.8, total=short), HOLDS) == Action(RISE, 0.9)
-    # A decision interval longer: the first cut, then a rise of two cuts.
+    assert climb.checked(seen(EVERY, 0.8, 0.8, total=total), HOLDS) == Action(RISE, 0.9)
+    # A rise of 16 steps: the first cut, then a rise of two cuts.
     climb = Climb((0.8, 0.9), initial=0.5, cut_every=EVERY)
-    assert climb.decide(seen(0, total=short + EVERY)) == Action(RISE, 0.5)
-    assert climb.decide(seen(EVERY, total=short + EVERY)).sparsity < 0.8
+    assert climb.decide(seen(0, total=80)) == Action(RISE, 0.5)
+    assert climb.decide(seen(EVERY, total=80)).sparsity < 0.8
+    assert climb.decide(seen(2 * EVERY, total=80)) == Action(RISE, 0.8)
     # A first epoch of unknown length (its steps so far stand for the budget): the first cut.
     climb = Climb((0.8, 0.9), initial=0.5, cut_every=EVERY)
     assert climb.decide(seen(0, total=1, budget_known=False)) == Action(RISE, 0.5)

@@ -2,7 +2,8 @@
 
 At `start_epoch` (or on a `Plateau` of a metric, with the best weights
 restored) the shrink sets its learning rate, makes a first cut and then
-asks its policy every `cut_every` training steps where to go: cut further,
+asks its policy every `cut_every` training steps (and at the end, where
+the last step's decision is the final one) where to go: cut further,
 wait, check the model on the validation data, hold, or go back to the last
 good state (see `decisions`). Cuts rank every covered weight together by
 the policy's score (`|w| · v^(1/4)`, with `v` the optimizer's second moment)

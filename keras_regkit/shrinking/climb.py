@@ -8,8 +8,8 @@ only while it cuts. At a level the model trains until it stops recovering
 (its label-free drift from the start has not fallen for `PLATEAU` checks,
 or `HOLD` of the budget has passed), and then the labels are read once. The
 last `RESERVE` of the budget fine-tunes the level chosen. On a budget so
-short that a rise takes no more than one decision interval, every rise is
-one cut, the first one too.
+short that a rise rounds to one decision interval, every rise is one cut,
+the first one too.
 
 A level above one that held gets a second check if it fails its first: it
 trains on for `PROBATION` of the budget left, and then its second check
@@ -18,8 +18,8 @@ A level that holds with the model better than at the start by
 `decisions.SKIP_GAIN` (beyond noise) has room for two levels' losses: the
 next rise skips a level; nor does such a level need the fine-tune to keep
 its promise, so a rise that would end in the reserve is begun anyway if it
-reaches its level by the end, where the final check decides (a failure
-goes back to the level that held, as checked). That gain is the same at
+reaches its level by the end: a failure there goes back to the level
+that held, as it was checked, with no budget left to fine-tune it. That gain is the same at
 every tolerance, so a looser tolerance, holding every level a stricter one
 holds, climbs the same path at least as far.
 
@@ -72,7 +72,8 @@ class ClimbState:
 
 class Climb:
     """The climb's decisions over `levels` (rising sparsities), starting
-    from a first cut to `initial`, cutting every `cut_every` steps.
+    from a first cut to `initial` (on a short budget straight to the first
+    level), cutting every `cut_every` steps.
 
     Example:
 
@@ -176,16 +177,24 @@ class Climb:
         state = self.state
         rising = state.rise_clock > state.rise_began
         needed = 0.0 if rising else SEGMENT
-        end = 1.0 if state.stride > 1 else 1.0 - RESERVE  # stride 2: the level held ahead
-        return bool(self.upcoming()) and progress + needed <= end + 1e-9
+        if not self.upcoming():
+            return False
+        if state.stride > 1:  # the level held ahead: its rise may end as late as the end
+            return progress + needed <= 1.0 + 1e-9  # (0.8 + 0.2, in floats)
+        return progress + needed <= 1.0 - RESERVE
 
     def _rises_in_one_cut(self, seen: Observation) -> bool:
-        """Whether a rise takes no more than one decision interval (a short
-        budget: the regression benchmark's 50 steps, a decision every 10).
-        Then every rise is a single cut, the first one too, which goes
-        straight to the first level: a cut to `initial` before it would spend
-        one of the few decisions without a check."""
-        return seen.budget_known and seen.total_steps * SEGMENT <= self.cut_every
+        """Whether a rise rounds to one decision interval (a short budget:
+        the regression benchmark's 50 steps, a decision every 10). Then every
+        rise is a single cut, the first one too, which goes straight to the
+        first level: a cut to `initial` before it would spend one of the few
+        decisions without a check, and a second decision per rise would
+        only finish the last few hundredths of its cubic."""
+        return seen.budget_known and seen.total_steps * SEGMENT < 1.5 * self.cut_every
+
+    def _rise_steps(self, seen: Observation) -> float:
+        """The steps a rise takes on the rise clock."""
+        return self.cut_every if self._rises_in_one_cut(seen) else max(seen.total_steps * SEGMENT, 1)
 
     def _rise(self, seen: Observation) -> Action:
         state = self.state
@@ -199,7 +208,7 @@ class Climb:
             state.rise_clock += self.cut_every
         target = self.target()
         start = min(state.rise_from, target)
-        done = min((state.rise_clock - state.rise_began) / max(seen.total_steps * SEGMENT, 1), 1.0)
+        done = min((state.rise_clock - state.rise_began) / self._rise_steps(seen), 1.0)
         if done < 1.0:
             return Action(RISE, target - (target - start) * (1.0 - done) ** 3)
         state.pending, state.level_began, state.best_drift, state.stale = target, seen.step, math.inf, 0

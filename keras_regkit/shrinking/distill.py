@@ -171,7 +171,8 @@ def with_teacher_predictions(model: keras.Model, x, y, sample_weight=None, batch
         return None  # e.g. a language model's logits at every position
     # The checks' compiled predict step, batch by batch (`model.predict`
     # would build a dataset and its iterator first: 80-115 ms against 5-9 ms
-    # on the quality benchmark's MLPs).
+    # on the quality benchmark's MLPs). Under a TensorFlow strategy of
+    # several replicas that is a direct call per batch, as for the checks.
     teacher = evaluation.predict(model, x, batch_size=batch_size or _KERAS_PREDICT_BATCH)
     return {LABELS_KEY: y, TEACHER_KEY: keras.tree.pack_sequence_as(outputs, teacher)}
 
