@@ -18,10 +18,10 @@ A level that holds with the model better than at the start by
 `decisions.SKIP_GAIN` (beyond noise) has room for two levels' losses: the
 next rise skips a level; nor does such a level need the fine-tune to keep
 its promise, so a rise that would end in the reserve is begun anyway if it
-reaches its level by the end: a failure there goes back to the level
-that held, as it was checked, with no budget left to fine-tune it. That gain is the same at
-every tolerance, so a looser tolerance, holding every level a stricter one
-holds, climbs the same path at least as far.
+reaches its level by the end (a failure there goes back to the level that
+held, as it was checked, with no budget left to fine-tune it). That gain
+is the same at every tolerance, so a looser tolerance, holding every level
+a stricter one holds, climbs the same path at least as far.
 
 If the first level fails at a raised learning rate (the rate the shrink
 sets, 3x the user's: best for most models, too much for some), the climb

@@ -2,11 +2,12 @@
 
 `ShrinkPhase` (the callback) asks its policy every `cut_every` training
 steps, and once more at the end of the budget (`Observation.final`; the
-budget's last step is that decision's, not a regular one). It gives an `Observation` (how far through the budget, how sparse
-the model is and the last good state was, the label-free drift when the
-policy asked for it); the policy answers with an `Action`. When the action
-is a check, the callback measures the model on its validation data, and the
-policy gets the `Verdict` and answers again.
+budget's last step is that decision's, not a regular one). It gives an
+`Observation` (how far through the budget, how sparse the model is and the
+last good state was, the label-free drift when the policy asked for it);
+the policy answers with an `Action`. When the action is a check, the
+callback measures the model on its validation data, and the policy gets
+the `Verdict` and answers again.
 """
 
 from __future__ import annotations
