@@ -59,7 +59,8 @@ class Observation:
         step: Training steps since the shrink began.
         total_steps: The budget in steps (an estimate during a first epoch
             of unknown length).
-        progress: `step / total_steps`, in [0, 1].
+        progress: `step / total_steps`, in [0, 1] (0 while the budget is
+            unknown).
         sparsity: Fraction of the covered weights (or units) that are zero.
         good_sparsity: The same, in the last good state (the one a
             rollback returns to).
