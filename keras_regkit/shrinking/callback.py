@@ -138,7 +138,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         self.policy.bind(self.granularity)
         # The checks' verdicts, or what `result.baseline` and `final` report.
         self.check = self.policy.check or ValidationCheck(0.0, monitor)
-        self.validation_data = _validation_data(validation_data, self.policy)
+        self.validation_data = data_lib.shrink_validation_data(validation_data, self.policy)
         weights_lib.check_selector(layers)
         self.layers, self.backup_dir = layers, backup_dir
         self._state = None if backup_dir is None else PhaseState(backup_dir)
@@ -425,29 +425,6 @@ def _policy(sparsity, tolerance, policy, monitor) -> ShrinkPolicy:
             f"Give `monitor` to the policy that checks it: {type(policy).__name__}(..., monitor={monitor!r}). "
             f"Received: monitor={monitor!r} and a policy checking {policy.check.name!r}")
     return policy
-
-
-def _validation_data(data, policy: ShrinkPolicy):
-    """Refuses validation data the shrink could not read twice or to the
-    end, or none for a policy that checks."""
-    if data_lib.read_once(data):
-        raise ValueError(
-            "Invalid value for argument `validation_data`: an iterator or generator can be read only once, "
-            "and the shrink would use it up (it reads its validation data at the start and at the end). "
-            f"Pass arrays, a tf.data.Dataset or a keras.utils.PyDataset. Received: validation_data={data!r}")
-    if isinstance(data, (tuple, list)) and not data:
-        raise ValueError("Invalid value for argument `validation_data`: expected `(x, y)` or `(x, y, "
-                         f"sample_weight)` arrays, or a dataset. Received: validation_data={data!r}")
-    if data_lib.is_infinite(data):
-        raise ValueError(
-            "Invalid value for argument `validation_data`: this dataset repeats forever, and the shrink "
-            "reads its validation data to the end. Pass `validation_data.take(n)` (or `validation_steps=` "
-            "to `keras_regkit.shrink`).")
-    if policy.check is not None and data is None:
-        raise ValueError(
-            "The tolerance mode needs `validation_data=` (arrays or a dataset with targets): each level it "
-            "reaches is checked there against the starting model. Or give `sparsity=` instead.")
-    return data
 
 
 def _finite(loss, weights: list) -> bool:

@@ -182,3 +182,26 @@ def read_once(data) -> bool:
         return iter(data) is data
     except TypeError:
         return False
+
+
+def shrink_validation_data(data, policy):
+    """Refuses validation data the shrink could not read twice or to the
+    end, or none for a policy that checks."""
+    if read_once(data):
+        raise ValueError(
+            "Invalid value for argument `validation_data`: an iterator or generator can be read only once, "
+            "and the shrink would use it up (it reads its validation data at the start and at the end). "
+            f"Pass arrays, a tf.data.Dataset or a keras.utils.PyDataset. Received: validation_data={data!r}")
+    if isinstance(data, (tuple, list)) and not data:
+        raise ValueError("Invalid value for argument `validation_data`: expected `(x, y)` or `(x, y, "
+                         f"sample_weight)` arrays, or a dataset. Received: validation_data={data!r}")
+    if is_infinite(data):
+        raise ValueError(
+            "Invalid value for argument `validation_data`: this dataset repeats forever, and the shrink "
+            "reads its validation data to the end. Pass `validation_data.take(n)` (or `validation_steps=` "
+            "to `keras_regkit.shrink`).")
+    if policy.check is not None and data is None:
+        raise ValueError(
+            "The tolerance mode needs `validation_data=` (arrays or a dataset with targets): each level it "
+            "reaches is checked there against the starting model. Or give `sparsity=` instead.")
+    return data
