@@ -125,7 +125,7 @@ def cut_seconds(keras, model, reset, x, y, on_device: bool, levels=(0.3, 0.5)):
     refs = granularity.select(model, "*")
     xb, yb = take(x, BATCH), y[:BATCH]
     def scored():
-        return score.tensors(refs, model.optimizer) if on_device else score.scores(refs, model.optimizer)
+        return score.tensors(refs, model.optimizer) if on_device else scores_lib.OnHost(score, refs, model.optimizer)
 
     # A first cut and its hold, by the same path, before the clock starts:
     # the shrink's later cuts change the masks of holds already in the step,

@@ -13,6 +13,8 @@ from keras import ops
 from keras_regkit import weights as weights_lib
 from keras_regkit.pruning import cut as cut_lib
 from keras_regkit.pruning import granularity as granularity_lib
+from keras_regkit.pruning import scores as scores_lib
+from keras_regkit.pruning import select
 
 
 def by_definition(flat: np.ndarray, count: int) -> np.ndarray:
@@ -130,3 +132,110 @@ def test_a_live_entry_scored_below_zero_ranks_below_the_dead_as_the_general_path
     made = cut_lib.cut(refs, scores, granularity_lib.Weights(), sparsity=0.0)
     assert (made.zeros, made.total) == (2, 8)
     np.testing.assert_array_equal(ops.convert_to_numpy(refs[0].variable.value), [[0.0, 0.0, 2.0, 3.0]])
+
+
+class FixedScores(scores_lib.Score):
+    """A score of your own: given arrays, by `scores` only (the base
+    class's `scores_at` reads them there)."""
+
+    def __init__(self, arrays):
+        self.arrays = arrays
+
+    def scores(self, refs, optimizer=None):
+        return [a.copy() for a in self.arrays]
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("sparsity", [0.0, 0.6, 0.85, 0.9, 1.0])
+def test_a_score_computed_on_the_host_cuts_as_its_arrays_do(seed, sparsity):
+    # `OnHost` (the shrink's path on the CPU) scores the live entries at
+    # their positions; the cut must be the one of every entry's scores.
+    rng = np.random.default_rng(seed)
+    weights, scores = [], []
+    for shape in ((20, 15), (15, 9)):
+        w = rng.integers(1, 4, shape).astype("float32")
+        w[rng.random(shape) < 0.6] = 0.0
+        s = (rng.integers(0, 4, shape) / 4).astype("float32")
+        s[rng.random(shape) < 0.1] = np.inf
+        weights.append(w)
+        scores.append(s)
+    made, zeros = [], []
+    for given in ("arrays", "on host"):
+        model, refs = two_layer_model(weights)
+        how = [s.copy() for s in scores] if given == "arrays" else scores_lib.OnHost(FixedScores(scores), refs)
+        made.append(cut_lib.cut(refs, how, granularity_lib.Weights(), sparsity=sparsity))
+        zeros.append([ops.convert_to_numpy(ref.variable.value) == 0 for ref in refs])
+    assert made[0] == made[1]
+    for on_host, from_arrays in zip(*zeros):
+        np.testing.assert_array_equal(on_host, from_arrays)
+
+
+def trained_model(seed=0):
+    """A model whose Adam second moments are set (one step), with 80 % of
+    its kernels' entries dead."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16), keras.layers.Dense(3)])
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    rng = np.random.default_rng(seed)
+    model.train_on_batch(rng.normal(size=(32, 12)).astype("float32"), rng.normal(size=(32, 3)).astype("float32"))
+    refs = weights_lib.select_weights(model, "*", ("kernel",))
+    for ref in refs:
+        w = ops.convert_to_numpy(ref.variable.value)
+        ref.variable.assign(np.where(rng.random(w.shape) < 0.8, 0.0, w).astype("float32"))
+    return model, refs
+
+
+@pytest.mark.parametrize("score", [scores_lib.Magnitude(), scores_lib.Curvature()], ids=lambda s: s.name)
+def test_a_built_in_score_at_positions_is_its_score_there_bit_for_bit(score):
+    model, refs = trained_model()
+    rng = np.random.default_rng(1)
+    positions = [np.sort(rng.choice(int(np.prod(ref.variable.shape)), 40, replace=False)) for ref in refs]
+    every = score.scores(refs, model.optimizer)
+    at = score.scores_at(refs, model.optimizer, positions)
+    for full, some, p in zip(every, at, positions):
+        assert some.dtype == np.float32
+        np.testing.assert_array_equal(some, full.reshape(-1)[p])
+
+
+def test_the_shrink_cut_on_the_host_scores_only_the_live_entries(monkeypatch):
+    model, refs = trained_model()
+    expected_model, expected_refs = trained_model()  # the same weights, cut from every entry's scores
+    cut_lib.cut(expected_refs, scores_lib.Curvature().scores(expected_refs, expected_model.optimizer),
+                RankedAsTheBaseClass(), sparsity=0.9)
+    monkeypatch.setattr(scores_lib.Curvature, "scores", lambda *args: pytest.fail("every entry scored"))
+    made = cut_lib.cut(refs, scores_lib.for_cut(scores_lib.Curvature(), refs, model.optimizer),
+                       granularity_lib.Weights(), sparsity=0.9)
+    assert made.zeros == int(round(0.9 * made.total))
+    for ref, expected in zip(refs, expected_refs):
+        np.testing.assert_array_equal(ops.convert_to_numpy(ref.variable.value),
+                                      ops.convert_to_numpy(expected.variable.value))
+
+
+def test_curvature_with_no_live_moment_above_zero_lets_every_entry_decide():
+    # Moments all 0 (no step taken): the cut falls back to |w| and warns,
+    # as the scores of every entry decide it.
+    model, refs = trained_model()
+    for variable in model.optimizer.variables:
+        variable.assign(ops.zeros(variable.shape, variable.dtype))
+    expected_model, expected_refs = trained_model()
+    cut_lib.cut(expected_refs, scores_lib.Magnitude().scores(expected_refs), RankedAsTheBaseClass(), sparsity=0.9)
+    with pytest.warns(UserWarning, match="has not taken a step yet"):
+        cut_lib.cut(refs, scores_lib.OnHost(scores_lib.Curvature(), refs, model.optimizer),
+                    granularity_lib.Weights(), sparsity=0.9)
+    for ref, expected in zip(refs, expected_refs):
+        np.testing.assert_array_equal(ops.convert_to_numpy(ref.variable.value),
+                                      ops.convert_to_numpy(expected.variable.value))
+
+
+@pytest.mark.parametrize("shape", [(7,), (6, 5), (3, 3, 2, 4)])
+def test_zero_at_zeroes_exactly_the_positions_given(shape):
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=shape).astype("float32") + 5.0  # no zeros of its own
+    variable = keras.Variable(values)
+    size = values.size
+    positions = np.sort(rng.choice(size, size // 3, replace=False))
+    select.zero_at(variable, positions)
+    select.zero_at(variable, np.zeros(0, np.int64))  # nothing to zero: nothing changes
+    expected = values.reshape(-1).copy()
+    expected[positions] = 0.0
+    np.testing.assert_array_equal(ops.convert_to_numpy(variable.value).reshape(-1), expected)

@@ -16,6 +16,7 @@ import dataclasses
 import numpy as np
 from keras import ops
 
+from keras_regkit.pruning import scores as scores_lib
 from keras_regkit.pruning import select
 from keras_regkit.pruning import units as units_lib
 from keras_regkit.pruning.granularity import Granularity
@@ -72,13 +73,23 @@ def cut(
     exactly, and lower cuts are steps towards it. `scores` are entry
     scores, one of each weight's shape: NumPy arrays (cut on the host), or
     tensors (`Score.tensors`), which a granularity of entries cuts globally
-    on the weights' device (`select`), with the same masks."""
-    if not isinstance(scores[0] if scores else None, np.ndarray):
-        if _ranks_entries(granularity) and not per_output:
+    on the weights' device (`select`), with the same masks; or a score to
+    compute on the host (`scores.OnHost`), of the live entries only where
+    the cut is a global one of entries to a sparsity."""
+    entries_globally = _ranks_entries(granularity) and not per_output
+    if isinstance(scores, scores_lib.OnHost):
+        if entries_globally and threshold is None:
+            made = _lowest_live_entries(refs, scores.at, sparsity)
+            if made is not None:
+                return made
+        scores = scores.all()
+    elif not isinstance(scores[0] if scores else None, np.ndarray):
+        if entries_globally:
             return _cut_on_device(refs, scores, sparsity, threshold)
         scores = [np.asarray(ops.convert_to_numpy(ops.cast(s, "float32"))) for s in scores]
-    if _ranks_entries(granularity) and not per_output and threshold is None:
-        made = _lowest_live_entries(refs, scores, sparsity)
+    elif entries_globally and threshold is None:
+        made = _lowest_live_entries(refs, lambda positions: [
+            np.take(s.reshape(-1), p) for s, p in zip(scores, positions)], sparsity)
         if made is not None:
             return made
     ranked = granularity.rank(refs, scores)
@@ -114,25 +125,26 @@ def _cut_on_device(refs: list[WeightRef], scores: list, sparsity, threshold) -> 
     return Cut(count, total, highest)
 
 
-def _lowest_live_entries(refs: list[WeightRef], scores: list[np.ndarray], sparsity: float) -> Cut | None:
-    """The global cut of entries to `sparsity` from NumPy scores, as
-    `granularity.rank` and `lowest_by_position` make it (dead first, then
-    the lowest scores, ties by position, nothing out of reach) but ranking
-    only the live entries: a shrink's later cuts find most entries dead,
-    and ranking them all (float64 copies of every score, a concatenation,
-    passes over each) cost 2-4 train steps a cut at 5 M parameters.
-    None where a live entry scores below 0 (a `Score` of your own): the
-    general path ranks those below the dead."""
-    # Read, not copied: the zeroing goes by ops where the weights are (`select.zero`).
-    values = [select.host_view(ref.variable.value) for ref in refs]
-    live = [v != 0 for v in values]
-    # By position, in the weights' order (flat: a 1-D boolean index is several times faster).
-    live_scores = [np.compress(alive.reshape(-1), score.reshape(-1)) for score, alive in zip(scores, live)]
-    reachable = np.concatenate([np.compress(np.isfinite(s), s) for s in live_scores]) if refs else np.zeros(0)
+def _lowest_live_entries(refs: list[WeightRef], scored_at, sparsity: float) -> Cut | None:
+    """The global cut of entries to `sparsity`, as `granularity.rank` and
+    `lowest_by_position` make it (dead first, then the lowest scores, ties
+    by position, nothing out of reach) but scoring and ranking only the
+    live entries: a shrink's later cuts find most entries dead, and passes
+    over every entry (scores, their copies, masks) cost 2-4 train steps a
+    cut at 5 M parameters. `scored_at(positions)` gives the scores of the
+    entries at those flat positions, per weight (None: only every entry's
+    scores can decide). None where a live entry scores below 0 (a `Score`
+    of your own): the general path ranks those below the dead."""
+    # Read, not copied; and no read is held once the zeroing writes (TensorFlow would copy the weight first).
+    positions = [np.flatnonzero(select.host_view(ref.variable.value).reshape(-1) != 0) for ref in refs]
+    total = sum(int(np.prod(ref.variable.shape)) for ref in refs)
+    live_scores = scored_at(positions) if refs else []
+    if live_scores is None:
+        return None
+    reachable = np.concatenate([s[np.isfinite(s)] for s in live_scores]) if refs else np.zeros(0)
     if reachable.size and reachable.min() < 0:
         return None
-    total = sum(v.size for v in values)
-    dead = total - sum(int(np.count_nonzero(alive)) for alive in live)
+    dead = total - sum(p.size for p in positions)
     count = min(max(int(round(sparsity * total)), dead), dead + reachable.size)
     if count == 0:
         return Cut(0, total, None)
@@ -140,14 +152,13 @@ def _lowest_live_entries(refs: list[WeightRef], scores: list[np.ndarray], sparsi
         return Cut(count, total, 0.0)
     kth = np.partition(reachable, count - dead - 1)[count - dead - 1]
     ties_left = count - dead - int(np.count_nonzero(reachable < kth))
-    for ref, score, alive in zip(refs, scores, live):
-        removed = alive & (score < kth)
+    for ref, live, score in zip(refs, positions, live_scores):
+        removed = live[score < kth]
         if ties_left:
-            tied = np.flatnonzero(alive & (score == kth))[:ties_left]
-            removed.reshape(-1)[tied] = True
+            tied = live[score == kth][:ties_left]
+            removed = np.concatenate([removed, tied])
             ties_left -= tied.size
-        if removed.any():
-            select.zero([ref.variable], [removed])
+        select.zero_at(ref.variable, removed)
     return Cut(count, total, max(float(kth), 0.0))
 
 

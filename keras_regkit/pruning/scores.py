@@ -13,6 +13,7 @@ A built-in score is computed with `keras.ops` where the weights are
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import keras
@@ -59,6 +60,14 @@ class Score:
         only."""
         return None
 
+    def scores_at(self, refs: list[WeightRef], optimizer, positions: list[np.ndarray]) -> list[np.ndarray] | None:
+        """Per weight, the NumPy scores of the entries at `positions` (flat
+        indices, in C order), equal to those `scores` gives there; or None
+        where only `scores` can decide (the cut then scores every entry).
+        The default reads them from `scores`; a built-in score computes only
+        those entries (a shrink's later cuts score only the live ones)."""
+        return [np.take(s.reshape(-1), p) for s, p in zip(self.scores(refs, optimizer), positions)]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -70,6 +79,9 @@ class Magnitude(Score):
 
     def tensors(self, refs, optimizer=None):
         return [ops.abs(_float32(ref.variable)) for ref in refs]
+
+    def scores_at(self, refs, optimizer, positions):
+        return [_absolute(_entries(ref.variable, p)) for ref, p in zip(refs, positions)]
 
 
 class Curvature(Score):
@@ -110,6 +122,16 @@ class Curvature(Score):
                 return scores
         return [_numpy(t) for t in self._fell_back(refs, optimizer, moments)]
 
+    def scores_at(self, refs, optimizer, positions):
+        moments = self._moments(refs, optimizer)
+        if moments is None:
+            return None  # `scores` falls back to |w|, and warns why
+        scores = [_curvature_of(_entries(ref.variable, p), _entries(v, p))
+                  for ref, v, p in zip(refs, moments, positions)]
+        # No positive score among them: `scores` decides from every entry
+        # whether the moments are all 0 (and the score falls back to |w|).
+        return scores if any(np.any(s > 0) for s in scores) else None
+
     @staticmethod
     def _moments(refs, optimizer) -> list | None:
         """Each weight's second moment, or None if one has none: all or
@@ -138,6 +160,24 @@ class Curvature(Score):
 def _curvature(refs, moments) -> list:
     return [ops.abs(_float32(ref.variable)) * ops.sqrt(ops.sqrt(ops.maximum(_float32(v), 0.0)))
             for ref, v in zip(refs, moments)]
+
+
+def _curvature_of(values: np.ndarray, moments: np.ndarray) -> np.ndarray:
+    """`_curvature` in NumPy on float32 arrays of its own (written in place:
+    no temporaries), the same ops in the same order: the same values, bit
+    for bit."""
+    root = np.sqrt(np.sqrt(np.maximum(moments, np.float32(0), out=moments), out=moments), out=moments)
+    return np.multiply(_absolute(values), root, out=values)
+
+
+def _absolute(values: np.ndarray) -> np.ndarray:
+    return np.abs(values, out=values)
+
+
+def _entries(variable, positions: np.ndarray) -> np.ndarray:
+    """The float32 values of `variable` at flat `positions`, read on the
+    host, in an array of their own."""
+    return np.take(host_view(variable.value).reshape(-1), positions).astype("float32", copy=False)
 
 
 def _any_positive(variables: list) -> bool:
@@ -186,19 +226,37 @@ def get(score) -> Score:
     )
 
 
-def for_cut(score: Score, refs: list[WeightRef], optimizer) -> list:
+@dataclasses.dataclass(frozen=True)
+class OnHost:
+    """A score the cut computes on the host when it needs it: of every
+    entry (`all`), or of the entries at given positions only (`at`: the
+    live ones, where a shrink's later cuts find most entries dead)."""
+
+    score: Score
+    refs: list
+    optimizer: object = None
+
+    def all(self) -> list[np.ndarray]:
+        return self.score.scores(self.refs, self.optimizer)
+
+    def at(self, positions: list[np.ndarray]) -> list[np.ndarray] | None:
+        return self.score.scores_at(self.refs, self.optimizer, positions)
+
+
+def for_cut(score: Score, refs: list[WeightRef], optimizer) -> list | OnHost:
     """What the shrink's cut ranks by: `score`'s tensors where the weights
     are on an accelerator (the cut then stays there, see `select`), else
-    its NumPy scores. On the CPU the weights already are on the host, and
-    the host cut, which ranks only the live entries, beats the device
-    cut's eager passes there (5.27 M parameters, 2 cores, TensorFlow: about
-    80-90 ms a cut against 145-155 ms; under JAX and PyTorch the device cut
-    was slower still)."""
+    the score to compute on the host (`OnHost`). On the CPU the weights
+    already are on the host, and the host cut, which scores and ranks only
+    the live entries, beats the device cut's eager passes over every entry
+    (5.27 M parameters, 2 cores, TensorFlow: about 80-90 ms a cut against
+    145-155 ms before it scored only the live entries; under JAX and
+    PyTorch the device cut was slower still)."""
     if refs and not on_cpu(refs[0].variable):
         tensors = score.tensors(refs, optimizer)
         if tensors is not None:
             return tensors
-    return score.scores(refs, optimizer)
+    return OnHost(score, refs, optimizer)
 
 
 def second_moment(optimizer, variable) -> keras.Variable | None:
