@@ -429,6 +429,25 @@ def test_nan_loss_rolls_back_to_the_last_epochs_weights_and_goes_on():
     assert sum(int((k == 0).sum()) for k in kernels(model)) == round(0.8 * (8 * 32 + 32 * 2))
 
 
+def test_a_snapshot_writes_over_the_arrays_it_is_lent_and_keeps_no_view_of_the_model():
+    from keras_regkit.shrinking.snapshots import Snapshot
+
+    model = trained_classifier()
+    x, y = classification_data()
+    lent = Snapshot.take(model, step=0, sparsity=0.0)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)  # new weights and slots
+    taken = Snapshot.take(model, step=8, sparsity=0.5, reuse=lent)
+    assert all(a is b for a, b in zip(taken.weights + taken.slots, lent.weights + lent.slots))
+    assert_same_weights(taken.weights, model.get_weights())
+    now = optimizer_state(model)
+    slots = [now[path] for path in now if "iteration" not in path]
+    assert len(slots) == len(taken.slots) and all(np.array_equal(a, b) for a, b in zip(taken.slots, slots))
+    assert (taken.step, taken.sparsity) == (8, 0.5)
+    expected = [w.copy() for w in taken.weights]
+    model.set_weights([w + 1 for w in model.get_weights()])
+    assert_same_weights(taken.weights, expected)  # copies, not views of the model
+
+
 @pytest.mark.parametrize("error", [KeyboardInterrupt(), RuntimeError("callback failed")], ids=["interrupt", "exception"])
 def test_interrupted_shrink_ends_at_the_last_good_weights(error):
     model = trained_classifier()

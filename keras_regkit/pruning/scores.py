@@ -8,7 +8,9 @@ costs to second order), relative to the mean over its layer's units.
 A built-in score is computed with `keras.ops` where the weights are
 (`tensors`), so that a cut of entries never copies a weight to the host;
 `scores` gives the same values as NumPy arrays, for the cuts made there
-(units, heads, N:M, per output) and for a `Score` of your own.
+(units, heads, N:M, per output) and for a `Score` of your own; `scores_at`
+those of some entries only: a shrink's cut of entries on the CPU scores
+only the live ones.
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ class Score:
 
     A subclass may also give `tensors(refs, optimizer)`: the same scores,
     non-negative, as tensors computed where the weights are (`keras.ops`);
-    cuts of entries then stay on the device."""
+    cuts of entries then stay on the device. And `scores_at(refs,
+    optimizer, positions)`: the scores of some entries only, on the host;
+    by default read from `scores`. The shrink's cuts on the CPU ask for the
+    live entries' only, which the built-in scores compute alone."""
 
     name = "score"
 

@@ -41,6 +41,7 @@ from keras_regkit.pruning import cut as cut_lib
 from keras_regkit.pruning import granularity as granularity_lib
 from keras_regkit.pruning import hold as hold_lib
 from keras_regkit.pruning import scores as scores_lib
+from keras_regkit.pruning.select import host_view
 from keras_regkit.quantization import training as int8_training
 from keras_regkit.shrinking import data as data_lib
 from keras_regkit.shrinking import decisions
@@ -200,11 +201,12 @@ class ShrinkPhase(keras.callbacks.Callback):
                 self._total_steps = self._epoch_steps * (self.params.get("epochs", epoch + 1) - self.result.started_at_epoch)
             # A snapshot taken is a good state; its weights serve the check too.
             current = self._snapshot() if self.policy.trusts_epoch_ends else None
-            weights = current.weights if current else self.model.get_weights()
+            weights = current.weights if current else [host_view(v.value) for v in self.model.weights]
             if not _finite(logs.get("loss"), weights):
+                self._spare = current
                 self._rollback(f"Epoch {epoch + 1}: non-finite loss or weights")
             elif current:
-                self._good = current
+                self._keep_good(current)
         if self._state is not None:
             self._save_state(epoch + 1)
 
@@ -245,6 +247,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         steps, epochs = self.params.get("steps"), self.params.get("epochs", epoch + 1)
         self._total_steps = steps * max(epochs - epoch, 1) if steps else None
         self._start_weights = self.model.get_weights()
+        self._spare = None  # a replaced good state's arrays, for the next snapshot
         self.policy.begin()
         self.check.start_guard(self.model)
         self.result.started_at_epoch = epoch
@@ -295,7 +298,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         if level is not None:  # a level's check; else the model as it is, at the end
             self.result.levels.append((level, verdict.value, verdict.held))
             if verdict.held:
-                self._good = self._snapshot()
+                self._keep_good(self._snapshot())
         self._say(f"Step {self._step}: {'' if level is None else f'{level:.2%} zeros, '}{self.check.name} "
                   f"{verdict.value:.4g} ({'holds' if verdict.held else 'fails'})")
         seen = self._observe(final)
@@ -334,8 +337,16 @@ class ShrinkPhase(keras.callbacks.Callback):
             self.result.threshold = max(cut.threshold, self.result.threshold or 0.0)
 
     def _snapshot(self) -> Snapshot:
+        """The state now, in the arrays of the good state replaced last
+        (`_spare`), if any."""
         zeros, total = self.granularity.count_dead(self._refs)
-        return Snapshot.take(self.model, self._step, zeros / total if total else 0.0)
+        spare, self._spare = self._spare, None
+        return Snapshot.take(self.model, self._step, zeros / total if total else 0.0, reuse=spare)
+
+    def _keep_good(self, snapshot: Snapshot) -> None:
+        """`snapshot` is the state to go back to; the one it replaces lends
+        its arrays to the next snapshot."""
+        self._good, self._spare = snapshot, self._good
 
     def _rollback(self, why: str) -> None:
         """Back to the last good state: its weights, zeros and optimizer slots."""
@@ -357,6 +368,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._conclude()
 
     def _conclude(self) -> None:
+        self._spare = None  # memory a finished shrink no longer needs
         self.distill.detach()  # the model's own loss again
         self.result.measure_end(self.model, self._refs, self.granularity, self.check, self._step)
         if self.int8:
