@@ -147,14 +147,16 @@ class FixedScores(scores_lib.Score):
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("sparsity", [0.0, 0.6, 0.85, 0.9, 1.0])
-def test_a_score_computed_on_the_host_cuts_as_its_arrays_do(seed, sparsity):
+@pytest.mark.parametrize("dead", [0.0, 0.6], ids=["dense", "sparse"])
+def test_a_score_computed_on_the_host_cuts_as_its_arrays_do(seed, sparsity, dead):
     # `OnHost` (the shrink's path on the CPU) scores the live entries at
-    # their positions; the cut must be the one of every entry's scores.
+    # their positions (a dense weight: all of them, with no index); the
+    # cut must be the one of every entry's scores.
     rng = np.random.default_rng(seed)
     weights, scores = [], []
     for shape in ((20, 15), (15, 9)):
         w = rng.integers(1, 4, shape).astype("float32")
-        w[rng.random(shape) < 0.6] = 0.0
+        w[rng.random(shape) < dead] = 0.0
         s = (rng.integers(0, 4, shape) / 4).astype("float32")
         s[rng.random(shape) < 0.1] = np.inf
         weights.append(w)
@@ -189,12 +191,12 @@ def trained_model(seed=0):
 def test_a_built_in_score_at_positions_is_its_score_there_bit_for_bit(score):
     model, refs = trained_model()
     rng = np.random.default_rng(1)
-    positions = [np.sort(rng.choice(int(np.prod(ref.variable.shape)), 40, replace=False)) for ref in refs]
+    positions = [np.sort(rng.choice(int(np.prod(refs[0].variable.shape)), 40, replace=False)), None]  # None: all
     every = score.scores(refs, model.optimizer)
     at = score.scores_at(refs, model.optimizer, positions)
     for full, some, p in zip(every, at, positions):
         assert some.dtype == np.float32
-        np.testing.assert_array_equal(some, full.reshape(-1)[p])
+        np.testing.assert_array_equal(some, full.reshape(-1) if p is None else full.reshape(-1)[p])
 
 
 def test_the_shrink_cut_on_the_host_scores_only_the_live_entries(monkeypatch):

@@ -89,7 +89,7 @@ def cut(
         scores = [np.asarray(ops.convert_to_numpy(ops.cast(s, "float32"))) for s in scores]
     elif entries_globally and threshold is None:
         made = _lowest_live_entries(refs, lambda positions: [
-            np.take(s.reshape(-1), p) for s, p in zip(scores, positions)], sparsity)
+            scores_lib.at_positions(s.reshape(-1), p) for s, p in zip(scores, positions)], sparsity)
         if made is not None:
             return made
     ranked = granularity.rank(refs, scores)
@@ -132,34 +132,57 @@ def _lowest_live_entries(refs: list[WeightRef], scored_at, sparsity: float) -> C
     live entries: a shrink's later cuts find most entries dead, and passes
     over every entry (scores, their copies, masks) cost 2-4 train steps a
     cut at 5 M parameters. `scored_at(positions)` gives the scores of the
-    entries at those flat positions, per weight (None: only every entry's
-    scores can decide). None where a live entry scores below 0 (a `Score`
-    of your own): the general path ranks those below the dead."""
-    # Read, not copied; and no read is held once the zeroing writes (TensorFlow would copy the weight first).
-    positions = [np.flatnonzero(select.host_view(ref.variable.value).reshape(-1) != 0) for ref in refs]
-    total = sum(int(np.prod(ref.variable.shape)) for ref in refs)
+    entries at those flat positions (None: every entry), per weight (None:
+    only every entry's scores can decide). None where a live entry scores
+    below 0 (a `Score` of your own): the general path ranks those below
+    the dead."""
+    positions = [_live_positions(ref.variable) for ref in refs]
+    sizes = [int(np.prod(ref.variable.shape)) for ref in refs]
     live_scores = scored_at(positions) if refs else []
     if live_scores is None:
         return None
-    reachable = np.concatenate([s[np.isfinite(s)] for s in live_scores]) if refs else np.zeros(0)
+    # Our own array (a concatenation), partitioned in place below.
+    reachable = np.concatenate([_finite(s) for s in live_scores]) if refs else np.zeros(0)
     if reachable.size and reachable.min() < 0:
         return None
-    dead = total - sum(p.size for p in positions)
+    total = sum(sizes)
+    dead = total - sum(size if live is None else live.size for live, size in zip(positions, sizes))
     count = min(max(int(round(sparsity * total)), dead), dead + reachable.size)
     if count == 0:
         return Cut(0, total, None)
     if count == dead:  # nothing live goes: the dead rank at -1, the threshold is 0
         return Cut(count, total, 0.0)
-    kth = np.partition(reachable, count - dead - 1)[count - dead - 1]
+    reachable.partition(count - dead - 1)
+    kth = reachable[count - dead - 1]
     ties_left = count - dead - int(np.count_nonzero(reachable < kth))
     for ref, live, score in zip(refs, positions, live_scores):
-        removed = live[score < kth]
+        removed = _where(live, score < kth)
         if ties_left:
-            tied = live[score == kth][:ties_left]
+            tied = _where(live, score == kth)[:ties_left]
             removed = np.concatenate([removed, tied])
             ties_left -= tied.size
         select.zero_at(ref.variable, removed)
     return Cut(count, total, max(float(kth), 0.0))
+
+
+def _live_positions(variable) -> np.ndarray | None:
+    """The flat positions of `variable`'s entries that are not exact
+    zeros, in order; None where every entry is (a dense weight's first cut
+    needs no index of all its entries)."""
+    # Read, not copied; and no read is held once the zeroing writes (TensorFlow would copy the weight first).
+    alive = select.host_view(variable.value).reshape(-1) != 0
+    return None if alive.all() else np.flatnonzero(alive)
+
+
+def _where(live: np.ndarray | None, chosen: np.ndarray) -> np.ndarray:
+    """The flat positions of the `chosen` among the live entries."""
+    return np.flatnonzero(chosen) if live is None else live[chosen]
+
+
+def _finite(scores: np.ndarray) -> np.ndarray:
+    """The scores not out of reach (NaN, +inf)."""
+    finite = np.isfinite(scores)
+    return scores if finite.all() else scores[finite]
 
 
 def _chosen_globally(ranked: list[np.ndarray], sparsity, threshold) -> tuple[list[np.ndarray], int, float | None]:

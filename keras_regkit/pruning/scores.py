@@ -65,13 +65,14 @@ class Score:
         only."""
         return None
 
-    def scores_at(self, refs: list[WeightRef], optimizer, positions: list[np.ndarray]) -> list[np.ndarray] | None:
-        """Per weight, the NumPy scores of the entries at `positions` (flat
-        indices, in C order), equal to those `scores` gives there; or None
-        where only `scores` can decide (the cut then scores every entry).
-        The default reads them from `scores`; a built-in score computes only
-        those entries (a shrink's later cuts score only the live ones)."""
-        return [np.take(s.reshape(-1), p) for s, p in zip(self.scores(refs, optimizer), positions)]
+    def scores_at(self, refs: list[WeightRef], optimizer, positions: list) -> list[np.ndarray] | None:
+        """Per weight, the flat NumPy scores of the entries at `positions`
+        (flat indices, in C order; None: every entry), equal to those
+        `scores` gives there; or None where only `scores` can decide (the
+        cut then scores every entry). The default reads them from `scores`;
+        a built-in score computes only those entries (a shrink's later cuts
+        score only the live ones)."""
+        return [at_positions(s.reshape(-1), p) for s, p in zip(self.scores(refs, optimizer), positions)]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -179,10 +180,18 @@ def _absolute(values: np.ndarray) -> np.ndarray:
     return np.abs(values, out=values)
 
 
-def _entries(variable, positions: np.ndarray) -> np.ndarray:
-    """The float32 values of `variable` at flat `positions`, read on the
-    host, in an array of their own."""
-    return np.take(host_view(variable.value).reshape(-1), positions).astype("float32", copy=False)
+def _entries(variable, positions: np.ndarray | None) -> np.ndarray:
+    """The float32 values of `variable` at flat `positions` (None: all),
+    read on the host, in an array of their own."""
+    flat = host_view(variable.value).reshape(-1)
+    if positions is None:
+        return np.array(flat, dtype="float32")
+    return np.take(flat, positions).astype("float32", copy=False)
+
+
+def at_positions(flat: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
+    """The entries of `flat` at `positions` (None: all of them)."""
+    return flat if positions is None else np.take(flat, positions)
 
 
 def _any_positive(variables: list) -> bool:
