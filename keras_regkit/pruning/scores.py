@@ -263,9 +263,9 @@ def for_cut(score: Score, refs: list[WeightRef], optimizer) -> list | OnHost:
     the score to compute on the host (`OnHost`). On the CPU the weights
     already are on the host, and the host cut, which scores and ranks only
     the live entries, beats the device cut's eager passes over every entry
-    (5.27 M parameters, 2 cores, TensorFlow: about 80-90 ms a cut against
-    145-155 ms before it scored only the live entries; under JAX and
-    PyTorch the device cut was slower still)."""
+    (a late cut of 5.27 M parameters on 2 cores, TensorFlow: about 50 ms
+    with its hold, against 120-140 ms; under JAX and PyTorch the device cut
+    was slower still)."""
     if refs and not on_cpu(refs[0].variable):
         tensors = score.tensors(refs, optimizer)
         if tensors is not None:
