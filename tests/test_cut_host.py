@@ -241,3 +241,52 @@ def test_zero_at_zeroes_exactly_the_positions_given(shape):
     expected = values.reshape(-1).copy()
     expected[positions] = 0.0
     np.testing.assert_array_equal(ops.convert_to_numpy(variable.value).reshape(-1), expected)
+
+
+def test_a_live_entry_scored_minus_infinity_ranks_below_the_dead_as_the_general_path_has_it():
+    weights = [np.array([[0.0, 1.0, 2.0, 3.0]], "float32"), np.ones((4, 1), "float32")]
+    scores = [np.array([[0.5, -np.inf, 0.1, 0.2]], "float32"), np.ones((4, 1), "float32")]
+    made, zeros = [], []
+    for granularity in (granularity_lib.Weights(), RankedAsTheBaseClass()):
+        model, refs = two_layer_model(weights)
+        made.append(cut_lib.cut(refs, scores_lib.OnHost(FixedScores(scores), refs), granularity, sparsity=0.25))
+        zeros.append([ops.convert_to_numpy(ref.variable.value) == 0 for ref in refs])
+    assert made[0] == made[1]
+    assert made[0].zeros == int(sum(z.sum() for z in zeros[0]))  # the count is the zeros made
+    for on_host, general in zip(*zeros):
+        np.testing.assert_array_equal(on_host, general)
+
+
+class CountedScores(FixedScores):
+    calls = 0
+
+    def scores(self, refs, optimizer=None):
+        CountedScores.calls += 1
+        return super().scores(refs, optimizer)
+
+
+def test_a_score_of_your_own_is_computed_once_where_the_cut_falls_back_to_every_entry():
+    weights = [np.array([[0.0, 1.0, 2.0, 3.0]], "float32"), np.ones((4, 1), "float32")]
+    scores = [np.array([[0.5, -2.0, 0.1, 0.2]], "float32"), np.ones((4, 1), "float32")]  # below 0: general path
+    model, refs = two_layer_model(weights)
+    CountedScores.calls = 0
+    cut_lib.cut(refs, scores_lib.OnHost(CountedScores(scores), refs), granularity_lib.Weights(), sparsity=0.0)
+    assert CountedScores.calls == 1
+
+
+class DoubledMagnitude(scores_lib.Magnitude):
+    """A built-in score's subclass that scores its own way."""
+
+    def scores(self, refs, optimizer=None):
+        return [np.where(np.arange(s.size).reshape(s.shape) % 2 == 0, 2 * s, s)
+                for s in super().scores(refs, optimizer)]
+
+
+def test_a_subclass_of_a_built_in_score_that_scores_its_own_way_is_followed_on_the_host():
+    model, refs = trained_model()
+    expected_model, expected_refs = trained_model()
+    cut_lib.cut(expected_refs, DoubledMagnitude().scores(expected_refs), RankedAsTheBaseClass(), sparsity=0.9)
+    cut_lib.cut(refs, scores_lib.OnHost(DoubledMagnitude(), refs), granularity_lib.Weights(), sparsity=0.9)
+    for ref, expected in zip(refs, expected_refs):
+        np.testing.assert_array_equal(ops.convert_to_numpy(ref.variable.value),
+                                      ops.convert_to_numpy(expected.variable.value))

@@ -125,24 +125,23 @@ def _cut_on_device(refs: list[WeightRef], scores: list, sparsity, threshold) -> 
     return Cut(count, total, highest)
 
 
-def _lowest_live_entries(refs: list[WeightRef], scored_at, sparsity: float) -> Cut | None:
+def _lowest_live_entries(refs: list[WeightRef], scores_at, sparsity: float) -> Cut | None:
     """The global cut of entries to `sparsity`, as `granularity.rank` and
     `lowest_by_position` make it (dead first, then the lowest scores, ties
     by position, nothing out of reach) but scoring and ranking only the
     live entries: a shrink's later cuts find most entries dead, and passes
     over every entry (scores, their copies, masks) cost 2-4 train steps a
-    cut at 5 M parameters. `scored_at(positions)` gives the scores of the
+    cut at 5 M parameters. `scores_at(positions)` gives the scores of the
     entries at those flat positions (None: every entry), per weight (None:
     only every entry's scores can decide). None where a live entry scores
-    below 0 (a `Score` of your own): the general path ranks those below
-    the dead."""
+    below 0, -inf included (a `Score` of your own): the general path ranks
+    those below the dead."""
     positions = [_live_positions(ref.variable) for ref in refs]
     sizes = [int(np.prod(ref.variable.shape)) for ref in refs]
-    live_scores = scored_at(positions) if refs else []
+    live_scores = scores_at(positions) if refs else []
     if live_scores is None:
         return None
-    # Our own array (a concatenation), partitioned in place below.
-    reachable = np.concatenate([_finite(s) for s in live_scores]) if refs else np.zeros(0)
+    reachable = np.concatenate([_reachable(s) for s in live_scores]) if refs else np.zeros(0)
     if reachable.size and reachable.min() < 0:
         return None
     total = sum(sizes)
@@ -152,13 +151,12 @@ def _lowest_live_entries(refs: list[WeightRef], scored_at, sparsity: float) -> C
         return Cut(0, total, None)
     if count == dead:  # nothing live goes: the dead rank at -1, the threshold is 0
         return Cut(count, total, 0.0)
-    reachable.partition(count - dead - 1)
-    kth = reachable[count - dead - 1]
+    kth = _kth_lowest(reachable, count - dead)
     ties_left = count - dead - int(np.count_nonzero(reachable < kth))
     for ref, live, score in zip(refs, positions, live_scores):
-        removed = _where(live, score < kth)
+        removed = _positions_of(live, score < kth)
         if ties_left:
-            tied = _where(live, score == kth)[:ties_left]
+            tied = _positions_of(live, score == kth)[:ties_left]
             removed = np.concatenate([removed, tied])
             ties_left -= tied.size
         select.zero_at(ref.variable, removed)
@@ -167,22 +165,24 @@ def _lowest_live_entries(refs: list[WeightRef], scored_at, sparsity: float) -> C
 
 def _live_positions(variable) -> np.ndarray | None:
     """The flat positions of `variable`'s entries that are not exact
-    zeros, in order; None where every entry is (a dense weight's first cut
-    needs no index of all its entries)."""
+    zeros, in order; None when no entry is an exact zero (a dense weight's
+    first cut needs no index of all its entries)."""
     # Read, not copied; and no read is held once the zeroing writes (TensorFlow would copy the weight first).
     alive = select.host_view(variable.value).reshape(-1) != 0
     return None if alive.all() else np.flatnonzero(alive)
 
 
-def _where(live: np.ndarray | None, chosen: np.ndarray) -> np.ndarray:
-    """The flat positions of the `chosen` among the live entries."""
+def _positions_of(live: np.ndarray | None, chosen: np.ndarray) -> np.ndarray:
+    """The flat positions of the `chosen` among the live entries (`live`:
+    their positions; None: every entry)."""
     return np.flatnonzero(chosen) if live is None else live[chosen]
 
 
-def _finite(scores: np.ndarray) -> np.ndarray:
-    """The scores not out of reach (NaN, +inf)."""
-    finite = np.isfinite(scores)
-    return scores if finite.all() else scores[finite]
+def _reachable(scores: np.ndarray) -> np.ndarray:
+    """The scores not out of reach: all but NaN and +inf (-inf stays, and
+    sends the cut to the general path, as any score below 0 does)."""
+    reachable = scores < np.inf
+    return scores if reachable.all() else scores[reachable]
 
 
 def _chosen_globally(ranked: list[np.ndarray], sparsity, threshold) -> tuple[list[np.ndarray], int, float | None]:

@@ -15,7 +15,6 @@ only the live ones.
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 
 import keras
@@ -87,6 +86,8 @@ class Magnitude(Score):
         return [ops.abs(_float32(ref.variable)) for ref in refs]
 
     def scores_at(self, refs, optimizer, positions):
+        if _redefined(self, Magnitude):
+            return super().scores_at(refs, optimizer, positions)
         return [_absolute(_entries(ref.variable, p)) for ref, p in zip(refs, positions)]
 
 
@@ -129,6 +130,8 @@ class Curvature(Score):
         return [_numpy(t) for t in self._fell_back(refs, optimizer, moments)]
 
     def scores_at(self, refs, optimizer, positions):
+        if _redefined(self, Curvature):
+            return super().scores_at(refs, optimizer, positions)
         moments = self._moments(refs, optimizer)
         if moments is None:
             return None  # `scores` falls back to |w|, and warns why
@@ -166,6 +169,14 @@ class Curvature(Score):
 def _curvature(refs, moments) -> list:
     return [ops.abs(_float32(ref.variable)) * ops.sqrt(ops.sqrt(ops.maximum(_float32(v), 0.0)))
             for ref, v in zip(refs, moments)]
+
+
+def _redefined(score: Score, built_in: type) -> bool:
+    """Whether `score`, of a subclass of `built_in`, computes its scores
+    its own way (`scores` or `tensors`): then its entries are read from
+    those, not computed as the built-in's."""
+    kind = type(score)
+    return kind.scores is not built_in.scores or kind.tensors is not built_in.tensors
 
 
 def _curvature_of(values: np.ndarray, moments: np.ndarray) -> np.ndarray:
@@ -240,20 +251,28 @@ def get(score) -> Score:
     )
 
 
-@dataclasses.dataclass(frozen=True)
 class OnHost:
     """A score the cut computes on the host when it needs it: of every
     entry (`all`), or of the entries at given positions only (`at`: the
-    live ones, where a shrink's later cuts find most entries dead)."""
+    live ones, where a shrink's later cuts find most entries dead). Every
+    entry's scores are computed once at most: a `Score` whose `scores_at`
+    reads them from `scores` is not asked twice where the cut falls back
+    to every entry."""
 
-    score: Score
-    refs: list
-    optimizer: object = None
+    def __init__(self, score: Score, refs: list, optimizer=None):
+        self.score, self.refs, self.optimizer = score, refs, optimizer
+        self._every = None
 
     def all(self) -> list[np.ndarray]:
-        return self.score.scores(self.refs, self.optimizer)
+        if self._every is None:
+            self._every = self.score.scores(self.refs, self.optimizer)
+        return self._every
 
-    def at(self, positions: list[np.ndarray]) -> list[np.ndarray] | None:
+    def at(self, positions: list) -> list[np.ndarray] | None:
+        """Per weight, the scores at `positions` (flat indices; None: every
+        entry), or None where only every entry's scores can decide."""
+        if type(self.score).scores_at is Score.scores_at:  # read from `scores`: once
+            return [at_positions(s.reshape(-1), p) for s, p in zip(self.all(), positions)]
         return self.score.scores_at(self.refs, self.optimizer, positions)
 
 

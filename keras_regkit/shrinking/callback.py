@@ -203,7 +203,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             current = self._snapshot() if self.policy.trusts_epoch_ends else None
             weights = current.weights if current else [host_view(v.value) for v in self.model.weights]
             if not _finite(logs.get("loss"), weights):
-                self._spare = current
+                self._spare = current or self._spare
                 self._rollback(f"Epoch {epoch + 1}: non-finite loss or weights")
             elif current:
                 self._keep_good(current)

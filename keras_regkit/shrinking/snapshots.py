@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 from keras_regkit.pruning.hold import MASK_NAME, hold_zeros
-from keras_regkit.pruning.select import host_view
+from keras_regkit.pruning.select import host_view, on_cpu
 
 
 def optimizer_slots(optimizer) -> list:
@@ -70,11 +70,20 @@ class Snapshot:
 
 def _copied(variables: list, arrays: list | None) -> list[np.ndarray]:
     """Host copies of `variables`' values, written into `arrays` where one
-    has the value's shape and dtype."""
+    has the value's shape and dtype (on the CPU: a variable elsewhere is
+    copied to fresh host memory anyway).
+
+    Under JAX a restored variable may share the memory of the array it was
+    restored from (JAX's CPU arrays can alias NumPy's), until its next
+    update; writing over that array then writes the variable's own value
+    into it, which changes nothing."""
     if arrays is None or len(arrays) != len(variables):
         arrays = [None] * len(variables)
     copies = []
     for variable, array in zip(variables, arrays):
+        if not on_cpu(variable):
+            copies.append(keras.ops.convert_to_numpy(variable))
+            continue
         value = host_view(variable.value)
         if isinstance(array, np.ndarray) and array.shape == value.shape and array.dtype == value.dtype:
             np.copyto(array, value)
