@@ -88,8 +88,7 @@ def cut(
             return _cut_on_device(refs, scores, sparsity, threshold)
         scores = [np.asarray(ops.convert_to_numpy(ops.cast(s, "float32"))) for s in scores]
     elif entries_globally and threshold is None:
-        made = _lowest_live_entries(refs, lambda positions: [
-            scores_lib.at_positions(s.reshape(-1), p) for s, p in zip(scores, positions)], sparsity)
+        made = _lowest_live_entries(refs, lambda positions: scores_lib.read_at(scores, positions), sparsity)
         if made is not None:
             return made
     ranked = granularity.rank(refs, scores)

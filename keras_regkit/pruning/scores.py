@@ -71,7 +71,7 @@ class Score:
         cut then scores every entry). The default reads them from `scores`;
         a built-in score computes only those entries (a shrink's later cuts
         score only the live ones)."""
-        return [at_positions(s.reshape(-1), p) for s, p in zip(self.scores(refs, optimizer), positions)]
+        return read_at(self.scores(refs, optimizer), positions)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -200,9 +200,10 @@ def _entries(variable, positions: np.ndarray | None) -> np.ndarray:
     return np.take(flat, positions).astype("float32", copy=False)
 
 
-def at_positions(flat: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
-    """The entries of `flat` at `positions` (None: all of them)."""
-    return flat if positions is None else np.take(flat, positions)
+def read_at(scores: list[np.ndarray], positions: list) -> list[np.ndarray]:
+    """Per weight, the flat entries of its `scores` at its `positions`
+    (flat indices; None: all of them)."""
+    return [s.reshape(-1) if p is None else np.take(s.reshape(-1), p) for s, p in zip(scores, positions)]
 
 
 def _any_positive(variables: list) -> bool:
@@ -272,7 +273,7 @@ class OnHost:
         """Per weight, the scores at `positions` (flat indices; None: every
         entry), or None where only every entry's scores can decide."""
         if type(self.score).scores_at is Score.scores_at:  # read from `scores`: once
-            return [at_positions(s.reshape(-1), p) for s, p in zip(self.all(), positions)]
+            return read_at(self.all(), positions)
         return self.score.scores_at(self.refs, self.optimizer, positions)
 
 
