@@ -1,6 +1,6 @@
-"""What the shrink costs beyond the training it runs (issue #41): the train
-step traced once per shrink on TensorFlow and JAX (the zeros' first hold),
-never again per cut; the tolerance mode's checks through the model's compiled
+"""What the shrink costs beyond the training it runs (issue #41): no trace of
+the train step (its zeros held after each call of it), or, held by
+constraints, one per shrink, never one per cut; the tolerance mode's checks through the model's compiled
 predict step, traced once and reused; a direct call where that step would
 not compute `model(x)` alone."""
 
@@ -34,17 +34,33 @@ def trained(model_class=keras.Sequential):
     return model, x, y
 
 
-def test_shrink_traces_the_train_step_once_not_per_cut(monkeypatch):
-    model, x, y = trained(CountingModel)
+def counted_shrink(model, x, y, monkeypatch) -> list:
+    """Shrinks; returns the `force` of each `make_train_function` call."""
     rebuilt = []
     make = model.make_train_function
     monkeypatch.setattr(model, "make_train_function", lambda force=False: rebuilt.append(force) or make(force))
     CountingModel.traces = 0
     result = rk.shrink(model, x, y, sparsity=0.9, epochs=3, batch_size=32, cut_every=2)
     assert result.cuts >= 5
+    return rebuilt
+
+
+def test_shrink_never_traces_the_train_step_nor_makes_the_next_fit_trace(monkeypatch):
+    model, x, y = trained(CountingModel)
+    rebuilt = counted_shrink(model, x, y, monkeypatch)
+    assert True not in rebuilt  # the step Keras traced before, held from outside
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    if keras.backend.backend() != "torch":  # PyTorch runs the step eagerly: no trace to count
+        assert CountingModel.traces == 0
+
+
+def test_held_by_constraints_the_shrink_traces_the_train_step_once_not_per_cut(monkeypatch):
+    model, x, y = trained(CountingModel)
+    model.layers[0].kernel.constraint = keras.constraints.MaxNorm(100.0)  # a constraint: the mask goes first
+    rebuilt = counted_shrink(model, x, y, monkeypatch)
     # The first hold sets new constraints (one rebuild); the release at the end another, traced by the next fit.
     assert rebuilt.count(True) == 2
-    if keras.backend.backend() != "torch":  # PyTorch runs the step eagerly: no trace to count
+    if keras.backend.backend() != "torch":
         assert CountingModel.traces == 1
     # Under JAX the masks rode in the optimizer's variables (what its jitted step reads), and left with the release.
     assert not [v for v in model.optimizer.variables if v.name == MASK_NAME]

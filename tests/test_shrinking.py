@@ -8,7 +8,7 @@ import pytest
 
 import keras_regkit as rk
 from keras_regkit.callbacks import ShrinkPhase
-from keras_regkit.pruning.hold import MASK_NAME
+from keras_regkit.pruning.hold import MASK_NAME, held_masks
 from keras_regkit.shrinking import (
     AgreementGuard, CubicRamp, Plateau, SparsityTarget, ToleranceClimb, ValidationCheck)
 
@@ -52,7 +52,8 @@ def kernels(model):
 
 
 def held(model):
-    return [v for v in model.weights if isinstance(getattr(v, "constraint", None), rk.pruning.HoldZeros)]
+    """The weights whose zeros the next train step holds."""
+    return [variable for variable, _ in held_masks(model)]
 
 
 def learning_rate(model):

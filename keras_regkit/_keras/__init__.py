@@ -17,7 +17,8 @@ what it reads: an upgrade breaks one named test, not a user's `compact`.
 - `optimizers`: which optimizer is applying a step (Keras' name scopes);
 - `export`: whether a layer was called (Keras' ONNX export asks);
 - `hub`: KerasHub's attention sublayers and a decoder's mask;
-- `tuner`: KerasTuner's objective parsing.
+- `tuner`: KerasTuner's objective parsing;
+- `trainer`: the state Keras' JAX trainer passes through its train function.
 """
 
 from __future__ import annotations

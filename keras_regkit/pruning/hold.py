@@ -2,6 +2,9 @@
 
 Zeros are held by Keras constraints, which the optimizer applies after every
 step: no wrapper layers, so names, configs and summaries stay the user's own.
+Within one `fit` (the shrink's), they can be held after each call of the
+model's train function instead (`StepHold`): the compiled step is left as it
+was traced, so holding them costs no trace, and neither does the next `fit`.
 """
 
 from __future__ import annotations
@@ -9,8 +12,10 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_regkit import _processes
 from keras_regkit import _constraints as constraints
 from keras_regkit import weights as weights_lib
+from keras_regkit._keras import trainer as fence
 from keras_regkit._step_functions import pass_into_steps, rebuild_step_functions, take_out_of_steps
 
 
@@ -25,7 +30,8 @@ class HoldZeros(keras.constraints.Constraint):
     on the variable, not in the layer's config: a saved model keeps its zeros
     but not the hold, and reloads without keras_regkit.
 
-    Set by `hold_zeros` (the shrink, `prune(hold=True)`), a new mask costs
+    Set by `hold_zeros` (`prune(hold=True)`; the shrink, where `StepHold`
+    cannot hold its zeros), a new mask costs
     no retrace of the train step: TensorFlow's and PyTorch's steps read it
     each time they run, and under JAX it rides among the optimizer's
     variables (the jitted step's inputs) until `release_zeros`, left out of
@@ -135,3 +141,142 @@ def release_held(model: keras.Model, variables) -> int:
         rebuild_step_functions(model, losses_changed=False)
     return released
 
+
+
+# -- holding zeros for the length of one fit ---------------------------------
+
+def for_fit(model: keras.Model, variables) -> StepHold | ConstraintHold:
+    """How the shrink holds the zeros of `variables` in the `fit` it runs
+    in: after each call of the train function (`StepHold`) where that is
+    the same as a constraint, else by constraints."""
+    variables = list(variables)
+    return ConstraintHold(model, variables) if step_hold_refused(model, variables) else StepHold(model, variables)
+
+
+def step_hold_refused(model: keras.Model, variables) -> str | None:
+    """Why zeros held after each call of the train function would not be
+    the same as zeros held by a constraint (None: they would)."""
+    if getattr(model, "steps_per_execution", 1) != 1:
+        return "one call of the train function runs several steps (`steps_per_execution`)"
+    if any(getattr(v, "constraint", None) is not None for v in variables):
+        # A constraint of the user's (or ours) would see the weight unmasked.
+        return "a weight has a constraint, which the mask must come before"
+    if _distributed(model):
+        return "the train step runs on several devices or processes"
+    return None
+
+
+def _distributed(model) -> bool:
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with model.distribute_strategy.scope():
+            return tf.distribute.has_strategy()  # False in the default strategy's scope
+    return _processes.process_count() > 1 or (backend == "jax" and keras.distribution.distribution() is not None)
+
+
+class ConstraintHold:
+    """Holds zeros with `HoldZeros` constraints (`hold_zeros`), released
+    everywhere in the model at the end (`release_zeros`)."""
+
+    def __init__(self, model: keras.Model, variables: list):
+        self.model, self.variables = model, variables
+
+    def update(self) -> None:
+        """Holds the variables' current zeros from the next step on."""
+        hold_zeros(self.model, self.variables)
+
+    def keep_in_step(self) -> None:
+        """Nothing to do: the optimizer step applies the constraints."""
+
+    def release(self) -> None:
+        release_zeros(self.model)
+
+
+class StepHold:
+    """Holds zeros by multiplying the trainable ones among `variables` by
+    their masks after each call of `model.train_function` (one train step:
+    `step_hold_refused` says where it is not), wrapping the function Keras
+    traced, which is left as it was. The same product of the same values as
+    a `HoldZeros` constraint's, so the same weights bit for bit; a mask is a
+    tensor, set anew by each `update`."""
+
+    def __init__(self, model: keras.Model, variables: list):
+        self.model = model
+        trainable = {id(v): i for i, v in enumerate(model.trainable_variables)}
+        # A variable no step updates keeps its zeros without help.
+        self.variables = [v for v in variables if id(v) in trainable]
+        self._positions = [trainable[id(v)] for v in self.variables]
+        self._masks = None
+        self._apply = _masking_function(self.variables)
+        self._inner = self._wrapped = None
+
+    def update(self) -> None:
+        """Holds the variables' current zeros from the next step on."""
+        self._masks = [ops.cast(ops.not_equal(v.value, 0), v.dtype) for v in self.variables]
+        self.keep_in_step()
+
+    def keep_in_step(self) -> None:
+        """Wraps the model's train function, once more if Keras made a new
+        one (`make_train_function(force=True)`); `fit` calls it after the
+        callbacks' `on_train_batch_begin`."""
+        current = getattr(self.model, "train_function", None)
+        if self._masks is None or current is None or current is self._wrapped:
+            return
+        self._inner, self._wrapped = current, self._held(current)
+        self.model.train_function = self._wrapped
+
+    def release(self) -> None:
+        """The train function as Keras made it again."""
+        if self._wrapped is not None and self.model.train_function is self._wrapped:
+            self.model.train_function = self._inner
+        self._inner = self._wrapped = self._masks = None
+
+    def _held(self, step):
+        if keras.backend.backend() != "jax":
+            def held_step(*args, **kwargs):
+                logs = step(*args, **kwargs)
+                self._apply(self._masks)
+                return logs
+        else:
+            def held_step(state, *args, **kwargs):  # the step takes and returns the variables' values
+                logs, state = step(state, *args, **kwargs)
+                values = fence.trainable_values(state)
+                masked = self._apply([values[i] for i in self._positions], self._masks)
+                for i, value in zip(self._positions, masked):
+                    values[i] = value
+                return logs, fence.with_trainable_values(state, values)
+        held_step.step_hold = self  # for `held_masks`
+        return held_step
+
+
+def held_masks(model: keras.Model) -> list:
+    """`(variable, mask)` for each weight whose zeros `model`'s train step
+    holds: by a `HoldZeros` constraint, or by a `StepHold` around its train
+    function."""
+    pairs = [(v, c.mask) for v in model.weights if (c := constraints.find(v, HoldZeros)) is not None]
+    hold = getattr(getattr(model, "train_function", None), "step_hold", None)
+    if hold is not None:
+        pairs += list(zip(hold.variables, hold._masks))
+    return pairs
+
+
+def _masking_function(variables):
+    """`apply(masks)`: each variable times its mask, compiled once for the
+    masks' shapes (a new mask is a new input, not a new trace). Under JAX,
+    `apply(values, masks)` returns the products."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.jit(lambda values, masks: [v * m for v, m in zip(values, masks)], donate_argnums=0)
+
+    def apply(masks):
+        for variable, mask in zip(variables, masks):
+            variable.assign(variable.value * mask)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(apply, autograph=False)
+    return apply

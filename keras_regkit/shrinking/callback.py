@@ -7,10 +7,10 @@ the last step's decision is the final one) where to go: cut further,
 wait, check the model on the validation data, hold, or go back to the last
 good state (see `decisions`). Cuts rank every covered weight together by
 the policy's score (`|w| · v^(1/4)`, with `v` the optimizer's second moment)
-and zero the lowest (`keras_regkit.pruning.cut`); Keras constraints hold the
-zeros after every optimizer step, so they are exact, and the training
-between cuts recovers. At the end the zeros are released (the saved model
-carries no constraint of ours) and the learning rate is put back.
+and zero the lowest (`keras_regkit.pruning.cut`); the zeros are held after
+every train step (`pruning.hold.for_fit`), so they are exact, and the
+training between cuts recovers. At the end the zeros are released (the saved
+model carries no constraint of ours) and the learning rate is put back.
 
 The shrink never leaves the model worse than where it can go back to: a
 non-finite loss rolls back to the last good state (the last epoch's end for
@@ -19,10 +19,11 @@ ended by an exception ends at the last good state (weights, optimizer slots
 and step count) when the phase is used as a context manager (as
 `keras_regkit.shrink` does).
 
-The train step is traced again once, when the zeros are first held (the
-constraints are new to it); later cuts change masks it reads (under JAX,
-among the optimizer's variables, which the compiled step takes as inputs),
-so they cost no retrace. With
+Holding the zeros costs no trace of the train step: masks are applied after
+each call of the step Keras traced. Where that is not one step (or a weight
+has a constraint of its own, or the step is distributed), Keras constraints
+hold them: the step is traced again once, at the first cut; later cuts
+change masks it reads, so they cost no retrace. With
 `backup_dir` (BackupAndRestore's own is fine) the phase saves its state
 every epoch (`state`), and deletes it when `fit` ends normally.
 """
@@ -179,6 +180,10 @@ class ShrinkPhase(keras.callbacks.Callback):
             self.int8.calibrate()  # the weights moved: the converter's ranges too
         self._epoch_steps = 0
 
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._phase in _ACTIVE:
+            self._hold.keep_in_step()  # the step about to run is the held one
+
     def on_train_batch_end(self, batch, logs=None):
         if self._phase not in _ACTIVE:
             return
@@ -230,9 +235,9 @@ class ShrinkPhase(keras.callbacks.Callback):
     def abort(self) -> None:
         """Ends the phase now at its last good state (weights, optimizer
         slots and step count), zeros released, rate restored."""
-        self._good.restore(self.model, [], rewind=True)
+        self._good.restore(self.model, rewind=True)
         self.statistics.restore(self.model)
-        hold_lib.release_zeros(self.model)
+        self._hold.release()
         self.rate.restore(self.model)
         self.result.outcome = "interrupted"
         self._conclude()
@@ -244,6 +249,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         if self.int8:
             self.int8.start(self.model)
         self._refs = self.granularity.select(self.model, self.layers)
+        self._hold = hold_lib.for_fit(self.model, [ref.variable for ref in self._refs])
         steps, epochs = self.params.get("steps"), self.params.get("epochs", epoch + 1)
         self._total_steps = steps * max(epochs - epoch, 1) if steps else None
         self._start_weights = self.model.get_weights()
@@ -331,7 +337,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             return
         scores = scores_lib.for_cut(self.policy.score, self._refs, self.model.optimizer)  # on the device
         cut = cut_lib.cut(self._refs, scores, self.granularity, sparsity=sparsity)
-        hold_lib.hold_zeros(self.model, [ref.variable for ref in self._refs])
+        self._hold.update()
         self.result.cuts += 1
         if cut.threshold is not None:
             self.result.threshold = max(cut.threshold, self.result.threshold or 0.0)
@@ -350,7 +356,8 @@ class ShrinkPhase(keras.callbacks.Callback):
 
     def _rollback(self, why: str) -> None:
         """Back to the last good state: its weights, zeros and optimizer slots."""
-        self._good.restore(self.model, [ref.variable for ref in self._refs])
+        self._good.restore(self.model)
+        self._hold.update()  # the good state's zeros
         self.policy.rolled_back()
         self.result.rollbacks += 1
         self._say(f"{why}: back to step {self._good.step}.")
@@ -363,7 +370,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         else:
             self.result.outcome = "stopped by the check" if self.result.stopped_at is not None else "pruned"
         self.statistics.finish(self.model, refresh=self.result.outcome != "baseline", int8=self.int8)
-        hold_lib.release_zeros(self.model)
+        self._hold.release()
         self.rate.restore(self.model)
         self._conclude()
 
@@ -412,7 +419,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             self._good = Snapshot.from_state(parts["good"])
             self.check.set_state(parts["check"], self.validation_data)
             self.model.set_weights(saved["current"])
-            hold_lib.hold_zeros(self.model, [ref.variable for ref in self._refs])
+            self._hold.update()
         self._phase = saved["phase"]
         self._say(f"ShrinkPhase resumed from {path} ({saved['phase']}).")
         return True

@@ -9,7 +9,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from keras_regkit.pruning.hold import MASK_NAME, hold_zeros
+from keras_regkit.pruning.hold import MASK_NAME
 from keras_regkit.pruning.select import host_view, on_cpu
 
 
@@ -54,9 +54,9 @@ class Snapshot:
     def from_state(cls, state: dict) -> Snapshot:
         return cls(**state)
 
-    def restore(self, model: keras.Model, held: list, rewind: bool = False) -> None:
-        """Puts the weights and optimizer state back, and holds the zeros of
-        the `held` variables (their mask is the snapshot's). `rewind`: the
+    def restore(self, model: keras.Model, rewind: bool = False) -> None:
+        """Puts the weights and optimizer state back (the zeros held are
+        the holder's to update). `rewind`: the
         optimizer's step count too, for a shrink that ends here because
         `fit` failed (nothing of it stays); a rollback within training keeps
         the count, which learning-rate schedules key on."""
@@ -65,7 +65,6 @@ class Snapshot:
             variable.assign(value)
         if rewind and self.iterations is not None:
             model.optimizer.iterations.assign(self.iterations)
-        hold_zeros(model, held)
 
 
 def _copied(variables: list, arrays: list | None) -> list[np.ndarray]:
