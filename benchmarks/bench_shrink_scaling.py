@@ -195,7 +195,8 @@ def timed_pieces():
         clock(ShrinkPhase, name, label)
     clock(scores_lib, "for_cut", "cuts: scores")
     clock(cut_lib, "cut", "cuts: select and zero")
-    clock(hold_lib, "hold_zeros", "cuts: hold (mask update)")
+    clock(hold_lib.StepHold, "update", "cuts: hold (masks)")
+    clock(hold_lib.ConstraintHold, "update", "cuts: hold (masks)")
     return seconds, calls
 
 
