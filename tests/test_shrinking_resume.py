@@ -36,15 +36,21 @@ def classification_data(n, seed):
 
 
 class Spy(keras.callbacks.Callback):
-    """Records, as each epoch begins (listed last, so after every other
-    callback's `on_epoch_begin`), what the next train step will use."""
+    """Records, as each epoch's first step begins (listed last, so after
+    every other callback's `on_epoch_begin` and `on_train_batch_begin`),
+    what that step will use."""
 
     def __init__(self):
         super().__init__()
         self.seen = {}
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.seen[epoch] = {
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch:
+            return
+        self.seen[self.epoch] = {
             "weights": self.model.get_weights(),
             "penalty": float(sum(keras.ops.convert_to_numpy(loss) for loss in self.model.losses)),
             "held": {
