@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import keras_regkit as rk
+from keras_regkit.pruning import hold as hold_lib
 from keras_regkit.pruning.hold import MASK_NAME
 from keras_regkit.shrinking import evaluation
 
@@ -45,8 +46,13 @@ def counted_shrink(model, x, y, monkeypatch) -> list:
     return rebuilt
 
 
+# The shrink below: 3 epochs of 8 steps, kernels of 8 x 32 and 32 x 3 entries held.
+SHRINK_ENTRY_STEPS = 24 * (8 * 32 + 32 * 3)
+
+
 def test_shrink_never_traces_the_train_step_nor_makes_the_next_fit_trace(monkeypatch):
     model, x, y = trained(CountingModel)
+    monkeypatch.setattr(hold_lib, "STEP_HOLD_BUDGET", SHRINK_ENTRY_STEPS)  # just within
     rebuilt = counted_shrink(model, x, y, monkeypatch)
     assert True not in rebuilt  # the step Keras traced before, held from outside
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)
@@ -54,9 +60,13 @@ def test_shrink_never_traces_the_train_step_nor_makes_the_next_fit_trace(monkeyp
         assert CountingModel.traces == 0
 
 
-def test_held_by_constraints_the_shrink_traces_the_train_step_once_not_per_cut(monkeypatch):
+@pytest.mark.parametrize("why", ["a weight's constraint", "a long budget"])
+def test_held_by_constraints_the_shrink_traces_the_train_step_once_not_per_cut(monkeypatch, why):
     model, x, y = trained(CountingModel)
-    model.layers[0].kernel.constraint = keras.constraints.MaxNorm(100.0)  # a constraint: the mask goes first
+    if why == "a long budget":  # one held entry x step over
+        monkeypatch.setattr(hold_lib, "STEP_HOLD_BUDGET", SHRINK_ENTRY_STEPS - 1)
+    else:
+        model.layers[0].kernel.constraint = keras.constraints.MaxNorm(100.0)  # the mask must go first
     rebuilt = counted_shrink(model, x, y, monkeypatch)
     # The first hold sets new constraints (one rebuild); the release at the end another, traced by the next fit.
     assert rebuilt.count(True) == 2

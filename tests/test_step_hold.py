@@ -45,23 +45,40 @@ def zero_half(model) -> list:
     return masks
 
 
+STEPS = 100
+
+
 def test_the_step_hold_is_taken_unless_a_weight_has_a_constraint():
     model, _, _ = trained()
-    assert hold_lib.step_hold_refused(model, kernels(model)) is None
-    assert isinstance(hold_lib.for_fit(model, kernels(model)), hold_lib.StepHold)
+    assert hold_lib.step_hold_refused(model, kernels(model), STEPS) is None
+    assert isinstance(hold_lib.for_fit(model, kernels(model), STEPS), hold_lib.StepHold)
 
     constrained = kernels(model)[0]
     constrained.constraint = keras.constraints.NonNeg()
-    assert "constraint" in hold_lib.step_hold_refused(model, kernels(model))
+    assert "constraint" in hold_lib.step_hold_refused(model, kernels(model), STEPS)
     # Only the weights held count.
-    assert hold_lib.step_hold_refused(model, kernels(model)[1:]) is None
+    assert hold_lib.step_hold_refused(model, kernels(model)[1:], STEPS) is None
+
+
+def test_the_step_hold_is_taken_while_its_multiplies_over_the_budget_cost_less_than_a_trace():
+    model, _, _ = trained()
+    entries = 16 * 32 + 32 * 4
+    most = int(hold_lib.STEP_HOLD_BUDGET // entries)
+    assert hold_lib.step_hold_refused(model, kernels(model), most) is None
+    assert f"{most + 1} steps over {entries} held entries" in hold_lib.step_hold_refused(model, kernels(model), most + 1)
+    assert isinstance(hold_lib.for_fit(model, kernels(model), most + 1), hold_lib.ConstraintHold)
+    # Not known (a first epoch of unknown length): a shrink that may be long.
+    assert "unknown number of steps" in hold_lib.step_hold_refused(model, kernels(model), None)
+    # A weight no step updates costs nothing to hold.
+    model.layers[0].trainable = False
+    assert hold_lib.step_hold_refused(model, kernels(model) + [model.layers[0].kernel], most * 2) is None
 
 
 @pytest.mark.skipif(BACKEND == "torch", reason="PyTorch's trainer runs one step a call (`steps_per_execution=1`)")
 def test_the_step_hold_is_refused_where_a_call_runs_several_steps():
     model, _, _ = trained(steps_per_execution=2)
-    assert "steps_per_execution" in hold_lib.step_hold_refused(model, kernels(model))
-    assert isinstance(hold_lib.for_fit(model, kernels(model)), hold_lib.ConstraintHold)
+    assert "steps_per_execution" in hold_lib.step_hold_refused(model, kernels(model), STEPS)
+    assert isinstance(hold_lib.for_fit(model, kernels(model), STEPS), hold_lib.ConstraintHold)
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="a tf.distribute strategy is TensorFlow's")
@@ -70,7 +87,7 @@ def test_the_step_hold_is_refused_under_a_distribution_strategy():
 
     with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
         model, _, _ = trained()
-    assert "several devices" in hold_lib.step_hold_refused(model, kernels(model))
+    assert "several devices" in hold_lib.step_hold_refused(model, kernels(model), STEPS)
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="Keras' distribution API runs under JAX")
@@ -80,7 +97,7 @@ def test_the_step_hold_is_refused_under_keras_distribution():
     model, _, _ = trained()
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
     try:
-        assert "several devices" in hold_lib.step_hold_refused(model, kernels(model))
+        assert "several devices" in hold_lib.step_hold_refused(model, kernels(model), STEPS)
     finally:
         keras.distribution.set_distribution(None)
 
@@ -158,7 +175,7 @@ def test_a_new_mask_holds_the_new_zeros_without_a_new_function():
 
 def shrunk(monkeypatch, constraints: bool):
     if constraints:
-        monkeypatch.setattr(hold_lib, "step_hold_refused", lambda model, variables: "the test asks for constraints")
+        monkeypatch.setattr(hold_lib, "step_hold_refused", lambda model, variables, steps: "the test asks for constraints")
     model, x, y = trained()
     traced = model.train_function
     result = rk.shrink(model, x, y, sparsity=0.9, epochs=3, batch_size=32, cut_every=2)

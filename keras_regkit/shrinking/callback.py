@@ -249,9 +249,9 @@ class ShrinkPhase(keras.callbacks.Callback):
         if self.int8:
             self.int8.start(self.model)
         self._refs = self.granularity.select(self.model, self.layers)
-        self._hold = hold_lib.for_fit(self.model, [ref.variable for ref in self._refs])
         steps, epochs = self.params.get("steps"), self.params.get("epochs", epoch + 1)
         self._total_steps = steps * max(epochs - epoch, 1) if steps else None
+        self._hold = hold_lib.for_fit(self.model, [ref.variable for ref in self._refs], self._total_steps)
         self._start_weights = self.model.get_weights()
         self._spare = None  # a replaced good state's arrays, for the next snapshot
         self.policy.begin()
