@@ -19,11 +19,11 @@ ended by an exception ends at the last good state (weights, optimizer slots
 and step count) when the phase is used as a context manager (as
 `keras_regkit.shrink` does).
 
-Holding the zeros costs no trace of the train step: masks are applied after
-each call of the step Keras traced. Where that is not one step (or a weight
-has a constraint of its own, or the step is distributed), Keras constraints
-hold them: the step is traced again once, at the first cut; later cuts
-change masks it reads, so they cost no retrace. With
+A short shrink holds its zeros after each call of the train step Keras
+traced, which costs no trace; a long one (or one whose step is distributed,
+runs several steps a call, or meets a weight's own constraint) by Keras
+constraints, fused into the step: traced again once, at the first cut (later
+cuts change masks it reads). See `pruning.hold.for_fit`. With
 `backup_dir` (BackupAndRestore's own is fine) the phase saves its state
 every epoch (`state`), and deletes it when `fit` ends normally.
 """

@@ -1,0 +1,118 @@
+"""What holding zeros costs per train step, each way the shrink holds them
+(issue #41; `keras_regkit.pruning.hold.STEP_HOLD_BUDGET` is read from it).
+
+The MLP of `bench_shrink_scaling.py` (512 inputs, two hidden layers of width
+w, Adam, 4,096 samples, batch 128), trained one epoch, 90 % of each kernel's
+entries zeroed. Interleaved rounds time 4 epochs of `fit` (128 steps), every
+function traced or compiled before the clock starts:
+
+- plain: no hold;
+- constraint: `HoldZeros` constraints, the multiply inside the step;
+- after the step: `StepHold`, the multiply after each call of the step.
+
+It prints each hold's extra milliseconds per step over plain `fit` (medians
+of the rounds), and the steps after which the after-step hold has cost as
+much as `--trace` seconds (the one trace or compile of the step that the
+constraints cost; the scaling benchmark's profile gives it:
+`bench_shrink_scaling.py --profile`, the first step). Run it alone, e.g.
+
+    KERAS_BACKEND=jax python benchmarks/bench_hold_per_step.py --widths 256 1024 2048 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+SAMPLES, INPUTS, CLASSES, BATCH, EPOCHS = 4096, 512, 10, 128, 4
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--widths", type=int, nargs="+", default=[256, 1024, 2048])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--trace", type=float, default=0.2, help="seconds of the step's trace the constraints cost")
+    args = parser.parse_args()
+
+    import keras
+
+    from keras_regkit.pruning import hold as hold_lib
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(SAMPLES, INPUTS)).astype("float32")
+    y = rng.integers(0, CLASSES, SAMPLES)
+    steps = EPOCHS * SAMPLES // BATCH
+
+    class KeepInStep(keras.callbacks.Callback):
+        def __init__(self, hold):
+            super().__init__()
+            self.hold = hold
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.hold.keep_in_step()
+
+    print(f"backend {keras.backend.backend()}, {args.rounds} rounds (medians), {steps} steps a fit")
+    print("| width | held entries | plain fit | constraint, ms/step | after the step, ms/step "
+          f"| after-step hold = a {args.trace} s trace at |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for width in args.widths:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((INPUTS,)), keras.layers.Dense(width, activation="relu"),
+                                  keras.layers.Dense(width, activation="relu"), keras.layers.Dense(CLASSES)])
+        model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+        kernels = [layer.kernel for layer in model.layers]
+        for kernel in kernels:
+            value = keras.ops.convert_to_numpy(kernel).copy()
+            value[np.abs(value) < np.quantile(np.abs(value), 0.9)] = 0.0
+            kernel.assign(value)
+        plain = model.train_function
+        hold_lib.hold_zeros(model, kernels)  # constraints: the step traced (compiled) again with them
+        model.fit(x[:BATCH], y[:BATCH], batch_size=BATCH, verbose=0)
+        constrained = model.train_function
+        after = hold_lib.StepHold(model, kernels)
+
+        def timed(function, callbacks=()):
+            model.train_function = function
+            start = time.perf_counter()
+            model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0, callbacks=list(callbacks))
+            seconds = time.perf_counter() - start
+            after.release()
+            return seconds
+
+        # Under JAX the constraints' masks ride in the optimizer's variables: they are
+        # taken out for the other two ways (each compiled step is reused for its own state).
+        def held_by_constraints():
+            hold_lib.hold_zeros(model, kernels)
+            try:
+                return timed(constrained)
+            finally:
+                hold_lib.release_zeros(model)
+
+        def held_after_the_step():
+            after.update()
+            return timed(plain, [KeepInStep(after)])
+
+        ways = {"plain": lambda: timed(plain), "constraint": held_by_constraints, "after": held_after_the_step}
+        hold_lib.release_zeros(model)
+        for way in ways.values():
+            way()  # every function traced or compiled
+        seconds = {name: [] for name in ways}
+        for round_ in range(args.rounds):
+            order = list(ways)[round_ % 3:] + list(ways)[:round_ % 3]  # each way first as often
+            for name in order:
+                seconds[name].append(ways[name]())
+        median = {name: statistics.median(values) for name, values in seconds.items()}
+        extra = {name: (median[name] - median["plain"]) / steps * 1e3 for name in ("constraint", "after")}
+        over = extra["after"] - extra["constraint"]
+        even = f"{args.trace / (over / 1e3):.0f} steps" if over > 0 else "never"
+        entries = sum(int(np.prod(k.shape)) for k in kernels)
+        print(f"| {width} | {entries / 1e6:.2f} M | {median['plain']:.2f} s | {extra['constraint']:+.2f} "
+              f"| {extra['after']:+.2f} | {even} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
