@@ -48,8 +48,61 @@ def zero_half(model) -> list:
 STEPS = 100
 
 
+def as_if_compiled(model):
+    """Under PyTorch, a model whose step `torch.compile` traces (the rule
+    reads the flag; nothing here runs the step)."""
+    if BACKEND == "torch":
+        model.jit_compile = True
+    return model
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the rule of PyTorch's eager step")
+def test_pytorch_holds_by_constraints_unless_its_step_is_compiled():
+    model, _, _ = trained()
+    assert "eagerly" in hold_lib.step_hold_refused(model, kernels(model), STEPS)
+    assert hold_lib.step_hold_refused(as_if_compiled(model), kernels(model), STEPS) is None
+
+
+def test_a_step_traced_again_anyway_is_held_by_constraints():
+    model, _, _ = trained()
+    as_if_compiled(model)
+    assert "traced again anyway" in hold_lib.step_hold_refused(model, kernels(model), STEPS, traced_anyway=True)
+
+
+def test_a_weight_listed_twice_is_held_once_and_counted_once():
+    model, x, y = trained()
+    as_if_compiled(model)
+    doubled = kernels(model) + kernels(model)
+    entries = 16 * 32 + 32 * 4
+    most = int(hold_lib.STEP_HOLD_BUDGET // entries)
+    assert hold_lib.step_hold_refused(model, doubled, most) is None
+    hold = hold_lib.for_fit(model, doubled, most)
+    assert len(hold.variables) == 2
+    masks = zero_half(model)
+    hold.update()
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)  # under JAX: no buffer donated twice
+    for variable, mask in zip(kernels(model), masks):
+        assert np.all(keras.ops.convert_to_numpy(variable)[~mask] == 0)
+    hold.release()
+
+
+def test_a_hold_left_by_a_shrink_that_failed_is_unwrapped_by_the_next_and_by_release_zeros():
+    model, x, y = trained()
+    as_if_compiled(model)
+    traced = model.train_function
+    left = hold_lib.StepHold(model, kernels(model))
+    left.update()
+    left.keep_in_step()
+    hold_lib.for_fit(model, kernels(model), STEPS)  # the next shrink's
+    assert model.train_function is traced
+    left = hold_lib.StepHold(model, kernels(model))
+    left.update()
+    assert rk.release_zeros(model) == 2 and model.train_function is traced
+
+
 def test_the_step_hold_is_taken_unless_a_weight_has_a_constraint():
     model, _, _ = trained()
+    as_if_compiled(model)
     assert hold_lib.step_hold_refused(model, kernels(model), STEPS) is None
     assert isinstance(hold_lib.for_fit(model, kernels(model), STEPS), hold_lib.StepHold)
 
@@ -62,6 +115,7 @@ def test_the_step_hold_is_taken_unless_a_weight_has_a_constraint():
 
 def test_the_step_hold_is_taken_while_its_multiplies_over_the_budget_cost_less_than_a_trace():
     model, _, _ = trained()
+    as_if_compiled(model)
     entries = 16 * 32 + 32 * 4
     most = int(hold_lib.STEP_HOLD_BUDGET // entries)
     assert hold_lib.step_hold_refused(model, kernels(model), most) is None
@@ -168,14 +222,16 @@ def test_a_new_mask_holds_the_new_zeros_without_a_new_function():
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)
     for variable, mask in zip(kernels(model), masks):
         assert np.all(keras.ops.convert_to_numpy(variable)[~mask] == 0)
+    if BACKEND == "tensorflow":  # the new masks were new inputs of the multiply, not a new trace of it
+        assert hold._apply.experimental_get_tracing_count() == 1
     held = {id(v): keras.ops.convert_to_numpy(m) for v, m in hold_lib.held_masks(model)}
     for variable, mask in zip(kernels(model), masks):
         np.testing.assert_array_equal(held[id(variable)], mask.astype("float32"))
 
 
 def shrunk(monkeypatch, constraints: bool):
-    if constraints:
-        monkeypatch.setattr(hold_lib, "step_hold_refused", lambda model, variables, steps: "the test asks for constraints")
+    # Either hold, whatever the rule would pick (PyTorch's eager step picks constraints).
+    monkeypatch.setattr(hold_lib, "step_hold_refused", lambda *args: "the test asks for constraints" if constraints else None)
     model, x, y = trained()
     traced = model.train_function
     result = rk.shrink(model, x, y, sparsity=0.9, epochs=3, batch_size=32, cut_every=2)

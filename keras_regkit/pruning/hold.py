@@ -33,7 +33,7 @@ class HoldZeros(keras.constraints.Constraint):
     but not the hold, and reloads without keras_regkit.
 
     Set by `hold_zeros` (`prune(hold=True)`; the shrink, where `StepHold`
-    cannot hold its zeros), a new mask costs
+    would not hold its zeros alike or save a trace), a new mask costs
     no retrace of the train step: TensorFlow's and PyTorch's steps read it
     each time they run, and under JAX it rides among the optimizer's
     variables (the jitted step's inputs) until `release_zeros`, left out of
@@ -124,7 +124,19 @@ def release_zeros(model: keras.Model) -> int:
     1
     """
     weights_lib.check_model(model)
-    return release_held(model, model.weights)
+    return release_step_holds(model) + release_held(model, model.weights)
+
+
+def release_step_holds(model: keras.Model) -> int:
+    """Unwraps every `StepHold` around the model's train function; returns
+    how many weights they held."""
+    released = 0
+    while (hold := getattr(wrapped := getattr(model, "train_function", None), "step_hold", None)) is not None:
+        released += len(hold.variables)
+        hold.release()
+        if model.train_function is wrapped:  # a wrapper its hold no longer knows: peel it
+            model.train_function = wrapped.inner
+    return released
 
 
 def release_held(model: keras.Model, variables) -> int:
@@ -150,26 +162,28 @@ def release_held(model: keras.Model, variables) -> int:
 # A hold after each step reads and writes every held entry once more per step
 # (a constraint's multiply is fused into the optimizer's update: nearly free),
 # where a constraint costs one trace of the step (and one at the next `fit`).
-# Measured on a 2-core CPU (MLPs of 0.2-5.3 M entries), the after-step hold
-# cost as much as the trace at 0.5-2e9 held entries x steps (TensorFlow: 1.6 M
-# entries, about 300 steps; JAX: 1.6 M, 550; 5.3 M, 380): the lowest decides.
-STEP_HOLD_BUDGET = 5e8
+# Measured on a 2-core CPU (`benchmarks/bench_hold_per_step.py`), the after-step
+# hold cost as much as a 0.2 s trace at 2.5e8 held entries x steps at the
+# lowest (JAX, 1.58 M entries: 156 steps; TensorFlow there: about 1,000).
+STEP_HOLD_BUDGET = 2.5e8
 
 
-def for_fit(model: keras.Model, variables, steps: int | None) -> StepHold | ConstraintHold:
+def for_fit(model: keras.Model, variables, steps: int | None, traced_anyway: bool = False) -> StepHold | ConstraintHold:
     """How a shrink of `steps` train steps (None: not known) holds the zeros
     of `variables` in the `fit` it runs in: after each call of the train
-    function (`StepHold`) where that is the same as a constraint and costs
-    less than a trace of the step, else by constraints."""
-    variables = list(variables)
-    refused = step_hold_refused(model, variables, steps)
+    function (`StepHold`) where that is the same as a constraint and saves
+    a trace of the step, else by constraints. `traced_anyway`: the shrink
+    makes Keras trace the step again itself (a changed loss or layer)."""
+    release_step_holds(model)  # one left by a shrink that `fit` ended by an exception
+    variables = list({id(v): v for v in variables}.values())
+    refused = step_hold_refused(model, variables, steps, traced_anyway)
     return ConstraintHold(model, variables) if refused else StepHold(model, variables)
 
 
-def step_hold_refused(model: keras.Model, variables, steps: int | None) -> str | None:
+def step_hold_refused(model: keras.Model, variables, steps: int | None, traced_anyway: bool = False) -> str | None:
     """Why zeros held after each call of the train function would not be
-    the same as zeros held by a constraint, or would cost more over `steps`
-    (None: neither)."""
+    the same as zeros held by a constraint, or would save no trace of the
+    step over `steps` (None: it would)."""
     if getattr(model, "steps_per_execution", 1) != 1:
         return "one call of the train function runs several steps (`steps_per_execution`)"
     if any(getattr(v, "constraint", None) is not None for v in variables):
@@ -177,7 +191,12 @@ def step_hold_refused(model: keras.Model, variables, steps: int | None) -> str |
         return "a weight has a constraint, which the mask must come before"
     if _distributed(model):
         return "the train step runs on several devices or processes"
-    entries = sum(math.prod(v.shape) for v in variables if v.trainable)
+    if keras.backend.backend() == "torch" and not getattr(model, "jit_compile", False):
+        return "PyTorch runs the step eagerly: there is no trace to save"
+    if traced_anyway:
+        return "the step is traced again anyway: the constraints add no trace"
+    trainable = {id(v) for v in model.trainable_variables}
+    entries = sum(math.prod(v.shape) for v in {id(v): v for v in variables}.values() if id(v) in trainable)
     if steps is None or steps * entries > STEP_HOLD_BUDGET:
         return (f"{'an unknown number of' if steps is None else steps} steps over {entries} held entries: "
                 "one trace of the step costs less than a multiply after each")
@@ -195,8 +214,7 @@ def _distributed(model) -> bool:
 
 
 class ConstraintHold:
-    """Holds zeros with `HoldZeros` constraints (`hold_zeros`), released
-    everywhere in the model at the end (`release_zeros`)."""
+    """Holds zeros with `HoldZeros` constraints (`hold_zeros`)."""
 
     def __init__(self, model: keras.Model, variables: list):
         self.model, self.variables = model, variables
@@ -209,7 +227,7 @@ class ConstraintHold:
         """Nothing to do: the optimizer step applies the constraints."""
 
     def release(self) -> None:
-        release_zeros(self.model)
+        release_held(self.model, self.variables)
 
 
 class StepHold:
@@ -255,17 +273,21 @@ class StepHold:
         if keras.backend.backend() != "jax":
             def held_step(*args, **kwargs):
                 logs = step(*args, **kwargs)
-                self._apply(self._masks)
+                if self._masks is not None:  # None: released while something wrapped this function again
+                    self._apply(self._masks)
                 return logs
         else:
             def held_step(state, *args, **kwargs):  # the step takes and returns the variables' values
+                fence.trainable_values(state)  # a moved layout fails here, before the step donates the state
                 logs, state = step(state, *args, **kwargs)
+                if self._masks is None:
+                    return logs, state
                 values = fence.trainable_values(state)
                 masked = self._apply([values[i] for i in self._positions], self._masks)
                 for i, value in zip(self._positions, masked):
                     values[i] = value
                 return logs, fence.with_trainable_values(state, values)
-        held_step.step_hold = self  # for `held_masks`
+        held_step.step_hold, held_step.inner = self, step  # for `held_masks` and `release_step_holds`
         return held_step
 
 
@@ -275,7 +297,7 @@ def held_masks(model: keras.Model) -> list:
     function."""
     pairs = [(v, c.mask) for v in model.weights if (c := constraints.find(v, HoldZeros)) is not None]
     hold = getattr(getattr(model, "train_function", None), "step_hold", None)
-    if hold is not None:
+    if hold is not None and hold._masks is not None:
         pairs += list(zip(hold.variables, hold._masks))
     return pairs
 
@@ -297,4 +319,6 @@ def _masking_function(variables):
         import tensorflow as tf
 
         return tf.function(apply, autograph=False)
-    return apply
+    import torch
+
+    return torch.no_grad()(apply)  # no graph for gradients to keep

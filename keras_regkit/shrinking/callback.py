@@ -8,9 +8,11 @@ wait, check the model on the validation data, hold, or go back to the last
 good state (see `decisions`). Cuts rank every covered weight together by
 the policy's score (`|w| · v^(1/4)`, with `v` the optimizer's second moment)
 and zero the lowest (`keras_regkit.pruning.cut`); the zeros are held after
-every train step (`pruning.hold.for_fit`), so they are exact, and the
-training between cuts recovers. At the end the zeros are released (the saved
-model carries no constraint of ours) and the learning rate is put back.
+every train step, so they are exact, and the training between cuts
+recovers: a short shrink multiplies them after each call of the step Keras
+traced (no trace), others by Keras constraints, fused into the step (one
+trace at the first cut; `pruning.hold.for_fit` says which). At the end the
+zeros are released and the learning rate is put back.
 
 The shrink never leaves the model worse than where it can go back to: a
 non-finite loss rolls back to the last good state (the last epoch's end for
@@ -19,13 +21,8 @@ ended by an exception ends at the last good state (weights, optimizer slots
 and step count) when the phase is used as a context manager (as
 `keras_regkit.shrink` does).
 
-A short shrink holds its zeros after each call of the train step Keras
-traced, which costs no trace; a long one (or one whose step is distributed,
-runs several steps a call, or meets a weight's own constraint) by Keras
-constraints, fused into the step: traced again once, at the first cut (later
-cuts change masks it reads). See `pruning.hold.for_fit`. With
-`backup_dir` (BackupAndRestore's own is fine) the phase saves its state
-every epoch (`state`), and deletes it when `fit` ends normally.
+With `backup_dir` (BackupAndRestore's own is fine) the phase saves its
+state every epoch (`state`), and deletes it when `fit` ends normally.
 """
 
 from __future__ import annotations
@@ -181,8 +178,8 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._epoch_steps = 0
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self._phase in _ACTIVE:
-            self._hold.keep_in_step()  # the step about to run is the held one
+        if self._phase in _ACTIVE:  # the step about to run is the held one
+            self._hold.keep_in_step()
 
     def on_train_batch_end(self, batch, logs=None):
         if self._phase not in _ACTIVE:
@@ -251,7 +248,6 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._refs = self.granularity.select(self.model, self.layers)
         steps, epochs = self.params.get("steps"), self.params.get("epochs", epoch + 1)
         self._total_steps = steps * max(epochs - epoch, 1) if steps else None
-        self._hold = hold_lib.for_fit(self.model, [ref.variable for ref in self._refs], self._total_steps)
         self._start_weights = self.model.get_weights()
         self._spare = None  # a replaced good state's arrays, for the next snapshot
         self.policy.begin()
@@ -268,11 +264,16 @@ class ShrinkPhase(keras.callbacks.Callback):
         self.rate.apply(self.model)
         self.statistics.apply(self.model)
         self.distill.attach(self.model)  # the model as it starts is the teacher
+        self._choose_hold()
         self._step = self._epoch_steps = 0
         self._phase = "ramping"
         self._good = self._snapshot()  # the state to go back to
         self._say(f"Epoch {epoch + 1}: shrink starts ({self.policy.name} mode).")
         self._decide()
+
+    def _choose_hold(self) -> None:  # once the loss and layers are set: did they make Keras trace the step again?
+        traced = bool(self.statistics.user_momentum) or self.distill.attached or bool(self.int8)
+        self._hold = hold_lib.for_fit(self.model, [ref.variable for ref in self._refs], self._total_steps, traced)
 
     def _observe(self, final: bool = False) -> decisions.Observation:
         self._counts = self.granularity.count_dead(self._refs)
@@ -419,6 +420,7 @@ class ShrinkPhase(keras.callbacks.Callback):
             self._good = Snapshot.from_state(parts["good"])
             self.check.set_state(parts["check"], self.validation_data)
             self.model.set_weights(saved["current"])
+            self._choose_hold()
             self._hold.update()
         self._phase = saved["phase"]
         self._say(f"ShrinkPhase resumed from {path} ({saved['phase']}).")

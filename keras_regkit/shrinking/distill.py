@@ -210,6 +210,11 @@ class Distillation:
         self.predictions_given = False
         self._model = None
 
+    @property
+    def attached(self) -> bool:
+        """Whether the term is in a model's loss now."""
+        return self._model is not None
+
     def attach(self, model: keras.Model) -> None:
         """Adds the teacher term, with the model's current weights as the
         teacher, to every training step's loss from now on. Does nothing

@@ -54,7 +54,7 @@ class Snapshot:
     def from_state(cls, state: dict) -> Snapshot:
         return cls(**state)
 
-    def restore(self, model: keras.Model, rewind: bool = False) -> None:
+    def restore(self, model: keras.Model, *, rewind: bool = False) -> None:
         """Puts the weights and optimizer state back (the zeros held are
         the holder's to update). `rewind`: the
         optimizer's step count too, for a shrink that ends here because
