@@ -40,7 +40,7 @@ rounds: about a minute for `--widths 256 1024 2048 --rounds 7`.
 
 `--profile` prints, instead of the table, where the shrink's time goes
 against plain `fit`'s (medians over the rounds): train steps (the first,
-traced with the holds, apart), cuts (scores, select and zero, hold), the
+with the first trace, apart), cuts (scores, select and zero, hold), the
 start, the epoch ends, the end, and the rest (fit's own loop and data):
 
     KERAS_BACKEND=tensorflow python benchmarks/bench_shrink_scaling.py --widths 1024 2048 --rounds 3 --profile
@@ -249,7 +249,7 @@ def profile(keras, rk, model, reset, x, y, validation, how, granularity, rounds)
         add("shrink: garbage collections (anywhere)", collecting["seconds"])
         add("shrink: total", total)
         add("shrink: train steps (batch hooks taken out)", steps)
-        add("shrink: first step (the step traced with the holds)", clock.batches[0])
+        add("shrink: first step (traces: the hold's multiply, or the step with constraints)", clock.batches[0])
         add("shrink: median step", statistics.median(clock.batches[1:]))
         for label, value in seconds.items():
             add(f"shrink: {label} [{calls[label]} calls]", value)

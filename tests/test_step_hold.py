@@ -188,22 +188,13 @@ class Rebuild(keras.callbacks.Callback):
         self.model.make_train_function(force=True)
 
 
-class KeepInStep(keras.callbacks.Callback):
-    def __init__(self, hold):
-        super().__init__()
-        self.hold = hold
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.hold.keep_in_step()
-
-
 def test_a_train_function_rebuilt_mid_fit_is_held_again_from_the_next_step():
     model, x, y = trained()
     traced = model.train_function
     masks = zero_half(model)
     hold = hold_lib.StepHold(model, kernels(model))
     hold.update()
-    model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[Rebuild(), KeepInStep(hold)])
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[Rebuild(), hold.callback()])
     for variable, mask in zip(kernels(model), masks):
         assert np.all(keras.ops.convert_to_numpy(variable)[~mask] == 0)
     hold.release()

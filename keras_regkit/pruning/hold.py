@@ -263,6 +263,11 @@ class StepHold:
         self._inner, self._wrapped = current, self._held(current)
         self.model.train_function = self._wrapped
 
+    def callback(self) -> keras.callbacks.Callback:
+        """A callback that calls `keep_in_step` before each step of a `fit`
+        (the shrink's phase does it itself)."""
+        return keras.callbacks.LambdaCallback(on_train_batch_begin=lambda batch, logs: self.keep_in_step())
+
     def release(self) -> None:
         """The train function as Keras made it again."""
         if self._wrapped is not None and self.model.train_function is self._wrapped:
