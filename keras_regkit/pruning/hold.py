@@ -156,7 +156,6 @@ def release_held(model: keras.Model, variables) -> int:
     return released
 
 
-
 # -- holding zeros for the length of one fit ---------------------------------
 
 # A hold after each step reads and writes every held entry once more per step
