@@ -8,11 +8,9 @@ wait, check the model on the validation data, hold, or go back to the last
 good state (see `decisions`). Cuts rank every covered weight together by
 the policy's score (`|w| · v^(1/4)`, with `v` the optimizer's second moment)
 and zero the lowest (`keras_regkit.pruning.cut`); the zeros are held after
-every train step, so they are exact, and the training between cuts
-recovers: a short shrink multiplies them after each call of the step Keras
-traced (no trace), others by Keras constraints, fused into the step (one
-trace at the first cut; `pruning.hold.for_fit` says which). At the end the
-zeros are released and the learning rate is put back.
+every train step (`pruning.hold.for_fit`: masks after each call of the step
+Keras traced, or constraints inside it), so they are exact, and the training
+between cuts recovers. At the end they are released and the rate put back.
 
 The shrink never leaves the model worse than where it can go back to: a
 non-finite loss rolls back to the last good state (the last epoch's end for
