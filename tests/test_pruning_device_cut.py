@@ -344,3 +344,46 @@ def test_host_reads_share_memory_and_keep_what_they_read():
     scores = scores_lib.Magnitude().scores(refs)
     assert not scores[0].flags.owndata and not scores[0].flags.writeable
     np.testing.assert_array_equal(scores[0], np.abs(select.host_view(variable.value)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_a_holds_mask_made_on_the_host_equals_the_mask_made_by_ops(dtype, monkeypatch):
+    # On the CPU a hold's mask is made by NumPy (under JAX an eager op is
+    # compiled for each shape on its first call); elsewhere by ops.
+    from keras_regkit.pruning import select
+
+    variable = keras.Variable(np.array([[0.0, -0.0, 1.5], [np.nan, 0.0, -2.0]]), dtype=dtype)
+    assert select.host_array(variable.value) is not None  # the host's path on this machine
+    on_host = select.nonzero_mask(variable.value)
+    assert keras.backend.standardize_dtype(on_host.dtype) == dtype  # the weight's, as a constraint multiplies
+    expected = [[0.0, 0.0, 1.0], [1.0, 0.0, 1.0]]  # -0.0 is a zero, NaN is not
+    np.testing.assert_array_equal(ops.convert_to_numpy(ops.cast(on_host, "float32")), expected)
+    monkeypatch.setattr(select, "host_array", lambda value: None)  # as on an accelerator
+    by_ops = select.nonzero_mask(variable.value)
+    assert keras.backend.standardize_dtype(by_ops.dtype) == dtype
+    np.testing.assert_array_equal(ops.convert_to_numpy(ops.cast(by_ops, "float32")), expected)
+
+
+def test_only_a_tensor_in_the_hosts_memory_is_read_on_the_host():
+    from keras_regkit.pruning import select
+
+    class OnAnAccelerator:
+        device = "cuda:0"
+
+    assert select.host_array(OnAnAccelerator()) is None
+    value = keras.Variable(np.ones((2, 2), "float32")).value
+    np.testing.assert_array_equal(select.host_array(value), np.ones((2, 2)))
+
+
+def test_dead_units_read_on_the_host_equal_those_reduced_by_ops(monkeypatch):
+    from keras_regkit.pruning import select
+    from keras_regkit.pruning import units as units_lib
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="d"),
+                              keras.layers.Dense(3, name="e")])
+    model.get_layer("d").kernel.assign(np.array([[1.0, 0, -0.0, -3.0], [0, 0, -0.0, 0], [0, 0, 0, 0]], "float32"))
+    model.get_layer("e").kernel.assign(np.array([[0.0, 0, 0], [0, np.nan, 0], [0, 0, 0], [0, 0, 0]], "float32"))
+    on_host = units_lib.dead_units(model)
+    assert on_host == {"d": (2, 4), "e": (2, 3)}  # -0.0 is a zero, NaN is not
+    monkeypatch.setattr(select, "host_array", lambda value: None)  # as on an accelerator
+    assert units_lib.dead_units(model) == on_host

@@ -32,6 +32,7 @@ from keras_regkit import weights as weights_lib
 from keras_regkit._keras import graph as graph_fence
 from keras_regkit.layers.channels import DepthwiseChannels
 from keras_regkit.layers.graph import Graph, made_by
+from keras_regkit.pruning import select
 
 # Classes whose layers have units, and whose units are attention heads
 # (for messages; the registry decides).
@@ -169,15 +170,23 @@ def dead_mask(layer) -> np.ndarray | None:
     has none."""
     if is_head_layer(layer) and layer.built:
         kernel = head_kernel(layer)
-        dead_mask = ops.all(ops.equal(kernel, 0), axis=tuple(range(1, len(kernel.shape))))
-        return np.asarray(ops.convert_to_numpy(dead_mask), dtype=bool)
+        return _all_zero(kernel, tuple(range(1, len(kernel.shape))))
     kernel = unit_kernel(layer)
     if kernel is None:
         return None
-    axes = unit_axes(layer)
-    # Reduced on the device; only one bool per unit comes to the host.
-    dead_mask = ops.all(ops.equal(kernel, 0), axis=tuple(range(len(kernel.shape) - axes)))
-    return np.asarray(ops.convert_to_numpy(ops.reshape(dead_mask, (-1,))), dtype=bool)
+    return _all_zero(kernel, tuple(range(len(kernel.shape) - unit_axes(layer)))).reshape(-1)
+
+
+def _all_zero(kernel, axis: tuple) -> np.ndarray:
+    """Whether every entry of `kernel` along `axis` is an exact zero: by
+    NumPy where the kernel is in the host's memory (no eager op for JAX to
+    compile on its first call), else reduced on the device, so that only
+    the booleans come to the host."""
+    value = kernel.value if isinstance(kernel, keras.Variable) else kernel
+    host = select.host_array(value)
+    if host is not None:
+        return np.all(host == 0, axis=axis)
+    return np.asarray(ops.convert_to_numpy(ops.all(ops.equal(value, 0), axis=axis)), dtype=bool)
 
 
 def dead_units(model: keras.layers.Layer) -> dict[str, tuple[int, int]]:
