@@ -347,21 +347,26 @@ def test_host_reads_share_memory_and_keep_what_they_read():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-def test_a_holds_mask_made_on_the_host_equals_the_mask_made_by_ops(dtype, monkeypatch):
-    # On the CPU a hold's mask is made by NumPy (under JAX an eager op is
-    # compiled for each shape on its first call); elsewhere by ops.
+def test_a_holds_masks_are_one_where_an_entry_is_not_an_exact_zero_in_its_dtype(dtype):
     from keras_regkit.pruning import select
 
-    variable = keras.Variable(np.array([[0.0, -0.0, 1.5], [np.nan, 0.0, -2.0]]), dtype=dtype)
-    assert select.host_array(variable.value) is not None  # the host's path on this machine
-    on_host = select.nonzero_mask(variable.value)
-    assert keras.backend.standardize_dtype(on_host.dtype) == dtype  # the weight's, as a constraint multiplies
-    expected = [[0.0, 0.0, 1.0], [1.0, 0.0, 1.0]]  # -0.0 is a zero, NaN is not
-    np.testing.assert_array_equal(ops.convert_to_numpy(ops.cast(on_host, "float32")), expected)
-    monkeypatch.setattr(select, "host_array", lambda value: None)  # as on an accelerator
-    by_ops = select.nonzero_mask(variable.value)
-    assert keras.backend.standardize_dtype(by_ops.dtype) == dtype
-    np.testing.assert_array_equal(ops.convert_to_numpy(ops.cast(by_ops, "float32")), expected)
+    values = [keras.Variable(np.array([[0.0, -0.0, 1.5], [np.nan, 0.0, -2.0]]), dtype=dtype).value,
+              keras.Variable(np.array([np.inf, 0.0]), dtype=dtype).value]
+    masks = select.nonzero_masks(values)
+    assert [keras.backend.standardize_dtype(m.dtype) for m in masks] == [dtype] * 2  # as a constraint multiplies
+    np.testing.assert_array_equal(ops.convert_to_numpy(ops.cast(masks[0], "float32")), [[0, 0, 1], [1, 0, 1]])
+    np.testing.assert_array_equal(ops.convert_to_numpy(ops.cast(masks[1], "float32")), [1, 0])  # -0.0 is a zero, NaN is not
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX compiles its eager ops for each shape")
+def test_under_jax_a_holds_masks_are_made_by_one_function_compiled_once_for_their_shapes():
+    from keras_regkit.pruning import select
+
+    shapes = [(3, 4), (4,), (4, 2)]
+    select.nonzero_masks([ops.zeros(s) for s in shapes])
+    compiled = select._jax_nonzero_masks()._cache_size()
+    select.nonzero_masks([ops.ones(s) for s in shapes])  # new values, the same shapes
+    assert select._jax_nonzero_masks()._cache_size() == compiled
 
 
 def test_only_a_tensor_in_the_hosts_memory_is_read_on_the_host():

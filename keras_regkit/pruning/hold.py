@@ -71,7 +71,7 @@ class HoldZeros(keras.constraints.Constraint):
         # (`Model.get_state_tree`, Orbax checkpoints).
         with keras.name_scope(_path_name(variable), override_parent=""):
             self.mask = keras.Variable(
-                select.nonzero_mask(variable.value),
+                select.nonzero_masks([variable.value])[0],
                 trainable=False,
                 name=MASK_NAME,
             )
@@ -89,24 +89,26 @@ def _path_name(variable) -> str:
 def hold_zeros(model: keras.Model, variables) -> None:
     """Holds the current zeros of `variables` (a new mask where one is
     already held) and makes the next train step apply the masks."""
+    variables = list(variables)
     retrace = False
-    for variable in variables:
-        retrace |= _hold(variable, getattr(model, "optimizer", None))
+    for variable, mask in zip(variables, select.nonzero_masks([v.value for v in variables])):
+        retrace |= _hold(variable, mask, getattr(model, "optimizer", None))
     if retrace:
         # The optimizer step traced the old constraints (or, under JAX, the old masks).
         rebuild_step_functions(model, losses_changed=False)
 
 
-def _hold(variable, optimizer) -> bool:
-    """Holds the variable's current zeros; True if the optimizer step must be
-    retraced: a new constraint was set, or a mask is new to the step."""
+def _hold(variable, mask, optimizer) -> bool:
+    """Holds the variable's current zeros (`mask`); True if the optimizer
+    step must be retraced: a new constraint was set, or a mask is new to the
+    step."""
     held = constraints.find(variable, HoldZeros)
     if held is None:
         held = HoldZeros(variable, variable.constraint)
         variable.constraint = held
         pass_into_steps(optimizer, held.mask)
         return True
-    held.mask.assign(select.nonzero_mask(variable.value))
+    held.mask.assign(mask)
     # The same constraint with a new mask: the step reads the mask each time
     # it runs (under JAX, as one of the optimizer's variables), so a cut
     # costs no retrace.
@@ -249,7 +251,7 @@ class StepHold:
 
     def update(self) -> None:
         """Holds the variables' current zeros from the next step on."""
-        self._masks.set([select.nonzero_mask(v.value) for v in self.variables])
+        self._masks.set(select.nonzero_masks([v.value for v in self.variables]))
         self.keep_in_step()
 
     def keep_in_step(self) -> None:
