@@ -12,10 +12,11 @@ given to the plain `fit` as validation data too; `--granularity unit`:
 units and heads). The plain `fit` is timed warm: its train step traced
 before the clock starts (the shrink's release of its zeros makes the next
 `fit` trace again; that trace is not plain `fit`'s cost). The shrink's own
-traces are in its time. The first round is shown apart (`first in the
-process`): it also compiles what the process runs for the first time (under
-JAX, each eager op for each shape, and the hold's multiply); the medians
-are of the later rounds.
+traces are in its time. The first round is shown apart (`first round`): it
+also compiles what the process runs for the first time for these shapes
+(under JAX, each eager op for each shape, and the hold's multiply): for the
+first size, that is the first shrink in the process. The medians are of
+the later rounds.
 
 Then one cut from 30 % to half the entries, scored by curvature, on the
 device (`Score.tensors`, the shrink's path where the weights are on an
@@ -321,7 +322,7 @@ def main(argv=None):
     print(f"backend {keras.backend.backend()} on {device_name(keras)}, mode={args.mode}, distill={args.distill}, "
           f"granularity={args.granularity!r}, {args.rounds} rounds (medians)")
     if not (args.profile or args.cuts_only):
-        print("| model | parameters | fit | shrink | ratio [range] | first in the process | cuts | cut on device "
+        print("| model | parameters | fit | shrink | ratio [range] | first round | cuts | cut on device "
               "| cut on host (NumPy) | late cut on host | train step | device cut / step | host late cut / step "
               "| first step after a cut |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -366,8 +367,8 @@ def main(argv=None):
                 start = time.perf_counter()
                 run()
                 out.append(time.perf_counter() - start)
-        # The first shrink in the process also compiles what it is the first to
-        # run (JAX: each eager op per shape, the hold's multiply): shown apart.
+        # The first round also compiles what the process runs for the first time
+        # for these shapes (JAX: each eager op, the hold's multiply): shown apart.
         first = shrink_times.pop(0) / fit_times.pop(0)
         ratios = [s / f for s, f in zip(shrink_times, fit_times)]
         step = statistics.median(fit_times) / steps

@@ -89,25 +89,32 @@ def _path_name(variable) -> str:
 def hold_zeros(model: keras.Model, variables) -> None:
     """Holds the current zeros of `variables` (a new mask where one is
     already held) and makes the next train step apply the masks."""
-    variables = list(variables)
-    retrace = False
-    for variable, mask in zip(variables, select.nonzero_masks([v.value for v in variables])):
-        retrace |= _hold(variable, mask, getattr(model, "optimizer", None))
+    optimizer = getattr(model, "optimizer", None)
+    variables = list({id(v): v for v in variables}.values())  # one constraint for a weight listed twice
+    new = [v for v in variables if constraints.find(v, HoldZeros) is None]
+    held = [v for v in variables if constraints.find(v, HoldZeros) is not None]
+    for variable in new:  # its constraint makes its mask
+        _hold_new(variable, optimizer)
+    retrace = bool(new)
+    for variable, mask in zip(held, select.nonzero_masks([v.value for v in held])):
+        retrace |= _hold_again(variable, mask, optimizer)
     if retrace:
         # The optimizer step traced the old constraints (or, under JAX, the old masks).
         rebuild_step_functions(model, losses_changed=False)
 
 
-def _hold(variable, mask, optimizer) -> bool:
-    """Holds the variable's current zeros (`mask`); True if the optimizer
-    step must be retraced: a new constraint was set, or a mask is new to the
-    step."""
+def _hold_new(variable, optimizer) -> None:
+    """Holds the current zeros of a variable not held yet: a new constraint,
+    which the optimizer step must be traced again to apply."""
+    held = HoldZeros(variable, variable.constraint)
+    variable.constraint = held
+    pass_into_steps(optimizer, held.mask)
+
+
+def _hold_again(variable, mask, optimizer) -> bool:
+    """Holds the current zeros (`mask`) of a variable held already; True if
+    its mask is new to the optimizer step, which must then be retraced."""
     held = constraints.find(variable, HoldZeros)
-    if held is None:
-        held = HoldZeros(variable, variable.constraint)
-        variable.constraint = held
-        pass_into_steps(optimizer, held.mask)
-        return True
     held.mask.assign(mask)
     # The same constraint with a new mask: the step reads the mask each time
     # it runs (under JAX, as one of the optimizer's variables), so a cut
@@ -290,7 +297,7 @@ class StepHold:
                 if not self._masks.held:
                     return logs, state
                 values = fence.trainable_values(state)
-                masked = self._masks.apply([values[i] for i in self._positions])
+                masked = self._masks.products([values[i] for i in self._positions])
                 for i, value in zip(self._positions, masked):
                     values[i] = value
                 return logs, fence.with_trainable_values(state, values)
@@ -301,7 +308,8 @@ class StepHold:
 def held_masks(model: keras.Model) -> list:
     """`(variable, mask)` for each weight whose zeros `model`'s train step
     holds: by a `HoldZeros` constraint, or by a `StepHold` around its train
-    function."""
+    function. The masks are live (variables, under TensorFlow a
+    `StepHold`'s too): read them at once."""
     pairs = [(v, c.mask) for v in model.weights if (c := constraints.find(v, HoldZeros)) is not None]
     hold = getattr(getattr(model, "train_function", None), "step_hold", None)
     if hold is not None and hold._masks.held:
@@ -312,31 +320,28 @@ def held_masks(model: keras.Model) -> list:
 class _Masks:
     """The masks a `StepHold` holds (`set` anew after each cut) and the
     multiply by them, traced or compiled once for the variables' shapes: a
-    new mask is new data, not a new trace. `apply()` multiplies the
-    variables; under JAX, `apply(values)` returns the products of the
-    values the step returned."""
+    new mask is new data, not a new trace."""
 
     @staticmethod
     def of(variables: list) -> _Masks:
-        kinds = {"tensorflow": _TensorFlowMasks, "jax": _JaxMasks}
-        return kinds.get(keras.backend.backend(), _Masks)(variables)
+        kinds = {"tensorflow": _TensorFlowMasks, "jax": _JaxMasks, "torch": _TorchMasks}
+        return kinds[keras.backend.backend()](variables)
 
     def __init__(self, variables: list):
-        self.variables, self.values = variables, None
-
-    @property
-    def held(self) -> bool:
-        return self.values is not None
+        self.variables, self.values, self.held = variables, None, False
 
     def set(self, masks: list) -> None:
         """`masks`: per variable, 1 where its entry is held as it is, 0 where
         at zero, in its dtype."""
-        self.values = masks
+        self.values, self.held = masks, True
 
     def clear(self) -> None:
-        self.values = None
+        self.values, self.held = None, False
 
+
+class _TorchMasks(_Masks):
     def apply(self) -> None:
+        """Multiplies the variables by their masks."""
         import torch
 
         with torch.no_grad():  # no graph for gradients to keep
@@ -348,33 +353,38 @@ class _TensorFlowMasks(_Masks):
     # The masks are variables the multiply captures, and it is called with
     # no arguments, through its concrete function: at 0.2 M held entries on
     # 2 CPU cores, 0.74 ms a call against 1.0 ms for a `tf.function` given
-    # the masks (its arguments' binding).
+    # the masks (its arguments' binding). Both outlive a release: the hold
+    # of a next `fit` assigns new masks, and traces nothing.
     def set(self, masks: list) -> None:
         import tensorflow as tf
 
-        if self.values is not None:
+        if self.values is None:
+            self.values = [tf.Variable(mask, trainable=False) for mask in masks]
+            self.multiply = tf.function(self._multiply, autograph=False)
+            self._call = self.multiply.get_concrete_function()
+        else:
             for variable, mask in zip(self.values, masks):
                 variable.assign(mask)
-            return
-        self.values = [tf.Variable(mask, trainable=False) for mask in masks]
-        self.multiply = tf.function(self._multiply, autograph=False)
-        self._call = self.multiply.get_concrete_function()
+        self.held = True
 
     def clear(self) -> None:
-        self.values = self.multiply = self._call = None
+        self.held = False
 
     def _multiply(self):
         for variable, mask in zip(self.variables, self.values):
             variable.assign(variable.value * mask)
 
     def apply(self) -> None:
+        """Multiplies the variables by their masks."""
         self._call()
 
 
 class _JaxMasks(_Masks):
     # Float masks, as a constraint's: XLA turns a product by a boolean
     # mask into a select, whose zeros lose the sign a product gives them.
-    def apply(self, values: list) -> list:
+    def products(self, values: list) -> list:
+        """The `values` (the variables', as the step returned them, donated)
+        times their masks."""
         return _jax_times_masks()(values, self.values)
 
 

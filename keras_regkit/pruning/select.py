@@ -182,9 +182,13 @@ def nonzero_masks(values: list) -> list:
     jitted function makes them all, compiled once per process for a set of
     shapes: eager ops are compiled one by one, each for each shape, on their
     first call (on 2 CPU cores, 0.23 s of a first shrink's compiles)."""
-    if keras.backend.backend() == "jax":
-        return _jax_nonzero_masks()(list(values))
-    return [ops.cast(ops.not_equal(v, 0), v.dtype) for v in values]
+    values = list(values)
+    if keras.backend.backend() != "jax":
+        return [ops.cast(ops.not_equal(v, 0), v.dtype) for v in values]
+    if len({getattr(v, "sharding", None) for v in values}) == 1:
+        return _jax_nonzero_masks()(values)
+    # One call takes arrays on one set of devices only (a model placed by hand).
+    return [_jax_nonzero_masks()([v])[0] for v in values]
 
 
 _jax_masks = None
