@@ -395,3 +395,14 @@ def test_dead_units_read_on_the_host_equal_those_reduced_by_ops(monkeypatch):
     assert on_host == {"d": (2, 4), "e": (2, 3)}  # -0.0 is a zero, NaN is not
     monkeypatch.setattr(select, "host_array", lambda value: None)  # as on an accelerator
     assert units_lib.dead_units(model) == on_host
+
+
+def test_a_weight_listed_twice_is_held_by_one_constraint():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, use_bias=False)])
+    kernel = model.layers[0].kernel
+    kernel.assign(np.array([[0.0, 1.0], [2.0, 0.0], [3.0, 4.0]]))
+    hold_lib.hold_zeros(model, [kernel, kernel])
+    assert isinstance(kernel.constraint, hold_lib.HoldZeros) and kernel.constraint.inner is None
+    hold_lib.hold_zeros(model, [kernel, kernel])  # held already: a new mask, the same constraint
+    assert kernel.constraint.inner is None
+    np.testing.assert_array_equal(ops.convert_to_numpy(kernel.constraint.mask), [[0, 1], [1, 0], [1, 1]])
