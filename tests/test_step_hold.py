@@ -246,3 +246,19 @@ def test_a_shrink_held_after_each_step_ends_with_the_weights_constraints_give_bi
     assert by_step.cuts == by_constraints.cuts >= 5
     assert by_step.sparsity == by_constraints.sparsity == pytest.approx(0.9, abs=0.01)
     assert by_step_digest == by_constraints_digest
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="a rule of JAX's: TensorFlow traces a multiply per hold (20 ms), PyTorch compiles none")
+def test_under_jax_every_hold_multiplies_by_one_function_compiled_once_for_its_shapes():
+    model, x, y = trained()
+    multiply = hold_lib._jax_times_masks()
+    compiled = []
+    for _ in range(2):  # a second shrink of the model, or a search's next trial
+        hold = hold_lib.StepHold(model, kernels(model))
+        zero_half(model)
+        hold.update()
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+        hold.release()
+        compiled.append(multiply._cache_size())
+    assert hold_lib._jax_times_masks() is multiply
+    assert compiled[0] >= 1 and compiled[1] == compiled[0]
