@@ -91,8 +91,9 @@ def hold_zeros(model: keras.Model, variables) -> None:
     already held) and makes the next train step apply the masks."""
     optimizer = getattr(model, "optimizer", None)
     variables = list({id(v): v for v in variables}.values())  # one constraint for a weight listed twice
-    new = [v for v in variables if constraints.find(v, HoldZeros) is None]
-    held = [v for v in variables if constraints.find(v, HoldZeros) is not None]
+    new, held = [], []
+    for variable in variables:
+        (new if constraints.find(variable, HoldZeros) is None else held).append(variable)
     for variable in new:  # its constraint makes its mask
         _hold_new(variable, optimizer)
     retrace = bool(new)

@@ -161,14 +161,18 @@ def count_zeros(variables: list) -> tuple[int, int]:
 def on_cpu(variable) -> bool:
     """Whether `variable` lives in the host's memory (its tensor's device
     names the CPU under every backend)."""
-    return "cpu" in str(getattr(variable.value, "device", "cpu")).lower()
+    return _in_host_memory(variable.value)
+
+
+def _in_host_memory(value) -> bool:
+    return "cpu" in str(getattr(value, "device", "cpu")).lower()
 
 
 def host_array(value) -> np.ndarray | None:
     """`host_view(value)` where the tensor is in the host's memory; None on
     an accelerator, or sharded over several devices (its device is then a
     sharding)."""
-    if "cpu" not in str(getattr(value, "device", "cpu")).lower():
+    if not _in_host_memory(value):
         return None
     try:
         return host_view(value)
