@@ -347,15 +347,35 @@ def test_host_reads_share_memory_and_keep_what_they_read():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-def test_a_holds_masks_are_one_where_an_entry_is_not_an_exact_zero_in_its_dtype(dtype):
+def test_a_holds_masks_are_one_where_an_entry_is_not_an_exact_zero(dtype):
     from keras_regkit.pruning import select
 
     values = [keras.Variable(np.array([[0.0, -0.0, 1.5], [np.nan, 0.0, -2.0]]), dtype=dtype).value,
               keras.Variable(np.array([np.inf, 0.0]), dtype=dtype).value]
     masks = select.nonzero_masks(values)
-    assert [keras.backend.standardize_dtype(m.dtype) for m in masks] == [dtype] * 2  # as a constraint multiplies
+    # Under JAX a byte a mask entry, converted in the compiled multiply; elsewhere as a constraint multiplies.
+    expected = "uint8" if keras.backend.backend() == "jax" else dtype
+    assert [keras.backend.standardize_dtype(m.dtype) for m in masks] == [expected] * 2
     np.testing.assert_array_equal(ops.convert_to_numpy(ops.cast(masks[0], "float32")), [[0, 0, 1], [1, 0, 1]])
     np.testing.assert_array_equal(ops.convert_to_numpy(ops.cast(masks[1], "float32")), [1, 0])  # -0.0 is a zero, NaN is not
+
+
+def test_a_hold_zeroes_as_a_product_does_keeping_the_sign_of_zero():
+    # A negative entry held at zero becomes -0.0, as with a float mask: a
+    # select (what XLA makes of a product by a boolean) would give +0.0.
+    held = hold_lib.HoldZeros(keras.Variable(np.array([[0.0, 2.0], [-3.0, 0.0]], "float32")))
+
+    def moved():
+        return ops.convert_to_tensor(np.array([[-5.0, 2.5], [-3.5, -7.0]], "float32"))
+
+    products = [held(moved())]
+    if keras.backend.backend() == "jax":  # compiled: in the step, and after it (`StepHold`)
+        import jax
+
+        products += [jax.jit(held)(moved()), hold_lib._jax_times_masks()([moved()], [held.mask.value])[0]]
+    for out in map(ops.convert_to_numpy, products):
+        np.testing.assert_array_equal(out, [[0.0, 2.5], [-3.5, 0.0]])
+        assert np.signbit(out).tolist() == [[True, False], [True, True]]
 
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX compiles its eager ops for each shape")

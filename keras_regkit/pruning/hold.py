@@ -381,8 +381,8 @@ class _TensorFlowMasks(_Masks):
 
 
 class _JaxMasks(_Masks):
-    # Float masks, as a constraint's: XLA turns a product by a boolean
-    # mask into a select, whose zeros lose the sign a product gives them.
+    # uint8 masks, as a constraint's (`select.mask_dtype`), converted as
+    # they multiply: the same product, bit for bit.
     def products(self, values: list) -> list:
         """The `values` (the variables', as the step returned them, donated)
         times their masks."""
@@ -399,6 +399,6 @@ def _jax_times_masks():
     if _jax_multiply is None:
         import jax
 
-        _jax_multiply = jax.jit(lambda values, masks: [v * m for v, m in zip(values, masks)],
+        _jax_multiply = jax.jit(lambda values, masks: [v * m.astype(v.dtype) for v, m in zip(values, masks)],
                                 donate_argnums=0)
     return _jax_multiply
