@@ -72,6 +72,7 @@ class HoldZeros(keras.constraints.Constraint):
         with keras.name_scope(_path_name(variable), override_parent=""):
             self.mask = keras.Variable(
                 select.nonzero_masks([variable.value])[0],
+                dtype=select.mask_dtype(variable.value),
                 trainable=False,
                 name=MASK_NAME,
             )
@@ -333,7 +334,7 @@ class _Masks:
 
     def set(self, masks: list) -> None:
         """`masks`: per variable, 1 where its entry is held as it is, 0 where
-        at zero, in its dtype."""
+        at zero, in `select.mask_dtype`."""
         self.values, self.held = masks, True
 
     def clear(self) -> None:
