@@ -175,7 +175,10 @@ def release_held(model: keras.Model, variables) -> int:
 # where a constraint costs one trace of the step (and one at the next `fit`).
 # Measured on a 2-core CPU (`benchmarks/bench_hold_per_step.py`), the after-step
 # hold cost as much as a 0.2 s trace at 2.5e8 held entries x steps at the
-# lowest (JAX, 1.58 M entries: 156 steps; TensorFlow there: about 1,000).
+# lowest (JAX, 1.58 M entries: 156 steps; TensorFlow there: about 1,000),
+# with float32 masks. JAX's uint8 masks (`select.mask_dtype`) cut the
+# after-step hold's cost over the constraints' (at 1.58 M on a second CPU:
+# 0.37 -> 0.14 ms a step), so there the line is conservative.
 STEP_HOLD_BUDGET = 2.5e8
 
 
