@@ -118,13 +118,16 @@ class Curvature(Score):
         return _curvature(refs, moments)
 
     def scores(self, refs, optimizer=None):
-        # On the host the scores themselves tell that some moment is above
-        # 0 (a positive score needs one), with no reduction on the device
-        # and no sync before the copy: a cut's fixed cost on small models.
-        # Only where none is positive are the moments read.
+        # Computed on the host by `scores_at`'s own NumPy code: the same
+        # values bit for bit on every backend (PyTorch's CPU sqrt is not
+        # correctly rounded; NumPy's is). The scores themselves tell that
+        # some moment is above 0 (a positive score needs one), with no
+        # reduction on the device: a cut's fixed cost on small models. Only
+        # where none is positive are the moments read.
         moments = self._moments(refs, optimizer)
         if moments is not None:
-            scores = [_numpy(t) for t in _curvature(refs, moments)]
+            scores = [_curvature_of(_entries(ref.variable, None), _entries(v, None)).reshape(ref.variable.shape)
+                      for ref, v in zip(refs, moments)]
             if any(np.any(s > 0) for s in scores) or _any_positive(moments):  # NaN is not > 0
                 return scores
         return [_numpy(t) for t in self._fell_back(refs, optimizer, moments)]
