@@ -142,6 +142,9 @@ def test_curvature_and_magnitude_tensors_equal_their_numpy_scores():
         v = ops.convert_to_numpy(scores_lib.second_moment(model.optimizer, refs[0].variable))
         expected = np.abs(w) * (np.sqrt(np.sqrt(v)) if score.name == "curvature" else 1.0)
         np.testing.assert_allclose(score.scores(refs, model.optimizer)[0], expected, rtol=1e-6)
+        # The device's own ops: within the backend's rounding of sqrt (PyTorch's
+        # CPU sqrt is not correctly rounded), never another formula.
+        np.testing.assert_array_max_ulp(ops.convert_to_numpy(on_device[0]), expected, maxulp=2)
 
 
 def test_shrink_cut_copies_only_scalars_to_the_host(monkeypatch):
@@ -344,6 +347,16 @@ def test_host_reads_share_memory_and_keep_what_they_read():
     scores = scores_lib.Magnitude().scores(refs)
     assert not scores[0].flags.owndata and not scores[0].flags.writeable
     np.testing.assert_array_equal(scores[0], np.abs(select.host_view(variable.value)))
+
+
+@pytest.mark.parametrize("shape", [(), (3,)], ids=["scalar", "vector"])
+def test_host_reads_any_weight_of_half_precision(shape):
+    # NumPy cannot view TensorFlow's 0-d bfloat16 tensor: it is read by a copy.
+    from keras_regkit.pruning import select
+
+    for dtype in ("float16", "bfloat16"):
+        variable = keras.Variable(np.full(shape, -1.5), dtype=dtype)
+        np.testing.assert_array_equal(select.host_view(variable.value).astype("float32"), np.full(shape, -1.5))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])

@@ -10,7 +10,10 @@ A built-in score is computed with `keras.ops` where the weights are
 `scores` gives the same values as NumPy arrays, for the cuts made there
 (units, heads, N:M, per output) and for a `Score` of your own; `scores_at`
 those of some entries only: a shrink's cut of entries on the CPU scores
-only the live ones.
+only the live ones. `Curvature` computes `scores` and `scores_at` by one
+NumPy code, equal bit for bit; its `tensors` may differ from them by the
+backend's rounding of a square root (PyTorch's CPU `sqrt` is not correctly
+rounded).
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ def _float32(variable):
 class Score:
     """Base class: `scores(refs, optimizer)` returns, per weight, an array of
     its shape whose entries rank what to cut first (lowest first). Those
-    it makes from `tensors` (every built-in score's) are read-only where
-    the weights are on the CPU: views of the tensors, not copies.
+    it makes from `tensors` (`Magnitude`'s) are read-only where the
+    weights are on the CPU: views of the tensors, not copies.
 
     A subclass may also give `tensors(refs, optimizer)`: the same scores,
     non-negative, as tensors computed where the weights are (`keras.ops`);

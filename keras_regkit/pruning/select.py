@@ -234,7 +234,11 @@ def host_view(value) -> np.ndarray:
         value = value.read_value()  # NumPy's own read of a variable copies it
     try:
         view = np.asarray(value)
-    except (TypeError, RuntimeError):  # on a device NumPy cannot read
+    except (TypeError, RuntimeError, ValueError):
+        # On a device NumPy cannot read; or TensorFlow's 0-d bfloat16, whose
+        # `__array__` gives a scalar (Keras' `convert_to_numpy` fails on it too).
+        if backend == "tensorflow":
+            return np.asarray(value.numpy())
         return np.asarray(ops.convert_to_numpy(value))
     view.flags.writeable = False  # under PyTorch it is the parameter's own memory
     return view
