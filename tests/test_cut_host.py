@@ -282,6 +282,36 @@ class DoubledMagnitude(scores_lib.Magnitude):
                 for s in super().scores(refs, optimizer)]
 
 
+class LargestFirstCurvature(scores_lib.Curvature):
+    """A built-in score's subclass that gives its own tensors: large
+    weights rank lowest."""
+
+    def tensors(self, refs, optimizer=None):
+        return [1.0 / (1.0 + ops.abs(ref.variable.value)) for ref in refs]
+
+
+def test_a_subclass_of_a_built_in_score_with_tensors_of_its_own_is_followed_on_the_host():
+    model, refs = trained_model()
+    score = LargestFirstCurvature()
+    own = [ops.convert_to_numpy(t) for t in score.tensors(refs, model.optimizer)]
+    for got, expected in zip(score.scores(refs, model.optimizer), own):
+        np.testing.assert_array_equal(got, expected)
+    expected_model, expected_refs = trained_model()
+    cut_lib.cut(expected_refs, own, RankedAsTheBaseClass(), sparsity=0.9)
+    cut_lib.cut(refs, scores_lib.OnHost(score, refs, model.optimizer), granularity_lib.Weights(), sparsity=0.9)
+    for ref, expected in zip(refs, expected_refs):
+        np.testing.assert_array_equal(ops.convert_to_numpy(ref.variable.value),
+                                      ops.convert_to_numpy(expected.variable.value))
+
+
+def test_off_the_cpu_a_subclass_that_scores_its_own_way_is_not_ranked_by_the_built_in_tensors(monkeypatch):
+    model, refs = trained_model()
+    monkeypatch.setattr(scores_lib, "on_cpu", lambda variable: False)  # as on an accelerator
+    assert not isinstance(scores_lib.for_cut(scores_lib.Magnitude(), refs, model.optimizer), scores_lib.OnHost)
+    assert not isinstance(scores_lib.for_cut(LargestFirstCurvature(), refs, model.optimizer), scores_lib.OnHost)
+    assert isinstance(scores_lib.for_cut(DoubledMagnitude(), refs, model.optimizer), scores_lib.OnHost)
+
+
 def test_a_subclass_of_a_built_in_score_that_scores_its_own_way_is_followed_on_the_host():
     model, refs = trained_model()
     expected_model, expected_refs = trained_model()

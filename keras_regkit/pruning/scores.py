@@ -121,6 +121,8 @@ class Curvature(Score):
         return _curvature(refs, moments)
 
     def scores(self, refs, optimizer=None):
+        if type(self).tensors is not Curvature.tensors:  # a subclass's own tensors are its scores
+            return super().scores(refs, optimizer)
         # Computed on the host by `scores_at`'s own NumPy code: the same
         # values bit for bit on every backend (PyTorch's CPU sqrt is not
         # correctly rounded; NumPy's is). The scores themselves tell that
@@ -292,11 +294,20 @@ def for_cut(score: Score, refs: list[WeightRef], optimizer) -> list | OnHost:
     (a late cut of 5.27 M parameters on 2 cores, TensorFlow: about 50 ms
     with its hold, against 120-140 ms; under JAX and PyTorch the device cut
     was slower still)."""
-    if refs and not on_cpu(refs[0].variable):
+    if refs and not on_cpu(refs[0].variable) and _tensors_are_its_scores(score):
         tensors = score.tensors(refs, optimizer)
         if tensors is not None:
             return tensors
     return OnHost(score, refs, optimizer)
+
+
+def _tensors_are_its_scores(score: Score) -> bool:
+    """Whether `score.tensors` gives what its `scores` gives: not where a
+    subclass redefines `scores` below the class whose `tensors` it has
+    (a built-in score's subclass that scores its own way)."""
+    def owner(name):
+        return next(kind for kind in type(score).__mro__ if name in vars(kind))
+    return issubclass(owner("tensors"), owner("scores"))
 
 
 def second_moment(optimizer, variable) -> keras.Variable | None:
