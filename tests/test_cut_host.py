@@ -55,6 +55,31 @@ def test_the_order_statistic_partitions_only_what_is_above_the_dead_block(monkey
     assert sizes == [live]
 
 
+@pytest.mark.parametrize(("block", "out_of_reach", "partitioned"), [
+    (0.005, 0.0, "all"),  # a small block at the lowest value: the whole array, no copy of the rest
+    (0.02, 0.0, "rest"),  # over 1 %: set apart (a partition near it slows 10-50x)
+    (0.0, 0.001, "rest"),  # +inf: set apart
+    (0.0, float("nan"), "all"),  # NaN: the minimum is NaN, the whole array (NaN last), as before
+])
+def test_the_order_statistic_sets_apart_only_a_large_lowest_block_or_what_is_out_of_reach(
+        monkeypatch, block, out_of_reach, partitioned):
+    rng = np.random.default_rng(0)
+    flat = rng.random(20000)
+    flat[rng.random(flat.size) < block] = 0.0
+    if out_of_reach:
+        flat[rng.random(flat.size) < out_of_reach] = np.inf
+    elif out_of_reach != out_of_reach:
+        flat[[7, 300]] = np.nan
+    rest = int(np.sum((flat > np.nanmin(flat)) & (flat < np.inf)))
+    sizes = []
+    partition = np.partition
+    monkeypatch.setattr(np, "partition", lambda a, k, *args, **kw: sizes.append(a.size) or partition(a, k, *args, **kw))
+    for count in (int(np.sum(flat == np.nanmin(flat))) + 1, flat.size // 2):
+        sizes.clear()
+        np.testing.assert_array_equal(cut_lib.lowest_by_position(flat, count), by_definition(flat, count))
+        assert sizes == [flat.size if partitioned == "all" else rest], count
+
+
 def test_host_cut_of_a_mostly_dead_model_takes_the_exact_count_ties_by_position(monkeypatch):
     # Only the live entries are ranked: never every entry.
     monkeypatch.setattr(granularity_lib.Granularity, "rank", lambda *args: pytest.fail("every entry ranked"))
