@@ -45,9 +45,19 @@ rounds: about a minute for `--widths 256 1024 2048 --rounds 7`.
 `--profile` prints, instead of the table, where the shrink's time goes
 against plain `fit`'s (medians over the rounds): train steps (the first,
 with the first trace, apart), cuts (scores, select and zero, hold), the
-start, the epoch ends, the end, and the rest (fit's own loop and data):
+start, the epoch ends, the end, the epoch starts (under TensorFlow `fit`
+waits there for the last epoch's tf.data iterator to be torn down: 0 to
+2.5 s at random, more often where callbacks pause the loop, in plain `fit`
+too), the rest (fit's own loop and data), and the ratio with and without
+the epoch starts:
 
     KERAS_BACKEND=tensorflow python benchmarks/bench_shrink_scaling.py --widths 1024 2048 --rounds 3 --profile
+
+`--step-hold-budget 1e10` makes the shrink hold its zeros after each step
+at every size here (the 5.27 M rows hold them by constraints, which cost a
+compile of the step: see `bench_hold_per_step.py` for the line between):
+
+    KERAS_BACKEND=jax python benchmarks/bench_shrink_scaling.py --widths 2048 --rounds 3 --profile --step-hold-budget 1e10
 
 Width 4200 is the ~20 M-parameter MLP (`--widths 4200 --rounds 1`: minutes
 on a CPU); `--encoder 512 6` a ~20 M-parameter encoder (hidden size 512, 6
@@ -155,18 +165,27 @@ def cut_seconds(keras, model, reset, x, y, on_device: bool, levels=(0.3, 0.5)):
 class BatchClock:
     """A callback that times each batch, from its begin hook to its end
     hook: listed after the shrink's phase, a batch's time includes the cut
-    its end hook makes."""
+    its end hook makes. And each epoch's start, from its begin hook to its
+    first batch's: under TensorFlow, where `fit` waits for the last epoch's
+    tf.data iterator to be torn down (its autotuning thread ends its sleep
+    first: up to 2.5 s here), in plain `fit` too."""
 
     def __init__(self, keras):
         class Clock(keras.callbacks.Callback):
+            def on_epoch_begin(clock, epoch, logs=None):
+                clock.epoch_started = time.perf_counter()
+
             def on_train_batch_begin(clock, batch, logs=None):
                 clock.started = time.perf_counter()
+                if clock.epoch_started is not None:
+                    clock.epoch_starts.append(clock.started - clock.epoch_started)
+                    clock.epoch_started = None
 
             def on_train_batch_end(clock, batch, logs=None):
                 clock.batches.append(time.perf_counter() - clock.started)
 
         self.callback = Clock()
-        self.callback.batches = []
+        self.callback.batches, self.callback.epoch_starts, self.callback.epoch_started = [], [], None
 
 
 def timed_pieces():
@@ -233,6 +252,7 @@ def profile(keras, rk, model, reset, x, y, validation, how, granularity, rounds)
         start = time.perf_counter()
         model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, validation_data=validation, verbose=0, callbacks=[clock])
         fit_total, fit_batches, fit_collecting = time.perf_counter() - start, list(clock.batches), collecting["seconds"]
+        fit_epoch_starts = sum(clock.epoch_starts)
         reset()
         seconds.clear(), calls.clear()
         collecting["seconds"] = 0.0
@@ -247,7 +267,8 @@ def profile(keras, rk, model, reset, x, y, validation, how, granularity, rounds)
         steps = sum(clock.batches) - hooks
         add("plain fit: total", fit_total)
         add("plain fit: train steps", sum(fit_batches))
-        add("plain fit: rest (data, epoch ends, validation)", fit_total - sum(fit_batches))
+        add("plain fit: epoch starts (under TensorFlow, the last iterator's teardown)", fit_epoch_starts)
+        add("plain fit: rest (data, epoch ends, validation)", fit_total - sum(fit_batches) - fit_epoch_starts)
         add("plain fit: median step", statistics.median(fit_batches))
         add("plain fit: garbage collections (anywhere)", fit_collecting)
         add("shrink: garbage collections (anywhere)", collecting["seconds"])
@@ -257,8 +278,11 @@ def profile(keras, rk, model, reset, x, y, validation, how, granularity, rounds)
         add("shrink: median step", statistics.median(clock.batches[1:]))
         for label, value in seconds.items():
             add(f"shrink: {label} [{calls[label]} calls]", value)
-        accounted = steps + sum(v for k, v in seconds.items() if not k.startswith("cuts"))
+        add("shrink: epoch starts (under TensorFlow, the last iterator's teardown)", sum(clock.epoch_starts))
+        accounted = steps + sum(clock.epoch_starts) + sum(v for k, v in seconds.items() if not k.startswith("cuts"))
         add("shrink: rest (fit's loop, data, validation)", total - accounted)
+        add("ratio, shrink / plain fit", total / fit_total)
+        add("ratio, epoch starts taken out of both", (total - sum(clock.epoch_starts)) / (fit_total - fit_epoch_starts))
     gc.callbacks.remove(collector)
     print("| piece | median seconds | rounds |")
     print("| --- | --- | --- |")
@@ -300,10 +324,18 @@ def main(argv=None):
     p.add_argument("--profile", action="store_true",
                    help="print where the shrink's time goes (train steps, cuts, start, epoch ends, end) "
                         "against plain fit's, instead of the table")
+    p.add_argument("--step-hold-budget", type=float, metavar="ENTRY_STEPS",
+                   help="set `pruning.hold.STEP_HOLD_BUDGET` (held entries times steps up to which the shrink "
+                        "holds its zeros after each step rather than by constraints) to check the trade here")
     args = p.parse_args(argv)
     import keras
 
     import keras_regkit as rk
+
+    if args.step_hold_budget is not None:
+        from keras_regkit.pruning import hold as hold_lib
+
+        hold_lib.STEP_HOLD_BUDGET = args.step_hold_budget
 
     rng = np.random.default_rng(0)
     sizes = [("encoder", tuple(args.encoder))] if args.encoder else [("mlp", w) for w in args.widths]
@@ -320,7 +352,8 @@ def main(argv=None):
         distill.with_teacher_predictions = lambda *a, **k: None
     steps = EPOCHS * (SAMPLES // BATCH)
     print(f"backend {keras.backend.backend()} on {device_name(keras)}, mode={args.mode}, distill={args.distill}, "
-          f"granularity={args.granularity!r}, {args.rounds} rounds (medians)")
+          f"granularity={args.granularity!r}, {args.rounds} rounds (medians)"
+          + ("" if args.step_hold_budget is None else f", STEP_HOLD_BUDGET={args.step_hold_budget:g}"))
     if not (args.profile or args.cuts_only):
         print("| model | parameters | fit | shrink | ratio [range] | first round | cuts | cut on device "
               "| cut on host (NumPy) | late cut on host | train step | device cut / step | host late cut / step "
