@@ -54,8 +54,10 @@ the epoch starts:
     KERAS_BACKEND=tensorflow python benchmarks/bench_shrink_scaling.py --widths 1024 2048 --rounds 3 --profile
 
 `--step-hold-budget 1e10` makes the shrink hold its zeros after each step
-at every size here (the 5.27 M rows hold them by constraints, which cost a
-compile of the step: see `bench_hold_per_step.py` for the line between):
+at every size here under TensorFlow and JAX (by default the 5.27 M rows
+hold them by constraints, which cost a trace or compile of the step: see
+`bench_hold_per_step.py` for the line between; PyTorch's eager step holds
+them by constraints anyway):
 
     KERAS_BACKEND=jax python benchmarks/bench_shrink_scaling.py --widths 2048 --rounds 3 --profile --step-hold-budget 1e10
 

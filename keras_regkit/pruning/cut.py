@@ -221,21 +221,22 @@ def _lowest_and_kth(flat: np.ndarray, count: int) -> tuple[np.ndarray, float | N
 
 def _kth_lowest(flat: np.ndarray, count: int):
     """The `count`-th lowest value of `flat` (1-based)."""
-    # `np.partition` finds it in linear time, but slows down 10-50x where the
-    # k-th falls in or near a block of equal values over a few percent of the
-    # array (measured, 5.27 M entries: 85 % of them the dead's -1, 120 ms
-    # instead of 4; 5 % at 0 and the k-th just above them, 11 ms), which a
-    # shrink's later cuts ranking every entry are. So a block at the lowest
-    # value over 1 % of the array, and anything out of reach (+inf, NaN), is
-    # set apart, and only the rest is partitioned; else the whole array is,
-    # sparing the copy of the rest (at 20 M live scores, 24 ms a cut). Which
-    # of the tied entries a partition puts first is unspecified: the caller
-    # picks them by position.
+    # `np.partition` finds it in linear time, but slows down where the k-th
+    # falls in or near a large block of equal values (5.27 M entries, 4 ms
+    # apart from that: 30x slower with 85 % of them at the dead's -1, 3x with
+    # 5 % tied just below the k-th, 1.3x with 1 %), which a shrink's later
+    # cuts ranking every entry are. So where the block at the lowest value
+    # holds over 1 % of the array, or +inf is there, those are set apart and
+    # only the rest is partitioned; else the whole array is, without that copy
+    # of the rest (24 ms a cut at 20 M live scores). (With a NaN the minimum
+    # is NaN: the whole array is partitioned, NaN last.) Which of the tied
+    # entries a partition puts first is unspecified: the caller picks them by
+    # position.
     lowest = flat.min()
     at_lowest = int(np.count_nonzero(flat == lowest))
     if count <= at_lowest:
         return lowest
-    if at_lowest <= flat.size // 100 and flat.max() < np.inf:  # NaN's max is NaN: not below
+    if at_lowest <= flat.size // 100 and flat.max() < np.inf:
         return np.partition(flat, count - 1)[count - 1]
     rest = flat[(flat > lowest) & (flat < np.inf)]
     if count - at_lowest > rest.size:  # the count reaches into what is out of reach
