@@ -48,8 +48,8 @@ def test_the_order_statistic_partitions_only_what_is_above_the_dead_block(monkey
     flat = mostly_dead(0, size=20000)
     live = int(np.sum((flat > -1) & np.isfinite(flat)))
     sizes = []
-    partition = np.partition
-    monkeypatch.setattr(np, "partition", lambda a, k, *args, **kw: sizes.append(a.size) or partition(a, k, *args, **kw))
+    partitioned_at = cut_lib._partitioned_at
+    monkeypatch.setattr(cut_lib, "_partitioned_at", lambda a, *args: sizes.append(a.size) or partitioned_at(a, *args))
     count = int(np.sum(flat == -1)) + live // 2
     np.testing.assert_array_equal(cut_lib.lowest_by_position(flat, count), by_definition(flat, count))
     assert sizes == [live]
@@ -74,8 +74,8 @@ def test_the_order_statistic_sets_apart_only_a_large_lowest_block_or_what_is_out
         flat[rng.random(flat.size) < out_of_reach] = np.inf
     rest = int(np.sum((flat > np.nanmin(flat)) & (flat < np.inf)))
     sizes = []
-    partition = np.partition
-    monkeypatch.setattr(np, "partition", lambda a, k, *args, **kw: sizes.append(a.size) or partition(a, k, *args, **kw))
+    partitioned_at = cut_lib._partitioned_at
+    monkeypatch.setattr(cut_lib, "_partitioned_at", lambda a, *args: sizes.append(a.size) or partitioned_at(a, *args))
     for count in (int(np.sum(flat == np.nanmin(flat))) + 1, flat.size // 2):
         sizes.clear()
         np.testing.assert_array_equal(cut_lib.lowest_by_position(flat, count), by_definition(flat, count))
@@ -130,12 +130,15 @@ def two_layer_model(weights):
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.6, 0.85, 0.9, 1.0])
 @pytest.mark.parametrize("special", [None, np.inf, np.nan])
-def test_cut_over_live_entries_equals_the_general_ranking(seed, sparsity, special):
+@pytest.mark.parametrize("dead", [(0.6, 0.6), (0.0, 0.6), (0.0, 0.0)], ids=["sparse", "one-dense", "dense"])
+def test_cut_over_live_entries_equals_the_general_ranking(seed, sparsity, special, dead):
+    # A dense weight (a shrink's first cut) is zeroed by its mask, the
+    # others at the positions cut among their live entries.
     rng = np.random.default_rng(seed)
     weights, scores = [], []
-    for shape in ((20, 15), (15, 9)):
+    for shape, dead_share in zip(((20, 15), (15, 9)), dead):
         w = rng.integers(1, 4, shape).astype("float32")
-        w[rng.random(shape) < 0.6] = 0.0  # dead: ranked first
+        w[rng.random(shape) < dead_share] = 0.0  # dead: ranked first
         s = (rng.integers(0, 4, shape) / 4).astype("float32")  # ties, and live entries scored 0
         if special is not None:
             s[rng.random(shape) < 0.1] = special  # out of reach
