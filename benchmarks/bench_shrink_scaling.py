@@ -48,8 +48,10 @@ with the first trace, apart), cuts (scores, select and zero, hold), the
 start, the epoch ends, the end, the epoch starts (under TensorFlow `fit`
 waits there for the last epoch's tf.data iterator to be torn down: 0 to
 2.5 s at random, more often where callbacks pause the loop, in plain `fit`
-too), the rest (fit's own loop and data), and the ratio with and without
-the epoch starts:
+too), `fit`'s end, the rest (fit's own loop and data), and the ratio with and without
+the epoch starts and `fit`'s end (where the last iterator is torn down);
+and each run's minor page faults (first touches of memory, slow on some
+virtual machines):
 
     KERAS_BACKEND=tensorflow python benchmarks/bench_shrink_scaling.py --widths 1024 2048 --rounds 3 --profile
 
@@ -170,12 +172,16 @@ class BatchClock:
     its end hook makes. And each epoch's start, from its begin hook to its
     first batch's: under TensorFlow, where `fit` waits for the last epoch's
     tf.data iterator to be torn down (its autotuning thread ends its sleep
-    first: up to 2.5 s here), in plain `fit` too."""
+    first: up to 2.5 s here), in plain `fit` too. And when training ended
+    (`on_train_end`): `fit` tears the last epoch's iterator down after it."""
 
     def __init__(self, keras):
         class Clock(keras.callbacks.Callback):
             def on_epoch_begin(clock, epoch, logs=None):
                 clock.epoch_started = time.perf_counter()
+
+            def on_train_end(clock, logs=None):
+                clock.ended = time.perf_counter()
 
             def on_train_batch_begin(clock, batch, logs=None):
                 clock.started = time.perf_counter()
@@ -188,6 +194,18 @@ class BatchClock:
 
         self.callback = Clock()
         self.callback.batches, self.callback.epoch_starts, self.callback.epoch_started = [], [], None
+        self.callback.ended = None
+
+
+def minor_faults() -> int:
+    """The process's minor page faults so far (0 where the platform does
+    not count them): each a first touch of memory, which is slow on some
+    virtual machines (fresh memory there: about 1 ms a MB)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def timed_pieces():
@@ -251,18 +269,20 @@ def profile(keras, rk, model, reset, x, y, validation, how, granularity, rounds)
         reset()
         clock = BatchClock(keras).callback
         collecting["seconds"] = 0.0
-        start = time.perf_counter()
+        faults, start = minor_faults(), time.perf_counter()
         model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, validation_data=validation, verbose=0, callbacks=[clock])
         fit_total, fit_batches, fit_collecting = time.perf_counter() - start, list(clock.batches), collecting["seconds"]
-        fit_epoch_starts = sum(clock.epoch_starts)
+        fit_faults = minor_faults() - faults
+        fit_epoch_starts, fit_end = sum(clock.epoch_starts), start + fit_total - clock.ended
         reset()
         seconds.clear(), calls.clear()
         collecting["seconds"] = 0.0
         clock = BatchClock(keras).callback
-        start = time.perf_counter()
+        faults, start = minor_faults(), time.perf_counter()
         rk.shrink(model, x, y, validation_data=validation, epochs=EPOCHS, batch_size=BATCH, granularity=granularity,
                   callbacks=[clock], **how)
         total = time.perf_counter() - start
+        shrink_faults, shrink_end = minor_faults() - faults, start + total - clock.ended
         if not round_:
             continue
         hooks = seconds.get("batch hooks (decisions and cuts)", 0.0)
@@ -270,7 +290,9 @@ def profile(keras, rk, model, reset, x, y, validation, how, granularity, rounds)
         add("plain fit: total", fit_total)
         add("plain fit: train steps", sum(fit_batches))
         add("plain fit: epoch starts (under TensorFlow, the last iterator's teardown)", fit_epoch_starts)
-        add("plain fit: rest (data, epoch ends, validation)", fit_total - sum(fit_batches) - fit_epoch_starts)
+        add("plain fit: end (under TensorFlow, the last iterator's teardown)", fit_end)
+        add("plain fit: rest (data, epoch ends, validation)", fit_total - sum(fit_batches) - fit_epoch_starts - fit_end)
+        add("plain fit: minor page faults (thousands)", fit_faults / 1e3)
         add("plain fit: median step", statistics.median(fit_batches))
         add("plain fit: garbage collections (anywhere)", fit_collecting)
         add("shrink: garbage collections (anywhere)", collecting["seconds"])
@@ -281,10 +303,13 @@ def profile(keras, rk, model, reset, x, y, validation, how, granularity, rounds)
         for label, value in seconds.items():
             add(f"shrink: {label} [{calls[label]} calls]", value)
         add("shrink: epoch starts (under TensorFlow, the last iterator's teardown)", sum(clock.epoch_starts))
-        accounted = steps + sum(clock.epoch_starts) + sum(v for k, v in seconds.items() if not k.startswith("cuts"))
+        add("shrink: fit's end and the shrink's return (under TensorFlow, the last iterator's teardown)", shrink_end)
+        add("shrink: minor page faults (thousands)", shrink_faults / 1e3)
+        waits = sum(clock.epoch_starts) + shrink_end
+        accounted = steps + waits + sum(v for k, v in seconds.items() if not k.startswith("cuts"))
         add("shrink: rest (fit's loop, data, validation)", total - accounted)
         add("ratio, shrink / plain fit", total / fit_total)
-        add("ratio, epoch starts taken out of both", (total - sum(clock.epoch_starts)) / (fit_total - fit_epoch_starts))
+        add("ratio, epoch starts and ends taken out of both", (total - waits) / (fit_total - fit_epoch_starts - fit_end))
     gc.callbacks.remove(collector)
     print("| piece | median seconds | rounds |")
     print("| --- | --- | --- |")
