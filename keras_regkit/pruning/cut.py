@@ -159,10 +159,7 @@ def _lowest_live_entries(refs: list[WeightRef], scores_at, sparsity: float) -> C
             tied = np.flatnonzero(score == kth)[:ties_left]
             chosen[tied] = True
             ties_left -= tied.size
-        if live is None:  # a dense weight: the mask itself, no index of half its entries
-            select.zero([ref.variable], [chosen.reshape(ref.variable.shape)])
-        else:
-            select.zero_at(ref.variable, np.compress(chosen, live))
+        select.zero_at(ref.variable, chosen if live is None else np.compress(chosen, live))
     return Cut(count, total, max(float(kth), 0.0))
 
 

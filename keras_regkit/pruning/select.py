@@ -117,12 +117,15 @@ def zero(variables: list, chosen: list) -> None:
 
 
 def zero_at(variable, positions: np.ndarray) -> None:
-    """Zeroes the entries of `variable` at `positions` (flat indices, C
-    order). A PyTorch parameter is written in place, at those entries only
-    (a late cut zeroes a few percent of a weight); elsewhere by `zero`.
-    TensorFlow's in-place scatter is not used: it turns the variable to
-    copy-on-read, after which every read (each train step's) copies it."""
-    if positions.size == 0:
+    """Zeroes the entries of `variable` at `positions`: flat indices (C
+    order), or a boolean mask of its entries, flat (a dense weight's cut:
+    no index of half its entries). A PyTorch parameter is written in place,
+    at those entries only (a late cut zeroes a few percent of a weight);
+    elsewhere by `zero`. TensorFlow's in-place scatter is not used: it
+    turns the variable to copy-on-read, after which every read (each train
+    step's) copies it."""
+    masked = positions.dtype == bool
+    if not (positions.any() if masked else positions.size):
         return
     value, shape = variable.value, tuple(variable.shape)
     if keras.backend.backend() == "torch" and value.is_contiguous():
@@ -131,8 +134,11 @@ def zero_at(variable, positions: np.ndarray) -> None:
         with torch.no_grad():
             value.view(-1)[torch.as_tensor(positions, device=value.device)] = 0
         return
-    removed = np.zeros(int(np.prod(shape)), dtype=bool)
-    removed[positions] = True
+    if masked:
+        removed = positions
+    else:
+        removed = np.zeros(int(np.prod(shape)), dtype=bool)
+        removed[positions] = True
     zero([variable], [removed.reshape(shape)])
 
 
