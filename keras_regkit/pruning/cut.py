@@ -243,9 +243,9 @@ def _kth_lowest(flat: np.ndarray, count: int, overwrite: bool = False):
 
 def _partitioned_at(values: np.ndarray, index: int, overwrite: bool):
     """`values`' entry at `index` once sorted: partitioned in place where
-    `overwrite`, else in a copy. Large arrays are fresh memory a copy
-    faults in page by page (slow on some machines: 80 MB took 95 ms where
-    the partition itself took 20)."""
+    `overwrite`, else in a copy. A large copy is fresh memory, faulted in
+    page by page (a 20 M-parameter shrink on 2 CPU cores: its 12 cuts'
+    order statistics took 0.33 s with a copy each, 0.10 s in place)."""
     if not overwrite:
         values = values.copy()
     values.partition(index)
