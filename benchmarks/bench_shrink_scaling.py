@@ -200,7 +200,9 @@ class BatchClock:
 def minor_faults() -> int:
     """The process's minor page faults so far (0 where the platform does
     not count them): each a first touch of memory, which is slow on some
-    virtual machines (fresh memory there: about 1 ms a MB)."""
+    virtual machines (on the 2-core one of the docs, the first 80 MB a
+    process writes took 95 ms, later fresh 80 MB 4.9 ms, rewriting them
+    2.4 ms)."""
     try:
         import resource
     except ImportError:  # not POSIX

@@ -38,10 +38,12 @@ def mostly_dead(seed, size=4000, dead=0.85, levels=5, out_of_reach=0.05):
 def test_lowest_by_position_is_a_stable_sorts_first_count_when_most_entries_tie(seed):
     flat = mostly_dead(seed)
     dead, finite = int(np.sum(flat == -1)), int(np.sum(np.isfinite(flat)))
+    given = flat.copy()
     for count in (0, 1, dead - 1, dead, dead + 1, dead + 7, (dead + finite) // 2, finite - 1, finite, finite + 3):
         chosen = cut_lib.lowest_by_position(flat, count)
+        np.testing.assert_array_equal(flat, given)  # the caller's array, not reordered
         assert int(chosen.sum()) == count
-        np.testing.assert_array_equal(chosen, by_definition(flat, count), err_msg=f"count={count}")
+        np.testing.assert_array_equal(chosen, by_definition(given, count), err_msg=f"count={count}")
 
 
 def test_the_order_statistic_partitions_only_what_is_above_the_dead_block(monkeypatch):
@@ -260,14 +262,19 @@ def test_curvature_with_no_live_moment_above_zero_lets_every_entry_decide():
 
 
 @pytest.mark.parametrize("shape", [(7,), (6, 5), (3, 3, 2, 4)])
-def test_zero_at_zeroes_exactly_the_positions_given(shape):
+@pytest.mark.parametrize("given", ["positions", "mask"])
+def test_zero_at_zeroes_exactly_the_positions_given(shape, given):
+    # As flat indices, or as a flat boolean mask (a dense weight's cut).
     rng = np.random.default_rng(0)
     values = rng.normal(size=shape).astype("float32") + 5.0  # no zeros of its own
     variable = keras.Variable(values)
     size = values.size
     positions = np.sort(rng.choice(size, size // 3, replace=False))
-    select.zero_at(variable, positions)
-    select.zero_at(variable, np.zeros(0, np.int64))  # nothing to zero: nothing changes
+    mask = np.zeros(size, dtype=bool)
+    mask[positions] = True
+    select.zero_at(variable, positions if given == "positions" else mask)
+    nothing = np.zeros(0, np.int64) if given == "positions" else np.zeros(size, dtype=bool)
+    select.zero_at(variable, nothing)  # nothing to zero: nothing changes
     expected = values.reshape(-1).copy()
     expected[positions] = 0.0
     np.testing.assert_array_equal(ops.convert_to_numpy(variable.value).reshape(-1), expected)
