@@ -48,10 +48,10 @@ with the first trace, apart), cuts (scores, select and zero, hold), the
 start, the epoch ends, the end, the epoch starts (under TensorFlow `fit`
 waits there for the last epoch's tf.data iterator to be torn down: 0 to
 2.5 s at random, more often where callbacks pause the loop, in plain `fit`
-too), `fit`'s end, the rest (fit's own loop and data), and the ratio with and without
-the epoch starts and `fit`'s end (where the last iterator is torn down);
-and each run's minor page faults (first touches of memory, slow on some
-virtual machines):
+too), `fit`'s end (where the last iterator is torn down), the rest (fit's
+own loop and data), the ratio with and without the epoch starts and
+`fit`'s end, and each run's minor page faults (first touches of memory,
+slow on some virtual machines):
 
     KERAS_BACKEND=tensorflow python benchmarks/bench_shrink_scaling.py --widths 1024 2048 --rounds 3 --profile
 

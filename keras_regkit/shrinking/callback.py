@@ -246,8 +246,9 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._refs = self.granularity.select(self.model, self.layers)
         steps, epochs = self.params.get("steps"), self.params.get("epochs", epoch + 1)
         self._total_steps = steps * max(epochs - epoch, 1) if steps else None
-        # Kept only where it can be gone back to (a check's "baseline" outcome)
-        # or saved: a copy of every weight is fresh memory a large model faults in.
+        # Kept only where the shrink may go back to it (a check's "baseline"
+        # outcome) or save it: a copy of every weight is fresh memory, slow to
+        # fault in for a large model.
         needed = self.policy.check is not None or self._state is not None
         self._start_weights = self.model.get_weights() if needed else None
         self._spare = None  # a replaced good state's arrays, for the next snapshot
