@@ -45,7 +45,7 @@ from keras_regkit.shrinking import distill as distill_lib
 from keras_regkit.shrinking.guards import ValidationCheck
 from keras_regkit.shrinking.learning_rate import LearningRatePolicy
 from keras_regkit.shrinking.batch_norm import StatisticsPace
-from keras_regkit.shrinking.policies import ShrinkPolicy, SparsityTarget, ToleranceClimb
+from keras_regkit.shrinking.policies import ShrinkPolicy, policy_for
 from keras_regkit.shrinking.result import ShrinkResult
 from keras_regkit.shrinking.snapshots import Snapshot
 from keras_regkit.shrinking.state import PhaseState
@@ -131,7 +131,7 @@ class ShrinkPhase(keras.callbacks.Callback):
         self.trigger = start_epoch if isinstance(start_epoch, StartTrigger) else StartTrigger(start_epoch)
         self.start_epoch = self.trigger.start_epoch
         self.granularity = granularity_lib.get(granularity)
-        self.policy = _policy(sparsity, tolerance, policy, monitor)
+        self.policy = policy_for(sparsity, tolerance, policy, monitor)
         self.policy.bind(self.granularity)
         # The checks' verdicts, or what `result.baseline` and `final` report.
         self.check = self.policy.check or ValidationCheck(0.0, monitor)
@@ -246,9 +246,8 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._refs = self.granularity.select(self.model, self.layers)
         steps, epochs = self.params.get("steps"), self.params.get("epochs", epoch + 1)
         self._total_steps = steps * max(epochs - epoch, 1) if steps else None
-        # Kept only where the shrink may go back to it (a check's "baseline"
-        # outcome) or save it: a copy of every weight is fresh memory, slow to
-        # fault in for a large model.
+        # Kept only where a check's "baseline" outcome or a backup needs it: a
+        # copy of every weight is fresh memory, slow to fault in for a large model.
         needed = self.policy.check is not None or self._state is not None
         self._start_weights = self.model.get_weights() if needed else None
         self._spare = None  # a replaced good state's arrays, for the next snapshot
@@ -427,27 +426,6 @@ class ShrinkPhase(keras.callbacks.Callback):
         self._phase = saved["phase"]
         self._say(f"ShrinkPhase resumed from {path} ({saved['phase']}).")
         return True
-
-
-def _policy(sparsity, tolerance, policy, monitor) -> ShrinkPolicy:
-    """The policy that `sparsity`, `tolerance` or `policy` asks for."""
-    given = {name: value for name, value in
-             (("sparsity", sparsity), ("tolerance", tolerance), ("policy", policy)) if value is not None}
-    if len(given) > 1:
-        raise ValueError(
-            "Give one of `sparsity` (a target), `tolerance` (an accuracy limit) and `policy`, not "
-            f"several. Received: {', '.join(f'{k}={v!r}' for k, v in given.items())}")
-    if policy is None:
-        return SparsityTarget(sparsity) if sparsity is not None else ToleranceClimb(
-            0.01 if tolerance is None else tolerance, monitor=monitor)
-    if not isinstance(policy, ShrinkPolicy):
-        raise TypeError("Invalid value for argument `policy`: expected a keras_regkit.shrinking.ShrinkPolicy "
-                        f"(SparsityTarget, ToleranceClimb or your own). Received: policy={policy!r}")
-    if monitor is not None and policy.check is not None and policy.check.monitor != monitor:
-        raise ValueError(
-            f"Give `monitor` to the policy that checks it: {type(policy).__name__}(..., monitor={monitor!r}). "
-            f"Received: monitor={monitor!r} and a policy checking {policy.check.name!r}")
-    return policy
 
 
 def _finite(loss, weights: list) -> bool:

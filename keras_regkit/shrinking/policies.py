@@ -211,6 +211,28 @@ class ToleranceClimb(ShrinkPolicy):
         self.climb.set_state(state)
 
 
+def policy_for(sparsity, tolerance, policy, monitor) -> ShrinkPolicy:
+    """The policy that `sparsity`, `tolerance` or `policy` asks for
+    (`ShrinkPhase`'s arguments; one of the three, or none: the tolerance mode)."""
+    given = {name: value for name, value in
+             (("sparsity", sparsity), ("tolerance", tolerance), ("policy", policy)) if value is not None}
+    if len(given) > 1:
+        raise ValueError(
+            "Give one of `sparsity` (a target), `tolerance` (an accuracy limit) and `policy`, not "
+            f"several. Received: {', '.join(f'{k}={v!r}' for k, v in given.items())}")
+    if policy is None:
+        return SparsityTarget(sparsity) if sparsity is not None else ToleranceClimb(
+            0.01 if tolerance is None else tolerance, monitor=monitor)
+    if not isinstance(policy, ShrinkPolicy):
+        raise TypeError("Invalid value for argument `policy`: expected a keras_regkit.shrinking.ShrinkPolicy "
+                        f"(SparsityTarget, ToleranceClimb or your own). Received: policy={policy!r}")
+    if monitor is not None and policy.check is not None and policy.check.monitor != monitor:
+        raise ValueError(
+            f"Give `monitor` to the policy that checks it: {type(policy).__name__}(..., monitor={monitor!r}). "
+            f"Received: monitor={monitor!r} and a policy checking {policy.check.name!r}")
+    return policy
+
+
 def _sparsity(name: str, value) -> float:
     """A level of the climb: a sparsity in (0, 1] (a level of 0 cuts nothing to check)."""
     if _validate.real(name, value, maximum=1.0) == 0:
