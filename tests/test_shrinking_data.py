@@ -244,3 +244,38 @@ def test_non_finite_counts_nan_and_inf_in_floating_inputs_only():
     assert non_finite(np.array([1.0, np.nan], ml_dtypes.bfloat16)) == 1  # no NumPy floating type
     assert non_finite({"tokens": np.array([1, 2]), "values": [np.array([-np.inf], "float16")]}) == 1
     assert non_finite(np.array(["nan"])) == 0
+
+
+def test_under_tensorflow_the_shrink_reads_arrays_through_one_untuned_iterator_for_the_whole_fit():
+    # TensorFlow waits at each epoch's start for tf.data's tuning thread
+    # (up to 2.5 s an epoch): the shrink's fit reads arrays from one
+    # iterator, tuning off, as the same batches. Elsewhere nothing changes.
+    keras.utils.set_random_seed(0)
+    x, y = np.arange(10, dtype="float32")[:, None], np.arange(10) * 10
+    weight = np.arange(10, dtype="float32") / 10
+    given = {"x": x, "y": y, "sample_weight": weight, "batch_size": 4, "steps_per_epoch": None}
+    inputs = data.fit_inputs(x, y, weight, 4, None)
+    if keras.backend.backend() != "tensorflow":
+        assert inputs == given
+        return
+    assert set(inputs) == {"x", "steps_per_epoch", "shuffle"}
+    assert inputs["steps_per_epoch"] == 3 and inputs["shuffle"] is False  # fit's own shuffle would warn
+    dataset = inputs["x"]
+    assert dataset.options().autotune.enabled is False
+    assert dataset.cardinality() == tf.data.INFINITE_CARDINALITY  # one iterator, never torn down mid-fit
+    batches = iter(dataset)
+    epochs = []
+    for _ in range(3):
+        epoch = [tuple(np.asarray(part) for part in next(batches)) for _ in range(inputs["steps_per_epoch"])]
+        seen = np.concatenate([b[0][:, 0] for b in epoch]).astype(int)
+        assert [len(b[0]) for b in epoch] == [4, 4, 2] and sorted(seen) == list(range(10))
+        np.testing.assert_array_equal(np.concatenate([b[1] for b in epoch]), seen * 10)
+        np.testing.assert_allclose(np.concatenate([b[2] for b in epoch]), seen / 10)
+        epochs.append(list(seen))
+    assert epochs[0] != epochs[1] != epochs[2]  # shuffled again each epoch
+    # The user's steps, a dataset, or no sample at all: as given, to fit.
+    assert data.fit_inputs(x, y, None, 4, 2) == dict(given, sample_weight=None, steps_per_epoch=2)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    assert data.fit_inputs(dataset, None, None, None, None)["x"] is dataset
+    empty = np.zeros((0, 1), "float32")
+    assert data.fit_inputs(empty, empty, None, 4, None)["x"] is empty

@@ -177,9 +177,8 @@ def shrink(
         # The validation data go to `fit` too, for the logs (History,
         # TensorBoard).
         model.fit(
-            x, y, batch_size=batch_size, epochs=epochs, sample_weight=sample_weight,
-            validation_data=validation_data, steps_per_epoch=steps_per_epoch,
-            validation_steps=validation_steps,
+            **data.fit_inputs(x, y, sample_weight, batch_size, steps_per_epoch), epochs=epochs,
+            validation_data=validation_data, validation_steps=validation_steps,
             callbacks=[phase, *(callbacks or ())], verbose=verbose,
         )
     return phase.result
