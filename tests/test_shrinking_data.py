@@ -246,36 +246,63 @@ def test_non_finite_counts_nan_and_inf_in_floating_inputs_only():
     assert non_finite(np.array(["nan"])) == 0
 
 
-def test_under_tensorflow_the_shrink_reads_arrays_through_one_untuned_iterator_for_the_whole_fit():
+def test_under_tensorflow_the_shrink_reads_arrays_as_fits_own_dataset_of_them_untuned():
     # TensorFlow waits at each epoch's start for tf.data's tuning thread
-    # (up to 2.5 s an epoch): the shrink's fit reads arrays from one
-    # iterator, tuning off, as the same batches. Elsewhere nothing changes.
-    keras.utils.set_random_seed(0)
+    # (up to 2.5 s an epoch): the shrink's fit reads arrays as the dataset
+    # fit makes of them, tuning off. Elsewhere nothing changes.
+    from keras_regkit._keras import data as fence
+
     x, y = np.arange(10, dtype="float32")[:, None], np.arange(10) * 10
     weight = np.arange(10, dtype="float32") / 10
     given = {"x": x, "y": y, "sample_weight": weight, "batch_size": 4, "steps_per_epoch": None}
+    keras.utils.set_random_seed(0)
     inputs = data.fit_inputs(x, y, weight, 4, None)
     if keras.backend.backend() != "tensorflow":
         assert inputs == given
         return
-    assert set(inputs) == {"x", "steps_per_epoch", "shuffle"}
-    assert inputs["steps_per_epoch"] == 3 and inputs["shuffle"] is False  # fit's own shuffle would warn
+    assert inputs.keys() == {"x", "shuffle", "validation_batch_size"}
+    assert inputs["shuffle"] is False  # a dataset comes shuffled: fit would warn
+    assert inputs["validation_batch_size"] == 4  # fit validated in batches of `batch_size`
     dataset = inputs["x"]
     assert dataset.options().autotune.enabled is False
-    assert dataset.cardinality() == tf.data.INFINITE_CARDINALITY  # one iterator, never torn down mid-fit
-    batches = iter(dataset)
-    epochs = []
-    for _ in range(3):
-        epoch = [tuple(np.asarray(part) for part in next(batches)) for _ in range(inputs["steps_per_epoch"])]
-        seen = np.concatenate([b[0][:, 0] for b in epoch]).astype(int)
-        assert [len(b[0]) for b in epoch] == [4, 4, 2] and sorted(seen) == list(range(10))
-        np.testing.assert_array_equal(np.concatenate([b[1] for b in epoch]), seen * 10)
-        np.testing.assert_allclose(np.concatenate([b[2] for b in epoch]), seen / 10)
-        epochs.append(list(seen))
-    assert epochs[0] != epochs[1] != epochs[2]  # shuffled again each epoch
+    assert int(dataset.cardinality()) == 3  # fit counts an epoch's steps as for the arrays
+    keras.utils.set_random_seed(0)
+    fits_own, _ = fence.array_dataset(x, y, weight, 4)
+
+    def epoch(batches):  # one iterator: one epoch, as fit makes them
+        return [tuple(np.asarray(part).tolist() for part in batch) for batch in batches]
+
+    first = epoch(dataset)
+    assert first == epoch(fits_own)  # fit's batches, shuffled as fit shuffles them (across batches)
+    assert [len(b[0]) for b in first] == [4, 4, 2]
+    seen = [int(v[0]) for b in first for v in b[0]]
+    assert sorted(seen) == list(range(10)) and seen != list(range(10))
+    assert [v for b in first for v in b[1]] == [10 * i for i in seen]  # targets with their inputs
+    np.testing.assert_allclose([v for b in first for v in b[2]], np.array(seen) / 10)  # and sample weights
     # The user's steps, a dataset, or no sample at all: as given, to fit.
     assert data.fit_inputs(x, y, None, 4, 2) == dict(given, sample_weight=None, steps_per_epoch=2)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
     assert data.fit_inputs(dataset, None, None, None, None)["x"] is dataset
     empty = np.zeros((0, 1), "float32")
     assert data.fit_inputs(empty, empty, None, 4, None)["x"] is empty
+
+
+def test_shrink_gives_fit_the_inputs_fit_inputs_makes(monkeypatch):
+    model = two_input_model()
+    a, b, y = two_inputs()
+    received = {}
+    fit = model.fit
+
+    def recorded_fit(**kwargs):
+        received.update(kwargs)
+        return fit(**kwargs)
+
+    monkeypatch.setattr(model, "fit", recorded_fit)
+    result = rk.shrink(model, [a, b], y, sparsity=0.5, epochs=2, batch_size=64)
+    expected = data.fit_inputs([a, b], y, None, 64, None)
+    assert received.keys() >= expected.keys()
+    if keras.backend.backend() == "tensorflow":
+        assert isinstance(received["x"], tf.data.Dataset) and received["validation_batch_size"] == 64
+    else:
+        assert received["x"][0] is a and received["batch_size"] == 64
+    assert result.steps == 2 * (N // 64)  # every batch of each epoch, as fit reads the arrays

@@ -18,7 +18,8 @@ what it reads: an upgrade breaks one named test, not a user's `compact`.
 - `export`: whether a layer was called (Keras' ONNX export asks);
 - `hub`: KerasHub's attention sublayers and a decoder's mask;
 - `tuner`: KerasTuner's objective parsing;
-- `trainer`: the state Keras' JAX trainer passes through its train function.
+- `trainer`: the state Keras' JAX trainer passes through its train function;
+- `data`: how `fit` reads arrays (its adapter, and the tf.data dataset it builds).
 """
 
 from __future__ import annotations

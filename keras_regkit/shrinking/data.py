@@ -40,18 +40,21 @@ def _is_arrays(data) -> bool:
 
 def fit_inputs(x, y, sample_weight, batch_size, steps_per_epoch) -> dict:
     """`fit`'s training-data arguments for the shrink's `fit`: as given,
-    but under TensorFlow, where `x, y, sample_weight` are arrays and
-    `steps_per_epoch` is None, the dataset `fit` would make of them, with
-    tf.data's autotuning off, repeated, and `steps_per_epoch` its batches:
-    the same batches in the same order of shuffles. TensorFlow tears each
-    epoch's iterator down at the next epoch's start, and with autotuning on
-    waits there for the tuning thread's timer to run out (up to 2.5 s an
-    epoch at 20 M parameters on 2 CPU cores, most often where the loop
-    pauses, as at each cut); one iterator for the whole `fit` would wait
-    once at its end, for a longer timer (10 s measured)."""
+    but under TensorFlow, where `x, y, sample_weight` are arrays (and no
+    `steps_per_epoch` or distribution of Keras' changes how `fit` reads
+    them), the dataset `fit` would make of them, the same batches shuffled
+    the same way, with tf.data's autotuning off. Keras makes a new iterator
+    of it each epoch and tears the last one down; with autotuning on,
+    TensorFlow waits there for the tuning thread's timer to run out: up to
+    2.5 s an epoch at 20 M parameters on 2 CPU cores, most often where the
+    loop pauses, as at each cut. Its number of batches is asserted, so
+    `fit` counts an epoch's steps as it does for the arrays
+    (`steps_per_execution` and `keras.config.max_steps_per_epoch`
+    included), and validates in batches of the size given, as before."""
     given = {"x": x, "y": y, "sample_weight": sample_weight, "batch_size": batch_size,
              "steps_per_epoch": steps_per_epoch}
-    if keras.backend.backend() != "tensorflow" or steps_per_epoch is not None:
+    if (keras.backend.backend() != "tensorflow" or steps_per_epoch is not None
+            or keras.distribution.distribution() is not None):
         return given
     from keras_regkit._keras import data as fence
 
@@ -63,7 +66,10 @@ def fit_inputs(x, y, sample_weight, batch_size, steps_per_epoch) -> dict:
     dataset, batches = made
     options = tf.data.Options()
     options.autotune.enabled = False
-    return {"x": dataset.with_options(options).repeat(), "steps_per_epoch": batches, "shuffle": False}
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches)).with_options(options)
+    # A dataset is shuffled already (`fit` would warn); `fit` validates in
+    # batches of `validation_batch_size or batch_size`.
+    return {"x": dataset, "shuffle": False, "validation_batch_size": batch_size}
 
 
 def is_infinite(data) -> bool:
