@@ -279,6 +279,10 @@ def exp_abs(x, alpha, inv_scale, end):
     else:
 
         def forward(x):
+            if keras.backend.backend() == "torch":
+                plain = _exp_abs_plain_on_torch_cpu(x, alpha, inv_scale, end)
+                if plain is not None:
+                    return plain
             w = ops.cast(x, "float32")
             u = ops.absolute(w) * inv_scale
             # Where every entry is in the exponential region (a model that
@@ -314,6 +318,37 @@ def exp_abs(x, alpha, inv_scale, end):
             return value, gradient
 
     return _with_gradient(forward, x)
+
+
+def _exp_abs_plain_on_torch_cpu(x, alpha, inv_scale, end):
+    """ExpAbs' value and gradient where PyTorch runs each op on the CPU as
+    a pass over the weight, in 7 passes (the general code's plain path
+    takes 11): no multiply by a scale of 1; the slope `alpha / scale *
+    sign(w) * exp(u)` made from the value's `expm1(u)` (as PyTorch's own
+    `expm1` backward does), scaled and summed in one `addcmul`. None where
+    an entry is past the exponential region (or NaN): the general code
+    decides there, and on an accelerator (see `exp_abs`)."""
+    import torch
+
+    w = ops.cast(x, "float32")
+    if w.device.type != "cpu":
+        return None
+    u = torch.abs(w)
+    scaled = float(inv_scale) != 1.0
+    if scaled:
+        u.mul_(inv_scale)  # `abs` made a new tensor
+    if u.numel() and not bool(u.max() <= end):  # NaN: not plain
+        return None
+    exponential = torch.expm1(u)
+    rows = exponential.sum(dim=-1) if exponential.dim() > 1 else exponential
+    factor = alpha * inv_scale if scaled else alpha
+
+    def gradient(upstream):
+        # sign(w) * c * (1 + expm1(u)), as s + s * expm1(u): 0 at exact zeros.
+        signs = torch.sign(w).mul_(factor * upstream)
+        return ops.cast(torch.addcmul(signs, signs, exponential), x.dtype)
+
+    return alpha * rows.sum(), gradient
 
 
 def _exp_abs_value(x, inv_scale, end):

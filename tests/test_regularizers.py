@@ -388,6 +388,29 @@ def test_expabs_in_the_exponential_region_equals_the_plain_formula(dtype, alpha,
         assert np.all(grad[np.asarray(shaped) == 0] == 0)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the path of PyTorch on the CPU")
+@pytest.mark.parametrize("scale", [1.0, 0.25])
+def test_expabs_on_pytorchs_cpu_takes_its_own_plain_path_only_in_the_exponential_region(scale):
+    import torch
+
+    alpha, end = 0.5, 20.0
+    w = np.concatenate([RNG.normal(scale=2.0 * scale, size=(3, 4)), [[0.0, -0.0, 0.9 * end * scale, -1e-9]]])
+    x = torch.tensor(w, dtype=torch.float32)
+    args = (torch.tensor(alpha), torch.tensor(1.0 / scale), torch.tensor(end))
+    value, gradient = penalty_math._exp_abs_plain_on_torch_cpu(x, *args)
+    np.testing.assert_allclose(float(value), alpha * np.expm1(np.abs(w) / scale).sum(), rtol=1e-6)
+    slope = gradient(torch.tensor(3.0)).numpy()
+    np.testing.assert_allclose(slope, 3.0 * alpha / scale * np.sign(w) * np.exp(np.abs(w) / scale), rtol=1e-6)
+    assert np.all(slope[w == 0] == 0)  # sign(0): exact zeros stay put
+    # Past the exponential region, or NaN: the general code decides.
+    for bad in (1.01 * end * scale, np.nan):
+        x_bad = x.clone()
+        x_bad[0, 0] = bad
+        assert penalty_math._exp_abs_plain_on_torch_cpu(x_bad, *args) is None
+    empty_value, _ = penalty_math._exp_abs_plain_on_torch_cpu(torch.zeros((0, 3)), *args)
+    assert float(empty_value) == 0.0
+
+
 def test_expabs_penalises_activations_of_an_unknown_batch_size():
     # An activity regularizer sees the batch axis as None once `fit` meets a
     # short last batch (TensorFlow traces the step again with relaxed shapes).
