@@ -429,21 +429,31 @@ def test_expabs_penalises_activations_of_an_unknown_batch_size():
     np.testing.assert_allclose(penalised - plain, 0.1 * np.sum(np.expm1(np.abs(activations))) / 10, rtol=1e-4)
 
 
-@pytest.mark.skipif(keras.backend.backend() == "jax",
-                    reason="JAX's `lax.cond` traces both branches: which one runs is not visible from Python")
-def test_expabs_takes_the_clipped_path_only_past_the_exponential_region(monkeypatch):
-    clipped_calls = []
-    for name in ("_exp_abs_value", "_exp_abs_sums_and_slope"):  # the value's clipped path, the gradient's
-        clipped = getattr(penalty_math, name)
-        monkeypatch.setattr(penalty_math, name,
-                            lambda *args, clipped=clipped, name=name: clipped_calls.append(name) or clipped(*args))
-    reg = R.ExpAbs(0.5, scale=0.5)
-    value_and_grad(reg, np.array([[0.0, -9.9], [3.0, 9.9]], "float32"), eager=True)  # |w| / scale < 20
-    assert clipped_calls == []
-    value, grad = value_and_grad(reg, np.array([[0.0, -10.5], [3.0, 1e30]], "float32"), eager=True)
-    assert clipped_calls == ["_exp_abs_value", "_exp_abs_sums_and_slope"]  # the linear part, the saturation
-    # alpha / scale = 1: 0 at zero, the linear part's slope exp(20), exp(|w| / scale), 0 saturated.
-    np.testing.assert_allclose(grad, [[0.0, -math.exp(20.0)], [math.exp(6.0), 0.0]], rtol=1e-6)
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "traced"])
+def test_expabs_slope_is_read_off_each_entrys_term(eager):
+    # The general code (JAX, PyTorch past the exponential region, TensorFlow
+    # eager or on small weights) takes the slope from the term itself:
+    # min(term, expm1(20)) + 1 is exp(|w| / scale) up to the linear part,
+    # exp(20) along it, and the saturation's 0 past 1e20.
+    reg = R.ExpAbs(0.5, scale=0.5)  # alpha / scale = 1
+    w = np.array([[0.0, -9.9], [3.0, -10.5], [1e30, 9.999]], "float32")
+    def value_and_grad_as_fit(w):
+        if keras.backend.backend() == "jax" and not eager:  # compiled, as in JAX's train step
+            import jax
+
+            return (np.asarray(a, "float32") for a in jax.jit(jax.value_and_grad(reg))(keras.ops.convert_to_tensor(w)))
+        return value_and_grad(reg, w, eager=eager)
+
+    value, grad = value_and_grad_as_fit(w)
+    np.testing.assert_allclose(
+        grad, [[0.0, -math.exp(19.8)], [math.exp(6.0), -math.exp(20.0)], [0.0, math.exp(19.998)]], rtol=1e-6)
+    linear = math.expm1(20.0) + math.exp(20.0) * 1.0  # |w| / scale = 21: one past the switch
+    saturated = math.expm1(20.0) + math.exp(20.0) * (1e20 - 20.0)
+    expected = 0.5 * (math.expm1(19.8) + math.expm1(6.0) + linear + saturated + math.expm1(19.998))
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
+    # A NaN weight: a NaN value and gradient, as autodiff gives.
+    nan_value, nan_grad = value_and_grad_as_fit(np.array([1.0, np.nan], "float32"))
+    assert np.isnan(nan_value) and np.isnan(nan_grad[1])
 
 
 TENSORFLOW_ONLY = pytest.mark.skipif(
