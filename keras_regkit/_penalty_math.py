@@ -280,7 +280,7 @@ def exp_abs(x, alpha, inv_scale, end):
             # region: the terms are exact everywhere, and their `expm1`, the
             # one costly op, serves the value's sum and the slope, as in
             # autodiff of `sum(expm1(u))`. JAX's step costs that floor; a
-            # `cond` on the weights' max (0.8.2-0.10.6) cost it 40 % more.
+            # `cond` on the weights' max (0.8.2-0.10.6) cost it 30-40 % more.
             w, u, terms = _exp_abs_terms(x, inv_scale, end)
             value = alpha * ops.sum(ops.sum(terms, axis=_rows(x)))
 
@@ -298,11 +298,12 @@ def exp_abs(x, alpha, inv_scale, end):
 
 def _exp_abs_plain_on_torch_cpu(x, alpha, inv_scale, end):
     """ExpAbs' value and gradient where PyTorch runs each op on the CPU as
-    a pass over the weight, in 7 passes (the general code takes 16): no multiply by a scale of 1; the slope `alpha / scale *
-    sign(w) * exp(u)` made from the value's `expm1(u)` (as PyTorch's own
-    `expm1` backward does), scaled and summed in one `addcmul`. None where
-    an entry is past the exponential region (or NaN): the general code
-    decides there, and on an accelerator (see `exp_abs`)."""
+    a pass over the weight, in 7 passes (the general code takes 17): no
+    multiply by a scale of 1; the slope `alpha / scale * sign(w) * exp(u)`
+    made from the value's `expm1(u)` (as PyTorch's own `expm1` backward
+    does), scaled and summed in one `addcmul`. None where an entry is past
+    the exponential region (or NaN), and on an accelerator, where the check
+    would wait for the device: the general code takes those."""
     import torch
 
     w = ops.cast(x, "float32")

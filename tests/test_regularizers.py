@@ -366,8 +366,8 @@ def test_expabs_fused_value_and_gradient_equal_the_plain_formula(dtype, alpha, s
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("alpha,scale", [(0.03, 1.0), (2.0, 0.25)])
 def test_expabs_in_the_exponential_region_equals_the_plain_formula(dtype, alpha, scale, eager):
-    # Every entry below the linear part (nearly every model): the plain
-    # path's value and gradient, exact zeros and entries just below where
+    # Every entry below the linear part (nearly every model): the value
+    # and gradient, exact zeros and entries just below where
     # the linear part starts included, and a weight of a single row.
     end = 20.0 if dtype != "float16" else min(max(math.log(65504.0 / 2 * scale / alpha), 0.0), 20.0)
     rng = np.random.default_rng(7)  # its own: the module's RNG feeds the tests after it
@@ -432,25 +432,30 @@ def test_expabs_penalises_activations_of_an_unknown_batch_size():
 @pytest.mark.parametrize("eager", [True, False], ids=["eager", "traced"])
 def test_expabs_slope_is_read_off_each_entrys_term(eager):
     # The general code (JAX, PyTorch past the exponential region, TensorFlow
-    # eager or on small weights) takes the slope from the term itself:
-    # min(term, expm1(20)) + 1 is exp(|w| / scale) up to the linear part,
-    # exp(20) along it, and the saturation's 0 past 1e20.
+    # eager) takes the slope from the term itself: min(term, expm1(20)) + 1
+    # is exp(|w| / scale) up to the linear part, exp(20) along it, and the
+    # saturation's 0 past 1e20. (TensorFlow's traced call runs its fused
+    # kernels here: `fuse_every_weight`.)
     reg = R.ExpAbs(0.5, scale=0.5)  # alpha / scale = 1
     w = np.array([[0.0, -9.9], [3.0, -10.5], [1e30, 9.999]], "float32")
+    u = 2.0 * np.abs(w).astype("float64")  # of the float32 weights, not of the decimals
+
     def value_and_grad_as_fit(w):
         if keras.backend.backend() == "jax" and not eager:  # compiled, as in JAX's train step
             import jax
 
-            return (np.asarray(a, "float32") for a in jax.jit(jax.value_and_grad(reg))(keras.ops.convert_to_tensor(w)))
+            return tuple(np.asarray(a, "float32") for a in jax.jit(jax.value_and_grad(reg))(keras.ops.convert_to_tensor(w)))
         return value_and_grad(reg, w, eager=eager)
 
     value, grad = value_and_grad_as_fit(w)
-    np.testing.assert_allclose(
-        grad, [[0.0, -math.exp(19.8)], [math.exp(6.0), -math.exp(20.0)], [0.0, math.exp(19.998)]], rtol=1e-6)
-    linear = math.expm1(20.0) + math.exp(20.0) * 1.0  # |w| / scale = 21: one past the switch
-    saturated = math.expm1(20.0) + math.exp(20.0) * (1e20 - 20.0)
-    expected = 0.5 * (math.expm1(19.8) + math.expm1(6.0) + linear + saturated + math.expm1(19.998))
-    np.testing.assert_allclose(value, expected, rtol=1e-6)
+    slope = np.where(u > 1e20, 0.0, np.exp(np.minimum(u, 20.0)))
+    np.testing.assert_allclose(grad, np.sign(w) * slope, rtol=1e-6)
+    terms = np.where(u <= 20.0, np.expm1(np.minimum(u, 20.0)),
+                     math.expm1(20.0) + math.exp(20.0) * (np.minimum(u, 1e20) - 20.0))
+    np.testing.assert_allclose(value, 0.5 * terms.sum(), rtol=1e-6)  # the saturated entry's term dominates
+    unsaturated = w.copy()
+    unsaturated[2, 0] = 0.0
+    np.testing.assert_allclose(value_and_grad_as_fit(unsaturated)[0], 0.5 * terms[u <= 1e20].sum(), rtol=1e-6)
     # A NaN weight: a NaN value and gradient, as autodiff gives.
     nan_value, nan_grad = value_and_grad_as_fit(np.array([1.0, np.nan], "float32"))
     assert np.isnan(nan_value) and np.isnan(nan_grad[1])
