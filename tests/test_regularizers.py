@@ -444,7 +444,8 @@ def test_expabs_slope_is_read_off_each_entrys_term(eager):
         if keras.backend.backend() == "jax" and not eager:  # compiled, as in JAX's train step
             import jax
 
-            return tuple(np.asarray(a, "float32") for a in jax.jit(jax.value_and_grad(reg))(keras.ops.convert_to_tensor(w)))
+            compiled = jax.jit(jax.value_and_grad(reg))
+            return tuple(np.asarray(a, "float32") for a in compiled(keras.ops.convert_to_tensor(w)))
         return value_and_grad(reg, w, eager=eager)
 
     value, grad = value_and_grad_as_fit(w)
