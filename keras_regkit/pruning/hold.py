@@ -173,13 +173,14 @@ def release_held(model: keras.Model, variables) -> int:
 # A hold after each step reads and writes every held entry once more per step
 # (a constraint's multiply is fused into the optimizer's update: nearly free),
 # where a constraint costs one trace of the step (and one at the next `fit`).
-# Measured on a 2-core CPU (`benchmarks/bench_hold_per_step.py`), the after-step
-# hold cost as much as a 0.2 s trace at 2.5e8 held entries x steps at the
-# lowest (JAX, 1.58 M entries: 156 steps; TensorFlow there: about 1,000),
-# with float32 masks. JAX's uint8 masks (`select.mask_dtype`) cut the
-# after-step hold's cost over the constraints' (at 1.58 M on a second CPU:
-# 0.37 -> 0.14 ms a step), so there the line is conservative.
-STEP_HOLD_BUDGET = 2.5e8
+# Measured on a 2-core CPU (`benchmarks/bench_hold_per_step.py`, JAX, uint8
+# masks, against its 0.26 s compile), the after-step hold cost as much as the
+# trace at 8.7e8 held entries x steps at the lowest (1.58 M entries, 548
+# steps; 5.26 M: 344-657 steps; TensorFlow crosses later). The float32 masks
+# before uint8 ones crossed at 2.5e8 on a first CPU, the line until 0.10.8;
+# on the second, a whole 128-step shrink of 5.27 M held entries took 1.94 s
+# held after each step against 2.16 s by constraints (plain `fit` 1.66 s).
+STEP_HOLD_BUDGET = 8e8
 
 
 def for_fit(model: keras.Model, variables, steps: int | None, traced_anyway: bool = False) -> StepHold | ConstraintHold:
