@@ -393,18 +393,16 @@ def test_a_hold_zeroes_as_a_product_does_keeping_the_sign_of_zero():
 
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX compiles its eager ops for each shape")
-def test_under_jax_a_holds_masks_are_compiled_once_for_each_shape_whoever_asks():
+def test_under_jax_a_holds_masks_are_made_by_one_function_compiled_once_for_their_shapes():
     from keras_regkit.pruning import select
 
-    mask_function = select._jax_nonzero_mask()
-    before = mask_function._cache_size()
-    shapes = [(3, 7), (7,), (7, 3), (3, 7)]  # shapes no other test uses; one repeated
+    shapes = [(3, 4), (4,), (4, 2)]
+    masks_function = select._jax_nonzero_masks()
     select.nonzero_masks([ops.zeros(s) for s in shapes])
-    assert mask_function._cache_size() - before == 3  # once per shape, not per weight or per list
-    # New values; one weight alone (a constraint's first mask); the same shapes in another list.
-    select.nonzero_masks([ops.ones(s) for s in reversed(shapes)])
-    hold_lib.HoldZeros(keras.Variable(np.ones((7, 3), "float32")))
-    assert select._jax_nonzero_mask() is mask_function and mask_function._cache_size() - before == 3
+    compiled = masks_function._cache_size()
+    assert compiled >= 1  # this function made them
+    select.nonzero_masks([ops.ones(s) for s in shapes])  # new values, the same shapes
+    assert select._jax_nonzero_masks() is masks_function and masks_function._cache_size() == compiled
 
 
 def test_only_a_tensor_in_the_hosts_memory_is_read_on_the_host():

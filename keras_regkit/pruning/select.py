@@ -189,16 +189,16 @@ def host_array(value) -> np.ndarray | None:
 def nonzero_masks(values: list) -> list:
     """Per tensor of `values`, 1 where its entry is not an exact zero, 0
     where it is (a hold's masks), on its device, in `mask_dtype`. Under JAX
-    one jitted function of one tensor makes each, compiled once per process
-    for each shape and dtype, whoever asks (a constraint made for one
-    weight, a hold's masks for all): eager ops are compiled one by one, a
-    comparison and a cast for each shape, on their first call (on 2 CPU
-    cores, 0.23 s of a first shrink's compiles); and a function of the whole
-    list would be compiled again for each list of shapes it is given."""
+    one jitted function makes them all, compiled once per process for a set
+    of shapes: eager ops are compiled one by one, each for each shape, on
+    their first call (on 2 CPU cores, 0.23 s of a first shrink's compiles)."""
     values = list(values)
     if keras.backend.backend() != "jax":
         return [ops.cast(ops.not_equal(v, 0), mask_dtype(v)) for v in values]
-    return [_jax_nonzero_mask()(v) for v in values]
+    if len({getattr(v, "sharding", None) for v in values}) == 1:
+        return _jax_nonzero_masks()(values)
+    # One call takes arrays on one set of devices only (a model placed by hand).
+    return [_jax_nonzero_masks()([v])[0] for v in values]
 
 
 def mask_dtype(value) -> str:
@@ -212,16 +212,16 @@ def mask_dtype(value) -> str:
     return "uint8" if keras.backend.backend() == "jax" else keras.backend.standardize_dtype(value.dtype)
 
 
-_jax_mask = None
+_jax_masks = None
 
 
-def _jax_nonzero_mask():
-    global _jax_mask
-    if _jax_mask is None:
+def _jax_nonzero_masks():
+    global _jax_masks
+    if _jax_masks is None:
         import jax
 
-        _jax_mask = jax.jit(lambda value: (value != 0).astype(mask_dtype(value)))
-    return _jax_mask
+        _jax_masks = jax.jit(lambda values: [(v != 0).astype(mask_dtype(v)) for v in values])
+    return _jax_masks
 
 
 def host_view(value) -> np.ndarray:
