@@ -264,20 +264,41 @@ def test_curvature_with_no_live_moment_above_zero_lets_every_entry_decide():
 @pytest.mark.parametrize("shape", [(7,), (6, 5), (3, 3, 2, 4)])
 @pytest.mark.parametrize("given", ["positions", "mask"])
 def test_zero_at_zeroes_exactly_the_positions_given(shape, given):
-    # As flat indices, or as a flat boolean mask (a dense weight's cut).
+    # As flat indices, or as a flat boolean mask (a dense weight's cut); a
+    # second variable with nothing to zero is left as it was.
     rng = np.random.default_rng(0)
     values = rng.normal(size=shape).astype("float32") + 5.0  # no zeros of its own
-    variable = keras.Variable(values)
+    other_values = rng.normal(size=(4, 3)).astype("float32") + 5.0
+    variable, other = keras.Variable(values), keras.Variable(other_values)
     size = values.size
     positions = np.sort(rng.choice(size, size // 3, replace=False))
     mask = np.zeros(size, dtype=bool)
     mask[positions] = True
-    select.zero_at(variable, positions if given == "positions" else mask)
-    nothing = np.zeros(0, np.int64) if given == "positions" else np.zeros(size, dtype=bool)
-    select.zero_at(variable, nothing)  # nothing to zero: nothing changes
+
+    def nothing(n):
+        return np.zeros(0, np.int64) if given == "positions" else np.zeros(n, dtype=bool)
+
+    select.zero_at([variable, other], [positions if given == "positions" else mask, nothing(other_values.size)])
+    select.zero_at([variable, other], [nothing(size), nothing(other_values.size)])  # nothing to zero: nothing changes
     expected = values.reshape(-1).copy()
     expected[positions] = 0.0
     np.testing.assert_array_equal(ops.convert_to_numpy(variable.value).reshape(-1), expected)
+    np.testing.assert_array_equal(ops.convert_to_numpy(other.value), other_values)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX compiles its eager ops for each shape")
+def test_under_jax_the_cuts_zeroing_is_compiled_once_for_its_weights_whichever_they_touch():
+    variables = [keras.Variable(np.ones(shape, "float32")) for shape in [(5, 9), (9,), (9, 5)]]  # shapes of this test only
+    function = select._jax_zeroed()
+    before = function._cache_size()
+    flat = [np.zeros(v.shape, bool).reshape(-1) for v in variables]
+    for touched in ([0, 1, 2], [0], [2], [1, 2]):  # the cuts' weights that lose an entry
+        removed = [f.copy() for f in flat]
+        for i in touched:
+            removed[i][0] = True
+        select.zero_at(variables, removed)
+    assert function._cache_size() - before == 1
+    assert all(float(ops.convert_to_numpy(v.value).reshape(-1)[0]) == 0.0 for v in variables)
 
 
 def test_a_live_entry_scored_minus_infinity_ranks_below_the_dead_as_the_general_path_has_it():

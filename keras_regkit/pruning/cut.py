@@ -154,13 +154,15 @@ def _lowest_live_entries(refs: list[WeightRef], scores_at, sparsity: float) -> C
     # reordered in place, and is only counted after this.
     kth = _kth_lowest(reachable, count - dead, overwrite=True)
     ties_left = count - dead - int(np.count_nonzero(reachable < kth))
-    for ref, live, score in zip(refs, positions, live_scores):
+    removed = []
+    for live, score in zip(positions, live_scores):
         chosen = score.reshape(-1) < kth  # a score of your own may keep a dense weight's shape
         if ties_left:
             tied = np.flatnonzero(score.reshape(-1) == kth)[:ties_left]
             chosen[tied] = True
             ties_left -= tied.size
-        select.zero_at(ref.variable, chosen if live is None else np.compress(chosen, live))
+        removed.append(chosen if live is None else np.compress(chosen, live))
+    select.zero_at([ref.variable for ref in refs], removed)
     return Cut(count, total, max(float(kth), 0.0))
 
 
