@@ -17,6 +17,16 @@ constraints cost; the scaling benchmark's profile gives it:
 `bench_shrink_scaling.py --profile`, the first step). Run it alone, e.g.
 
     KERAS_BACKEND=jax python benchmarks/bench_hold_per_step.py --widths 256 1024 2048 --rounds 5
+
+`--shrinks` times whole shrinks instead (`shrink(sparsity=0.9, epochs=4)`,
+each run from the trained state: weights and optimizer slots put back),
+each way in one process: plain `fit`, the shrink holding by constraints
+(`STEP_HOLD_BUDGET` 0) and holding after each step (budget unbounded), in
+rotated rounds, each run after a one-batch `fit` that compiles the plain
+step (as a user's own `fit` has before a shrink: a constraint hold's
+release makes Keras compile it again), seconds and ratios over plain `fit`:
+
+    KERAS_BACKEND=jax python benchmarks/bench_hold_per_step.py --widths 2048 --rounds 8 --shrinks
 """
 
 from __future__ import annotations
@@ -30,20 +40,36 @@ import numpy as np
 SAMPLES, INPUTS, CLASSES, BATCH, EPOCHS = 4096, 512, 10, 128, 4
 
 
+def data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(SAMPLES, INPUTS)).astype("float32"), rng.integers(0, CLASSES, SAMPLES)
+
+
+def trained_mlp(keras, width, x, y):
+    """The MLP of width `width`, trained one epoch (the optimizer's moments set)."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((INPUTS,)), keras.layers.Dense(width, activation="relu"),
+                              keras.layers.Dense(width, activation="relu"), keras.layers.Dense(CLASSES)])
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    return model
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[256, 1024, 2048])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--trace", type=float, default=0.2, help="seconds of the step's trace the constraints cost")
+    parser.add_argument("--shrinks", action="store_true", help="time whole shrinks with each hold instead")
     args = parser.parse_args()
+    if args.shrinks:
+        return whole_shrinks(args)
 
     import keras
 
     from keras_regkit.pruning import hold as hold_lib
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(SAMPLES, INPUTS)).astype("float32")
-    y = rng.integers(0, CLASSES, SAMPLES)
+    x, y = data()
     steps = EPOCHS * SAMPLES // BATCH
 
     print(f"backend {keras.backend.backend()}, {args.rounds} rounds (medians), {steps} steps a fit")
@@ -51,11 +77,7 @@ def main():
           f"| after-step hold = a {args.trace} s trace at |")
     print("| --- | --- | --- | --- | --- | --- |")
     for width in args.widths:
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((INPUTS,)), keras.layers.Dense(width, activation="relu"),
-                                  keras.layers.Dense(width, activation="relu"), keras.layers.Dense(CLASSES)])
-        model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+        model = trained_mlp(keras, width, x, y)
         kernels = [layer.kernel for layer in model.layers]
         for kernel in kernels:
             value = keras.ops.convert_to_numpy(kernel).copy()
@@ -106,6 +128,55 @@ def main():
         entries = sum(int(np.prod(k.shape)) for k in kernels)
         print(f"| {width} | {entries / 1e6:.2f} M | {median['plain']:.2f} s | {extra['constraint']:+.2f} "
               f"| {extra['after']:+.2f} | {even} |", flush=True)
+
+
+def whole_shrinks(args):
+    import keras
+
+    import keras_regkit as rk
+    from common.protocol import resetter
+    from keras_regkit.pruning import hold as hold_lib
+
+    x, y = data()
+    print(f"backend {keras.backend.backend()}, {args.rounds} rounds (medians [range]), whole shrinks")
+    print("| width | parameters | plain fit | shrink, constraints | shrink, after each step |")
+    print("| --- | --- | --- | --- | --- |")
+    for width in args.widths:
+        model = trained_mlp(keras, width, x, y)
+        reset = resetter(keras, model)
+
+        def run(budget):
+            hold_lib.STEP_HOLD_BUDGET = budget
+            model.fit(x[:BATCH], y[:BATCH], batch_size=BATCH, verbose=0)  # the plain step compiled
+            reset()
+            start = time.perf_counter()
+            if budget is None:
+                model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, verbose=0)
+            else:
+                rk.shrink(model, x, y, sparsity=0.9, epochs=EPOCHS, batch_size=BATCH, verbose=0)
+            return time.perf_counter() - start
+
+        ways = {"plain": None, "constraints": 0.0, "after": float("inf")}
+        seconds = {name: [] for name in ways}
+        default = hold_lib.STEP_HOLD_BUDGET
+        try:
+            for round_ in range(args.rounds + 1):  # the first round warms up, untimed
+                for name in list(ways)[round_ % 3:] + list(ways)[:round_ % 3]:
+                    spent = run(ways[name])
+                    if round_:
+                        seconds[name].append(spent)
+        finally:
+            hold_lib.STEP_HOLD_BUDGET = default
+        plain = statistics.median(seconds["plain"])
+
+        def cell(name):
+            values = seconds[name]
+            ratio = "" if name == "plain" else f", {statistics.median(values) / plain:.2f}x"
+            return f"{statistics.median(values):.2f} s [{min(values):.2f}-{max(values):.2f}]{ratio}"
+
+        print(f"| {width} | {model.count_params() / 1e6:.2f} M | {cell('plain')} | {cell('constraints')} "
+              f"| {cell('after')} |", flush=True)
+        keras.backend.clear_session()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from keras_regkit.search import search_strength
 from keras_regkit.stats import sparsity_report
 from keras_regkit.weights import iter_weights
 
-__version__ = "0.10.7"
+__version__ = "0.10.8"
 
 # What the README's examples use. Everything else lives under its module:
 # result classes (`shrinking.ShrinkResult`, `pruning.PruneResult`, ...),
