@@ -301,6 +301,22 @@ def test_under_jax_the_cuts_zeroing_is_compiled_once_for_its_weights_whichever_t
     assert all(float(ops.convert_to_numpy(v.value).reshape(-1)[0]) == 0.0 for v in variables)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's arrays carry their placement (a sharding)")
+def test_under_jax_weights_not_all_on_one_device_are_zeroed_one_by_one_not_in_one_call():
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    plain, placed = keras.Variable(np.ones((4, 3), "float32")), keras.Variable(np.ones((3, 4), "float32"))
+    # Placed by a mesh (as a distribution places it), if over one device only.
+    placed.assign(jax.device_put(placed.value, NamedSharding(Mesh(np.array(jax.devices()[:1]), ("x",)), PartitionSpec())))
+    assert isinstance(placed.value.sharding, NamedSharding)
+    assert select._zeroed_in_one_call([plain.value]) and not select._zeroed_in_one_call([plain.value, placed.value])
+    removed = [np.eye(4, 3, dtype=bool), np.eye(3, 4, dtype=bool)]
+    select.zero([plain, placed], removed)
+    for variable, mask in zip((plain, placed), removed):
+        np.testing.assert_array_equal(ops.convert_to_numpy(variable.value), np.where(mask, 0.0, 1.0))
+
+
 def test_a_live_entry_scored_minus_infinity_ranks_below_the_dead_as_the_general_path_has_it():
     weights = [np.array([[0.0, 1.0, 2.0, 3.0]], "float32"), np.ones((4, 1), "float32")]
     scores = [np.array([[0.5, -np.inf, 0.1, 0.2]], "float32"), np.ones((4, 1), "float32")]

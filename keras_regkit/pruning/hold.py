@@ -178,8 +178,9 @@ def release_held(model: keras.Model, variables) -> int:
 # trace at 8.7e8 held entries x steps at the lowest (1.58 M entries, 548
 # steps; 5.26 M: 344-657 steps; TensorFlow crosses later). The float32 masks
 # before uint8 ones crossed at 2.5e8 on a first CPU, the line until 0.10.8;
-# on the second, a whole 128-step shrink of 5.27 M held entries took 1.94 s
-# held after each step against 2.16 s by constraints (plain `fit` 1.66 s).
+# on the second, a whole 128-step shrink of 5.26 M held entries took 2.01 s
+# held after each step against 2.28 s by constraints (plain `fit` 1.69 s;
+# `bench_hold_per_step.py --shrinks`).
 STEP_HOLD_BUDGET = 8e8
 
 

@@ -110,18 +110,27 @@ def zero(variables: list, chosen: list) -> None:
     its mask marks (a mask of the variable's shape, or one that broadcasts
     to it: a unit's column or row)."""
     values = [variable.value for variable in variables]
-    if keras.backend.backend() == "jax" and _on_one_device(values):
-        # One jitted function for the list: eager `where`s are compiled one
-        # by one, for each shape, on their first call (25 ms each on 2 CPU
-        # cores), where the list's function is compiled once for its shapes
-        # (a KerasHub encoder's 58 weights of 9 shapes: 0.09 s against 0.2).
-        zeroed = _jax_zeroed()(values, list(chosen))  # NumPy masks go in as they are: no conversion compiled
-    else:
+    if _zeroed_in_one_call(values):
+        # NumPy masks go in as they are: no conversion compiled.
+        for variable, value in zip(variables, _jax_zeroed()(values, list(chosen))):
+            variable.assign(value)
+        return
+    for variable, value, removed in zip(variables, values, chosen):
         # A zero that broadcasts, not a weight-sized one (its allocation
         # and fill cost as much as the `where`).
-        zeroed = [ops.where(removed, ops.zeros((), value.dtype), value) for removed, value in zip(chosen, values)]
-    for variable, value in zip(variables, zeroed):
-        variable.assign(value)
+        variable.assign(ops.where(removed, ops.zeros((), value.dtype), value))
+
+
+def _zeroed_in_one_call(values: list) -> bool:
+    """Whether `zero` zeroes these JAX arrays in one jitted call: where all
+    are in the host's memory, on one device. Eager `where`s are compiled one
+    by one, for each shape, on their first call (25 ms each on 2 CPU cores),
+    where a function of the list is compiled once for its shapes (for the
+    hold's masks, a function of the same form, a KerasHub encoder's 58
+    weights of 9 shapes: 0.09 s against 0.2). Not on an accelerator: the
+    call holds every weight's new value at once beside the old, where one
+    `where` at a time holds one weight's more."""
+    return keras.backend.backend() == "jax" and _on_one_device(values) and all(map(_in_host_memory, values))
 
 
 def zero_at(variables: list, positions: list) -> None:
@@ -129,15 +138,16 @@ def zero_at(variables: list, positions: list) -> None:
     indices (C order), or a boolean mask of its entries, flat (a dense
     weight's cut: no index of half its entries). A PyTorch parameter is
     written in place, at those entries only (a late cut zeroes a few
-    percent of a weight); elsewhere by `zero`. Under JAX every variable
-    goes to `zero`, those with nothing to zero too: the same list at every
-    cut, so its function is compiled once. TensorFlow's in-place scatter is
-    not used: it turns the variable to copy-on-read, after which every read
-    (each train step's) copies it."""
+    percent of a weight); elsewhere by `zero`. Where `zero` makes one call
+    of them all (JAX on the CPU), every variable goes to it, those with
+    nothing to zero too: the same list at every cut, so its function is
+    compiled once. TensorFlow's in-place scatter is not used: it turns the
+    variable to copy-on-read, after which every read (each train step's)
+    copies it."""
     touched = [(v, p) for v, p in zip(variables, positions) if (p.any() if p.dtype == bool else p.size)]
     if not touched:
         return
-    if keras.backend.backend() == "jax":
+    if _zeroed_in_one_call([v.value for v in variables]):
         touched = list(zip(variables, positions))
     later, masks = [], []
     for variable, where in touched:
